@@ -1,0 +1,223 @@
+"""Plain, frozen records that run stores persist and return.
+
+Every field is a primitive, a ``datetime`` (always timezone-aware UTC), a tuple, or a
+JSON-able mapping, so any store can persist them and any process can read them back.
+Partitions are always in their *encoded* form here (see :mod:`flowstone.partitions`);
+the empty string means "not partitioned".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+__all__ = [
+    "Approval",
+    "ApprovalStatus",
+    "AuditEntry",
+    "Gate",
+    "GateStatus",
+    "ItemResult",
+    "MaterializationRecord",
+    "MaterializationState",
+    "RunRecord",
+    "RunStatus",
+    "StepOutcome",
+    "StepRecord",
+    "StepSpec",
+    "StepState",
+    "StepTransition",
+    "TERMINAL_STEP_STATES",
+]
+
+RunStatus = Literal["running", "waiting", "succeeded", "failed", "cancelled"]
+MaterializationState = Literal["running", "waiting", "succeeded", "failed", "skipped"]
+# pending: waiting for deps; ready: deps done, not yet handed to an executor;
+# queued: handed to an executor (message sent); running: claimed by a worker;
+# waiting: paused on an approval/gate/scatter; the rest are terminal.
+StepState = Literal[
+    "pending",
+    "ready",
+    "queued",
+    "running",
+    "waiting",
+    "succeeded",
+    "failed",
+    "skipped",
+    "upstream_failed",
+    "cancelled",
+]
+TERMINAL_STEP_STATES: frozenset[str] = frozenset(
+    {"succeeded", "failed", "skipped", "upstream_failed", "cancelled"}
+)
+ApprovalStatus = Literal["pending", "approved", "rejected", "expired"]
+GateStatus = Literal["pending", "signaled", "expired"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run of a pipeline for a target selection and one partition."""
+
+    run_id: str
+    pipeline: str
+    targets: tuple[str, ...]
+    partition: str
+    status: RunStatus
+    created_at: datetime
+    updated_at: datetime
+    error: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StepSpec:
+    """One node of a run's plan, as handed to :meth:`RunStore.create_run`.
+
+    ``deps`` are the (asset, encoded partition) pairs this step waits for; ``state`` is
+    ``"pending"`` normally, or ``"succeeded"`` for a step whose value is reused from an
+    earlier materialization (``reused_materialization_id`` then names it).
+    """
+
+    asset: str
+    partition: str
+    deps: tuple[tuple[str, str], ...] = ()
+    state: Literal["pending", "succeeded"] = "pending"
+    reused_materialization_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """The live state of one step of a run."""
+
+    run_id: str
+    asset: str
+    partition: str
+    state: StepState
+    remaining_deps: int
+    attempt: int = 0
+    owner: str | None = None
+    lease_expires_at: datetime | None = None
+    not_before: datetime | None = None
+    materialization_id: str | None = None
+    error: str | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MaterializationRecord:
+    """What produced one asset value: who, when, where it is stored, from what inputs."""
+
+    id: str
+    pipeline: str
+    run_id: str
+    asset: str
+    partition: str
+    state: MaterializationState
+    io_manager: str | None = None
+    location: str | None = None
+    attempt: int = 1
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    upstream: tuple[str, ...] = ()
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    invalidated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """A human decision an asset is waiting for."""
+
+    id: int
+    pipeline: str
+    run_id: str
+    asset: str
+    partition: str
+    message: str
+    status: ApprovalStatus
+    created_at: datetime
+    expires_at: datetime | None = None
+    io_manager: str | None = None
+    location: str | None = None
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    reason: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """A signal gate: an external callback an asset is waiting for.
+
+    Stores never keep the token itself, only ``token_hash`` (hex SHA-256).
+    """
+
+    token_hash: str
+    pipeline: str
+    run_id: str
+    asset: str
+    partition: str
+    status: GateStatus
+    created_at: datetime
+    expires_at: datetime | None = None
+    payload: Any = None
+    signaled_at: datetime | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutcome:
+    """What happened when a step ran; handed to :meth:`RunStore.finish_step`.
+
+    For ``state="waiting"`` exactly one of ``approval`` / ``gate`` is set and the store
+    creates it in the same transaction. For ``succeeded``/``failed``/``skipped`` a
+    ``materialization`` is recorded (with its lineage) in the same transaction.
+    """
+
+    state: Literal["succeeded", "failed", "skipped", "waiting", "upstream_failed", "cancelled"]
+    materialization: MaterializationRecord | None = None
+    error: str | None = None
+    approval: Approval | None = None
+    gate: Gate | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepTransition:
+    """Result of :meth:`RunStore.finish_step`.
+
+    ``applied`` is False when the step was already terminal (a redelivered completion):
+    nothing changed and ``ready`` is empty. ``ready`` are the dependents that became ready
+    *because of this call*, each returned to exactly one caller. ``run_status`` is set when
+    this call left no step runnable (the run's new status was written in the same
+    transaction).
+    """
+
+    applied: bool
+    ready: tuple[StepRecord, ...] = ()
+    run_status: RunStatus | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One line of a run's audit log."""
+
+    id: int
+    run_id: str
+    at: datetime
+    kind: str
+    asset: str | None = None
+    partition: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """The durable result of one scatter item (value JSON-encoded by the core codec)."""
+
+    index: int
+    key: str
+    state: Literal["succeeded", "failed"]
+    value_json: str | None = None
+    error: str | None = None
