@@ -1,0 +1,1 @@
+"""In-process default implementations of the plugin protocols (stores, IO managers, executors)."""

@@ -1,0 +1,1 @@
+"""Test helpers: fakes, fixtures and the contract suites that plugins subclass."""
