@@ -1,0 +1,113 @@
+"""The run context an asset receives in its ``context`` parameter."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from flowstone.outcomes import SignalGate, to_seconds
+from flowstone.resources import Resources
+from flowstone.scatter import Batch
+
+__all__ = ["Context", "new_gate_token"]
+
+_TOKEN_PREFIX = "fsg_"
+
+
+def new_gate_token() -> str:
+    """256 random bits, URL-safe, with a recognisable prefix."""
+    return _TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+class Context:
+    """Everything an asset may want to know about the run it is part of.
+
+    Attributes:
+        run_id: the run's id.
+        pipeline: the pipeline's name.
+        asset: this asset's name.
+        partition: the partition key with its original type (a ``date`` stays a ``date``),
+            or None.
+        partition_key: the encoded partition ("" when unpartitioned).
+        resources: the resources this asset ``requires``.
+        log: a logger that tags records with run, asset and partition.
+        attempt: 1 on the first attempt, 2 on the first retry...
+        scatter_item: the current item in a scatter asset (None otherwise).
+        batch: the current :class:`~flowstone.scatter.Batch` in a batched scatter.
+        metadata: a dict the asset may add JSON-able entries to; recorded with the
+            materialization.
+    """
+
+    __slots__ = (
+        "_gate",
+        "asset",
+        "attempt",
+        "batch",
+        "log",
+        "metadata",
+        "partition",
+        "partition_key",
+        "pipeline",
+        "resources",
+        "run_id",
+        "scatter_item",
+    )
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        pipeline: str,
+        asset: str,
+        partition: Any,
+        partition_key: str,
+        resources: Resources | Mapping[str, Any] | None = None,
+        attempt: int = 1,
+        scatter_item: Any = None,
+        batch: Batch | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.pipeline = pipeline
+        self.asset = asset
+        self.partition = partition
+        self.partition_key = partition_key
+        self.resources = resources if isinstance(resources, Resources) else Resources(resources or {})
+        self.attempt = attempt
+        self.scatter_item = scatter_item
+        self.batch = batch
+        self.metadata: dict[str, Any] = {}
+        base = logger or logging.getLogger(f"flowstone.asset.{asset}")
+        self.log = logging.LoggerAdapter(
+            base, {"run_id": run_id, "asset": asset, "partition": partition_key}
+        )
+        self._gate: SignalGate | None = None
+
+    def signal_gate(
+        self, timeout: float | timedelta | None = None, *, metadata: Mapping[str, Any] | None = None
+    ) -> SignalGate:
+        """Create the signal gate for this run/asset/partition; return it from the asset.
+
+        The token is 256 random bits, bound to exactly this run, asset and partition,
+        single-use, and expires after ``timeout``. Calling twice returns the same gate.
+        """
+        if self._gate is None:
+            seconds = to_seconds(timeout, what="signal_gate timeout")
+            expires = datetime.now(UTC) + timedelta(seconds=seconds) if seconds is not None else None
+            self._gate = SignalGate(
+                token=new_gate_token(), expires_at=expires, metadata=dict(metadata or {})
+            )
+        return self._gate
+
+    @property
+    def gate(self) -> SignalGate | None:
+        return self._gate
+
+    def __repr__(self) -> str:
+        return (
+            f"Context(run_id={self.run_id!r}, asset={self.asset!r}, "
+            f"partition={self.partition!r}, attempt={self.attempt})"
+        )

@@ -1,0 +1,209 @@
+"""Scatter definitions: run an asset once per item and gather the results.
+
+The asset function runs once per item (``context.scatter_item``) or, with
+:class:`Batching`, once per batch (``context.batch``). Its value downstream is the list of
+item results in item order (failed items as ``None``), or what ``gather`` returns.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from flowstone.errors import UsageError
+from flowstone.outcomes import to_seconds
+from flowstone.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from flowstone.protocols import ItemReader
+
+__all__ = [
+    "DEFERRED",
+    "MAX_ITEM_KEY_LENGTH",
+    "Batch",
+    "Batching",
+    "ItemFailed",
+    "Scatter",
+    "parse_rate",
+]
+
+MAX_ITEM_KEY_LENGTH: Final = 1024
+"""Longest normalised item key accepted (seed: unbounded scatter keys bloated the database)."""
+
+
+class _Deferred:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DEFERRED"
+
+
+DEFERRED: Final = _Deferred()
+"""Returned by a ScatterCoordinator whose items continue on other workers."""
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
+_PER = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
+        "h": 3600.0, "hour": 3600.0}
+
+
+def parse_rate(rate: float | int | str | None) -> float | None:
+    """``"100/s"``, ``"30/m"``, ``"500/h"`` or a number (per second) -> items per second."""
+    if rate is None:
+        return None
+    if isinstance(rate, int | float) and not isinstance(rate, bool):
+        if rate <= 0:
+            raise UsageError(f"rate_limit must be positive, got {rate}")
+        return float(rate)
+    if isinstance(rate, str):
+        m = _RATE.match(rate)
+        if m and float(m.group(1)) > 0:
+            return float(m.group(1)) / _PER[m.group(2)]
+    raise UsageError(f"rate_limit {rate!r} is not valid: use e.g. 100 (per second), '100/s', '30/m'")
+
+
+@dataclass(frozen=True, slots=True)
+class Batching:
+    """Group scatter items into batches; the asset runs once per batch.
+
+    Args:
+        max_items: at most this many items per batch.
+        max_bytes: at most this many bytes of JSON-encoded items per batch.
+        batch_input: function of the asset's deps computed once and shared by every batch
+            (``context.batch.input``).
+        on_item_error: ``"fail_batch"`` (an exception fails every item of the batch) or
+            ``"collect"`` (the function returns one entry per item; an :class:`ItemFailed`
+            or exception instance marks that item failed).
+    """
+
+    max_items: int | None = None
+    max_bytes: int | None = None
+    batch_input: Callable[..., Any] | None = None
+    on_item_error: Literal["fail_batch", "collect"] = "fail_batch"
+
+    def __post_init__(self) -> None:
+        if self.max_items is None and self.max_bytes is None:
+            raise UsageError("Batching needs max_items and/or max_bytes, e.g. Batching(max_items=100)")
+        for name in ("max_items", "max_bytes"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise UsageError(f"Batching({name}={v!r}) must be a positive int")
+        if self.on_item_error not in ("fail_batch", "collect"):
+            raise UsageError(
+                f"Batching(on_item_error={self.on_item_error!r}) must be 'fail_batch' or 'collect'"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What ``context.batch`` holds while a batched scatter asset runs."""
+
+    items: Sequence[Any]
+    index: int
+    count: int | None
+    input: Any = None
+    keys: Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFailed:
+    """Mark one item of a batch failed (with ``Batching(on_item_error="collect")``)."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Scatter:
+    """Fan an asset out over items.
+
+    Args:
+        items: function of the asset's deps (matched by parameter name) returning the items.
+        reader: an :class:`~flowstone.protocols.ItemReader` streaming the items instead.
+        max_concurrent: most items (or batches) in flight at once.
+        rate_limit: most items started per second across all workers (``"100/s"``).
+        failure_threshold: fail the asset (stopping the remaining items) when more than this
+            share (float in (0, 1)) of the items failed; an int >= 1 is a count.
+        max_failures: fail when more than this many items failed (combine with a share).
+        batching: run the function once per :class:`Batching` batch.
+        item_retry: retry policy per item (or batch).
+        item_timeout: seconds (or timedelta) one item may run.
+        gather: function of the ordered item results returning the asset's value.
+        key: function of an item returning its key (default: its canonical JSON); items
+            with equal keys run once.
+        page_size: items read from a reader per page (a checkpoint follows every page).
+    """
+
+    items: Callable[..., Iterable[Any]] | None = None
+    reader: ItemReader | None = None
+    max_concurrent: int = 16
+    rate_limit: float | str | None = None
+    failure_threshold: float | int | None = None
+    max_failures: int | None = None
+    batching: Batching | None = None
+    item_retry: RetryPolicy | None = None
+    item_timeout: float | Any = None
+    gather: Callable[[list[Any]], Any] | None = None
+    key: Callable[[Any], str] | None = None
+    page_size: int = 1000
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.items is None) == (self.reader is None):
+            raise UsageError(
+                "Scatter needs exactly one of items=<function of deps> or reader=<ItemReader>"
+            )
+        if self.items is not None and not callable(self.items):
+            raise UsageError("Scatter(items=...) must be a function of the asset's deps")
+        if isinstance(self.max_concurrent, bool) or not isinstance(self.max_concurrent, int) or (
+            self.max_concurrent < 1
+        ):
+            raise UsageError(f"Scatter(max_concurrent={self.max_concurrent!r}) must be an int >= 1")
+        if isinstance(self.page_size, bool) or not isinstance(self.page_size, int) or (
+            self.page_size < 1
+        ):
+            raise UsageError(f"Scatter(page_size={self.page_size!r}) must be an int >= 1")
+        parse_rate(self.rate_limit)
+        ft = self.failure_threshold
+        if ft is not None:
+            if isinstance(ft, bool) or not isinstance(ft, int | float):
+                raise UsageError("Scatter(failure_threshold=...) must be a float share or int count")
+            if isinstance(ft, float) and not 0 <= ft < 1:
+                raise UsageError(
+                    f"Scatter(failure_threshold={ft}) as a share must be in [0, 1); "
+                    "use an int for a count"
+                )
+            if isinstance(ft, int) and ft < 0:
+                raise UsageError(f"Scatter(failure_threshold={ft}) must not be negative")
+        if self.max_failures is not None and (
+            isinstance(self.max_failures, bool) or not isinstance(self.max_failures, int)
+            or self.max_failures < 0
+        ):
+            raise UsageError(f"Scatter(max_failures={self.max_failures!r}) must be an int >= 0")
+        to_seconds(self.item_timeout, what="Scatter item_timeout")
+
+    @property
+    def rate_per_second(self) -> float | None:
+        return parse_rate(self.rate_limit)
+
+    @property
+    def item_timeout_seconds(self) -> float | None:
+        return to_seconds(self.item_timeout, what="Scatter item_timeout")
+
+    def failure_limits(self) -> tuple[float | None, int | None]:
+        """(share, count): fail when failed/total > share or failed > count."""
+        share: float | None = None
+        count = self.max_failures
+        ft = self.failure_threshold
+        if isinstance(ft, float):
+            share = ft
+        elif isinstance(ft, int):
+            count = ft if count is None else min(count, ft)
+        return share, count
+
+    def exceeded(self, failed: int, total: int | None) -> bool:
+        """Whether ``failed`` failures out of ``total`` known items break the threshold."""
+        share, count = self.failure_limits()
+        if count is not None and failed > count:
+            return True
+        return share is not None and total is not None and total > 0 and failed / total > share
