@@ -1,0 +1,630 @@
+"""Partitions: the key codec, partition sets, and partition mappings for dependencies.
+
+A partition key is a ``str``, ``int``, ``date``, ``datetime`` or a tuple of those
+(:data:`PartitionKey`). Stores and messages carry keys in their encoded form
+(:func:`encode_partition`); assets see the typed key again. A partition set declares which
+keys an asset has; a partition mapping says which upstream keys a downstream key needs.
+See ``docs/partitions.md``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from typing import Protocol, runtime_checkable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from flowstone._internal.partition_codec import (
+    MAX_PARTITION_DEPTH,
+    MAX_PARTITION_LENGTH,
+    PartitionKey,
+    check_key,
+    decode_partition,
+    encode_partition,
+)
+from flowstone.errors import PartitionError, UsageError
+
+__all__ = [
+    "MAX_PARTITION_DEPTH",
+    "MAX_PARTITION_LENGTH",
+    "AllPartitions",
+    "DailyPartitions",
+    "HourlyPartitions",
+    "IdentityMapping",
+    "MultiPartitions",
+    "PartitionKey",
+    "PartitionMapping",
+    "PartitionSet",
+    "StaticPartitions",
+    "TimeWindowOffset",
+    "Unpartitioned",
+    "decode_partition",
+    "encode_partition",
+    "parse_partition",
+]
+
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_HOUR = timedelta(hours=1)
+
+
+@runtime_checkable
+class PartitionSet(Protocol):
+    """The keys an asset is partitioned by.
+
+    ``keys_between`` takes keys, or CLI text that ``parse`` understands, and returns the
+    keys from ``start`` to ``end`` inclusive in the set's order (used by backfills).
+    """
+
+    def keys(self, now: datetime | None = None) -> list[PartitionKey]: ...
+    def contains(self, key: object) -> bool: ...
+    def validate(self, key: object) -> PartitionKey: ...
+    def parse(self, text: str) -> PartitionKey: ...
+    def keys_between(self, start: PartitionKey, end: PartitionKey) -> list[PartitionKey]: ...
+
+
+@runtime_checkable
+class PartitionMapping(Protocol):
+    """Which partitions of an upstream asset one downstream partition depends on."""
+
+    def upstream_keys(
+        self, key: PartitionKey | None, upstream: PartitionSet | None
+    ) -> list[PartitionKey | None]: ...
+
+
+def parse_partition(text: str, partitions: PartitionSet | None) -> PartitionKey:
+    """Turn CLI text into a typed key.
+
+    With a partition set the set's ``parse`` decides (``"2024-01-05"`` becomes a ``date``
+    for a :class:`DailyPartitions`). Without one the text *is* the key, as a ``str``:
+    ``"42"`` stays the string ``"42"``; nothing is guessed.
+
+    Raises:
+        PartitionError: the text is empty, too long, or not a key of ``partitions``.
+    """
+    if partitions is not None:
+        return partitions.parse(text)
+    if text == "":
+        raise PartitionError(
+            "an empty partition was given; omit the partition to run unpartitioned."
+        )
+    encode_partition(text)
+    return text
+
+
+def _zone(name: str) -> tzinfo:
+    if name == "UTC":
+        return UTC  # needs no tz database
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise UsageError(
+            f"unknown timezone {name!r}; use an IANA name such as 'UTC' or 'Europe/Berlin' "
+            "(zoneinfo.available_timezones() lists them; install 'tzdata' if it is empty)."
+        ) from exc
+
+
+def _now(now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(UTC)
+    if now.utcoffset() is None:
+        raise UsageError(f"now={now!r} is naive; pass an aware datetime, e.g. with tzinfo=UTC.")
+    return now
+
+
+def _day(value: object, what: str, owner: str) -> date:
+    if isinstance(value, str) and _DAY.fullmatch(value):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    elif isinstance(value, date) and not isinstance(value, datetime):
+        return date(value.year, value.month, value.day)
+    raise UsageError(f"{owner}: {what}={value!r} is not a day; pass a date or 'YYYY-MM-DD'.")
+
+
+def _hour(value: object, zone: tzinfo, what: str, owner: str) -> datetime:
+    if isinstance(value, str):
+        value = _parse_datetime(value, zone, owner)
+    if not isinstance(value, datetime):
+        raise UsageError(f"{owner}: {what}={value!r} is not a datetime or ISO text.")
+    if value.utcoffset() is None:
+        value = _localize(value, zone, owner)
+    hour = value.astimezone(UTC)
+    if hour.minute or hour.second or hour.microsecond:
+        raise UsageError(
+            f"{owner}: {what}={value!r} is not on the hour; use e.g. 10:00, not 10:30."
+        )
+    return hour
+
+
+def _parse_datetime(text: str, zone: tzinfo, owner: str) -> datetime:
+    try:
+        if "T" not in text and " " not in text:
+            raise ValueError("no time part")
+        parsed = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise PartitionError(
+            f"{text!r} is not an hour of {owner}; use ISO text such as '2024-01-05T10:00' "
+            "(read in the set's timezone) or '2024-01-05T10:00Z'."
+        ) from exc
+    return parsed if parsed.utcoffset() is not None else _localize(parsed, zone, owner)
+
+
+def _localize(naive: datetime, zone: tzinfo, owner: str) -> datetime:
+    """Attach ``zone`` to a naive local time, refusing times DST skips or repeats."""
+    first = naive.replace(tzinfo=zone, fold=0)
+    second = naive.replace(tzinfo=zone, fold=1)
+    fix = "give an explicit offset, e.g. '2024-10-27T02:00+01:00', or a time in UTC with 'Z'"
+    if first.utcoffset() != second.utcoffset():
+        skipped = first.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != naive
+        problem = "does not exist (skipped by DST)" if skipped else "is ambiguous (DST repeats it)"
+        raise PartitionError(f"{naive.isoformat()} {problem} in the timezone of {owner}; {fix}.")
+    return first
+
+
+def _range_error(owner: object, key: object, allowed: str, fix: str) -> PartitionError:
+    return PartitionError(f"{key!r} is not a partition of {owner!r}: {allowed}. {fix}")
+
+
+def _coerce(partitions: PartitionSet, key: PartitionKey) -> PartitionKey:
+    if isinstance(key, str) and not partitions.contains(key):
+        return partitions.parse(key)
+    return partitions.validate(key)
+
+
+def _ordered(owner: object, start: PartitionKey, end: PartitionKey) -> None:
+    raise PartitionError(
+        f"keys_between({start!r}, {end!r}) of {owner!r}: start is after end; swap them."
+    )
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class DailyPartitions:
+    """One partition per calendar day in ``timezone``; keys are ``date`` objects.
+
+    Args:
+        start: the first day (a ``date`` or ``"YYYY-MM-DD"``).
+        end: the last day, inclusive; ``None`` means up to the last *complete* day in
+            ``timezone`` at the time ``keys()`` is asked.
+        timezone: an IANA timezone name deciding when a day is complete.
+
+    Example:
+        >>> DailyPartitions("2024-01-01", "2024-01-03").keys()
+        [datetime.date(2024, 1, 1), datetime.date(2024, 1, 2), datetime.date(2024, 1, 3)]
+    """
+
+    start: date
+    end: date | None = None
+    timezone: str = "UTC"
+
+    def __init__(
+        self, start: date | str, end: date | str | None = None, timezone: str = "UTC"
+    ) -> None:
+        _zone(timezone)
+        first = _day(start, "start", "DailyPartitions")
+        last = None if end is None else _day(end, "end", "DailyPartitions")
+        if last is not None and last < first:
+            raise UsageError(f"DailyPartitions: start {first} is after end {last}; swap them.")
+        object.__setattr__(self, "start", first)
+        object.__setattr__(self, "end", last)
+        object.__setattr__(self, "timezone", timezone)
+
+    def keys(self, now: datetime | None = None) -> list[PartitionKey]:
+        """Every day from ``start`` to ``end`` (or the last complete day at ``now``)."""
+        last = self.end
+        if last is None:
+            last = _now(now).astimezone(_zone(self.timezone)).date() - timedelta(days=1)
+        return self._days(self.start, last)
+
+    def contains(self, key: object) -> bool:
+        """Whether ``key`` is a ``date`` within ``start``..``end`` (open-ended if no end)."""
+        if not isinstance(key, date) or isinstance(key, datetime):
+            return False
+        return self.start <= key and (self.end is None or key <= self.end)
+
+    def validate(self, key: object) -> PartitionKey:
+        """Return ``key`` as a plain ``date`` if it is in the set, else raise ``PartitionError``."""
+        if self.contains(key):
+            return check_key(key)
+        kind = "a date" if isinstance(key, date) and not isinstance(key, datetime) else "not a date"
+        until = f"{self.end}" if self.end else "open-ended"
+        return self._fail(key, f"it is {kind}; the set is the days {self.start} .. {until}")
+
+    def _fail(self, key: object, allowed: str) -> PartitionKey:
+        raise _range_error(
+            self, key, allowed, "Pass a datetime.date inside the range (CLI: YYYY-MM-DD)."
+        )
+
+    def parse(self, text: str) -> PartitionKey:
+        """Parse ``"YYYY-MM-DD"`` into a ``date`` of this set."""
+        if not _DAY.fullmatch(text):
+            raise PartitionError(
+                f"{text!r} is not a day of {self!r}; use YYYY-MM-DD, e.g. '2024-01-05'."
+            )
+        return self.validate(_day(text, "partition", repr(self)))
+
+    def keys_between(self, start: PartitionKey, end: PartitionKey) -> list[PartitionKey]:
+        """The days from ``start`` to ``end`` inclusive (dates or ``YYYY-MM-DD`` text)."""
+        first, last = _coerce(self, start), _coerce(self, end)
+        assert isinstance(first, date) and isinstance(last, date)
+        if last < first:
+            _ordered(self, start, end)
+        return self._days(first, last)
+
+    @staticmethod
+    def _days(first: date, last: date) -> list[PartitionKey]:
+        return [first + timedelta(days=n) for n in range((last - first).days + 1)]
+
+    def time_window(self, key: date) -> tuple[datetime, datetime]:
+        """The UTC instants where day ``key`` starts and ends in ``timezone`` (DST-aware)."""
+        day = self.validate(key)
+        assert isinstance(day, date)
+        zone = _zone(self.timezone)
+        bounds = (
+            datetime.combine(d, datetime.min.time(), zone) for d in (day, day + timedelta(days=1))
+        )
+        start, end = (b.astimezone(UTC) for b in bounds)
+        return start, end
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class HourlyPartitions:
+    """One partition per hour; keys are aware UTC ``datetime`` objects on the hour.
+
+    Args:
+        start: the first hour (aware ``datetime``, or naive / ISO text read in ``timezone``).
+        end: the last hour, inclusive; ``None`` means up to the last *complete* hour.
+        timezone: the IANA timezone naive datetimes and CLI text are read in.
+    """
+
+    start: datetime
+    end: datetime | None = None
+    timezone: str = "UTC"
+
+    def __init__(
+        self, start: datetime | str, end: datetime | str | None = None, timezone: str = "UTC"
+    ) -> None:
+        zone = _zone(timezone)
+        first = _hour(start, zone, "start", "HourlyPartitions")
+        last = None if end is None else _hour(end, zone, "end", "HourlyPartitions")
+        if last is not None and last < first:
+            raise UsageError(f"HourlyPartitions: start {first} is after end {last}; swap them.")
+        object.__setattr__(self, "start", first)
+        object.__setattr__(self, "end", last)
+        object.__setattr__(self, "timezone", timezone)
+
+    def keys(self, now: datetime | None = None) -> list[PartitionKey]:
+        """Every hour from ``start`` to ``end`` (or the last complete hour at ``now``)."""
+        last = self.end
+        if last is None:
+            last = _now(now).astimezone(UTC).replace(minute=0, second=0, microsecond=0) - _HOUR
+        return self._hours(self.start, last)
+
+    def contains(self, key: object) -> bool:
+        """Whether ``key`` is an aware datetime on the hour within ``start``..``end``."""
+        if not isinstance(key, datetime) or key.utcoffset() is None:
+            return False
+        utc = key.astimezone(UTC)
+        on_hour = not (utc.minute or utc.second or utc.microsecond)
+        return on_hour and self.start <= utc and (self.end is None or utc <= self.end)
+
+    def validate(self, key: object) -> PartitionKey:
+        """Return ``key`` in UTC if it is in the set, else raise ``PartitionError``."""
+        if self.contains(key):
+            return check_key(key)
+        until = self.end.isoformat() if self.end else "open-ended"
+        allowed = f"the set is the aware datetimes on the hour {self.start.isoformat()} .. {until}"
+        raise _range_error(
+            self,
+            key,
+            allowed,
+            "Pass e.g. datetime(2024, 1, 5, 10, tzinfo=UTC) (CLI: 2024-01-05T10:00Z).",
+        )
+
+    def parse(self, text: str) -> PartitionKey:
+        """Parse ISO text (``2024-01-05T10``, ``...T10:00Z``, ``...T10:00+02:00``) into a key.
+
+        Text without an offset is read in the set's timezone; a local time that DST skips
+        or repeats is refused with a message asking for an explicit offset.
+        """
+        return self.validate(_parse_datetime(text, _zone(self.timezone), repr(self)))
+
+    def keys_between(self, start: PartitionKey, end: PartitionKey) -> list[PartitionKey]:
+        """The hours from ``start`` to ``end`` inclusive (datetimes or ISO text)."""
+        first, last = _coerce(self, start), _coerce(self, end)
+        assert isinstance(first, datetime) and isinstance(last, datetime)
+        if last < first:
+            _ordered(self, start, end)
+        return self._hours(first, last)
+
+    @staticmethod
+    def _hours(first: datetime, last: datetime) -> list[PartitionKey]:
+        count = int((last - first) / _HOUR) + 1
+        return [first + n * _HOUR for n in range(max(count, 0))]
+
+    def time_window(self, key: datetime) -> tuple[datetime, datetime]:
+        """The UTC instants where hour ``key`` starts and ends."""
+        hour = self.validate(key)
+        assert isinstance(hour, datetime)
+        return hour, hour + _HOUR
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class StaticPartitions:
+    """A fixed list of ``str`` / ``int`` keys, in the order given.
+
+    Example:
+        >>> StaticPartitions(["us", "eu"]).parse("eu")
+        'eu'
+    """
+
+    members: tuple[str | int, ...]
+    _index: frozenset[str | int] = field(compare=False, repr=False)
+
+    def __init__(self, keys: Sequence[str | int]) -> None:
+        if isinstance(keys, str | bytes) or not isinstance(keys, Sequence):
+            raise UsageError(
+                f"StaticPartitions(keys={keys!r}): pass a list of str/int keys, e.g. ['us', 'eu']."
+            )
+        members: list[str | int] = []
+        seen: set[str] = set()
+        for key in keys:
+            if isinstance(key, bool) or not isinstance(key, str | int):
+                raise UsageError(
+                    f"StaticPartitions: key {key!r} is a {type(key).__qualname__}; "
+                    "keys must be str or int."
+                )
+            encoded = encode_partition(key)
+            if encoded in seen:
+                raise UsageError(
+                    f"StaticPartitions: key {key!r} is listed twice; list every key once."
+                )
+            seen.add(encoded)
+            plain = check_key(key)
+            assert isinstance(plain, str | int)
+            members.append(plain)
+        if not members:
+            raise UsageError(
+                "StaticPartitions needs at least one key, e.g. StaticPartitions(['us', 'eu'])."
+            )
+        object.__setattr__(self, "members", tuple(members))
+        object.__setattr__(self, "_index", frozenset(members))
+
+    def keys(self, now: datetime | None = None) -> list[PartitionKey]:
+        """The keys, in the order given (``now`` is ignored)."""
+        return list(self.members)
+
+    def contains(self, key: object) -> bool:
+        """Whether ``key`` is one of the keys (``1`` and ``"1"`` are different keys)."""
+        return isinstance(key, str | int) and not isinstance(key, bool) and key in self._index
+
+    def validate(self, key: object) -> PartitionKey:
+        """Return ``key`` if it is one of the keys, else raise ``PartitionError``."""
+        if self.contains(key):
+            return check_key(key)
+        shown = ", ".join(repr(k) for k in self.members[:20]) + (
+            ", ..." if len(self.members) > 20 else ""
+        )
+        raise _range_error(self, key, f"allowed keys are {shown}", "Use one of them.")
+
+    def parse(self, text: str) -> PartitionKey:
+        """The key spelled ``text``: a str key as-is, an int key by its digits."""
+        if text in self._index:
+            return text
+        if re.fullmatch(r"-?[0-9]+", text) and int(text) in self._index:
+            return int(text)
+        return self.validate(text)
+
+    def _position(self, key: PartitionKey) -> int:
+        return next(n for n, member in enumerate(self.members) if member == key)
+
+    def keys_between(self, start: PartitionKey, end: PartitionKey) -> list[PartitionKey]:
+        """The keys from ``start`` to ``end`` inclusive, in the order given."""
+        first, last = (self._position(_coerce(self, key)) for key in (start, end))
+        if last < first:
+            _ordered(self, start, end)
+        return list(self.members[first : last + 1])
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class MultiPartitions:
+    """The cross product of named partition sets; keys are tuples in dimension order.
+
+    ``parse`` accepts three spellings of a key: ``"2024-01-05|eu"`` (one part per
+    dimension, each read by that dimension's ``parse``), a JSON array
+    ``'["2024-01-05", "eu"]'`` (use it when a part contains ``|``; JSON numbers are taken
+    as int keys), and the encoded form ``"(2024-01-05,eu)"`` as printed in logs.
+
+    Example:
+        >>> day, region = DailyPartitions("2024-01-01"), StaticPartitions(["eu"])
+        >>> parts = MultiPartitions({"day": day, "region": region})
+        >>> parts.parse("2024-01-05|eu")
+        (datetime.date(2024, 1, 5), 'eu')
+    """
+
+    dimensions: tuple[tuple[str, PartitionSet], ...]
+
+    def __init__(self, dimensions: Mapping[str, PartitionSet]) -> None:
+        if not isinstance(dimensions, Mapping) or not dimensions:
+            raise UsageError(
+                "MultiPartitions needs a non-empty mapping of dimension name -> partition set, "
+                "e.g. MultiPartitions({'day': DailyPartitions('2024-01-01'), 'region': ...})."
+            )
+        for name, parts in dimensions.items():
+            if not isinstance(name, str) or not name:
+                raise UsageError(
+                    f"MultiPartitions: dimension name {name!r} must be a non-empty str."
+                )
+            if isinstance(parts, MultiPartitions) or not isinstance(parts, PartitionSet):
+                raise UsageError(
+                    f"MultiPartitions: dimension {name!r} is {parts!r}; use a Daily, Hourly or "
+                    "Static partition set (flatten nested MultiPartitions into one)."
+                )
+        object.__setattr__(self, "dimensions", tuple(dimensions.items()))
+
+    @property
+    def dimension_names(self) -> tuple[str, ...]:
+        """The dimension names, in key order."""
+        return tuple(name for name, _ in self.dimensions)
+
+    def keys(self, now: datetime | None = None) -> list[PartitionKey]:
+        """Every combination, first dimension varying slowest."""
+        return list(itertools.product(*(parts.keys(now) for _, parts in self.dimensions)))
+
+    def contains(self, key: object) -> bool:
+        """Whether ``key`` is a tuple whose every part is in its dimension."""
+        return (
+            isinstance(key, tuple)
+            and len(key) == len(self.dimensions)
+            and all(parts.contains(k) for (_, parts), k in zip(self.dimensions, key, strict=True))
+        )
+
+    def validate(self, key: object) -> PartitionKey:
+        """Return ``key`` with every part normalised, or raise naming the bad dimension."""
+        if not isinstance(key, tuple) or len(key) != len(self.dimensions):
+            raise _range_error(
+                self,
+                key,
+                f"keys are tuples of {len(self.dimensions)} parts {self.dimension_names}",
+                "Pass one part per dimension, in that order.",
+            )
+        checked: list[PartitionKey] = []
+        for (name, parts), part in zip(self.dimensions, key, strict=True):
+            try:
+                checked.append(parts.validate(part))
+            except PartitionError as exc:
+                raise PartitionError(f"dimension {name!r} of {key!r}: {exc}") from exc
+        return tuple(checked)
+
+    def parse(self, text: str) -> PartitionKey:
+        """Parse ``"a|b"``, a JSON array, or the encoded ``"(a,b)"`` form (see the class doc)."""
+        stripped = text.strip()
+        if stripped.startswith("("):
+            return self.validate(decode_partition(stripped))
+        if stripped.startswith("["):
+            try:
+                items = json.loads(stripped)
+            except ValueError as exc:
+                raise PartitionError(f"{text!r} is not a valid JSON array: {exc}.") from exc
+        else:
+            items = text.split("|")
+        if not isinstance(items, list) or len(items) != len(self.dimensions):
+            raise PartitionError(
+                f"{text!r} does not have one part per dimension {self.dimension_names}; write "
+                "'a|b' or a JSON array such as '[\"a\", \"b\"]'."
+            )
+        return self.validate(
+            tuple(
+                self._part(name, parts, item)
+                for (name, parts), item in zip(self.dimensions, items, strict=True)
+            )
+        )
+
+    @staticmethod
+    def _part(name: str, parts: PartitionSet, item: object) -> PartitionKey:
+        try:
+            return parts.parse(item) if isinstance(item, str) else parts.validate(item)
+        except PartitionError as exc:
+            raise PartitionError(f"dimension {name!r}: {exc}") from exc
+
+    def keys_between(self, start: PartitionKey, end: PartitionKey) -> list[PartitionKey]:
+        """Every combination of each dimension's ``start[i]``..``end[i]`` (a box, not a slice)."""
+        first, last = _coerce(self, start), _coerce(self, end)
+        assert isinstance(first, tuple) and isinstance(last, tuple)
+        ranges = (
+            parts.keys_between(a, b)
+            for (_, parts), a, b in zip(self.dimensions, first, last, strict=True)
+        )
+        return list(itertools.product(*ranges))
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityMapping:
+    """The default: a downstream partition needs the same partition upstream."""
+
+    def upstream_keys(
+        self, key: PartitionKey | None, upstream: PartitionSet | None
+    ) -> list[PartitionKey | None]:
+        """``[key]``, validated against the upstream set when there is one."""
+        if upstream is None:
+            return [key]
+        if key is None:
+            raise PartitionError(
+                f"an unpartitioned run needs a partitioned upstream ({upstream!r}); pass a "
+                "partition, or depend on it with AllPartitions()."
+            )
+        return [upstream.validate(key)]
+
+
+@dataclass(frozen=True, slots=True)
+class TimeWindowOffset:
+    """Depend on an earlier (or later) time window: ``-1`` is the previous day/hour.
+
+    A ``date`` key moves by ``offset`` days, a ``datetime`` key by ``offset`` hours. When
+    the shifted key falls outside the upstream set (the day before its ``start``), there
+    is no upstream partition and the list is empty.
+    """
+
+    offset: int = -1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.offset, bool) or not isinstance(self.offset, int):
+            raise UsageError(
+                f"TimeWindowOffset(offset={self.offset!r}): offset must be an int, e.g. -1."
+            )
+
+    def upstream_keys(
+        self, key: PartitionKey | None, upstream: PartitionSet | None
+    ) -> list[PartitionKey | None]:
+        """The key shifted by ``offset`` windows, or ``[]`` if the upstream set lacks it."""
+        if isinstance(key, datetime):
+            shifted: PartitionKey = key + self.offset * _HOUR
+        elif isinstance(key, date):
+            shifted = key + timedelta(days=self.offset)
+        else:
+            raise PartitionError(
+                f"TimeWindowOffset needs a date or datetime partition key, got {key!r}; use it "
+                "between assets partitioned by DailyPartitions or HourlyPartitions."
+            )
+        if upstream is None:
+            return [shifted]
+        if not isinstance(upstream, DailyPartitions | HourlyPartitions):
+            raise PartitionError(
+                f"TimeWindowOffset needs a Daily or Hourly upstream set, not {upstream!r}."
+            )
+        if upstream.contains(shifted):
+            return [upstream.validate(shifted)]
+        if isinstance(upstream, DailyPartitions) == isinstance(shifted, datetime):
+            upstream.validate(shifted)  # a date/datetime mismatch: raises with the reason
+        return []
+
+
+@dataclass(frozen=True, slots=True)
+class AllPartitions:
+    """Depend on every partition of the upstream asset (e.g. a daily -> summary rollup)."""
+
+    def upstream_keys(
+        self, key: PartitionKey | None, upstream: PartitionSet | None
+    ) -> list[PartitionKey | None]:
+        """Every key of ``upstream`` at the current time."""
+        if upstream is None:
+            raise PartitionError(
+                "AllPartitions() needs the upstream asset to declare a partition set; give it "
+                "partitions=... (e.g. DailyPartitions('2024-01-01')) or use IdentityMapping()."
+            )
+        return list(upstream.keys())
+
+
+@dataclass(frozen=True, slots=True)
+class Unpartitioned:
+    """The upstream asset is not partitioned: every downstream partition reads its one value."""
+
+    def upstream_keys(
+        self, key: PartitionKey | None, upstream: PartitionSet | None
+    ) -> list[PartitionKey | None]:
+        """Always ``[None]``."""
+        return [None]
