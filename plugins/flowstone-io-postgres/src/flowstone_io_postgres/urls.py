@@ -1,0 +1,64 @@
+"""Database URLs: accepted spellings, normalisation to asyncpg, and safe display.
+
+``FLOWSTONE_DATABASE_URL`` is read only when a store, IO manager or reader is constructed
+without an explicit URL, never at import.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flowstone.errors import UsageError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+__all__ = ["ENV_VAR", "normalize_url", "resolve_url", "safe_url"]
+
+ENV_VAR = "FLOWSTONE_DATABASE_URL"
+
+_ACCEPTED = {"postgresql", "postgres", "postgresql+asyncpg"}
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse a Postgres URL and point it at the asyncpg driver.
+
+    Accepts ``postgresql://``, ``postgres://`` and ``postgresql+asyncpg://``.
+
+    Raises:
+        UsageError: the URL does not parse or names another database or driver.
+    """
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except ArgumentError as exc:
+        raise UsageError(
+            "could not parse the database URL; expected something like "
+            "postgresql://user:password@host:5432/dbname"
+        ) from exc
+    if parsed.drivername not in _ACCEPTED:
+        raise UsageError(
+            f"unsupported database URL scheme {parsed.drivername!r} in "
+            f"{parsed.render_as_string(hide_password=True)}: flowstone-io-postgres accepts "
+            "postgresql://, postgres:// or postgresql+asyncpg://"
+        )
+    return parsed.set(drivername="postgresql+asyncpg")
+
+
+def resolve_url(url: str | URL | None) -> URL:
+    """Return the normalised ``url``, or the one in ``FLOWSTONE_DATABASE_URL`` when None.
+
+    Raises:
+        UsageError: no URL given and the environment variable is unset or empty.
+    """
+    if url is None:
+        url = os.environ.get(ENV_VAR, "")
+        if not url:
+            raise UsageError(
+                f"no database URL: pass url=... or set {ENV_VAR} "
+                "(e.g. postgresql://postgres@127.0.0.1:5432/flowstone)"
+            )
+    return normalize_url(url)
+
+
+def safe_url(url: URL) -> str:
+    """The URL as text with the password masked, for messages and logs."""
+    return url.render_as_string(hide_password=True)
