@@ -111,8 +111,9 @@ def test_memory_stored_values_cannot_be_mutated_by_callers() -> None:
     location = io.store(StorageKey("p", "a", "", "r"), value)
     value["rows"].append(3)
     loaded = io.load(location)
+    assert isinstance(loaded, dict)
     assert loaded == {"rows": [1, 2]}
-    loaded["rows"].append(4)  # type: ignore[index]
+    loaded["rows"].append(4)
     assert io.load(location) == {"rows": [1, 2]}
 
 
