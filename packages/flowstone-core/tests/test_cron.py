@@ -29,12 +29,7 @@ def brute_force_next(expr: CronExpression, after: datetime) -> datetime:
         weekday = (t.weekday() + 1) % 7
         in_days, in_weekdays = t.day in expr.days, weekday in expr.weekdays
         day_ok = (in_days or in_weekdays) if expr.day_or else (in_days and in_weekdays)
-        if (
-            t.minute in expr.minutes
-            and t.hour in expr.hours
-            and t.month in expr.months
-            and day_ok
-        ):
+        if t.minute in expr.minutes and t.hour in expr.hours and t.month in expr.months and day_ok:
             return t
         t += timedelta(minutes=1)
 

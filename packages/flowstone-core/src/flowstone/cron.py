@@ -30,8 +30,7 @@ import bisect
 import calendar
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from flowstone.errors import UsageError
 
@@ -135,9 +134,7 @@ class CronExpression:
             weekdays=weekdays,
             day_or=day_or,
         )
-        if not day_or and not any(
-            d <= _max_days(m) for m in expr.months for d in expr.days
-        ):
+        if not day_or and not any(d <= _max_days(m) for m in expr.months for d in expr.days):
             raise UsageError(
                 f"invalid cron expression {text!r}: day-of-month {parts[2]!r} never occurs "
                 f"in month {parts[3]!r}, so it would never fire; pick a day that exists"
@@ -209,7 +206,7 @@ class CronExpression:
         raise UsageError(f"cron expression {self.text!r} has no tick before {wall}")
 
     # --- ticks ---------------------------------------------------------------------------
-    def next_after(self, dt: datetime, tz: ZoneInfo) -> datetime:
+    def next_after(self, dt: datetime, tz: tzinfo) -> datetime:
         """The first tick strictly after ``dt``, as an aware datetime in ``tz``.
 
         Raises:
@@ -227,7 +224,7 @@ class CronExpression:
                 return tick.astimezone(tz)
             candidate += _MINUTE
 
-    def previous_before(self, dt: datetime, tz: ZoneInfo) -> datetime:
+    def previous_before(self, dt: datetime, tz: tzinfo) -> datetime:
         """The last tick strictly before ``dt``, as an aware datetime in ``tz``.
 
         Raises:
@@ -248,7 +245,7 @@ class CronExpression:
                 return tick.astimezone(tz)
             candidate -= _MINUTE
 
-    def ticks_between(self, start: datetime, end: datetime, tz: ZoneInfo) -> Iterator[datetime]:
+    def ticks_between(self, start: datetime, end: datetime, tz: tzinfo) -> Iterator[datetime]:
         """Yield every tick ``t`` with ``start < t <= end``, in order, aware in ``tz``."""
         end_utc = _utc(end)
         tick = self.next_after(start, tz)
@@ -324,7 +321,7 @@ def _utc(dt: datetime) -> datetime:
     return dt.astimezone(UTC)
 
 
-def _resolve(wall: datetime, tz: ZoneInfo) -> datetime:
+def _resolve(wall: datetime, tz: tzinfo) -> datetime:
     """The UTC instant a wall-clock tick fires at (see the module docstring)."""
     first = wall.replace(tzinfo=tz, fold=0).astimezone(UTC)
     if first.astimezone(tz).replace(tzinfo=None) == wall:

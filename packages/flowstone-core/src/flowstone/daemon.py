@@ -1,0 +1,529 @@
+"""The daemon loop: fire schedules, evaluate sensors, expire waits, prune old decisions.
+
+Every decision that must happen once is taken by the run store, never by the daemon:
+``claim_tick`` hands each schedule tick and each sensor ``run_key`` to exactly one caller,
+and cursors advance with compare-and-set. So any number of daemons may tick the same
+store at the same time without firing anything twice.
+
+Firing is at most once: a daemon that dies after claiming a tick and before starting its
+run loses that run (no other daemon will fire the tick).
+
+Example:
+    >>> import threading
+    >>> stop = threading.Event()
+    >>> # Daemon([pipeline]).run(interval=30, stop=stop)   # until stop.set() or SIGTERM
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+from typing import Literal, Protocol
+
+from flowstone.errors import DefinitionError, UsageError
+from flowstone.partitions import PartitionKey
+from flowstone.schedules import Schedule
+from flowstone.sensors import Sensor, SensorContext
+
+__all__ = [
+    "Daemon",
+    "FiredRun",
+    "PipelineLike",
+    "SkippedTick",
+    "TickError",
+    "TickReport",
+    "TickStore",
+    "install_signal_handlers",
+]
+
+_log = logging.getLogger(__name__)
+
+Source = Literal["schedule", "sensor", "expire", "prune"]
+
+
+class TickStore(Protocol):
+    """The part of :class:`~flowstone.protocols.RunStore` the daemon uses."""
+
+    def get_cursor(self, name: str) -> str | None: ...
+
+    def set_cursor(self, name: str, value: str, *, expected: str | None = None) -> bool: ...
+
+    def claim_tick(self, name: str, tick: str) -> bool: ...
+
+
+class PipelineLike(Protocol):
+    """What the daemon needs from a pipeline (:class:`flowstone.Pipeline` has it all)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def store(self) -> TickStore: ...
+
+    @property
+    def schedules(self) -> tuple[Schedule, ...]: ...
+
+    @property
+    def sensors(self) -> tuple[Sensor, ...]: ...
+
+    def run(
+        self,
+        targets: str | Sequence[str],
+        *,
+        partition: PartitionKey | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> object:
+        """Start a run (in-process: run it to completion or until it waits)."""
+        ...
+
+    def expire_due(self, now: datetime) -> int:
+        """Fail approvals and gates whose timeout passed; return how many."""
+        ...
+
+    def prune(self, now: datetime) -> int:
+        """Delete route decisions older than the retention; return how many."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class FiredRun:
+    """A run this daemon started. ``key`` is the tick (UTC ISO 8601) or the run key."""
+
+    pipeline: str
+    source: Literal["schedule", "sensor"]
+    name: str
+    key: str
+    targets: tuple[str, ...]
+    partition: PartitionKey | None
+    run_id: str | None
+    status: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedTick:
+    """Something not fired, and why (claimed by another daemon, dropped by catch-up...)."""
+
+    pipeline: str
+    source: Literal["schedule", "sensor"]
+    name: str
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TickError:
+    """A failure the daemon survived: a sensor or a run raised, a store call failed."""
+
+    pipeline: str
+    source: Source
+    name: str
+    key: str | None
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class TickReport:
+    """Everything one :meth:`Daemon.tick` did."""
+
+    now: datetime
+    fired: tuple[FiredRun, ...] = ()
+    skipped: tuple[SkippedTick, ...] = ()
+    errors: tuple[TickError, ...] = ()
+    expired: int = 0
+    pruned: int = 0
+
+    @property
+    def failed_runs(self) -> tuple[FiredRun, ...]:
+        """Fired runs that finished ``failed``."""
+        return tuple(f for f in self.fired if f.status == "failed")
+
+    def summary(self) -> str:
+        """One line for logs and the CLI."""
+        return (
+            f"{self.now.isoformat()}: fired {len(self.fired)} "
+            f"({len(self.failed_runs)} failed), skipped {len(self.skipped)}, "
+            f"errors {len(self.errors)}, expired {self.expired}, pruned {self.pruned}"
+        )
+
+
+class _Collector:
+    __slots__ = ("errors", "expired", "fired", "pruned", "skipped")
+
+    def __init__(self) -> None:
+        self.fired: list[FiredRun] = []
+        self.skipped: list[SkippedTick] = []
+        self.errors: list[TickError] = []
+        self.expired = 0
+        self.pruned = 0
+
+    def error(self, pipeline: str, source: Source, name: str, key: str | None, exc: object) -> None:
+        text = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
+        _log.error(
+            "daemon: %s %s:%s %s failed: %s",
+            source,
+            pipeline,
+            name,
+            key or "",
+            text,
+            exc_info=exc if isinstance(exc, BaseException) else None,
+        )
+        self.errors.append(TickError(pipeline, source, name, key, text))
+
+
+class Daemon:
+    """Ticks the schedules and sensors of some pipelines.
+
+    Args:
+        pipelines: the pipelines to serve (names must be unique).
+        clock: returns the current aware time; defaults to ``datetime.now(UTC)``.
+        misfire_grace: a schedule tick older than this when first seen counts as missed
+            (matters for ``catch_up="none"``); keep it above the loop interval.
+
+    Raises:
+        DefinitionError: two pipelines share a name, or a pipeline has two schedules
+            (or two sensors) with the same name.
+    """
+
+    def __init__(
+        self,
+        pipelines: Sequence[PipelineLike],
+        *,
+        clock: Callable[[], datetime] | None = None,
+        misfire_grace: timedelta = timedelta(minutes=5),
+    ) -> None:
+        self._pipelines = tuple(pipelines)
+        self._clock = clock or _utc_now
+        if not isinstance(misfire_grace, timedelta) or misfire_grace < timedelta(0):
+            raise UsageError(
+                f"misfire_grace must be a non-negative timedelta, got {misfire_grace!r}"
+            )
+        self._grace = misfire_grace
+        _check_unique([p.name for p in self._pipelines], "pipeline", "the daemon")
+        for pipeline in self._pipelines:
+            where = f"pipeline {pipeline.name!r}"
+            _check_unique([s.name for s in pipeline.schedules], "schedule", where)
+            _check_unique([s.name for s in pipeline.sensors], "sensor", where)
+
+    @property
+    def pipelines(self) -> tuple[PipelineLike, ...]:
+        """The pipelines this daemon serves."""
+        return self._pipelines
+
+    def tick(self, now: datetime | None = None) -> TickReport:
+        """Evaluate everything due at ``now`` (default: the clock) once; never raises for a
+        failing sensor, run or store call: those are in the report.
+
+        Raises:
+            UsageError: ``now`` is naive.
+        """
+        at = self._clock() if now is None else now
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise UsageError(f"now={at!r} is naive; pass an aware datetime (tzinfo=UTC)")
+        at = at.astimezone(UTC)
+        out = _Collector()
+        for pipeline in self._pipelines:
+            for schedule in pipeline.schedules:
+                try:
+                    self._tick_schedule(pipeline, schedule, at, out)
+                except Exception as exc:
+                    out.error(pipeline.name, "schedule", schedule.name, None, exc)
+            for sensor in pipeline.sensors:
+                try:
+                    self._tick_sensor(pipeline, sensor, at, out)
+                except Exception as exc:
+                    out.error(pipeline.name, "sensor", sensor.name, None, exc)
+            try:
+                out.expired += pipeline.expire_due(at)
+            except Exception as exc:
+                out.error(pipeline.name, "expire", pipeline.name, None, exc)
+            try:
+                out.pruned += pipeline.prune(at)
+            except Exception as exc:
+                out.error(pipeline.name, "prune", pipeline.name, None, exc)
+        report = TickReport(
+            at, tuple(out.fired), tuple(out.skipped), tuple(out.errors), out.expired, out.pruned
+        )
+        _log.info("daemon tick %s", report.summary())
+        return report
+
+    def run(self, interval: float = 30.0, stop: threading.Event | None = None) -> None:
+        """Tick every ``interval`` seconds until ``stop`` is set.
+
+        A tick in progress is finished before returning. Pair with
+        :func:`install_signal_handlers` to stop on SIGTERM/SIGINT.
+
+        Raises:
+            UsageError: ``interval`` is not positive.
+        """
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+            raise UsageError(f"interval must be a positive number of seconds, got {interval!r}")
+        event = stop if stop is not None else threading.Event()
+        while not event.is_set():
+            try:
+                self.tick()
+            except Exception:  # a broken clock must not kill the loop either
+                _log.exception("daemon tick failed")
+            event.wait(interval)
+
+    # --- schedules -----------------------------------------------------------------------
+    def _tick_schedule(
+        self, pipeline: PipelineLike, schedule: Schedule, now: datetime, out: _Collector
+    ) -> None:
+        store, key = pipeline.store, f"schedule:{pipeline.name}:{schedule.name}"
+        raw = store.get_cursor(key)
+        if raw is None:
+            # First sight: start from now, never backfill history.
+            store.set_cursor(key, now.isoformat(), expected=None)
+            return
+        last = _parse_time(raw, key)
+        ticks, dropped = schedule.due_ticks(last, now, grace=self._grace)
+        if dropped:
+            out.skipped.append(
+                SkippedTick(
+                    pipeline.name,
+                    "schedule",
+                    schedule.name,
+                    f"{dropped} tick(s) before "
+                    f"{ticks[0].astimezone(UTC).isoformat() if ticks else now.isoformat()}",
+                    f"missed while no daemon was running; catch_up={schedule.catch_up!r}",
+                )
+            )
+        for tick in ticks:
+            tick_key = tick.astimezone(UTC).isoformat()
+            try:
+                partition = schedule.partition(tick) if schedule.partition else None
+            except Exception as exc:
+                out.error(pipeline.name, "schedule", schedule.name, tick_key, exc)
+                continue
+            if not store.claim_tick(key, tick_key):
+                out.skipped.append(
+                    SkippedTick(
+                        pipeline.name,
+                        "schedule",
+                        schedule.name,
+                        tick_key,
+                        "already fired (claimed by another daemon)",
+                    )
+                )
+                continue
+            tags = {**(schedule.tags or {}), "schedule": schedule.name, "tick": tick_key}
+            _fire(
+                pipeline,
+                "schedule",
+                schedule.name,
+                tick_key,
+                schedule.targets,
+                partition,
+                tags,
+                out,
+            )
+        _advance(store, key, now)
+
+    # --- sensors -------------------------------------------------------------------------
+    def _tick_sensor(
+        self, pipeline: PipelineLike, sensor: Sensor, now: datetime, out: _Collector
+    ) -> None:
+        store, key = pipeline.store, f"sensor:{pipeline.name}:{sensor.name}"
+        raw = store.get_cursor(key)
+        cursor, last_tick = _decode_sensor_state(raw, key)
+        if last_tick is not None and now < last_tick + sensor.interval:
+            return
+        # Claim this evaluation first, so two daemons never both run the sensor function.
+        claimed = _encode_sensor_state(cursor, now)
+        if not store.set_cursor(key, claimed, expected=raw):
+            out.skipped.append(
+                SkippedTick(
+                    pipeline.name,
+                    "sensor",
+                    sensor.name,
+                    now.isoformat(),
+                    "evaluated by another daemon",
+                )
+            )
+            return
+        context = SensorContext(pipeline.name, sensor.name, now, cursor, last_tick)
+        try:
+            result = sensor.evaluate(context)
+        except Exception as exc:
+            out.error(pipeline.name, "sensor", sensor.name, None, exc)
+            return
+        for request in result.run_requests:
+            targets = tuple(request.targets) if request.targets else sensor.targets
+            if not targets:
+                out.error(
+                    pipeline.name,
+                    "sensor",
+                    sensor.name,
+                    request.run_key,
+                    f"run request {request.run_key!r} names no targets and the sensor has "
+                    "no target; give Sensor(target=...) or RunRequest(targets=[...])",
+                )
+                continue
+            if not store.claim_tick(key, request.run_key):
+                out.skipped.append(
+                    SkippedTick(
+                        pipeline.name,
+                        "sensor",
+                        sensor.name,
+                        request.run_key,
+                        "run key already fired",
+                    )
+                )
+                continue
+            tags = {
+                **(sensor.tags or {}),
+                **(request.tags or {}),
+                "sensor": sensor.name,
+                "run_key": request.run_key,
+            }
+            _fire(
+                pipeline,
+                "sensor",
+                sensor.name,
+                request.run_key,
+                targets,
+                request.partition,
+                tags,
+                out,
+            )
+        if result.cursor is not None and result.cursor != cursor:
+            saved = _encode_sensor_state(result.cursor, now)
+            if not store.set_cursor(key, saved, expected=claimed):
+                out.error(
+                    pipeline.name,
+                    "sensor",
+                    sensor.name,
+                    None,
+                    f"cursor {key!r} changed while the sensor ran; its new cursor "
+                    f"{result.cursor!r} was not saved (requests are de-duplicated by run "
+                    "key, so the next evaluation is safe)",
+                )
+
+
+def _fire(
+    pipeline: PipelineLike,
+    source: Literal["schedule", "sensor"],
+    name: str,
+    key: str,
+    targets: tuple[str, ...],
+    partition: PartitionKey | None,
+    tags: dict[str, str],
+    out: _Collector,
+) -> None:
+    try:
+        result = pipeline.run(
+            targets[0] if len(targets) == 1 else targets, partition=partition, tags=tags
+        )
+    except Exception as exc:
+        out.error(pipeline.name, source, name, key, exc)
+        return
+    run_id, status = getattr(result, "run_id", None), getattr(result, "status", None)
+    fired = FiredRun(
+        pipeline.name,
+        source,
+        name,
+        key,
+        targets,
+        partition,
+        None if run_id is None else str(run_id),
+        None if status is None else str(status),
+    )
+    _log.info(
+        "daemon: %s %s:%s fired %s -> run %s (%s)",
+        source,
+        pipeline.name,
+        name,
+        key,
+        fired.run_id,
+        fired.status,
+    )
+    out.fired.append(fired)
+
+
+def _advance(store: TickStore, key: str, now: datetime) -> None:
+    """Move a schedule cursor forward to ``now``; never backwards, safe against races."""
+    for _ in range(5):
+        raw = store.get_cursor(key)
+        if raw is not None and _parse_time(raw, key) >= now:
+            return
+        if store.set_cursor(key, now.isoformat(), expected=raw):
+            return
+
+
+def _parse_time(raw: str, key: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None:
+        raise UsageError(
+            f"store cursor {key!r} holds {raw!r}, not an aware ISO 8601 time; "
+            "delete that cursor to restart the schedule from now"
+        )
+    return value.astimezone(UTC)
+
+
+def _decode_sensor_state(raw: str | None, key: str) -> tuple[str | None, datetime | None]:
+    if raw is None:
+        return None, None
+    try:
+        state = json.loads(raw)
+        cursor, last = state["cursor"], state["last_tick"]
+        if not (cursor is None or isinstance(cursor, str)) or not isinstance(last, str):
+            raise TypeError(raw)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(
+            f"store cursor {key!r} holds {raw!r}, not sensor state; delete that cursor to "
+            "restart the sensor"
+        ) from exc
+    return cursor, _parse_time(last, key)
+
+
+def _encode_sensor_state(cursor: str | None, last_tick: datetime) -> str:
+    return json.dumps({"cursor": cursor, "last_tick": last_tick.isoformat()}, sort_keys=True)
+
+
+def _check_unique(names: list[str], what: str, where: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise DefinitionError(
+                f"{where} has two {what}s named {name!r}; give each {what} a unique name"
+            )
+        seen.add(name)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def install_signal_handlers(stop: threading.Event) -> Callable[[], None]:
+    """Make SIGTERM and SIGINT set ``stop`` (so :meth:`Daemon.run` finishes its tick and
+    returns). Call from the main thread; returns a function that restores the previous
+    handlers.
+
+    Raises:
+        UsageError: not called from the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        raise UsageError("install_signal_handlers must be called from the main thread")
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        _log.info(
+            "daemon: received %s, stopping after the current tick", signal.Signals(signum).name
+        )
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
