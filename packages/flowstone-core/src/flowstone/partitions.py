@@ -241,11 +241,13 @@ class DailyPartitions:
 
     def parse(self, text: str) -> PartitionKey:
         """Parse ``"YYYY-MM-DD"`` into a ``date`` of this set."""
-        if not _DAY.fullmatch(text):
+        try:
+            day = _day(text, "partition", repr(self))
+        except UsageError as exc:
             raise PartitionError(
                 f"{text!r} is not a day of {self!r}; use YYYY-MM-DD, e.g. '2024-01-05'."
-            )
-        return self.validate(_day(text, "partition", repr(self)))
+            ) from exc
+        return self.validate(day)
 
     def keys_between(self, start: PartitionKey, end: PartitionKey) -> list[PartitionKey]:
         """The days from ``start`` to ``end`` inclusive (dates or ``YYYY-MM-DD`` text)."""
