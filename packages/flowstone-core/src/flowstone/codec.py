@@ -221,7 +221,7 @@ def from_jsonable(tree: Any) -> object:
         return _decode(tree)
     except StorageError:
         raise
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
+    except (KeyError, IndexError, TypeError, ValueError, RecursionError) as exc:
         raise StorageError(
             f"stored value holds a malformed tagged object ({type(exc).__name__}: {exc}). "
             "The data was corrupted or written by an incompatible version of FlowStone."
