@@ -341,11 +341,15 @@ def test_create_returns_checked_objects_and_cli_plugins_are_called(site: Site) -
 
 
 def test_check_accepts_the_shape_and_rejects_others(site: Site) -> None:
+    from flowstone import readers
+
     registry = PluginRegistry()
-    good = registry.create("flowstone.item_readers", "csv", "x.csv")
+    good = readers.Csv("x.csv")
     assert registry.check("flowstone.item_readers", good) is good
-    with pytest.raises(PluginLoadError, match="not a ItemReader: missing methods init, read"):
+    with pytest.raises(PluginLoadError, match="not an ItemReader: missing methods init, read"):
         registry.check("flowstone.item_readers", object())
+    assert registry.check("flowstone.cli", print) is print
+    assert site.scanned == [], "checking a shape needs no entry-point scan"
 
 
 # --- describe ----------------------------------------------------------------------

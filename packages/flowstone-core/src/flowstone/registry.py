@@ -129,6 +129,11 @@ def _short(name: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _check_group(group: str) -> None:
+    if group not in GROUPS:
+        raise UsageError(f"unknown plugin group {_short(group)}. Groups: {', '.join(GROUPS)}.")
+
+
 def _members(protocol: type) -> tuple[list[str], list[str]]:
     """The (methods, attributes) a runtime-checkable protocol requires."""
     methods: list[str] = []
@@ -163,8 +168,7 @@ class PluginRegistry:
     # --- discovery -------------------------------------------------------------------
 
     def _entries(self, group: str) -> dict[str, list[tuple[PluginInfo, metadata.EntryPoint]]]:
-        if group not in GROUPS:
-            raise UsageError(f"unknown plugin group {_short(group)}. Groups: {', '.join(GROUPS)}.")
+        _check_group(group)
         with self._lock:
             cached = self._groups.get(group)
             if cached is not None:
@@ -325,7 +329,7 @@ class PluginRegistry:
         Raises:
             PluginLoadError: naming the missing methods and attributes.
         """
-        self._entries(group)
+        _check_group(group)
         shape = _SHAPES[group]
         if shape is None:
             return obj
@@ -339,9 +343,10 @@ class PluginRegistry:
             missing.append("missing methods " + ", ".join(missing_methods))
         if missing_attributes:
             missing.append("missing attributes " + ", ".join(missing_attributes))
+        article = "an" if shape.__name__[0] in "AEIOU" else "a"
         raise PluginLoadError(
-            f"{plugin or group + ' plugin'} returned {_short(obj)} which is not a "
-            f"{shape.__name__}: {'; '.join(missing)}. Fix: implement "
+            f"{plugin or group + ' plugin'} returned {_short(obj)} which is not "
+            f"{article} {shape.__name__}: {'; '.join(missing)}. Fix: implement "
             f"flowstone.protocols.{shape.__name__}."
         )
 
