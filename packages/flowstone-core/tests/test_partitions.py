@@ -192,6 +192,8 @@ def test_hourly_validate_normalises_and_explains() -> None:
         (("2024-01-05T10:00Z", "2024-01-05T09:00Z"), "after end"),
         ((utc(2024, 1, 5), None, "Mars/Olympus"), "IANA"),
         ((12,), "not a datetime"),
+        (("2024-10-27T02:00", None, "Europe/Berlin"), "start: .*ambiguous"),
+        (("5 o'clock",), "ISO text"),
     ],
 )
 def test_hourly_rejects_bad_arguments(args: tuple[object, ...], match: str) -> None:
@@ -209,6 +211,8 @@ def test_static_keeps_order_and_distinguishes_int_from_str() -> None:
     assert parts.parse("eu") == "eu"
     assert parts.parse("3") == "3"  # a str key spelled exactly like the text wins
     assert StaticPartitions([1, 2]).parse("2") == 2
+    with pytest.raises(PartitionError, match="allowed keys are 1, 2"):
+        StaticPartitions([1, 2]).parse("9" * 5000)
     assert parts.keys_between("eu", 3) == ["eu", 3]
     with pytest.raises(PartitionError, match="start is after end"):
         parts.keys_between(3, "us")

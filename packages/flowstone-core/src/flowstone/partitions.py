@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
-from typing import Protocol, runtime_checkable
+from typing import NoReturn, Protocol, runtime_checkable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flowstone._internal.partition_codec import (
@@ -127,12 +127,15 @@ def _day(value: object, what: str, owner: str) -> date:
 
 
 def _hour(value: object, zone: tzinfo, what: str, owner: str) -> datetime:
-    if isinstance(value, str):
-        value = _parse_datetime(value, zone, owner)
-    if not isinstance(value, datetime):
+    if not isinstance(value, str | datetime):
         raise UsageError(f"{owner}: {what}={value!r} is not a datetime or ISO text.")
-    if value.utcoffset() is None:
-        value = _localize(value, zone, owner)
+    try:
+        if isinstance(value, str):
+            value = _parse_datetime(value, zone, owner)
+        elif value.utcoffset() is None:
+            value = _localize(value, zone, owner)
+    except PartitionError as exc:  # a constructor argument, not a key: a usage error
+        raise UsageError(f"{what}: {exc}") from exc
     hour = value.astimezone(UTC)
     if hour.minute or hour.second or hour.microsecond:
         raise UsageError(
@@ -176,7 +179,7 @@ def _coerce(partitions: PartitionSet, key: PartitionKey) -> PartitionKey:
     return partitions.validate(key)
 
 
-def _ordered(owner: object, start: PartitionKey, end: PartitionKey) -> None:
+def _ordered(owner: object, start: PartitionKey, end: PartitionKey) -> NoReturn:
     raise PartitionError(
         f"keys_between({start!r}, {end!r}) of {owner!r}: start is after end; swap them."
     )
@@ -417,7 +420,8 @@ class StaticPartitions:
         """The key spelled ``text``: a str key as-is, an int key by its digits."""
         if text in self._index:
             return text
-        if re.fullmatch(r"-?[0-9]+", text) and int(text) in self._index:
+        digits = len(text) <= MAX_PARTITION_LENGTH and re.fullmatch(r"-?[0-9]+", text)
+        if digits and int(text) in self._index:
             return int(text)
         return self.validate(text)
 
