@@ -61,11 +61,12 @@ import json
 import math
 import pickle
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, is_dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from enum import Enum
+from types import MappingProxyType
 from typing import Any, Literal, Protocol, runtime_checkable
 from zoneinfo import ZoneInfo
 
@@ -162,14 +163,10 @@ def encode_value(value: object, *, asset: str) -> bytes:
     """
     tree = to_jsonable(value, asset=asset)
     try:
-        return json.dumps(tree, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode(
-            "utf-8"
-        )
+        return _dumps(tree, ascii_only=False).encode("utf-8")
     except UnicodeEncodeError:
         # Lone surrogates cannot be UTF-8; \u escapes keep them losslessly in valid JSON.
-        return json.dumps(tree, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode(
-            "ascii"
-        )
+        return _dumps(tree, ascii_only=True).encode("ascii")
 
 
 def decode_value(data: bytes) -> object:
@@ -379,8 +376,12 @@ def _tag(tag: str, payload: Any, **extra: Any) -> dict[str, Any]:
     return {TAG_KEY: tag, "v": payload, **extra}
 
 
+def _dumps(tree: Any, *, ascii_only: bool) -> str:
+    return json.dumps(tree, ensure_ascii=ascii_only, allow_nan=False, separators=(",", ":"))
+
+
 def _sort_key(encoded: Any) -> str:
-    return json.dumps(encoded, sort_keys=True, ensure_ascii=True, allow_nan=False)
+    return json.dumps(encoded, sort_keys=True, ensure_ascii=True)
 
 
 def _zone_extra(tz: object, fold: int) -> dict[str, Any]:
@@ -403,16 +404,19 @@ def _enc_time(v: time) -> Any:
     return _tag("time", iso, **extra)
 
 
-_SCALARS: dict[type, Callable[[Any], Any]] = {
-    datetime: _enc_datetime,
-    date: lambda v: _tag("date", v.isoformat()),
-    time: _enc_time,
-    timedelta: lambda v: _tag("timedelta", [v.days, v.seconds, v.microseconds]),
-    Decimal: lambda v: _tag("decimal", str(v)),
-    uuid.UUID: lambda v: _tag("uuid", str(v)),
-    bytes: lambda v: _tag("bytes", base64.b64encode(v).decode("ascii")),
-    bytearray: lambda v: _tag("bytearray", base64.b64encode(v).decode("ascii")),
-}
+# Read-only: exact type -> encoder for the tagged scalar types.
+_SCALARS: Mapping[type, Callable[[Any], Any]] = MappingProxyType(
+    {
+        datetime: _enc_datetime,
+        date: lambda v: _tag("date", v.isoformat()),
+        time: _enc_time,
+        timedelta: lambda v: _tag("timedelta", [v.days, v.seconds, v.microseconds]),
+        Decimal: lambda v: _tag("decimal", str(v)),
+        uuid.UUID: lambda v: _tag("uuid", str(v)),
+        bytes: lambda v: _tag("bytes", base64.b64encode(v).decode("ascii")),
+        bytearray: lambda v: _tag("bytearray", base64.b64encode(v).decode("ascii")),
+    }
+)
 
 
 def _decode(node: Any) -> Any:
