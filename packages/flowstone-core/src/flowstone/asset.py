@@ -64,6 +64,7 @@ class AssetDef:
     on_signal: Callable[..., Any] | None = None
     on_timeout: Callable[..., Any] | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    join_params: frozenset[str] = frozenset()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -128,6 +129,7 @@ def _build(
     params: list[str] = []
     context_param: str | None = None
     accepts_kwargs = False
+    join_params: set[str] = set()
     for p in sig.parameters.values():
         if p.kind is inspect.Parameter.VAR_KEYWORD:
             accepts_kwargs = True
@@ -143,6 +145,7 @@ def _build(
             context_param = p.name
             continue
         if parallel is not None and p.name in _PARALLEL_PARAMS:
+            join_params.add(p.name)
             continue
         params.append(p.name)
     all_deps = list(params)
@@ -217,6 +220,7 @@ def _build(
         on_signal=on_signal,
         on_timeout=on_timeout,
         metadata=dict(metadata or {}),
+        join_params=frozenset(join_params),
     )
 
 

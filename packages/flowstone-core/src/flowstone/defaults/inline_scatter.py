@@ -1,0 +1,327 @@
+"""The in-process scatter coordinator.
+
+Items (from a function of the deps, or an ItemReader page by page) run on a bounded
+thread pool: at most ``max_concurrent`` items or batches are in flight, never all at
+once. Every item result is saved in the run store, and a reader's checkpoint is saved
+after each page once that page's results are durable, so a crashed or failed scatter
+resumes (``pipeline.resume(run_id)``) without re-running the items that succeeded.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any
+
+from flowstone.codec import decode_value, encode_value
+from flowstone.engine.invoke import bind_arguments, call_with_timeout
+from flowstone.engine.requests import ScatterRequest
+from flowstone.errors import ScatterThresholdError, UsageError
+from flowstone.events import Event
+from flowstone.records import ItemResult
+from flowstone.scatter import MAX_ITEM_KEY_LENGTH, Batch, ItemFailed, Scatter
+
+__all__ = ["InlineScatterCoordinator", "item_key"]
+
+_MIN_SAMPLE = 100  # a share threshold over an unknown total is judged after this many items
+
+Unit = list[tuple[int, str, Any]]
+
+
+def item_key(scatter: Scatter, item: Any, index: int, asset: str) -> str:
+    """The normalised, size-limited key of one item (seed: scatter keys were unbounded)."""
+    if scatter.key is not None:
+        key = scatter.key(item)
+        if not isinstance(key, str):
+            raise UsageError(f"Scatter(key=...) of asset {asset!r} must return a str, got {key!r}")
+    else:
+        try:
+            key = json.dumps(item, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(
+                f"scatter item {index} of asset {asset!r} is not JSON-serialisable ({exc}); "
+                "pass Scatter(key=lambda item: ...) returning a unique string per item"
+            ) from exc
+    if len(key) > MAX_ITEM_KEY_LENGTH:
+        raise UsageError(
+            f"scatter item {index} of asset {asset!r} has a key of {len(key)} characters; the "
+            f"limit is {MAX_ITEM_KEY_LENGTH}. Pass Scatter(key=lambda item: item['id']) "
+            "or scatter over ids and load the payload in the asset"
+        )
+    return key
+
+
+class _RateLimiter:
+    """A token bucket shared by this scatter's threads."""
+
+    def __init__(self, per_second: float) -> None:
+        self._interval = 1.0 / per_second
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self._interval
+        if start > now:
+            time.sleep(start - now)
+
+
+class InlineScatterCoordinator:
+    name = "inline"
+
+    def execute(self, req: ScatterRequest) -> object:
+        return _ScatterRun(req).run()
+
+
+class _ScatterRun:
+    def __init__(self, req: ScatterRequest) -> None:
+        self.req = req
+        scatter = req.asset.scatter
+        assert scatter is not None
+        self.sc: Scatter = scatter
+        self.store = req.pipeline.store
+        self.cursor = f"scatter:{req.run_id}:{req.asset.name}:{req.partition}"
+        prior = self.store.load_item_results(req.run_id, req.asset.name, req.partition)
+        self.done: dict[int, ItemResult] = {r.index: r for r in prior if r.state == "succeeded"}
+        self.live: dict[int, Any] = {}
+        self.failed: dict[int, str] = {}
+        self.prior_keys = {r.key for r in prior}
+        self.prior_failed = any(r.state == "failed" for r in prior)
+        self.seen: set[str] = set()
+        self.index_of_key: dict[str, int] = {}
+        self.total: int | None = None
+        self.pending: list[ItemResult] = []
+        rate = self.sc.rate_per_second
+        self.limiter = _RateLimiter(rate) if rate else None
+        self.batch_input: Any = None
+        self.batch_count = 0
+
+    # --- sources ------------------------------------------------------------------------
+    def pages(self) -> Iterator[tuple[Unit, dict[str, Any] | None]]:
+        sc, req = self.sc, self.req
+        if sc.items is not None:
+            kwargs = {k: v for k, v in req.deps.items() if k in _params(sc.items)}
+            items = list(sc.items(**kwargs))
+            self.total = len(items)
+            unit = self._keyed(enumerate(items))
+            for start in range(0, len(unit), sc.page_size):
+                yield unit[start:start + sc.page_size], None
+            return
+        reader = copy.copy(sc.reader)
+        assert reader is not None
+        reader.init(dict(req.deps))
+        try:
+            saved = self.store.get_cursor(self.cursor)
+            next_index = 0
+            if saved and not self.prior_failed:
+                # resume after the last durable page; with failed items to retry, re-read
+                # from the start instead (succeeded items are skipped by index)
+                self.seen = set(self.prior_keys)
+                state = json.loads(saved)
+                reader.restore(state["reader"])
+                next_index = int(state["next_index"])
+            self.total = reader.count()
+            while True:
+                page = reader.read(sc.page_size)
+                if not page:
+                    return
+                unit = self._keyed(enumerate(page, start=next_index))
+                next_index += len(page)
+                yield unit, {"reader": reader.checkpoint(), "next_index": next_index}
+        finally:
+            reader.close()
+
+    def _keyed(self, items: Any) -> Unit:
+        out: Unit = []
+        for index, item in items:
+            key = item_key(self.sc, item, index, self.req.asset.name)
+            if key in self.seen:
+                continue  # duplicates run once
+            self.seen.add(key)
+            self.index_of_key[key] = index
+            out.append((index, key, item))
+        return out
+
+    def _units(self, page: Unit) -> list[tuple[Unit, int | None]]:
+        todo = [t for t in page if t[0] not in self.done]
+        b = self.sc.batching
+        if b is None:
+            return [([t], None) for t in todo]
+        units: list[tuple[Unit, int | None]] = []
+        current: Unit = []
+        size = 0
+        for t in todo:
+            n = len(json.dumps(t[2], default=str).encode())
+            full_items = b.max_items is not None and len(current) >= b.max_items
+            full_bytes = b.max_bytes is not None and current and size + n > b.max_bytes
+            if full_items or full_bytes:
+                units.append((current, self.batch_count))
+                self.batch_count += 1
+                current, size = [], 0
+            current.append(t)
+            size += n
+        if current:
+            units.append((current, self.batch_count))
+            self.batch_count += 1
+        return units
+
+    # --- running --------------------------------------------------------------------------
+    def run(self) -> object:
+        sc, req = self.sc, self.req
+        if sc.batching is not None and sc.batching.batch_input is not None:
+            fn = sc.batching.batch_input
+            self.batch_input = fn(**{k: v for k, v in req.deps.items() if k in _params(fn)})
+        with ThreadPoolExecutor(sc.max_concurrent, thread_name_prefix="flowstone-scatter") as pool:
+            for page, checkpoint in self.pages():
+                inflight: dict[Future[list[tuple[int, str, Any, str | None]]], Unit] = {}
+                for unit, batch_index in self._units(page):
+                    while len(inflight) >= sc.max_concurrent:
+                        self._collect(inflight, FIRST_COMPLETED)
+                    if self._exceeded(final=False) or self._cancelled():
+                        break
+                    if self.limiter is not None:
+                        self.limiter.acquire()
+                    inflight[pool.submit(self._run_unit, unit, batch_index)] = unit
+                while inflight:
+                    self._collect(inflight, FIRST_COMPLETED)
+                self._flush(checkpoint)
+                self._progress()
+                if self._exceeded(final=False):
+                    self._fail()
+                if self._cancelled():
+                    return None
+        if self._exceeded(final=True):
+            self._fail()
+        return self._gather()
+
+    def _run_unit(self, unit: Unit, batch_index: int | None) -> list[tuple[int, str, Any, str | None]]:
+        sc, req, a = self.sc, self.req, self.req.asset
+        attempt = 1
+        while True:
+            try:
+                if batch_index is None:
+                    context = req.make_context(unit[0][2], None)
+                else:
+                    batch = Batch(items=[t[2] for t in unit], index=batch_index, count=None,
+                                  input=self.batch_input, keys=[t[1] for t in unit])
+                    context = req.make_context(None, batch)
+                kwargs = bind_arguments(a, req.deps, context)
+                value = call_with_timeout(a.fn, kwargs, timeout=sc.item_timeout_seconds,
+                                          what=f"scatter item of {a.name!r}")
+                if batch_index is None:
+                    return [(unit[0][0], unit[0][1], value, None)]
+                return self._split_batch(unit, value)
+            except Exception as exc:
+                policy = sc.item_retry
+                if policy is not None and policy.should_retry(attempt, exc):
+                    time.sleep(policy.delay(attempt))
+                    attempt += 1
+                    continue
+                error = f"{type(exc).__name__}: {exc}"
+                return [(i, k, None, error) for i, k, _ in unit]
+
+    def _split_batch(self, unit: Unit, value: Any) -> list[tuple[int, str, Any, str | None]]:
+        if not isinstance(value, list | tuple) or len(value) != len(unit):
+            raise UsageError(
+                f"batched scatter asset {self.req.asset.name!r} must return a list with one "
+                f"result per item ({len(unit)}), got {type(value).__name__}"
+                + (f" of length {len(value)}" if isinstance(value, list | tuple) else "")
+            )
+        out: list[tuple[int, str, Any, str | None]] = []
+        for (i, k, _), v in zip(unit, value, strict=True):
+            if isinstance(v, ItemFailed):
+                out.append((i, k, None, v.error))
+            elif isinstance(v, BaseException):
+                out.append((i, k, None, f"{type(v).__name__}: {v}"))
+            else:
+                out.append((i, k, v, None))
+        return out
+
+    def _collect(self, inflight: dict[Any, Unit], how: str) -> None:
+        done, _ = wait(inflight, return_when=how)
+        for fut in done:
+            inflight.pop(fut)
+            for index, key, value, error in fut.result():
+                if error is None:
+                    data = encode_value(value, asset=self.req.asset.name).decode("utf-8")
+                    result = ItemResult(index, key, "succeeded", value_json=data)
+                    self.done[index] = result
+                    self.live[index] = value
+                    self.failed.pop(index, None)
+                else:
+                    result = ItemResult(index, key, "failed", error=error)
+                    self.failed[index] = error
+                self.pending.append(result)
+
+    def _flush(self, checkpoint: dict[str, Any] | None) -> None:
+        r = self.req
+        if self.pending:
+            self.store.save_item_results(r.run_id, r.asset.name, r.partition, self.pending)
+            self.pending = []
+        if checkpoint is not None:
+            old = self.store.get_cursor(self.cursor)
+            self.store.set_cursor(self.cursor, json.dumps(checkpoint), expected=old)
+
+    def _progress(self) -> None:
+        r = self.req
+        r.pipeline.emit(Event("scatter.progress", r.pipeline.name, r.run_id, r.asset.name,
+                              r.partition, {"succeeded": len(self.done),
+                                            "failed": len(self.failed), "total": self.total}))
+
+    def _cancelled(self) -> bool:
+        run = self.store.get_run(self.req.run_id)
+        return run is not None and run.status == "cancelled"
+
+    def _exceeded(self, *, final: bool) -> bool:
+        failed = len(self.failed)
+        if failed == 0:
+            return False
+        total = self.total
+        if total is None:
+            processed = len(self.done) + failed
+            total = processed if (final or processed >= _MIN_SAMPLE) else None
+        return self.sc.exceeded(failed, total)
+
+    def _fail(self) -> None:
+        r = self.req
+        self._flush(None)
+        failed = len(self.failed)
+        total = self.total if self.total is not None else len(self.done) + failed
+        first = "; ".join(f"item {i}: {e}" for i, e in sorted(self.failed.items())[:3])
+        share, count = self.sc.failure_limits()
+        limit = " and ".join(
+            x for x in (f"{share:.1%}" if share is not None else "",
+                        f"{count} items" if count is not None else "") if x
+        ) or "0 failures"
+        raise ScatterThresholdError(
+            f"scatter asset {r.asset.name!r}: {failed} of {total} items failed, above the "
+            f"failure threshold of {limit}; remaining items were not started. First errors: "
+            f"{first}. Fix the items and run pipeline.resume({r.run_id!r}) to retry only "
+            "the failed ones"
+        )
+
+    def _gather(self) -> object:
+        order = sorted(set(self.index_of_key.values()) | set(self.done))
+        values = []
+        for index in order:
+            if index in self.live:
+                values.append(self.live[index])
+            elif index in self.done and self.done[index].value_json is not None:
+                values.append(decode_value(self.done[index].value_json.encode("utf-8")))
+            else:
+                values.append(None)
+        if self.sc.gather is not None:
+            return self.sc.gather(values)
+        return values
+
+
+def _params(fn: Any) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(fn).parameters)

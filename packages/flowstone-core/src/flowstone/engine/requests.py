@@ -1,0 +1,43 @@
+"""What the engine hands to scatter and parallel coordinators."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flowstone.asset import AssetDef
+    from flowstone.context import Context
+    from flowstone.engine.inputs import DepOutcome
+    from flowstone.pipeline import Pipeline
+    from flowstone.scatter import Batch
+
+__all__ = ["ParallelRequest", "ScatterRequest"]
+
+
+@dataclass(frozen=True, slots=True)
+class ScatterRequest:
+    """One scatter step to execute: the asset, its resolved deps, and a context factory
+    (``make_context(item, batch)``) for each item or batch."""
+
+    pipeline: Pipeline
+    asset: AssetDef
+    run_id: str
+    partition: str
+    key: Any
+    deps: Mapping[str, Any]
+    attempt: int
+    owner: str
+    make_context: Callable[[Any, Batch | None], Context]
+
+
+@dataclass(frozen=True, slots=True)
+class ParallelRequest:
+    """A parallel asset whose branches have all finished: ``outcomes`` per branch name."""
+
+    pipeline: Pipeline
+    asset: AssetDef
+    run_id: str
+    partition: str
+    outcomes: Mapping[str, DepOutcome]

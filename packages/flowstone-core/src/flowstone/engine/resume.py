@@ -1,0 +1,196 @@
+"""Resuming waiting steps: approvals, signal gates, their expiry, and crash recovery.
+
+The store is the arbiter: ``decide_approval`` and ``consume_gate`` succeed exactly once,
+so two processes approving (or approving and rejecting) at once cannot both win. The step
+is then finished through the normal ``finish_step`` path and its dependents dispatched.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from flowstone.engine.runner import describe_error, hash_token
+from flowstone.errors import ApprovalError, SignalError, UsageError
+from flowstone.events import Event
+from flowstone.engine.plan import dep_partitions
+from flowstone.partitions import PartitionKey, decode_partition, encode_partition
+from flowstone.protocols import StorageKey
+from flowstone.records import Approval, Gate, StepOutcome, StepRecord
+
+if TYPE_CHECKING:
+    from flowstone.pipeline import Pipeline
+
+__all__ = ["decide", "expire_due", "find_approval", "recover", "signal"]
+
+log = logging.getLogger("flowstone.engine")
+
+
+def find_approval(
+    p: Pipeline,
+    approval_id: int | None,
+    run_id: str | None,
+    asset: str | None,
+    partition: PartitionKey | None,
+) -> Approval:
+    if approval_id is not None:
+        if isinstance(approval_id, bool) or not isinstance(approval_id, int):
+            raise UsageError(f"approval id must be an int, got {approval_id!r}")
+        found = p.store.get_approval(approval_id)
+    elif run_id is not None and asset is not None:
+        found = p.store.find_approval(run_id, p.dag[asset].name, encode_partition(partition))
+    else:
+        raise UsageError("pass an approval id, or run_id= and asset= (and partition=)")
+    if found is None or found.pipeline != p.name:
+        raise ApprovalError(
+            f"no approval {approval_id if approval_id is not None else (run_id, asset)} in "
+            f"pipeline {p.name!r}; list them with `flowstone approvals`"
+        )
+    return found
+
+
+def _step(p: Pipeline, run_id: str, asset: str, partition: str) -> StepRecord:
+    step = p.store.get_step(run_id, asset, partition)
+    if step is None:
+        raise UsageError(f"run {run_id} has no step {asset}[{partition}]")
+    return step
+
+
+def decide(p: Pipeline, approval: Approval, *, approved: bool, by: str | None, reason: str | None) -> None:
+    decided = p.store.decide_approval(
+        approval.id, "approved" if approved else "rejected", by=by, reason=reason
+    )
+    p.emit(Event("approval.decided", p.name, approval.run_id, approval.asset, approval.partition,
+                 {"approval_id": approval.id, "status": decided.status, "by": by}))
+    _finish_decided(p, decided)
+
+
+def _finish_decided(p: Pipeline, approval: Approval) -> None:
+    step = _step(p, approval.run_id, approval.asset, approval.partition)
+    a = p.dag[approval.asset]
+    if approval.status == "approved":
+        mat = p.runner.record(a, step, "succeeded", io_name=approval.io_manager,
+                              location=approval.location, upstream=_upstream_ids(p, step),
+                              metadata={"approved_by": approval.decided_by})
+        outcome = StepOutcome("succeeded", materialization=mat)
+    else:
+        who = f" by {approval.decided_by}" if approval.decided_by else ""
+        why = f": {approval.reason}" if approval.reason else ""
+        error = (
+            f"approval {approval.id} {approval.status}{who}{why}"
+        )
+        mat = p.runner.record(a, step, "failed", error=error)
+        outcome = StepOutcome("failed", materialization=mat, error=error)
+    p.dispatch(step.run_id, p.runner.complete(step.run_id, step.asset, step.partition, outcome))
+
+
+def _upstream_ids(p: Pipeline, step: StepRecord) -> list[str]:
+    """Lineage of a resumed step: this run's materializations of its deps."""
+    ids = []
+    a = p.dag[step.asset]
+    key = decode_partition(step.partition)
+    for dep in a.upstream:
+        for uk in dep_partitions(p.dag, a, dep, key):
+            s = p.store.get_step(step.run_id, dep, encode_partition(uk))
+            if s is not None and s.materialization_id and s.state == "succeeded":
+                ids.append(s.materialization_id)
+    return ids
+
+
+def signal(p: Pipeline, token: str, payload: Any) -> str:
+    if not isinstance(token, str) or not token.startswith("fsg_") or len(token) > 200:
+        raise SignalError("that is not a FlowStone signal token (they start with 'fsg_')")
+    try:
+        json.dumps(payload)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"signal payload must be JSON-serialisable: {exc}") from exc
+    digest = hash_token(token)
+    gate = p.store.get_gate(digest)
+    if gate is None or gate.pipeline != p.name or not hmac.compare_digest(gate.token_hash, digest):
+        raise SignalError("unknown signal token for this pipeline (wrong pipeline, or a typo?)")
+    if gate.status != "pending":
+        raise SignalError(f"this signal token was already used ({gate.status}); tokens work once")
+    if gate.expires_at is not None and gate.expires_at <= datetime.now(gate.expires_at.tzinfo):
+        _expire_gate(p, gate)
+        raise SignalError(f"this signal token expired at {gate.expires_at.isoformat()}")
+    consumed = p.store.consume_gate(digest, payload=payload, status="signaled")
+    p.emit(Event("gate.signaled", p.name, gate.run_id, gate.asset, gate.partition))
+    _finish_gate(p, consumed, payload, expired=False)
+    return gate.run_id
+
+
+def _finish_gate(p: Pipeline, gate: Gate, payload: Any, *, expired: bool) -> None:
+    step = _step(p, gate.run_id, gate.asset, gate.partition)
+    a = p.dag[gate.asset]
+    hook = a.on_timeout if expired else a.on_signal
+    context = p.runner.context_for(a, gate.run_id, gate.partition, max(step.attempt, 1))
+    try:
+        if expired and hook is None:
+            raise SignalError(f"signal gate of {a.name!r} expired before anyone signalled it")
+        value = (hook(context) if expired else hook(context, payload)) if hook else payload
+        io_name = a.io_manager or p.default_io_manager
+        location = p.io_manager(io_name).store(
+            StorageKey(p.name, a.name, gate.partition, gate.run_id), value
+        )
+        mat = p.runner.record(a, step, "succeeded", io_name=io_name, location=location,
+                              upstream=_upstream_ids(p, step), metadata=dict(context.metadata))
+        outcome = StepOutcome("succeeded", materialization=mat)
+    except Exception as exc:
+        error = describe_error(exc)
+        mat = p.runner.record(a, step, "failed", error=error)
+        outcome = StepOutcome("failed", materialization=mat, error=error)
+    p.dispatch(step.run_id, p.runner.complete(step.run_id, step.asset, step.partition, outcome))
+
+
+def _expire_gate(p: Pipeline, gate: Gate) -> bool:
+    try:
+        consumed = p.store.consume_gate(gate.token_hash, payload=None, status="expired")
+    except SignalError:
+        return False  # someone else signalled or expired it first
+    p.emit(Event("gate.expired", p.name, gate.run_id, gate.asset, gate.partition))
+    _finish_gate(p, consumed, None, expired=True)
+    return True
+
+
+def expire_due(p: Pipeline, now: datetime) -> int:
+    count = 0
+    for approval in p.store.due_approvals(now):
+        if approval.pipeline != p.name:
+            continue
+        try:
+            decided = p.store.decide_approval(approval.id, "expired", reason="timed out")
+        except ApprovalError:
+            continue
+        p.emit(Event("approval.decided", p.name, approval.run_id, approval.asset,
+                     approval.partition, {"approval_id": approval.id, "status": "expired"}))
+        _finish_decided(p, decided)
+        count += 1
+    for gate in p.store.due_gates(now):
+        if gate.pipeline == p.name and _expire_gate(p, gate):
+            count += 1
+    return count
+
+
+def recover(p: Pipeline, now: datetime, ready_for_seconds: float) -> int:
+    count = 0
+    for step in p.store.stale_steps(now, ready_for_seconds=ready_for_seconds):
+        run = p.store.get_run(step.run_id)
+        if run is None or run.pipeline != p.name:
+            continue
+        p.dispatch(step.run_id, (step,))
+        count += 1
+    for run in p.store.list_runs(pipeline=p.name, status="waiting", limit=1000):
+        for step in p.store.list_steps(run.run_id):
+            if step.state != "waiting":
+                continue
+            approval = p.store.find_approval(run.run_id, step.asset, step.partition)
+            if approval is not None and approval.status != "pending":
+                try:
+                    _finish_decided(p, approval)
+                    count += 1
+                except Exception:  # keep sweeping the others
+                    log.exception("recovering decided approval %s failed", approval.id)
+    return count

@@ -1,0 +1,377 @@
+"""StepRunner: claim one step, run its asset, record the outcome, return what became ready.
+
+Every executor uses it: the in-process executor from a thread pool, the Celery executor
+from a task. One step = one claim transaction, the asset call, the value stored through
+the IO manager, then one ``finish_step`` transaction that records materialization and
+lineage and schedules dependents (value first, metadata second: a crash in between
+leaves an orphan value, never a record without a value).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import socket
+import threading
+import traceback
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from flowstone.asset import AssetDef
+from flowstone.context import Context
+from flowstone.engine.inputs import DepOutcome, resolve_inputs
+from flowstone.engine.invoke import bind_arguments, call_with_timeout
+from flowstone.engine.leases import LeaseKeeper
+from flowstone.engine.requests import ParallelRequest, ScatterRequest
+from flowstone.errors import EncodingError, ExecutionError
+from flowstone.events import Event
+from flowstone.outcomes import Retry, SignalGate, Skip, WaitForApproval, to_seconds
+from flowstone.partitions import decode_partition
+from flowstone.protocols import StorageKey
+from flowstone.records import (
+    Approval,
+    Gate,
+    MaterializationRecord,
+    StepOutcome,
+    StepRecord,
+)
+from flowstone.scatter import DEFERRED, Batch
+
+if TYPE_CHECKING:
+    from flowstone.pipeline import Pipeline
+
+__all__ = ["StepRunner", "hash_token"]
+
+log = logging.getLogger("flowstone.engine")
+MAX_SOFT_RETRIES = 1000
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def describe_error(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 2000 else text[:1997] + "..."
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _RetryLater:
+    delay: float
+    error: str
+
+
+class StepRunner:
+    """Runs steps of one pipeline. Thread-safe; one per pipeline per process."""
+
+    __slots__ = ("_leases", "_owner_prefix", "_p")
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._p = pipeline
+        self._owner_prefix = f"{socket.gethostname()}:{os.getpid()}"
+        self._leases = LeaseKeeper(pipeline.store)
+
+    def owner(self) -> str:
+        return f"{self._owner_prefix}:{threading.get_ident()}"
+
+    def close(self) -> None:
+        self._leases.close()
+
+    # ------------------------------------------------------------------------------
+    def run_step(
+        self,
+        run_id: str,
+        asset: str,
+        partition: str,
+        *,
+        owner: str | None = None,
+        lease_seconds: float | None = None,
+    ) -> tuple[StepRecord, ...]:
+        """Claim and execute one step; return the steps that became ready.
+
+        Returns ``()`` when the step is not claimable (a duplicate delivery, a cancelled
+        run). Asset failures are recorded, never raised; only infrastructure errors (the
+        store is unreachable) propagate, so a queue can redeliver the message.
+        A step the retry policy sends back is returned itself with ``not_before`` set.
+        """
+        p = self._p
+        owner = owner or self.owner()
+        lease = lease_seconds or p.lease_seconds
+        step = p.store.claim_step(run_id, asset, partition, owner=owner, lease_seconds=lease)
+        if step is None:
+            return ()
+        a = p.dag[asset]
+        started_at = _now()
+        p.emit(Event("asset.started", p.name, run_id, asset, partition, {"attempt": step.attempt}))
+        with self._leases.keep(run_id, asset, partition, owner, lease):
+            result = self._execute(step, a, owner, started_at)
+        if result is None:  # deferred: a coordinator finishes the step later
+            return ()
+        if isinstance(result, _RetryLater):
+            not_before = _now() + timedelta(seconds=result.delay)
+            if not p.store.retry_step(
+                run_id, asset, partition, not_before=not_before, error=result.error
+            ):
+                return ()
+            p.emit(Event("asset.retrying", p.name, run_id, asset, partition,
+                         {"attempt": step.attempt, "delay_s": result.delay, "error": result.error}))
+            return (dataclasses.replace(step, state="ready", not_before=not_before),)
+        return self.complete(run_id, asset, partition, result, started_at=started_at)
+
+    def complete(
+        self,
+        run_id: str,
+        asset: str,
+        partition: str,
+        outcome: StepOutcome,
+        *,
+        started_at: datetime | None = None,
+    ) -> tuple[StepRecord, ...]:
+        """Record ``outcome`` for a step (also used to resume waiting steps)."""
+        p = self._p
+        transition = p.store.finish_step(run_id, asset, partition, outcome)
+        if not transition.applied:
+            return ()
+        data: dict[str, Any] = {}
+        if started_at is not None:
+            data["duration_s"] = round((_now() - started_at).total_seconds(), 6)
+        if outcome.error:
+            data["error"] = outcome.error
+        if outcome.state == "waiting":
+            kind = "gate.opened" if outcome.gate else "approval.requested"
+            p.emit(Event(kind, p.name, run_id, asset, partition, data))
+        else:
+            kind = {"succeeded": "asset.succeeded", "skipped": "asset.skipped"}.get(
+                outcome.state, "asset.failed"
+            )
+            if outcome.materialization is not None:
+                data["materialization_id"] = outcome.materialization.id
+            p.emit(Event(kind, p.name, run_id, asset, partition, data))
+        if transition.run_status in ("succeeded", "failed", "cancelled"):
+            p.emit(Event("run.finished", p.name, run_id, data={"status": transition.run_status}))
+        return transition.ready
+
+    # ------------------------------------------------------------------------------
+    def _execute(
+        self, step: StepRecord, a: AssetDef, owner: str, started_at: datetime
+    ) -> StepOutcome | _RetryLater | None:
+        p = self._p
+        run_id, enc = step.run_id, step.partition
+        key = decode_partition(enc)
+        inputs = resolve_inputs(p, run_id, a, key)
+        values: dict[str, Any] = {}
+        branch_outcomes: dict[str, DepOutcome] = {}
+        for dep, out in inputs.outcomes.items():
+            if dep == a.routed_from:
+                if out.state == "succeeded" and out.value != a.name:
+                    return self._skip(a, step, started_at,
+                                      f"not selected by router {dep!r} (it chose {out.value!r})")
+                if out.state in ("skipped", "absent"):
+                    return self._skip(a, step, started_at, f"router {dep!r} was skipped")
+                if out.state == "failed":
+                    return StepOutcome("upstream_failed", error=f"router {dep!r} failed: {out.detail}")
+            branch = a.parallel.branch_of(dep) if a.parallel is not None else None
+            if branch is not None:
+                branch_outcomes[branch] = out
+                if dep not in a.deps:
+                    continue
+            if dep not in a.deps:
+                continue
+            if out.state == "succeeded":
+                values[dep] = out.value
+            elif out.state in ("skipped", "absent"):
+                if dep not in a.optional_deps and branch is None:
+                    return self._skip(a, step, started_at, f"upstream {dep!r} skipped: {out.detail}")
+            elif branch is None:
+                return StepOutcome("upstream_failed", error=f"upstream {dep!r} failed: {out.detail}")
+
+        context = self._context(a, run_id, enc, key, step.attempt)
+        try:
+            value = self._call(a, step, context, values, branch_outcomes, owner, key)
+            if value is DEFERRED:
+                return None
+            if isinstance(value, Retry):
+                if step.attempt >= MAX_SOFT_RETRIES:
+                    raise ExecutionError(
+                        f"asset {a.name!r} asked to Retry {MAX_SOFT_RETRIES} times; giving up"
+                    )
+                return _RetryLater(value.seconds, value.reason or "Retry requested")
+            return self._outcome(a, step, context, value, inputs.upstream_ids, started_at)
+        except _UpstreamFailed as exc:
+            return StepOutcome("upstream_failed", error=str(exc))
+        except Exception as exc:
+            error = describe_error(exc)
+            if not isinstance(exc, EncodingError) and a.retry.should_retry(step.attempt, exc):
+                return _RetryLater(a.retry.delay(step.attempt), error)
+            log.warning("asset %s [%s] failed on attempt %d: %s", a.name, enc, step.attempt, error)
+            tb = "".join(traceback.format_exception(exc, limit=-8))[-4000:]
+            mat = self._record(a, step, "failed", started_at, error=error,
+                               upstream=inputs.upstream_ids, metadata={"traceback": tb})
+            return StepOutcome("failed", materialization=mat, error=error)
+
+    def _call(
+        self,
+        a: AssetDef,
+        step: StepRecord,
+        context: Context,
+        values: dict[str, Any],
+        branch_outcomes: dict[str, DepOutcome],
+        owner: str,
+        key: Any,
+    ) -> Any:
+        p = self._p
+        if a.is_router:
+            decided = p.store.get_route_decision(step.run_id, a.name, step.partition)
+            if decided is not None:  # replayed, never re-evaluated
+                return decided
+        if a.scatter is not None:
+            request = ScatterRequest(
+                pipeline=p, asset=a, run_id=step.run_id, partition=step.partition, key=key,
+                deps=values, attempt=step.attempt, owner=owner,
+                make_context=lambda item, batch: self._context(
+                    a, step.run_id, step.partition, key, step.attempt, item=item, batch=batch
+                ),
+            )
+            return p.scatter_coordinator.execute(request)
+        extra: dict[str, Any] | None = None
+        if a.parallel is not None:
+            try:
+                branches = p.parallel_coordinator.branch_results(
+                    ParallelRequest(p, a, step.run_id, step.partition, branch_outcomes)
+                )
+            except ExecutionError as exc:
+                raise _UpstreamFailed(str(exc)) from exc
+            extra = {}
+            if "branches" in a.join_params:
+                extra["branches"] = branches
+            if "input" in a.join_params:
+                extra["input"] = dict(values)
+        kwargs = bind_arguments(a, values, context, extra=extra)
+        return call_with_timeout(a.fn, kwargs, timeout=a.timeout, what=f"asset {a.name!r}")
+
+    def _outcome(
+        self,
+        a: AssetDef,
+        step: StepRecord,
+        context: Context,
+        value: Any,
+        upstream: list[str],
+        started_at: datetime,
+    ) -> StepOutcome:
+        p = self._p
+        if isinstance(value, Skip):
+            return self._skip(a, step, started_at, value.reason or "asset returned Skip")
+        if isinstance(value, WaitForApproval):
+            io_name, location = self._store_value(a, step, value.value)
+            seconds = to_seconds(value.timeout, what="WaitForApproval timeout")
+            approval = Approval(
+                id=0, pipeline=p.name, run_id=step.run_id, asset=a.name,
+                partition=step.partition, message=value.message, status="pending",
+                created_at=_now(),
+                expires_at=_now() + timedelta(seconds=seconds) if seconds is not None else None,
+                io_manager=io_name, location=location, metadata=dict(value.metadata),
+            )
+            return StepOutcome("waiting", approval=approval)
+        if isinstance(value, SignalGate):
+            if context.gate is None or context.gate.token != value.token:
+                raise ExecutionError(
+                    f"asset {a.name!r} returned a SignalGate it did not create; return the gate "
+                    "from context.signal_gate(...)"
+                )
+            gate = Gate(
+                token_hash=hash_token(value.token), pipeline=p.name, run_id=step.run_id,
+                asset=a.name, partition=step.partition, status="pending", created_at=_now(),
+                expires_at=value.expires_at, metadata=dict(value.metadata),
+            )
+            return StepOutcome("waiting", gate=gate)
+        if a.is_router:
+            branches = a.router_branches or ()
+            if not isinstance(value, str) or value not in branches:
+                raise ExecutionError(
+                    f"router {a.name!r} returned {value!r}; it must return one of {list(branches)}"
+                )
+            value = p.store.record_route_decision(step.run_id, a.name, step.partition, value)
+            p.emit(Event("route.decided", p.name, step.run_id, a.name, step.partition,
+                         {"branch": value}))
+        io_name, location = self._store_value(a, step, value)
+        metadata = {**a.metadata, **context.metadata}
+        lineage_error = p.emit_lineage(step.run_id, a.name, step.partition, upstream)
+        if lineage_error is not None and p.on_lineage_error == "fail":
+            p.io_manager(io_name).delete(location)
+            raise ExecutionError(f"lineage emission failed: {lineage_error}")
+        if lineage_error is not None:
+            metadata["lineage_error"] = lineage_error
+        mat = self._record(a, step, "succeeded", started_at, io_name=io_name, location=location,
+                           upstream=upstream, metadata=metadata)
+        return StepOutcome("succeeded", materialization=mat)
+
+    # --- helpers ----------------------------------------------------------------------
+    def _store_value(self, a: AssetDef, step: StepRecord, value: Any) -> tuple[str, str]:
+        p = self._p
+        io_name = a.io_manager or p.default_io_manager
+        key = StorageKey(p.name, a.name, step.partition, step.run_id)
+        location = p.io_manager(io_name).store(key, value)
+        p.emit(Event("io.stored", p.name, step.run_id, a.name, step.partition,
+                     {"io_manager": io_name}))
+        return io_name, location
+
+    def _skip(self, a: AssetDef, step: StepRecord, started_at: datetime, reason: str) -> StepOutcome:
+        mat = self._record(a, step, "skipped", started_at, error=reason)
+        return StepOutcome("skipped", materialization=mat, error=reason)
+
+    def _record(
+        self,
+        a: AssetDef,
+        step: StepRecord,
+        state: Any,
+        started_at: datetime,
+        *,
+        io_name: str | None = None,
+        location: str | None = None,
+        error: str | None = None,
+        upstream: list[str] | tuple[str, ...] = (),
+        metadata: Mapping[str, Any] | None = None,
+    ) -> MaterializationRecord:
+        return MaterializationRecord(
+            id=uuid.uuid4().hex, pipeline=self._p.name, run_id=step.run_id, asset=a.name,
+            partition=step.partition, state=state, io_manager=io_name, location=location,
+            attempt=max(step.attempt, 1), started_at=started_at, finished_at=_now(),
+            error=error, upstream=tuple(dict.fromkeys(upstream)), metadata=dict(metadata or {}),
+        )
+
+    def _context(
+        self,
+        a: AssetDef,
+        run_id: str,
+        enc: str,
+        key: Any,
+        attempt: int,
+        *,
+        item: Any = None,
+        batch: Batch | None = None,
+    ) -> Context:
+        return Context(
+            run_id=run_id, pipeline=self._p.name, asset=a.name, partition=key,
+            partition_key=enc, resources=self._p.resources.for_asset(a.requires),
+            attempt=max(attempt, 1), scatter_item=item, batch=batch,
+        )
+
+    def context_for(self, a: AssetDef, run_id: str, enc: str, attempt: int = 1) -> Context:
+        """A context for hooks that run outside a claimed step (on_signal, on_timeout)."""
+        return self._context(a, run_id, enc, decode_partition(enc), attempt)
+
+    def record(self, a: AssetDef, step: StepRecord, state: Any, **kwargs: Any) -> MaterializationRecord:
+        """Build a materialization record for ``step`` (used by resume paths)."""
+        return self._record(a, step, state, _now(), **kwargs)
+
+
+class _UpstreamFailed(Exception):
+    pass

@@ -1,0 +1,448 @@
+"""``Pipeline``: a validated set of assets plus where their runs, values and work go."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from flowstone.asset import AssetDef
+from flowstone.dag import AssetGraph
+from flowstone.engine import resume
+from flowstone.engine.plan import Planner, validate_key
+from flowstone.engine.runner import StepRunner
+from flowstone.errors import (
+    DefinitionError,
+    RunNotFoundError,
+    UsageError,
+    ValueNotFoundError,
+)
+from flowstone.events import Event
+from flowstone.lineage import Lineage
+from flowstone.outcomes import to_seconds
+from flowstone.partitions import PartitionKey, PartitionSet, encode_partition
+from flowstone.protocols import Executor, IOManager, Observer, RunStore
+from flowstone.records import Approval, MaterializationRecord, RunRecord
+from flowstone.registry import PluginRegistry, store_from_url
+from flowstone.resources import ResourceManager
+from flowstone.runs import RunResult, wait_for_run
+
+__all__ = ["Pipeline"]
+
+log = logging.getLogger("flowstone")
+_PIPELINE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+
+
+def flowstone_home() -> Path:
+    """Where the embedded setup keeps its SQLite file and values (``FLOWSTONE_HOME``)."""
+    return Path(os.environ.get("FLOWSTONE_HOME", ".flowstone"))
+
+
+class Pipeline:
+    """A named, validated DAG of assets and the services that run it.
+
+    Args:
+        name: unique pipeline name (letters, digits, ``_ - .``).
+        assets: the ``@asset`` / ``@router`` definitions.
+        resources: ``{name: Resource(...) or object}`` available to assets' ``requires``.
+        io_managers: ``{name: IOManager or plugin name}``; ``"default"`` is used by assets
+            that name none (by default chosen to match the store).
+        store: a RunStore, a URL (``sqlite:///path``, ``memory://``,
+            ``postgresql+asyncpg://...``) or None for ``FLOWSTONE_DATABASE_URL``, else
+            SQLite under ``FLOWSTONE_HOME`` (``.flowstone/``).
+        executor: an Executor, a plugin name (``"inprocess"``, ``"celery"``) or None for
+            ``FLOWSTONE_EXECUTOR``, else in-process.
+        observers: Observers (or plugin names) receiving every event.
+        schedules / sensors: run by ``flowstone daemon`` (or Celery beat).
+        route_retention: how long route decisions are kept (pruned by the daemon).
+        on_lineage_error: ``"log"`` (default: log and count) or ``"fail"`` the asset when an
+            observer fails to record lineage.
+        lease_seconds: how long a claimed step is owned without renewal before another
+            worker may take it over.
+
+    Raises:
+        DefinitionError: (and subclasses) for anything wrong in the definition, at once.
+
+    Example:
+        >>> pipeline = Pipeline("quickstart", [numbers, doubled, total], store="memory://")
+        >>> pipeline.run("total").value
+    """
+
+    def __init__(
+        self,
+        name: str,
+        assets: Iterable[AssetDef],
+        *,
+        resources: Mapping[str, Any] | None = None,
+        io_managers: Mapping[str, IOManager | str] | None = None,
+        store: RunStore | str | None = None,
+        executor: Executor | str | None = None,
+        observers: Sequence[Observer | str] = (),
+        schedules: Sequence[Any] = (),
+        sensors: Sequence[Any] = (),
+        scatter_coordinator: Any = None,
+        parallel_coordinator: Any = None,
+        route_retention: timedelta | float = timedelta(days=30),
+        on_lineage_error: Literal["log", "fail"] = "log",
+        lease_seconds: float = 300.0,
+        registry: PluginRegistry | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not _PIPELINE_NAME.match(name):
+            raise DefinitionError(
+                f"pipeline name {name!r} is not valid: use 1-128 letters, digits, '_', '-' or '.'"
+            )
+        if on_lineage_error not in ("log", "fail"):
+            raise DefinitionError("on_lineage_error must be 'log' or 'fail'")
+        self.name = name
+        self.dag = AssetGraph(list(assets), resources=(resources or {}).keys())
+        for a in self.dag.assets.values():
+            if a.partitions is not None and not isinstance(a.partitions, PartitionSet):
+                raise DefinitionError(
+                    f"asset {a.name!r}: partitions= must be a partition set such as "
+                    f"DailyPartitions(...), got {type(a.partitions).__name__}"
+                )
+        self.registry = registry or PluginRegistry()
+        self.resources = ResourceManager(resources or {})
+        self.store_url, self.store = self._resolve_store(store)
+        self._io: dict[str, IOManager] = self._resolve_io(io_managers or {})
+        self.default_io_manager = "default"
+        for a in self.dag.assets.values():
+            if a.io_manager is not None and a.io_manager not in self._io:
+                raise DefinitionError(
+                    f"asset {a.name!r} uses io_manager={a.io_manager!r}, but the pipeline declares "
+                    f"{sorted(self._io)}; add it to Pipeline(io_managers={{...}})"
+                )
+        self.executor: Executor = self._resolve(executor, "flowstone.executors",
+                                                os.environ.get("FLOWSTONE_EXECUTOR") or "inprocess")
+        self.scatter_coordinator = self._resolve(
+            scatter_coordinator, "flowstone.scatter_coordinators",
+            getattr(self.executor, "scatter_coordinator", "inline"))
+        self.parallel_coordinator = self._resolve(
+            parallel_coordinator, "flowstone.parallel_coordinators",
+            getattr(self.executor, "parallel_coordinator", "thread"))
+        self.observers: tuple[Observer, ...] = tuple(
+            self._resolve(o, "flowstone.observers", "logging") for o in observers
+        )
+        self.schedules = tuple(schedules)
+        self.sensors = tuple(sensors)
+        self.route_retention = to_seconds(route_retention, what="route_retention") or 0.0
+        self.on_lineage_error = on_lineage_error
+        self.lease_seconds = float(lease_seconds)
+        self.stats: dict[str, int] = {"observer_errors": 0, "lineage_errors": 0}
+        self._stats_lock = threading.Lock()
+        self.runner = StepRunner(self)
+        self.lineage = Lineage(self)
+
+    # --- configuration -------------------------------------------------------------
+    def _resolve_store(self, store: RunStore | str | None) -> tuple[str | None, RunStore]:
+        if store is None:
+            store = os.environ.get("FLOWSTONE_DATABASE_URL") or (
+                f"sqlite:///{flowstone_home() / 'flowstone.db'}"
+            )
+        if isinstance(store, str):
+            return store, store_from_url(store, self.registry)
+        if not isinstance(store, RunStore):
+            raise DefinitionError(
+                f"store= must be a RunStore or a URL, got {type(store).__name__}"
+            )
+        return None, store
+
+    def _resolve_io(self, given: Mapping[str, IOManager | str]) -> dict[str, IOManager]:
+        managers: dict[str, IOManager] = {}
+        for name, spec in given.items():
+            managers[name] = (
+                self.registry.create("flowstone.io_managers", spec) if isinstance(spec, str) else spec
+            )
+            if not isinstance(managers[name], IOManager):
+                raise DefinitionError(f"io_managers[{name!r}] is not an IOManager: {spec!r}")
+        if "default" not in managers:
+            kind = getattr(self.store, "name", "")
+            if kind == "memory":
+                managers["default"] = self.registry.create("flowstone.io_managers", "memory")
+            elif kind == "sqlite":
+                managers["default"] = self.registry.create(
+                    "flowstone.io_managers", "filesystem", root=str(flowstone_home() / "storage")
+                )
+            else:  # a shared store wants shared values: the store's own IO manager
+                managers["default"] = self.registry.create(
+                    "flowstone.io_managers", kind, url=self.store_url
+                )
+        return managers
+
+    def _resolve(self, spec: Any, group: str, default: str) -> Any:
+        if spec is None:
+            spec = default
+        if isinstance(spec, str):
+            return self.registry.create(group, spec)
+        return spec
+
+    def io_manager(self, name: str) -> IOManager:
+        try:
+            return self._io[name]
+        except KeyError:
+            raise DefinitionError(
+                f"no IO manager {name!r} in pipeline {self.name!r}; declared: {sorted(self._io)}"
+            ) from None
+
+    # --- running ---------------------------------------------------------------------
+    def run(
+        self,
+        target: str | Sequence[str] | None = None,
+        partition: PartitionKey | None = None,
+        *,
+        force: bool = False,
+        with_deps: bool = True,
+        run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        wait: bool = True,
+        timeout: float | timedelta | None = None,
+    ) -> RunResult:
+        """Materialize ``target`` (default: every asset) for ``partition``.
+
+        Existing materializations are reused unless ``force``. With the in-process
+        executor the run executes in this call; with a queue-based executor ``wait``
+        polls the store until the run settles (``timeout`` seconds at most).
+        Returns a :class:`RunResult` (never raises for asset failures: check ``.status``).
+        """
+        targets = self._targets(target)
+        seconds = to_seconds(timeout, what="timeout")
+        planner = Planner(self.dag, self.store, self.name)
+        steps = planner.plan(targets, partition, force=force, with_deps=with_deps)
+        enc = encode_partition(self._run_key(targets, partition))
+        rid = run_id or uuid.uuid4().hex
+        if not re.match(r"^[A-Za-z0-9_\-]{1,64}$", rid):
+            raise UsageError(f"run_id {rid!r} must be 1-64 letters, digits, '_' or '-'")
+        now = datetime.now(UTC)
+        record = RunRecord(rid, self.name, tuple(targets), enc, "running", now, now,
+                           tags=dict(tags or {}))
+        ready = self.store.create_run(record, steps)
+        self.emit(Event("run.started", self.name, rid, partition=enc,
+                        data={"targets": list(targets), "steps": len(steps)}))
+        self._dispatch_with_timeout(rid, ready, seconds)
+        if wait and not self.executor.blocking:
+            wait_for_run(self.store, rid, timeout=seconds)
+        return self.result(rid)
+
+    def _targets(self, target: str | Sequence[str] | None) -> list[str]:
+        if target is None:
+            return list(self.dag.order)
+        names = [target] if isinstance(target, str) else list(target)
+        if not names:
+            raise UsageError("run() needs at least one target asset (or None for all)")
+        return [self.dag[n].name for n in names]
+
+    def _run_key(self, targets: Sequence[str], key: PartitionKey | None) -> PartitionKey | None:
+        for t in targets:
+            key = validate_key(self.dag[t], key) if key is not None else key
+        return key
+
+    def _dispatch_with_timeout(self, run_id: str, ready: Any, seconds: float | None) -> None:
+        if not ready:
+            return
+        timer: threading.Timer | None = None
+        if seconds is not None and self.executor.blocking:
+            timer = threading.Timer(seconds, self._time_out, args=(run_id, seconds))
+            timer.daemon = True
+            timer.start()
+        try:
+            self.executor.dispatch(self, run_id, ready)
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _time_out(self, run_id: str, seconds: float) -> None:
+        if self.store.cancel_run(run_id):
+            self.store.set_run_status(run_id, "cancelled", error=f"timed out after {seconds:g}s")
+            self.store.append_audit(run_id, "run_timed_out", detail={"timeout_s": seconds})
+
+    def dispatch(self, run_id: str, ready: Any) -> None:
+        """Hand ready steps to the executor (used by resume paths and sweepers)."""
+        if ready:
+            self.executor.dispatch(self, run_id, ready)
+
+    def result(self, run_id: str) -> RunResult:
+        run = self.store.get_run(run_id)
+        if run is None:
+            raise RunNotFoundError(f"no run {run_id!r} in the store of pipeline {self.name!r}")
+        return RunResult(self, run)
+
+    def runs(self, *, status: str | None = None, limit: int = 50) -> list[RunRecord]:
+        return self.store.list_runs(pipeline=self.name, status=status, limit=limit)  # type: ignore[arg-type]
+
+    def cancel(self, run_id: str) -> bool:
+        """Cancel a run: nothing new starts; running assets finish but are not recorded."""
+        return self.store.cancel_run(run_id)
+
+    def resume(self, run_id: str) -> RunResult:
+        """Run a failed or cancelled run's unfinished steps again, in the same run.
+
+        Scatter steps keep their succeeded item results and run only the failed items."""
+        self.dispatch(run_id, self.store.reopen_run(run_id))
+        return self.result(run_id)
+
+    # --- reading values & state ----------------------------------------------------------
+    def _latest(self, asset: str, partition: PartitionKey | None) -> MaterializationRecord | None:
+        a = self.dag[asset]
+        enc = encode_partition(validate_key(a, partition) if partition is not None else None)
+        return self.store.find_materialization(self.name, a.name, enc)
+
+    def get(self, asset: str, partition: PartitionKey | None = None) -> Any:
+        """The latest value of ``asset`` for ``partition``."""
+        mat = self._latest(asset, partition)
+        if mat is None:
+            raise ValueNotFoundError(
+                f"asset {asset!r} has no materialization for partition "
+                f"{encode_partition(partition) or 'none'}; run it first: pipeline.run({asset!r})"
+            )
+        return self.load_materialization(mat)
+
+    def exists(self, asset: str, partition: PartitionKey | None = None) -> bool:
+        return self._latest(asset, partition) is not None
+
+    def status(self, asset: str, partition: PartitionKey | None = None) -> str | None:
+        """State of the newest materialization (``succeeded``, ``failed``, ...) or None."""
+        a = self.dag[asset]
+        enc = encode_partition(partition)
+        recs = self.store.list_materializations(self.name, asset=a.name, partition=enc, limit=1)
+        return recs[0].state if recs else None
+
+    def invalidate(
+        self, asset: str, partition: PartitionKey | None = None, *, all_partitions: bool = False
+    ) -> int:
+        """Stop reusing ``asset``'s values (one partition, or every one); returns how many."""
+        a = self.dag[asset]
+        enc = None if all_partitions else encode_partition(partition)
+        return self.store.invalidate(self.name, a.name, enc)
+
+    def load_materialization(self, mat: MaterializationRecord, *, run_id: str = "") -> Any:
+        if mat.location is None or mat.io_manager is None:
+            raise ValueNotFoundError(
+                f"materialization {mat.id} of {mat.asset!r} ({mat.state}) has no stored value"
+            )
+        value = self.io_manager(mat.io_manager).load(mat.location)
+        return value
+
+    def graph(self, format: Literal["ascii", "mermaid", "dot"] = "ascii") -> str:  # noqa: A002
+        return self.dag.render(format)
+
+    # --- approvals & signals ------------------------------------------------------------
+    def approvals(self, status: str | None = "pending") -> list[Approval]:
+        return self.store.list_approvals(pipeline=self.name, status=status)
+
+    def approve(
+        self,
+        approval_id: int | None = None,
+        *,
+        run_id: str | None = None,
+        asset: str | None = None,
+        partition: PartitionKey | None = None,
+        by: str | None = None,
+    ) -> RunResult:
+        """Approve a pending approval (by id or by run/asset/partition) and resume the run."""
+        approval = resume.find_approval(self, approval_id, run_id, asset, partition)
+        resume.decide(self, approval, approved=True, by=by, reason=None)
+        return self.result(approval.run_id)
+
+    def reject(
+        self,
+        approval_id: int | None = None,
+        *,
+        run_id: str | None = None,
+        asset: str | None = None,
+        partition: PartitionKey | None = None,
+        by: str | None = None,
+        reason: str | None = None,
+    ) -> RunResult:
+        """Reject a pending approval: the asset fails, the run finishes as failed."""
+        approval = resume.find_approval(self, approval_id, run_id, asset, partition)
+        resume.decide(self, approval, approved=False, by=by, reason=reason)
+        return self.result(approval.run_id)
+
+    def signal(self, token: str, payload: Any = None) -> RunResult:
+        """Resume the asset waiting on the gate with ``token``; a token works once."""
+        run_id = resume.signal(self, token, payload)
+        return self.result(run_id)
+
+    # --- housekeeping (daemon / sweeper) ---------------------------------------------------
+    def expire_due(self, now: datetime | None = None) -> int:
+        """Fail expired approvals and expire gates (running ``on_timeout``)."""
+        return resume.expire_due(self, now or datetime.now(UTC))
+
+    def prune(self, now: datetime | None = None) -> int:
+        """Delete route decisions older than ``route_retention``."""
+        cutoff = (now or datetime.now(UTC)) - timedelta(seconds=self.route_retention)
+        return self.store.prune_route_decisions(cutoff)
+
+    def recover(self, now: datetime | None = None, *, ready_for_seconds: float = 30.0) -> int:
+        """Re-dispatch steps whose message was lost or whose worker died; finish waiting
+        steps whose approval was decided by a process that died before resuming them."""
+        return resume.recover(self, now or datetime.now(UTC), ready_for_seconds)
+
+    def health(self) -> dict[str, Any]:
+        """``{"ok": bool, "store": ..., "executor": ..., "resources": {...}}``."""
+        report: dict[str, Any] = {}
+        try:
+            self.store.ping()
+            report["store"] = "ok"
+        except Exception as exc:
+            report["store"] = f"error: {exc}"
+        check = getattr(self.executor, "health", None)
+        report["executor"] = check() if callable(check) else "ok"
+        report["resources"] = self.resources.health()
+        report["ok"] = (
+            report["store"] == "ok"
+            and _healthy(report["executor"])
+            and all(v in ("ok", "not built") for v in report["resources"].values())
+        )
+        return report
+
+    # --- events ---------------------------------------------------------------------------
+    def emit(self, event: Event) -> None:
+        for obs in self.observers:
+            try:
+                obs.on_event(event)
+            except Exception:
+                self._count("observer_errors")
+                log.exception("observer %r failed on %s", obs, event.kind)
+
+    def emit_lineage(self, run_id: str, asset: str, partition: str, upstream: list[str]) -> str | None:
+        """Send the lineage event; return an error description if an observer failed."""
+        event = Event("lineage.recorded", self.name, run_id, asset, partition,
+                      {"upstream": list(upstream)})
+        error = None
+        for obs in self.observers:
+            try:
+                obs.on_event(event)
+            except Exception as exc:
+                self._count("lineage_errors")
+                log.exception("lineage observer %r failed for %s", obs, asset)
+                error = f"{type(obs).__name__}: {exc}"
+        return error
+
+    def _count(self, key: str) -> None:
+        with self._stats_lock:
+            self.stats[key] = self.stats.get(key, 0) + 1
+
+    def close(self) -> None:
+        """Tear down resources, stop lease renewal, close executor and store."""
+        self.runner.close()
+        for err in self.resources.close():
+            log.warning("%s", err)
+        self.executor.close()
+        self.store.close()
+
+    def __repr__(self) -> str:
+        return f"<Pipeline {self.name} assets={len(self.dag.order)}>"
+
+
+def _healthy(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return bool(value.get("ok", True))
+    return value == "ok"
+
