@@ -1,0 +1,123 @@
+"""The run store contract for the in-process stores, plus SQLite-specific behaviour."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from flowstone.defaults.memory_store import MemoryRunStore
+from flowstone.defaults.sqlite_schema import MIGRATIONS, migrate
+from flowstone.defaults.sqlite_store import SQLiteRunStore
+from flowstone.errors import StorageError, UsageError
+from flowstone.protocols import RunStore
+from flowstone.records import RunRecord, StepOutcome, StepSpec
+from flowstone.testing.store_contract import RunStoreContract
+
+
+class TestMemoryRunStore(RunStoreContract):
+    def make_store(self, tmp_path: Path) -> RunStore:
+        return MemoryRunStore()
+
+
+class TestSQLiteRunStore(RunStoreContract):
+    def make_store(self, tmp_path: Path) -> RunStore:
+        return SQLiteRunStore(tmp_path / "state" / "flowstone.db")
+
+
+def _run(run_id: str) -> RunRecord:
+    now = datetime.now(UTC)
+    return RunRecord(run_id, "sales", ("orders",), "", "running", now, now)
+
+
+def test_stores_satisfy_the_protocol(tmp_path: Path) -> None:
+    assert isinstance(MemoryRunStore(), RunStore)
+    assert isinstance(SQLiteRunStore(tmp_path / "f.db"), RunStore)
+    assert (MemoryRunStore.name, SQLiteRunStore.name) == ("memory", "sqlite")
+
+
+def test_construction_has_no_side_effects(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dir" / "flowstone.db"
+    store = SQLiteRunStore(path)
+    assert not path.parent.exists()
+    store.ping()
+    assert path.exists()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_from_url(tmp_path: Path) -> None:
+    absolute = SQLiteRunStore.from_url(f"sqlite:///{tmp_path}/a.db")
+    assert absolute.path == f"{tmp_path}/a.db"
+    assert SQLiteRunStore.from_url("sqlite:///.flowstone/x.db").path == ".flowstone/x.db"
+    memory = SQLiteRunStore.from_url("sqlite:///:memory:")
+    memory.create_run(_run("r1"), [StepSpec("orders", "")])
+    assert memory.get_run("r1") is not None
+    for bad in ("postgresql://db/x", "sqlite://", "sqlite:///"):
+        with pytest.raises(UsageError, match="sqlite:///"):
+            SQLiteRunStore.from_url(bad)
+
+
+def test_two_instances_on_one_file_share_state(tmp_path: Path) -> None:
+    daemon, cli = SQLiteRunStore(tmp_path / "f.db"), SQLiteRunStore(tmp_path / "f.db")
+    daemon.create_run(_run("r1"), [StepSpec("orders", "")])
+    assert cli.claim_step("r1", "orders", "", owner="cli", lease_seconds=60) is not None
+    assert daemon.claim_step("r1", "orders", "", owner="daemon", lease_seconds=60) is None
+    done = daemon.finish_step("r1", "orders", "", StepOutcome("succeeded"))
+    assert done.run_status == "succeeded"
+    saved = cli.get_run("r1")
+    assert saved is not None and saved.status == "succeeded"
+    assert daemon.claim_tick("hourly", "2024-03-01T10:00")
+    assert not cli.claim_tick("hourly", "2024-03-01T10:00")
+
+
+def _claim_ticks(path: str, ticks: int, results: multiprocessing.Queue[int]) -> None:
+    store = SQLiteRunStore(path, busy_timeout=60)
+    results.put(sum(store.claim_tick("hourly", f"t{i}") for i in range(ticks)))
+    store.close()
+
+
+def test_processes_claim_each_tick_exactly_once(tmp_path: Path) -> None:
+    path, ticks = str(tmp_path / "f.db"), 50
+    SQLiteRunStore(path).ping()  # the parent's open connection must not leak into children
+    ctx = multiprocessing.get_context("spawn")
+    results: multiprocessing.Queue[int] = ctx.Queue()
+    procs = [ctx.Process(target=_claim_ticks, args=(path, ticks, results)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert sum(results.get(timeout=5) for _ in procs) == ticks
+
+
+def test_old_schema_version_upgrades_and_keeps_data(tmp_path: Path) -> None:
+    path = tmp_path / "f.db"
+    SQLiteRunStore(path).create_run(_run("r1"), [StepSpec("orders", "")])
+    # pretend a later FlowStone adds a column: the file at the current version upgrades
+    upgrade = (*MIGRATIONS, ("ALTER TABLE runs ADD COLUMN owner_team TEXT",))
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert migrate(conn, upgrade) == len(MIGRATIONS) + 1
+    assert conn.execute("SELECT run_id, owner_team FROM runs").fetchall() == [("r1", None)]
+    conn.close()
+    # and a FlowStone that does not know that version refuses the file instead of guessing
+    with pytest.raises(StorageError, match="upgrade flowstone-core"):
+        SQLiteRunStore(path).ping()
+
+
+def test_empty_file_gets_the_full_schema(tmp_path: Path) -> None:
+    path = tmp_path / "f.db"
+    sqlite3.connect(path).close()
+    store = SQLiteRunStore(path)
+    store.create_run(_run("r1"), [StepSpec("orders", "")])
+    assert [s.state for s in store.list_steps("r1")] == ["ready"]
+
+
+def test_close_then_reuse_reopens(tmp_path: Path) -> None:
+    store = SQLiteRunStore(tmp_path / "f.db")
+    store.create_run(_run("r1"), [StepSpec("orders", "")])
+    store.close()
+    assert store.get_run("r1") is not None
