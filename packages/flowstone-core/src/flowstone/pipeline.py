@@ -7,12 +7,18 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 from flowstone.asset import AssetDef
+from flowstone.backfill import (
+    DEFAULT_PARTITION_TIMEOUT,
+    BackfillProgress,
+    BackfillResult,
+    run_backfill,
+)
 from flowstone.dag import AssetGraph
 from flowstone.engine import resume
 from flowstone.engine.plan import Planner, validate_key
@@ -285,6 +291,35 @@ class Pipeline:
         Scatter steps keep their succeeded item results and run only the failed items."""
         self.dispatch(run_id, self.store.reopen_run(run_id))
         return self.result(run_id)
+
+    def backfill(
+        self,
+        target: str,
+        partitions: Any = None,
+        *,
+        start: PartitionKey | None = None,
+        end: PartitionKey | None = None,
+        parallel: int = 4,
+        timeout: float | timedelta | None = DEFAULT_PARTITION_TIMEOUT,
+        skip_existing: bool = True,
+        force: bool = False,
+        progress: Callable[[BackfillProgress], Any] | None = None,
+    ) -> BackfillResult:
+        """Run ``target`` for many partitions.
+
+        Args:
+            partitions: a partition set or a list of keys (default: the target's set,
+                optionally limited to ``start``..``end``).
+            parallel: partitions in flight at once (capped at 2 x CPUs).
+            timeout: per partition (default 30 minutes); a partition that exceeds it is
+                cancelled and counted failed.
+            skip_existing: skip partitions that already have a value (unless ``force``).
+            progress: called with a :class:`~flowstone.backfill.BackfillProgress` after
+                each partition.
+        """
+        return run_backfill(self, target, partitions, start=start, end=end, parallel=parallel,
+                            timeout=timeout, skip_existing=skip_existing, force=force,
+                            progress=progress)
 
     # --- reading values & state ----------------------------------------------------------
     def _latest(self, asset: str, partition: PartitionKey | None) -> MaterializationRecord | None:
