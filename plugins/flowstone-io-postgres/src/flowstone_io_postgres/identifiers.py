@@ -13,7 +13,7 @@ import re
 
 from flowstone.errors import UsageError
 
-__all__ = ["QualifiedName", "quote_ident", "validate_ident", "parse_qualified_name"]
+__all__ = ["QualifiedName", "parse_qualified_name", "quote_ident", "validate_ident"]
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 

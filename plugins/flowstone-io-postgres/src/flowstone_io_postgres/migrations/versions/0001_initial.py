@@ -8,7 +8,6 @@ Revises:
 from __future__ import annotations
 
 from alembic import context, op
-
 from flowstone_io_postgres._values_table import asset_values_ddl
 from flowstone_io_postgres.identifiers import quote_ident
 

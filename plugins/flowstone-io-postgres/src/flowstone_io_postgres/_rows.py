@@ -1,0 +1,96 @@
+"""Turn result rows into the frozen records of :mod:`flowstone.records`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flowstone.records import (
+    Approval,
+    AuditEntry,
+    Gate,
+    ItemResult,
+    MaterializationRecord,
+    RunRecord,
+    StepRecord,
+)
+from sqlalchemy import Row
+
+from flowstone_io_postgres._sql import load_json
+
+__all__ = [
+    "APPROVAL_COLS",
+    "GATE_COLS",
+    "MAT_COLS",
+    "RUN_COLS",
+    "STEP_COLS",
+    "to_approval",
+    "to_audit",
+    "to_gate",
+    "to_item",
+    "to_materialization",
+    "to_run",
+    "to_step",
+]
+
+RUN_COLS = "run_id, pipeline, targets, partition, status, created_at, updated_at, error, tags"
+STEP_COLS = (
+    "run_id, asset, partition, state, remaining_deps, attempt, owner, lease_expires_at, "
+    "not_before, materialization_id, error, updated_at"
+)
+MAT_COLS = (
+    "id, pipeline, run_id, asset, partition, state, io_manager, location, attempt, "
+    "started_at, finished_at, error, upstream, metadata, invalidated"
+)
+APPROVAL_COLS = (
+    "id, pipeline, run_id, asset, partition, message, status, created_at, expires_at, "
+    "io_manager, location, decided_by, decided_at, reason, metadata"
+)
+GATE_COLS = (
+    "token_hash, pipeline, run_id, asset, partition, status, created_at, expires_at, "
+    "payload, signaled_at, metadata"
+)
+
+
+def _m(row: Row[Any]) -> dict[str, Any]:
+    return dict(row._mapping)
+
+
+def to_run(row: Row[Any]) -> RunRecord:
+    d = _m(row)
+    d["targets"] = tuple(d["targets"])
+    d["tags"] = load_json(d["tags"])
+    return RunRecord(**d)
+
+
+def to_step(row: Row[Any]) -> StepRecord:
+    return StepRecord(**_m(row))
+
+
+def to_materialization(row: Row[Any]) -> MaterializationRecord:
+    d = _m(row)
+    d["upstream"] = tuple(d["upstream"])
+    d["metadata"] = load_json(d["metadata"])
+    return MaterializationRecord(**d)
+
+
+def to_approval(row: Row[Any]) -> Approval:
+    d = _m(row)
+    d["metadata"] = load_json(d["metadata"])
+    return Approval(**d)
+
+
+def to_gate(row: Row[Any]) -> Gate:
+    d = _m(row)
+    d["metadata"] = load_json(d["metadata"])
+    d["payload"] = None if d["payload"] is None else load_json(d["payload"])
+    return Gate(**d)
+
+
+def to_audit(row: Row[Any]) -> AuditEntry:
+    d = _m(row)
+    d["detail"] = load_json(d["detail"])
+    return AuditEntry(**d)
+
+
+def to_item(row: Row[Any]) -> ItemResult:
+    return ItemResult(**_m(row))

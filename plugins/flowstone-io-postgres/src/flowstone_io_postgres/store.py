@@ -1,0 +1,518 @@
+"""PostgresRunStore: the durable :class:`~flowstone.protocols.RunStore` on PostgreSQL.
+
+Built on SQLAlchemy 2 Core with the asyncpg driver, run on a private event loop thread
+(:mod:`flowstone_io_postgres._runtime`) so the synchronous protocol can be called from any
+thread and from forked Celery workers. Single-statement operations run in autocommit mode
+(one round trip); multi-statement ones (``finish_step``, ``cancel_run``, ``reopen_run``)
+run in one READ COMMITTED transaction and are retried if chosen as a deadlock victim.
+See :mod:`flowstone_io_postgres._scheduling` for the concurrency argument.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+from flowstone.errors import FlowStoneError, RunNotFoundError, StorageError
+from flowstone.records import (
+    Approval,
+    AuditEntry,
+    Gate,
+    ItemResult,
+    MaterializationRecord,
+    RunRecord,
+    RunStatus,
+    StepOutcome,
+    StepRecord,
+    StepSpec,
+    StepTransition,
+)
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from flowstone_io_postgres import _records as rec
+from flowstone_io_postgres import _scheduling as sched
+from flowstone_io_postgres import migrate
+from flowstone_io_postgres._rows import (
+    APPROVAL_COLS,
+    GATE_COLS,
+    MAT_COLS,
+    RUN_COLS,
+    STEP_COLS,
+    to_approval,
+    to_materialization,
+    to_run,
+    to_step,
+)
+from flowstone_io_postgres._runtime import AsyncRuntime, EngineOptions
+from flowstone_io_postgres._sql import Sql, run_tx, sqlstate, storage_error
+from flowstone_io_postgres.identifiers import quote_ident, validate_ident
+from flowstone_io_postgres.urls import resolve_url, safe_url
+
+__all__ = ["PostgresRunStore", "from_url"]
+
+T = TypeVar("T")
+Work = Callable[[AsyncConnection], Awaitable[T]]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class PostgresRunStore:
+    """The FlowStone run store on PostgreSQL.
+
+    Args:
+        url: ``postgresql://``, ``postgres://`` or ``postgresql+asyncpg://`` URL; None reads
+            ``FLOWSTONE_DATABASE_URL`` now (at construction).
+        schema: the schema holding FlowStone's tables (validated, then quoted).
+        auto_migrate: run ``flowstone db upgrade`` on first use (serialised across processes
+            by an advisory lock). Without it, a missing or old schema makes the first call
+            raise :class:`~flowstone.errors.StorageError` saying what to run.
+        pool_size: connections kept open per process.
+        max_overflow: extra connections allowed under load.
+        statement_timeout: seconds before the server cancels one statement.
+
+    Nothing connects until the first call. Example::
+
+        store = PostgresRunStore("postgresql://postgres@127.0.0.1/flowstone", auto_migrate=True)
+        store.ping()
+    """
+
+    name = "postgres"
+
+    def __init__(
+        self,
+        url: str | URL | None = None,
+        *,
+        schema: str = "flowstone",
+        auto_migrate: bool = False,
+        pool_size: int = 5,
+        max_overflow: int = 5,
+        statement_timeout: float = 60.0,
+    ) -> None:
+        self._url = resolve_url(url)
+        self.schema = validate_ident(schema, what="schema")
+        self._where = safe_url(self._url)
+        self._q = Sql(quote_ident(self.schema, what="schema"))
+        self._auto_migrate = auto_migrate
+        self._runtime = AsyncRuntime(
+            self._url,
+            EngineOptions(
+                pool_size=pool_size,
+                max_overflow=max_overflow,
+                statement_timeout_ms=int(statement_timeout * 1000),
+                application_name="flowstone-run-store",
+            ),
+            name="flowstone-postgres-store",
+        )
+        self._checked = False
+        self._check_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"PostgresRunStore({self._where!r}, schema={self.schema!r})"
+
+    # --- plumbing ----------------------------------------------------------------------
+    def _ensure_schema(self) -> None:
+        if self._checked:
+            return
+        with self._check_lock:
+            if self._checked:
+                return
+
+            async def check(engine: AsyncEngine, _auto: AsyncEngine) -> None:
+                if self._auto_migrate:
+                    await migrate.upgrade(engine, self.schema)
+                revision = await migrate.current_revision(engine, self.schema)
+                migrate.check_schema(revision, schema=self.schema, where=self._where)
+
+            self._bridge(check, action="checking the FlowStone schema")
+            self._checked = True
+
+    def _bridge(
+        self, work: Callable[[AsyncEngine, AsyncEngine], Awaitable[T]], *, action: str
+    ) -> T:
+        try:
+            return self._runtime.run(work)
+        except FlowStoneError:
+            raise
+        except DBAPIError as exc:
+            if sqlstate(exc) == "23505":
+                raise StorageError(
+                    f"{action}: a record with the same key already exists ({exc.orig})"
+                ) from exc
+            raise storage_error(exc, action=action, where=self._where) from exc
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            raise storage_error(exc, action=action, where=self._where) from exc
+
+    def _auto(self, action: str, work: Work[T]) -> T:
+        """One statement in autocommit mode: a single round trip."""
+        self._ensure_schema()
+
+        async def go(_engine: AsyncEngine, auto: AsyncEngine) -> T:
+            async with auto.connect() as conn:
+                return await work(conn)
+
+        return self._bridge(go, action=action)
+
+    def _tx(self, action: str, work: Work[T]) -> T:
+        """Several statements in one transaction (retried on deadlock)."""
+        self._ensure_schema()
+
+        async def go(engine: AsyncEngine, _auto: AsyncEngine) -> T:
+            return await run_tx(engine, work)
+
+        return self._bridge(go, action=action)
+
+    def _rows(self, action: str, sql: str, params: Mapping[str, Any]) -> list[Any]:
+        async def work(conn: AsyncConnection) -> list[Any]:
+            return list(await conn.execute(self._q(sql), dict(params)))
+
+        return self._auto(action, work)
+
+    @staticmethod
+    def _key(run_id: str, asset: str, partition: str) -> dict[str, str]:
+        return {"r": run_id, "a": asset, "p": partition}
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def ping(self) -> None:
+        """Raise ``StorageError`` if the database is unreachable or the schema not current."""
+        self._rows("ping", "SELECT 1", {})
+
+    def close(self) -> None:
+        """Close connections and stop the store's loop thread (a later call reopens)."""
+        self._runtime.close()
+
+    # --- runs ----------------------------------------------------------------------------
+    def create_run(self, run: RunRecord, steps: Sequence[StepSpec]) -> tuple[StepRecord, ...]:
+        return self._auto(
+            f"creating run {run.run_id!r}",
+            lambda c: sched.create_run(c, self._q, run, steps, _now()),
+        )
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        rows = self._rows(
+            "reading a run", "SELECT " + RUN_COLS + " FROM {s}.runs WHERE run_id = :r",
+            {"r": run_id},
+        )  # fmt: skip
+        return to_run(rows[0]) if rows else None
+
+    def list_runs(
+        self, *, pipeline: str | None = None, status: RunStatus | None = None, limit: int = 50
+    ) -> list[RunRecord]:
+        rows = self._rows(
+            "listing runs",
+            "SELECT " + RUN_COLS + " FROM {s}.runs WHERE (CAST(:pl AS text) IS NULL OR "
+            "pipeline = :pl) AND (CAST(:st AS text) IS NULL OR status = :st) "
+            "ORDER BY created_at DESC, run_id DESC LIMIT :n",
+            {"pl": pipeline, "st": status, "n": limit},
+        )
+        return [to_run(r) for r in rows]
+
+    def set_run_status(self, run_id: str, status: RunStatus, *, error: str | None = None) -> None:
+        rows = self._rows(
+            "setting a run's status",
+            "UPDATE {s}.runs SET status = :st, error = :err, updated_at = :now "
+            "WHERE run_id = :r RETURNING 1",
+            {"r": run_id, "st": status, "err": error, "now": _now()},
+        )
+        if not rows:
+            raise RunNotFoundError(f"no run {run_id!r} in the run store; check the run id")
+
+    def cancel_run(self, run_id: str) -> bool:
+        return self._tx(
+            f"cancelling run {run_id!r}", lambda c: sched.cancel_run(c, self._q, run_id, _now())
+        )
+
+    def reopen_run(self, run_id: str) -> tuple[StepRecord, ...]:
+        return self._tx(
+            f"reopening run {run_id!r}", lambda c: sched.reopen_run(c, self._q, run_id, _now())
+        )
+
+    # --- steps ---------------------------------------------------------------------------
+    def get_step(self, run_id: str, asset: str, partition: str) -> StepRecord | None:
+        rows = self._rows(
+            "reading a step",
+            "SELECT " + STEP_COLS + " FROM {s}.steps WHERE run_id = :r AND asset = :a "
+            "AND partition = :p",
+            self._key(run_id, asset, partition),
+        )
+        return to_step(rows[0]) if rows else None
+
+    def list_steps(self, run_id: str) -> list[StepRecord]:
+        rows = self._rows(
+            "listing steps",
+            "SELECT " + STEP_COLS + " FROM {s}.steps WHERE run_id = :r ORDER BY ordinal",
+            {"r": run_id},
+        )
+        return [to_step(r) for r in rows]
+
+    def claim_step(
+        self, run_id: str, asset: str, partition: str, *, owner: str, lease_seconds: float
+    ) -> StepRecord | None:
+        key = self._key(run_id, asset, partition)
+        return self._auto(
+            "claiming a step",
+            lambda c: sched.claim_step(c, self._q, key, owner, lease_seconds, _now()),
+        )
+
+    def renew_lease(
+        self, run_id: str, asset: str, partition: str, *, owner: str, lease_seconds: float
+    ) -> bool:
+        key = self._key(run_id, asset, partition)
+        return self._auto(
+            "renewing a lease",
+            lambda c: sched.renew_lease(c, self._q, key, owner, lease_seconds, _now()),
+        )
+
+    def retry_step(
+        self, run_id: str, asset: str, partition: str, *, not_before: datetime, error: str
+    ) -> bool:
+        key = self._key(run_id, asset, partition)
+        return self._auto(
+            "scheduling a retry",
+            lambda c: sched.retry_step(c, self._q, key, not_before, error, _now()),
+        )
+
+    def finish_step(
+        self, run_id: str, asset: str, partition: str, outcome: StepOutcome
+    ) -> StepTransition:
+        key = self._key(run_id, asset, partition)
+        return self._tx(
+            f"finishing step {asset!r} of run {run_id!r}",
+            lambda c: sched.finish_step(c, self._q, key, outcome, _now()),
+        )
+
+    def stale_steps(self, now: datetime, *, ready_for_seconds: float) -> list[StepRecord]:
+        return self._auto(
+            "finding stale steps",
+            lambda c: sched.stale_steps(c, self._q, now, ready_for_seconds),
+        )
+
+    # --- materializations & lineage ----------------------------------------------------------
+    def get_materialization(self, materialization_id: str) -> MaterializationRecord | None:
+        rows = self._rows(
+            "reading a materialization",
+            "SELECT " + MAT_COLS + " FROM {s}.materializations WHERE id = :id",
+            {"id": materialization_id},
+        )
+        return to_materialization(rows[0]) if rows else None
+
+    def find_materialization(
+        self, pipeline: str, asset: str, partition: str, *, run_id: str | None = None
+    ) -> MaterializationRecord | None:
+        params = {"pl": pipeline, "a": asset, "p": partition}
+        if run_id is not None:
+            sql = (
+                "SELECT " + MAT_COLS + " FROM {s}.materializations WHERE run_id = :r "
+                "AND asset = :a AND partition = :p AND pipeline = :pl"
+            )
+            params["r"] = run_id
+        else:
+            sql = (
+                "SELECT " + MAT_COLS + " FROM {s}.materializations WHERE pipeline = :pl "
+                "AND asset = :a AND partition = :p AND state = 'succeeded' "
+                "AND NOT invalidated ORDER BY seq DESC LIMIT 1"
+            )
+        rows = self._rows("finding a materialization", sql, params)
+        return to_materialization(rows[0]) if rows else None
+
+    def list_materializations(
+        self,
+        pipeline: str,
+        *,
+        asset: str | None = None,
+        partition: str | None = None,
+        run_id: str | None = None,
+        limit: int = 100,
+    ) -> list[MaterializationRecord]:
+        return self._auto(
+            "listing materializations",
+            lambda c: rec.list_materializations(c, self._q, pipeline, asset, partition, run_id,
+                                                limit),
+        )  # fmt: skip
+
+    def invalidate(self, pipeline: str, asset: str, partition: str | None = None) -> int:
+        rows = self._rows(
+            "invalidating materializations",
+            "UPDATE {s}.materializations SET invalidated = true WHERE pipeline = :pl "
+            "AND asset = :a AND (CAST(:p AS text) IS NULL OR partition = :p) "
+            "AND state = 'succeeded' AND NOT invalidated RETURNING 1",
+            {"pl": pipeline, "a": asset, "p": partition},
+        )
+        return len(rows)
+
+    def upstream(self, materialization_id: str) -> list[MaterializationRecord]:
+        rows = self._rows("reading lineage", rec.UPSTREAM, {"id": materialization_id})
+        return [to_materialization(r) for r in rows]
+
+    def downstream(self, materialization_id: str) -> list[MaterializationRecord]:
+        rows = self._rows("reading lineage", rec.DOWNSTREAM, {"id": materialization_id})
+        return [to_materialization(r) for r in rows]
+
+    # --- approvals & gates ---------------------------------------------------------------------
+    def get_approval(self, approval_id: int) -> Approval | None:
+        rows = self._rows(
+            "reading an approval",
+            "SELECT " + APPROVAL_COLS + " FROM {s}.approvals WHERE id = :id",
+            {"id": approval_id},
+        )
+        return to_approval(rows[0]) if rows else None
+
+    def find_approval(self, run_id: str, asset: str, partition: str) -> Approval | None:
+        rows = self._rows(
+            "finding an approval",
+            "SELECT " + APPROVAL_COLS + " FROM {s}.approvals WHERE run_id = :r AND asset = :a "
+            "AND partition = :p ORDER BY id DESC LIMIT 1",
+            self._key(run_id, asset, partition),
+        )
+        return to_approval(rows[0]) if rows else None
+
+    def list_approvals(
+        self, *, pipeline: str | None = None, status: str | None = None
+    ) -> list[Approval]:
+        rows = self._rows(
+            "listing approvals",
+            "SELECT " + APPROVAL_COLS + " FROM {s}.approvals WHERE (CAST(:pl AS text) IS NULL "
+            "OR pipeline = :pl) AND (CAST(:st AS text) IS NULL OR status = :st) ORDER BY id",
+            {"pl": pipeline, "st": status},
+        )
+        return [to_approval(r) for r in rows]
+
+    def decide_approval(
+        self,
+        approval_id: int,
+        status: Literal["approved", "rejected", "expired"],
+        *,
+        by: str | None = None,
+        reason: str | None = None,
+    ) -> Approval:
+        return self._auto(
+            f"deciding approval {approval_id}",
+            lambda c: rec.decide_approval(c, self._q, approval_id, status, by, reason, _now()),
+        )
+
+    def due_approvals(self, now: datetime) -> list[Approval]:
+        rows = self._rows(
+            "finding due approvals",
+            "SELECT " + APPROVAL_COLS + " FROM {s}.approvals WHERE status = 'pending' "
+            "AND expires_at <= :now ORDER BY expires_at, id",
+            {"now": now},
+        )
+        return [to_approval(r) for r in rows]
+
+    def get_gate(self, token_hash: str) -> Gate | None:
+        gates = self._auto(
+            "reading a gate",
+            lambda c: rec.fetch_gates(
+                c, self._q, "SELECT " + GATE_COLS + " FROM {s}.gates WHERE token_hash = :th",
+                th=token_hash,
+            ),
+        )  # fmt: skip
+        return gates[0] if gates else None
+
+    def consume_gate(
+        self, token_hash: str, *, payload: Any, status: Literal["signaled", "expired"]
+    ) -> Gate:
+        return self._auto(
+            "consuming a signal gate",
+            lambda c: rec.consume_gate(c, self._q, token_hash, payload, status, _now()),
+        )
+
+    def due_gates(self, now: datetime) -> list[Gate]:
+        return self._auto(
+            "finding due gates",
+            lambda c: rec.fetch_gates(
+                c, self._q,
+                "SELECT " + GATE_COLS + " FROM {s}.gates WHERE status = 'pending' "
+                "AND expires_at <= :now ORDER BY expires_at, token_hash",
+                now=now,
+            ),
+        )  # fmt: skip
+
+    # --- routing --------------------------------------------------------------------------------
+    def record_route_decision(self, run_id: str, router: str, partition: str, branch: str) -> str:
+        key = {"r": run_id, "router": router, "p": partition}
+        return self._auto(
+            "recording a route decision",
+            lambda c: rec.record_route_decision(c, self._q, key, branch, _now()),
+        )
+
+    def get_route_decision(self, run_id: str, router: str, partition: str) -> str | None:
+        rows = self._rows(
+            "reading a route decision",
+            "SELECT branch FROM {s}.route_decisions WHERE run_id = :r AND router = :router "
+            "AND partition = :p",
+            {"r": run_id, "router": router, "p": partition},
+        )
+        return str(rows[0][0]) if rows else None
+
+    def prune_route_decisions(self, older_than: datetime) -> int:
+        rows = self._rows(
+            "pruning route decisions",
+            "DELETE FROM {s}.route_decisions WHERE decided_at < :t RETURNING 1",
+            {"t": older_than},
+        )
+        return len(rows)
+
+    # --- cursors & ticks ---------------------------------------------------------------------
+    def get_cursor(self, name: str) -> str | None:
+        rows = self._rows(
+            "reading a cursor", "SELECT value FROM {s}.cursors WHERE name = :n", {"n": name}
+        )
+        return str(rows[0][0]) if rows else None
+
+    def set_cursor(self, name: str, value: str, *, expected: str | None = None) -> bool:
+        return self._auto(
+            "setting a cursor",
+            lambda c: rec.set_cursor(c, self._q, name, value, expected, _now()),
+        )
+
+    def claim_tick(self, name: str, tick: str) -> bool:
+        return self._auto(
+            "claiming a tick", lambda c: rec.claim_tick(c, self._q, name, tick, _now())
+        )
+
+    # --- audit ---------------------------------------------------------------------------------
+    def append_audit(
+        self,
+        run_id: str,
+        kind: str,
+        *,
+        asset: str | None = None,
+        partition: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._auto(
+            "appending to the audit log",
+            lambda c: rec.append_audit(c, self._q, run_id, kind, asset, partition, detail,
+                                       _now()),
+        )  # fmt: skip
+
+    def list_audit(self, run_id: str) -> list[AuditEntry]:
+        return self._auto("reading the audit log", lambda c: rec.list_audit(c, self._q, run_id))
+
+    # --- scatter item results ----------------------------------------------------------------
+    def save_item_results(
+        self, run_id: str, asset: str, partition: str, results: Sequence[ItemResult]
+    ) -> None:
+        if not results:
+            return
+        key = self._key(run_id, asset, partition)
+        self._auto("saving item results", lambda c: rec.save_item_results(c, self._q, key, results))
+
+    def load_item_results(self, run_id: str, asset: str, partition: str) -> list[ItemResult]:
+        key = self._key(run_id, asset, partition)
+        return self._auto("loading item results", lambda c: rec.load_item_results(c, self._q, key))
+
+
+def from_url(url: str) -> PostgresRunStore:
+    """Entry point for ``flowstone.run_stores``: a store for ``url`` in the default schema.
+
+    Query options are not interpreted; use :class:`PostgresRunStore` directly for a custom
+    schema or ``auto_migrate``.
+    """
+    return PostgresRunStore(url)
