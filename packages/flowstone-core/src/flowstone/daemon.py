@@ -75,6 +75,7 @@ class PipelineLike(Protocol):
     def run(
         self,
         targets: str | Sequence[str],
+        /,
         *,
         partition: PartitionKey | None = None,
         tags: dict[str, str] | None = None,
