@@ -164,7 +164,8 @@ class _Collector:
         self.pruned = 0
 
     def error(self, pipeline: str, source: Source, name: str, key: str | None, exc: object) -> None:
-        text = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
+        failure = exc if isinstance(exc, BaseException) else None
+        text = f"{type(exc).__name__}: {exc}" if failure else str(exc)
         _log.error(
             "daemon: %s %s:%s %s failed: %s",
             source,
@@ -172,9 +173,67 @@ class _Collector:
             name,
             key or "",
             text,
-            exc_info=exc if isinstance(exc, BaseException) else None,
+            exc_info=failure,
         )
         self.errors.append(TickError(pipeline, source, name, key, text))
+
+
+class _Scope:
+    """Reports and run starts for one schedule or sensor of one pipeline."""
+
+    __slots__ = ("name", "out", "pipeline", "source")
+
+    def __init__(
+        self,
+        pipeline: PipelineLike,
+        source: Literal["schedule", "sensor"],
+        name: str,
+        out: _Collector,
+    ) -> None:
+        self.pipeline, self.source, self.name, self.out = pipeline, source, name, out
+
+    def skip(self, key: str, reason: str) -> None:
+        self.out.skipped.append(
+            SkippedTick(self.pipeline.name, self.source, self.name, key, reason)
+        )
+
+    def error(self, key: str | None, exc: object) -> None:
+        self.out.error(self.pipeline.name, self.source, self.name, key, exc)
+
+    def fire(
+        self,
+        key: str,
+        targets: tuple[str, ...],
+        partition: PartitionKey | None,
+        tags: dict[str, str],
+    ) -> None:
+        target = targets[0] if len(targets) == 1 else targets
+        try:
+            result = self.pipeline.run(target, partition=partition, tags=tags)
+        except Exception as exc:
+            self.error(key, exc)
+            return
+        run_id, status = getattr(result, "run_id", None), getattr(result, "status", None)
+        fired = FiredRun(
+            self.pipeline.name,
+            self.source,
+            self.name,
+            key,
+            targets,
+            partition,
+            None if run_id is None else str(run_id),
+            None if status is None else str(status),
+        )
+        _log.info(
+            "daemon: %s %s:%s fired %s -> run %s (%s)",
+            self.source,
+            self.pipeline.name,
+            self.name,
+            key,
+            fired.run_id,
+            fired.status,
+        )
+        self.out.fired.append(fired)
 
 
 class Daemon:
@@ -276,60 +335,39 @@ class Daemon:
     def _tick_schedule(
         self, pipeline: PipelineLike, schedule: Schedule, now: datetime, out: _Collector
     ) -> None:
+        scope = _Scope(pipeline, "schedule", schedule.name, out)
         store, key = pipeline.store, f"schedule:{pipeline.name}:{schedule.name}"
         raw = store.get_cursor(key)
         if raw is None:
             # First sight: start from now, never backfill history.
             store.set_cursor(key, now.isoformat(), expected=None)
             return
-        last = _parse_time(raw, key)
-        ticks, dropped = schedule.due_ticks(last, now, grace=self._grace)
+        ticks, dropped = schedule.due_ticks(_parse_time(raw, key), now, grace=self._grace)
         if dropped:
-            out.skipped.append(
-                SkippedTick(
-                    pipeline.name,
-                    "schedule",
-                    schedule.name,
-                    f"{dropped} tick(s) before "
-                    f"{ticks[0].astimezone(UTC).isoformat() if ticks else now.isoformat()}",
-                    f"missed while no daemon was running; catch_up={schedule.catch_up!r}",
-                )
+            before = (ticks[0] if ticks else now).astimezone(UTC).isoformat()
+            scope.skip(
+                f"{dropped} tick(s) before {before}",
+                f"missed while no daemon was running; catch_up={schedule.catch_up!r}",
             )
         for tick in ticks:
             tick_key = tick.astimezone(UTC).isoformat()
             try:
                 partition = schedule.partition(tick) if schedule.partition else None
             except Exception as exc:
-                out.error(pipeline.name, "schedule", schedule.name, tick_key, exc)
+                scope.error(tick_key, exc)
                 continue
             if not store.claim_tick(key, tick_key):
-                out.skipped.append(
-                    SkippedTick(
-                        pipeline.name,
-                        "schedule",
-                        schedule.name,
-                        tick_key,
-                        "already fired (claimed by another daemon)",
-                    )
-                )
+                scope.skip(tick_key, "already fired (claimed by another daemon)")
                 continue
             tags = {**(schedule.tags or {}), "schedule": schedule.name, "tick": tick_key}
-            _fire(
-                pipeline,
-                "schedule",
-                schedule.name,
-                tick_key,
-                schedule.targets,
-                partition,
-                tags,
-                out,
-            )
+            scope.fire(tick_key, schedule.targets, partition, tags)
         _advance(store, key, now)
 
     # --- sensors -------------------------------------------------------------------------
     def _tick_sensor(
         self, pipeline: PipelineLike, sensor: Sensor, now: datetime, out: _Collector
     ) -> None:
+        scope = _Scope(pipeline, "sensor", sensor.name, out)
         store, key = pipeline.store, f"sensor:{pipeline.name}:{sensor.name}"
         raw = store.get_cursor(key)
         cursor, last_tick = _decode_sensor_state(raw, key)
@@ -338,113 +376,39 @@ class Daemon:
         # Claim this evaluation first, so two daemons never both run the sensor function.
         claimed = _encode_sensor_state(cursor, now)
         if not store.set_cursor(key, claimed, expected=raw):
-            out.skipped.append(
-                SkippedTick(
-                    pipeline.name,
-                    "sensor",
-                    sensor.name,
-                    now.isoformat(),
-                    "evaluated by another daemon",
-                )
-            )
+            scope.skip(now.isoformat(), "evaluated by another daemon")
             return
-        context = SensorContext(pipeline.name, sensor.name, now, cursor, last_tick)
         try:
-            result = sensor.evaluate(context)
+            result = sensor.evaluate(
+                SensorContext(pipeline.name, sensor.name, now, cursor, last_tick)
+            )
         except Exception as exc:
-            out.error(pipeline.name, "sensor", sensor.name, None, exc)
+            scope.error(None, exc)
             return
         for request in result.run_requests:
             targets = tuple(request.targets) if request.targets else sensor.targets
             if not targets:
-                out.error(
-                    pipeline.name,
-                    "sensor",
-                    sensor.name,
+                scope.error(
                     request.run_key,
                     f"run request {request.run_key!r} names no targets and the sensor has "
                     "no target; give Sensor(target=...) or RunRequest(targets=[...])",
                 )
                 continue
             if not store.claim_tick(key, request.run_key):
-                out.skipped.append(
-                    SkippedTick(
-                        pipeline.name,
-                        "sensor",
-                        sensor.name,
-                        request.run_key,
-                        "run key already fired",
-                    )
-                )
+                scope.skip(request.run_key, "run key already fired")
                 continue
-            tags = {
-                **(sensor.tags or {}),
-                **(request.tags or {}),
-                "sensor": sensor.name,
-                "run_key": request.run_key,
-            }
-            _fire(
-                pipeline,
-                "sensor",
-                sensor.name,
-                request.run_key,
-                targets,
-                request.partition,
-                tags,
-                out,
-            )
+            tags = {**(sensor.tags or {}), **(request.tags or {})}
+            tags.update(sensor=sensor.name, run_key=request.run_key)
+            scope.fire(request.run_key, targets, request.partition, tags)
         if result.cursor is not None and result.cursor != cursor:
             saved = _encode_sensor_state(result.cursor, now)
             if not store.set_cursor(key, saved, expected=claimed):
-                out.error(
-                    pipeline.name,
-                    "sensor",
-                    sensor.name,
+                scope.error(
                     None,
                     f"cursor {key!r} changed while the sensor ran; its new cursor "
                     f"{result.cursor!r} was not saved (requests are de-duplicated by run "
                     "key, so the next evaluation is safe)",
                 )
-
-
-def _fire(
-    pipeline: PipelineLike,
-    source: Literal["schedule", "sensor"],
-    name: str,
-    key: str,
-    targets: tuple[str, ...],
-    partition: PartitionKey | None,
-    tags: dict[str, str],
-    out: _Collector,
-) -> None:
-    try:
-        result = pipeline.run(
-            targets[0] if len(targets) == 1 else targets, partition=partition, tags=tags
-        )
-    except Exception as exc:
-        out.error(pipeline.name, source, name, key, exc)
-        return
-    run_id, status = getattr(result, "run_id", None), getattr(result, "status", None)
-    fired = FiredRun(
-        pipeline.name,
-        source,
-        name,
-        key,
-        targets,
-        partition,
-        None if run_id is None else str(run_id),
-        None if status is None else str(status),
-    )
-    _log.info(
-        "daemon: %s %s:%s fired %s -> run %s (%s)",
-        source,
-        pipeline.name,
-        name,
-        key,
-        fired.run_id,
-        fired.status,
-    )
-    out.fired.append(fired)
 
 
 def _advance(store: TickStore, key: str, now: datetime) -> None:
