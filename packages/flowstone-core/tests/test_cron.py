@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+
 from flowstone.cron import CronExpression
 from flowstone.errors import UsageError
 

@@ -14,6 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+
 from flowstone.daemon import Daemon, install_signal_handlers
 from flowstone.defaults.memory_store import MemoryRunStore
 from flowstone.defaults.sqlite_store import SQLiteRunStore

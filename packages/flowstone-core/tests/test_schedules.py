@@ -6,6 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+
 from flowstone.errors import DefinitionError, UsageError
 from flowstone.schedules import Schedule, previous_day, previous_hour
 from flowstone.sensors import RunRequest, Sensor, SensorContext, SensorResult, sensor
