@@ -1,0 +1,107 @@
+"""Every session CI and developers run.
+
+    nox -s tests          lint + typecheck + every package's unit tests + integration tests (CI)
+    nox -s core_isolated  core alone in a bare venv: zero third-party packages, quickstart runs
+    nox -s lint           ruff
+    nox -s typecheck      mypy --strict
+    nox -s docs           build the docs site strictly and check docs against the code
+    nox -s bench          every benchmark in bench/ (prints one JSON line each)
+
+Integration tests need PostgreSQL, Redis and RabbitMQ on 127.0.0.1 (see README); with
+CI=true a missing service fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+CORE = "packages/flowstone-core"
+PLUGINS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "plugins").glob("flowstone-*") if (p / "pyproject.toml").exists())
+PACKAGES = [CORE, *PLUGINS]
+TEST_TOOLS = ["pytest>=8", "hypothesis>=6", "moto[server]>=5", "pytest-timeout>=2"]
+LINT_TOOLS = ["ruff>=0.6"]
+TYPE_TOOLS = ["mypy>=1.10"]
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.default_venv_backend = "venv"
+
+
+def _install_all(session: nox.Session, *extra: str) -> None:
+    args: list[str] = []
+    for pkg in PACKAGES:
+        extras = "[arrow]" if pkg.endswith("io-postgres") else ""
+        args += ["-e", f"{pkg}{extras}"]
+    session.install(*args, *extra)
+
+
+def _src_dirs() -> list[str]:
+    return [f"{pkg}/src" for pkg in PACKAGES]
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install(*LINT_TOOLS)
+    session.run("ruff", "check", *PACKAGES, "integration-tests", "examples", "bench", "noxfile.py")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    _install_all(session, *TYPE_TOOLS)
+    session.run("mypy", *_src_dirs())
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """What CI runs: lint, typecheck, unit tests of every package, integration tests."""
+    _install_all(session, *TEST_TOOLS, *LINT_TOOLS, *TYPE_TOOLS)
+    session.run("ruff", "check", *PACKAGES, "integration-tests", "examples", "bench", "noxfile.py")
+    session.run("mypy", *_src_dirs())
+    unit = [f"{pkg}/tests" for pkg in PACKAGES if (ROOT / pkg / "tests").is_dir()]
+    session.run("pytest", "-q", "-p", "no:cacheprovider", *unit, *session.posargs)
+    session.run(
+        "pytest", "-q", "-p", "no:cacheprovider", "integration-tests", *session.posargs,
+        env={"CI": os.environ.get("CI", "")},
+    )
+
+
+@nox.session(python=False)
+def core_isolated(session: nox.Session) -> None:
+    """Install flowstone-core alone into a bare venv and run the quickstart."""
+    tmp = Path(session.create_tmp())
+    venv = tmp / "bare-venv"
+    session.run("python", "-m", "venv", "--clear", str(venv))
+    py = str(venv / "bin" / "python")
+    session.run(py, "-m", "pip", "install", "--quiet", CORE)
+    frozen = session.run(py, "-m", "pip", "list", "--format=freeze", silent=True) or ""
+    third_party = [
+        line for line in str(frozen).splitlines()
+        if line and not line.lower().startswith(("flowstone-core", "pip=", "setuptools=", "wheel="))
+    ]
+    if third_party:
+        session.error(f"flowstone-core pulled in third-party packages: {third_party}")
+    home = tmp / "home"
+    session.run(
+        str(venv / "bin" / "flowstone"), "run", str(ROOT / "examples" / "quickstart.py") + ":pipeline",
+        "total", "--json", env={"FLOWSTONE_HOME": str(home)},
+    )
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the docs strictly and check that they match the code."""
+    _install_all(session, "mkdocs>=1.6", *TEST_TOOLS)
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(Path(session.create_tmp()) / "site"))
+    session.run("pytest", "-q", "-p", "no:cacheprovider", f"{CORE}/tests/test_docs.py")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run every benchmark; each prints one JSON line with its ratios."""
+    _install_all(session, "dagster>=1.8")
+    for script in sorted((ROOT / "bench").glob("*.py")):
+        session.run("python", str(script), *session.posargs)
