@@ -9,6 +9,8 @@ this distribution's ``pyproject.toml`` (``postgres`` in ``flowstone.run_stores``
 from __future__ import annotations
 
 from flowstone_io_postgres._version import __version__
+from flowstone_io_postgres.io_manager import PostgresIOManager
+from flowstone_io_postgres.reader import PostgresItemReader
 from flowstone_io_postgres.store import PostgresRunStore
 
-__all__ = ["PostgresRunStore", "__version__"]
+__all__ = ["PostgresIOManager", "PostgresItemReader", "PostgresRunStore", "__version__"]

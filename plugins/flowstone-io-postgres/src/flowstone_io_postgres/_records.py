@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from flowstone.errors import ApprovalError, SignalError
 from flowstone.records import (
     Approval,
@@ -16,8 +18,6 @@ from flowstone.records import (
     ItemResult,
     MaterializationRecord,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from flowstone_io_postgres._rows import (
     APPROVAL_COLS,
     GATE_COLS,

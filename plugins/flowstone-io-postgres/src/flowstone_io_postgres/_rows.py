@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import Row
+
 from flowstone.records import (
     Approval,
     AuditEntry,
@@ -13,8 +15,6 @@ from flowstone.records import (
     RunRecord,
     StepRecord,
 )
-from sqlalchemy import Row
-
 from flowstone_io_postgres._sql import load_json
 
 __all__ = [

@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from flowstone.errors import RunNotFoundError, StorageError, UsageError
 from flowstone.records import (
     RunRecord,
@@ -26,8 +28,6 @@ from flowstone.records import (
     StepSpec,
     StepTransition,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from flowstone_io_postgres._rows import STEP_COLS, to_step
 from flowstone_io_postgres._sql import Sql, dump_json
 

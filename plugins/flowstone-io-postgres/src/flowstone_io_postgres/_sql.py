@@ -6,10 +6,11 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-from flowstone.errors import StorageError
 from sqlalchemy import TextClause, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from flowstone.errors import StorageError
 
 __all__ = ["Sql", "dump_json", "load_json", "run_tx", "sqlstate", "storage_error"]
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from flowstone.errors import StorageError
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from flowstone.errors import StorageError
 from flowstone_io_postgres.identifiers import quote_ident, validate_ident
 
 __all__ = [

@@ -15,6 +15,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
 from flowstone.errors import FlowStoneError, RunNotFoundError, StorageError
 from flowstone.records import (
     Approval,
@@ -29,10 +33,6 @@ from flowstone.records import (
     StepSpec,
     StepTransition,
 )
-from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
 from flowstone_io_postgres import _records as rec
 from flowstone_io_postgres import _scheduling as sched
 from flowstone_io_postgres import migrate

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 
-from flowstone.errors import UsageError
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+
+from flowstone.errors import UsageError
 
 __all__ = ["ENV_VAR", "normalize_url", "resolve_url", "safe_url"]
 

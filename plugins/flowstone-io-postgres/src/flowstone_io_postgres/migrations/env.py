@@ -8,6 +8,7 @@ the schema name in ``config.attributes``.
 from __future__ import annotations
 
 from alembic import context
+
 from flowstone_io_postgres.migrate import VERSION_TABLE
 
 config = context.config

@@ -8,6 +8,7 @@ Revises:
 from __future__ import annotations
 
 from alembic import context, op
+
 from flowstone_io_postgres._values_table import asset_values_ddl
 from flowstone_io_postgres.identifiers import quote_ident
 

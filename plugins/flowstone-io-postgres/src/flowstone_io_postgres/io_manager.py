@@ -1,0 +1,254 @@
+"""PostgresIOManager: asset values in a PostgreSQL table.
+
+Each value is one row, written by one ``INSERT ... ON CONFLICT DO UPDATE`` (atomic: a value
+is either fully there or not at all). The row key -- and the location returned to
+FlowStone -- is ``postgres:<uuid5>`` derived from the run-scoped storage key, so storing
+the same key again replaces the row in place and different keys never collide.
+
+Formats (column ``format``):
+
+* ``json`` -- everything the core codec (:mod:`flowstone.codec`) can represent, in the
+  ``value_json`` column of type ``json``. ``json`` rather than ``jsonb`` because ``jsonb``
+  reorders object keys and rewrites numbers (``1e16`` would come back as an ``int``);
+  ``json`` keeps the codec's text verbatim yet stays queryable (``value_json->>'field'``).
+* ``bin`` -- raw ``bytes``, in ``data`` (``bytea``).
+* ``arrow`` -- a ``pyarrow.Table`` as an Arrow IPC stream in ``data`` (needs the
+  ``arrow`` extra; pyarrow is imported only when such a value is stored or loaded).
+* ``pickle`` -- only with ``allow_pickle=True``, for values JSON cannot represent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+import uuid
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from flowstone.codec import EncodedValue, decode_from_storage, encode_for_storage
+from flowstone.errors import FlowStoneError, StorageError, ValueNotFoundError
+from flowstone.protocols import StorageKey
+from flowstone_io_postgres._runtime import AsyncRuntime, EngineOptions
+from flowstone_io_postgres._sql import storage_error
+from flowstone_io_postgres._values_table import asset_values_ddl
+from flowstone_io_postgres.identifiers import parse_qualified_name
+from flowstone_io_postgres.urls import resolve_url, safe_url
+
+__all__ = ["PostgresIOManager"]
+
+_LOCATION = re.compile(r"postgres:[0-9a-f]{32}")
+# Fixed namespace so locations are stable across processes and releases.
+_NAMESPACE = uuid.UUID("5f0c7a52-56a1-4c1e-9d55-8c3b1b0f2a41")
+
+
+def _readable(value: str) -> str:
+    """Text PostgreSQL accepts (no NUL, no lone surrogates); descriptive columns only."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+class PostgresIOManager:
+    """Stores asset values in one PostgreSQL table.
+
+    Args:
+        url: database URL; None reads ``FLOWSTONE_DATABASE_URL`` now (at construction).
+        table: ``"schema.table"`` (or ``"table"`` in ``public``). The default,
+            ``flowstone.asset_values``, is created by ``flowstone db upgrade``; any table is
+            created on first use if missing, with the same shape. Validated and quoted.
+        name: the IO manager's name, recorded in materializations.
+        allow_pickle: pickle values the JSON codec cannot represent, and unpickle them on
+            load. Unpickling runs arbitrary code: enable only for data you trust.
+        pool_size: connections kept open per process.
+
+    Example::
+
+        values = PostgresIOManager("postgresql://postgres@127.0.0.1/flowstone")
+        location = values.store(StorageKey("sales", "orders", "", "run-1"), [1, 2, 3])
+        values.load(location)  # [1, 2, 3]
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        table: str = "flowstone.asset_values",
+        name: str = "postgres",
+        allow_pickle: bool = False,
+        pool_size: int = 4,
+    ) -> None:
+        self.name = name
+        self.allow_pickle = allow_pickle
+        self.table = parse_qualified_name(table)
+        self._url = resolve_url(url)
+        self._where = safe_url(self._url)
+        self._runtime = AsyncRuntime(
+            self._url,
+            EngineOptions(pool_size=pool_size, max_overflow=pool_size,
+                          application_name="flowstone-io-manager"),
+            name="flowstone-postgres-io",
+        )  # fmt: skip
+        t = self.table.sql
+        self._upsert = text(
+            f"INSERT INTO {t} (location, pipeline, asset, partition, run_id, item, format, "
+            "value_json, data, created_at) VALUES (:loc, :pipeline, :asset, :partition, :run_id, "
+            ":item, :format, CAST(:value_json AS json), :data, now()) ON CONFLICT (location) DO "
+            "UPDATE SET format = EXCLUDED.format, value_json = EXCLUDED.value_json, "
+            "data = EXCLUDED.data, created_at = EXCLUDED.created_at"
+        )
+        self._select = text(f"SELECT format, value_json::text, data FROM {t} WHERE location = :loc")
+        self._exists = text(f"SELECT 1 FROM {t} WHERE location = :loc")
+        self._delete = text(f"DELETE FROM {t} WHERE location = :loc")
+        self._ready = False
+        self._ready_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"PostgresIOManager({self._where!r}, table={str(self.table)!r})"
+
+    # --- plumbing ----------------------------------------------------------------------
+    def _ensure_table(self) -> None:
+        if self._ready:
+            return
+        with self._ready_lock:
+            if self._ready:
+                return
+
+            async def create(engine: AsyncEngine, _auto: AsyncEngine) -> None:
+                async with engine.begin() as conn:
+                    # Serialise concurrent first uses: CREATE ... IF NOT EXISTS can still race.
+                    await conn.execute(
+                        text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
+                        {"k": f"flowstone_io_postgres.table.{self.table}"},
+                    )
+                    await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.table.schema}"'))
+                    await conn.execute(text(asset_values_ddl(self.table.sql)))
+
+            self._call(create, action=f"creating table {self.table}")
+            self._ready = True
+
+    def _call(self, work: Any, *, action: str) -> Any:
+        try:
+            return self._runtime.run(work)
+        except FlowStoneError:
+            raise
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            raise storage_error(exc, action=action, where=self._where) from exc
+
+    def _execute(self, statement: Any, params: dict[str, Any], *, action: str) -> list[Any]:
+        self._ensure_table()
+
+        async def work(_engine: AsyncEngine, auto: AsyncEngine) -> list[Any]:
+            async with auto.connect() as conn:
+                result = await conn.execute(statement, params)
+                return list(result) if result.returns_rows else []
+
+        rows: list[Any] = self._call(work, action=action)
+        return rows
+
+    def _check(self, location: str) -> str:
+        if not isinstance(location, str) or _LOCATION.fullmatch(location) is None:
+            raise ValueNotFoundError(
+                f"{location!r} is not a location written by PostgresIOManager "
+                "(expected 'postgres:' followed by 32 hex digits)"
+            )
+        return location
+
+    @staticmethod
+    def location_for(key: StorageKey) -> str:
+        """The location :meth:`store` uses for ``key`` (deterministic, collision-free)."""
+        ident = json.dumps([key.pipeline, key.asset, key.partition, key.run_id, key.item])
+        return "postgres:" + uuid.uuid5(_NAMESPACE, ident).hex
+
+    # --- IOManager ---------------------------------------------------------------------
+    def store(self, key: StorageKey, value: object) -> str:
+        """Encode ``value`` and upsert it in one statement; return its location.
+
+        Raises:
+            EncodingError: the value cannot be encoded (nothing is written).
+            StorageError: the database failed.
+        """
+        encoded = _encode_arrow(value) or encode_for_storage(
+            value, asset=key.asset, allow_pickle=self.allow_pickle
+        )
+        location = self.location_for(key)
+        is_json = encoded.format == "json"
+        self._execute(
+            self._upsert,
+            {
+                "loc": location,
+                "pipeline": _readable(key.pipeline),
+                "asset": _readable(key.asset),
+                "partition": _readable(key.partition),
+                "run_id": _readable(key.run_id),
+                "item": key.item,
+                "format": encoded.format,
+                "value_json": encoded.data.decode("utf-8") if is_json else None,
+                "data": None if is_json else encoded.data,
+            },
+            action=f"storing the value of asset {key.asset!r}",
+        )
+        return location
+
+    def load(self, location: str) -> object:
+        """Return the value at ``location``.
+
+        Raises:
+            ValueNotFoundError: nothing is stored there.
+            StorageError: pickled data without ``allow_pickle``, or corrupt data.
+        """
+        rows = self._execute(
+            self._select, {"loc": self._check(location)}, action=f"loading {location}"
+        )
+        if not rows:
+            raise ValueNotFoundError(
+                f"no value at {location} in table {self.table} ({self._where}); it was deleted "
+                "or never stored. Re-materialize the asset."
+            )
+        fmt, value_json, data = rows[0]
+        if fmt == "arrow":
+            return _decode_arrow(bytes(data), location)
+        raw = value_json.encode("utf-8") if fmt == "json" else bytes(data)
+        return decode_from_storage(
+            EncodedValue(fmt, raw), allow_pickle=self.allow_pickle, location=location
+        )
+
+    def exists(self, location: str) -> bool:
+        if not isinstance(location, str) or _LOCATION.fullmatch(location) is None:
+            return False
+        return bool(self._execute(self._exists, {"loc": location}, action="checking a value"))
+
+    def delete(self, location: str) -> None:
+        """Remove the value; deleting a missing value is not an error."""
+        self._execute(self._delete, {"loc": self._check(location)}, action="deleting a value")
+
+    def close(self) -> None:
+        """Close connections and stop the manager's loop thread (a later call reopens)."""
+        self._runtime.close()
+
+
+def _encode_arrow(value: object) -> EncodedValue | None:
+    # Only a process that already imported pyarrow can hold a pyarrow.Table.
+    pa = sys.modules.get("pyarrow")
+    if pa is None or not isinstance(value, pa.Table):
+        return None
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, value.schema) as writer:
+        writer.write_table(value)
+    return EncodedValue("arrow", sink.getvalue().to_pybytes())  # type: ignore[arg-type]
+
+
+def _decode_arrow(data: bytes, location: str) -> object:
+    try:
+        import pyarrow as pa
+    except ImportError as exc:
+        raise StorageError(
+            f"the value at {location} is an Arrow table and pyarrow is not installed; "
+            "pip install 'flowstone-io-postgres[arrow]'"
+        ) from exc
+    try:
+        return pa.ipc.open_stream(data).read_all()
+    except pa.ArrowInvalid as exc:
+        raise StorageError(f"the Arrow data at {location} is corrupt: {exc}") from exc
