@@ -193,8 +193,10 @@ class StepRunner:
             elif branch is None:
                 return StepOutcome("upstream_failed", error=f"upstream {dep!r} failed: {out.detail}")
 
-        context = self._context(a, run_id, enc, key, step.attempt)
         try:
+            # inside the try: a resource that fails to set up fails this asset (recorded,
+            # retried by its policy) instead of escaping and leaving the step claimed
+            context = self._context(a, run_id, enc, key, step.attempt)
             value = self._call(a, step, context, values, branch_outcomes, owner, key)
             if value is DEFERRED:
                 return None
