@@ -58,6 +58,9 @@ class FakePipeline:
     def prune(self, now: datetime) -> int:
         return 2
 
+    def recover(self, now: datetime) -> int:
+        return 3
+
 
 def hourly(**kwargs: Any) -> Schedule:
     return Schedule("hourly", "0 * * * *", "report", **kwargs)
@@ -292,7 +295,8 @@ class TestHousekeeping:
         report = Daemon(pipelines).tick(at())
         assert (report.expired, report.pruned) == (2, 4)
         assert pipelines[0].expire_calls == [at()]
-        assert "expired 2, pruned 4" in report.summary()
+        assert "expired 2, pruned 4, recovered 6" in report.summary()
+        assert report.recovered == 6
 
     def test_expire_failure_is_reported(self) -> None:
         pipeline = FakePipeline("a", MemoryRunStore(), expire_error=RuntimeError("db down"))

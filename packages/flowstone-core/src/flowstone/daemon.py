@@ -44,7 +44,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-Source = Literal["schedule", "sensor", "expire", "prune"]
+Source = Literal["schedule", "sensor", "expire", "prune", "recover"]
 
 
 class TickStore(Protocol):
@@ -89,6 +89,10 @@ class PipelineLike(Protocol):
 
     def prune(self, now: datetime) -> int:
         """Delete route decisions older than the retention; return how many."""
+        ...
+
+    def recover(self, now: datetime) -> int:
+        """Re-dispatch steps whose message was lost or whose worker died; return how many."""
         ...
 
 
@@ -138,6 +142,7 @@ class TickReport:
     errors: tuple[TickError, ...] = ()
     expired: int = 0
     pruned: int = 0
+    recovered: int = 0
 
     @property
     def failed_runs(self) -> tuple[FiredRun, ...]:
@@ -149,12 +154,13 @@ class TickReport:
         return (
             f"{self.now.isoformat()}: fired {len(self.fired)} "
             f"({len(self.failed_runs)} failed), skipped {len(self.skipped)}, "
-            f"errors {len(self.errors)}, expired {self.expired}, pruned {self.pruned}"
+            f"errors {len(self.errors)}, expired {self.expired}, pruned {self.pruned}, "
+            f"recovered {self.recovered}"
         )
 
 
 class _Collector:
-    __slots__ = ("errors", "expired", "fired", "pruned", "skipped")
+    __slots__ = ("errors", "expired", "fired", "pruned", "recovered", "skipped")
 
     def __init__(self) -> None:
         self.fired: list[FiredRun] = []
@@ -162,6 +168,7 @@ class _Collector:
         self.errors: list[TickError] = []
         self.expired = 0
         self.pruned = 0
+        self.recovered = 0
 
     def error(self, pipeline: str, source: Source, name: str, key: str | None, exc: object) -> None:
         failure = exc if isinstance(exc, BaseException) else None
@@ -306,8 +313,13 @@ class Daemon:
                 out.pruned += pipeline.prune(at)
             except Exception as exc:
                 out.error(pipeline.name, "prune", pipeline.name, None, exc)
+            try:
+                out.recovered += pipeline.recover(at)
+            except Exception as exc:
+                out.error(pipeline.name, "recover", pipeline.name, None, exc)
         report = TickReport(
-            at, tuple(out.fired), tuple(out.skipped), tuple(out.errors), out.expired, out.pruned
+            at, tuple(out.fired), tuple(out.skipped), tuple(out.errors), out.expired, out.pruned,
+            out.recovered,
         )
         _log.info("daemon tick %s", report.summary())
         return report
