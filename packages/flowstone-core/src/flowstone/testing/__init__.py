@@ -53,7 +53,7 @@ def _source(name: str, value: Any) -> AssetDef:
     def produce() -> Any:
         return value
 
-    return asset(produce, name=name)
+    return asset(name=name)(produce)
 
 
 def materialize(
