@@ -27,7 +27,10 @@ def validate_key(a: AssetDef, key: PartitionKey | None) -> PartitionKey | None:
             f"asset {a.name!r} is partitioned by {a.partitions!r}; pass partition=... "
             "(e.g. --partition 2024-01-31 on the CLI)"
         )
-    return a.partitions.validate(key)  # type: ignore[no-any-return]
+    try:
+        return a.partitions.validate(key)  # type: ignore[no-any-return]
+    except PartitionError as exc:  # say which asset's set rejected the key
+        raise PartitionError(f"asset {a.name!r}: {exc}") from exc
 
 
 def dep_partitions(
