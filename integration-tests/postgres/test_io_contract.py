@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 import pytest
+
 from flowstone.errors import StorageError, UsageError, ValueNotFoundError
 from flowstone.protocols import StorageKey
 from flowstone.testing.io_contract import IOManagerContract
-
 from flowstone_io_postgres import PostgresIOManager
 
 pytestmark = pytest.mark.integration

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from flowstone.testing.store_contract import RunStoreContract
 
+from flowstone.testing.store_contract import RunStoreContract
 from flowstone_io_postgres import PostgresRunStore
 
 pytestmark = pytest.mark.integration
