@@ -1,0 +1,251 @@
+"""In-process orchestration overhead: FlowStone vs Dagster on the same 500-asset DAG.
+
+The DAG is ``layers`` x ``width`` trivial assets (default 50 x 10 = 500). Every asset after
+the first layer reads 1-3 assets of the layer before it (chosen by a seeded RNG, so both
+tools see exactly the same graph) and returns ``sum(inputs) + 1``. The work per asset is
+nanoseconds, so the wall time of a full run is the orchestrator's own overhead:
+planning, state recording, storing and loading every value.
+
+Both tools store every value and record every run durably on local disk:
+
+* FlowStone: SQLite run store + filesystem IO manager (the embedded defaults), in a
+  temporary directory; each measured run is ``pipeline.run(force=True)`` of every asset.
+* Dagster: ``dagster.materialize(assets, instance=...)`` with one
+  ``DagsterInstance.ephemeral()`` whose default IO manager pickles every value to its
+  temporary storage directory (its run and event storage stay in memory, which favours
+  Dagster).
+
+Each side gets one warm-up run, then ``--repeat`` measured runs; the medians are reported.
+The last line printed is one JSON object, e.g.::
+
+    {"bench": "inprocess", "assets": 500, "flowstone_us_per_asset": 900.0,
+     "dagster_us_per_asset": 30000.0, "ratio": 33.3}
+
+Usage::
+
+    python bench/inprocess.py            # 5 measured runs per tool
+    python bench/inprocess.py --quick    # CI smoke: 1 measured run per tool
+    python bench/inprocess.py --profile  # also cProfile one FlowStone run (top functions)
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import logging
+import os
+import platform
+import pstats
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import flowstone as fs
+
+SEED = 20240131
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One asset of the benchmark DAG: its name and the names it reads."""
+
+    name: str
+    deps: tuple[str, ...]
+
+
+def build_shape(layers: int, width: int, seed: int = SEED) -> list[Node]:
+    """The deterministic DAG: ``layers`` x ``width`` nodes, each reading 1-3 of the layer
+    before (the first layer reads nothing)."""
+    rng = random.Random(seed)
+    nodes: list[Node] = []
+    previous: list[str] = []
+    for layer in range(layers):
+        current = [f"a{layer:03d}_{i:02d}" for i in range(width)]
+        for name in current:
+            k = min(len(previous), rng.randint(1, 3))
+            deps = tuple(sorted(rng.sample(previous, k))) if previous else ()
+            nodes.append(Node(name, deps))
+        previous = current
+    return nodes
+
+
+def make_function(node: Node) -> Callable[..., int]:
+    """A plain function whose parameters are named after its deps (both tools read
+    dependencies from parameter names), returning ``sum(inputs) + 1``."""
+    params = ", ".join(node.deps)
+    body = " + ".join((*node.deps, "1"))
+    namespace: dict[str, Any] = {}
+    exec(f"def {node.name}({params}):\n    return {body}\n", namespace)
+    fn: Callable[..., int] = namespace[node.name]
+    return fn
+
+
+def expected_values(nodes: list[Node]) -> dict[str, int]:
+    """Every asset's value computed by calling the functions directly (the oracle)."""
+    values: dict[str, int] = {}
+    for node in nodes:
+        values[node.name] = make_function(node)(*(values[d] for d in node.deps))
+    return values
+
+
+def direct_seconds(nodes: list[Node]) -> float:
+    """Time to just call the 500 functions: the work itself, subtracted from both sides."""
+    fns = [(make_function(n), n.deps) for n in nodes]
+    started = time.perf_counter()
+    values: dict[str, int] = {}
+    for (fn, deps), node in zip(fns, nodes, strict=True):
+        values[node.name] = fn(*(values[d] for d in deps))
+    return time.perf_counter() - started
+
+
+# --- FlowStone -------------------------------------------------------------------------
+def flowstone_pipeline(nodes: list[Node], home: Path) -> fs.Pipeline:
+    assets = [fs.asset(make_function(n)) for n in nodes]
+    return fs.Pipeline(
+        "bench_inprocess",
+        assets,
+        store=f"sqlite:///{home / 'flowstone.db'}",
+        io_managers={"default": fs.FilesystemIOManager(home / "storage")},
+    )
+
+
+def run_flowstone(pipeline: fs.Pipeline) -> None:
+    result = pipeline.run(force=True)
+    if result.status != "succeeded":
+        raise SystemExit(f"FlowStone run failed: {result.error}")
+
+
+def check_flowstone(pipeline: fs.Pipeline, expected: dict[str, int]) -> None:
+    last = next(reversed(expected))
+    got = pipeline.get(last)
+    if got != expected[last]:
+        raise SystemExit(f"FlowStone computed {last}={got}, expected {expected[last]}")
+
+
+# --- Dagster ---------------------------------------------------------------------------
+def dagster_runner(nodes: list[Node], tmp: Path) -> tuple[Callable[[], None], Callable[[], Any]]:
+    """(run once, read the last asset's value) for Dagster, or raise ImportError."""
+    import dagster
+
+    assets = [dagster.asset(make_function(n)) for n in nodes]
+    instance = dagster.DagsterInstance.ephemeral(tempdir=str(tmp))
+    last = nodes[-1].name
+    holder: dict[str, Any] = {}
+
+    def run() -> None:
+        result = dagster.materialize(assets, instance=instance)
+        if not result.success:
+            raise SystemExit("Dagster run failed")
+        holder["result"] = result
+
+    def last_value() -> Any:
+        return holder["result"].output_for_node(last)
+
+    return run, last_value
+
+
+# --- measuring -------------------------------------------------------------------------
+def measure(run: Callable[[], None], repeat: int) -> list[float]:
+    run()  # warm-up: imports, caches, first-run schema work
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def us_per_asset(samples: list[float], baseline: float, assets: int) -> float:
+    return round(max(0.0, statistics.median(samples) - baseline) / assets * 1e6, 1)
+
+
+def profile_flowstone(pipeline: fs.Pipeline, top: int) -> str:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    run_flowstone(pipeline)
+    profiler.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("cumulative").print_stats(top)
+    stats.sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--layers", type=int, default=50)
+    parser.add_argument("--width", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=5, help="measured runs per tool")
+    parser.add_argument("--quick", action="store_true", help="CI smoke: 1 measured run each")
+    parser.add_argument("--no-dagster", action="store_true", help="measure FlowStone only")
+    parser.add_argument("--profile", action="store_true",
+                        help="print a cProfile of one FlowStone run")
+    args = parser.parse_args(argv)
+    repeat = 1 if args.quick else args.repeat
+    # Both tools log every step at INFO/DEBUG; console output is not what is measured.
+    logging.disable(logging.WARNING)
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+
+    nodes = build_shape(args.layers, args.width)
+    n = len(nodes)
+    expected = expected_values(nodes)
+    baseline = min(direct_seconds(nodes) for _ in range(5))
+    edges = sum(len(x.deps) for x in nodes)
+    print(f"DAG: {args.layers} layers x {args.width} wide = {n} assets, {edges} edges; "
+          f"direct calls {baseline * 1e6:.0f} us total; repeat={repeat} (+1 warm-up)")
+    print(f"python {platform.python_version()} on {platform.machine()}, "
+          f"{os.cpu_count()} CPUs, flowstone {fs.__version__}")
+
+    with tempfile.TemporaryDirectory(prefix="flowstone-bench-") as tmp:
+        root = Path(tmp)
+        pipeline = flowstone_pipeline(nodes, root / "flowstone")
+        try:
+            fs_samples = measure(lambda: run_flowstone(pipeline), repeat)
+            check_flowstone(pipeline, expected)
+            fs_us = us_per_asset(fs_samples, baseline, n)
+            print(f"flowstone: median {statistics.median(fs_samples):.3f}s per run "
+                  f"({', '.join(f'{s:.3f}' for s in fs_samples)}) -> {fs_us} us/asset")
+            if args.profile:
+                print(profile_flowstone(pipeline, 40))
+        finally:
+            pipeline.close()
+
+        dg_us: float | None = None
+        if args.no_dagster:
+            print("dagster: skipped (--no-dagster)")
+        else:
+            try:
+                run_dagster, dagster_last = dagster_runner(nodes, root / "dagster")
+            except ImportError:
+                print("dagster: not installed; skipping it (pip install dagster to compare)")
+            else:
+                dg_samples = measure(run_dagster, repeat)
+                last = nodes[-1].name
+                if dagster_last() != expected[last]:
+                    raise SystemExit(f"Dagster computed {last}={dagster_last()}, "
+                                     f"expected {expected[last]}")
+                dg_us = us_per_asset(dg_samples, baseline, n)
+                print(f"dagster:   median {statistics.median(dg_samples):.3f}s per run "
+                      f"({', '.join(f'{s:.3f}' for s in dg_samples)}) -> {dg_us} us/asset")
+
+    ratio = round(dg_us / fs_us, 1) if dg_us is not None and fs_us > 0 else None
+    print(json.dumps({
+        "bench": "inprocess",
+        "assets": n,
+        "flowstone_us_per_asset": fs_us,
+        "dagster_us_per_asset": dg_us,
+        "ratio": ratio,
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
