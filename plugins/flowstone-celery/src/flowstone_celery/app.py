@@ -1,0 +1,149 @@
+"""The Celery application FlowStone's executor publishes to and its workers consume from.
+
+:func:`make_app` builds a JSON-only app (pickle is never accepted) with late acks, so a
+message is acknowledged only after its step was recorded in the run store, and returned to
+the queue if the worker process dies. Results are not stored in Celery: the run store holds
+them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery
+
+from flowstone.errors import UsageError
+from flowstone_celery.settings import CelerySettings, load_settings, safe_url
+
+if TYPE_CHECKING:
+    from flowstone.pipeline import Pipeline
+    from flowstone_celery.executor import CeleryExecutor
+
+__all__ = ["RUN_STEP_TASK", "SWEEP_TASK", "FlowstoneCelery", "make_app"]
+
+RUN_STEP_TASK = "flowstone.run_step"
+SWEEP_TASK = "flowstone.sweep"
+log = logging.getLogger("flowstone.celery")
+
+
+class FlowstoneCelery(Celery):  # type: ignore[misc]
+    """A Celery app that knows the FlowStone pipelines its worker serves.
+
+    Attributes:
+        flowstone_settings: the settings the app was built from.
+        pipelines: ``{name: Pipeline}`` served by this process (empty on a pure client).
+    """
+
+    flowstone_settings: CelerySettings
+    pipelines: dict[str, Pipeline]
+
+    def __init__(self, settings: CelerySettings, **kwargs: Any) -> None:
+        super().__init__("flowstone", set_as_current=False, **kwargs)
+        self.flowstone_settings = settings
+        self.pipelines = {}
+        self._flowstone_executor: CeleryExecutor | None = None
+
+    @property
+    def executor(self) -> CeleryExecutor:
+        """The executor bound to this app (what workers dispatch follow-up steps with)."""
+        if self._flowstone_executor is None:
+            from flowstone_celery.executor import CeleryExecutor
+
+            self._flowstone_executor = CeleryExecutor(self.flowstone_settings, app=self)
+        return self._flowstone_executor
+
+    def add_pipeline(self, pipeline: Pipeline) -> None:
+        """Serve ``pipeline`` from this worker.
+
+        Its executor is replaced by this app's :class:`CeleryExecutor`, so everything the
+        worker does for it (follow-up steps, recovery, resumed approvals) goes back to the
+        queue instead of running in the worker's own process.
+
+        Raises:
+            UsageError: another pipeline with the same name is already served.
+        """
+        known = self.pipelines.get(pipeline.name)
+        if known is not None and known is not pipeline:
+            raise UsageError(
+                f"two pipelines are named {pipeline.name!r}; a worker needs unique names "
+                "(rename one with Pipeline(name=...))"
+            )
+        if pipeline.executor is not self.executor:
+            old = pipeline.executor
+            pipeline.executor = self.executor
+            try:
+                old.close()
+            except Exception:  # the replaced executor was never used; do not fail startup
+                log.debug("closing the replaced executor of %s failed", pipeline.name,
+                          exc_info=True)
+        lease = self.flowstone_settings.lease_seconds
+        if lease is not None:
+            pipeline.lease_seconds = lease
+        self.pipelines[pipeline.name] = pipeline
+
+    def load_pipelines(self, specs: list[str]) -> None:
+        """Load ``FILE.py:ATTR`` / ``MODULE:ATTR`` specs and serve them."""
+        from flowstone.loading import load_pipeline
+
+        if not specs:
+            raise UsageError(
+                "a FlowStone worker needs at least one pipeline: pass --pipeline FILE.py:ATTR "
+                "or set FLOWSTONE_PIPELINES=FILE.py:ATTR[,MODULE:ATTR...]"
+            )
+        for spec in specs:
+            self.add_pipeline(load_pipeline(spec))
+
+    def close_pipelines(self) -> None:
+        """Close every served pipeline (stores, resources, lease renewal)."""
+        for pipeline in list(self.pipelines.values()):
+            try:
+                pipeline.close()
+            except Exception:
+                log.exception("closing pipeline %s failed", pipeline.name)
+
+
+def make_app(settings: CelerySettings | None = None) -> FlowstoneCelery:
+    """Build the Celery app for ``settings`` (default: read ``FLOWSTONE_*`` now).
+
+    The app accepts JSON only, acknowledges late, re-queues the messages of a worker that
+    died, stores no results, and registers the ``flowstone.run_step`` and
+    ``flowstone.sweep`` tasks (the latter scheduled for Celery beat).
+    """
+    from flowstone_celery import tasks
+
+    settings = settings or load_settings()
+    app = FlowstoneCelery(settings)
+    app.conf.update(
+        broker_url=settings.broker_url,
+        result_backend=None,
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        task_ignore_result=True,
+        task_store_errors_even_if_ignored=False,
+        task_default_queue=settings.queue,
+        task_create_missing_queues=True,
+        worker_prefetch_multiplier=settings.prefetch,
+        worker_send_task_events=False,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        beat_schedule={
+            "flowstone-sweep": {
+                "task": SWEEP_TASK,
+                "schedule": settings.sweep_interval,
+                "options": {"queue": settings.queue, "expires": settings.sweep_interval},
+            }
+        },
+        timezone="UTC",
+        enable_utc=True,
+    )
+    tasks.register(app)
+    log.debug("FlowStone Celery app for broker %s, queue %s", safe_url(settings.broker_url),
+              settings.queue)
+    return app

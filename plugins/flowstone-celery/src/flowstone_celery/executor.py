@@ -1,0 +1,142 @@
+"""``CeleryExecutor``: hands ready steps to Celery workers as small JSON messages.
+
+Select it with ``Pipeline(executor="celery")``, ``FLOWSTONE_EXECUTOR=celery`` or
+``flowstone run --executor celery``. It is non-blocking: ``dispatch`` returns once the
+messages are published, and ``Pipeline.run(wait=True)`` follows the run in the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from flowstone.errors import StorageError
+from flowstone.records import StepRecord
+from flowstone_celery.messages import StepMessage
+from flowstone_celery.settings import CelerySettings, load_settings, safe_url
+
+if TYPE_CHECKING:
+    from flowstone_celery.app import FlowstoneCelery
+
+__all__ = ["CeleryExecutor"]
+
+log = logging.getLogger("flowstone.celery")
+PING_TIMEOUT = 1.0
+
+
+class CeleryExecutor:
+    """Publishes each ready step as one ``flowstone.run_step`` message.
+
+    Args:
+        settings: defaults to the ``FLOWSTONE_*`` environment, read when this is called.
+        app: the Celery app to publish with (default: built lazily from ``settings`` on
+            first dispatch; nothing connects before that).
+
+    A batch of steps is published over one pooled producer connection. A step with
+    ``not_before`` (a retry waiting for its backoff) is sent with a countdown; a delay longer
+    than half the visibility timeout is not sent at all, and the sweeper dispatches the step
+    once it is due (a Redis broker would otherwise redeliver the held message early).
+
+    Example:
+        >>> pipeline = Pipeline("etl", assets, executor="celery")   # FLOWSTONE_BROKER_URL
+    """
+
+    name = "celery"
+    blocking = False
+    scatter_coordinator = "inline"
+    parallel_coordinator = "thread"
+
+    def __init__(
+        self, settings: CelerySettings | None = None, *, app: FlowstoneCelery | None = None
+    ) -> None:
+        if settings is None:
+            settings = app.flowstone_settings if app is not None else load_settings()
+        self.settings = settings
+        self._app = app
+        self._owns_app = app is None
+
+    def __repr__(self) -> str:
+        return f"CeleryExecutor(broker={safe_url(self.settings.broker_url)!r}, " \
+               f"queue={self.settings.queue!r})"
+
+    @property
+    def app(self) -> FlowstoneCelery:
+        """The Celery app messages are published with."""
+        if self._app is None:
+            from flowstone_celery.app import make_app
+
+            self._app = make_app(self.settings)
+            self._app._flowstone_executor = self
+        return self._app
+
+    def messages(
+        self, pipeline_name: str, run_id: str, steps: Sequence[StepRecord], *,
+        now: datetime | None = None,
+    ) -> list[tuple[dict[str, Any], float | None]]:
+        """The ``(message, countdown)`` pairs :meth:`dispatch` publishes for ``steps``."""
+        at = now or datetime.now(UTC)
+        out: list[tuple[dict[str, Any], float | None]] = []
+        limit = self.settings.max_countdown
+        for step in steps:
+            countdown = None
+            if step.not_before is not None:
+                delay = (step.not_before - at).total_seconds()
+                if delay > limit:
+                    log.info("retry of %s[%s] in run %s is due in %.0fs; the sweeper will "
+                             "dispatch it", step.asset, step.partition, run_id, delay)
+                    continue
+                countdown = delay if delay > 0 else None
+            out.append((StepMessage.for_step(pipeline_name, step, run_id).to_json(), countdown))
+        return out
+
+    def dispatch(self, pipeline: Any, run_id: str, steps: Sequence[StepRecord]) -> None:
+        """Publish ``steps`` of ``run_id``; raise ``StorageError`` if the broker refuses.
+
+        A step lost here (broker down) stays ``ready`` in the store and the sweeper sends it
+        again, so a failed dispatch never loses work.
+        """
+        batch = self.messages(pipeline.name, run_id, steps)
+        if not batch:
+            return
+        from flowstone_celery.app import RUN_STEP_TASK
+
+        app = self.app
+        queue = self.settings.queue
+        try:
+            with app.producer_or_acquire() as producer:
+                for body, countdown in batch:
+                    app.send_task(RUN_STEP_TASK, args=(body,), queue=queue, countdown=countdown,
+                                  producer=producer, ignore_result=True, add_to_parent=False)
+        except Exception as exc:
+            raise StorageError(
+                f"could not publish {len(batch)} step(s) of run {run_id} to "
+                f"{safe_url(self.settings.broker_url)} ({type(exc).__name__}: {exc}); is the "
+                "broker running? The sweeper re-sends them once it is reachable"
+            ) from exc
+
+    def health(self) -> dict[str, Any]:
+        """``{"ok", "broker", "workers"}``: the broker answers and at least one worker
+        replies to a control ping within a second."""
+        report: dict[str, Any] = {"ok": False, "broker": "ok", "workers": 0}
+        try:
+            with self.app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=PING_TIMEOUT)
+        except Exception as exc:
+            report["broker"] = f"error: {type(exc).__name__}: {exc}"
+            return report
+        try:
+            replies = self.app.control.ping(timeout=PING_TIMEOUT) or []
+        except Exception as exc:
+            report["workers"] = f"error: {type(exc).__name__}: {exc}"
+            return report
+        report["workers"] = len(replies)
+        report["ok"] = len(replies) > 0
+        return report
+
+    def close(self) -> None:
+        """Release broker connections (only those of an app this executor built)."""
+        if self._owns_app and self._app is not None:
+            self._app.close()
+            self._app = None

@@ -1,0 +1,92 @@
+"""The two Celery tasks: ``flowstone.run_step`` (one step) and ``flowstone.sweep``.
+
+``run_step`` is idempotent: the run store's ``claim_step`` lets only one delivery of a step
+run it and ``finish_step`` records it once, so a redelivered message changes nothing.
+Malformed messages and unknown pipelines or assets are logged and acknowledged (retrying
+them could never succeed). Infrastructure failures (store or broker unreachable) are retried
+with exponential backoff; after ``FLOWSTONE_INFRA_RETRIES`` the sweeper takes over.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from flowstone_celery.messages import MessageError, StepMessage, parse_message
+
+if TYPE_CHECKING:
+    from celery import Task
+
+    from flowstone_celery.app import FlowstoneCelery
+
+__all__ = ["handle_step", "register"]
+
+log = logging.getLogger("flowstone.celery")
+MAX_BACKOFF_SECONDS = 60.0
+
+
+def resolve(app: FlowstoneCelery, body: object) -> tuple[Any, StepMessage] | None:
+    """Validate ``body`` and find its pipeline; log and return None if it cannot run here."""
+    try:
+        message = parse_message(body)
+    except MessageError as exc:
+        log.error("dropping malformed FlowStone step message: %s", exc)
+        return None
+    pipeline = app.pipelines.get(message.pipeline)
+    if pipeline is None:
+        log.error(
+            "dropping step message for unknown pipeline %r (this worker serves %s); start the "
+            "worker with --pipeline for it", message.pipeline, sorted(app.pipelines) or "none",
+        )
+        return None
+    if message.asset not in pipeline.dag.assets:
+        log.error("dropping step message for unknown asset %r of pipeline %r",
+                  message.asset, message.pipeline)
+        return None
+    return pipeline, message
+
+
+def handle_step(app: FlowstoneCelery, body: object) -> int:
+    """Run the step ``body`` names and dispatch the steps that became ready.
+
+    Returns how many follow-up steps were dispatched (0 for a dropped or duplicate message).
+    Infrastructure errors propagate so the caller can retry.
+    """
+    found = resolve(app, body)
+    if found is None:
+        return 0
+    pipeline, message = found
+    ready = pipeline.runner.run_step(message.run_id, message.asset, message.partition)
+    if ready:
+        pipeline.dispatch(message.run_id, ready)
+    return len(ready)
+
+
+def register(app: FlowstoneCelery) -> None:
+    """Add the FlowStone tasks to ``app``."""
+    from flowstone_celery.app import RUN_STEP_TASK, SWEEP_TASK
+
+    @app.task(name=RUN_STEP_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
+              ignore_result=True, max_retries=None)
+    def run_step(self: Task, message: object) -> int:
+        try:
+            return handle_step(app, message)
+        except Exception as exc:
+            limit = app.flowstone_settings.infra_retries
+            if self.request.retries >= limit:
+                log.error("giving up on step message %r after %d retries (%s); the sweeper "
+                          "re-dispatches it once the store is reachable", message, limit, exc)
+                return 0
+            delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** self.request.retries)
+            log.warning("step message %r failed (%s: %s); retrying in %.1fs", message,
+                        type(exc).__name__, exc, delay)
+            raise self.retry(exc=exc, countdown=delay) from exc
+
+    @app.task(name=SWEEP_TASK, ignore_result=True, acks_late=True)
+    def sweep() -> int:
+        from flowstone_celery.sweeper import Sweeper
+
+        if not app.pipelines:
+            log.warning("flowstone.sweep ran on a worker that serves no pipelines")
+            return 0
+        return Sweeper(app).sweep().recovered

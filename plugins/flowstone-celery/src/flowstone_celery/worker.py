@@ -1,0 +1,117 @@
+"""Starting a Celery worker that serves FlowStone pipelines.
+
+:func:`run_worker` is what ``flowstone worker`` calls; ``celery -A
+flowstone_celery.worker_app worker`` gets the same behaviour through :class:`FlowstoneStep`,
+a worker bootstep that
+
+* loads the pipelines (``FLOWSTONE_PIPELINES``) if none were added yet, in the main process
+  before the pool forks, so a bad spec fails the worker at once;
+* runs the sweeper in a thread of the main process (``FLOWSTONE_SWEEPER``);
+* makes a *second* SIGTERM stop immediately: the first one is Celery's warm shutdown (no new
+  messages, in-flight steps finish), the second turns it into a cold shutdown that abandons
+  the running steps (their messages return to the queue; leases expire and the sweeper
+  re-dispatches them).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from celery import bootsteps
+
+from flowstone_celery.app import FlowstoneCelery, make_app
+from flowstone_celery.settings import CelerySettings, safe_url
+from flowstone_celery.sweeper import SweeperThread
+
+__all__ = ["FlowstoneStep", "install_step", "run_worker"]
+
+log = logging.getLogger("flowstone.celery")
+
+
+class FlowstoneStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Worker bootstep: pipelines, sweeper, escalating SIGTERM (see the module docstring)."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        app: FlowstoneCelery = worker.app
+        if not app.pipelines:
+            app.load_pipelines(app.flowstone_settings.pipeline_specs)
+        self._sweeper: SweeperThread | None = None
+
+    def start(self, worker: Any) -> None:
+        app: FlowstoneCelery = worker.app
+        settings = app.flowstone_settings
+        log.info("FlowStone worker: pipelines %s, queue %s, broker %s, sweeper %s",
+                 sorted(app.pipelines), settings.queue, safe_url(settings.broker_url),
+                 f"every {settings.sweep_interval:g}s" if settings.sweeper else "off")
+        _install_escalating_sigterm(worker)
+        if settings.sweeper and self._sweeper is None:
+            self._sweeper = SweeperThread(app)
+            self._sweeper.start()
+
+    def stop(self, worker: Any) -> None:
+        if self._sweeper is not None:
+            self._sweeper.stop()
+            self._sweeper = None
+
+    def shutdown(self, worker: Any) -> None:
+        self.stop(worker)
+        worker.app.close_pipelines()
+
+
+def _install_escalating_sigterm(worker: Any) -> None:
+    """First SIGTERM: warm shutdown (drain); the next one: cold shutdown (stop now)."""
+    from celery.apps import worker as celery_worker
+
+    if not hasattr(celery_worker, "install_worker_term_handler"):
+        return  # a Celery without these helpers keeps its default SIGTERM behaviour
+
+    def escalate(w: Any) -> None:
+        log.warning("FlowStone worker draining in-flight steps; send SIGTERM again to stop "
+                    "immediately (running steps are then re-queued)")
+        celery_worker.install_worker_term_hard_handler(w, sig="SIGTERM")
+
+    celery_worker.install_worker_term_handler(worker, callback=escalate)
+
+
+def install_step(app: FlowstoneCelery) -> FlowstoneCelery:
+    """Add :class:`FlowstoneStep` to ``app``'s worker blueprint (once)."""
+    if FlowstoneStep not in app.steps["worker"]:
+        app.steps["worker"].add(FlowstoneStep)
+    return app
+
+
+def run_worker(
+    pipelines: Sequence[str],
+    *,
+    settings: CelerySettings,
+    concurrency: int | None = None,
+    queues: Sequence[str] = (),
+    pool: str | None = None,
+    loglevel: str = "INFO",
+    hostname: str | None = None,
+    extra_args: Sequence[str] = (),
+) -> int:
+    """Load ``pipelines`` and run a Celery worker for them until it is shut down.
+
+    Returns the worker's exit code.
+    """
+    app = install_step(make_app(settings))
+    app.load_pipelines(list(pipelines))
+    argv = ["worker", f"--loglevel={loglevel}", "-Q", ",".join(queues or [settings.queue])]
+    if concurrency is not None:
+        argv.append(f"--concurrency={concurrency}")
+    if pool is not None:
+        argv.append(f"--pool={pool}")
+    if hostname is not None:
+        argv.append(f"--hostname={hostname}")
+    argv.extend(extra_args)
+    try:
+        app.worker_main(argv=argv)
+    except SystemExit as exc:
+        return int(exc.code or 0) if isinstance(exc.code, int | None) else 1
+    return 0
