@@ -1,0 +1,191 @@
+"""``daemon``, ``health``, ``plugins``: operating FlowStone."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from typing import Any
+
+from flowstone._cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    Subparsers,
+    add_json,
+    add_spec,
+    open_pipeline,
+)
+from flowstone._cli.output import print_json, table
+from flowstone.daemon import Daemon, TickReport, install_signal_handlers
+from flowstone.errors import UsageError
+from flowstone.pipeline import Pipeline
+from flowstone.registry import PluginRegistry
+
+__all__ = ["register"]
+
+
+def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "daemon",
+        parents=[parent],
+        help="fire schedules and sensors, expire waits, recover lost work",
+        description="Tick the schedules and sensors of the pipelines every --interval "
+        "seconds; each tick also fails expired approvals and gates, prunes old route "
+        "decisions and re-dispatches work that was lost (pipeline.recover). SIGTERM or "
+        "SIGINT finish the current tick and exit 0. Any number of daemons may serve the "
+        "same store: a tick fires once. --once ticks once, prints the report and exits 1 "
+        "if anything in it failed.",
+    )
+    p.add_argument("specs", nargs="+", metavar="FILE_OR_MODULE:PIPELINE",
+                   help="one or more pipelines")
+    p.add_argument("--interval", type=float, default=30.0, metavar="S",
+                   help="seconds between ticks (default 30)")
+    p.add_argument("--once", action="store_true", help="tick once and exit")
+    add_json(p)
+    p.set_defaults(func=cmd_daemon)
+
+    p = sub.add_parser(
+        "health",
+        parents=[parent],
+        help="check the store, executor and resources",
+        description="Check the pipeline's run store, executor and resources. Exits 1 when "
+        "anything is unhealthy.",
+    )
+    add_spec(p)
+    add_json(p)
+    p.set_defaults(func=cmd_health)
+
+    p = sub.add_parser(
+        "plugins",
+        parents=[parent],
+        help="list installed plugins by entry-point group",
+        description="List every plugin by group: name, what it points to, and the "
+        "distribution that provides it. Imports no plugin.",
+    )
+    add_json(p)
+    p.set_defaults(func=cmd_plugins)
+
+
+def _tick(daemon: Daemon, pipelines: list[Pipeline]) -> tuple[TickReport, int, list[str]]:
+    """One daemon tick, then recovery of lost or orphaned work in every pipeline."""
+    now = datetime.now(UTC)
+    report = daemon.tick(now)
+    recovered, errors = 0, []
+    for pipeline in pipelines:
+        try:
+            recovered += pipeline.recover(now)
+        except Exception as exc:  # one broken store must not stop the others
+            errors.append(f"recover {pipeline.name}: {type(exc).__name__}: {exc}")
+    return report, recovered, errors
+
+
+def _report_json(report: TickReport, recovered: int, errors: list[str]) -> dict[str, Any]:
+    return {
+        "now": report.now,
+        "fired": list(report.fired),
+        "skipped": list(report.skipped),
+        "errors": [*report.errors, *({"source": "recover", "error": e} for e in errors)],
+        "expired": report.expired,
+        "pruned": report.pruned,
+        "recovered": recovered,
+    }
+
+
+def _print_report(report: TickReport, recovered: int, errors: list[str]) -> None:
+    print(f"{report.summary()}, recovered {recovered}", flush=True)
+    for f in report.fired:
+        print(f"  fired {f.source} {f.pipeline}:{f.name} {f.key} -> run {f.run_id} ({f.status})")
+    for s in report.skipped:
+        print(f"  skipped {s.source} {s.pipeline}:{s.name} {s.key}: {s.reason}")
+    for e in report.errors:
+        print(f"  error {e.source} {e.pipeline}:{e.name} {e.key or ''}: {e.error}",
+              file=sys.stderr)
+    for text in errors:
+        print(f"  error {text}", file=sys.stderr)
+    sys.stdout.flush()
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    if args.interval <= 0:
+        raise UsageError(f"--interval must be a positive number of seconds, got {args.interval:g}")
+    if args.json and not args.once:
+        raise UsageError("--json works with --once (one tick, one document)")
+    with ExitStack() as stack:
+        pipelines = [stack.enter_context(open_pipeline(spec)) for spec in args.specs]
+        daemon = Daemon(pipelines)
+        if args.once:
+            report, recovered, errors = _tick(daemon, pipelines)
+            if args.json:
+                print_json(_report_json(report, recovered, errors))
+            else:
+                _print_report(report, recovered, errors)
+            failed = report.errors or report.failed_runs or errors
+            return EXIT_FAILURE if failed else EXIT_OK
+        stop = threading.Event()
+        restore = install_signal_handlers(stop)
+        try:
+            names = ", ".join(p.name for p in pipelines)
+            print(f"daemon serving {names} every {args.interval:g}s (SIGTERM/Ctrl-C stops)",
+                  flush=True)
+            while not stop.is_set():
+                try:
+                    _print_report(*_tick(daemon, pipelines))
+                except Exception as exc:  # keep serving; the next tick may succeed
+                    print(f"error: daemon tick failed: {type(exc).__name__}: {exc}",
+                          file=sys.stderr, flush=True)
+                stop.wait(args.interval)
+            print("daemon stopped", flush=True)
+        finally:
+            restore()
+        return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    with open_pipeline(args.spec) as pipeline:
+        report = pipeline.health()
+        if args.json:
+            print_json(report)
+        else:
+            for key, value in report.items():
+                if key == "ok":
+                    continue
+                if isinstance(value, dict):
+                    print(f"{key}:" + ("" if value else " none"))
+                    for name, state in value.items():
+                        print(f"  {name}: {state}")
+                else:
+                    print(f"{key}: {value}")
+            print("healthy" if report.get("ok") else "UNHEALTHY")
+        return EXIT_OK if report.get("ok") else EXIT_FAILURE
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    groups = PluginRegistry().describe()
+    if args.json:
+        print_json(
+            {
+                "plugins": {
+                    group: [
+                        {"name": i.name, "value": i.value, "distribution": i.distribution,
+                         "version": i.version}
+                        for i in infos
+                    ]
+                    for group, infos in groups.items()
+                }
+            }
+        )
+        return EXIT_OK
+    for group, infos in groups.items():
+        print(group)
+        if not infos:
+            print("  (none)")
+            continue
+        rows = [
+            (i.name, i.value, i.distribution + (f" {i.version}" if i.version else ""))
+            for i in infos
+        ]
+        print("\n".join("  " + line for line in table(("NAME", "VALUE", "DISTRIBUTION"),
+                                                         rows).splitlines()))
+    return EXIT_OK
