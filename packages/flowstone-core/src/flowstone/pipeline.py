@@ -171,9 +171,10 @@ class Pipeline:
             kind = getattr(self.store, "name", "")
             if kind == "memory":
                 managers["default"] = self.registry.create("flowstone.io_managers", "memory")
-            elif kind == "sqlite":
+            elif kind == "sqlite":  # values beside the store: <store>.values.db
+                db = Path(getattr(self.store, "path", flowstone_home() / "flowstone.db"))
                 managers["default"] = self.registry.create(
-                    "flowstone.io_managers", "filesystem", root=str(flowstone_home() / "storage")
+                    "flowstone.io_managers", "sqlite", db.with_name(db.stem + ".values.db")
                 )
             else:  # a shared store wants shared values: the store's own IO manager
                 managers["default"] = self.registry.create(

@@ -56,6 +56,7 @@ BUILTIN_DISTRIBUTION: Final = "flowstone-core (built-in)"
 _BUILTINS: Final = (
     ("flowstone.io_managers", "memory", "flowstone.defaults.memory_io:MemoryIOManager"),
     ("flowstone.io_managers", "filesystem", "flowstone.defaults.filesystem_io:FilesystemIOManager"),
+    ("flowstone.io_managers", "sqlite", "flowstone.defaults.sqlite_io:SQLiteIOManager"),
     ("flowstone.run_stores", "memory", "flowstone.registry:_memory_run_store"),
     ("flowstone.run_stores", "sqlite", "flowstone.registry:_sqlite_run_store"),
     ("flowstone.executors", "inprocess", "flowstone.defaults.inprocess_executor:InProcessExecutor"),

@@ -496,11 +496,13 @@ class SQLiteRunStore:
                     "UPDATE steps SET remaining_deps = remaining_deps - 1,"
                     " state = CASE WHEN remaining_deps = 1 THEN 'ready' ELSE state END,"
                     " updated_at = ?"
-                    " WHERE run_id = ? AND state = 'pending' AND remaining_deps > 0"
-                    " AND (asset, partition) IN (SELECT asset, partition FROM step_deps"
-                    "  WHERE run_id = ? AND dep_asset = ? AND dep_partition = ?)"
+                    # driven by the primary key: one lookup per dependent, not a scan of
+                    # the run's pending steps
+                    " WHERE (run_id, asset, partition) IN (SELECT run_id, asset, partition"
+                    "  FROM step_deps WHERE run_id = ? AND dep_asset = ? AND dep_partition = ?)"
+                    " AND state = 'pending' AND remaining_deps > 0"
                     f" RETURNING {STEP_COLS}",
-                    (now, run_id, *key),
+                    (now, *key),
                 ).fetchall()
                 ready = [r for r in rows if r[3] == "ready"]
             status = "running" if ready else _compute_status(c, run_id)
