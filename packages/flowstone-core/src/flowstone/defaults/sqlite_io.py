@@ -76,7 +76,7 @@ class SQLiteIOManager:
         parts = [key.pipeline, key.asset, key.partition, key.run_id]
         if key.item is not None:
             parts.append(f"item-{key.item}")
-        return _PREFIX + "/".join(quote(p, safe="") for p in parts)
+        return _PREFIX + "/".join(quote(p, safe="", errors="surrogatepass") for p in parts)
 
     @staticmethod
     def _check(location: str) -> str:

@@ -1,0 +1,48 @@
+"""The SQLite IO manager: the IO manager contract plus its own guarantees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flowstone.defaults.sqlite_io import SQLiteIOManager
+from flowstone.errors import StorageError, UnsafeKeyError
+from flowstone.protocols import StorageKey
+from flowstone.testing.io_contract import IOManagerContract
+
+
+class TestSQLiteIOManagerContract(IOManagerContract):
+    def make_io_manager(self, tmp_path: Path) -> SQLiteIOManager:
+        return SQLiteIOManager(tmp_path / "values.db")
+
+
+def test_values_survive_a_new_instance(tmp_path: Path) -> None:
+    key = StorageKey("shop", "orders", "2024-01-05", "run-1")
+    location = SQLiteIOManager(tmp_path / "v.db").store(key, {"n": 1, "t": (1, 2)})
+    assert SQLiteIOManager(tmp_path / "v.db").load(location) == {"n": 1, "t": (1, 2)}
+
+
+def test_foreign_locations_are_rejected(tmp_path: Path) -> None:
+    io = SQLiteIOManager(tmp_path / "v.db")
+    with pytest.raises(UnsafeKeyError):
+        io.load("/etc/passwd")
+    with pytest.raises(UnsafeKeyError):
+        io.exists("memory:shop/orders")
+
+
+class Row:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+def test_pickle_needs_opt_in_on_load(tmp_path: Path) -> None:
+    key = StorageKey("shop", "orders", "", "run-1")
+    location = SQLiteIOManager(tmp_path / "v.db", allow_pickle=True).store(key, Row(3))
+    with pytest.raises(StorageError, match="pickle"):
+        SQLiteIOManager(tmp_path / "v.db").load(location)
+
+
+def test_construction_has_no_side_effects(tmp_path: Path) -> None:
+    SQLiteIOManager(tmp_path / "deep" / "v.db")
+    assert not (tmp_path / "deep").exists()
