@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import multiprocessing
 import uuid
 from collections.abc import Iterator
@@ -205,7 +206,7 @@ def test_many_threads_run_every_step_exactly_once(shared_store: PostgresRunStore
 
     layers = [[f"l{layer}_{i}" for i in range(6)] for layer in range(4)]
     plan = [StepSpec(a, DAY) for a in layers[0]]
-    for prev, layer in zip(layers, layers[1:], strict=False):
+    for prev, layer in itertools.pairwise(layers):
         plan += [StepSpec(a, DAY, deps=tuple((p, DAY) for p in prev)) for a in layer]
     now = datetime.now(UTC)
     run = RunRecord(f"run-{uuid.uuid4().hex[:10]}", "sales", (), DAY, "running", now, now)
@@ -237,3 +238,14 @@ def test_many_threads_run_every_step_exactly_once(shared_store: PostgresRunStore
         t.join(timeout=120)
     assert sorted(executed) == sorted(s.asset for s in plan)
     assert statuses == ["succeeded"]
+
+
+def test_core_selects_this_store_by_url(migrated_url: str) -> None:
+    from flowstone.registry import store_from_url
+
+    store = store_from_url(migrated_url)
+    try:
+        assert isinstance(store, PostgresRunStore)
+        store.ping()
+    finally:
+        store.close()

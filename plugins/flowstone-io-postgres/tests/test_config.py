@@ -32,6 +32,7 @@ def test_public_api_is_pinned() -> None:
         "postgresql://u:pw@db:5432/fs",
         "postgres://u:pw@db:5432/fs",
         "postgresql+asyncpg://u:pw@db:5432/fs",
+        "postgresql+psycopg://u:pw@db:5432/fs",
     ],
 )
 def test_accepted_urls_are_normalised_to_asyncpg(url: str) -> None:
@@ -40,7 +41,7 @@ def test_accepted_urls_are_normalised_to_asyncpg(url: str) -> None:
     assert (parsed.host, parsed.port, parsed.database) == ("db", 5432, "fs")
 
 
-@pytest.mark.parametrize("url", ["sqlite:///x.db", "mysql://u@h/db", "postgresql+psycopg://h/d"])
+@pytest.mark.parametrize("url", ["sqlite:///x.db", "mysql://u@h/db", "mssql+pyodbc://h/d"])
 def test_other_databases_are_refused(url: str) -> None:
     with pytest.raises(UsageError, match="postgresql://"):
         normalize_url(url)

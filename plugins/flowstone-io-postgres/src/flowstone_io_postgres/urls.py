@@ -17,13 +17,15 @@ __all__ = ["ENV_VAR", "normalize_url", "resolve_url", "safe_url"]
 
 ENV_VAR = "FLOWSTONE_DATABASE_URL"
 
-_ACCEPTED = {"postgresql", "postgres", "postgresql+asyncpg"}
+_ACCEPTED = {"postgresql", "postgres"}
 
 
 def normalize_url(url: str | URL) -> URL:
     """Parse a Postgres URL and point it at the asyncpg driver.
 
-    Accepts ``postgresql://``, ``postgres://`` and ``postgresql+asyncpg://``.
+    Accepts ``postgresql://``, ``postgres://`` and ``postgresql+asyncpg://``; another
+    ``postgresql+<driver>://`` (e.g. a psycopg URL shared with other tools) names the same
+    server, so it is accepted too and run with asyncpg.
 
     Raises:
         UsageError: the URL does not parse or names another database or driver.
@@ -35,7 +37,7 @@ def normalize_url(url: str | URL) -> URL:
             "could not parse the database URL; expected something like "
             "postgresql://user:password@host:5432/dbname"
         ) from exc
-    if parsed.drivername not in _ACCEPTED:
+    if parsed.drivername.split("+", 1)[0] not in _ACCEPTED:
         raise UsageError(
             f"unsupported database URL scheme {parsed.drivername!r} in "
             f"{parsed.render_as_string(hide_password=True)}: flowstone-io-postgres accepts "
