@@ -61,8 +61,10 @@ def tests(session: nox.Session) -> None:
     _install_all(session, *TEST_TOOLS, *LINT_TOOLS, *TYPE_TOOLS)
     session.run("ruff", "check", *PACKAGES, "integration-tests", "examples", "bench", "noxfile.py")
     session.run("mypy", *_src_dirs())
-    unit = [f"{pkg}/tests" for pkg in PACKAGES if (ROOT / pkg / "tests").is_dir()]
-    session.run("pytest", "-q", "-p", "no:cacheprovider", *unit, *session.posargs)
+    # one pytest process per package: test modules may share basenames across packages
+    for pkg in PACKAGES:
+        if (ROOT / pkg / "tests").is_dir():
+            session.run("pytest", "-q", "-p", "no:cacheprovider", f"{pkg}/tests", *session.posargs)
     session.run(
         "pytest", "-q", "-p", "no:cacheprovider", "integration-tests", *session.posargs,
         env={"CI": os.environ.get("CI", "")},
