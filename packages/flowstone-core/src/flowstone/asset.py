@@ -176,6 +176,8 @@ def _build(
         raise DefinitionError(
             f"{where}: parallel= must be a Parallel(...), got {type(parallel).__name__}"
         )
+    if scatter is not None:
+        _check_scatter_params(scatter, all_deps, where)
     if scatter is not None and parallel is not None:
         raise DefinitionError(f"{where}: an asset cannot be both scatter= and parallel=")
     if routed_from is not None:
@@ -222,6 +224,32 @@ def _build(
         metadata=dict(metadata or {}),
         join_params=frozenset(join_params),
     )
+
+
+def _check_scatter_params(scatter: Scatter, deps: list[str], where: str) -> None:
+    """Scatter's ``items`` and ``batch_input`` receive deps by parameter name: a required
+    parameter that is not a dependency would only fail at run time, so fail here."""
+    hooks = [("items", scatter.items)]
+    if scatter.batching is not None:
+        hooks.append(("batch_input", scatter.batching.batch_input))
+    for label, fn in hooks:
+        if fn is None:
+            continue
+        try:
+            params = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):  # builtins without a signature: checked at run time
+            continue
+        missing = [
+            p.name for p in params
+            if p.default is inspect.Parameter.empty
+            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+            and p.name not in deps
+        ]
+        if missing:
+            raise DependencyError(
+                f"{where}: Scatter {label}= takes {missing}, which are not dependencies of the "
+                f"asset; add them as parameters (def ...({missing[0]}, ...)) or to deps="
+            )
 
 
 @overload
