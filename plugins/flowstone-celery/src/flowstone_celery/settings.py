@@ -76,7 +76,8 @@ class CelerySettings(BaseSettings):
     def _check_broker(cls, value: str) -> str:
         if not value.startswith(_BROKER_SCHEMES):
             raise ValueError(
-                "must be a Redis (redis://host:6379/0) or RabbitMQ (amqp://user:pass@host:5672//) URL"
+                "must be a Redis (redis://host:6379/0) or RabbitMQ "
+                "(amqp://user:pass@host:5672//) URL"
             )
         return value
 

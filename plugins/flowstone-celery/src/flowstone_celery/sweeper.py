@@ -2,11 +2,11 @@
 
 Each sweep, per pipeline:
 
-* ``pipeline.recover()`` re-dispatches steps that stayed ``ready`` longer than
-  ``FLOWSTONE_RECOVER_AFTER`` (lost message, broker restart) and steps whose worker died
+* ``pipeline.recover()`` (through a daemon tick) re-dispatches steps that stayed ``ready``
+  longer than ``FLOWSTONE_RECOVER_AFTER`` (lost message, broker restart) and steps whose worker died
   (lease expired), and finishes waiting steps whose approval was decided by a process
   that died before resuming them;
-* a :class:`flowstone.daemon.Daemon` tick fires due schedules and sensors and expires
+* the same :class:`flowstone.daemon.Daemon` tick fires due schedules and sensors and expires
   approvals and signal gates whose timeout passed.
 
 Any number of workers (or ``celery beat`` plus workers) may sweep the same store: the store's
@@ -49,10 +49,11 @@ class _NonWaiting:
     """A pipeline seen by the daemon: starting a run enqueues it and returns at once
     (the daemon must not block on a run that executes on workers)."""
 
-    __slots__ = ("_p",)
+    __slots__ = ("_p", "_recover_after")
 
-    def __init__(self, pipeline: Any) -> None:
+    def __init__(self, pipeline: Any, recover_after: float) -> None:
         self._p = pipeline
+        self._recover_after = recover_after
 
     @property
     def name(self) -> str:
@@ -80,6 +81,9 @@ class _NonWaiting:
     def prune(self, now: datetime) -> int:
         return int(self._p.prune(now))
 
+    def recover(self, now: datetime) -> int:
+        return int(self._p.recover(now, ready_for_seconds=self._recover_after))
+
 
 class Sweeper:
     """Sweeps the pipelines served by ``app`` (see the module docstring)."""
@@ -99,13 +103,15 @@ class Sweeper:
             try:
                 if not pipeline.store.claim_tick(f"celery-sweep:{pipeline.name}", bucket):
                     continue  # another sweeper has this interval
-                swept.append(pipeline.name)
-                recovered += pipeline.recover(at, ready_for_seconds=settings.recover_after)
             except Exception:
                 errors += 1
                 log.exception("sweeping pipeline %s failed", pipeline.name)
                 continue
-            report = Daemon([_NonWaiting(pipeline)]).tick(at)
+            swept.append(pipeline.name)
+            # The daemon tick recovers, expires waits, prunes, fires schedules and sensors;
+            # it never raises (failures are in its report).
+            report = Daemon([_NonWaiting(pipeline, settings.recover_after)]).tick(at)
+            recovered += report.recovered
             fired += len(report.fired)
             expired += report.expired
             errors += len(report.errors)

@@ -66,8 +66,12 @@ def register(app: FlowstoneCelery) -> None:
     """Add the FlowStone tasks to ``app``."""
     from flowstone_celery.app import RUN_STEP_TASK, SWEEP_TASK
 
-    @app.task(name=RUN_STEP_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
-              ignore_result=True, max_retries=None)
+    # shared=False: Celery would otherwise register these closures on every app built
+    # later in the process, and each app must run steps against its own pipelines.
+    @app.task(  # type: ignore[untyped-decorator]
+        name=RUN_STEP_TASK, bind=True, shared=False, acks_late=True,
+        reject_on_worker_lost=True, ignore_result=True, max_retries=None,
+    )
     def run_step(self: Task, message: object) -> int:
         try:
             return handle_step(app, message)
@@ -82,7 +86,8 @@ def register(app: FlowstoneCelery) -> None:
                         type(exc).__name__, exc, delay)
             raise self.retry(exc=exc, countdown=delay) from exc
 
-    @app.task(name=SWEEP_TASK, ignore_result=True, acks_late=True)
+    @app.task(  # type: ignore[untyped-decorator]
+        name=SWEEP_TASK, shared=False, ignore_result=True, acks_late=True)
     def sweep() -> int:
         from flowstone_celery.sweeper import Sweeper
 

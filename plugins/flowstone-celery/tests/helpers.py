@@ -1,0 +1,48 @@
+"""Test helpers: a tiny in-memory pipeline and a reader for published step messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flowstone as fs
+from flowstone_celery import FlowstoneCelery
+
+
+def drain(app: FlowstoneCelery) -> list[tuple[dict[str, Any], dict[str, Any], str]]:
+    """Every message waiting in the app's queue: (step message, headers, content type)."""
+    out = []
+    with app.connection_for_read() as conn:
+        queue = conn.SimpleQueue(app.flowstone_settings.queue)
+        try:
+            while True:
+                try:
+                    msg = queue.get(block=False)
+                except queue.Empty:
+                    break
+                args, _kwargs, _embed = msg.decode()
+                out.append((args[0], dict(msg.headers), msg.content_type))
+                msg.ack()
+        finally:
+            queue.close()
+    return out
+
+
+def quickstart(name: str = "quickstart") -> fs.Pipeline:
+    @fs.asset
+    def numbers() -> list[int]:
+        return [1, 2, 3]
+
+    @fs.asset
+    def doubled(numbers: list[int]) -> list[int]:
+        return [n * 2 for n in numbers]
+
+    @fs.asset
+    def tripled(numbers: list[int]) -> list[int]:
+        return [n * 3 for n in numbers]
+
+    @fs.asset
+    def total(doubled: list[int], tripled: list[int]) -> int:
+        return sum(doubled) + sum(tripled)
+
+    return fs.Pipeline(name, [numbers, doubled, tripled, total], store="memory://",
+                       executor="inprocess")

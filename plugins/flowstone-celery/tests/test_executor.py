@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from helpers import drain, quickstart
+
+from flowstone.errors import UsageError
+from flowstone.records import StepRecord
+from flowstone_celery import CeleryExecutor, FlowstoneCelery, Sweeper
+from flowstone_celery.tasks import handle_step
+
+
+def step(asset: str, partition: str = "", **kw: object) -> StepRecord:
+    return StepRecord("run1", asset, partition, "ready", 0, **kw)  # type: ignore[arg-type]
+
+
+def test_app_accepts_json_only_and_acks_late(app: FlowstoneCelery) -> None:
+    conf = app.conf
+    assert conf.accept_content == ["json"]
+    assert conf.task_serializer == conf.result_serializer == conf.event_serializer == "json"
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.task_ignore_result
+    assert conf.broker_transport_options["visibility_timeout"] == 3600
+    assert {"flowstone.run_step", "flowstone.sweep"} <= set(app.tasks)
+
+
+def test_dispatch_publishes_one_json_message_per_step(app: FlowstoneCelery) -> None:
+    pipeline = quickstart()
+    app.executor.dispatch(pipeline, "run1", [step("numbers"), step("doubled", "2024-01-01")])
+    published = drain(app)
+    assert [body for body, _, _ in published] == [
+        {"v": 1, "run_id": "run1", "pipeline": "quickstart", "asset": "numbers",
+         "partition": "", "attempt": 0},
+        {"v": 1, "run_id": "run1", "pipeline": "quickstart", "asset": "doubled",
+         "partition": "2024-01-01", "attempt": 0},
+    ]
+    assert {ctype for _, _, ctype in published} == {"application/json"}
+    assert {headers["task"] for _, headers, _ in published} == {"flowstone.run_step"}
+    pipeline.close()
+
+
+def test_retries_get_a_countdown_and_long_ones_are_left_to_the_sweeper(
+    app: FlowstoneCelery,
+) -> None:
+    now = datetime.now(UTC)
+    executor = app.executor
+    batch = executor.messages("p", "run1", [
+        step("a"),
+        step("b", not_before=now + timedelta(seconds=30)),
+        step("c", not_before=now - timedelta(seconds=5)),
+        step("d", not_before=now + timedelta(hours=2)),
+    ], now=now)
+    assert [(body["asset"], countdown) for body, countdown in batch] == [
+        ("a", None), ("b", 30.0), ("c", None)]
+
+
+def test_worker_loop_runs_a_whole_run_through_the_broker(app: FlowstoneCelery) -> None:
+    pipeline = quickstart()
+    app.add_pipeline(pipeline)
+    assert pipeline.executor is app.executor and not pipeline.executor.blocking
+    result = pipeline.run("total", wait=False)
+    handled = 0
+    while messages := drain(app):
+        for body, _, _ in messages:
+            handle_step(app, body)
+            handled += 1
+    assert handled == 4
+    final = pipeline.result(result.run_id)
+    assert final.status == "succeeded"
+    assert final.value == 12 + 18
+
+
+def test_redelivered_message_changes_nothing(app: FlowstoneCelery) -> None:
+    pipeline = quickstart()
+    app.add_pipeline(pipeline)
+    run = pipeline.run("numbers", wait=False)
+    (body, _, _), = drain(app)
+    assert handle_step(app, body) == 0  # numbers alone: nothing downstream in the plan
+    assert handle_step(app, body) == 0
+    mats = pipeline.store.list_materializations("quickstart", asset="numbers",
+                                                run_id=run.run_id)
+    assert len(mats) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "logged"),
+    [
+        ({"v": 1, "run_id": "r", "pipeline": "nope", "asset": "numbers", "partition": "",
+          "attempt": 0}, "unknown pipeline 'nope'"),
+        ({"v": 1, "run_id": "r", "pipeline": "quickstart", "asset": "nope", "partition": "",
+          "attempt": 0}, "unknown asset 'nope'"),
+        ({"v": 1, "run_id": "r", "pipeline": "quickstart", "asset": "numbers"},
+         "malformed"),
+        ("__import__('os').system('true')", "malformed"),
+    ],
+)
+def test_unknown_or_malformed_messages_are_logged_and_dropped(
+    app: FlowstoneCelery, caplog: pytest.LogCaptureFixture, body: object, logged: str
+) -> None:
+    app.add_pipeline(quickstart())
+    with caplog.at_level(logging.ERROR, logger="flowstone.celery"):
+        assert handle_step(app, body) == 0
+    assert logged in caplog.text
+    assert drain(app) == []
+
+
+def test_two_pipelines_with_one_name_are_refused(app: FlowstoneCelery) -> None:
+    app.add_pipeline(quickstart())
+    other = quickstart()
+    with pytest.raises(UsageError, match="unique names"):
+        app.add_pipeline(other)
+    other.close()
+
+
+def test_a_worker_needs_a_pipeline(app: FlowstoneCelery) -> None:
+    with pytest.raises(UsageError, match="--pipeline"):
+        app.load_pipelines([])
+
+
+def test_only_one_sweeper_wins_each_interval(app: FlowstoneCelery) -> None:
+    app.add_pipeline(quickstart())
+    now = datetime.now(UTC)
+    first, second = Sweeper(app).sweep(now), Sweeper(app).sweep(now)
+    assert first.swept == ("quickstart",)
+    assert second.swept == ()
+    later = Sweeper(app).sweep(now + timedelta(seconds=app.flowstone_settings.sweep_interval))
+    assert later.swept == ("quickstart",)
+
+
+def test_sweeper_redispatches_a_step_whose_message_was_lost(app: FlowstoneCelery) -> None:
+    pipeline = quickstart()
+    app.add_pipeline(pipeline)
+    run = pipeline.run("numbers", wait=False)
+    drain(app)  # the message is lost
+    report = Sweeper(app).sweep(datetime.now(UTC) + timedelta(minutes=5))
+    assert report.recovered == 1
+    (body, _, _), = drain(app)
+    assert body["run_id"] == run.run_id and body["asset"] == "numbers"
+
+
+def test_executor_from_entry_point_reads_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FLOWSTONE_QUEUE", "from-env")
+    from flowstone.registry import PluginRegistry
+
+    executor = PluginRegistry().create("flowstone.executors", "celery")
+    assert isinstance(executor, CeleryExecutor)
+    assert executor.settings.queue == "from-env"
+    assert executor.blocking is False
+    executor.close()
+
+
+def test_health_reports_no_workers_on_an_idle_broker(app: FlowstoneCelery) -> None:
+    report = app.executor.health()
+    assert report["broker"] == "ok"
+    assert report["ok"] is False
