@@ -107,13 +107,14 @@ def direct_seconds(nodes: list[Node]) -> float:
 
 
 # --- FlowStone -------------------------------------------------------------------------
-def flowstone_pipeline(nodes: list[Node], home: Path) -> fs.Pipeline:
+def flowstone_pipeline(nodes: list[Node], home: Path, executor: Any = None) -> fs.Pipeline:
     assets = [fs.asset(make_function(n)) for n in nodes]
     return fs.Pipeline(
         "bench_inprocess",
         assets,
         store=f"sqlite:///{home / 'flowstone.db'}",
         io_managers={"default": fs.FilesystemIOManager(home / "storage")},
+        executor=executor,
     )
 
 
@@ -167,12 +168,42 @@ def us_per_asset(samples: list[float], baseline: float, assets: int) -> float:
     return round(max(0.0, statistics.median(samples) - baseline) / assets * 1e6, 1)
 
 
-def profile_flowstone(pipeline: fs.Pipeline, top: int) -> str:
-    profiler = cProfile.Profile()
-    profiler.enable()
-    run_flowstone(pipeline)
-    profiler.disable()
+class InlineExecutor:
+    """Runs every step on the calling thread, so cProfile (which sees one thread) sees
+    all the per-step work. Used only by ``--profile``; the timings use the default
+    thread-pool executor."""
+
+    name = "bench-inline"
+    blocking = True
+
+    def dispatch(self, pipeline: Any, run_id: str, steps: Any) -> None:
+        ready = list(steps)
+        while ready:
+            step = ready.pop()
+            ready.extend(pipeline.runner.run_step(step.run_id or run_id, step.asset,
+                                                  step.partition))
+
+    def close(self) -> None:
+        return None
+
+
+def profile_flowstone(nodes: list[Node], home: Path, top: int) -> str:
+    """cProfile one full run with every step on this thread (see InlineExecutor)."""
+    pipeline = flowstone_pipeline(nodes, home, executor=InlineExecutor())
+    try:
+        run_flowstone(pipeline)  # warm-up
+        started = time.perf_counter()
+        run_flowstone(pipeline)
+        inline_s = time.perf_counter() - started
+        profiler = cProfile.Profile()
+        profiler.enable()
+        run_flowstone(pipeline)
+        profiler.disable()
+    finally:
+        pipeline.close()
     out = io.StringIO()
+    out.write(f"inline executor (no thread pool): {inline_s:.3f}s per run, "
+              f"{inline_s / len(nodes) * 1e6:.0f} us/asset\n")
     stats = pstats.Stats(profiler, stream=out)
     stats.sort_stats("cumulative").print_stats(top)
     stats.sort_stats("tottime").print_stats(top)
@@ -188,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-dagster", action="store_true", help="measure FlowStone only")
     parser.add_argument("--profile", action="store_true",
                         help="print a cProfile of one FlowStone run")
+    parser.add_argument("--profile-top", type=int, default=40, help="functions to list")
     args = parser.parse_args(argv)
     repeat = 1 if args.quick else args.repeat
     # Both tools log every step at INFO/DEBUG; console output is not what is measured.
@@ -213,10 +245,10 @@ def main(argv: list[str] | None = None) -> int:
             fs_us = us_per_asset(fs_samples, baseline, n)
             print(f"flowstone: median {statistics.median(fs_samples):.3f}s per run "
                   f"({', '.join(f'{s:.3f}' for s in fs_samples)}) -> {fs_us} us/asset")
-            if args.profile:
-                print(profile_flowstone(pipeline, 40))
         finally:
             pipeline.close()
+        if args.profile:
+            print(profile_flowstone(nodes, root / "flowstone-profile", args.profile_top))
 
         dg_us: float | None = None
         if args.no_dagster:
