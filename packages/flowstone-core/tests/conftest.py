@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import flowstone as fs
 import pytest
+
+import flowstone as fs
 
 
 @pytest.fixture(autouse=True)

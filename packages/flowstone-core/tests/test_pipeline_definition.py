@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import flowstone as fs
 import pytest
+
+import flowstone as fs
 
 
 @fs.asset

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import flowstone as fs
-
 from conftest import Counter, PipelineFactory
 
+import flowstone as fs
 
-def _newsroom(counter: Counter, *, mode: str = "all_or_nothing", fail: str = "",
-              required: tuple[str, ...] = ()) -> list[fs.AssetDef]:
+
+def _newsroom(
+    counter: Counter,
+    *,
+    mode: str = "all_or_nothing",
+    fail: str = "",
+    required: tuple[str, ...] = (),
+) -> list[fs.AssetDef]:
     @fs.asset
     def city() -> str:
         return "Lyon"
@@ -25,9 +30,13 @@ def _newsroom(counter: Counter, *, mode: str = "all_or_nothing", fail: str = "",
         fn.__name__ = name
         return fs.asset(fn)
 
-    @fs.asset(parallel=fs.Parallel(
-        branches={"maps": "generate_maps", "news": "front_pages", "weather": "forecast"},
-        mode=mode, required=required))  # type: ignore[arg-type]
+    @fs.asset(
+        parallel=fs.Parallel(
+            branches={"maps": "generate_maps", "news": "front_pages", "weather": "forecast"},
+            mode=mode,
+            required=required,
+        )
+    )  # type: ignore[arg-type]
     def enrich(branches: dict[str, Any], input: dict[str, Any], city: str) -> dict[str, Any]:
         counter.hit("enrich")
         return {"branches": branches, "input": input, "city": city}
@@ -40,24 +49,35 @@ def test_three_branches_join_once(make_pipeline: PipelineFactory, counter: Count
     result = p.run("enrich")
     assert result.status == "succeeded"
     assert result.value == {
-        "branches": {"maps": "generate_maps of Lyon", "news": "front_pages of Lyon",
-                     "weather": "forecast of Lyon"},
+        "branches": {
+            "maps": "generate_maps of Lyon",
+            "news": "front_pages of Lyon",
+            "weather": "forecast of Lyon",
+        },
         "input": {"city": "Lyon"},
         "city": "Lyon",
     }
     assert counter.calls["enrich"] == 1
 
 
-def test_join_lineage_includes_every_branch_final(make_pipeline: PipelineFactory, counter: Counter) -> None:
+def test_join_lineage_includes_every_branch_final(
+    make_pipeline: PipelineFactory, counter: Counter
+) -> None:
     p = make_pipeline(_newsroom(counter))
     result = p.run("enrich")
     mats = {m.asset: m for m in result.materializations}
     finals = {mats[a].id for a in ("generate_maps", "front_pages", "forecast")}
     assert finals <= set(mats["enrich"].upstream)
-    assert {m.asset for m in p.lineage.upstream("enrich")} >= {"generate_maps", "front_pages", "forecast"}
+    assert {m.asset for m in p.lineage.upstream("enrich")} >= {
+        "generate_maps",
+        "front_pages",
+        "forecast",
+    }
 
 
-def test_all_or_nothing_failure_fails_the_parent(make_pipeline: PipelineFactory, counter: Counter) -> None:
+def test_all_or_nothing_failure_fails_the_parent(
+    make_pipeline: PipelineFactory, counter: Counter
+) -> None:
     p = make_pipeline(_newsroom(counter, fail="front_pages"))
     result = p.run("enrich")
     assert result.status == "failed"
@@ -66,7 +86,9 @@ def test_all_or_nothing_failure_fails_the_parent(make_pipeline: PipelineFactory,
     assert {s.asset: s.state for s in result.steps}["enrich"] == "upstream_failed"
 
 
-def test_partial_mode_joins_with_branch_failed(make_pipeline: PipelineFactory, counter: Counter) -> None:
+def test_partial_mode_joins_with_branch_failed(
+    make_pipeline: PipelineFactory, counter: Counter
+) -> None:
     joined: list[dict[str, Any]] = []
 
     @fs.asset
@@ -81,8 +103,11 @@ def test_partial_mode_joins_with_branch_failed(make_pipeline: PipelineFactory, c
     def forecast(city: str) -> str:
         raise RuntimeError("weather service unavailable")
 
-    @fs.asset(parallel=fs.Parallel(branches={"maps": "generate_maps", "weather": "forecast"},
-                                   mode="partial"))
+    @fs.asset(
+        parallel=fs.Parallel(
+            branches={"maps": "generate_maps", "weather": "forecast"}, mode="partial"
+        )
+    )
     def enrich(branches: dict[str, Any]) -> dict[str, Any]:
         counter.hit("enrich")
         joined.append(dict(branches))
@@ -99,7 +124,9 @@ def test_partial_mode_joins_with_branch_failed(make_pipeline: PipelineFactory, c
     assert p.get("enrich") == {"maps": "maps of Lyon"}
 
 
-def test_partial_mode_required_branch_still_fails(make_pipeline: PipelineFactory, counter: Counter) -> None:
+def test_partial_mode_required_branch_still_fails(
+    make_pipeline: PipelineFactory, counter: Counter
+) -> None:
     p = make_pipeline(_newsroom(counter, mode="partial", fail="forecast", required=("weather",)))
     result = p.run("enrich")
     assert "enrich" not in counter.calls
@@ -127,8 +154,9 @@ def test_unselected_routed_branch_is_branch_skipped(make_pipeline: PipelineFacto
     def passthrough(article: dict[str, Any]) -> str:
         return "as is"
 
-    @fs.asset(parallel=fs.Parallel(branches={"tr": "translate", "pt": "passthrough"},
-                                   mode="partial"))
+    @fs.asset(
+        parallel=fs.Parallel(branches={"tr": "translate", "pt": "passthrough"}, mode="partial")
+    )
     def publish(branches: dict[str, Any]) -> str:
         seen.append(dict(branches))
         return "published"

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-import flowstone as fs
 import pytest
-
 from conftest import Counter, PipelineFactory
+
+import flowstone as fs
 
 DAYS = fs.DailyPartitions("2024-01-01", "2024-01-05")
 
@@ -19,9 +19,12 @@ def _daily_etl(seen: list[Any]) -> list[fs.AssetDef]:
         seen.append(context.partition)
         return context.partition.day * 10
 
-    @fs.asset(partitions=DAYS, deps=["daily_sales"],
-              partition_mappings={"daily_sales": fs.TimeWindowOffset(-1)},
-              optional_deps=["daily_sales"])
+    @fs.asset(
+        partitions=DAYS,
+        deps=["daily_sales"],
+        partition_mappings={"daily_sales": fs.TimeWindowOffset(-1)},
+        optional_deps=["daily_sales"],
+    )
     def previous_sales(daily_sales: int | None = None) -> int | None:
         return daily_sales
 
@@ -58,7 +61,9 @@ def test_all_partitions_rollup(make_pipeline: PipelineFactory) -> None:
 
 def test_key_outside_the_set_is_rejected_clearly(make_pipeline: PipelineFactory) -> None:
     p = make_pipeline(_daily_etl([]))
-    with pytest.raises(fs.PartitionError, match=r"asset .daily_sales.: .*2024-01-01 \.\. 2024-01-05"):
+    with pytest.raises(
+        fs.PartitionError, match=r"asset .daily_sales.: .*2024-01-01 \.\. 2024-01-05"
+    ):
         p.run("daily_sales", date(2023, 12, 31))
     with pytest.raises(fs.PartitionError, match="pass partition="):
         p.run("daily_sales")
@@ -97,7 +102,9 @@ def test_multi_partitions_keep_tuple_of_typed_parts(make_pipeline: PipelineFacto
     key = (date(2024, 1, 2), "eu")
     assert p.run("regional_report", key).value == "EU:2024-01-02"
     assert seen == [key] and type(seen[0][0]) is date
-    assert p.exists("regional_sales", key) and not p.exists("regional_sales", (date(2024, 1, 2), "us"))
+    assert p.exists("regional_sales", key) and not p.exists(
+        "regional_sales", (date(2024, 1, 2), "us")
+    )
 
 
 @pytest.mark.parametrize("key", ["北京|上海", "a:b|c", "(x,y)", "customer 42", 7, ("acme", 3)])

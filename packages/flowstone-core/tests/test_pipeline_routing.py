@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import flowstone as fs
 import pytest
-
 from conftest import Counter, PipelineFactory, Recorder
+
+import flowstone as fs
 
 
 def _order_flow(counter: Counter, total: int) -> list[fs.AssetDef]:
@@ -38,7 +38,9 @@ def _order_flow(counter: Counter, total: int) -> list[fs.AssetDef]:
     return [order, size, small, large, handled]
 
 
-@pytest.mark.parametrize(("total", "chosen", "other"), [(40, "small", "large"), (500, "large", "small")])
+@pytest.mark.parametrize(
+    ("total", "chosen", "other"), [(40, "small", "large"), (500, "large", "small")]
+)
 def test_router_selects_branch_and_skips_the_other(
     make_pipeline: PipelineFactory, counter: Counter, total: int, chosen: str, other: str
 ) -> None:
@@ -65,8 +67,9 @@ def test_decision_is_persisted_once_and_replayed_on_resume(
                 raise RuntimeError("lineage backend down")
 
     recorder = Recorder()
-    p = make_pipeline(_order_flow(counter, 40), observers=[FailFirstLineage(), recorder],
-                      on_lineage_error="fail")
+    p = make_pipeline(
+        _order_flow(counter, 40), observers=[FailFirstLineage(), recorder], on_lineage_error="fail"
+    )
     first = p.run("handled")
     assert first.status == "failed"
     assert counter.calls == {"size": 1}
@@ -83,8 +86,9 @@ def test_decision_is_persisted_once_and_replayed_on_resume(
 def test_route_decisions_pruned_after_retention(store_url: str, counter: Counter) -> None:
     from datetime import UTC, datetime, timedelta
 
-    p = fs.Pipeline("routes", _order_flow(counter, 40), store=store_url,
-                    route_retention=timedelta(days=1))
+    p = fs.Pipeline(
+        "routes", _order_flow(counter, 40), store=store_url, route_retention=timedelta(days=1)
+    )
     run = p.run("handled")
     assert p.prune(datetime.now(UTC)) == 0
     assert p.store.get_route_decision(run.run_id, "size", "") == "small"

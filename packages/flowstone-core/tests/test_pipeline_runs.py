@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import flowstone as fs
 import pytest
-
 from conftest import Counter, PipelineFactory, Recorder
+
+import flowstone as fs
 
 
 def _sales(counter: Counter) -> list[fs.AssetDef]:
@@ -34,7 +34,9 @@ def _sales(counter: Counter) -> list[fs.AssetDef]:
     return [orders, revenue, order_count, report]
 
 
-def test_run_computes_target_and_its_upstream(make_pipeline: PipelineFactory, counter: Counter) -> None:
+def test_run_computes_target_and_its_upstream(
+    make_pipeline: PipelineFactory, counter: Counter
+) -> None:
     p = make_pipeline(_sales(counter))
     result = p.run("report")
     assert result.status == "succeeded" and result.ok
@@ -44,7 +46,9 @@ def test_run_computes_target_and_its_upstream(make_pipeline: PipelineFactory, co
     assert counter.calls == {"orders": 1, "revenue": 1, "order_count": 1, "report": 1}
 
 
-def test_second_run_reuses_and_force_recomputes(make_pipeline: PipelineFactory, counter: Counter) -> None:
+def test_second_run_reuses_and_force_recomputes(
+    make_pipeline: PipelineFactory, counter: Counter
+) -> None:
     p = make_pipeline(_sales(counter))
     first = p.run("report")
     second = p.run("report")
@@ -59,7 +63,9 @@ def test_second_run_reuses_and_force_recomputes(make_pipeline: PipelineFactory, 
     assert counter.calls == {"orders": 2, "revenue": 2, "order_count": 2, "report": 2}
 
 
-def test_invalidate_stops_reuse_of_that_asset_only(make_pipeline: PipelineFactory, counter: Counter) -> None:
+def test_invalidate_stops_reuse_of_that_asset_only(
+    make_pipeline: PipelineFactory, counter: Counter
+) -> None:
     p = make_pipeline(_sales(counter))
     p.run("report")
     assert p.invalidate("report") == 1
@@ -68,7 +74,9 @@ def test_invalidate_stops_reuse_of_that_asset_only(make_pipeline: PipelineFactor
     assert counter.calls["report"] == 2 and counter.calls["orders"] == 1
 
 
-def test_with_deps_false_needs_materialized_upstream(make_pipeline: PipelineFactory, counter: Counter) -> None:
+def test_with_deps_false_needs_materialized_upstream(
+    make_pipeline: PipelineFactory, counter: Counter
+) -> None:
     p = make_pipeline(_sales(counter))
     with pytest.raises(fs.UsageError, match="with_deps=False"):
         p.run("revenue", with_deps=False)
@@ -140,9 +148,15 @@ def test_lineage_upstream_and_downstream(make_pipeline: PipelineFactory, counter
     p.run("report")
     assert sorted(m.asset for m in p.lineage.upstream("report")) == ["order_count", "revenue"]
     assert sorted(m.asset for m in p.lineage.upstream("report", recursive=True)) == [
-        "order_count", "orders", "revenue"]
+        "order_count",
+        "orders",
+        "revenue",
+    ]
     assert sorted(m.asset for m in p.lineage.downstream("orders", recursive=True)) == [
-        "order_count", "report", "revenue"]
+        "order_count",
+        "report",
+        "revenue",
+    ]
 
 
 def test_observer_sees_events_in_order(make_pipeline: PipelineFactory, recorder: Recorder) -> None:
@@ -152,8 +166,11 @@ def test_observer_sees_events_in_order(make_pipeline: PipelineFactory, recorder:
 
     p = make_pipeline([pages], observers=[recorder])
     result = p.run("pages")
-    kinds = [k for k in recorder.kinds(result.run_id)
-             if k in ("run.started", "asset.started", "asset.succeeded", "run.finished")]
+    kinds = [
+        k
+        for k in recorder.kinds(result.run_id)
+        if k in ("run.started", "asset.started", "asset.succeeded", "run.finished")
+    ]
     assert kinds == ["run.started", "asset.started", "asset.succeeded", "run.finished"]
     finished = [e for e in recorder.events if e.kind == "run.finished"]
     assert finished[0].data["status"] == "succeeded"
@@ -191,8 +208,11 @@ def test_resources_setup_once_teardown_on_close_and_health(store_url: str) -> No
     def invoices(context: fs.Context, customers: str) -> str:
         return customers + "/" + context.resources["db"]["dsn"]
 
-    db = fs.Resource(setup=connect, teardown=lambda c: closed.append(c["dsn"]),
-                     health=lambda c: c["dsn"] == "warehouse")
+    db = fs.Resource(
+        setup=connect,
+        teardown=lambda c: closed.append(c["dsn"]),
+        health=lambda c: c["dsn"] == "warehouse",
+    )
     p = fs.Pipeline("res", [customers, invoices], resources={"db": db}, store=store_url)
     assert p.health()["resources"] == {"db": "not built"}
     assert p.run("invoices").value == "warehouse/warehouse"

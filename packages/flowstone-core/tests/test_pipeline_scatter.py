@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import flowstone as fs
 import pytest
-
 from conftest import Counter, PipelineFactory
+
+import flowstone as fs
 
 
 @fs.asset
@@ -51,7 +51,9 @@ def test_scatter_items_parameters_must_be_dependencies() -> None:
             return str(context.scatter_item)
 
 
-def test_max_concurrent_bounds_items_in_flight(make_pipeline: PipelineFactory, counter: Counter) -> None:
+def test_max_concurrent_bounds_items_in_flight(
+    make_pipeline: PipelineFactory, counter: Counter
+) -> None:
     @fs.asset
     def ids() -> list[int]:
         return list(range(1000))
@@ -82,10 +84,15 @@ def test_batching_by_max_items_with_batch_input(make_pipeline: PipelineFactory) 
     def order_ids() -> list[int]:
         return list(range(10))
 
-    @fs.asset(scatter=fs.Scatter(
-        items=lambda order_ids: order_ids,
-        batching=fs.Batching(max_items=4, batch_input=lambda order_ids: {"count": len(order_ids)})),
-        deps=["order_ids"])
+    @fs.asset(
+        scatter=fs.Scatter(
+            items=lambda order_ids: order_ids,
+            batching=fs.Batching(
+                max_items=4, batch_input=lambda order_ids: {"count": len(order_ids)}
+            ),
+        ),
+        deps=["order_ids"],
+    )
     def priced(context: fs.Context) -> list[int]:
         batch = context.batch
         assert batch is not None
@@ -96,7 +103,10 @@ def test_batching_by_max_items_with_batch_input(make_pipeline: PipelineFactory) 
     p = make_pipeline([order_ids, priced])
     assert p.run("priced").value == [i * 100 for i in range(10)]
     assert sorted((i, items) for i, items, _ in batches) == [
-        (0, [0, 1, 2, 3]), (1, [4, 5, 6, 7]), (2, [8, 9])]
+        (0, [0, 1, 2, 3]),
+        (1, [4, 5, 6, 7]),
+        (2, [8, 9]),
+    ]
     assert all(inp == {"count": 10} for _, _, inp in batches)
 
 
@@ -108,8 +118,13 @@ def test_batching_by_max_bytes(make_pipeline: PipelineFactory) -> None:
     def words() -> list[str]:
         return ["abcd"] * 3 + ["efgh"] * 4  # each item is 6 bytes of JSON
 
-    @fs.asset(scatter=fs.Scatter(items=lambda words: [f"{w}{i}"[:4] + str(i) for i, w in enumerate(words)],
-                                 batching=fs.Batching(max_bytes=15)), deps=["words"])
+    @fs.asset(
+        scatter=fs.Scatter(
+            items=lambda words: [f"{w}{i}"[:4] + str(i) for i, w in enumerate(words)],
+            batching=fs.Batching(max_bytes=15),
+        ),
+        deps=["words"],
+    )
     def upper(context: fs.Context) -> list[str]:
         assert context.batch is not None
         with lock:
@@ -127,18 +142,26 @@ def test_collect_mode_marks_single_items_failed(make_pipeline: PipelineFactory) 
     def emails() -> list[str]:
         return ["a@x.org", "broken", "c@x.org", "d@x.org"]
 
-    @fs.asset(scatter=fs.Scatter(items=lambda emails: emails,
-                                 batching=fs.Batching(max_items=2, on_item_error="collect")),
-              deps=["emails"])
+    @fs.asset(
+        scatter=fs.Scatter(
+            items=lambda emails: emails, batching=fs.Batching(max_items=2, on_item_error="collect")
+        ),
+        deps=["emails"],
+    )
     def domain(context: fs.Context) -> list[Any]:
         assert context.batch is not None
-        return [i.split("@")[1] if "@" in i else fs.ItemFailed(f"no @ in {i!r}")
-                for i in context.batch.items]
+        return [
+            i.split("@")[1] if "@" in i else fs.ItemFailed(f"no @ in {i!r}")
+            for i in context.batch.items
+        ]
 
     p = make_pipeline([emails, domain])
     assert p.run("domain").value == ["x.org", None, "x.org", "x.org"]
-    failed = [r for r in p.store.load_item_results(p.runs()[0].run_id, "domain", "")
-              if r.state == "failed"]
+    failed = [
+        r
+        for r in p.store.load_item_results(p.runs()[0].run_id, "domain", "")
+        if r.state == "failed"
+    ]
     assert [(r.index, r.error) for r in failed] == [(1, "no @ in 'broken'")]
 
 
@@ -150,8 +173,10 @@ def test_failure_threshold_stops_early(
     def ids() -> list[int]:
         return list(range(200))
 
-    @fs.asset(scatter=fs.Scatter(items=lambda ids: ids, max_concurrent=2,
-                                 failure_threshold=threshold), deps=["ids"])
+    @fs.asset(
+        scatter=fs.Scatter(items=lambda ids: ids, max_concurrent=2, failure_threshold=threshold),
+        deps=["ids"],
+    )
     def fetch(context: fs.Context) -> int:
         counter.hit(context.scatter_item)
         raise ConnectionError(f"item {context.scatter_item} unreachable")
@@ -202,8 +227,10 @@ def test_resume_reruns_only_failed_items(make_pipeline: PipelineFactory, counter
     def ids() -> list[int]:
         return list(range(10))
 
-    @fs.asset(scatter=fs.Scatter(items=lambda ids: ids, max_concurrent=16, failure_threshold=0),
-              deps=["ids"])
+    @fs.asset(
+        scatter=fs.Scatter(items=lambda ids: ids, max_concurrent=16, failure_threshold=0),
+        deps=["ids"],
+    )
     def thumbnail(context: fs.Context) -> str:
         item = context.scatter_item
         counter.hit(item)
