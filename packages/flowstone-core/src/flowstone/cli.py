@@ -70,12 +70,13 @@ def _load_cli_plugins(sub: argparse._SubParsersAction[argparse.ArgumentParser],
         _warn(f"cannot list flowstone.cli plugins: {type(exc).__name__}: {exc}")
         return
     for name in names:
-        before = set(sub.choices)
+        before, listed = set(sub.choices), len(sub._choices_actions)
         try:
             registry.create("flowstone.cli", name, sub)
         except Exception as exc:
             for added in set(sub.choices) - before:  # no half-registered commands
                 del sub.choices[added]
+            del sub._choices_actions[listed:]
             _warn(f"CLI plugin {name!r} failed to load, its commands are unavailable: "
                   f"{type(exc).__name__}: {exc}")
 

@@ -6,7 +6,6 @@ import argparse
 import sys
 import threading
 from contextlib import ExitStack
-from datetime import UTC, datetime
 from typing import Any
 
 from flowstone._cli.common import (
@@ -20,7 +19,6 @@ from flowstone._cli.common import (
 from flowstone._cli.output import print_json, table
 from flowstone.daemon import Daemon, TickReport, install_signal_handlers
 from flowstone.errors import UsageError
-from flowstone.pipeline import Pipeline
 from flowstone.registry import PluginRegistry
 
 __all__ = ["register"]
@@ -68,43 +66,28 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_plugins)
 
 
-def _tick(daemon: Daemon, pipelines: list[Pipeline]) -> tuple[TickReport, int, list[str]]:
-    """One daemon tick, then recovery of lost or orphaned work in every pipeline."""
-    now = datetime.now(UTC)
-    report = daemon.tick(now)
-    recovered, errors = 0, []
-    for pipeline in pipelines:
-        try:
-            recovered += pipeline.recover(now)
-        except Exception as exc:  # one broken store must not stop the others
-            errors.append(f"recover {pipeline.name}: {type(exc).__name__}: {exc}")
-    return report, recovered, errors
-
-
-def _report_json(report: TickReport, recovered: int, errors: list[str]) -> dict[str, Any]:
+def _report_json(report: TickReport) -> dict[str, Any]:
     return {
         "now": report.now,
         "fired": list(report.fired),
         "skipped": list(report.skipped),
-        "errors": [*report.errors, *({"source": "recover", "error": e} for e in errors)],
+        "errors": list(report.errors),
         "expired": report.expired,
         "pruned": report.pruned,
-        "recovered": recovered,
+        "recovered": report.recovered,
     }
 
 
-def _print_report(report: TickReport, recovered: int, errors: list[str]) -> None:
-    print(f"{report.summary()}, recovered {recovered}", flush=True)
+def _print_report(report: TickReport) -> None:
+    print(report.summary())
     for f in report.fired:
         print(f"  fired {f.source} {f.pipeline}:{f.name} {f.key} -> run {f.run_id} ({f.status})")
     for s in report.skipped:
         print(f"  skipped {s.source} {s.pipeline}:{s.name} {s.key}: {s.reason}")
+    sys.stdout.flush()
     for e in report.errors:
         print(f"  error {e.source} {e.pipeline}:{e.name} {e.key or ''}: {e.error}",
-              file=sys.stderr)
-    for text in errors:
-        print(f"  error {text}", file=sys.stderr)
-    sys.stdout.flush()
+              file=sys.stderr, flush=True)
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
@@ -116,13 +99,12 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         pipelines = [stack.enter_context(open_pipeline(spec)) for spec in args.specs]
         daemon = Daemon(pipelines)
         if args.once:
-            report, recovered, errors = _tick(daemon, pipelines)
+            report = daemon.tick()
             if args.json:
-                print_json(_report_json(report, recovered, errors))
+                print_json(_report_json(report))
             else:
-                _print_report(report, recovered, errors)
-            failed = report.errors or report.failed_runs or errors
-            return EXIT_FAILURE if failed else EXIT_OK
+                _print_report(report)
+            return EXIT_FAILURE if report.errors or report.failed_runs else EXIT_OK
         stop = threading.Event()
         restore = install_signal_handlers(stop)
         try:
@@ -131,8 +113,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
                   flush=True)
             while not stop.is_set():
                 try:
-                    _print_report(*_tick(daemon, pipelines))
-                except Exception as exc:  # keep serving; the next tick may succeed
+                    _print_report(daemon.tick())
+                except Exception as exc:  # tick() reports failures; this is a broken clock
                     print(f"error: daemon tick failed: {type(exc).__name__}: {exc}",
                           file=sys.stderr, flush=True)
                 stop.wait(args.interval)
