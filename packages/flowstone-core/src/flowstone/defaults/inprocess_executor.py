@@ -17,6 +17,8 @@ from flowstone.records import StepRecord
 
 __all__ = ["InProcessExecutor"]
 
+_CANCEL_POLL_S = 0.1  # how often a dispatch blocked on running assets checks for cancellation
+
 
 class InProcessExecutor:
     """Runs independent assets concurrently on at most ``max_workers`` threads.
@@ -42,7 +44,9 @@ class InProcessExecutor:
         delayed: list[tuple[float, int, StepRecord]] = []
         seq = itertools.count()
         running: dict[Future[tuple[StepRecord, ...]], StepRecord] = {}
-        with ThreadPoolExecutor(self.max_workers, thread_name_prefix="flowstone") as pool:
+        pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="flowstone")
+        abandoned = False
+        try:
             while ready or running or delayed:
                 now = time.monotonic()
                 while delayed and delayed[0][0] <= now:
@@ -61,16 +65,29 @@ class InProcessExecutor:
                     if timeout:
                         time.sleep(timeout)
                     continue
-                done, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
+                poll = _CANCEL_POLL_S if timeout is None else min(timeout, _CANCEL_POLL_S)
+                done, _ = wait(running, timeout=poll, return_when=FIRST_COMPLETED)
                 for fut in done:
                     running.pop(fut)
                     ready.extend(fut.result())
+                if not done and _cancelled(pipeline, run_id):
+                    # a cancelled (or timed-out) run returns now: Python cannot stop the
+                    # running assets, so they finish in the background, unrecorded
+                    abandoned = True
+                    return
+        finally:
+            pool.shutdown(wait=not abandoned, cancel_futures=True)
 
     def close(self) -> None:
         return None
 
     def health(self) -> str:
         return "ok"
+
+
+def _cancelled(pipeline: Any, run_id: str) -> bool:
+    run = pipeline.store.get_run(run_id)
+    return run is not None and run.status == "cancelled"
 
 
 def _seconds_until(when: datetime | None) -> float:
