@@ -130,6 +130,10 @@ def test_run_with_a_partition(capsys: pytest.CaptureFixture[str], daily: str) ->
     assert doc["value"] == {"day": "2024-01-02", "n": 2}  # a date value renders as ISO text
     code, out, _ = cli(capsys, "get", daily, "daily", "-p", "2024-01-02")
     assert code == 0 and json.loads(out) == {"day": "2024-01-02", "n": 2}
+    code, _, err = cli(capsys, "get", daily, "daily")
+    assert code == 2 and "is partitioned" in err and "--partition" in err
+    code, doc = cli_json(capsys, "status", daily, "daily", "-p", "2024-01-03")
+    assert code == 0 and doc["status"] is None and doc["partition"] == "2024-01-03"
 
 
 def test_a_partition_outside_the_set_is_a_usage_error(

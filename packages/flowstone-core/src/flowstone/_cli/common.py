@@ -37,6 +37,7 @@ __all__ = [
     "open_pipeline",
     "partition_of",
     "partition_set_of",
+    "partition_to_read",
 ]
 
 EXIT_OK = 0
@@ -140,6 +141,17 @@ def partition_of(
     if text is None:
         return None
     return parse_partition(text, partition_set_of(pipeline, assets))
+
+
+def partition_to_read(pipeline: Pipeline, asset: str, text: str | None) -> PartitionKey | None:
+    """``--partition`` for a command reading one asset; a partitioned asset needs one."""
+    declared = pipeline.dag[asset].partitions
+    if text is None and declared is not None:
+        raise UsageError(
+            f"asset {asset!r} is partitioned ({declared!r}); say which partition with "
+            "--partition P"
+        )
+    return partition_of(pipeline, [asset], text)
 
 
 def key_text(key: PartitionKey | None) -> str | None:

@@ -14,7 +14,7 @@ from flowstone._cli.common import (
     add_spec,
     key_text,
     open_pipeline,
-    partition_of,
+    partition_to_read,
 )
 from flowstone._cli.output import dump_json, print_json, table
 from flowstone.errors import UsageError
@@ -131,7 +131,7 @@ def run_json(r: RunRecord) -> dict[str, Any]:
 
 def cmd_get(args: argparse.Namespace) -> int:
     with open_pipeline(args.spec) as pipeline:
-        key = partition_of(pipeline, [args.asset], args.partition)
+        key = partition_to_read(pipeline, args.asset, args.partition)
         value = pipeline.get(args.asset, key)
         if args.json:
             print_json({"asset": args.asset, "partition": key_text(key), "value": value})
@@ -144,7 +144,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     with open_pipeline(args.spec) as pipeline:
-        key = partition_of(pipeline, [args.asset], args.partition)
+        key = partition_to_read(pipeline, args.asset, args.partition)
         name = pipeline.dag[args.asset].name
         newest = pipeline.store.list_materializations(
             pipeline.name, asset=name, partition=encode_partition(key), limit=1
@@ -179,7 +179,11 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 def cmd_invalidate(args: argparse.Namespace) -> int:
     with open_pipeline(args.spec) as pipeline:
-        key = partition_of(pipeline, [args.asset], args.partition)
+        key = (
+            None
+            if args.all_partitions
+            else partition_to_read(pipeline, args.asset, args.partition)
+        )
         count = pipeline.invalidate(args.asset, key, all_partitions=args.all_partitions)
         where = "every partition" if args.all_partitions else f"partition {key_text(key)}"
         if key is None and not args.all_partitions:
@@ -219,7 +223,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_lineage(args: argparse.Namespace) -> int:
     with open_pipeline(args.spec) as pipeline:
-        key = partition_of(pipeline, [args.asset], args.partition)
+        key = partition_to_read(pipeline, args.asset, args.partition)
         walk = pipeline.lineage.downstream if args.downstream else pipeline.lineage.upstream
         records = walk(args.asset, key, recursive=args.recursive)
         direction = "downstream" if args.downstream else "upstream"
