@@ -37,6 +37,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--loglevel", default="INFO", help="log level (default: INFO)")
     parser.add_argument("--no-sweeper", action="store_true",
                         help="do not run the sweeper in this worker (run it elsewhere)")
+    parser.add_argument("celery_args", nargs=argparse.REMAINDER, metavar="-- CELERY_ARGS",
+                        help="anything after -- goes to `celery worker` unchanged "
+                        "(e.g. -- --without-mingle --max-tasks-per-child=100)")
     parser.set_defaults(func=handle)
 
 
@@ -54,8 +57,12 @@ def handle(args: argparse.Namespace) -> int:
         settings = load_settings(**overrides)
         specs = list(args.pipeline) or settings.pipeline_specs
         queues = [q.strip() for q in (args.queues or "").split(",") if q.strip()]
+        extra = list(getattr(args, "celery_args", None) or [])
+        if extra and extra[0] == "--":
+            extra = extra[1:]
         return run_worker(specs, settings=settings, concurrency=args.concurrency, queues=queues,
-                          pool=args.pool, loglevel=args.loglevel, hostname=args.hostname)
+                          pool=args.pool, loglevel=args.loglevel, hostname=args.hostname,
+                          extra_args=extra)
     except FlowStoneError as exc:
         print(f"flowstone worker: {exc}", file=sys.stderr)
         return 2
