@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -115,3 +116,29 @@ def test_signal_across_processes(
     again = flowstone(tmp_path, "signal", spec, token, "--payload", "{}")
     assert again.returncode == 2 and again.stderr.startswith("error: ")
     assert "Traceback" not in again.stderr
+
+
+def test_daemon_stops_cleanly_on_sigterm(spec: str, tmp_path: Path) -> None:
+    env = {**os.environ, "FLOWSTONE_HOME": str(tmp_path / "home")}
+    env.pop("FLOWSTONE_DATABASE_URL", None)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "flowstone", "daemon", spec, "--interval", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        assert daemon.stdout is not None
+        assert daemon.stdout.readline().startswith("daemon serving cli_procs")
+        assert "fired 0" in daemon.stdout.readline()  # a first tick happened
+        daemon.send_signal(signal.SIGTERM)
+        out, err = daemon.communicate(timeout=60)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    assert daemon.returncode == 0, err
+    assert out.rstrip().endswith("daemon stopped")
+    assert "Traceback" not in err
