@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import itertools
 import logging
 import re
 import threading
@@ -21,7 +22,7 @@ import flowstone as fs
 import flowstone.errors as errors_module
 from flowstone.registry import PluginRegistry
 
-# --- errors are real exceptions --------------------------------------------------------------
+# --- errors are real exceptions -----------------------------------------------------------
 
 
 def _docstring_tree() -> dict[str, str]:
@@ -63,7 +64,7 @@ def test_seed_errors_are_real_exceptions() -> None:
         assert [b.__name__ for b in flowstone_bases] == [parent], child
 
 
-# --- cycles name their path --------------------------------------------------------------------
+# --- cycles name their path ---------------------------------------------------------------
 
 
 def test_seed_cycle_error_names_the_path() -> None:
@@ -90,14 +91,14 @@ def test_seed_cycle_error_names_the_path() -> None:
     assert set(path) == {"raw", "cleaned", "enriched"}
     deps = {"raw": "cleaned", "cleaned": "enriched", "enriched": "raw"}
     # each step follows one dependency edge in a consistent direction
-    forward = all(deps[a] == b for a, b in zip(path, path[1:], strict=False))
-    backward = all(deps[b] == a for a, b in zip(path, path[1:], strict=False))
+    forward = all(deps[a] == b for a, b in itertools.pairwise(path))
+    backward = all(deps[b] == a for a, b in itertools.pairwise(path))
     assert forward or backward
     assert " -> ".join(path) in str(err.value)
     assert isinstance(err.value, fs.DefinitionError)
 
 
-# --- route decision retention ---------------------------------------------------------------
+# --- route decision retention -------------------------------------------------------------
 
 
 def test_seed_route_decisions_are_pruned(make_pipeline: PipelineFactory) -> None:
@@ -122,7 +123,7 @@ def test_seed_route_decisions_are_pruned(make_pipeline: PipelineFactory) -> None
     assert p.prune(datetime.now(UTC) + timedelta(days=8)) == 0
 
 
-# --- scatter keys are bounded --------------------------------------------------------------------
+# --- scatter keys are bounded -------------------------------------------------------------
 
 
 def test_seed_scatter_key_size_limit(make_pipeline: PipelineFactory) -> None:
@@ -146,7 +147,7 @@ def test_seed_scatter_key_size_limit(make_pipeline: PipelineFactory) -> None:
     assert p.run("words_by_id").value == [5000, 5]
 
 
-# --- signal gate tokens ---------------------------------------------------------------------------
+# --- signal gate tokens -------------------------------------------------------------------
 
 
 def test_seed_gate_tokens_are_unguessable_and_namespaced(make_pipeline: PipelineFactory) -> None:
@@ -196,7 +197,7 @@ def test_seed_gate_tokens_are_unguessable_and_namespaced(make_pipeline: Pipeline
     assert "hmac.compare_digest" in inspect.getsource(resume.signal)
 
 
-# --- per-asset retry policy ------------------------------------------------------------------------
+# --- per-asset retry policy ---------------------------------------------------------------
 
 
 def test_seed_per_asset_retry_policy(make_pipeline: PipelineFactory, counter: Counter) -> None:
@@ -223,7 +224,7 @@ def test_seed_per_asset_retry_policy(make_pipeline: PipelineFactory, counter: Co
     assert counter.calls == {"flaky_api": 4, "strict_api": 2, "no_retry": 1}
 
 
-# --- value / metadata consistency ------------------------------------------------------------------
+# --- value / metadata consistency ---------------------------------------------------------
 
 
 class _RecordingIO:
@@ -312,7 +313,7 @@ def test_seed_failed_io_leaves_no_materialization(make_pipeline: PipelineFactory
         p.get("invoice")
 
 
-# --- unencodable values ------------------------------------------------------------------------------
+# --- unencodable values -------------------------------------------------------------------
 
 
 def test_seed_unencodable_value_fails_asset_clearly(make_pipeline: PipelineFactory) -> None:
@@ -335,7 +336,7 @@ def test_seed_unencodable_value_fails_asset_clearly(make_pipeline: PipelineFacto
     assert err.value.asset == "handlers"
 
 
-# --- defaults are not overridden by None ---------------------------------------------------------------
+# --- defaults are not overridden by None --------------------------------------------------
 
 
 def test_seed_defaults_not_overridden_by_none(store_url: str) -> None:
@@ -361,7 +362,7 @@ def test_seed_defaults_not_overridden_by_none(store_url: str) -> None:
     p.close()
 
 
-# --- lineage failures surfaced ---------------------------------------------------------------------------
+# --- lineage failures surfaced ------------------------------------------------------------
 
 
 class _BrokenLineage:
@@ -399,7 +400,7 @@ def test_seed_lineage_failures_surfaced(
     assert not strict.exists("sales")
 
 
-# --- bounded backfill with timeouts ----------------------------------------------------------------------
+# --- bounded backfill with timeouts -------------------------------------------------------
 
 
 def test_seed_backfill_bounded_with_timeouts(
@@ -432,7 +433,7 @@ def test_seed_backfill_bounded_with_timeouts(
     assert still_running  # the backfill did not wait for the runaway partition
     assert result.failed == [slow_day]
     assert "timed out after 0.3s" in result.errors[slow_day.isoformat()]
-    assert sorted(result.succeeded) == [d for d in days.keys() if d != slow_day]
+    assert sorted(result.succeeded) == [d for d in days.keys(now=None) if d != slow_day]
     assert counter.peak <= 3 and result.parallel == 3
     assert len(progress) == 8 and progress[-1].done == 8 and progress[-1].total == 8
     assert {pr.status for pr in progress} == {"succeeded", "failed"}
@@ -443,7 +444,7 @@ def test_seed_backfill_bounded_with_timeouts(
     assert again.parallel <= max(4, 2 * (__import__("os").cpu_count() or 1))
 
 
-# --- no per-call plugin resolution ----------------------------------------------------------------------
+# --- no per-call plugin resolution --------------------------------------------------------
 
 
 def test_seed_no_plugin_resolution_in_hot_path(
@@ -475,7 +476,7 @@ def test_seed_no_plugin_resolution_in_hot_path(
     assert calls == []
 
 
-# --- health ------------------------------------------------------------------------------------------------
+# --- health -------------------------------------------------------------------------------
 
 
 def test_seed_health_check_covers_store_executor_resources(store_url: str) -> None:
