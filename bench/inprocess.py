@@ -15,7 +15,10 @@ Both tools store every value and record every run durably on local disk:
   temporary storage directory (its run and event storage stay in memory, which favours
   Dagster).
 
-Each side gets one warm-up run, then ``--repeat`` measured runs; the medians are reported.
+Each side gets one warm-up run, then ``--repeat`` measured runs, interleaved (FlowStone,
+Dagster, FlowStone, ...) so load from elsewhere hits both; medians of the wall time, less
+the time the plain function calls take, divided by the asset count are reported (CPU time
+of the process is printed alongside).
 The last line printed is one JSON object, e.g.::
 
     {"bench": "inprocess", "assets": 500, "flowstone_us_per_asset": 900.0,
@@ -154,13 +157,35 @@ def dagster_runner(nodes: list[Node], tmp: Path) -> tuple[Callable[[], None], Ca
 
 
 # --- measuring -------------------------------------------------------------------------
-def measure(run: Callable[[], None], repeat: int) -> list[float]:
-    run()  # warm-up: imports, caches, first-run schema work
-    samples = []
+@dataclass(slots=True)
+class Samples:
+    """Wall and CPU seconds (all threads of this process) of each measured run."""
+
+    wall: list[float]
+    cpu: list[float]
+
+    def line(self, label: str, baseline: float, assets: int) -> str:
+        return (f"{label:<10} median {statistics.median(self.wall):.3f}s wall per run "
+                f"({', '.join(f'{s:.2f}' for s in self.wall)}) -> "
+                f"{us_per_asset(self.wall, baseline, assets)} us/asset; "
+                f"cpu {us_per_asset(self.cpu, baseline, assets)} us/asset")
+
+
+def measure(runners: dict[str, Callable[[], None]], repeat: int) -> dict[str, Samples]:
+    """One warm-up each, then ``repeat`` rounds running every tool once per round.
+
+    Interleaving keeps the comparison fair on a shared machine: a burst of load from
+    elsewhere hits both tools instead of whichever happened to be running.
+    """
+    for run in runners.values():
+        run()  # warm-up: imports, caches, first-run schema work
+    samples = {name: Samples([], []) for name in runners}
     for _ in range(repeat):
-        started = time.perf_counter()
-        run()
-        samples.append(time.perf_counter() - started)
+        for name, run in runners.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            run()
+            samples[name].wall.append(time.perf_counter() - wall)
+            samples[name].cpu.append(time.process_time() - cpu)
     return samples
 
 
@@ -239,34 +264,29 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="flowstone-bench-") as tmp:
         root = Path(tmp)
         pipeline = flowstone_pipeline(nodes, root / "flowstone")
-        try:
-            fs_samples = measure(lambda: run_flowstone(pipeline), repeat)
-            check_flowstone(pipeline, expected)
-            fs_us = us_per_asset(fs_samples, baseline, n)
-            print(f"flowstone: median {statistics.median(fs_samples):.3f}s per run "
-                  f"({', '.join(f'{s:.3f}' for s in fs_samples)}) -> {fs_us} us/asset")
-        finally:
-            pipeline.close()
-        if args.profile:
-            print(profile_flowstone(nodes, root / "flowstone-profile", args.profile_top))
-
-        dg_us: float | None = None
+        runners: dict[str, Callable[[], None]] = {"flowstone": lambda: run_flowstone(pipeline)}
+        dagster_last: Callable[[], Any] | None = None
         if args.no_dagster:
             print("dagster: skipped (--no-dagster)")
         else:
             try:
-                run_dagster, dagster_last = dagster_runner(nodes, root / "dagster")
+                runners["dagster"], dagster_last = dagster_runner(nodes, root / "dagster")
             except ImportError:
                 print("dagster: not installed; skipping it (pip install dagster to compare)")
-            else:
-                dg_samples = measure(run_dagster, repeat)
-                last = nodes[-1].name
-                if dagster_last() != expected[last]:
-                    raise SystemExit(f"Dagster computed {last}={dagster_last()}, "
-                                     f"expected {expected[last]}")
-                dg_us = us_per_asset(dg_samples, baseline, n)
-                print(f"dagster:   median {statistics.median(dg_samples):.3f}s per run "
-                      f"({', '.join(f'{s:.3f}' for s in dg_samples)}) -> {dg_us} us/asset")
+        try:
+            samples = measure(runners, repeat)
+            check_flowstone(pipeline, expected)
+        finally:
+            pipeline.close()
+        last = nodes[-1].name
+        if dagster_last is not None and dagster_last() != expected[last]:
+            raise SystemExit(f"Dagster computed {last}={dagster_last()}, expected {expected[last]}")
+        for name, got in samples.items():
+            print(got.line(name + ":", baseline, n))
+        fs_us = us_per_asset(samples["flowstone"].wall, baseline, n)
+        dg_us = us_per_asset(samples["dagster"].wall, baseline, n) if "dagster" in samples else None
+        if args.profile:
+            print(profile_flowstone(nodes, root / "flowstone-profile", args.profile_top))
 
     ratio = round(dg_us / fs_us, 1) if dg_us is not None and fs_us > 0 else None
     print(json.dumps({
