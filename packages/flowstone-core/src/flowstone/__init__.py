@@ -59,6 +59,7 @@ from flowstone.loading import load_pipeline
 from flowstone.outcomes import Retry, SignalGate, Skip, WaitForApproval
 from flowstone.parallel import BranchFailed, BranchSkipped, Parallel
 from flowstone.partitions import (
+    MAX_PARTITION_LENGTH,
     AllPartitions,
     DailyPartitions,
     HourlyPartitions,
@@ -72,6 +73,7 @@ from flowstone.partitions import (
     Unpartitioned,
     decode_partition,
     encode_partition,
+    parse_partition,
 )
 from flowstone.pipeline import Pipeline
 from flowstone.records import Approval, Gate, MaterializationRecord, RunRecord
@@ -83,6 +85,7 @@ from flowstone.schedules import Schedule, previous_day, previous_hour
 from flowstone.sensors import RunRequest, Sensor, SensorContext, SensorResult, sensor
 
 __all__ = [
+    "MAX_PARTITION_LENGTH",
     "AllPartitions",
     "Approval",
     "ApprovalError",
@@ -155,6 +158,7 @@ __all__ = [
     "decode_partition",
     "encode_partition",
     "load_pipeline",
+    "parse_partition",
     "previous_day",
     "previous_hour",
     "readers",
