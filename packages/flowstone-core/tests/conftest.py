@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import flowstone as fs
+from flowstone.registry import PluginRegistry
 
 
 @pytest.fixture(autouse=True)
@@ -35,13 +36,21 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 PipelineFactory = Callable[..., fs.Pipeline]
 
 
+@pytest.fixture(scope="session")
+def registry() -> PluginRegistry:
+    """One registry for the session: scanning entry points is the slow part of building a
+    Pipeline, and what it finds cannot change while the tests run."""
+    return PluginRegistry()
+
+
 @pytest.fixture
-def make_pipeline(store_url: str) -> Iterator[PipelineFactory]:
+def make_pipeline(store_url: str, registry: PluginRegistry) -> Iterator[PipelineFactory]:
     """Build pipelines on the parametrized store; every one is closed at teardown."""
     built: list[fs.Pipeline] = []
 
     def make(assets: list[fs.AssetDef], name: str = "test", **kwargs: Any) -> fs.Pipeline:
         kwargs.setdefault("store", store_url)
+        kwargs.setdefault("registry", registry)
         p = fs.Pipeline(name, assets, **kwargs)
         built.append(p)
         return p

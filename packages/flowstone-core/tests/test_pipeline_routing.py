@@ -83,20 +83,6 @@ def test_decision_is_persisted_once_and_replayed_on_resume(
     assert {s.asset: s.state for s in resumed.steps}["large"] == "skipped"
 
 
-def test_route_decisions_pruned_after_retention(store_url: str, counter: Counter) -> None:
-    from datetime import UTC, datetime, timedelta
-
-    p = fs.Pipeline(
-        "routes", _order_flow(counter, 40), store=store_url, route_retention=timedelta(days=1)
-    )
-    run = p.run("handled")
-    assert p.prune(datetime.now(UTC)) == 0
-    assert p.store.get_route_decision(run.run_id, "size", "") == "small"
-    assert p.prune(datetime.now(UTC) + timedelta(days=2)) == 1
-    assert p.store.get_route_decision(run.run_id, "size", "") is None
-    p.close()
-
-
 def test_router_returning_unknown_branch_fails_clearly(make_pipeline: PipelineFactory) -> None:
     @fs.router(branches=["eu"])
     def region() -> str:
