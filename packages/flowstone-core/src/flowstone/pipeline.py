@@ -262,6 +262,9 @@ class Pipeline:
         finally:
             if timer is not None:
                 timer.cancel()
+                # the executor returns as soon as it sees the run cancelled; wait for a
+                # firing timer to also record why, so the result says "timed out"
+                timer.join()
 
     def _time_out(self, run_id: str, seconds: float) -> None:
         if self.store.cancel_run(run_id):
