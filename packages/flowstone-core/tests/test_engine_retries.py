@@ -126,3 +126,36 @@ def test_cancel_from_another_thread_stops_new_steps(
     assert result.status == "cancelled"
     assert "load" not in counter.calls
     assert not p.exists("load") and not p.exists("extract")  # finished, not recorded
+
+
+def test_run_timeout_cancels_and_says_why(make_pipeline: PipelineFactory, counter: Counter) -> None:
+    release = threading.Event()
+
+    @fs.asset
+    def crawl() -> str:
+        counter.enter()
+        try:
+            release.wait(10)  # a runaway asset
+            return "done"
+        finally:
+            counter.leave()
+
+    @fs.asset
+    def summary(crawl: str) -> str:
+        counter.hit("summary")
+        return crawl
+
+    p = make_pipeline([crawl, summary])
+    try:
+        result = p.run("summary", timeout=0.1)
+        returned_while_running = counter.active == 1
+    finally:
+        release.set()
+    for _ in range(500):  # let the abandoned asset finish before the store closes
+        if counter.active == 0:
+            break
+        threading.Event().wait(0.01)
+    assert returned_while_running  # run(timeout=) does not wait for the runaway asset
+    assert result.status == "cancelled"
+    assert result.error == "timed out after 0.1s"
+    assert "summary" not in counter.calls and not p.exists("crawl")
