@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PIPELINES, Cluster, cli, load, wait_for
+from celery_it import PIPELINES, Cluster, cli, load, wait_for
 
 from flowstone.runs import wait_for_run
 
