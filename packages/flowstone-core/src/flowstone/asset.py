@@ -123,7 +123,7 @@ def _build(
 ) -> AssetDef:
     if not callable(fn):
         raise DefinitionError(f"@asset must decorate a function, got {type(fn).__name__}")
-    asset_name = validate_name(name or getattr(fn, "__name__", ""), what="asset")
+    asset_name = validate_name(name or str(getattr(fn, "__name__", "")), what="asset")
     where = f"asset {asset_name!r}"
     sig = inspect.signature(fn)
     params: list[str] = []

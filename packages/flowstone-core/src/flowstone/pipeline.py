@@ -483,5 +483,5 @@ class Pipeline:
 def _healthy(value: Any) -> bool:
     if isinstance(value, Mapping):
         return bool(value.get("ok", True))
-    return value == "ok"
+    return bool(value == "ok")
 

@@ -66,7 +66,7 @@ class RetryPolicy:
         base = to_seconds(self.base_delay, what="base_delay") or 0.0
         cap = to_seconds(self.max_delay, what="max_delay") or 0.0
         if self.backoff == "exponential":
-            raw = base * (2 ** (attempt - 1))
+            raw = base * 2.0 ** (attempt - 1)
         elif self.backoff == "linear":
             raw = base * attempt
         else:

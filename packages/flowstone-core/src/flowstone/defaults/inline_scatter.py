@@ -312,8 +312,8 @@ class _ScatterRun:
         for index in order:
             if index in self.live:
                 values.append(self.live[index])
-            elif index in self.done and self.done[index].value_json is not None:
-                values.append(decode_value(self.done[index].value_json.encode("utf-8")))
+            elif index in self.done and (data := self.done[index].value_json) is not None:
+                values.append(decode_value(data.encode("utf-8")))
             else:
                 values.append(None)
         if self.sc.gather is not None:
