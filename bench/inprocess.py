@@ -21,8 +21,8 @@ the time the plain function calls take, divided by the asset count are reported 
 of the process is printed alongside).
 The last line printed is one JSON object, e.g.::
 
-    {"bench": "inprocess", "assets": 500, "flowstone_us_per_asset": 900.0,
-     "dagster_us_per_asset": 30000.0, "ratio": 33.3}
+    {"bench": "inprocess", "assets": 500, "flowstone_us_per_asset": 3239.2,
+     "dagster_us_per_asset": 70931.8, "ratio": 21.9}
 
 Usage::
 
