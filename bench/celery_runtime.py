@@ -125,6 +125,7 @@ def _start(cmd: list[str], env: dict[str, str], logfile: Path, node: str) -> Any
     try:
         while not any(node in reply for reply in app.control.ping(timeout=0.5) or []):
             if proc.poll() is not None or time.monotonic() > deadline:
+                _stop(proc)
                 raise RuntimeError(f"worker did not start:\n{logfile.read_text()[-3000:]}")
     finally:
         app.close()
@@ -132,6 +133,8 @@ def _start(cmd: list[str], env: dict[str, str], logfile: Path, node: str) -> Any
 
 
 def _stop(proc: Any) -> None:
+    if proc.poll() is not None:
+        return
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=30)
