@@ -236,3 +236,11 @@ def test_storage_encoding_pickles_only_with_opt_in_and_only_when_needed() -> Non
         decode_from_storage(encoded, location="loc")
     with pytest.raises(StorageError, match="unknown storage format"):
         decode_from_storage(EncodedValue("xml", b""))  # type: ignore[arg-type]
+
+
+def test_parallel_branch_markers_round_trip() -> None:
+    import flowstone as fs
+
+    joined = {"maps": [1], "news": fs.BranchFailed("news", "timeout"),
+              "weather": fs.BranchSkipped("weather", "not selected")}
+    assert decode_value(encode_value(joined, asset="enrich")) == joined

@@ -71,6 +71,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from zoneinfo import ZoneInfo
 
 from flowstone.errors import EncodingError, StorageError
+from flowstone.parallel import BranchFailed, BranchSkipped
 
 __all__ = [
     "TAG_KEY",
@@ -415,6 +416,9 @@ _SCALARS: Mapping[type, Callable[[Any], Any]] = MappingProxyType(
         uuid.UUID: lambda v: _tag("uuid", str(v)),
         bytes: lambda v: _tag("bytes", base64.b64encode(v).decode("ascii")),
         bytearray: lambda v: _tag("bytearray", base64.b64encode(v).decode("ascii")),
+        # a parallel join may return its branch markers as they are
+        BranchFailed: lambda v: _tag("branch_failed", [v.branch, v.error]),
+        BranchSkipped: lambda v: _tag("branch_skipped", [v.branch, v.reason]),
     }
 )
 
@@ -459,6 +463,10 @@ def _decode(node: Any) -> Any:
         return base64.b64decode(payload, validate=True)
     if tag == "bytearray":
         return bytearray(base64.b64decode(payload, validate=True))
+    if tag == "branch_failed":
+        return BranchFailed(*payload)
+    if tag == "branch_skipped":
+        return BranchSkipped(*payload)
     if tag == "float":
         return float(payload)
     if tag == "int":

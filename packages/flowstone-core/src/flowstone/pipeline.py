@@ -26,6 +26,7 @@ from flowstone.engine.runner import StepRunner
 from flowstone.errors import (
     DefinitionError,
     RunNotFoundError,
+    UnsafeKeyError,
     UsageError,
     ValueNotFoundError,
 )
@@ -124,14 +125,8 @@ class Pipeline:
                     f"asset {a.name!r} uses io_manager={a.io_manager!r}, but the pipeline declares "
                     f"{sorted(self._io)}; add it to Pipeline(io_managers={{...}})"
                 )
-        self.executor: Executor = self._resolve(executor, "flowstone.executors",
-                                                os.environ.get("FLOWSTONE_EXECUTOR") or "inprocess")
-        self.scatter_coordinator = self._resolve(
-            scatter_coordinator, "flowstone.scatter_coordinators",
-            getattr(self.executor, "scatter_coordinator", "inline"))
-        self.parallel_coordinator = self._resolve(
-            parallel_coordinator, "flowstone.parallel_coordinators",
-            getattr(self.executor, "parallel_coordinator", "thread"))
+        self._coordinators = (scatter_coordinator, parallel_coordinator)
+        self.use_executor(executor or os.environ.get("FLOWSTONE_EXECUTOR") or "inprocess")
         self.observers: tuple[Observer, ...] = tuple(
             self._resolve(o, "flowstone.observers", "logging") for o in observers
         )
@@ -188,6 +183,18 @@ class Pipeline:
         if isinstance(spec, str):
             return self.registry.create(group, spec)
         return spec
+
+    def use_executor(self, executor: Executor | str) -> None:
+        """Switch the executor (object or plugin name, e.g. ``"celery"``); the scatter and
+        parallel coordinators follow it unless they were given explicitly."""
+        self.executor: Executor = self._resolve(executor, "flowstone.executors", "inprocess")
+        scatter, parallel = self._coordinators
+        self.scatter_coordinator = self._resolve(
+            scatter, "flowstone.scatter_coordinators",
+            getattr(self.executor, "scatter_coordinator", "inline"))
+        self.parallel_coordinator = self._resolve(
+            parallel, "flowstone.parallel_coordinators",
+            getattr(self.executor, "parallel_coordinator", "thread"))
 
     def io_manager(self, name: str) -> IOManager:
         try:
@@ -364,8 +371,16 @@ class Pipeline:
             raise ValueNotFoundError(
                 f"materialization {mat.id} of {mat.asset!r} ({mat.state}) has no stored value"
             )
-        value = self.io_manager(mat.io_manager).load(mat.location)
-        return value
+        manager = self.io_manager(mat.io_manager)
+        try:
+            return manager.load(mat.location)
+        except (UnsafeKeyError, ValueNotFoundError) as exc:
+            raise ValueNotFoundError(
+                f"cannot load {mat.asset!r} (materialization {mat.id}, run {mat.run_id}) from "
+                f"{mat.location!r} with IO manager {mat.io_manager!r} ({manager!r}): {exc}. If "
+                "the pipeline's io_managers changed since it was stored, configure the old "
+                "manager under that name again, or re-run with force=True"
+            ) from exc
 
     def graph(self, format: Literal["ascii", "mermaid", "dot"] = "ascii") -> str:  # noqa: A002
         return self.dag.render(format)

@@ -109,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         partition = partition_of(pipeline, args.assets, args.partition)
         original = pipeline.executor
         if args.executor:
-            pipeline.executor = pipeline.registry.create("flowstone.executors", args.executor)
+            pipeline.use_executor(args.executor)
         try:
             result = pipeline.run(
                 args.assets or None,
@@ -129,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 # The pipeline object may be reused in this process (same module): give it
                 # back the executor it was built with.
                 pipeline.executor.close()
-                pipeline.executor = original
+                pipeline.use_executor(original)
 
 
 def _print_detached(run_id: str, status: str, args: argparse.Namespace) -> int:

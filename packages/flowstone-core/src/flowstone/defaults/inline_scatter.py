@@ -101,6 +101,8 @@ class _ScatterRun:
         self.limiter = _RateLimiter(rate) if rate else None
         self.batch_input: Any = None
         self.batch_count = 0
+        self._checked_at = float("-inf")
+        self._was_cancelled = False
 
     # --- sources ------------------------------------------------------------------------
     def pages(self) -> Iterator[tuple[Unit, dict[str, Any] | None]]:
@@ -275,8 +277,14 @@ class _ScatterRun:
                                             "failed": len(self.failed), "total": self.total}))
 
     def _cancelled(self) -> bool:
+        """Whether the run was cancelled; asks the store at most every 0.25 s."""
+        now = time.monotonic()
+        if now - self._checked_at < 0.25:
+            return self._was_cancelled
+        self._checked_at = now
         run = self.store.get_run(self.req.run_id)
-        return run is not None and run.status == "cancelled"
+        self._was_cancelled = run is not None and run.status == "cancelled"
+        return self._was_cancelled
 
     def _exceeded(self, *, final: bool) -> bool:
         failed = len(self.failed)

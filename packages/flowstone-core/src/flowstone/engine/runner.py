@@ -300,9 +300,11 @@ class StepRunner:
                 raise ExecutionError(
                     f"router {a.name!r} returned {value!r}; it must return one of {list(branches)}"
                 )
+            replayed = p.store.get_route_decision(step.run_id, a.name, step.partition)
             value = p.store.record_route_decision(step.run_id, a.name, step.partition, value)
-            p.emit(Event("route.decided", p.name, step.run_id, a.name, step.partition,
-                         {"branch": value}))
+            if replayed is None:  # a replayed decision was announced when it was made
+                p.emit(Event("route.decided", p.name, step.run_id, a.name, step.partition,
+                             {"branch": value}))
         io_name, location = self._store_value(a, step, value)
         metadata = {**a.metadata, **context.metadata}
         lineage_error = p.emit_lineage(step.run_id, a.name, step.partition, upstream)
