@@ -145,9 +145,9 @@ class Executor(Protocol):
 class ScatterCoordinator(Protocol):
     """Runs a scatter asset's items and gathers their results.
 
-    ``execute`` returns the gathered value, or :data:`flowstone.scatter.DEFERRED` when the
-    items continue elsewhere (the coordinator then finishes the step itself when the
-    barrier completes, and no worker is held meanwhile).
+    ``execute`` returns the gathered value, or a :class:`flowstone.scatter.Deferred` when
+    the items continue elsewhere: the step then waits (no worker held) until the
+    coordinator finishes it with :func:`flowstone.engine.resume.complete_deferred`.
     """
 
     name: str

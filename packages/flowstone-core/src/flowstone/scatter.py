@@ -20,10 +20,10 @@ if TYPE_CHECKING:
     from flowstone.protocols import ItemReader
 
 __all__ = [
-    "DEFERRED",
     "MAX_ITEM_KEY_LENGTH",
     "Batch",
     "Batching",
+    "Deferred",
     "ItemFailed",
     "Scatter",
     "parse_rate",
@@ -33,15 +33,24 @@ MAX_ITEM_KEY_LENGTH: Final = 1024
 """Longest normalised item key accepted (seed: unbounded scatter keys bloated the database)."""
 
 
-class _Deferred:
-    __slots__ = ()
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """Returned by a ScatterCoordinator whose items continue on other workers.
+
+    The engine records the step as waiting on an internal gate keyed by ``token`` (a
+    secret only the coordinator holds), then calls ``start()`` to release the first
+    window of items; no worker is held meanwhile. When the barrier completes, the
+    coordinator finishes the step with :func:`flowstone.engine.resume.complete_deferred`.
+    Calling ``start`` only after the wait is recorded means a fast barrier can never
+    complete before there is a step to complete.
+    """
+
+    token: str
+    start: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
-        return "DEFERRED"
+        return f"Deferred(token='{self.token[:8]}…')"
 
-
-DEFERRED: Final = _Deferred()
-"""Returned by a ScatterCoordinator whose items continue on other workers."""
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
 _PER = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,

@@ -17,7 +17,8 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -142,10 +143,12 @@ class SQLiteRunStore:
                 check_same_thread=False,
             )
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            # switching a new file to WAL takes an exclusive lock that does not wait on
+            # busy_timeout: two processes opening one fresh file at once must retry
+            _retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"), self._busy_timeout)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
-            migrate(conn)
+            _retry_locked(lambda: migrate(conn), self._busy_timeout)
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(
                 f"cannot open the SQLite run store at {self._path!r}: {exc}; check that the "
@@ -924,3 +927,17 @@ def _upsert_materialization(
         "INSERT INTO lineage VALUES (?, ?, ?)",
         [(mat_id, i, up) for i, up in enumerate(dict.fromkeys(upstream))],
     )
+
+
+def _retry_locked(action: Callable[[], object], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            action()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)

@@ -22,7 +22,7 @@ log = logging.getLogger("flowstone.engine")
 
 
 class LeaseKeeper:
-    __slots__ = ("_active", "_cond", "_closed", "_store", "_thread")
+    __slots__ = ("_active", "_closed", "_cond", "_store", "_thread")
 
     def __init__(self, store: RunStore) -> None:
         self._store = store

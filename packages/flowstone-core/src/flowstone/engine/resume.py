@@ -13,10 +13,10 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from flowstone.engine.plan import dep_partitions
 from flowstone.engine.runner import describe_error, hash_token
 from flowstone.errors import ApprovalError, SignalError, UsageError
 from flowstone.events import Event
-from flowstone.engine.plan import dep_partitions
 from flowstone.partitions import PartitionKey, decode_partition, encode_partition
 from flowstone.protocols import StorageKey
 from flowstone.records import Approval, Gate, StepOutcome, StepRecord
@@ -24,7 +24,7 @@ from flowstone.records import Approval, Gate, StepOutcome, StepRecord
 if TYPE_CHECKING:
     from flowstone.pipeline import Pipeline
 
-__all__ = ["decide", "expire_due", "find_approval", "recover", "signal"]
+__all__ = ["complete_deferred", "decide", "expire_due", "find_approval", "recover", "signal"]
 
 log = logging.getLogger("flowstone.engine")
 
@@ -111,6 +111,8 @@ def signal(p: Pipeline, token: str, payload: Any) -> str:
     gate = p.store.get_gate(digest)
     if gate is None or gate.pipeline != p.name or not hmac.compare_digest(gate.token_hash, digest):
         raise SignalError("unknown signal token for this pipeline (wrong pipeline, or a typo?)")
+    if gate.metadata.get("kind") == "deferred":
+        raise SignalError("that token belongs to a running scatter, not to a signal gate")
     if gate.status != "pending":
         raise SignalError(f"this signal token was already used ({gate.status}); tokens work once")
     if gate.expires_at is not None and gate.expires_at <= datetime.now(gate.expires_at.tzinfo):
@@ -194,3 +196,40 @@ def recover(p: Pipeline, now: datetime, ready_for_seconds: float) -> int:
                 except Exception:  # keep sweeping the others
                     log.exception("recovering decided approval %s failed", approval.id)
     return count
+
+
+def complete_deferred(
+    p: Pipeline, token: str, *, value: Any = None, error: str | None = None
+) -> tuple[str, bool]:
+    """Finish a step a coordinator deferred (see :class:`flowstone.scatter.Deferred`).
+
+    Stores ``value`` (or records ``error``), finishes the step exactly once and dispatches
+    its dependents. Returns ``(run_id, applied)``; ``applied`` is False when another
+    process completed it first (a redelivered barrier completion).
+    """
+    digest = hash_token(token)
+    gate = p.store.get_gate(digest)
+    if gate is None or gate.metadata.get("kind") != "deferred" or gate.pipeline != p.name:
+        raise SignalError("unknown deferred-step token for this pipeline")
+    try:
+        p.store.consume_gate(digest, payload=None, status="signaled")
+    except SignalError:
+        return gate.run_id, False
+    step = _step(p, gate.run_id, gate.asset, gate.partition)
+    a = p.dag[gate.asset]
+    if error is None:
+        try:
+            io_name = a.io_manager or p.default_io_manager
+            location = p.io_manager(io_name).store(
+                StorageKey(p.name, a.name, gate.partition, gate.run_id), value
+            )
+            mat = p.runner.record(a, step, "succeeded", io_name=io_name, location=location,
+                                  upstream=_upstream_ids(p, step))
+            outcome = StepOutcome("succeeded", materialization=mat)
+        except Exception as exc:
+            error = describe_error(exc)
+    if error is not None:
+        mat = p.runner.record(a, step, "failed", error=error, upstream=_upstream_ids(p, step))
+        outcome = StepOutcome("failed", materialization=mat, error=error)
+    p.dispatch(step.run_id, p.runner.complete(step.run_id, step.asset, step.partition, outcome))
+    return gate.run_id, True

@@ -17,7 +17,7 @@ import socket
 import threading
 import traceback
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,7 @@ from flowstone.records import (
     StepOutcome,
     StepRecord,
 )
-from flowstone.scatter import DEFERRED, Batch
+from flowstone.scatter import Batch, Deferred
 
 if TYPE_CHECKING:
     from flowstone.pipeline import Pipeline
@@ -67,6 +67,14 @@ def describe_error(exc: BaseException) -> str:
 class _RetryLater:
     delay: float
     error: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Deferring:
+    """A step that waits on a coordinator; ``start`` runs once the wait is recorded."""
+
+    outcome: StepOutcome
+    start: Callable[[], None] | None
 
 
 class StepRunner:
@@ -113,8 +121,9 @@ class StepRunner:
         p.emit(Event("asset.started", p.name, run_id, asset, partition, {"attempt": step.attempt}))
         with self._leases.keep(run_id, asset, partition, owner, lease):
             result = self._execute(step, a, owner, started_at)
-        if result is None:  # deferred: a coordinator finishes the step later
-            return ()
+        if isinstance(result, _Deferring):
+            return self.complete(run_id, asset, partition, result.outcome,
+                                 started_at=started_at, on_applied=result.start)
         if isinstance(result, _RetryLater):
             not_before = _now() + timedelta(seconds=result.delay)
             if not p.store.retry_step(
@@ -134,12 +143,17 @@ class StepRunner:
         outcome: StepOutcome,
         *,
         started_at: datetime | None = None,
+        on_applied: Callable[[], None] | None = None,
     ) -> tuple[StepRecord, ...]:
-        """Record ``outcome`` for a step (also used to resume waiting steps)."""
+        """Record ``outcome`` for a step (also used to resume waiting steps).
+
+        ``on_applied`` runs only if this call changed the step (not for a duplicate)."""
         p = self._p
         transition = p.store.finish_step(run_id, asset, partition, outcome)
         if not transition.applied:
             return ()
+        if on_applied is not None:
+            on_applied()
         data: dict[str, Any] = {}
         if started_at is not None:
             data["duration_s"] = round((_now() - started_at).total_seconds(), 6)
@@ -162,7 +176,7 @@ class StepRunner:
     # ------------------------------------------------------------------------------
     def _execute(
         self, step: StepRecord, a: AssetDef, owner: str, started_at: datetime
-    ) -> StepOutcome | _RetryLater | None:
+    ) -> StepOutcome | _RetryLater | _Deferring:
         p = self._p
         run_id, enc = step.run_id, step.partition
         key = decode_partition(enc)
@@ -198,8 +212,13 @@ class StepRunner:
             # retried by its policy) instead of escaping and leaving the step claimed
             context = self._context(a, run_id, enc, key, step.attempt)
             value = self._call(a, step, context, values, branch_outcomes, owner, key)
-            if value is DEFERRED:
-                return None
+            if isinstance(value, Deferred):
+                gate = Gate(
+                    token_hash=hash_token(value.token), pipeline=p.name, run_id=run_id,
+                    asset=a.name, partition=enc, status="pending", created_at=_now(),
+                    metadata={"kind": "deferred"},
+                )
+                return _Deferring(StepOutcome("waiting", gate=gate), value.start)
             if isinstance(value, Retry):
                 if step.attempt >= MAX_SOFT_RETRIES:
                     raise ExecutionError(
