@@ -181,7 +181,9 @@ def test_detach_prints_the_run_id(capsys: pytest.CaptureFixture[str], basic: str
 def test_run_everything_when_no_asset_is_named(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    spec = write(tmp_path, """
+    spec = write(
+        tmp_path,
+        """
         @fs.asset
         def a():
             return 1
@@ -191,7 +193,8 @@ def test_run_everything_when_no_asset_is_named(
             return a + 1
 
         pipeline = fs.Pipeline("cli_all", [a, b], store=STORE)
-    """)
+    """,
+    )
     code, doc = cli_json(capsys, "run", spec)
     assert code == 0 and doc["value"] == {"a": 1, "b": 2}
 
@@ -213,7 +216,9 @@ def test_a_missing_file_or_attribute_exits_2(
 def test_a_cycle_exits_2_naming_the_path(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    spec = write(tmp_path, """
+    spec = write(
+        tmp_path,
+        """
         @fs.asset
         def a(c):
             return c
@@ -227,7 +232,8 @@ def test_a_cycle_exits_2_naming_the_path(
             return b
 
         pipeline = fs.Pipeline("cli_cycle", [a, b, c], store=STORE)
-    """)
+    """,
+    )
     code, out, err = cli(capsys, "graph", spec)
     assert code == 2 and out == ""
     assert "cycle" in err and "a -> b -> c -> a" in err.replace("'", "")
@@ -328,8 +334,7 @@ def test_invalidate_all_partitions(capsys: pytest.CaptureFixture[str], daily: st
     cli(capsys, "backfill", daily, "daily", "--partitions", "2024-01-01,2024-01-02")
     _, doc = cli_json(capsys, "invalidate", daily, "daily", "--all-partitions")
     assert doc["invalidated"] == 2 and doc["all_partitions"] is True
-    code, _, err = cli(capsys, "invalidate", daily, "daily", "-p", "2024-01-01",
-                       "--all-partitions")
+    code, _, err = cli(capsys, "invalidate", daily, "daily", "-p", "2024-01-01", "--all-partitions")
     assert code == 2 and "not allowed with" in err
 
 
@@ -419,8 +424,9 @@ def test_reject_exits_0_and_the_run_fails(capsys: pytest.CaptureFixture[str], ba
 
 def test_approve_by_run_and_asset(capsys: pytest.CaptureFixture[str], basic: str) -> None:
     _, run = cli_json(capsys, "run", basic, "booked")
-    code, doc = cli_json(capsys, "approve", basic, "--run-id", run["run_id"], "--asset",
-                         "trade", "--by", "bob")
+    code, doc = cli_json(
+        capsys, "approve", basic, "--run-id", run["run_id"], "--asset", "trade", "--by", "bob"
+    )
     assert code == 0 and doc["status"] == "succeeded" and doc["value"] == 60
     code, _, err = cli(capsys, "approve", basic)
     assert code == 2 and "--run-id" in err
@@ -443,16 +449,27 @@ def test_approvals_listing_by_status(capsys: pytest.CaptureFixture[str], basic: 
 
 
 def test_backfill_summary_and_failures(capsys: pytest.CaptureFixture[str], daily: str) -> None:
-    code, out, err = cli(capsys, "backfill", daily, "daily", "--start", "2024-01-01",
-                         "--end", "2024-01-05", "--parallel", "2")
+    code, out, err = cli(
+        capsys,
+        "backfill",
+        daily,
+        "daily",
+        "--start",
+        "2024-01-01",
+        "--end",
+        "2024-01-05",
+        "--parallel",
+        "2",
+    )
     assert code == 1  # the 4th fails
     assert "4 succeeded, 1 failed, 0 skipped" in out
     assert "2024-01-04" in out and "no data on the 4th" in out
     assert "backfill 5/5" in err and "\r" not in err  # plain lines when not a terminal
     assert "2024-01-04 failed" in err
 
-    code, doc = cli_json(capsys, "backfill", daily, "daily", "--partitions",
-                         "2024-01-01,2024-01-02,2024-01-06")
+    code, doc = cli_json(
+        capsys, "backfill", daily, "daily", "--partitions", "2024-01-01,2024-01-02,2024-01-06"
+    )
     assert code == 0 and doc["ok"] is True
     assert doc["succeeded"] == ["2024-01-06"]
     assert sorted(doc["skipped"]) == ["2024-01-01", "2024-01-02"]
@@ -478,10 +495,10 @@ def test_backfill_draws_one_updating_line_on_a_terminal(
     assert "3 succeeded" in capsys.readouterr().out
 
 
-def test_backfill_usage_errors(capsys: pytest.CaptureFixture[str], daily: str,
-                               basic: str) -> None:
-    code, _, err = cli(capsys, "backfill", daily, "daily", "--start", "2024-01-01",
-                       "--partitions", "2024-01-02")
+def test_backfill_usage_errors(capsys: pytest.CaptureFixture[str], daily: str, basic: str) -> None:
+    code, _, err = cli(
+        capsys, "backfill", daily, "daily", "--start", "2024-01-01", "--partitions", "2024-01-02"
+    )
     assert code == 2 and "not both" in err
     code, _, err = cli(capsys, "backfill", daily, "daily", "--parallel", "0")
     assert code == 2 and "--parallel" in err
@@ -495,7 +512,9 @@ def test_backfill_usage_errors(capsys: pytest.CaptureFixture[str], daily: str,
 def test_json_renders_dates_decimals_bytes_and_tuples_readably(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    spec = write(tmp_path, """
+    spec = write(
+        tmp_path,
+        """
         @fs.asset
         def odd():
             return {
@@ -509,7 +528,8 @@ def test_json_renders_dates_decimals_bytes_and_tuples_readably(
             }
 
         pipeline = fs.Pipeline("cli_odd", [odd], store=STORE)
-    """)
+    """,
+    )
     code, out, _ = cli(capsys, "run", spec, "odd", "--json")
     assert code == 0
     doc = json.loads(out)  # strict JSON: no NaN literal
@@ -529,13 +549,16 @@ def test_json_renders_dates_decimals_bytes_and_tuples_readably(
 def test_a_long_value_is_cut_in_the_summary(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    spec = write(tmp_path, """
+    spec = write(
+        tmp_path,
+        """
         @fs.asset
         def big():
             return list(range(5000))
 
         pipeline = fs.Pipeline("cli_big", [big], store=STORE)
-    """)
+    """,
+    )
     code, out, _ = cli(capsys, "run", spec, "big")
     value_line = next(line for line in out.splitlines() if line.startswith("value: "))
     assert code == 0 and len(value_line) < 400 and "chars in all" in value_line
@@ -544,13 +567,16 @@ def test_a_long_value_is_cut_in_the_summary(
 # --- health ---------------------------------------------------------------------------------
 
 
-def test_health_ok_and_not_ok(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                              basic: str) -> None:
+def test_health_ok_and_not_ok(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, basic: str
+) -> None:
     code, out, _ = cli(capsys, "health", basic)
     assert code == 0 and "store: ok" in out and "healthy" in out
     _, doc = cli_json(capsys, "health", basic)
     assert doc["ok"] is True
-    spec = write(tmp_path, """
+    spec = write(
+        tmp_path,
+        """
         class NoWorkers:
             name = "noworkers"
             blocking = False
@@ -569,7 +595,9 @@ def test_health_ok_and_not_ok(capsys: pytest.CaptureFixture[str], tmp_path: Path
             return 1
 
         pipeline = fs.Pipeline("cli_sick", [a], store=STORE, executor=NoWorkers())
-    """, name="sick.py")
+    """,
+        name="sick.py",
+    )
     code, out, _ = cli(capsys, "health", spec)
     assert code == 1 and "UNHEALTHY" in out
     code, doc = cli_json(capsys, "health", spec)

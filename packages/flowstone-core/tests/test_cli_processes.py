@@ -105,8 +105,9 @@ def test_signal_across_processes(
     token = (tmp_path / "token.txt").read_text()
 
     # the token comes on stdin ('-'), so it never shows in the process list
-    signaled = flowstone(tmp_path, "signal", spec, "-", "--payload", '{"result": 42}',
-                         stdin=token + "\n")
+    signaled = flowstone(
+        tmp_path, "signal", spec, "-", "--payload", '{"result": 42}', stdin=token + "\n"
+    )
     assert signaled.returncode == 0, signaled.stderr
     assert "succeeded" in signaled.stdout
 

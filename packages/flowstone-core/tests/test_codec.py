@@ -12,6 +12,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
+
 from flowstone.codec import (
     TAG_KEY,
     Codec,
@@ -241,6 +242,9 @@ def test_storage_encoding_pickles_only_with_opt_in_and_only_when_needed() -> Non
 def test_parallel_branch_markers_round_trip() -> None:
     import flowstone as fs
 
-    joined = {"maps": [1], "news": fs.BranchFailed("news", "timeout"),
-              "weather": fs.BranchSkipped("weather", "not selected")}
+    joined = {
+        "maps": [1],
+        "news": fs.BranchFailed("news", "timeout"),
+        "weather": fs.BranchSkipped("weather", "not selected"),
+    }
     assert decode_value(encode_value(joined, asset="enrich")) == joined

@@ -68,6 +68,7 @@ def test_documented_environment_variables_are_read() -> None:
     documented = set()
     for _, text in _docs():
         documented |= set(re.findall(r"\bFLOWSTONE_[A-Z_]+\b", text))
-    unread = sorted(v for v in documented if v not in code and v.removeprefix("FLOWSTONE_")
-                    .lower() not in code)
+    unread = sorted(
+        v for v in documented if v not in code and v.removeprefix("FLOWSTONE_").lower() not in code
+    )
     assert not unread, f"docs mention settings no code reads: {unread}"

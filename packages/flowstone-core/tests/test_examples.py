@@ -23,8 +23,15 @@ import pytest
 import flowstone as fs
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
-ALL = ["quickstart", "daily_etl", "routing", "parallel_join", "scatter_jsonl", "approval",
-       "signal_gate"]
+ALL = [
+    "quickstart",
+    "daily_etl",
+    "routing",
+    "parallel_join",
+    "scatter_jsonl",
+    "approval",
+    "signal_gate",
+]
 
 
 @pytest.fixture
@@ -81,8 +88,11 @@ def test_quickstart_totals_the_doubled_numbers_in_the_store_under_home(
 
 
 def _expected_revenue(module: ModuleType, day: date) -> tuple[int, float]:
-    paid = [o for o in module.fake_orders(day)
-            if o["status"] == "paid" and o["customer"] != "test-account"]
+    paid = [
+        o
+        for o in module.fake_orders(day)
+        if o["status"] == "paid" and o["customer"] != "test-account"
+    ]
     return len(paid), round(sum(float(o["amount"]) for o in paid), 2)
 
 
@@ -90,8 +100,13 @@ def test_daily_etl_backfills_a_week_with_trailing_revenue(load: Any) -> None:
     ex = load("daily_etl")
     days = [date(2024, 3, 1) + timedelta(days=i) for i in range(7)]
     seen: list[str] = []
-    result = ex.pipeline.backfill("trailing_revenue", start=days[0], end=days[-1], parallel=2,
-                                  progress=lambda p: seen.append(p.status))
+    result = ex.pipeline.backfill(
+        "trailing_revenue",
+        start=days[0],
+        end=days[-1],
+        parallel=2,
+        progress=lambda p: seen.append(p.status),
+    )
     assert (sorted(result.succeeded), result.failed, result.skipped) == (days, [], [])
     assert seen == ["succeeded"] * 7
     previous: float | None = None
@@ -114,8 +129,7 @@ def test_daily_etl_backfills_a_week_with_trailing_revenue(load: Any) -> None:
 
 def test_routing_sends_each_order_down_one_branch(load: Any) -> None:
     ex = load("routing")
-    expected = {"A-1001": ("small", 37.5), "A-1002": ("large", 8400.0),
-                "A-1003": ("small", 84.96)}
+    expected = {"A-1001": ("small", 37.5), "A-1002": ("large", 8400.0), "A-1003": ("small", 84.96)}
     for order_id, (route, total) in expected.items():
         plan = ex.pipeline.run("fulfilment", partition=order_id).value
         assert (plan["order"], plan["route"], plan["total"]) == (order_id, route, total)
@@ -193,8 +207,9 @@ def test_approval_pauses_large_trades_until_approved(load: Any) -> None:
 def test_approval_rejected_trade_is_not_booked(load: Any) -> None:
     ex = load("approval")
     run = ex.pipeline.run("booking", partition="T-1002")
-    rejected = ex.pipeline.reject(run_id=run.run_id, asset="trade", partition="T-1002",
-                                  by="tester", reason="too big")
+    rejected = ex.pipeline.reject(
+        run_id=run.run_id, asset="trade", partition="T-1002", by="tester", reason="too big"
+    )
     assert rejected.status == "failed"
     assert ex.pipeline.status("trade", "T-1002") == "failed"
     assert not ex.pipeline.exists("booking", "T-1002")
@@ -208,8 +223,11 @@ def test_signal_gate_resumes_with_the_callback_payload(load: Any) -> None:
     assert doc_id == "doc-2" and token.startswith("fsg_")
     resumed = ex.pipeline.signal(token, {"vector": [0.5, 0.25, 0.125, 1]})
     assert resumed.run_id == run.run_id
-    assert resumed.value == {"id": "doc-2", "dimensions": 4,
-                             "preview": "Signal gates pause a run until"}
+    assert resumed.value == {
+        "id": "doc-2",
+        "dimensions": 4,
+        "preview": "Signal gates pause a run until",
+    }
     assert ex.pipeline.get("embedding", "doc-2")["vector"] == [0.5, 0.25, 0.125, 1.0]
     with pytest.raises(fs.SignalError):
         ex.pipeline.signal(token, {"vector": [1]})  # a token works once

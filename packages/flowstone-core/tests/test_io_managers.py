@@ -7,6 +7,7 @@ import pickle
 from pathlib import Path
 
 import pytest
+
 from flowstone.defaults.filesystem_io import FilesystemIOManager
 from flowstone.defaults.memory_io import MemoryIOManager
 from flowstone.errors import EncodingError, StorageError, UnsafeKeyError, ValueNotFoundError

@@ -7,6 +7,9 @@ import itertools
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, reject, settings
+from hypothesis import strategies as st
+
 from flowstone.errors import PartitionError
 from flowstone.partitions import (
     MAX_PARTITION_DEPTH,
@@ -15,8 +18,6 @@ from flowstone.partitions import (
     decode_partition,
     encode_partition,
 )
-from hypothesis import given, reject, settings
-from hypothesis import strategies as st
 
 BERLIN_WINTER = timezone(timedelta(hours=1))
 KOLKATA = timezone(timedelta(hours=5, minutes=30))

@@ -6,6 +6,7 @@ import dataclasses
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
+
 from flowstone.errors import PartitionError, UsageError
 from flowstone.partitions import (
     AllPartitions,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from flowstone import readers
 from flowstone.errors import StorageError, UsageError
 from flowstone.protocols import ItemReader

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+
 from flowstone.defaults.memory_store import MemoryRunStore
 from flowstone.defaults.sqlite_schema import MIGRATIONS, migrate
 from flowstone.defaults.sqlite_store import SQLiteRunStore

@@ -89,7 +89,9 @@ class AssetDef:
     def param_defaults(self) -> dict[str, Any]:
         sig = inspect.signature(self.fn)
         return {
-            n: p.default for n, p in sig.parameters.items() if p.default is not inspect.Parameter.empty
+            n: p.default
+            for n, p in sig.parameters.items()
+            if p.default is not inspect.Parameter.empty
         }
 
 
@@ -169,9 +171,13 @@ def _build(
     for r in req:
         validate_name(r, what=f"{where}: resource")
     if retry is not None and not isinstance(retry, RetryPolicy):
-        raise DefinitionError(f"{where}: retry= must be a RetryPolicy(...), got {type(retry).__name__}")
+        raise DefinitionError(
+            f"{where}: retry= must be a RetryPolicy(...), got {type(retry).__name__}"
+        )
     if scatter is not None and not isinstance(scatter, Scatter):
-        raise DefinitionError(f"{where}: scatter= must be a Scatter(...), got {type(scatter).__name__}")
+        raise DefinitionError(
+            f"{where}: scatter= must be a Scatter(...), got {type(scatter).__name__}"
+        )
     if parallel is not None and not isinstance(parallel, Parallel):
         raise DefinitionError(
             f"{where}: parallel= must be a Parallel(...), got {type(parallel).__name__}"
@@ -193,7 +199,9 @@ def _build(
             raise DefinitionError(f"router {asset_name!r}: duplicate branches in {list(branches)}")
     for hook, label in ((on_signal, "on_signal"), (on_timeout, "on_timeout")):
         if hook is not None and not callable(hook):
-            raise DefinitionError(f"{where}: {label}= must be a function (context, payload) -> value")
+            raise DefinitionError(
+                f"{where}: {label}= must be a function (context, payload) -> value"
+            )
     mappings = dict(partition_mappings or {})
     unknown_map = sorted(set(mappings) - set(all_deps))
     if unknown_map:
@@ -240,7 +248,8 @@ def _check_scatter_params(scatter: Scatter, deps: list[str], where: str) -> None
         except (TypeError, ValueError):  # builtins without a signature: checked at run time
             continue
         missing = [
-            p.name for p in params
+            p.name
+            for p in params
             if p.default is inspect.Parameter.empty
             and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
             and p.name not in deps

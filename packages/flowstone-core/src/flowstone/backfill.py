@@ -120,8 +120,11 @@ def run_backfill(
     seen: set[str] = set()
     unique: list[PartitionKey] = []
     for k in keys:
-        enc = encode_partition(pipeline.dag[target].partitions.validate(k)
-                               if pipeline.dag[target].partitions is not None else k)
+        enc = encode_partition(
+            pipeline.dag[target].partitions.validate(k)
+            if pipeline.dag[target].partitions is not None
+            else k
+        )
         if enc not in seen:
             seen.add(enc)
             unique.append(k)

@@ -49,10 +49,12 @@ def build_parser(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"flowstone {__version__}")
-    parser.add_argument("--debug", action="store_true", default=False,
-                        help="show the full traceback of an error")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="log more (-v info, -vv debug) to stderr")
+    parser.add_argument(
+        "--debug", action="store_true", default=False, help="show the full traceback of an error"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug) to stderr"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     parent = common_parent()
     for module in (run_cmds, state_cmds, wait_cmds, backfill_cmd, ops_cmds):
@@ -62,8 +64,9 @@ def build_parser(
     return parser
 
 
-def _load_cli_plugins(sub: argparse._SubParsersAction[argparse.ArgumentParser],
-                      registry: PluginRegistry) -> None:
+def _load_cli_plugins(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], registry: PluginRegistry
+) -> None:
     try:
         names = registry.names("flowstone.cli")
     except Exception as exc:  # a broken installation must not break the core commands
@@ -77,8 +80,10 @@ def _load_cli_plugins(sub: argparse._SubParsersAction[argparse.ArgumentParser],
             for added in set(sub.choices) - before:  # no half-registered commands
                 del sub.choices[added]
             del sub._choices_actions[listed:]
-            _warn(f"CLI plugin {name!r} failed to load, its commands are unavailable: "
-                  f"{type(exc).__name__}: {exc}")
+            _warn(
+                f"CLI plugin {name!r} failed to load, its commands are unavailable: "
+                f"{type(exc).__name__}: {exc}"
+            )
 
 
 def _warn(message: str) -> None:

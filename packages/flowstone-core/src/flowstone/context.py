@@ -14,7 +14,7 @@ from flowstone.scatter import Batch
 
 __all__ = ["Context", "new_gate_token"]
 
-_TOKEN_PREFIX = "fsg_"
+_TOKEN_PREFIX = "fsg_"  # noqa: S105 - a public prefix, not a secret
 
 
 def new_gate_token() -> str:
@@ -75,7 +75,9 @@ class Context:
         self.asset = asset
         self.partition = partition
         self.partition_key = partition_key
-        self.resources = resources if isinstance(resources, Resources) else Resources(resources or {})
+        self.resources = (
+            resources if isinstance(resources, Resources) else Resources(resources or {})
+        )
         self.attempt = attempt
         self.scatter_item = scatter_item
         self.batch = batch
@@ -96,7 +98,9 @@ class Context:
         """
         if self._gate is None:
             seconds = to_seconds(timeout, what="signal_gate timeout")
-            expires = datetime.now(UTC) + timedelta(seconds=seconds) if seconds is not None else None
+            expires = (
+                datetime.now(UTC) + timedelta(seconds=seconds) if seconds is not None else None
+            )
             self._gate = SignalGate(
                 token=new_gate_token(), expires_at=expires, metadata=dict(metadata or {})
             )

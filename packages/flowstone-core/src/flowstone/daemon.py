@@ -318,7 +318,12 @@ class Daemon:
             except Exception as exc:
                 out.error(pipeline.name, "recover", pipeline.name, None, exc)
         report = TickReport(
-            at, tuple(out.fired), tuple(out.skipped), tuple(out.errors), out.expired, out.pruned,
+            at,
+            tuple(out.fired),
+            tuple(out.skipped),
+            tuple(out.errors),
+            out.expired,
+            out.pruned,
             out.recovered,
         )
         _log.info("daemon tick %s", report.summary())

@@ -121,7 +121,7 @@ class AssetGraph:
                     nxt = ups[i]
                     s = state.get(nxt)
                     if s == 1:
-                        cycle = path[path.index(nxt):] + [nxt]
+                        cycle = [*path[path.index(nxt) :], nxt]
                         raise CycleError(list(reversed(cycle)))
                     if s is None:
                         stack.append((nxt, 0))
@@ -203,10 +203,15 @@ class AssetGraph:
             for a in self._ordered():
                 kind = _kind(a)
                 ups = ", ".join(
-                    d + (f" ({lbl})" if lbl else "") for d in a.upstream
+                    d + (f" ({lbl})" if lbl else "")
+                    for d in a.upstream
                     for lbl in [_edge_label(a, d)]
                 )
-                out.append(f"{a.name:<{width}}  {kind:<8} <- {ups}" if ups else f"{a.name:<{width}}  {kind}")
+                out.append(
+                    f"{a.name:<{width}}  {kind:<8} <- {ups}"
+                    if ups
+                    else f"{a.name:<{width}}  {kind}"
+                )
             return "\n".join(out)
         raise DefinitionError(f"unknown graph format {fmt!r}; use 'ascii', 'mermaid' or 'dot'")
 

@@ -18,14 +18,28 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["Event", "EVENT_KINDS"]
+__all__ = ["EVENT_KINDS", "Event"]
 
 EVENT_KINDS = frozenset(
     {
-        "run.started", "run.finished", "asset.started", "asset.succeeded", "asset.failed",
-        "asset.skipped", "asset.retrying", "asset.waiting", "io.stored", "io.loaded",
-        "route.decided", "approval.requested", "approval.decided", "gate.opened",
-        "gate.signaled", "gate.expired", "scatter.progress", "lineage.recorded",
+        "run.started",
+        "run.finished",
+        "asset.started",
+        "asset.succeeded",
+        "asset.failed",
+        "asset.skipped",
+        "asset.retrying",
+        "asset.waiting",
+        "io.stored",
+        "io.loaded",
+        "route.decided",
+        "approval.requested",
+        "approval.decided",
+        "gate.opened",
+        "gate.signaled",
+        "gate.expired",
+        "scatter.progress",
+        "lineage.recorded",
         "observer.failed",
     }
 )

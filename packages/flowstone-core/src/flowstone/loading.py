@@ -27,7 +27,9 @@ def load_pipeline(spec: str) -> Pipeline:
     from flowstone.pipeline import Pipeline
 
     if not isinstance(spec, str) or not spec.strip():
-        raise UsageError("expected FILE.py:PIPELINE or MODULE:PIPELINE, e.g. examples/etl.py:pipeline")
+        raise UsageError(
+            "expected FILE.py:PIPELINE or MODULE:PIPELINE, e.g. examples/etl.py:pipeline"
+        )
     target, _, attr = spec.strip().rpartition(":") if ":" in spec else (spec.strip(), "", "")
     if not target or (len(target) == 1 and attr.startswith("\\")):  # a bare Windows drive
         target, attr = spec.strip(), ""

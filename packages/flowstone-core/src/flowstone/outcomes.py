@@ -57,7 +57,9 @@ class WaitForApproval:
 
     def __post_init__(self) -> None:
         if not isinstance(self.message, str) or not self.message.strip():
-            raise UsageError("WaitForApproval(message=...) needs a non-empty message for the approver")
+            raise UsageError(
+                "WaitForApproval(message=...) needs a non-empty message for the approver"
+            )
         to_seconds(self.timeout, what="WaitForApproval timeout")
 
 

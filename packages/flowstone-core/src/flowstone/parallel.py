@@ -53,7 +53,9 @@ class Parallel:
 
     def __post_init__(self) -> None:
         if not isinstance(self.branches, Mapping) or not self.branches:
-            raise UsageError("Parallel(branches=...) needs a non-empty {branch: final_asset} mapping")
+            raise UsageError(
+                "Parallel(branches=...) needs a non-empty {branch: final_asset} mapping"
+            )
         for branch, final in self.branches.items():
             if not isinstance(branch, str) or not branch or not isinstance(final, str) or not final:
                 raise UsageError(

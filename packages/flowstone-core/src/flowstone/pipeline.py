@@ -149,16 +149,16 @@ class Pipeline:
         if isinstance(store, str):
             return store, store_from_url(store, self.registry)
         if not isinstance(store, RunStore):
-            raise DefinitionError(
-                f"store= must be a RunStore or a URL, got {type(store).__name__}"
-            )
+            raise DefinitionError(f"store= must be a RunStore or a URL, got {type(store).__name__}")
         return None, store
 
     def _resolve_io(self, given: Mapping[str, IOManager | str]) -> dict[str, IOManager]:
         managers: dict[str, IOManager] = {}
         for name, spec in given.items():
             managers[name] = (
-                self.registry.create("flowstone.io_managers", spec) if isinstance(spec, str) else spec
+                self.registry.create("flowstone.io_managers", spec)
+                if isinstance(spec, str)
+                else spec
             )
             if not isinstance(managers[name], IOManager):
                 raise DefinitionError(f"io_managers[{name!r}] is not an IOManager: {spec!r}")
@@ -190,11 +190,15 @@ class Pipeline:
         self.executor: Executor = self._resolve(executor, "flowstone.executors", "inprocess")
         scatter, parallel = self._coordinators
         self.scatter_coordinator = self._resolve(
-            scatter, "flowstone.scatter_coordinators",
-            getattr(self.executor, "scatter_coordinator", "inline"))
+            scatter,
+            "flowstone.scatter_coordinators",
+            getattr(self.executor, "scatter_coordinator", "inline"),
+        )
         self.parallel_coordinator = self._resolve(
-            parallel, "flowstone.parallel_coordinators",
-            getattr(self.executor, "parallel_coordinator", "thread"))
+            parallel,
+            "flowstone.parallel_coordinators",
+            getattr(self.executor, "parallel_coordinator", "thread"),
+        )
 
     def io_manager(self, name: str) -> IOManager:
         try:
@@ -233,11 +237,19 @@ class Pipeline:
         if not re.match(r"^[A-Za-z0-9_\-]{1,64}$", rid):
             raise UsageError(f"run_id {rid!r} must be 1-64 letters, digits, '_' or '-'")
         now = datetime.now(UTC)
-        record = RunRecord(rid, self.name, tuple(targets), enc, "running", now, now,
-                           tags=dict(tags or {}))
+        record = RunRecord(
+            rid, self.name, tuple(targets), enc, "running", now, now, tags=dict(tags or {})
+        )
         ready = self.store.create_run(record, steps)
-        self.emit(Event("run.started", self.name, rid, partition=enc,
-                        data={"targets": list(targets), "steps": len(steps)}))
+        self.emit(
+            Event(
+                "run.started",
+                self.name,
+                rid,
+                partition=enc,
+                data={"targets": list(targets), "steps": len(steps)},
+            )
+        )
         self._dispatch_with_timeout(rid, ready, seconds)
         if wait and not self.executor.blocking:
             wait_for_run(self.store, rid, timeout=seconds)
@@ -328,9 +340,18 @@ class Pipeline:
             progress: called with a :class:`~flowstone.backfill.BackfillProgress` after
                 each partition.
         """
-        return run_backfill(self, target, partitions, start=start, end=end, parallel=parallel,
-                            timeout=timeout, skip_existing=skip_existing, force=force,
-                            progress=progress)
+        return run_backfill(
+            self,
+            target,
+            partitions,
+            start=start,
+            end=end,
+            parallel=parallel,
+            timeout=timeout,
+            skip_existing=skip_existing,
+            force=force,
+            progress=progress,
+        )
 
     # --- reading values & state ----------------------------------------------------------
     def _latest(self, asset: str, partition: PartitionKey | None) -> MaterializationRecord | None:
@@ -382,7 +403,7 @@ class Pipeline:
                 "manager under that name again, or re-run with force=True"
             ) from exc
 
-    def graph(self, format: Literal["ascii", "mermaid", "dot"] = "ascii") -> str:  # noqa: A002
+    def graph(self, format: Literal["ascii", "mermaid", "dot"] = "ascii") -> str:
         return self.dag.render(format)
 
     # --- approvals & signals ------------------------------------------------------------
@@ -465,10 +486,13 @@ class Pipeline:
                 self._count("observer_errors")
                 log.exception("observer %r failed on %s", obs, event.kind)
 
-    def emit_lineage(self, run_id: str, asset: str, partition: str, upstream: list[str]) -> str | None:
+    def emit_lineage(
+        self, run_id: str, asset: str, partition: str, upstream: list[str]
+    ) -> str | None:
         """Send the lineage event; return an error description if an observer failed."""
-        event = Event("lineage.recorded", self.name, run_id, asset, partition,
-                      {"upstream": list(upstream)})
+        event = Event(
+            "lineage.recorded", self.name, run_id, asset, partition, {"upstream": list(upstream)}
+        )
         error = None
         for obs in self.observers:
             try:
@@ -499,4 +523,3 @@ def _healthy(value: Any) -> bool:
     if isinstance(value, Mapping):
         return bool(value.get("ok", True))
     return bool(value == "ok")
-

@@ -202,8 +202,9 @@ class RunStore(Protocol):
         """Newest first."""
         ...
 
-    def set_run_status(self, run_id: str, status: RunStatus, *, error: str | None = None) -> None:
-        ...
+    def set_run_status(
+        self, run_id: str, status: RunStatus, *, error: str | None = None
+    ) -> None: ...
 
     def cancel_run(self, run_id: str) -> bool:
         """Mark the run cancelled and every non-terminal step ``cancelled``; False if the run

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 __all__ = [
+    "TERMINAL_STEP_STATES",
     "Approval",
     "ApprovalStatus",
     "AuditEntry",
@@ -29,7 +30,6 @@ __all__ = [
     "StepSpec",
     "StepState",
     "StepTransition",
-    "TERMINAL_STEP_STATES",
 ]
 
 RunStatus = Literal["running", "waiting", "succeeded", "failed", "cancelled"]

@@ -120,7 +120,9 @@ class RunResult:
             return self._cache["value"]
         by_asset: dict[str, StepRecord] = {}
         for s in self.steps:
-            if s.asset in self.targets and (s.asset not in by_asset or s.partition == self.run.partition):
+            if s.asset in self.targets and (
+                s.asset not in by_asset or s.partition == self.run.partition
+            ):
                 by_asset[s.asset] = s
         # a tolerated failure (a partial-mode branch) fails the run but not the target
         if self.status in ("running", "waiting") or any(
@@ -141,9 +143,7 @@ class RunResult:
         if self.status == "waiting":
             pending = self.approvals()
             what = (
-                "approvals " + ", ".join(str(a.id) for a in pending)
-                if pending
-                else "a signal gate"
+                "approvals " + ", ".join(str(a.id) for a in pending) if pending else "a signal gate"
             )
             return ExecutionError(
                 f"run {self.run_id} is waiting for {what}; approve/signal it to continue"

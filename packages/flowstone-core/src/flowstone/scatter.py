@@ -53,8 +53,16 @@ class Deferred:
 
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
-_PER = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
-        "h": 3600.0, "hour": 3600.0}
+_PER = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+}
 
 
 def parse_rate(rate: float | int | str | None) -> float | None:
@@ -69,7 +77,9 @@ def parse_rate(rate: float | int | str | None) -> float | None:
         m = _RATE.match(rate)
         if m and float(m.group(1)) > 0:
             return float(m.group(1)) / _PER[m.group(2)]
-    raise UsageError(f"rate_limit {rate!r} is not valid: use e.g. 100 (per second), '100/s', '30/m'")
+    raise UsageError(
+        f"rate_limit {rate!r} is not valid: use e.g. 100 (per second), '100/s', '30/m'"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +103,9 @@ class Batching:
 
     def __post_init__(self) -> None:
         if self.max_items is None and self.max_bytes is None:
-            raise UsageError("Batching needs max_items and/or max_bytes, e.g. Batching(max_items=100)")
+            raise UsageError(
+                "Batching needs max_items and/or max_bytes, e.g. Batching(max_items=100)"
+            )
         for name in ("max_items", "max_bytes"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -164,19 +176,25 @@ class Scatter:
             )
         if self.items is not None and not callable(self.items):
             raise UsageError("Scatter(items=...) must be a function of the asset's deps")
-        if isinstance(self.max_concurrent, bool) or not isinstance(self.max_concurrent, int) or (
-            self.max_concurrent < 1
+        if (
+            isinstance(self.max_concurrent, bool)
+            or not isinstance(self.max_concurrent, int)
+            or (self.max_concurrent < 1)
         ):
             raise UsageError(f"Scatter(max_concurrent={self.max_concurrent!r}) must be an int >= 1")
-        if isinstance(self.page_size, bool) or not isinstance(self.page_size, int) or (
-            self.page_size < 1
+        if (
+            isinstance(self.page_size, bool)
+            or not isinstance(self.page_size, int)
+            or (self.page_size < 1)
         ):
             raise UsageError(f"Scatter(page_size={self.page_size!r}) must be an int >= 1")
         parse_rate(self.rate_limit)
         ft = self.failure_threshold
         if ft is not None:
             if isinstance(ft, bool) or not isinstance(ft, int | float):
-                raise UsageError("Scatter(failure_threshold=...) must be a float share or int count")
+                raise UsageError(
+                    "Scatter(failure_threshold=...) must be a float share or int count"
+                )
             if isinstance(ft, float) and not 0 <= ft < 1:
                 raise UsageError(
                     f"Scatter(failure_threshold={ft}) as a share must be in [0, 1); "
@@ -185,7 +203,8 @@ class Scatter:
             if isinstance(ft, int) and ft < 0:
                 raise UsageError(f"Scatter(failure_threshold={ft}) must not be negative")
         if self.max_failures is not None and (
-            isinstance(self.max_failures, bool) or not isinstance(self.max_failures, int)
+            isinstance(self.max_failures, bool)
+            or not isinstance(self.max_failures, int)
             or self.max_failures < 0
         ):
             raise UsageError(f"Scatter(max_failures={self.max_failures!r}) must be an int >= 0")

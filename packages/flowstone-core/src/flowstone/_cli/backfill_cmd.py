@@ -45,16 +45,29 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--end", metavar="P", help="last partition, inclusive")
     p.add_argument("--partitions", metavar="P1,P2,...", help="comma-separated keys")
     p.add_argument(
-        "--partition", "-p", action="append", default=[], metavar="P",
+        "--partition",
+        "-p",
+        action="append",
+        default=[],
+        metavar="P",
         help="one key (repeatable; for keys that contain a comma)",
     )
-    p.add_argument("--parallel", type=int, default=4, metavar="N",
-                   help="partitions in flight at once (default 4, capped at 2 x CPUs)")
-    p.add_argument("--timeout", type=float, metavar="SECONDS",
-                   help="per-partition timeout (default 1800)")
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=4,
+        metavar="N",
+        help="partitions in flight at once (default 4, capped at 2 x CPUs)",
+    )
+    p.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="per-partition timeout (default 1800)"
+    )
     p.add_argument("--force", action="store_true", help="recompute every partition")
-    p.add_argument("--no-skip-existing", action="store_true",
-                   help="run partitions that already have a value (reusing it)")
+    p.add_argument(
+        "--no-skip-existing",
+        action="store_true",
+        help="run partitions that already have a value (reusing it)",
+    )
     add_json(p)
     p.set_defaults(func=cmd_backfill)
 
@@ -117,7 +130,6 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
     with open_pipeline(args.spec) as pipeline:
-
         declared = partition_set_of(pipeline, [args.asset])
 
         def parse(text: str) -> PartitionKey:

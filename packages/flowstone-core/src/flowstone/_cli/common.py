@@ -115,9 +115,7 @@ def open_pipeline(spec: str) -> Iterator[Pipeline]:
     except FlowStoneError:
         raise
     except Exception as exc:
-        raise UsageError(
-            f"cannot load pipeline {spec!r}: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise UsageError(f"cannot load pipeline {spec!r}: {type(exc).__name__}: {exc}") from exc
     try:
         yield pipeline
     finally:
@@ -148,8 +146,7 @@ def partition_to_read(pipeline: Pipeline, asset: str, text: str | None) -> Parti
     declared = pipeline.dag[asset].partitions
     if text is None and declared is not None:
         raise UsageError(
-            f"asset {asset!r} is partitioned ({declared!r}); say which partition with "
-            "--partition P"
+            f"asset {asset!r} is partitioned ({declared!r}); say which partition with --partition P"
         )
     return partition_of(pipeline, [asset], text)
 

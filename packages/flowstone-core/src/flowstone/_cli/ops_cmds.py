@@ -36,10 +36,16 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
         "same store: a tick fires once. --once ticks once, prints the report and exits 1 "
         "if anything in it failed.",
     )
-    p.add_argument("specs", nargs="+", metavar="FILE_OR_MODULE:PIPELINE",
-                   help="one or more pipelines")
-    p.add_argument("--interval", type=float, default=30.0, metavar="S",
-                   help="seconds between ticks (default 30)")
+    p.add_argument(
+        "specs", nargs="+", metavar="FILE_OR_MODULE:PIPELINE", help="one or more pipelines"
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds between ticks (default 30)",
+    )
     p.add_argument("--once", action="store_true", help="tick once and exit")
     add_json(p)
     p.set_defaults(func=cmd_daemon)
@@ -86,8 +92,11 @@ def _print_report(report: TickReport) -> None:
         print(f"  skipped {s.source} {s.pipeline}:{s.name} {s.key}: {s.reason}")
     sys.stdout.flush()
     for e in report.errors:
-        print(f"  error {e.source} {e.pipeline}:{e.name} {e.key or ''}: {e.error}",
-              file=sys.stderr, flush=True)
+        print(
+            f"  error {e.source} {e.pipeline}:{e.name} {e.key or ''}: {e.error}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
@@ -109,14 +118,19 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         restore = install_signal_handlers(stop)
         try:
             names = ", ".join(p.name for p in pipelines)
-            print(f"daemon serving {names} every {args.interval:g}s (SIGTERM/Ctrl-C stops)",
-                  flush=True)
+            print(
+                f"daemon serving {names} every {args.interval:g}s (SIGTERM/Ctrl-C stops)",
+                flush=True,
+            )
             while not stop.is_set():
                 try:
                     _print_report(daemon.tick())
                 except Exception as exc:  # tick() reports failures; this is a broken clock
-                    print(f"error: daemon tick failed: {type(exc).__name__}: {exc}",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"error: daemon tick failed: {type(exc).__name__}: {exc}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 stop.wait(args.interval)
             print("daemon stopped", flush=True)
         finally:
@@ -150,8 +164,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             {
                 "plugins": {
                     group: [
-                        {"name": i.name, "value": i.value, "distribution": i.distribution,
-                         "version": i.version}
+                        {
+                            "name": i.name,
+                            "value": i.value,
+                            "distribution": i.distribution,
+                            "version": i.version,
+                        }
                         for i in infos
                     ]
                     for group, infos in groups.items()
@@ -168,6 +186,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             (i.name, i.value, i.distribution + (f" {i.version}" if i.version else ""))
             for i in infos
         ]
-        print("\n".join("  " + line for line in table(("NAME", "VALUE", "DISTRIBUTION"),
-                                                         rows).splitlines()))
+        print(
+            "\n".join(
+                "  " + line for line in table(("NAME", "VALUE", "DISTRIBUTION"), rows).splitlines()
+            )
+        )
     return EXIT_OK

@@ -117,9 +117,7 @@ def preview(value: Any, limit: int = PREVIEW_CHARS) -> str:
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Rows as left-aligned columns under ``headers``; ``None`` shows as ``-``."""
     cells = [[_cell(c) for c in row] for row in rows]
-    widths = [
-        max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)
-    ]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     lines = [_line(headers, widths)] + [_line(r, widths) for r in cells]
     return "\n".join(lines)
 

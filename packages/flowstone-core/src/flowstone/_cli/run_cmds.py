@@ -137,8 +137,10 @@ def _print_detached(run_id: str, status: str, args: argparse.Namespace) -> int:
         print_json({"run_id": run_id, "status": status})
     else:
         print(run_id)
-        print(f"run {run_id} is {status}; follow it with: flowstone show {args.spec} {run_id}",
-              flush=True)
+        print(
+            f"run {run_id} is {status}; follow it with: flowstone show {args.spec} {run_id}",
+            flush=True,
+        )
     return EXIT_FAILURE if status in ("failed", "cancelled") else EXIT_OK
 
 

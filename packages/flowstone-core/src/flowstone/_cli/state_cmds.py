@@ -180,9 +180,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
 def cmd_invalidate(args: argparse.Namespace) -> int:
     with open_pipeline(args.spec) as pipeline:
         key = (
-            None
-            if args.all_partitions
-            else partition_to_read(pipeline, args.asset, args.partition)
+            None if args.all_partitions else partition_to_read(pipeline, args.asset, args.partition)
         )
         count = pipeline.invalidate(args.asset, key, all_partitions=args.all_partitions)
         where = "every partition" if args.all_partitions else f"partition {key_text(key)}"
@@ -216,8 +214,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 (r.run_id, r.status, ",".join(r.targets), r.partition, r.created_at, r.error)
                 for r in runs
             ]
-            print(table(("RUN ID", "STATUS", "TARGETS", "PARTITION", "CREATED (UTC)", "ERROR"),
-                        rows))
+            print(
+                table(("RUN ID", "STATUS", "TARGETS", "PARTITION", "CREATED (UTC)", "ERROR"), rows)
+            )
         return EXIT_OK
 
 
@@ -240,9 +239,9 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         elif not records:
             print(f"{args.asset!r} has no {direction} materializations")
         else:
-            rows = [(m.asset, m.partition, m.state, m.id, m.run_id, m.finished_at)
-                    for m in records]
+            rows = [(m.asset, m.partition, m.state, m.id, m.run_id, m.finished_at) for m in records]
             print(f"{direction} of {args.asset!r}:")
-            print(table(("ASSET", "PARTITION", "STATE", "MATERIALIZATION", "RUN", "FINISHED"),
-                        rows))
+            print(
+                table(("ASSET", "PARTITION", "STATE", "MATERIALIZATION", "RUN", "FINISHED"), rows)
+            )
         return EXIT_OK

@@ -31,8 +31,9 @@ _APPROVAL_STATUSES = ("pending", "approved", "rejected", "expired", "all")
 def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser("approvals", parents=[parent], help="list approvals (default: pending)")
     add_spec(p)
-    p.add_argument("--status", choices=_APPROVAL_STATUSES, default="pending",
-                   help="default: pending")
+    p.add_argument(
+        "--status", choices=_APPROVAL_STATUSES, default="pending", help="default: pending"
+    )
     add_json(p)
     p.set_defaults(func=cmd_approvals)
 
@@ -73,8 +74,9 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
     p.add_argument("token", metavar="TOKEN")
     payload = p.add_mutually_exclusive_group()
     payload.add_argument("--payload", metavar="JSON", help="the payload, as JSON text")
-    payload.add_argument("--payload-file", metavar="FILE", help="read the JSON payload from "
-                         "FILE ('-' for stdin)")
+    payload.add_argument(
+        "--payload-file", metavar="FILE", help="read the JSON payload from FILE ('-' for stdin)"
+    )
     add_json(p)
     p.set_defaults(func=cmd_signal)
 
@@ -105,12 +107,33 @@ def cmd_approvals(args: argparse.Namespace) -> int:
             print(f"no {args.status} approvals" if status else "no approvals")
         else:
             rows = [
-                (a.id, a.status, a.asset, a.partition, a.run_id, a.created_at, a.expires_at,
-                 a.message)
+                (
+                    a.id,
+                    a.status,
+                    a.asset,
+                    a.partition,
+                    a.run_id,
+                    a.created_at,
+                    a.expires_at,
+                    a.message,
+                )
                 for a in found
             ]
-            print(table(("ID", "STATUS", "ASSET", "PARTITION", "RUN", "CREATED (UTC)",
-                         "EXPIRES (UTC)", "MESSAGE"), rows))
+            print(
+                table(
+                    (
+                        "ID",
+                        "STATUS",
+                        "ASSET",
+                        "PARTITION",
+                        "RUN",
+                        "CREATED (UTC)",
+                        "EXPIRES (UTC)",
+                        "MESSAGE",
+                    ),
+                    rows,
+                )
+            )
         return EXIT_OK
 
 
@@ -124,10 +147,17 @@ def _decide(args: argparse.Namespace, pipeline: Pipeline, *, approved: bool) -> 
         )
     partition = partition_of(pipeline, [args.asset], args.partition) if args.asset else None
     if approved:
-        return pipeline.approve(args.approval_id, run_id=args.run_id, asset=args.asset,
-                                partition=partition, by=args.by)
-    return pipeline.reject(args.approval_id, run_id=args.run_id, asset=args.asset,
-                           partition=partition, by=args.by, reason=args.reason)
+        return pipeline.approve(
+            args.approval_id, run_id=args.run_id, asset=args.asset, partition=partition, by=args.by
+        )
+    return pipeline.reject(
+        args.approval_id,
+        run_id=args.run_id,
+        asset=args.asset,
+        partition=partition,
+        by=args.by,
+        reason=args.reason,
+    )
 
 
 def _which(args: argparse.Namespace) -> str:

@@ -113,7 +113,7 @@ class _ScatterRun:
             self.total = len(items)
             unit = self._keyed(enumerate(items))
             for start in range(0, len(unit), sc.page_size):
-                yield unit[start:start + sc.page_size], None
+                yield unit[start : start + sc.page_size], None
             return
         reader = copy.copy(sc.reader)
         assert reader is not None
@@ -202,7 +202,9 @@ class _ScatterRun:
             self._fail()
         return self._gather()
 
-    def _run_unit(self, unit: Unit, batch_index: int | None) -> list[tuple[int, str, Any, str | None]]:
+    def _run_unit(
+        self, unit: Unit, batch_index: int | None
+    ) -> list[tuple[int, str, Any, str | None]]:
         sc, req, a = self.sc, self.req, self.req.asset
         attempt = 1
         while True:
@@ -210,12 +212,21 @@ class _ScatterRun:
                 if batch_index is None:
                     context = req.make_context(unit[0][2], None)
                 else:
-                    batch = Batch(items=[t[2] for t in unit], index=batch_index, count=None,
-                                  input=self.batch_input, keys=[t[1] for t in unit])
+                    batch = Batch(
+                        items=[t[2] for t in unit],
+                        index=batch_index,
+                        count=None,
+                        input=self.batch_input,
+                        keys=[t[1] for t in unit],
+                    )
                     context = req.make_context(None, batch)
                 kwargs = bind_arguments(a, req.deps, context)
-                value = call_with_timeout(a.fn, kwargs, timeout=sc.item_timeout_seconds,
-                                          what=f"scatter item of {a.name!r}")
+                value = call_with_timeout(
+                    a.fn,
+                    kwargs,
+                    timeout=sc.item_timeout_seconds,
+                    what=f"scatter item of {a.name!r}",
+                )
                 if batch_index is None:
                     return [(unit[0][0], unit[0][1], value, None)]
                 return self._split_batch(unit, value)
@@ -272,9 +283,16 @@ class _ScatterRun:
 
     def _progress(self) -> None:
         r = self.req
-        r.pipeline.emit(Event("scatter.progress", r.pipeline.name, r.run_id, r.asset.name,
-                              r.partition, {"succeeded": len(self.done),
-                                            "failed": len(self.failed), "total": self.total}))
+        r.pipeline.emit(
+            Event(
+                "scatter.progress",
+                r.pipeline.name,
+                r.run_id,
+                r.asset.name,
+                r.partition,
+                {"succeeded": len(self.done), "failed": len(self.failed), "total": self.total},
+            )
+        )
 
     def _cancelled(self) -> bool:
         """Whether the run was cancelled; asks the store at most every 0.25 s."""
@@ -303,10 +321,17 @@ class _ScatterRun:
         total = self.total if self.total is not None else len(self.done) + failed
         first = "; ".join(f"item {i}: {e}" for i, e in sorted(self.failed.items())[:3])
         share, count = self.sc.failure_limits()
-        limit = " and ".join(
-            x for x in (f"{share:.1%}" if share is not None else "",
-                        f"{count} items" if count is not None else "") if x
-        ) or "0 failures"
+        limit = (
+            " and ".join(
+                x
+                for x in (
+                    f"{share:.1%}" if share is not None else "",
+                    f"{count} items" if count is not None else "",
+                )
+                if x
+            )
+            or "0 failures"
+        )
         raise ScatterThresholdError(
             f"scatter asset {r.asset.name!r}: {failed} of {total} items failed, above the "
             f"failure threshold of {limit}; remaining items were not started. First errors: "

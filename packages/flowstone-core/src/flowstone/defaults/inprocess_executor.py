@@ -57,8 +57,9 @@ class InProcessExecutor:
                     if wait_s > 0:
                         heapq.heappush(delayed, (now + wait_s, next(seq), step))
                         continue
-                    fut = pool.submit(runner.run_step, step.run_id or run_id, step.asset,
-                                      step.partition)
+                    fut = pool.submit(
+                        runner.run_step, step.run_id or run_id, step.asset, step.partition
+                    )
                     running[fut] = step
                 timeout = max(0.0, delayed[0][0] - time.monotonic()) if delayed else None
                 if not running:

@@ -47,7 +47,10 @@ class SQLiteIOManager:
     __slots__ = ("_allow_pickle", "_conn", "_lock", "_path", "_pid", "name")
 
     def __init__(
-        self, path: str | os.PathLike[str] = ".flowstone/values.db", *, name: str = "sqlite",
+        self,
+        path: str | os.PathLike[str] = ".flowstone/values.db",
+        *,
+        name: str = "sqlite",
         allow_pickle: bool = False,
     ) -> None:
         self.name = name
@@ -63,8 +66,9 @@ class SQLiteIOManager:
     def _db(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None,
-                                   timeout=30.0)
+            conn = sqlite3.connect(
+                self._path, check_same_thread=False, isolation_level=None, timeout=30.0
+            )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(_SCHEMA)
@@ -91,7 +95,8 @@ class SQLiteIOManager:
             with self._lock:
                 self._db().execute(
                     "INSERT INTO flowstone_values(location, format, data) VALUES (?, ?, ?) "
-                    "ON CONFLICT(location) DO UPDATE SET format=excluded.format, data=excluded.data",
+                    "ON CONFLICT(location) DO UPDATE"
+                    " SET format = excluded.format, data = excluded.data",
                     (location, encoded.format, encoded.data),
                 )
         except sqlite3.Error as exc:
@@ -101,22 +106,29 @@ class SQLiteIOManager:
     def load(self, location: str) -> object:
         self._check(location)
         with self._lock:
-            row = self._db().execute(
-                "SELECT format, data FROM flowstone_values WHERE location = ?", (location,)
-            ).fetchone()
+            row = (
+                self._db()
+                .execute(
+                    "SELECT format, data FROM flowstone_values WHERE location = ?", (location,)
+                )
+                .fetchone()
+            )
         if row is None:
             raise ValueNotFoundError(f"no value stored at {location} in {self._path}")
         return decode_from_storage(
-            EncodedValue(row[0], bytes(row[1])), allow_pickle=self._allow_pickle,
+            EncodedValue(row[0], bytes(row[1])),
+            allow_pickle=self._allow_pickle,
             location=location,
         )
 
     def exists(self, location: str) -> bool:
         self._check(location)
         with self._lock:
-            row = self._db().execute(
-                "SELECT 1 FROM flowstone_values WHERE location = ?", (location,)
-            ).fetchone()
+            row = (
+                self._db()
+                .execute("SELECT 1 FROM flowstone_values WHERE location = ?", (location,))
+                .fetchone()
+            )
         return row is not None
 
     def delete(self, location: str) -> None:

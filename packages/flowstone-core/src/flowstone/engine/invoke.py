@@ -14,7 +14,11 @@ __all__ = ["bind_arguments", "call_with_timeout"]
 
 
 def bind_arguments(
-    a: AssetDef, values: Mapping[str, Any], context: Context, *, extra: Mapping[str, Any] | None = None
+    a: AssetDef,
+    values: Mapping[str, Any],
+    context: Context,
+    *,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for ``a.fn``: each parameter gets its dep's value (optional deps
     that did not run get the parameter's default), ``context`` the context, and a

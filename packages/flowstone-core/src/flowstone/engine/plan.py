@@ -84,7 +84,9 @@ class Planner:
                 reused = self.store.find_materialization(self.pipeline, name, enc)
                 if reused is not None:
                     specs[(name, enc)] = StepSpec(
-                        asset=name, partition=enc, state="succeeded",
+                        asset=name,
+                        partition=enc,
+                        state="succeeded",
                         reused_materialization_id=reused.id,
                     )
                     continue

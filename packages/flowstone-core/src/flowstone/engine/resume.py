@@ -59,12 +59,22 @@ def _step(p: Pipeline, run_id: str, asset: str, partition: str) -> StepRecord:
     return step
 
 
-def decide(p: Pipeline, approval: Approval, *, approved: bool, by: str | None, reason: str | None) -> None:
+def decide(
+    p: Pipeline, approval: Approval, *, approved: bool, by: str | None, reason: str | None
+) -> None:
     decided = p.store.decide_approval(
         approval.id, "approved" if approved else "rejected", by=by, reason=reason
     )
-    p.emit(Event("approval.decided", p.name, approval.run_id, approval.asset, approval.partition,
-                 {"approval_id": approval.id, "status": decided.status, "by": by}))
+    p.emit(
+        Event(
+            "approval.decided",
+            p.name,
+            approval.run_id,
+            approval.asset,
+            approval.partition,
+            {"approval_id": approval.id, "status": decided.status, "by": by},
+        )
+    )
     _finish_decided(p, decided)
 
 
@@ -72,16 +82,20 @@ def _finish_decided(p: Pipeline, approval: Approval) -> None:
     step = _step(p, approval.run_id, approval.asset, approval.partition)
     a = p.dag[approval.asset]
     if approval.status == "approved":
-        mat = p.runner.record(a, step, "succeeded", io_name=approval.io_manager,
-                              location=approval.location, upstream=_upstream_ids(p, step),
-                              metadata={"approved_by": approval.decided_by})
+        mat = p.runner.record(
+            a,
+            step,
+            "succeeded",
+            io_name=approval.io_manager,
+            location=approval.location,
+            upstream=_upstream_ids(p, step),
+            metadata={"approved_by": approval.decided_by},
+        )
         outcome = StepOutcome("succeeded", materialization=mat)
     else:
         who = f" by {approval.decided_by}" if approval.decided_by else ""
         why = f": {approval.reason}" if approval.reason else ""
-        error = (
-            f"approval {approval.id} {approval.status}{who}{why}"
-        )
+        error = f"approval {approval.id} {approval.status}{who}{why}"
         mat = p.runner.record(a, step, "failed", error=error)
         outcome = StepOutcome("failed", materialization=mat, error=error)
     p.dispatch(step.run_id, p.runner.complete(step.run_id, step.asset, step.partition, outcome))
@@ -137,8 +151,15 @@ def _finish_gate(p: Pipeline, gate: Gate, payload: Any, *, expired: bool) -> Non
         location = p.io_manager(io_name).store(
             StorageKey(p.name, a.name, gate.partition, gate.run_id), value
         )
-        mat = p.runner.record(a, step, "succeeded", io_name=io_name, location=location,
-                              upstream=_upstream_ids(p, step), metadata=dict(context.metadata))
+        mat = p.runner.record(
+            a,
+            step,
+            "succeeded",
+            io_name=io_name,
+            location=location,
+            upstream=_upstream_ids(p, step),
+            metadata=dict(context.metadata),
+        )
         outcome = StepOutcome("succeeded", materialization=mat)
     except Exception as exc:
         error = describe_error(exc)
@@ -166,8 +187,16 @@ def expire_due(p: Pipeline, now: datetime) -> int:
             decided = p.store.decide_approval(approval.id, "expired", reason="timed out")
         except ApprovalError:
             continue
-        p.emit(Event("approval.decided", p.name, approval.run_id, approval.asset,
-                     approval.partition, {"approval_id": approval.id, "status": "expired"}))
+        p.emit(
+            Event(
+                "approval.decided",
+                p.name,
+                approval.run_id,
+                approval.asset,
+                approval.partition,
+                {"approval_id": approval.id, "status": "expired"},
+            )
+        )
         _finish_decided(p, decided)
         count += 1
     for gate in p.store.due_gates(now):
@@ -223,8 +252,14 @@ def complete_deferred(
             location = p.io_manager(io_name).store(
                 StorageKey(p.name, a.name, gate.partition, gate.run_id), value
             )
-            mat = p.runner.record(a, step, "succeeded", io_name=io_name, location=location,
-                                  upstream=_upstream_ids(p, step))
+            mat = p.runner.record(
+                a,
+                step,
+                "succeeded",
+                io_name=io_name,
+                location=location,
+                upstream=_upstream_ids(p, step),
+            )
             outcome = StepOutcome("succeeded", materialization=mat)
         except Exception as exc:
             error = describe_error(exc)

@@ -122,16 +122,30 @@ class StepRunner:
         with self._leases.keep(run_id, asset, partition, owner, lease):
             result = self._execute(step, a, owner, started_at)
         if isinstance(result, _Deferring):
-            return self.complete(run_id, asset, partition, result.outcome,
-                                 started_at=started_at, on_applied=result.start)
+            return self.complete(
+                run_id,
+                asset,
+                partition,
+                result.outcome,
+                started_at=started_at,
+                on_applied=result.start,
+            )
         if isinstance(result, _RetryLater):
             not_before = _now() + timedelta(seconds=result.delay)
             if not p.store.retry_step(
                 run_id, asset, partition, not_before=not_before, error=result.error
             ):
                 return ()
-            p.emit(Event("asset.retrying", p.name, run_id, asset, partition,
-                         {"attempt": step.attempt, "delay_s": result.delay, "error": result.error}))
+            p.emit(
+                Event(
+                    "asset.retrying",
+                    p.name,
+                    run_id,
+                    asset,
+                    partition,
+                    {"attempt": step.attempt, "delay_s": result.delay, "error": result.error},
+                )
+            )
             return (dataclasses.replace(step, state="ready", not_before=not_before),)
         return self.complete(run_id, asset, partition, result, started_at=started_at)
 
@@ -186,12 +200,18 @@ class StepRunner:
         for dep, out in inputs.outcomes.items():
             if dep == a.routed_from:
                 if out.state == "succeeded" and out.value != a.name:
-                    return self._skip(a, step, started_at,
-                                      f"not selected by router {dep!r} (it chose {out.value!r})")
+                    return self._skip(
+                        a,
+                        step,
+                        started_at,
+                        f"not selected by router {dep!r} (it chose {out.value!r})",
+                    )
                 if out.state in ("skipped", "absent"):
                     return self._skip(a, step, started_at, f"router {dep!r} was skipped")
                 if out.state == "failed":
-                    return StepOutcome("upstream_failed", error=f"router {dep!r} failed: {out.detail}")
+                    return StepOutcome(
+                        "upstream_failed", error=f"router {dep!r} failed: {out.detail}"
+                    )
             branch = a.parallel.branch_of(dep) if a.parallel is not None else None
             if branch is not None:
                 branch_outcomes[branch] = out
@@ -203,9 +223,13 @@ class StepRunner:
                 values[dep] = out.value
             elif out.state in ("skipped", "absent"):
                 if dep not in a.optional_deps and branch is None:
-                    return self._skip(a, step, started_at, f"upstream {dep!r} skipped: {out.detail}")
+                    return self._skip(
+                        a, step, started_at, f"upstream {dep!r} skipped: {out.detail}"
+                    )
             elif branch is None:
-                return StepOutcome("upstream_failed", error=f"upstream {dep!r} failed: {out.detail}")
+                return StepOutcome(
+                    "upstream_failed", error=f"upstream {dep!r} failed: {out.detail}"
+                )
 
         try:
             # inside the try: a resource that fails to set up fails this asset (recorded,
@@ -214,8 +238,13 @@ class StepRunner:
             value = self._call(a, step, context, values, branch_outcomes, owner, key)
             if isinstance(value, Deferred):
                 gate = Gate(
-                    token_hash=hash_token(value.token), pipeline=p.name, run_id=run_id,
-                    asset=a.name, partition=enc, status="pending", created_at=_now(),
+                    token_hash=hash_token(value.token),
+                    pipeline=p.name,
+                    run_id=run_id,
+                    asset=a.name,
+                    partition=enc,
+                    status="pending",
+                    created_at=_now(),
                     metadata={"kind": "deferred"},
                 )
                 return _Deferring(StepOutcome("waiting", gate=gate), value.start)
@@ -234,8 +263,15 @@ class StepRunner:
                 return _RetryLater(a.retry.delay(step.attempt), error)
             log.warning("asset %s [%s] failed on attempt %d: %s", a.name, enc, step.attempt, error)
             tb = "".join(traceback.format_exception(exc, limit=-8))[-4000:]
-            mat = self._record(a, step, "failed", started_at, error=error,
-                               upstream=inputs.upstream_ids, metadata={"traceback": tb})
+            mat = self._record(
+                a,
+                step,
+                "failed",
+                started_at,
+                error=error,
+                upstream=inputs.upstream_ids,
+                metadata={"traceback": tb},
+            )
             return StepOutcome("failed", materialization=mat, error=error)
 
     def _call(
@@ -255,8 +291,14 @@ class StepRunner:
                 return decided
         if a.scatter is not None:
             request = ScatterRequest(
-                pipeline=p, asset=a, run_id=step.run_id, partition=step.partition, key=key,
-                deps=values, attempt=step.attempt, owner=owner,
+                pipeline=p,
+                asset=a,
+                run_id=step.run_id,
+                partition=step.partition,
+                key=key,
+                deps=values,
+                attempt=step.attempt,
+                owner=owner,
                 make_context=lambda item, batch: self._context(
                     a, step.run_id, step.partition, key, step.attempt, item=item, batch=batch
                 ),
@@ -294,11 +336,18 @@ class StepRunner:
             io_name, location = self._store_value(a, step, value.value)
             seconds = to_seconds(value.timeout, what="WaitForApproval timeout")
             approval = Approval(
-                id=0, pipeline=p.name, run_id=step.run_id, asset=a.name,
-                partition=step.partition, message=value.message, status="pending",
+                id=0,
+                pipeline=p.name,
+                run_id=step.run_id,
+                asset=a.name,
+                partition=step.partition,
+                message=value.message,
+                status="pending",
                 created_at=_now(),
                 expires_at=_now() + timedelta(seconds=seconds) if seconds is not None else None,
-                io_manager=io_name, location=location, metadata=dict(value.metadata),
+                io_manager=io_name,
+                location=location,
+                metadata=dict(value.metadata),
             )
             return StepOutcome("waiting", approval=approval)
         if isinstance(value, SignalGate):
@@ -308,9 +357,15 @@ class StepRunner:
                     "from context.signal_gate(...)"
                 )
             gate = Gate(
-                token_hash=hash_token(value.token), pipeline=p.name, run_id=step.run_id,
-                asset=a.name, partition=step.partition, status="pending", created_at=_now(),
-                expires_at=value.expires_at, metadata=dict(value.metadata),
+                token_hash=hash_token(value.token),
+                pipeline=p.name,
+                run_id=step.run_id,
+                asset=a.name,
+                partition=step.partition,
+                status="pending",
+                created_at=_now(),
+                expires_at=value.expires_at,
+                metadata=dict(value.metadata),
             )
             return StepOutcome("waiting", gate=gate)
         if a.is_router:
@@ -322,8 +377,16 @@ class StepRunner:
             replayed = p.store.get_route_decision(step.run_id, a.name, step.partition)
             value = p.store.record_route_decision(step.run_id, a.name, step.partition, value)
             if replayed is None:  # a replayed decision was announced when it was made
-                p.emit(Event("route.decided", p.name, step.run_id, a.name, step.partition,
-                             {"branch": value}))
+                p.emit(
+                    Event(
+                        "route.decided",
+                        p.name,
+                        step.run_id,
+                        a.name,
+                        step.partition,
+                        {"branch": value},
+                    )
+                )
         io_name, location = self._store_value(a, step, value)
         metadata = {**a.metadata, **context.metadata}
         lineage_error = p.emit_lineage(step.run_id, a.name, step.partition, upstream)
@@ -332,8 +395,16 @@ class StepRunner:
             raise ExecutionError(f"lineage emission failed: {lineage_error}")
         if lineage_error is not None:
             metadata["lineage_error"] = lineage_error
-        mat = self._record(a, step, "succeeded", started_at, io_name=io_name, location=location,
-                           upstream=upstream, metadata=metadata)
+        mat = self._record(
+            a,
+            step,
+            "succeeded",
+            started_at,
+            io_name=io_name,
+            location=location,
+            upstream=upstream,
+            metadata=metadata,
+        )
         return StepOutcome("succeeded", materialization=mat)
 
     # --- helpers ----------------------------------------------------------------------
@@ -342,11 +413,14 @@ class StepRunner:
         io_name = a.io_manager or p.default_io_manager
         key = StorageKey(p.name, a.name, step.partition, step.run_id)
         location = p.io_manager(io_name).store(key, value)
-        p.emit(Event("io.stored", p.name, step.run_id, a.name, step.partition,
-                     {"io_manager": io_name}))
+        p.emit(
+            Event("io.stored", p.name, step.run_id, a.name, step.partition, {"io_manager": io_name})
+        )
         return io_name, location
 
-    def _skip(self, a: AssetDef, step: StepRecord, started_at: datetime, reason: str) -> StepOutcome:
+    def _skip(
+        self, a: AssetDef, step: StepRecord, started_at: datetime, reason: str
+    ) -> StepOutcome:
         mat = self._record(a, step, "skipped", started_at, error=reason)
         return StepOutcome("skipped", materialization=mat, error=reason)
 
@@ -364,10 +438,20 @@ class StepRunner:
         metadata: Mapping[str, Any] | None = None,
     ) -> MaterializationRecord:
         return MaterializationRecord(
-            id=uuid.uuid4().hex, pipeline=self._p.name, run_id=step.run_id, asset=a.name,
-            partition=step.partition, state=state, io_manager=io_name, location=location,
-            attempt=max(step.attempt, 1), started_at=started_at, finished_at=_now(),
-            error=error, upstream=tuple(dict.fromkeys(upstream)), metadata=dict(metadata or {}),
+            id=uuid.uuid4().hex,
+            pipeline=self._p.name,
+            run_id=step.run_id,
+            asset=a.name,
+            partition=step.partition,
+            state=state,
+            io_manager=io_name,
+            location=location,
+            attempt=max(step.attempt, 1),
+            started_at=started_at,
+            finished_at=_now(),
+            error=error,
+            upstream=tuple(dict.fromkeys(upstream)),
+            metadata=dict(metadata or {}),
         )
 
     def _context(
@@ -382,16 +466,24 @@ class StepRunner:
         batch: Batch | None = None,
     ) -> Context:
         return Context(
-            run_id=run_id, pipeline=self._p.name, asset=a.name, partition=key,
-            partition_key=enc, resources=self._p.resources.for_asset(a.requires),
-            attempt=max(attempt, 1), scatter_item=item, batch=batch,
+            run_id=run_id,
+            pipeline=self._p.name,
+            asset=a.name,
+            partition=key,
+            partition_key=enc,
+            resources=self._p.resources.for_asset(a.requires),
+            attempt=max(attempt, 1),
+            scatter_item=item,
+            batch=batch,
         )
 
     def context_for(self, a: AssetDef, run_id: str, enc: str, attempt: int = 1) -> Context:
         """A context for hooks that run outside a claimed step (on_signal, on_timeout)."""
         return self._context(a, run_id, enc, decode_partition(enc), attempt)
 
-    def record(self, a: AssetDef, step: StepRecord, state: Any, **kwargs: Any) -> MaterializationRecord:
+    def record(
+        self, a: AssetDef, step: StepRecord, state: Any, **kwargs: Any
+    ) -> MaterializationRecord:
         """Build a materialization record for ``step`` (used by resume paths)."""
         return self._record(a, step, state, _now(), **kwargs)
 

@@ -81,8 +81,9 @@ def materialize(
     if missing:
         raise UsageError(f"materialize({target.name}): give values for deps {missing}")
     kept = tuple(d for d in target.deps if d in given or d not in target.optional_deps)
-    alone = dataclasses.replace(target, deps=kept, routed_from=None, partitions=None,
-                                partition_mappings={})
+    alone = dataclasses.replace(
+        target, deps=kept, routed_from=None, partitions=None, partition_mappings={}
+    )
     sources = [_source(name, value) for name, value in given.items()]
     pipeline = memory_pipeline(f"test_{target.name}", [alone, *sources], resources=resources)
     try:
