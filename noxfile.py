@@ -20,7 +20,11 @@ import nox
 
 ROOT = Path(__file__).parent
 CORE = "packages/flowstone-core"
-PLUGINS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "plugins").glob("flowstone-*") if (p / "pyproject.toml").exists())
+PLUGINS = sorted(
+    str(p.relative_to(ROOT))
+    for p in (ROOT / "plugins").glob("flowstone-*")
+    if (p / "pyproject.toml").exists()
+)
 PACKAGES = [CORE, *PLUGINS]
 TEST_TOOLS = ["pytest>=8", "hypothesis>=6", "moto[server]>=5", "pytest-timeout>=2"]
 LINT_TOOLS = ["ruff>=0.6"]
@@ -66,7 +70,12 @@ def tests(session: nox.Session) -> None:
         if (ROOT / pkg / "tests").is_dir():
             session.run("pytest", "-q", "-p", "no:cacheprovider", f"{pkg}/tests", *session.posargs)
     session.run(
-        "pytest", "-q", "-p", "no:cacheprovider", "integration-tests", *session.posargs,
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "integration-tests",
+        *session.posargs,
         env={"CI": os.environ.get("CI", "")},
     )
 
@@ -81,15 +90,20 @@ def core_isolated(session: nox.Session) -> None:
     session.run(py, "-m", "pip", "install", "--quiet", CORE)
     frozen = session.run(py, "-m", "pip", "list", "--format=freeze", silent=True) or ""
     third_party = [
-        line for line in str(frozen).splitlines()
+        line
+        for line in str(frozen).splitlines()
         if line and not line.lower().startswith(("flowstone-core", "pip=", "setuptools=", "wheel="))
     ]
     if third_party:
         session.error(f"flowstone-core pulled in third-party packages: {third_party}")
     home = tmp / "home"
     session.run(
-        str(venv / "bin" / "flowstone"), "run", str(ROOT / "examples" / "quickstart.py") + ":pipeline",
-        "total", "--json", env={"FLOWSTONE_HOME": str(home)},
+        str(venv / "bin" / "flowstone"),
+        "run",
+        str(ROOT / "examples" / "quickstart.py") + ":pipeline",
+        "total",
+        "--json",
+        env={"FLOWSTONE_HOME": str(home)},
     )
 
 
@@ -97,7 +111,9 @@ def core_isolated(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """Build the docs strictly and check that they match the code."""
     _install_all(session, "mkdocs>=1.6", *TEST_TOOLS)
-    session.run("mkdocs", "build", "--strict", "--site-dir", str(Path(session.create_tmp()) / "site"))
+    session.run(
+        "mkdocs", "build", "--strict", "--site-dir", str(Path(session.create_tmp()) / "site")
+    )
     session.run("pytest", "-q", "-p", "no:cacheprovider", f"{CORE}/tests/test_docs.py")
 
 
