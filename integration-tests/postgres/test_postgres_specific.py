@@ -19,6 +19,7 @@ from flowstone.errors import StorageError, UsageError
 from flowstone.records import MaterializationRecord, RunRecord, StepOutcome, StepSpec
 from flowstone_io_postgres import PostgresRunStore
 from flowstone_io_postgres.cli import register
+from flowstone_io_postgres.migrate import HEAD_REVISION
 
 pytestmark = pytest.mark.integration
 DAY = "2024-03-01"
@@ -96,12 +97,36 @@ def test_cli_upgrade_from_empty_is_idempotent(
     assert _cli("db", "upgrade", "--database-url", fresh_db) == 0
     assert _cli("db", "upgrade", "--database-url", fresh_db) == 0  # re-run: nothing to do
     assert _cli("db", "current", "--database-url", fresh_db) == 0
-    assert "revision 0001 (head)" in capsys.readouterr().out
+    assert f"revision {HEAD_REVISION} (head)" in capsys.readouterr().out
     version = _fetch(fresh_db, "SELECT version_num FROM flowstone.flowstone_postgres_version")
-    assert version == [("0001",)]
+    assert version == [(HEAD_REVISION,)]
     store = PostgresRunStore(fresh_db)
     try:
         store.ping()
+    finally:
+        store.close()
+
+
+def test_a_schema_at_0001_with_runs_upgrades_and_finishes_them(fresh_db: str) -> None:
+    import asyncio as aio
+
+    from flowstone_io_postgres import migrate
+    from flowstone_io_postgres.urls import normalize_url
+
+    aio.run(migrate.upgrade(normalize_url(fresh_db), "flowstone", "0001"))
+    old = PostgresRunStore(fresh_db)
+    try:
+        with pytest.raises(StorageError, match="flowstone db upgrade"):
+            old.ping()
+    finally:
+        old.close()
+    aio.run(migrate.upgrade(normalize_url(fresh_db), "flowstone"))
+    store = PostgresRunStore(fresh_db)
+    try:
+        run = _run(store, DIAMOND)
+        store.claim_step(run.run_id, "orders", DAY, owner="w", lease_seconds=60)
+        ready = store.finish_step(run.run_id, "orders", DAY, _outcome(run, "orders")).ready
+        assert [s.asset for s in ready] == ["clean", "enrich"]
     finally:
         store.close()
 

@@ -8,8 +8,6 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from flowstone.errors import ApprovalError, SignalError
 from flowstone.records import (
     Approval,
@@ -28,7 +26,7 @@ from flowstone_io_postgres._rows import (
     to_item,
     to_materialization,
 )
-from flowstone_io_postgres._sql import Sql, dump_json
+from flowstone_io_postgres._sql import Db, Sql, dump_json
 
 __all__ = [
     "append_audit",
@@ -45,7 +43,7 @@ _MAT_M = ", ".join("m." + c.strip() for c in MAT_COLS.split(","))
 
 
 async def list_materializations(
-    conn: AsyncConnection,
+    conn: Db,
     q: Sql,
     pipeline: str,
     asset: str | None,
@@ -53,15 +51,12 @@ async def list_materializations(
     run_id: str | None,
     limit: int,
 ) -> list[MaterializationRecord]:
-    rows = await conn.execute(
-        q(
-            "SELECT " + MAT_COLS + " FROM {s}.materializations WHERE pipeline = :pl "
-            "AND (CAST(:a AS text) IS NULL OR asset = :a) "
-            "AND (CAST(:p AS text) IS NULL OR partition = :p) "
-            "AND (CAST(:r AS text) IS NULL OR run_id = :r) ORDER BY seq DESC LIMIT :n"
-        ),
-        {"pl": pipeline, "a": asset, "p": partition, "r": run_id, "n": limit},
-    )
+    rows = await q(
+        "SELECT " + MAT_COLS + " FROM {s}.materializations WHERE pipeline = :pl "
+        "AND (CAST(:a AS text) IS NULL OR asset = :a) "
+        "AND (CAST(:p AS text) IS NULL OR partition = :p) "
+        "AND (CAST(:r AS text) IS NULL OR run_id = :r) ORDER BY seq DESC LIMIT :n"
+    ).fetch(conn, {"pl": pipeline, "a": asset, "p": partition, "r": run_id, "n": limit})
     return [to_materialization(r) for r in rows]
 
 
@@ -78,7 +73,7 @@ DOWNSTREAM = (
 
 
 async def decide_approval(
-    conn: AsyncConnection,
+    conn: Db,
     q: Sql,
     approval_id: int,
     status: str,
@@ -86,19 +81,14 @@ async def decide_approval(
     reason: str | None,
     now: datetime,
 ) -> Approval:
-    row = (
-        await conn.execute(
-            q(
-                "UPDATE {s}.approvals SET status = :st, decided_by = :by, reason = :reason, "
-                "decided_at = :now WHERE id = :id AND status = 'pending' RETURNING " + APPROVAL_COLS
-            ),
-            {"id": approval_id, "st": status, "by": by, "reason": reason, "now": now},
-        )
-    ).first()
+    row = await q(
+        "UPDATE {s}.approvals SET status = :st, decided_by = :by, reason = :reason, "
+        "decided_at = :now WHERE id = :id AND status = 'pending' RETURNING " + APPROVAL_COLS
+    ).fetchrow(conn, {"id": approval_id, "st": status, "by": by, "reason": reason, "now": now})
     if row is not None:
         return to_approval(row)
-    current = await conn.scalar(
-        q("SELECT status FROM {s}.approvals WHERE id = :id"), {"id": approval_id}
+    current = await q("SELECT status FROM {s}.approvals WHERE id = :id").fetchval(
+        conn, {"id": approval_id}
     )
     if current is None:
         raise ApprovalError(
@@ -110,26 +100,20 @@ async def decide_approval(
 
 
 async def consume_gate(
-    conn: AsyncConnection, q: Sql, token_hash: str, payload: Any, status: str, now: datetime
+    conn: Db, q: Sql, token_hash: str, payload: Any, status: str, now: datetime
 ) -> Gate:
     try:
         payload_json = None if payload is None else json.dumps(payload, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise SignalError(f"signal payload must be JSON-able: {exc}") from exc
-    row = (
-        await conn.execute(
-            q(
-                "UPDATE {s}.gates SET status = :st, payload = CAST(:payload AS jsonb), "
-                "signaled_at = :now WHERE token_hash = :th AND status = 'pending' RETURNING "
-                + GATE_COLS
-            ),
-            {"th": token_hash, "st": status, "payload": payload_json, "now": now},
-        )
-    ).first()
+    row = await q(
+        "UPDATE {s}.gates SET status = :st, payload = CAST(:payload AS jsonb), "
+        "signaled_at = :now WHERE token_hash = :th AND status = 'pending' RETURNING " + GATE_COLS
+    ).fetchrow(conn, {"th": token_hash, "st": status, "payload": payload_json, "now": now})
     if row is not None:
         return to_gate(row)
-    current = await conn.scalar(
-        q("SELECT status FROM {s}.gates WHERE token_hash = :th"), {"th": token_hash}
+    current = await q("SELECT status FROM {s}.gates WHERE token_hash = :th").fetchval(
+        conn, {"th": token_hash}
     )
     if current is None:
         raise SignalError("unknown signal token; check the token the asset handed out")
@@ -137,30 +121,24 @@ async def consume_gate(
 
 
 async def record_route_decision(
-    conn: AsyncConnection, q: Sql, key: dict[str, str], branch: str, now: datetime
+    conn: Db, q: Sql, key: dict[str, str], branch: str, now: datetime
 ) -> str:
-    inserted = await conn.scalar(
-        q(
-            "INSERT INTO {s}.route_decisions (run_id, router, partition, branch, decided_at) "
-            "VALUES (:r, :router, :p, :b, :now) ON CONFLICT DO NOTHING RETURNING branch"
-        ),
-        {**key, "b": branch, "now": now},
-    )
+    inserted = await q(
+        "INSERT INTO {s}.route_decisions (run_id, router, partition, branch, decided_at) "
+        "VALUES (:r, :router, :p, :b, :now) ON CONFLICT DO NOTHING RETURNING branch"
+    ).fetchval(conn, {**key, "b": branch, "now": now})
     if inserted is not None:
         return str(inserted)
     # Lost the race (or a replay): a fresh statement sees the committed winner.
-    existing = await conn.scalar(
-        q(
-            "SELECT branch FROM {s}.route_decisions WHERE run_id = :r AND router = :router "
-            "AND partition = :p"
-        ),
-        key,
-    )
+    existing = await q(
+        "SELECT branch FROM {s}.route_decisions WHERE run_id = :r AND router = :router "
+        "AND partition = :p"
+    ).fetchval(conn, key)
     return str(existing)
 
 
 async def set_cursor(
-    conn: AsyncConnection, q: Sql, name: str, value: str, expected: str | None, now: datetime
+    conn: Db, q: Sql, name: str, value: str, expected: str | None, now: datetime
 ) -> bool:
     if expected is None:
         sql = (
@@ -175,24 +153,19 @@ async def set_cursor(
     params: dict[str, Any] = {"n": name, "v": value, "now": now}
     if expected is not None:
         params["e"] = expected
-    return (await conn.execute(q(sql), params)).first() is not None
+    return await q(sql).fetchrow(conn, params) is not None
 
 
-async def claim_tick(conn: AsyncConnection, q: Sql, name: str, tick: str, now: datetime) -> bool:
-    row = (
-        await conn.execute(
-            q(
-                "INSERT INTO {s}.ticks (name, tick, claimed_at) VALUES (:n, :t, :now) "
-                "ON CONFLICT DO NOTHING RETURNING 1"
-            ),
-            {"n": name, "t": tick, "now": now},
-        )
-    ).first()
+async def claim_tick(conn: Db, q: Sql, name: str, tick: str, now: datetime) -> bool:
+    row = await q(
+        "INSERT INTO {s}.ticks (name, tick, claimed_at) VALUES (:n, :t, :now) "
+        "ON CONFLICT DO NOTHING RETURNING 1"
+    ).fetchrow(conn, {"n": name, "t": tick, "now": now})
     return row is not None
 
 
 async def append_audit(
-    conn: AsyncConnection,
+    conn: Db,
     q: Sql,
     run_id: str,
     kind: str,
@@ -201,43 +174,40 @@ async def append_audit(
     detail: Mapping[str, Any] | None,
     now: datetime,
 ) -> None:
-    await conn.execute(
-        q(
-            "INSERT INTO {s}.audit (run_id, at, kind, asset, partition, detail) "
-            "VALUES (:r, :now, :k, :a, :p, CAST(:d AS jsonb))"
-        ),
+    await q(
+        "INSERT INTO {s}.audit (run_id, at, kind, asset, partition, detail) "
+        "VALUES (:r, :now, :k, :a, :p, CAST(:d AS jsonb))"
+    ).execute(
+        conn,
         {"r": run_id, "now": now, "k": kind, "a": asset, "p": partition,
          "d": dump_json(dict(detail or {}), what="audit detail")},
     )  # fmt: skip
 
 
-async def list_audit(conn: AsyncConnection, q: Sql, run_id: str) -> list[AuditEntry]:
-    rows = await conn.execute(
-        q(
-            "SELECT id, run_id, at, kind, asset, partition, detail FROM {s}.audit "
-            "WHERE run_id = :r ORDER BY id"
-        ),
-        {"r": run_id},
-    )
+async def list_audit(conn: Db, q: Sql, run_id: str) -> list[AuditEntry]:
+    rows = await q(
+        "SELECT id, run_id, at, kind, asset, partition, detail FROM {s}.audit "
+        "WHERE run_id = :r ORDER BY id"
+    ).fetch(conn, {"r": run_id})
     return [to_audit(r) for r in rows]
 
 
 async def save_item_results(
-    conn: AsyncConnection, q: Sql, key: dict[str, str], results: Sequence[ItemResult]
+    conn: Db, q: Sql, key: dict[str, str], results: Sequence[ItemResult]
 ) -> None:
     # Last write wins for an index repeated within one call, as a loop of upserts would.
     latest = {r.index: r for r in results}
     items = [latest[i] for i in sorted(latest)]
-    await conn.execute(
-        q(
-            "INSERT INTO {s}.item_results (run_id, asset, partition, idx, key, state, value_json, "
-            "error) SELECT :r, :a, :p, u.idx, u.key, u.state, u.value_json, u.error FROM "
-            "unnest(CAST(:idx AS integer[]), CAST(:keys AS text[]), CAST(:states AS text[]), "
-            "CAST(:values AS text[]), CAST(:errors AS text[])) "
-            "AS u(idx, key, state, value_json, error) "
-            "ON CONFLICT (run_id, asset, partition, idx) DO UPDATE SET key = EXCLUDED.key, "
-            "state = EXCLUDED.state, value_json = EXCLUDED.value_json, error = EXCLUDED.error"
-        ),
+    await q(
+        "INSERT INTO {s}.item_results (run_id, asset, partition, idx, key, state, value_json, "
+        "error) SELECT :r, :a, :p, u.idx, u.key, u.state, u.value_json, u.error FROM "
+        "unnest(CAST(:idx AS integer[]), CAST(:keys AS text[]), CAST(:states AS text[]), "
+        "CAST(:values AS text[]), CAST(:errors AS text[])) "
+        "AS u(idx, key, state, value_json, error) "
+        "ON CONFLICT (run_id, asset, partition, idx) DO UPDATE SET key = EXCLUDED.key, "
+        "state = EXCLUDED.state, value_json = EXCLUDED.value_json, error = EXCLUDED.error"
+    ).execute(
+        conn,
         {
             **key,
             "idx": [r.index for r in items],
@@ -249,16 +219,13 @@ async def save_item_results(
     )
 
 
-async def load_item_results(conn: AsyncConnection, q: Sql, key: dict[str, str]) -> list[ItemResult]:
-    rows = await conn.execute(
-        q(
-            "SELECT idx AS index, key, state, value_json, error FROM {s}.item_results "
-            "WHERE run_id = :r AND asset = :a AND partition = :p ORDER BY idx"
-        ),
-        key,
-    )
+async def load_item_results(conn: Db, q: Sql, key: dict[str, str]) -> list[ItemResult]:
+    rows = await q(
+        "SELECT idx AS index, key, state, value_json, error FROM {s}.item_results "
+        "WHERE run_id = :r AND asset = :a AND partition = :p ORDER BY idx"
+    ).fetch(conn, key)
     return [to_item(r) for r in rows]
 
 
-async def fetch_gates(conn: AsyncConnection, q: Sql, sql: str, **params: Any) -> list[Gate]:
-    return [to_gate(r) for r in await conn.execute(q(sql), params)]
+async def fetch_gates(conn: Db, q: Sql, sql: str, **params: Any) -> list[Gate]:
+    return [to_gate(r) for r in await q(sql).fetch(conn, params)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row
+import asyncpg
 
 from flowstone.records import (
     Approval,
@@ -51,46 +51,48 @@ GATE_COLS = (
 )
 
 
-def _m(row: Row[Any]) -> dict[str, Any]:
-    return dict(row._mapping)
+def _m(row: asyncpg.Record) -> dict[str, Any]:
+    return dict(row.items())
 
 
-def to_run(row: Row[Any]) -> RunRecord:
+def to_run(row: asyncpg.Record) -> RunRecord:
     d = _m(row)
     d["targets"] = tuple(d["targets"])
     d["tags"] = load_json(d["tags"])
     return RunRecord(**d)
 
 
-def to_step(row: Row[Any]) -> StepRecord:
-    return StepRecord(**_m(row))
+def to_step(row: asyncpg.Record) -> StepRecord:
+    d = _m(row)
+    d.pop("ordinal", None)  # present when the row is a whole ``steps`` composite
+    return StepRecord(**d)
 
 
-def to_materialization(row: Row[Any]) -> MaterializationRecord:
+def to_materialization(row: asyncpg.Record) -> MaterializationRecord:
     d = _m(row)
     d["upstream"] = tuple(d["upstream"])
     d["metadata"] = load_json(d["metadata"])
     return MaterializationRecord(**d)
 
 
-def to_approval(row: Row[Any]) -> Approval:
+def to_approval(row: asyncpg.Record) -> Approval:
     d = _m(row)
     d["metadata"] = load_json(d["metadata"])
     return Approval(**d)
 
 
-def to_gate(row: Row[Any]) -> Gate:
+def to_gate(row: asyncpg.Record) -> Gate:
     d = _m(row)
     d["metadata"] = load_json(d["metadata"])
     d["payload"] = None if d["payload"] is None else load_json(d["payload"])
     return Gate(**d)
 
 
-def to_audit(row: Row[Any]) -> AuditEntry:
+def to_audit(row: asyncpg.Record) -> AuditEntry:
     d = _m(row)
     d["detail"] = load_json(d["detail"])
     return AuditEntry(**d)
 
 
-def to_item(row: Row[Any]) -> ItemResult:
+def to_item(row: asyncpg.Record) -> ItemResult:
     return ItemResult(**_m(row))

@@ -17,8 +17,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from flowstone.errors import RunNotFoundError, StorageError, UsageError
 from flowstone.records import (
     RunRecord,
@@ -29,7 +27,7 @@ from flowstone.records import (
     StepTransition,
 )
 from flowstone_io_postgres._rows import STEP_COLS, to_step
-from flowstone_io_postgres._sql import Sql, dump_json
+from flowstone_io_postgres._sql import Db, Sql, dump_json
 
 __all__ = [
     "cancel_run",
@@ -75,7 +73,7 @@ SELECT run_id FROM r
 
 
 async def create_run(
-    conn: AsyncConnection, q: Sql, run: RunRecord, steps: Sequence[StepSpec], now: datetime
+    conn: Db, q: Sql, run: RunRecord, steps: Sequence[StepSpec], now: datetime
 ) -> tuple[StepRecord, ...]:
     """Insert run, steps and edges in one statement; return the ready steps."""
     keys = {(s.asset, s.partition): s for s in steps}
@@ -109,8 +107,8 @@ async def create_run(
                                     updated_at=now))  # fmt: skip
     runnable = any(s == "pending" for s in states) or bool(ready)
     ordered = sorted(edges)
-    await conn.execute(
-        q(_CREATE),
+    await q(_CREATE).execute(
+        conn,
         {
             "run_id": run.run_id,
             "pipeline": run.pipeline,
@@ -138,77 +136,61 @@ async def create_run(
     return tuple(ready)
 
 
-async def cancel_run(conn: AsyncConnection, q: Sql, run_id: str, now: datetime) -> bool:
-    status = await conn.scalar(q("SELECT status FROM {s}.runs WHERE run_id = :r"), {"r": run_id})
+async def cancel_run(conn: Db, q: Sql, run_id: str, now: datetime) -> bool:
+    status = await q("SELECT status FROM {s}.runs WHERE run_id = :r").fetchval(conn, {"r": run_id})
     if status is None:
         raise RunNotFoundError(f"no run {run_id!r} in the run store; check the run id")
     if status in ("succeeded", "failed", "cancelled"):
         return False
     # Steps first (in key order), then the run row: the same order finish_step locks in.
-    await conn.execute(
-        q(
-            "WITH l AS (SELECT asset, partition FROM {s}.steps WHERE run_id = :r AND state NOT IN "
-            + _TERMINAL
-            + " ORDER BY asset, partition FOR UPDATE) "
-            "UPDATE {s}.steps s SET state = 'cancelled', owner = NULL, lease_expires_at = NULL, "
-            "updated_at = :now FROM l WHERE s.run_id = :r AND s.asset = l.asset "
-            "AND s.partition = l.partition AND s.state NOT IN " + _TERMINAL
-        ),
-        {"r": run_id, "now": now},
-    )
-    done = await conn.scalar(
-        q(
-            "UPDATE {s}.runs SET status = 'cancelled', updated_at = :now WHERE run_id = :r "
-            "AND status NOT IN ('succeeded','failed','cancelled') RETURNING run_id"
-        ),
-        {"r": run_id, "now": now},
-    )
+    await q(
+        "WITH l AS (SELECT asset, partition FROM {s}.steps WHERE run_id = :r AND state NOT IN "
+        + _TERMINAL
+        + " ORDER BY asset, partition FOR UPDATE) "
+        "UPDATE {s}.steps s SET state = 'cancelled', owner = NULL, lease_expires_at = NULL, "
+        "updated_at = :now FROM l WHERE s.run_id = :r AND s.asset = l.asset "
+        "AND s.partition = l.partition AND s.state NOT IN " + _TERMINAL
+    ).execute(conn, {"r": run_id, "now": now})
+    done = await q(
+        "UPDATE {s}.runs SET status = 'cancelled', updated_at = :now WHERE run_id = :r "
+        "AND status NOT IN ('succeeded','failed','cancelled') RETURNING run_id"
+    ).fetchval(conn, {"r": run_id, "now": now})
     return done is not None
 
 
 async def reopen_run(
-    conn: AsyncConnection, q: Sql, run_id: str, now: datetime
+    conn: Db, q: Sql, run_id: str, now: datetime
 ) -> tuple[StepRecord, ...]:
-    status = await conn.scalar(
-        q("SELECT status FROM {s}.runs WHERE run_id = :r FOR UPDATE"), {"r": run_id}
+    status = await q("SELECT status FROM {s}.runs WHERE run_id = :r FOR UPDATE").fetchval(
+        conn, {"r": run_id}
     )
     if status is None:
         raise RunNotFoundError(f"no run {run_id!r} in the run store; check the run id")
     if status not in ("failed", "cancelled"):
         return ()
     p = {"r": run_id, "now": now}
-    await conn.execute(
-        q(
-            "UPDATE {s}.steps SET state = 'pending', attempt = 0, owner = NULL, "
-            "lease_expires_at = NULL, not_before = NULL, error = NULL, materialization_id = NULL, "
-            "updated_at = :now WHERE run_id = :r "
-            "AND state IN ('failed','upstream_failed','cancelled')"
-        ),
-        p,
-    )
-    await conn.execute(
-        q(
-            "UPDATE {s}.steps s SET remaining_deps = (SELECT count(*) FROM {s}.edges e "
-            "JOIN {s}.steps d ON d.run_id = e.run_id AND d.asset = e.dep_asset "
-            "AND d.partition = e.dep_partition WHERE e.run_id = s.run_id AND e.asset = s.asset "
-            "AND e.partition = s.partition AND d.state NOT IN " + _TERMINAL + ") "
-            "WHERE s.run_id = :r AND s.state = 'pending'"
-        ),
-        {"r": run_id},
-    )
-    rows = await conn.execute(
-        q(
-            "UPDATE {s}.steps SET state = 'ready', updated_at = :now WHERE run_id = :r "
-            "AND state = 'pending' AND remaining_deps = 0 RETURNING " + STEP_COLS
-        ),
-        p,
-    )
+    await q(
+        "UPDATE {s}.steps SET state = 'pending', attempt = 0, owner = NULL, "
+        "lease_expires_at = NULL, not_before = NULL, error = NULL, materialization_id = NULL, "
+        "updated_at = :now WHERE run_id = :r "
+        "AND state IN ('failed','upstream_failed','cancelled')"
+    ).execute(conn, p)
+    await q(
+        "UPDATE {s}.steps s SET remaining_deps = (SELECT count(*) FROM {s}.edges e "
+        "JOIN {s}.steps d ON d.run_id = e.run_id AND d.asset = e.dep_asset "
+        "AND d.partition = e.dep_partition WHERE e.run_id = s.run_id AND e.asset = s.asset "
+        "AND e.partition = s.partition AND d.state NOT IN " + _TERMINAL + ") "
+        "WHERE s.run_id = :r AND s.state = 'pending'"
+    ).execute(conn, {"r": run_id})
+    rows = await q(
+        "UPDATE {s}.steps SET state = 'ready', updated_at = :now WHERE run_id = :r "
+        "AND state = 'pending' AND remaining_deps = 0 RETURNING " + STEP_COLS
+    ).fetch(conn, p)
     ready = tuple(sorted((to_step(r) for r in rows), key=lambda s: (s.asset, s.partition)))
-    await conn.execute(
-        q("UPDATE {s}.runs SET status = 'running', error = NULL, updated_at = :now "
-          "WHERE run_id = :r"),
-        p,
-    )  # fmt: skip
+    await q(
+        "UPDATE {s}.runs SET status = 'running', error = NULL, updated_at = :now "
+        "WHERE run_id = :r"
+    ).execute(conn, p)
     return ready
 
 
@@ -224,49 +206,37 @@ _CLAIM = (
 
 
 async def claim_step(
-    conn: AsyncConnection, q: Sql, key: dict[str, str], owner: str, lease: float, now: datetime
+    conn: Db, q: Sql, key: dict[str, str], owner: str, lease: float, now: datetime
 ) -> StepRecord | None:
-    row = (
-        await conn.execute(
-            q(_CLAIM), {**key, "owner": owner, "lease": now + timedelta(seconds=lease), "now": now}
-        )
-    ).first()
+    row = await q(_CLAIM).fetchrow(
+        conn, {**key, "owner": owner, "lease": now + timedelta(seconds=lease), "now": now}
+    )
     return None if row is None else to_step(row)
 
 
 async def renew_lease(
-    conn: AsyncConnection, q: Sql, key: dict[str, str], owner: str, lease: float, now: datetime
+    conn: Db, q: Sql, key: dict[str, str], owner: str, lease: float, now: datetime
 ) -> bool:
-    row = (
-        await conn.execute(
-            q(
-                "UPDATE {s}.steps SET lease_expires_at = :lease WHERE run_id = :r AND asset = :a "
-                "AND partition = :p AND state = 'running' AND owner = :owner RETURNING 1"
-            ),
-            {**key, "owner": owner, "lease": now + timedelta(seconds=lease)},
-        )
-    ).first()
+    row = await q(
+        "UPDATE {s}.steps SET lease_expires_at = :lease WHERE run_id = :r AND asset = :a "
+        "AND partition = :p AND state = 'running' AND owner = :owner RETURNING 1"
+    ).fetchrow(conn, {**key, "owner": owner, "lease": now + timedelta(seconds=lease)})
     return row is not None
 
 
 async def retry_step(
-    conn: AsyncConnection,
+    conn: Db,
     q: Sql,
     key: dict[str, str],
     not_before: datetime,
     error: str,
     now: datetime,
 ) -> bool:
-    row = (
-        await conn.execute(
-            q(
-                "UPDATE {s}.steps SET state = 'ready', not_before = :nb, error = :err, "
-                "owner = NULL, lease_expires_at = NULL, updated_at = :now WHERE run_id = :r "
-                "AND asset = :a AND partition = :p AND state = 'running' RETURNING 1"
-            ),
-            {**key, "nb": not_before, "err": error, "now": now},
-        )
-    ).first()
+    row = await q(
+        "UPDATE {s}.steps SET state = 'ready', not_before = :nb, error = :err, "
+        "owner = NULL, lease_expires_at = NULL, updated_at = :now WHERE run_id = :r "
+        "AND asset = :a AND partition = :p AND state = 'running' RETURNING 1"
+    ).fetchrow(conn, {**key, "nb": not_before, "err": error, "now": now})
     return row is not None
 
 
@@ -280,76 +250,34 @@ _STALE = (
 
 
 async def stale_steps(
-    conn: AsyncConnection, q: Sql, now: datetime, ready_for: float
+    conn: Db, q: Sql, now: datetime, ready_for: float
 ) -> list[StepRecord]:
-    rows = await conn.execute(q(_STALE), {"now": now, "cutoff": now - timedelta(seconds=ready_for)})
+    rows = await q(_STALE).fetch(conn, {"now": now, "cutoff": now - timedelta(seconds=ready_for)})
     return [to_step(r) for r in rows]
 
 
-_STEP_UPDATE = (
-    "UPDATE {s}.steps SET state = :state, error = :error, owner = NULL, lease_expires_at = NULL, "
-    "materialization_id = COALESCE(CAST(:mat_id AS text), materialization_id), updated_at = :now "
-    "WHERE run_id = :r AND asset = :a AND partition = :p AND state = ANY(CAST(:from AS text[])) "
-    "RETURNING attempt"
-)
-_AUDIT = (
-    "au AS (INSERT INTO {s}.audit (run_id, at, kind, asset, partition, detail) "
-    "SELECT :r, :now, :kind, :a, :p, CAST(:detail AS jsonb) FROM st)"
-)
-_FINISH = "WITH st AS (" + _STEP_UPDATE + "), " + _AUDIT + " SELECT attempt FROM st"
-_FINISH_WITH_MAT = (
-    "WITH st AS (" + _STEP_UPDATE + "), " + _AUDIT + ", m AS ("
-    "INSERT INTO {s}.materializations (id, pipeline, run_id, asset, partition, state, "
-    "io_manager, location, attempt, started_at, finished_at, error, upstream, metadata) "
-    "SELECT :mat_id, :m_pipeline, :r, :a, :p, :m_state, :m_io, :m_loc, :m_attempt, :m_started, "
-    ":m_finished, :m_error, CAST(:m_up AS text[]), CAST(:m_meta AS jsonb) FROM st "
-    "ON CONFLICT (run_id, asset, partition) DO UPDATE SET id = EXCLUDED.id, seq = DEFAULT, "
-    "pipeline = EXCLUDED.pipeline, state = EXCLUDED.state, io_manager = EXCLUDED.io_manager, "
-    "location = EXCLUDED.location, attempt = EXCLUDED.attempt, started_at = EXCLUDED.started_at, "
-    "finished_at = EXCLUDED.finished_at, error = EXCLUDED.error, upstream = EXCLUDED.upstream, "
-    "metadata = EXCLUDED.metadata, invalidated = false RETURNING id), l AS ("
-    "INSERT INTO {s}.lineage (upstream_id, downstream_id) SELECT u.id, m.id FROM m, "
-    "unnest(CAST(:m_up AS text[])) AS u(id) ON CONFLICT DO NOTHING) "
-    "SELECT attempt FROM st"
+# One round trip: the server-side function of migration 0002 runs the whole transaction.
+_FINISH = (
+    "SELECT applied, step_state, run_status, ready_steps FROM {s}.finish_step("
+    ":r, :a, :p, :state, :error, :from, :detail, :now, "
+    ":mat_id, :m_pipeline, :m_state, :m_io, :m_loc, :m_attempt, :m_started, :m_finished, "
+    ":m_error, :m_up, :m_meta, "
+    ":ap_pipeline, :ap_message, :ap_status, :ap_created, :ap_expires, :ap_io, :ap_loc, :ap_meta, "
+    ":g_token, :g_pipeline, :g_status, :g_created, :g_expires, :g_payload, :g_meta)"
 )
 # A 'waiting' outcome is accepted only once: a redelivered one must not wait twice.
 _FROM_WAITING = ["ready", "queued", "running"]
 _FROM_TERMINAL = ["ready", "queued", "running", "waiting"]
-
-_RELEASE = (
-    "WITH d AS (SELECT s.asset, s.partition FROM {s}.edges e JOIN {s}.steps s "
-    "ON s.run_id = e.run_id AND s.asset = e.asset AND s.partition = e.partition "
-    "WHERE e.run_id = :r AND e.dep_asset = :a AND e.dep_partition = :p AND s.state = 'pending' "
-    "ORDER BY s.asset, s.partition FOR UPDATE OF s) "
-    "UPDATE {s}.steps s SET remaining_deps = s.remaining_deps - 1, state = CASE WHEN "
-    "s.remaining_deps = 1 THEN 'ready' ELSE s.state END, updated_at = :now FROM d "
-    "WHERE s.run_id = :r AND s.asset = d.asset AND s.partition = d.partition "
-    "AND s.state = 'pending' RETURNING " + ", ".join("s." + c.strip() for c in STEP_COLS.split(","))
-)
-
-_RECOMPUTE = (
-    "UPDATE {s}.runs SET updated_at = :now, status = CASE "
-    "WHEN EXISTS (SELECT 1 FROM {s}.steps WHERE run_id = :r "
-    "AND state IN ('ready','queued','running')) THEN 'running' "
-    "WHEN EXISTS (SELECT 1 FROM {s}.steps WHERE run_id = :r AND state = 'waiting') THEN 'waiting' "
-    "WHEN EXISTS (SELECT 1 FROM {s}.steps WHERE run_id = :r "
-    "AND state IN ('failed','upstream_failed')) THEN 'failed' "
-    "WHEN EXISTS (SELECT 1 FROM {s}.steps WHERE run_id = :r AND state = 'cancelled') "
-    "THEN 'cancelled' ELSE 'succeeded' END "
-    "WHERE run_id = :r AND status <> 'cancelled' RETURNING status"
-)
-
-_APPROVAL = (
-    "INSERT INTO {s}.approvals (pipeline, run_id, asset, partition, message, status, created_at, "
-    "expires_at, io_manager, location, metadata) VALUES (:pipeline, :r, :a, :p, :message, "
-    ":status, :created_at, :expires_at, :io, :loc, CAST(:meta AS jsonb)) RETURNING id"
-)
-
-_GATE = (
-    "INSERT INTO {s}.gates (token_hash, pipeline, run_id, asset, partition, status, created_at, "
-    "expires_at, payload, metadata) VALUES (:th, :pipeline, :r, :a, :p, :status, :created_at, "
-    ":expires_at, CAST(:payload AS jsonb), CAST(:meta AS jsonb)) "
-    "ON CONFLICT (token_hash) DO NOTHING"
+_NO_MAT = dict.fromkeys(
+    ("mat_id", "m_pipeline", "m_state", "m_io", "m_loc", "m_attempt", "m_started",
+     "m_finished", "m_error", "m_up", "m_meta")
+)  # fmt: skip
+_NO_APPROVAL = dict.fromkeys(
+    ("ap_pipeline", "ap_message", "ap_status", "ap_created", "ap_expires", "ap_io", "ap_loc",
+     "ap_meta")
+)  # fmt: skip
+_NO_GATE = dict.fromkeys(
+    ("g_token", "g_pipeline", "g_status", "g_created", "g_expires", "g_payload", "g_meta")
 )
 
 
@@ -361,71 +289,61 @@ def _check_outcome(key: dict[str, str], outcome: StepOutcome) -> None:
         )
 
 
-async def finish_step(
-    conn: AsyncConnection, q: Sql, key: dict[str, str], outcome: StepOutcome, now: datetime
-) -> StepTransition:
-    """See :meth:`flowstone.protocols.RunStore.finish_step`; runs inside one transaction."""
+def finish_params(key: dict[str, str], outcome: StepOutcome, now: datetime) -> dict[str, object]:
+    """Every argument of the ``finish_step`` function for ``outcome`` (validated, encoded)."""
     _check_outcome(key, outcome)
-    mat = outcome.materialization
     detail = {"error": outcome.error} if outcome.error else {}
     params: dict[str, object] = {
-        **key,
+        **key, **_NO_MAT, **_NO_APPROVAL, **_NO_GATE,
         "state": outcome.state,
         "error": outcome.error,
-        "mat_id": mat.id if mat else None,
         "from": _FROM_WAITING if outcome.state == "waiting" else _FROM_TERMINAL,
-        "kind": f"step_{outcome.state}",
         "detail": dump_json(detail, what="audit detail"),
         "now": now,
-    }
-    if mat is None:
-        row = (await conn.execute(q(_FINISH), params)).first()
-    else:
+    }  # fmt: skip
+    if (mat := outcome.materialization) is not None:
         params.update(
-            m_pipeline=mat.pipeline, m_state=mat.state, m_io=mat.io_manager, m_loc=mat.location,
-            m_attempt=mat.attempt, m_started=mat.started_at, m_finished=mat.finished_at,
-            m_error=mat.error, m_up=list(mat.upstream),
+            mat_id=mat.id, m_pipeline=mat.pipeline, m_state=mat.state, m_io=mat.io_manager,
+            m_loc=mat.location, m_attempt=mat.attempt, m_started=mat.started_at,
+            m_finished=mat.finished_at, m_error=mat.error, m_up=list(mat.upstream),
             m_meta=dump_json(dict(mat.metadata), what="materialization metadata"),
         )  # fmt: skip
-        row = (await conn.execute(q(_FINISH_WITH_MAT), params)).first()
-    if row is None:
-        await _explain_not_applied(conn, q, key)
+    if outcome.state == "waiting" and (a := outcome.approval) is not None:
+        params.update(
+            ap_pipeline=a.pipeline, ap_message=a.message, ap_status=a.status,
+            ap_created=a.created_at, ap_expires=a.expires_at, ap_io=a.io_manager,
+            ap_loc=a.location, ap_meta=dump_json(dict(a.metadata), what="approval metadata"),
+        )  # fmt: skip
+    if outcome.state == "waiting" and (g := outcome.gate) is not None:
+        params.update(
+            g_token=g.token_hash, g_pipeline=g.pipeline, g_status=g.status,
+            g_created=g.created_at, g_expires=g.expires_at,
+            g_payload=None if g.payload is None else dump_json(g.payload, what="gate payload"),
+            g_meta=dump_json(dict(g.metadata), what="gate metadata"),
+        )  # fmt: skip
+    return params
+
+
+async def finish_step(
+    conn: Db, q: Sql, key: dict[str, str], params: dict[str, object]
+) -> StepTransition:
+    """See :meth:`flowstone.protocols.RunStore.finish_step`; one statement, one transaction.
+
+    ``params`` comes from :func:`finish_params`. The caller retries a deadlock victim.
+    """
+    row = await q(_FINISH).fetchrow(conn, params)
+    if row is None or not row["applied"]:
+        _explain_not_applied(key, None if row is None else row["step_state"])
         return StepTransition(applied=False)
-
-    ready: tuple[StepRecord, ...] = ()
-    if outcome.state == "waiting":
-        await _create_wait(conn, q, key, outcome)
-    else:
-        released = await conn.execute(q(_RELEASE), {**key, "now": now})
-        ready = tuple(
-            sorted(
-                (s for s in map(to_step, released) if s.state == "ready"),
-                key=lambda s: (s.asset, s.partition),
-            )
-        )
-    if ready:
-        # Something is runnable, so the run is running; touch the row only if it says otherwise.
-        changed = await conn.scalar(
-            q(
-                "UPDATE {s}.runs SET status = 'running', updated_at = :now WHERE run_id = :r "
-                "AND status NOT IN ('running','cancelled') RETURNING status"
-            ),
-            {"r": key["r"], "now": now},
-        )
-        return StepTransition(applied=True, ready=ready, run_status=changed)
-    # Lock first, then recompute in a new statement (fresh snapshot), see module docstring.
-    before = await conn.scalar(
-        q("SELECT status FROM {s}.runs WHERE run_id = :r FOR UPDATE"), {"r": key["r"]}
+    ready = tuple(
+        sorted((to_step(s) for s in row["ready_steps"]), key=lambda s: (s.asset, s.partition))
     )
-    status: RunStatus | None = await conn.scalar(q(_RECOMPUTE), {"r": key["r"], "now": now})
-    return StepTransition(applied=True, run_status=None if status == before else status)
+    status: RunStatus | None = row["run_status"]
+    return StepTransition(applied=True, ready=ready, run_status=status)
 
 
-async def _explain_not_applied(conn: AsyncConnection, q: Sql, key: dict[str, str]) -> None:
+def _explain_not_applied(key: dict[str, str], state: str | None) -> None:
     """Raise for a step that does not exist or cannot finish yet; return if it is done."""
-    state = await conn.scalar(
-        q("SELECT state FROM {s}.steps WHERE run_id = :r AND asset = :a AND partition = :p"), key
-    )
     where = f"step {key['a']!r} (partition {key['p']!r}) of run {key['r']!r}"
     if state is None:
         raise StorageError(f"no {where} in the run store; check the run id and the plan")
@@ -434,29 +352,3 @@ async def _explain_not_applied(conn: AsyncConnection, q: Sql, key: dict[str, str
             f"{where} is still pending: its dependencies have not finished, so it cannot "
             "finish. Only ready, running or waiting steps can finish."
         )
-
-
-async def _create_wait(
-    conn: AsyncConnection, q: Sql, key: dict[str, str], outcome: StepOutcome
-) -> None:
-    if outcome.approval is not None:
-        a = outcome.approval
-        await conn.execute(
-            q(_APPROVAL),
-            {
-                **key, "pipeline": a.pipeline, "message": a.message, "status": a.status,
-                "created_at": a.created_at, "expires_at": a.expires_at, "io": a.io_manager,
-                "loc": a.location, "meta": dump_json(dict(a.metadata), what="approval metadata"),
-            },
-        )  # fmt: skip
-    if outcome.gate is not None:
-        g = outcome.gate
-        await conn.execute(
-            q(_GATE),
-            {
-                **key, "th": g.token_hash, "pipeline": g.pipeline, "status": g.status,
-                "created_at": g.created_at, "expires_at": g.expires_at,
-                "payload": None if g.payload is None else dump_json(g.payload, what="gate payload"),
-                "meta": dump_json(dict(g.metadata), what="gate metadata"),
-            },
-        )  # fmt: skip

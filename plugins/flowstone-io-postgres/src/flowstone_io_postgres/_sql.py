@@ -1,41 +1,121 @@
-"""Shared plumbing for the SQL layer: statement cache, JSON columns, error translation."""
+"""Shared plumbing for the SQL layer: named-parameter statements, JSON columns, transactions
+and error translation, on asyncpg.
+
+Statements are written with ``:name`` placeholders (readable, order-free) and compiled once
+per schema to asyncpg's ``$n`` form; asyncpg then prepares each distinct text once per
+connection and reuses it (its statement cache), so a hot call is Bind + Execute only.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import TextClause, text
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+import asyncpg
 
-from flowstone.errors import StorageError
+from flowstone.errors import StorageError, UsageError
 
-__all__ = ["Sql", "dump_json", "load_json", "run_tx", "sqlstate", "storage_error"]
+__all__ = [
+    "Db",
+    "Sql",
+    "Stmt",
+    "compile_named",
+    "dump_json",
+    "is_db_error",
+    "load_json",
+    "run_tx",
+    "sqlstate",
+    "storage_error",
+]
 
 T = TypeVar("T")
 
+
+class Db(Protocol):
+    """What the SQL layer needs: an asyncpg pool or connection."""
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]: ...
+
+    async def fetchrow(self, query: str, *args: Any) -> Any: ...
+
+    async def fetchval(self, query: str, *args: Any) -> Any: ...
+
 # deadlock_detected, serialization_failure: safe to retry the whole transaction.
-_RETRYABLE = frozenset({"40P01", "40001"})
-_TX_ATTEMPTS = 5
+RETRYABLE = frozenset({"40P01", "40001"})
+TX_ATTEMPTS = 5
+
+# ``:name`` but not ``::type`` casts and not ``\:`` (an escaped colon), as SQLAlchemy's text().
+_PARAM = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")
+
+
+class Stmt:
+    """A compiled statement: asyncpg SQL text plus the parameter names in ``$n`` order."""
+
+    __slots__ = ("names", "sql")
+
+    def __init__(self, sql: str, names: tuple[str, ...]) -> None:
+        self.sql = sql
+        self.names = names
+
+    def args(self, params: Mapping[str, Any]) -> list[Any]:
+        """Positional arguments for ``params``.
+
+        Raises:
+            UsageError: a placeholder has no value.
+        """
+        try:
+            return [params[n] for n in self.names]
+        except KeyError as exc:
+            raise UsageError(f"no value for the SQL parameter :{exc.args[0]}") from None
+
+    async def fetch(self, db: Db, params: Mapping[str, Any]) -> list[asyncpg.Record]:
+        """All rows (``db`` is a pool or a connection)."""
+        return list(await db.fetch(self.sql, *self.args(params)))
+
+    async def fetchrow(self, db: Db, params: Mapping[str, Any]) -> asyncpg.Record | None:
+        """The first row, or None."""
+        return await db.fetchrow(self.sql, *self.args(params))
+
+    async def fetchval(self, db: Db, params: Mapping[str, Any]) -> Any:
+        """The first column of the first row, or None."""
+        return await db.fetchval(self.sql, *self.args(params))
+
+    async def execute(self, db: Db, params: Mapping[str, Any]) -> None:
+        """Run for effect (a prepared statement, like the other methods)."""
+        await db.fetch(self.sql, *self.args(params))
+
+
+def compile_named(template: str) -> Stmt:
+    """Turn ``:name`` placeholders into ``$1..$n`` (a repeated name reuses its number)."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    sql = _PARAM.sub(number, template).replace("\\:", ":")
+    return Stmt(sql, tuple(names))
 
 
 class Sql:
-    """Per-schema cache of ``text()`` statements; templates name the schema ``{s}``."""
+    """Per-schema cache of compiled statements; templates name the schema ``{s}``."""
 
     __slots__ = ("_cache", "schema_sql")
 
     def __init__(self, schema_sql: str) -> None:
         self.schema_sql = schema_sql
-        self._cache: dict[str, TextClause] = {}
+        self._cache: dict[str, Stmt] = {}
 
-    def __call__(self, template: str) -> TextClause:
-        clause = self._cache.get(template)
-        if clause is None:
-            clause = text(template.replace("{s}", self.schema_sql))
-            self._cache[template] = clause
-        return clause
+    def __call__(self, template: str) -> Stmt:
+        stmt = self._cache.get(template)
+        if stmt is None:
+            stmt = compile_named(template.replace("{s}", self.schema_sql))
+            self._cache[template] = stmt
+        return stmt
 
 
 def dump_json(value: Mapping[str, Any] | Any, *, what: str) -> str:
@@ -54,39 +134,40 @@ def dump_json(value: Mapping[str, Any] | Any, *, what: str) -> str:
 
 
 def load_json(value: Any) -> Any:
-    """Decode a json/jsonb column read through ``text()`` (arrives as text)."""
+    """Decode a json/jsonb column (asyncpg hands them over as text)."""
     if isinstance(value, str | bytes):
         return json.loads(value)
     return value
 
 
 def sqlstate(exc: BaseException) -> str | None:
-    """The PostgreSQL SQLSTATE behind a SQLAlchemy error, if any."""
-    orig = getattr(exc, "orig", None)
-    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    """The PostgreSQL SQLSTATE of a server error, if any."""
+    code = getattr(exc, "sqlstate", None)
     return str(code) if code else None
+
+
+def is_db_error(exc: BaseException) -> bool:
+    """True for failures of the database or the connection to it (not programming errors)."""
+    return isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | OSError | TimeoutError)
 
 
 def storage_error(exc: BaseException, *, action: str, where: str) -> StorageError:
     """A StorageError naming the action and the (password-masked) database."""
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        detail = f"{type(exc.orig).__name__}: {exc.orig}".splitlines()[0]
-    elif isinstance(exc, SQLAlchemyError):
-        detail = str(exc).splitlines()[0]
-    else:
-        detail = f"{type(exc).__name__}: {exc}"
+    detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
     return StorageError(f"{action} failed on PostgreSQL at {where}: {detail}")
 
 
-async def run_tx(engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+async def run_tx(
+    pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]]
+) -> T:
     """Run ``work`` in one READ COMMITTED transaction, retrying deadlock victims."""
     attempt = 0
     while True:
         attempt += 1
         try:
-            async with engine.begin() as conn:
+            async with pool.acquire() as conn, conn.transaction():
                 return await work(conn)
-        except DBAPIError as exc:
-            if sqlstate(exc) in _RETRYABLE and attempt < _TX_ATTEMPTS:
+        except asyncpg.PostgresError as exc:
+            if sqlstate(exc) in RETRYABLE and attempt < TX_ATTEMPTS:
                 continue
             raise

@@ -11,15 +11,19 @@ The URL defaults to ``FLOWSTONE_DATABASE_URL``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from flowstone.errors import FlowStoneError
 from flowstone_io_postgres import migrate
-from flowstone_io_postgres._runtime import AsyncRuntime, EngineOptions
+from flowstone_io_postgres._runtime import dsn
+from flowstone_io_postgres._sql import is_db_error
 from flowstone_io_postgres.identifiers import validate_ident
 from flowstone_io_postgres.urls import ENV_VAR, resolve_url, safe_url
 
@@ -42,28 +46,38 @@ def register(subparsers: Any) -> None:
         sub.set_defaults(func=handler)
 
 
-def _run(args: argparse.Namespace, work: Any) -> tuple[int, str]:
+Work = Callable[[URL, asyncpg.Connection, str], Awaitable[str]]
+
+
+def _run(args: argparse.Namespace, work: Work) -> tuple[int, str]:
     try:
         url = resolve_url(args.database_url)
         schema = validate_ident(args.schema, what="schema")
     except FlowStoneError as exc:
         print(f"flowstone db: {exc}", file=sys.stderr)
         return 2, ""
-    runtime = AsyncRuntime(url, EngineOptions(pool_size=1, max_overflow=0), name="flowstone-db")
+
+    async def go() -> str:
+        conn = await asyncpg.connect(dsn(url), timeout=10)
+        try:
+            return await work(url, conn, schema)
+        finally:
+            await conn.close()
+
     try:
-        return 0, runtime.run(lambda engine, _auto: work(engine, schema))
-    except (FlowStoneError, SQLAlchemyError, OSError, TimeoutError) as exc:
+        return 0, asyncio.run(go())
+    except Exception as exc:
+        if not (isinstance(exc, FlowStoneError | SQLAlchemyError) or is_db_error(exc)):
+            raise
         detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         print(f"flowstone db: failed on {safe_url(url)}: {detail}", file=sys.stderr)
         return 1, ""
-    finally:
-        runtime.close()
 
 
 def _upgrade(args: argparse.Namespace) -> int:
-    async def work(engine: AsyncEngine, schema: str) -> str:
-        await migrate.upgrade(engine, schema)
-        return str(await migrate.current_revision(engine, schema))
+    async def work(url: URL, conn: asyncpg.Connection, schema: str) -> str:
+        await migrate.upgrade(url, schema)
+        return str(await migrate.current_revision(conn, schema))
 
     code, revision = _run(args, work)
     if code == 0:
@@ -72,8 +86,8 @@ def _upgrade(args: argparse.Namespace) -> int:
 
 
 def _current(args: argparse.Namespace) -> int:
-    async def work(engine: AsyncEngine, schema: str) -> str:
-        return str(await migrate.current_revision(engine, schema) or "none")
+    async def work(_url: URL, conn: asyncpg.Connection, schema: str) -> str:
+        return str(await migrate.current_revision(conn, schema) or "none")
 
     code, revision = _run(args, work)
     if code == 0:

@@ -26,15 +26,13 @@ import threading
 import uuid
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+import asyncpg
 
 from flowstone.codec import EncodedValue, decode_from_storage, encode_for_storage
 from flowstone.errors import FlowStoneError, StorageError, ValueNotFoundError
 from flowstone.protocols import StorageKey
-from flowstone_io_postgres._runtime import AsyncRuntime, EngineOptions
-from flowstone_io_postgres._sql import storage_error
+from flowstone_io_postgres._runtime import AsyncRuntime, PoolOptions
+from flowstone_io_postgres._sql import compile_named, is_db_error, storage_error
 from flowstone_io_postgres._values_table import asset_values_ddl
 from flowstone_io_postgres.identifiers import parse_qualified_name
 from flowstone_io_postgres.urls import resolve_url, safe_url
@@ -87,21 +85,22 @@ class PostgresIOManager:
         self._where = safe_url(self._url)
         self._runtime = AsyncRuntime(
             self._url,
-            EngineOptions(pool_size=pool_size, max_overflow=pool_size,
-                          application_name="flowstone-io-manager"),
+            PoolOptions(max_size=max(1, 2 * pool_size), application_name="flowstone-io-manager"),
             name="flowstone-postgres-io",
         )  # fmt: skip
         t = self.table.sql
-        self._upsert = text(
+        self._upsert = compile_named(
             f"INSERT INTO {t} (location, pipeline, asset, partition, run_id, item, format, "
             "value_json, data, created_at) VALUES (:loc, :pipeline, :asset, :partition, :run_id, "
             ":item, :format, CAST(:value_json AS json), :data, now()) ON CONFLICT (location) DO "
             "UPDATE SET format = EXCLUDED.format, value_json = EXCLUDED.value_json, "
             "data = EXCLUDED.data, created_at = EXCLUDED.created_at"
         )
-        self._select = text(f"SELECT format, value_json::text, data FROM {t} WHERE location = :loc")
-        self._exists = text(f"SELECT 1 FROM {t} WHERE location = :loc")
-        self._delete = text(f"DELETE FROM {t} WHERE location = :loc")
+        self._select = compile_named(
+            f"SELECT format, value_json::text, data FROM {t} WHERE location = :loc"
+        )
+        self._exists = compile_named(f"SELECT 1 FROM {t} WHERE location = :loc")
+        self._delete = compile_named(f"DELETE FROM {t} WHERE location = :loc")
         self._ready = False
         self._ready_lock = threading.Lock()
 
@@ -116,15 +115,15 @@ class PostgresIOManager:
             if self._ready:
                 return
 
-            async def create(engine: AsyncEngine, _auto: AsyncEngine) -> None:
-                async with engine.begin() as conn:
+            async def create(pool: asyncpg.Pool) -> None:
+                async with pool.acquire() as conn, conn.transaction():
                     # Serialise concurrent first uses: CREATE ... IF NOT EXISTS can still race.
                     await conn.execute(
-                        text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
-                        {"k": f"flowstone_io_postgres.table.{self.table}"},
+                        "SELECT pg_advisory_xact_lock(hashtext($1))",
+                        f"flowstone_io_postgres.table.{self.table}",
                     )
-                    await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.table.schema}"'))
-                    await conn.execute(text(asset_values_ddl(self.table.sql)))
+                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.table.schema}"')
+                    await conn.execute(asset_values_ddl(self.table.sql))
 
             self._call(create, action=f"creating table {self.table}")
             self._ready = True
@@ -134,16 +133,17 @@ class PostgresIOManager:
             return self._runtime.run(work)
         except FlowStoneError:
             raise
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
-            raise storage_error(exc, action=action, where=self._where) from exc
+        except Exception as exc:
+            if is_db_error(exc):
+                raise storage_error(exc, action=action, where=self._where) from exc
+            raise
 
     def _execute(self, statement: Any, params: dict[str, Any], *, action: str) -> list[Any]:
         self._ensure_table()
+        args = statement.args(params)
 
-        async def work(_engine: AsyncEngine, auto: AsyncEngine) -> list[Any]:
-            async with auto.connect() as conn:
-                result = await conn.execute(statement, params)
-                return list(result) if result.returns_rows else []
+        async def work(pool: asyncpg.Pool) -> list[Any]:
+            return list(await pool.fetch(statement.sql, *args))
 
         rows: list[Any] = self._call(work, action=action)
         return rows

@@ -1,9 +1,12 @@
-"""Schema migrations: Alembic, driven in code through the async engine.
+"""Schema migrations: Alembic, driven in code through SQLAlchemy's async engine.
 
 The migration scripts ship inside the package (``flowstone_io_postgres/migrations``); the
 Alembic configuration is built here, so no ``alembic.ini`` is needed. Alembic runs
-synchronously on the asyncpg connection through ``AsyncConnection.run_sync``, so no second
+synchronously on an asyncpg connection through ``AsyncConnection.run_sync``, so no second
 database driver is required. The version table lives in the FlowStone schema.
+
+SQLAlchemy is used for migrations only (a short-lived engine per upgrade); everything else
+talks to asyncpg directly (:mod:`flowstone_io_postgres._runtime`).
 
 Concurrent upgrades (several workers starting with ``auto_migrate=True``) are serialised by a
 transaction-scoped advisory lock; PostgreSQL DDL is transactional, so an upgrade applies
@@ -17,9 +20,12 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from flowstone.errors import StorageError
+from flowstone_io_postgres._sql import Db
 from flowstone_io_postgres.identifiers import quote_ident, validate_ident
 
 __all__ = [
@@ -31,14 +37,14 @@ __all__ = [
     "upgrade",
 ]
 
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 """The newest revision this package ships; the store refuses older (or unknown) schemas."""
 
 VERSION_TABLE = "flowstone_postgres_version"
 """Alembic's version table, inside the FlowStone schema (named per plugin so plugins that
 share the schema keep separate histories)."""
 
-_KNOWN = ("0001",)
+_KNOWN = ("0001", "0002")
 
 
 def alembic_config(schema: str) -> Config:
@@ -56,27 +62,33 @@ def _run_upgrade(connection: Connection, schema: str, revision: str) -> None:
     command.upgrade(cfg, revision)
 
 
-async def upgrade(engine: AsyncEngine, schema: str, revision: str = "head") -> None:
-    """Create or upgrade the FlowStone schema to ``revision`` (idempotent, race-free)."""
+async def upgrade(url: URL, schema: str, revision: str = "head") -> None:
+    """Create or upgrade the FlowStone schema to ``revision`` (idempotent, race-free).
+
+    ``url`` is a normalised ``postgresql+asyncpg`` URL; one connection is opened for the
+    upgrade and closed after it.
+    """
     quoted = quote_ident(schema, what="schema")
-    async with engine.begin() as conn:
-        await conn.execute(
-            text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
-            {"key": f"flowstone_io_postgres.migrate.{schema}"},
-        )
-        await conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
-        await conn.run_sync(_run_upgrade, schema, revision)
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                {"key": f"flowstone_io_postgres.migrate.{schema}"},
+            )
+            await conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
+            await conn.run_sync(_run_upgrade, schema, revision)
+    finally:
+        await engine.dispose()
 
 
-async def current_revision(engine: AsyncEngine, schema: str) -> str | None:
+async def current_revision(db: Db, schema: str) -> str | None:
     """The schema's applied revision, or None when it was never migrated."""
     table = f"{quote_ident(schema, what='schema')}.{quote_ident(VERSION_TABLE)}"
-    async with engine.connect() as conn:
-        exists = await conn.scalar(text("SELECT to_regclass(:t)"), {"t": table})
-        if exists is None:
-            return None
-        value = await conn.scalar(text(f"SELECT version_num FROM {table}"))
-        return None if value is None else str(value)
+    if await db.fetchval("SELECT to_regclass($1)::text", table) is None:
+        return None
+    value = await db.fetchval(f"SELECT version_num FROM {table}")
+    return None if value is None else str(value)
 
 
 def check_schema(revision: str | None, *, schema: str, where: str) -> None:

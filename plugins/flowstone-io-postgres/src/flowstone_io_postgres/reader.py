@@ -18,13 +18,11 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import TextClause, text
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+import asyncpg
 
 from flowstone.errors import FlowStoneError, UsageError
-from flowstone_io_postgres._runtime import AsyncRuntime, EngineOptions
-from flowstone_io_postgres._sql import storage_error
+from flowstone_io_postgres._runtime import AsyncRuntime, PoolOptions
+from flowstone_io_postgres._sql import Stmt, compile_named, is_db_error, storage_error
 from flowstone_io_postgres.identifiers import parse_qualified_name, quote_ident
 from flowstone_io_postgres.urls import resolve_url, safe_url
 
@@ -103,11 +101,13 @@ class PostgresItemReader:
         self._url = resolve_url(url)
         self._where = safe_url(self._url)
         self._params = dict(params or {})
-        self._first = text(f"SELECT {cols} FROM {source} ORDER BY q.{key} LIMIT :fs_limit")
-        self._next = text(
+        self._first = compile_named(
+            f"SELECT {cols} FROM {source} ORDER BY q.{key} LIMIT :fs_limit"
+        )
+        self._next = compile_named(
             f"SELECT {cols} FROM {source} WHERE q.{key} > :fs_last ORDER BY q.{key} LIMIT :fs_limit"
         )
-        self._count = text(f"SELECT count(*) FROM {source}")
+        self._count = compile_named(f"SELECT count(*) FROM {source}")
         self._reset()
 
     def _reset(self) -> None:
@@ -124,20 +124,24 @@ class PostgresItemReader:
         return clone
 
     # --- plumbing ----------------------------------------------------------------------
-    def _rows(self, statement: TextClause, params: dict[str, Any]) -> list[Any]:
+    def _rows(self, statement: Stmt, params: dict[str, Any]) -> list[Any]:
         if self._runtime is None:
             raise UsageError("PostgresItemReader: call init(deps) before reading")
+        args = statement.args({**self._params, **params})
 
-        async def work(_engine: AsyncEngine, auto: AsyncEngine) -> list[Any]:
-            async with auto.connect() as conn:
-                return list(await conn.execute(statement, {**self._params, **params}))
+        async def work(pool: asyncpg.Pool) -> list[Any]:
+            return list(await pool.fetch(statement.sql, *args))
 
         try:
             return self._runtime.run(work)
         except FlowStoneError:
             raise
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
-            raise storage_error(exc, action="reading scatter items", where=self._where) from exc
+        except Exception as exc:
+            if is_db_error(exc):
+                raise storage_error(
+                    exc, action="reading scatter items", where=self._where
+                ) from exc
+            raise
 
     # --- ItemReader --------------------------------------------------------------------
     def init(self, deps: Mapping[str, Any]) -> None:
@@ -147,7 +151,7 @@ class PostgresItemReader:
         self._reset()
         self._runtime = AsyncRuntime(
             self._url,
-            EngineOptions(pool_size=1, max_overflow=1, application_name="flowstone-reader"),
+            PoolOptions(max_size=2, application_name="flowstone-reader"),
             name="flowstone-postgres-reader",
         )
 
@@ -162,7 +166,7 @@ class PostgresItemReader:
             rows = self._rows(self._next, {"fs_last": self._last, "fs_limit": limit})
         else:
             rows = self._rows(self._first, {"fs_limit": limit})
-        items = [dict(r._mapping) for r in rows]
+        items = [dict(r.items()) for r in rows]
         if items:
             self._last = items[-1][self.key_column]
             self._started = True

@@ -1,11 +1,13 @@
 """PostgresRunStore: the durable :class:`~flowstone.protocols.RunStore` on PostgreSQL.
 
-Built on SQLAlchemy 2 Core with the asyncpg driver, run on a private event loop thread
+Built on asyncpg (prepared statements, one pool), run on a private event loop thread
 (:mod:`flowstone_io_postgres._runtime`) so the synchronous protocol can be called from any
-thread and from forked Celery workers. Single-statement operations run in autocommit mode
-(one round trip); multi-statement ones (``finish_step``, ``cancel_run``, ``reopen_run``)
-run in one READ COMMITTED transaction and are retried if chosen as a deadlock victim.
-See :mod:`flowstone_io_postgres._scheduling` for the concurrency argument.
+thread and from forked Celery workers. Every hot-path call is one statement in autocommit
+mode: one round trip. ``finish_step`` is a server-side function (migration 0002) doing its
+whole transaction in that one statement; the cold multi-statement calls (``cancel_run``,
+``reopen_run``) run in one READ COMMITTED transaction. Both are retried if PostgreSQL
+chooses them as a deadlock victim. See :mod:`flowstone_io_postgres._scheduling` for the
+concurrency argument.
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
+import asyncpg
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from flowstone.errors import FlowStoneError, RunNotFoundError, StorageError
 from flowstone.records import (
@@ -47,15 +48,24 @@ from flowstone_io_postgres._rows import (
     to_run,
     to_step,
 )
-from flowstone_io_postgres._runtime import AsyncRuntime, EngineOptions
-from flowstone_io_postgres._sql import Sql, run_tx, sqlstate, storage_error
+from flowstone_io_postgres._runtime import AsyncRuntime, PoolOptions
+from flowstone_io_postgres._sql import (
+    RETRYABLE,
+    TX_ATTEMPTS,
+    Db,
+    Sql,
+    is_db_error,
+    run_tx,
+    sqlstate,
+    storage_error,
+)
 from flowstone_io_postgres.identifiers import quote_ident, validate_ident
 from flowstone_io_postgres.urls import resolve_url, safe_url
 
 __all__ = ["PostgresRunStore", "from_url"]
 
 T = TypeVar("T")
-Work = Callable[[AsyncConnection], Awaitable[T]]
+Work = Callable[[Db], Awaitable[T]]
 
 
 def _now() -> datetime:
@@ -72,8 +82,9 @@ class PostgresRunStore:
         auto_migrate: run ``flowstone db upgrade`` on first use (serialised across processes
             by an advisory lock). Without it, a missing or old schema makes the first call
             raise :class:`~flowstone.errors.StorageError` saying what to run.
-        pool_size: connections kept open per process.
-        max_overflow: extra connections allowed under load.
+        pool_size: connections kept open per process (opened as needed).
+        max_overflow: extra connections allowed under load (the pool holds at most
+            ``pool_size + max_overflow``).
         statement_timeout: seconds before the server cancels one statement.
 
     Nothing connects until the first call. Example::
@@ -101,9 +112,8 @@ class PostgresRunStore:
         self._auto_migrate = auto_migrate
         self._runtime = AsyncRuntime(
             self._url,
-            EngineOptions(
-                pool_size=pool_size,
-                max_overflow=max_overflow,
+            PoolOptions(
+                max_size=max(1, pool_size + max_overflow),
                 statement_timeout_ms=int(statement_timeout * 1000),
                 application_name="flowstone-run-store",
             ),
@@ -123,38 +133,43 @@ class PostgresRunStore:
             if self._checked:
                 return
 
-            async def check(engine: AsyncEngine, _auto: AsyncEngine) -> None:
+            async def check(pool: asyncpg.Pool) -> None:
                 if self._auto_migrate:
-                    await migrate.upgrade(engine, self.schema)
-                revision = await migrate.current_revision(engine, self.schema)
+                    await migrate.upgrade(self._url, self.schema)
+                revision = await migrate.current_revision(pool, self.schema)
                 migrate.check_schema(revision, schema=self.schema, where=self._where)
 
             self._bridge(check, action="checking the FlowStone schema")
             self._checked = True
 
-    def _bridge(
-        self, work: Callable[[AsyncEngine, AsyncEngine], Awaitable[T]], *, action: str
-    ) -> T:
+    def _bridge(self, work: Callable[[asyncpg.Pool], Awaitable[T]], *, action: str) -> T:
         try:
             return self._runtime.run(work)
         except FlowStoneError:
             raise
-        except DBAPIError as exc:
+        except Exception as exc:
             if sqlstate(exc) == "23505":
                 raise StorageError(
-                    f"{action}: a record with the same key already exists ({exc.orig})"
+                    f"{action}: a record with the same key already exists ({exc})"
                 ) from exc
-            raise storage_error(exc, action=action, where=self._where) from exc
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
-            raise storage_error(exc, action=action, where=self._where) from exc
+            if is_db_error(exc):
+                raise storage_error(exc, action=action, where=self._where) from exc
+            raise
 
     def _auto(self, action: str, work: Work[T]) -> T:
-        """One statement in autocommit mode: a single round trip."""
+        """Statements in autocommit mode (one round trip each), retried if a deadlock victim."""
         self._ensure_schema()
 
-        async def go(_engine: AsyncEngine, auto: AsyncEngine) -> T:
-            async with auto.connect() as conn:
-                return await work(conn)
+        async def go(pool: asyncpg.Pool) -> T:
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    return await work(pool)
+                except asyncpg.PostgresError as exc:
+                    if sqlstate(exc) in RETRYABLE and attempt < TX_ATTEMPTS:
+                        continue
+                    raise
 
         return self._bridge(go, action=action)
 
@@ -162,16 +177,14 @@ class PostgresRunStore:
         """Several statements in one transaction (retried on deadlock)."""
         self._ensure_schema()
 
-        async def go(engine: AsyncEngine, _auto: AsyncEngine) -> T:
-            return await run_tx(engine, work)
+        async def go(pool: asyncpg.Pool) -> T:
+            return await run_tx(pool, work)
 
         return self._bridge(go, action=action)
 
     def _rows(self, action: str, sql: str, params: Mapping[str, Any]) -> list[Any]:
-        async def work(conn: AsyncConnection) -> list[Any]:
-            return list(await conn.execute(self._q(sql), dict(params)))
-
-        return self._auto(action, work)
+        stmt = self._q(sql)
+        return self._auto(action, lambda db: stmt.fetch(db, params))
 
     @staticmethod
     def _key(run_id: str, asset: str, partition: str) -> dict[str, str]:
@@ -281,9 +294,10 @@ class PostgresRunStore:
         self, run_id: str, asset: str, partition: str, outcome: StepOutcome
     ) -> StepTransition:
         key = self._key(run_id, asset, partition)
-        return self._tx(
+        params = sched.finish_params(key, outcome, _now())
+        return self._auto(
             f"finishing step {asset!r} of run {run_id!r}",
-            lambda c: sched.finish_step(c, self._q, key, outcome, _now()),
+            lambda c: sched.finish_step(c, self._q, key, params),
         )
 
     def stale_steps(self, now: datetime, *, ready_for_seconds: float) -> list[StepRecord]:
