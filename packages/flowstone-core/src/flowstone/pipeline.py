@@ -23,6 +23,7 @@ from flowstone.dag import AssetGraph
 from flowstone.engine import resume
 from flowstone.engine.plan import Planner, validate_key
 from flowstone.engine.runner import StepRunner
+from flowstone.engine.timeouts import branch_index
 from flowstone.errors import (
     DefinitionError,
     RunNotFoundError,
@@ -137,6 +138,7 @@ class Pipeline:
         self.lease_seconds = float(lease_seconds)
         self.stats: dict[str, int] = {"observer_errors": 0, "lineage_errors": 0}
         self._stats_lock = threading.Lock()
+        self.branch_index = branch_index(self.dag)
         self.runner = StepRunner(self)
         self.lineage = Lineage(self)
 

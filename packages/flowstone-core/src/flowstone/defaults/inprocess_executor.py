@@ -12,6 +12,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import Any
 
+from flowstone.engine.timeouts import enforce_parallel_timeouts
 from flowstone.errors import UsageError
 from flowstone.records import StepRecord
 
@@ -71,6 +72,13 @@ class InProcessExecutor:
                 for fut in done:
                     running.pop(fut)
                     ready.extend(fut.result())
+                if not done and pipeline.branch_index:
+                    more, timed_out = enforce_parallel_timeouts(pipeline, run_id)
+                    ready.extend(more)
+                    for fut, step in list(running.items()):
+                        if (step.asset, step.partition) in timed_out:
+                            running.pop(fut)  # its thread finishes unrecorded
+                            abandoned = True
                 if not done and _cancelled(pipeline, run_id):
                     # a cancelled (or timed-out) run returns now: Python cannot stop the
                     # running assets, so they finish in the background, unrecorded

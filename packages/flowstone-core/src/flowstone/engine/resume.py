@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowstone.engine.plan import dep_partitions
 from flowstone.engine.runner import describe_error, hash_token
+from flowstone.engine.timeouts import enforce_parallel_timeouts
 from flowstone.errors import ApprovalError, SignalError, UsageError
 from flowstone.events import Event
 from flowstone.partitions import PartitionKey, decode_partition, encode_partition
@@ -202,6 +203,11 @@ def expire_due(p: Pipeline, now: datetime) -> int:
     for gate in p.store.due_gates(now):
         if gate.pipeline == p.name and _expire_gate(p, gate):
             count += 1
+    if p.branch_index:
+        for run in p.store.list_runs(pipeline=p.name, status="running", limit=1000):
+            ready, failed = enforce_parallel_timeouts(p, run.run_id, now)
+            p.dispatch(run.run_id, ready)
+            count += len(failed)
     return count
 
 

@@ -27,6 +27,7 @@ from flowstone.engine.inputs import DepOutcome, resolve_inputs
 from flowstone.engine.invoke import bind_arguments, call_with_timeout
 from flowstone.engine.leases import LeaseKeeper
 from flowstone.engine.requests import ParallelRequest, ScatterRequest
+from flowstone.engine.timeouts import mark_branch_started
 from flowstone.errors import EncodingError, ExecutionError
 from flowstone.events import Event
 from flowstone.outcomes import Retry, SignalGate, Skip, WaitForApproval, to_seconds
@@ -117,6 +118,8 @@ class StepRunner:
         if step is None:
             return ()
         a = p.dag[asset]
+        if asset in p.branch_index:
+            mark_branch_started(p, run_id, asset)
         started_at = _now()
         p.emit(Event("asset.started", p.name, run_id, asset, partition, {"attempt": step.attempt}))
         with self._leases.keep(run_id, asset, partition, owner, lease):
