@@ -192,15 +192,21 @@ class Pipeline:
         self.executor: Executor = self._resolve(executor, "flowstone.executors", "inprocess")
         scatter, parallel = self._coordinators
         self.scatter_coordinator = self._resolve(
-            scatter,
-            "flowstone.scatter_coordinators",
-            getattr(self.executor, "scatter_coordinator", "inline"),
+            scatter, "flowstone.scatter_coordinators",
+            self._preferred("flowstone.scatter_coordinators", "scatter_coordinator", "inline"),
         )
         self.parallel_coordinator = self._resolve(
-            parallel,
-            "flowstone.parallel_coordinators",
-            getattr(self.executor, "parallel_coordinator", "thread"),
+            parallel, "flowstone.parallel_coordinators",
+            self._preferred("flowstone.parallel_coordinators", "parallel_coordinator", "thread"),
         )
+
+    def _preferred(self, group: str, attribute: str, fallback: str) -> str:
+        """The coordinator the executor prefers (e.g. Celery's), if that plugin is
+        installed; otherwise the in-process one, which works with any executor."""
+        preferred = getattr(self.executor, attribute, None)
+        if isinstance(preferred, str) and preferred in self.registry.names(group):
+            return preferred
+        return fallback
 
     def io_manager(self, name: str) -> IOManager:
         try:
