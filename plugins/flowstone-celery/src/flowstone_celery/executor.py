@@ -45,8 +45,10 @@ class CeleryExecutor:
 
     name = "celery"
     blocking = False
-    scatter_coordinator = "inline"
-    parallel_coordinator = "thread"
+    # used when flowstone-scatter / flowstone-parallel are installed; otherwise the
+    # pipeline falls back to the in-process coordinators, which run inside the worker
+    scatter_coordinator = "celery"
+    parallel_coordinator = "celery"
 
     def __init__(
         self, settings: CelerySettings | None = None, *, app: FlowstoneCelery | None = None
