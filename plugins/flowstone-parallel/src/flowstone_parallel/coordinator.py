@@ -1,0 +1,113 @@
+"""CeleryParallelCoordinator: the in-process join semantics plus a durable join record.
+
+What is durable is already durable in the core, and this coordinator relies on it: the
+branches are ordinary steps of the run, created with their edges in the one
+``create_run`` transaction; each branch completion is one ``finish_step`` (a redelivered
+completion is not applied); the join step's ``remaining_deps`` reaches zero in exactly
+one ``finish_step``, which hands the join to exactly one caller to enqueue; the join step
+is claimed under a lease. What this coordinator adds is the record of the join itself,
+written once (see :mod:`flowstone_parallel.records`): which branch ended how, with the
+materialization ids of every branch final (failed ones too), and whether the join ever
+ran a second time.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Literal
+
+from flowstone.defaults.thread_parallel import ThreadParallelCoordinator
+from flowstone.engine.plan import dep_partitions
+from flowstone.engine.requests import ParallelRequest
+from flowstone.errors import ExecutionError
+from flowstone.partitions import decode_partition, encode_partition
+from flowstone_parallel.records import REPEATED_KIND, BranchRecord, JoinRecord, join_key
+
+__all__ = ["CeleryParallelCoordinator"]
+
+log = logging.getLogger("flowstone.parallel")
+
+
+class CeleryParallelCoordinator(ThreadParallelCoordinator):
+    """Joins parallel branches exactly as the in-process ``thread`` coordinator does and
+    records each join once in the run store.
+
+    Registered as ``celery`` in ``flowstone.parallel_coordinators``; the Celery executor
+    prefers it when this distribution is installed, so pipelines need no change. It can be
+    chosen explicitly with any executor: ``Pipeline(..., parallel_coordinator="celery")``.
+    """
+
+    name = "celery"
+
+    def branch_results(self, request: ParallelRequest) -> dict[str, object]:
+        """The join's ``branches`` argument: ``{branch: value | BranchFailed | BranchSkipped}``.
+
+        Raises:
+            ExecutionError: a required branch failed (every branch in ``all_or_nothing``
+                mode); the join step then fails as ``upstream_failed``.
+        """
+        try:
+            results = super().branch_results(request)
+        except ExecutionError as exc:
+            self._record(request, "failed", str(exc))
+            raise
+        self._record(request, "joined", "")
+        return results
+
+    def _record(
+        self, request: ParallelRequest, outcome: Literal["joined", "failed"], error: str
+    ) -> None:
+        parallel = request.asset.parallel
+        assert parallel is not None  # checked by super().branch_results
+        store = request.pipeline.store
+        record = JoinRecord(
+            run_id=request.run_id,
+            asset=request.asset.name,
+            partition=request.partition,
+            mode=parallel.mode,
+            outcome=outcome,
+            error=error,
+            branches=tuple(
+                self._branch(request, branch, final) for branch, final in parallel.branches.items()
+            ),
+            recorded_at=datetime.now(UTC),
+        )
+        key = join_key(request.run_id, request.asset.name, request.partition)
+        if store.set_cursor(key, record.to_json(), expected=None):
+            return
+        step = store.get_step(request.run_id, request.asset.name, request.partition)
+        attempt = step.attempt if step is not None else 0
+        log.warning(
+            "parallel join %s [%s] of run %s ran again (attempt %d); its first record stands",
+            request.asset.name,
+            request.partition,
+            request.run_id,
+            attempt,
+        )
+        store.append_audit(
+            request.run_id,
+            REPEATED_KIND,
+            asset=request.asset.name,
+            partition=request.partition,
+            detail={"attempt": attempt, "outcome": outcome},
+        )
+
+    @staticmethod
+    def _branch(request: ParallelRequest, branch: str, final: str) -> BranchRecord:
+        out = request.outcomes.get(branch)
+        p = request.pipeline
+        ids: list[str] = []
+        if out is not None and out.state in ("succeeded", "failed"):
+            key = decode_partition(request.partition)
+            for uk in dep_partitions(p.dag, request.asset, final, key):
+                step = p.store.get_step(request.run_id, final, encode_partition(uk))
+                if step is not None and step.materialization_id is not None:
+                    ids.append(step.materialization_id)
+        return BranchRecord(
+            branch=branch,
+            final=final,
+            state=out.state if out is not None else "absent",
+            materialization_ids=tuple(ids),
+            detail=out.detail if out is not None else "branch did not run",
+        )

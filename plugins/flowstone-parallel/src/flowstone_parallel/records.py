@@ -1,0 +1,166 @@
+"""The durable join record: what a parallel join saw, written once per (run, asset, partition).
+
+The record lives in the run store as a cursor named by :func:`join_key`, written with
+compare-and-set against "absent" (``set_cursor(..., expected=None)``): the first join
+execution writes it, any later execution of the same join (its worker died mid-join, or
+its retry policy ran it again) finds it present, leaves it untouched and appends a
+``parallel.join_repeated`` audit entry instead. It works on every
+:class:`~flowstone.protocols.RunStore` (memory, SQLite, Postgres).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from flowstone.errors import StorageError
+from flowstone.protocols import RunStore
+
+__all__ = ["REPEATED_KIND", "BranchRecord", "JoinRecord", "join_key", "join_record"]
+
+REPEATED_KIND = "parallel.join_repeated"
+"""Audit kind appended when a join whose record exists runs again."""
+
+_PREFIX = "flowstone.parallel.join"
+
+
+def join_key(run_id: str, asset: str, partition: str) -> str:
+    """The cursor name of the join record of ``asset`` at ``partition`` in ``run_id``."""
+    # run ids and asset names cannot contain ':'; the partition comes last so its own
+    # ':' characters cannot make two keys collide
+    return f"{_PREFIX}:{run_id}:{asset}:{partition}"
+
+
+@dataclass(frozen=True, slots=True)
+class BranchRecord:
+    """How one branch ended, as the join saw it.
+
+    Attributes:
+        branch: the branch name.
+        final: the branch's final asset.
+        state: ``succeeded``, ``failed``, ``skipped`` or ``absent`` (no partition applied).
+        materialization_ids: the final's materialization records in this run (failed ones
+            included), one per final partition the join read.
+        detail: the failure or skip reason, ``""`` on success.
+    """
+
+    branch: str
+    final: str
+    state: Literal["succeeded", "skipped", "failed", "absent"]
+    materialization_ids: tuple[str, ...]
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRecord:
+    """One parallel join, recorded exactly once.
+
+    Attributes:
+        run_id / asset / partition: the join step.
+        mode: the parallel's failure mode.
+        outcome: ``"joined"`` (the join function was called with the branches) or
+            ``"failed"`` (a required branch failed, so the join step failed).
+        error: why it failed, ``""`` when joined.
+        branches: one :class:`BranchRecord` per branch, in declaration order.
+        recorded_at: when the first execution wrote the record (UTC).
+        repeats: how many times the join ran again after that (0 normally).
+    """
+
+    run_id: str
+    asset: str
+    partition: str
+    mode: str
+    outcome: Literal["joined", "failed"]
+    error: str
+    branches: tuple[BranchRecord, ...]
+    recorded_at: datetime
+    repeats: int = 0
+
+    def branch(self, name: str) -> BranchRecord:
+        """The record of branch ``name``; ``KeyError`` if the parallel has no such branch."""
+        for b in self.branches:
+            if b.branch == name:
+                return b
+        raise KeyError(name)
+
+    def to_json(self) -> str:
+        """The stored form (``repeats`` is derived from the audit log, not stored)."""
+        return json.dumps(
+            {
+                "v": 1,
+                "mode": self.mode,
+                "outcome": self.outcome,
+                "error": self.error,
+                "recorded_at": self.recorded_at.isoformat(),
+                "branches": [
+                    {
+                        "branch": b.branch,
+                        "final": b.final,
+                        "state": b.state,
+                        "materialization_ids": list(b.materialization_ids),
+                        "detail": b.detail,
+                    }
+                    for b in self.branches
+                ],
+            },
+            separators=(",", ":"),
+        )
+
+
+def _parse(run_id: str, asset: str, partition: str, raw: str, repeats: int) -> JoinRecord:
+    try:
+        data: Mapping[str, Any] = json.loads(raw)
+        return JoinRecord(
+            run_id=run_id,
+            asset=asset,
+            partition=partition,
+            mode=str(data["mode"]),
+            outcome=data["outcome"],
+            error=str(data["error"]),
+            branches=tuple(
+                BranchRecord(
+                    branch=str(b["branch"]),
+                    final=str(b["final"]),
+                    state=b["state"],
+                    materialization_ids=tuple(str(m) for m in b["materialization_ids"]),
+                    detail=str(b["detail"]),
+                )
+                for b in data["branches"]
+            ),
+            recorded_at=datetime.fromisoformat(data["recorded_at"]),
+            repeats=repeats,
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StorageError(
+            f"join record {join_key(run_id, asset, partition)!r} is not a valid "
+            f"flowstone-parallel record ({type(exc).__name__}: {exc}); it was written by "
+            "something else. Fix: do not write cursors under 'flowstone.parallel.join:'"
+        ) from exc
+
+
+def join_record(store: RunStore, run_id: str, asset: str, partition: str = "") -> JoinRecord | None:
+    """Read the join record of a parallel ``asset`` in ``run_id``, or None if it has not joined.
+
+    Args:
+        store: the pipeline's run store (``pipeline.store``).
+        run_id: the run.
+        asset: the parallel asset's name.
+        partition: the *encoded* partition (``""`` when not partitioned).
+
+    Example:
+        >>> record = join_record(pipeline.store, result.run_id, "briefing")
+        >>> record.outcome, [b.state for b in record.branches]
+        ('joined', ['succeeded', 'failed', 'succeeded'])
+    """
+    raw = store.get_cursor(join_key(run_id, asset, partition))
+    if raw is None:
+        return None
+    repeats = sum(
+        1
+        for e in store.list_audit(run_id)
+        if e.kind == REPEATED_KIND and e.asset == asset and (e.partition or "") == partition
+    )
+    return _parse(run_id, asset, partition, raw, repeats)
