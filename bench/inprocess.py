@@ -115,8 +115,7 @@ def flowstone_pipeline(nodes: list[Node], home: Path, executor: Any = None) -> f
     return fs.Pipeline(
         "bench_inprocess",
         assets,
-        store=f"sqlite:///{home / 'flowstone.db'}",
-        io_managers={"default": fs.FilesystemIOManager(home / "storage")},
+        store=f"sqlite:///{home / 'flowstone.db'}",  # the embedded default: SQLite store and values
         executor=executor,
     )
 
