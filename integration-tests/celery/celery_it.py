@@ -27,8 +27,10 @@ WORKER_ENV = {
 class Cluster:
     """Worker subprocesses for one broker and queue, plus cleanup of what they created."""
 
-    def __init__(self, broker: str, queue: str, database_url: str, state_dir: Path) -> None:
+    def __init__(self, broker: str, queue: str, database_url: str, state_dir: Path,
+                 specs: list[str] | None = None) -> None:
         self.broker, self.queue, self.state_dir = broker, queue, state_dir
+        self.specs = list(SPECS if specs is None else specs)  # pipelines the workers serve
         self.env = {
             **os.environ, **WORKER_ENV,
             "FLOWSTONE_BROKER_URL": broker, "FLOWSTONE_QUEUE": queue,
@@ -39,7 +41,7 @@ class Cluster:
     def start(self, name: str, *, concurrency: int = 2, **env: str) -> subprocess.Popen[bytes]:
         log = self.state_dir / f"{self.queue}-{name}.log"
         cmd = [sys.executable, "-m", "flowstone", "worker"]
-        for spec in SPECS:
+        for spec in self.specs:
             cmd += ["--pipeline", spec]
         cmd += ["--concurrency", str(concurrency), "--hostname", f"{name}-{self.queue}@%h",
                 "--", "--without-mingle", "--without-gossip"]
