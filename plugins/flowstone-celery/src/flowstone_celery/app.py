@@ -9,6 +9,9 @@ them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import datetime
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
@@ -20,8 +23,10 @@ if TYPE_CHECKING:
     from flowstone.pipeline import Pipeline
     from flowstone_celery.executor import CeleryExecutor
 
-__all__ = ["RUN_STEP_TASK", "SWEEP_TASK", "FlowstoneCelery", "make_app"]
+__all__ = ["RUN_STEP_TASK", "SWEEP_TASK", "TASKS_GROUP", "FlowstoneCelery", "make_app",
+           "register_plugin_tasks"]
 
+TASKS_GROUP = "flowstone.celery_tasks"
 RUN_STEP_TASK = "flowstone.run_step"
 SWEEP_TASK = "flowstone.sweep"
 log = logging.getLogger("flowstone.celery")
@@ -33,6 +38,8 @@ class FlowstoneCelery(Celery):  # type: ignore[misc]
     Attributes:
         flowstone_settings: the settings the app was built from.
         pipelines: ``{name: Pipeline}`` served by this process (empty on a pure client).
+        sweep_hooks: ``hook(pipeline, now) -> int`` callables the sweeper runs for each
+            pipeline whose interval it won (plugins add theirs in ``register(app)``).
     """
 
     flowstone_settings: CelerySettings
@@ -42,6 +49,7 @@ class FlowstoneCelery(Celery):  # type: ignore[misc]
         super().__init__("flowstone", set_as_current=False, **kwargs)
         self.flowstone_settings = settings
         self.pipelines = {}
+        self.sweep_hooks: list[Callable[[Pipeline, datetime], int]] = []
         self._flowstone_executor: CeleryExecutor | None = None
 
     @property
@@ -144,6 +152,24 @@ def make_app(settings: CelerySettings | None = None) -> FlowstoneCelery:
         enable_utc=True,
     )
     tasks.register(app)
+    register_plugin_tasks(app)
     log.debug("FlowStone Celery app for broker %s, queue %s", safe_url(settings.broker_url),
               settings.queue)
     return app
+
+
+def register_plugin_tasks(app: FlowstoneCelery) -> None:
+    """Call ``register(app)`` of every ``flowstone.celery_tasks`` entry point.
+
+    Plugins (flowstone-scatter, ...) add their tasks and sweep hooks this way; a plugin
+    that fails to load is an error naming it, not a silently missing task.
+    """
+    for ep in sorted(entry_points(group=TASKS_GROUP), key=lambda e: e.name):
+        try:
+            register = ep.load()
+            register(app)
+        except Exception as exc:
+            raise UsageError(
+                f"Celery task plugin {ep.name!r} ({ep.value}) failed to register: "
+                f"{type(exc).__name__}: {exc}; reinstall it or uninstall it"
+            ) from exc

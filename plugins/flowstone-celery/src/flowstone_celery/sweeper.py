@@ -112,6 +112,12 @@ class Sweeper:
             # it never raises (failures are in its report).
             report = Daemon([_NonWaiting(pipeline, settings.recover_after)]).tick(at)
             recovered += report.recovered
+            for hook in self._app.sweep_hooks:  # plugin recovery (scatter chunks, ...)
+                try:
+                    recovered += int(hook(pipeline, at))
+                except Exception:
+                    errors += 1
+                    log.exception("sweep hook %r failed for pipeline %s", hook, pipeline.name)
             fired += len(report.fired)
             expired += report.expired
             errors += len(report.errors)
