@@ -154,7 +154,7 @@ def _start_slow(cluster: Cluster, seconds: str) -> tuple[Any, Any, str, Path]:
     return worker, pipeline, run.run_id, marker
 
 
-def test_sigterm_drains_the_step_in_flight(own_cluster: Cluster) -> None:
+def test_seed_graceful_shutdown_drains_in_flight_tasks(own_cluster: Cluster) -> None:
     worker, pipeline, run_id, _ = _start_slow(own_cluster, "2")
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=60) == 0
@@ -175,7 +175,7 @@ def test_second_sigterm_stops_immediately(own_cluster: Cluster) -> None:
     pipeline.cancel(run_id)
 
 
-def test_unknown_and_non_json_messages_are_rejected_by_workers(redis_cluster: Cluster) -> None:
+def test_seed_json_only_task_messages_through_a_real_broker(redis_cluster: Cluster) -> None:
     from flowstone_celery import load_settings, make_app
 
     app = make_app(load_settings())
@@ -196,7 +196,7 @@ def test_unknown_and_non_json_messages_are_rejected_by_workers(redis_cluster: Cl
              what="pickle refused")
 
 
-def test_health_covers_store_broker_and_workers(redis_cluster: Cluster) -> None:
+def test_seed_health_check_covers_store_broker_workers(redis_cluster: Cluster) -> None:
     report = load("quickstart").health()
     assert report["ok"] is True
     assert report["store"] == "ok"

@@ -156,3 +156,22 @@ def test_health_reports_no_workers_on_an_idle_broker(app: FlowstoneCelery) -> No
     report = app.executor.health()
     assert report["broker"] == "ok"
     assert report["ok"] is False
+
+
+def test_seed_no_unbounded_interning_of_names_from_messages(app: FlowstoneCelery) -> None:
+    """Names arriving in messages are untrusted: thousands of distinct unknown pipeline and
+    asset names must not leave anything behind (no loggers, no registry entries, no
+    pipelines), unlike the Elixir original, which made an atom per name."""
+    app.add_pipeline(quickstart())
+    loggers_before = set(logging.Logger.manager.loggerDict)
+    pipelines_before = dict(app.pipelines)
+    for i in range(3000):
+        body = {"v": 1, "run_id": f"run{i}", "pipeline": f"evil_{i}", "asset": "numbers",
+                "partition": "", "attempt": 0}
+        assert handle_step(app, body) == 0
+        body = {"v": 1, "run_id": f"run{i}", "pipeline": "quickstart", "asset": f"evil_{i}",
+                "partition": "", "attempt": 0}
+        assert handle_step(app, body) == 0
+    assert set(logging.Logger.manager.loggerDict) == loggers_before
+    assert dict(app.pipelines) == pipelines_before
+    assert drain(app) == []
