@@ -260,7 +260,8 @@ class Pipeline:
         )
         self._dispatch_with_timeout(rid, ready, seconds)
         if wait and not self.executor.blocking:
-            wait_for_run(self.store, rid, timeout=seconds)
+            scatters = frozenset(a.name for a in self.dag.assets.values() if a.scatter)
+            wait_for_run(self.store, rid, timeout=seconds, deferred_assets=scatters)
         return self.result(rid)
 
     def _targets(self, target: str | Sequence[str] | None) -> list[str]:

@@ -18,15 +18,32 @@ __all__ = ["RunResult", "wait_for_run"]
 _SETTLED = frozenset({"waiting", "succeeded", "failed", "cancelled"})
 
 
-def wait_for_run(store: RunStore, run_id: str, *, timeout: float | None) -> RunRecord:
-    """Poll the store until the run leaves ``running`` (or ``timeout`` seconds pass)."""
+def wait_for_run(
+    store: RunStore,
+    run_id: str,
+    *,
+    timeout: float | None,
+    deferred_assets: frozenset[str] = frozenset(),
+) -> RunRecord:
+    """Poll the store until the run leaves ``running`` (or ``timeout`` seconds pass).
+
+    A run ``waiting`` only on steps of ``deferred_assets`` (scatter steps whose items run
+    on workers) is still making progress by itself, so it is not settled."""
     deadline = None if timeout is None else time.monotonic() + timeout
     delay = 0.01
     while True:
         run = store.get_run(run_id)
         if run is None:
             raise UsageError(f"no run {run_id!r}")
-        if run.status in _SETTLED:
+        if run.status in _SETTLED and not (
+            run.status == "waiting"
+            and deferred_assets
+            and all(
+                s.asset in deferred_assets
+                for s in store.list_steps(run_id)
+                if s.state == "waiting"
+            )
+        ):
             return run
         if deadline is not None and time.monotonic() >= deadline:
             return run
