@@ -1,0 +1,113 @@
+"""Scatter scenarios for the integration tests (loaded by the test process and workers).
+
+The partition key of each asset is the scenario's size or name, so each test gets a
+fresh (run, asset, partition).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+import flowstone as fs
+from flowstone.readers import JsonLines
+from flowstone.retry import RetryPolicy
+
+
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(os.environ["FLOWSTONE_BROKER_URL"])
+
+
+def _dir() -> Path:
+    return Path(os.environ["FLOWSTONE_IT_DIR"])
+
+
+@fs.asset
+def numbers(context: fs.Context) -> list[int]:
+    return list(range(int(str(context.partition).split("-")[0])))
+
+
+@fs.asset(scatter=fs.Scatter(items=lambda numbers: numbers, max_concurrent=400))
+def squares(context: fs.Context, numbers: list[int]) -> int:
+    item: int = context.scatter_item
+    return item * item
+
+
+@fs.asset
+def total(squares: list[int]) -> int:
+    return sum(squares)
+
+
+@fs.asset(scatter=fs.Scatter(items=lambda numbers: numbers, max_concurrent=20,
+                             failure_threshold=0.05))
+def flaky(context: fs.Context, numbers: list[int]) -> int:
+    item: int = context.scatter_item
+    if item % 5 == 0:
+        raise ValueError(f"item {item} is a multiple of five")
+    return item
+
+
+@fs.asset(scatter=fs.Scatter(items=lambda numbers: numbers, max_concurrent=16,
+                             item_retry=RetryPolicy(max_attempts=3, base_delay=0.01)))
+def counted(context: fs.Context, numbers: list[int]) -> int:
+    """Counts every execution (in Redis) so tests can tell runs from recordings."""
+    item: int = context.scatter_item
+    _redis().incr(f"fs-it-exec:{context.run_id}")
+    if os.environ.get("FLOWSTONE_IT_SLOW"):
+        time.sleep(0.004)
+    return item + 1
+
+
+class KillingReader(JsonLines):
+    """A JSON-lines reader that SIGKILLs its own process after page 3, once per file."""
+
+    def read(self, max_items: int) -> list[Any]:
+        page = super().read(max_items)
+        self.pages = getattr(self, "pages", 0) + 1
+        marker = _dir() / "reader-killed"
+        if self.pages == 3 and not marker.exists():
+            marker.write_text("killed")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return page
+
+
+@fs.asset(scatter=fs.Scatter(reader=KillingReader(lambda deps: _dir() / "items.jsonl"),
+                             page_size=50, max_concurrent=40))
+def read_items(context: fs.Context) -> int:
+    _redis().incr(f"fs-it-exec:{context.run_id}")
+    return int(context.scatter_item["n"]) * 10
+
+
+@fs.asset(scatter=fs.Scatter(items=lambda numbers: ["x" * (n % 7 + 1) for n in numbers],
+                             batching=fs.Batching(max_bytes=40), max_concurrent=8))
+def by_bytes(context: fs.Context, numbers: list[int]) -> list[dict[str, int]]:
+    batch = context.batch
+    assert batch is not None
+    size = sum(len(f'"{s}"'.encode()) for s in batch.items)
+    return [{"batch": batch.index, "bytes": size, "len": len(s)} for s in batch.items]
+
+
+@fs.asset(scatter=fs.Scatter(items=lambda numbers: numbers, rate_limit="20/s",
+                             max_concurrent=8, failure_threshold=0))
+def limited(context: fs.Context, numbers: list[int]) -> list[float]:
+    return [time.time(), os.getpid()]
+
+
+pipeline = fs.Pipeline("scatter_it", [numbers, squares, total, flaky, counted, read_items,
+                                      by_bytes, limited])
+
+if os.environ.get("FLOWSTONE_IT_DUPLICATE"):
+    # Simulated at-least-once delivery: every scatter message is published twice.
+    from flowstone_scatter.coordinator import CeleryScatterCoordinator
+
+    _send = CeleryScatterCoordinator.send
+
+    def _send_twice(self: Any, pipeline: Any, task: str, bodies: Any) -> None:
+        _send(self, pipeline, task, list(bodies) * 2)
+
+    CeleryScatterCoordinator.send = _send_twice  # type: ignore[method-assign]

@@ -1,0 +1,313 @@
+"""``CeleryScatterCoordinator``: a scatter step whose items run across Celery workers.
+
+``execute`` runs on the worker that claimed the scatter step. It creates the barrier and
+all item rows in one transaction (items from a function), or the barrier alone (items from
+an :class:`~flowstone.protocols.ItemReader`, appended page by page by a reader task), and
+returns :class:`~flowstone.scatter.Deferred`. The engine records the step as waiting and
+then calls ``start``, which enqueues the first window. From then on every finished chunk
+records its items, tops the window up and, for the last one, wins the barrier's single
+transition to ``finishing`` and runs the gather (see :mod:`flowstone_scatter.barrier`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from flowstone.codec import decode_value, encode_value
+from flowstone.defaults.inline_scatter import item_key
+from flowstone.engine.inputs import resolve_inputs
+from flowstone.engine.requests import ScatterRequest
+from flowstone.engine.resume import complete_deferred
+from flowstone.errors import UsageError
+from flowstone.partitions import decode_partition
+from flowstone.scatter import Deferred, Scatter
+from flowstone_scatter import barrier
+from flowstone_scatter.db import Database
+from flowstone_scatter.messages import CHUNK_TASK, READ_TASK, ChunkMessage
+from flowstone_scatter.schema import migrate
+
+if TYPE_CHECKING:
+    from flowstone.asset import AssetDef
+    from flowstone.pipeline import Pipeline
+
+__all__ = ["CeleryScatterCoordinator", "build_rows", "item_size"]
+
+log = logging.getLogger("flowstone.scatter")
+_DEPS_CACHE = 16
+
+
+def item_size(item: Any) -> int:
+    """Bytes of an item as :class:`~flowstone.scatter.Batching` ``max_bytes`` counts them."""
+    return len(json.dumps(item, default=str).encode())
+
+
+def build_rows(
+    sc: Scatter, asset: str, items: Sequence[Any], first_index: int, first_unit: int,
+    seen: set[str],
+) -> tuple[list[tuple[int, int, str, str]], int]:
+    """``(idx, unit, key, encoded item)`` rows for ``items``; returns them and the next unit.
+
+    Keys are normalised and size-checked (:func:`item_key`); an item whose key is in
+    ``seen`` is dropped (equal keys run once). A unit is one item, or one batch cut by
+    ``max_items`` / ``max_bytes``.
+    """
+    rows: list[tuple[int, int, str, str]] = []
+    b = sc.batching
+    unit, in_unit, size = first_unit, 0, 0
+    for offset, item in enumerate(items):
+        index = first_index + offset
+        key = item_key(sc, item, index, asset)
+        if key in seen:
+            continue
+        seen.add(key)
+        if b is None:
+            rows.append((index, unit, key, encode_value(item, asset=asset).decode()))
+            unit += 1
+            continue
+        n = item_size(item)
+        full = (b.max_items is not None and in_unit >= b.max_items) or (
+            b.max_bytes is not None and in_unit > 0 and size + n > b.max_bytes)
+        if full:
+            unit, in_unit, size = unit + 1, 0, 0
+        rows.append((index, unit, key, encode_value(item, asset=asset).decode()))
+        in_unit, size = in_unit + 1, size + n
+    if b is not None and in_unit:
+        unit += 1
+    return rows, unit
+
+
+class CeleryScatterCoordinator:
+    """Runs scatter items on Celery workers with the barrier in Postgres.
+
+    Args:
+        database_url: the Postgres holding the barrier (default: the pipeline's store URL,
+            else ``FLOWSTONE_DATABASE_URL``, read on first use).
+        chunk_size: items (or batches) per message; default ``min(100, max(1,
+            max_concurrent // 4))`` so a window spans at least four messages.
+        pool_size: Postgres connections per process.
+
+    Selected automatically when the executor is Celery and this plugin is installed.
+    """
+
+    name = "celery"
+
+    def __init__(self, database_url: str | None = None, *, chunk_size: int | None = None,
+                 pool_size: int = 4) -> None:
+        if chunk_size is not None and (isinstance(chunk_size, bool) or chunk_size < 1):
+            raise UsageError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+        self._url = database_url
+        self._chunk_size = chunk_size
+        self._pool_size = pool_size
+        self._db: Database | None = None
+        self._lock = threading.Lock()
+        self._inputs: OrderedDict[tuple[str, str, str], tuple[dict[str, Any], Any]] = (
+            OrderedDict())
+
+    # --- plumbing -------------------------------------------------------------------------
+    def database(self, pipeline: Pipeline) -> Database:
+        """This process's connection to the barrier tables (created and migrated once)."""
+        if self._db is None:
+            with self._lock:
+                if self._db is None:
+                    url = self._url or _postgres(pipeline.store_url) or os.environ.get(
+                        "FLOWSTONE_DATABASE_URL")
+                    if not url:
+                        raise UsageError(
+                            "the Celery scatter coordinator needs Postgres: set "
+                            "FLOWSTONE_DATABASE_URL=postgresql+asyncpg://user@host/db")
+                    db = Database(url, max_size=self._pool_size)
+                    db.run(migrate)
+                    self._db = db
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+
+    def chunk_units(self, sc: Scatter) -> int:
+        if self._chunk_size is not None:
+            return self._chunk_size
+        given = sc.options.get("chunk_size")
+        if given is not None:
+            return max(1, int(given))
+        return min(100, max(1, sc.max_concurrent // 4))
+
+    def send(self, pipeline: Pipeline, task: str, bodies: Sequence[dict[str, Any]]) -> None:
+        """Publish scatter messages with the pipeline's Celery executor."""
+        if not bodies:
+            return
+        executor = pipeline.executor
+        app = getattr(executor, "app", None)
+        if app is None:
+            raise UsageError(
+                "CeleryScatterCoordinator needs the Celery executor: build the pipeline with "
+                "executor='celery' (or FLOWSTONE_EXECUTOR=celery), or use the 'inline' "
+                "scatter coordinator")
+        queue = getattr(executor, "settings").queue  # noqa: B009 - checked above via app
+        with app.producer_or_acquire() as producer:
+            for body in bodies:
+                app.send_task(task, args=(body,), queue=queue, producer=producer,
+                              ignore_result=True, add_to_parent=False)
+
+    def after(self, pipeline: Pipeline, barrier_id: int, claim: barrier.Claim) -> None:
+        """Act on a transaction's decision: enqueue claimed chunks, run a won finish."""
+        self.send(pipeline, CHUNK_TASK, [
+            ChunkMessage(pipeline.name, barrier_id, s, e).to_json() for s, e in claim.ranges])
+        if claim.finishing:
+            self.finalize(pipeline, barrier_id)
+
+    def kick(self, pipeline: Pipeline, barrier_id: int, sc: Scatter) -> None:
+        """Top the window up (or finish) from the barrier's current state."""
+        db = self.database(pipeline)
+        claim = db.run(lambda c: barrier.lock_and_decide(c, barrier_id, sc))
+        self.after(pipeline, barrier_id, claim)
+
+    def inputs(self, pipeline: Pipeline, a: AssetDef, run_id: str,
+               partition: str) -> tuple[dict[str, Any], Any]:
+        """The asset's dep values and shared batch input, cached per process."""
+        key = (run_id, a.name, partition)
+        with self._lock:
+            hit = self._inputs.get(key)
+            if hit is not None:
+                self._inputs.move_to_end(key)
+                return hit
+        got = resolve_inputs(pipeline, run_id, a, decode_partition(partition))
+        deps = {d: o.value for d, o in got.outcomes.items()
+                if d in a.deps and o.state == "succeeded"}
+        shared = None
+        sc = a.scatter
+        if sc is not None and sc.batching is not None and sc.batching.batch_input is not None:
+            fn = sc.batching.batch_input
+            shared = fn(**{k: v for k, v in deps.items() if k in _params(fn)})
+        with self._lock:
+            self._inputs[key] = (deps, shared)
+            while len(self._inputs) > _DEPS_CACHE:
+                self._inputs.popitem(last=False)
+        return deps, shared
+
+    # --- the step ---------------------------------------------------------------------------
+    def execute(self, request: ScatterRequest) -> object:
+        """Create (or re-open) the barrier and defer the step to the workers."""
+        req = request
+        sc = req.asset.scatter
+        if sc is None:
+            raise UsageError(f"asset {req.asset.name!r} has no Scatter")
+        p, name = req.pipeline, req.asset.name
+        db = self.database(p)
+        token = secrets.token_urlsafe(32)
+        existing = db.run(lambda c: barrier.find(c, req.run_id, name, req.partition))
+        if existing is not None:
+            bid = int(existing["id"])
+            if existing["state"] in ("running", "finishing"):
+                token = existing["token"]
+            else:  # failed or cancelled before: run only what did not succeed
+                db.run(lambda c: barrier.reopen(c, bid, token))
+            return Deferred(token, start=lambda: self._start(p, bid, sc))
+        units_total, expected = 0, None
+        rows: list[tuple[int, int, str, str]] = []
+        if sc.items is not None:
+            kwargs = {k: v for k, v in req.deps.items() if k in _params(sc.items)}
+            items = list(sc.items(**kwargs))
+            rows, units_total = build_rows(sc, name, items, 0, 0, set())
+            expected = len(rows)
+        bid, _ = db.run(lambda c: barrier.create(
+            c, pipeline=p.name, run_id=req.run_id, asset=name, partition=req.partition,
+            token=token, rows=rows, units_total=units_total,
+            max_concurrent=sc.max_concurrent, chunk_units=self.chunk_units(sc),
+            reader_done=sc.reader is None, expected_total=expected))
+        return Deferred(token, start=lambda: self._start(p, bid, sc))
+
+    def _start(self, pipeline: Pipeline, barrier_id: int, sc: Scatter) -> None:
+        if sc.reader is not None:
+            self.send(pipeline, READ_TASK, [ChunkMessage(pipeline.name, barrier_id).read_json()])
+        self.kick(pipeline, barrier_id, sc)
+
+    # --- the end ----------------------------------------------------------------------------
+    def finalize(self, pipeline: Pipeline, barrier_id: int) -> None:
+        """Finish a barrier that won ``finishing``: gather (or fail) and complete the step.
+
+        ``complete_deferred`` records the step exactly once; if this process dies first the
+        sweeper calls this again."""
+        db = self.database(pipeline)
+
+        async def load(conn: Any) -> Any:
+            return await conn.fetchrow(
+                f"UPDATE {barrier.B} SET updated_at = now() WHERE id = $1 AND state = "
+                "'finishing' RETURNING *", barrier_id)
+
+        b = db.run(load)
+        if b is None:
+            return
+        a = pipeline.dag[b["asset"]]
+        sc = a.scatter
+        assert sc is not None
+        value: Any = None
+        error: str | None = b["error"]
+        if error is None and b["outcome"] == "failed":
+            error = self._threshold_message(db, b, sc)
+        if error is None:
+            try:
+                values = db.run(lambda c: _stream_results(c, barrier_id))
+                value = sc.gather(values) if sc.gather is not None else values
+            except Exception as exc:
+                error = f"gather of scatter asset {a.name!r} failed: {type(exc).__name__}: {exc}"
+        complete_deferred(pipeline, b["token"], value=value, error=error)
+        final = "failed" if error is not None else "succeeded"
+
+        async def close(conn: Any) -> None:
+            await conn.execute(
+                f"UPDATE {barrier.B} SET state = $2, error = $3, updated_at = now() "
+                "WHERE id = $1 AND state = 'finishing'", barrier_id, final, error)
+
+        db.run(close)
+
+    def _threshold_message(self, db: Database, b: Any, sc: Scatter) -> str:
+        async def first(conn: Any) -> Any:
+            return await conn.fetch(
+                f"SELECT idx, error FROM {barrier.I} WHERE barrier_id = $1 AND state = "
+                "'failed' ORDER BY idx LIMIT 3", b["id"])
+
+        rows = db.run(first)
+        failed = int(b["failed"])
+        total = b["expected_total"] if b["expected_total"] is not None else b["total_items"]
+        share, count = sc.failure_limits()
+        limit = " and ".join(x for x in (f"{share:.1%}" if share is not None else "",
+                                         f"{count} items" if count is not None else "") if x)
+        errors = "; ".join(f"item {r['idx']}: {r['error']}" for r in rows)
+        return (
+            f"ScatterThresholdError: scatter asset {b['asset']!r}: {failed} of {total} items "
+            f"failed, above the failure threshold of {limit or '0 failures'}; remaining items "
+            f"were not started. First errors: {errors}. Fix the items and run "
+            f"pipeline.resume({b['run_id']!r}) (or `flowstone scatter retry-failed`) to "
+            "retry only the failed ones")
+
+
+async def _stream_results(conn: Any, barrier_id: int) -> list[Any]:
+    """Item results in item order, read through a server-side cursor (pages of 2,000)."""
+    out: list[Any] = []
+    async with conn.transaction():
+        async for r in conn.cursor(
+            f"SELECT state, result FROM {barrier.I} WHERE barrier_id = $1 ORDER BY idx",
+            barrier_id, prefetch=2000,
+        ):
+            data = r["result"]
+            out.append(decode_value(data.encode()) if r["state"] == "succeeded" and data
+                       is not None else None)
+    return out
+
+
+def _postgres(url: str | None) -> str | None:
+    return url if url and url.startswith(("postgresql", "postgres")) else None
+
+
+def _params(fn: Any) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(fn).parameters)

@@ -1,0 +1,242 @@
+"""Running one chunk of items (or batches) on a worker, and streaming a reader.
+
+A chunk is a range of units (one item, or one batch each). Every unit keeps its own retry
+count (``item_retry``), timeout (``item_timeout``) and result; the whole chunk is recorded
+with one statement, and only the items still ``queued`` count, so a chunk delivered twice
+(or run again after a worker died) is recorded once.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from itertools import groupby
+from typing import TYPE_CHECKING, Any
+
+from flowstone.codec import decode_value, encode_value
+from flowstone.engine.invoke import bind_arguments, call_with_timeout
+from flowstone.engine.runner import describe_error
+from flowstone.errors import UsageError
+from flowstone.events import Event
+from flowstone.scatter import Batch, ItemFailed, Scatter
+from flowstone_scatter import barrier
+from flowstone_scatter.coordinator import CeleryScatterCoordinator, build_rows
+from flowstone_scatter.messages import ChunkMessage
+
+if TYPE_CHECKING:
+    from flowstone.asset import AssetDef
+    from flowstone.pipeline import Pipeline
+
+__all__ = ["run_chunk", "run_reader"]
+
+log = logging.getLogger("flowstone.scatter")
+Result = tuple[int, str, str | None, str | None]
+
+
+def coordinator_of(pipeline: Pipeline) -> CeleryScatterCoordinator:
+    coord = pipeline.scatter_coordinator
+    if not isinstance(coord, CeleryScatterCoordinator):
+        raise UsageError(
+            f"pipeline {pipeline.name!r} on this worker does not use the Celery scatter "
+            "coordinator; start workers with FLOWSTONE_EXECUTOR=celery")
+    return coord
+
+
+def run_chunk(pipeline: Pipeline, msg: ChunkMessage) -> int:
+    """Run the still-queued items of one chunk message; return how many were recorded."""
+    coord = coordinator_of(pipeline)
+    db = coord.database(pipeline)
+    b, rows = db.run(lambda c: barrier.load_chunk(c, msg.barrier, msg.start, msg.end))
+    if not rows:
+        return 0
+    run = pipeline.store.get_run(b["run_id"])
+    if run is None or run.status == "cancelled":
+        db.run(lambda c: c.execute(f"UPDATE {barrier.B} SET state = 'cancelled', "
+                                   "updated_at = now() WHERE id = $1 AND state = 'running'",
+                                   msg.barrier))
+        return 0
+    a = pipeline.dag[b["asset"]]
+    sc = a.scatter
+    assert sc is not None
+    deps, shared = coord.inputs(pipeline, a, b["run_id"], b["partition"])
+    units = [list(g) for _, g in groupby(rows, key=lambda r: r.unit)]
+    starts = _rate_slots(coord, pipeline, b, sc, len(units))
+    lease = pipeline.lease_seconds
+    touched = time.monotonic()
+    results: list[Result] = []
+    count = int(b["units_total"]) if b["reader_done"] and sc.batching is not None else None
+    for i, unit in enumerate(units):
+        if starts is not None and (wait := starts + i / (sc.rate_per_second or 1.0)
+                                   - time.time()) > 0:
+            time.sleep(wait)
+        if time.monotonic() - touched > lease / 3:  # keep the sweeper off a long chunk
+            left = [r.idx for u in units[i:] for r in u]
+            db.run(_touch(msg.barrier, left))
+            touched = time.monotonic()
+        results.extend(_run_unit(pipeline, a, sc, b, deps, shared, unit, count))
+    claim = db.run(lambda c: barrier.record(c, msg.barrier, sc, results))
+    ok = sum(1 for r in results if r[1] == "succeeded")
+    pipeline.emit(Event("scatter.progress", pipeline.name, b["run_id"], a.name, b["partition"],
+                        {"succeeded": ok, "failed": len(results) - ok, "chunk": True}))
+    coord.after(pipeline, msg.barrier, claim)
+    return len(results)
+
+
+def _rate_slots(coord: CeleryScatterCoordinator, pipeline: Pipeline, b: Any, sc: Scatter,
+                n: int) -> float | None:
+    """Reserve ``n`` start slots in the barrier's shared token bucket (one statement per
+    chunk, shared by every worker); return the epoch second of the first slot."""
+    rate = sc.rate_per_second
+    if rate is None:
+        return None
+    span = n / rate
+
+    async def reserve(conn: Any) -> float:
+        nxt = await conn.fetchval(
+            f"UPDATE {barrier.B} SET rate_next = greatest(coalesce(rate_next, "
+            "clock_timestamp()), clock_timestamp()) + make_interval(secs => $2) "
+            "WHERE id = $1 RETURNING extract(epoch FROM rate_next)", b["id"], span)
+        return float(nxt) - span
+
+    return coord.database(pipeline).run(reserve)
+
+
+def _run_unit(pipeline: Pipeline, a: AssetDef, sc: Scatter, b: Any, deps: dict[str, Any],
+              shared: Any, unit: Sequence[barrier.ItemRow], count: int | None) -> list[Result]:
+    items = [decode_value(r.item.encode()) for r in unit]
+    attempt = 1
+    while True:
+        try:
+            context = pipeline.runner.context_for(a, b["run_id"], b["partition"], attempt)
+            if sc.batching is None:
+                context.scatter_item = items[0]
+            else:
+                context.batch = Batch(items=items, index=unit[0].unit, count=count,
+                                      input=shared, keys=[r.key for r in unit])
+            value = call_with_timeout(a.fn, bind_arguments(a, deps, context),
+                                      timeout=sc.item_timeout_seconds,
+                                      what=f"scatter item of {a.name!r}")
+            values = [value] if sc.batching is None else _split(a, unit, value)
+            return [_encode(a, r.idx, v) for r, v in zip(unit, values, strict=True)]
+        except Exception as exc:
+            policy = sc.item_retry
+            if policy is not None and policy.should_retry(attempt, exc):
+                time.sleep(policy.delay(attempt))
+                attempt += 1
+                continue
+            error = describe_error(exc)
+            return [(r.idx, "failed", None, error) for r in unit]
+
+
+def _split(a: AssetDef, unit: Sequence[barrier.ItemRow], value: Any) -> list[Any]:
+    if not isinstance(value, list | tuple) or len(value) != len(unit):
+        raise UsageError(
+            f"batched scatter asset {a.name!r} must return a list with one result per item "
+            f"({len(unit)}), got {type(value).__name__}"
+            + (f" of length {len(value)}" if isinstance(value, list | tuple) else ""))
+    return list(value)
+
+
+def _encode(a: AssetDef, idx: int, v: Any) -> Result:
+    if isinstance(v, ItemFailed):
+        return (idx, "failed", None, v.error)
+    if isinstance(v, BaseException):
+        return (idx, "failed", None, f"{type(v).__name__}: {v}")
+    try:
+        return (idx, "succeeded", encode_value(v, asset=a.name).decode(), None)
+    except Exception as exc:  # an unencodable result fails that item, clearly
+        return (idx, "failed", None, describe_error(exc))
+
+
+def run_reader(pipeline: Pipeline, msg: ChunkMessage,
+               on_page: Callable[[int], None] | None = None) -> int:
+    """Stream the barrier's reader, one transaction (rows + checkpoint) per page.
+
+    Returns the number of pages appended (0 if another reader holds this barrier)."""
+    coord = coordinator_of(pipeline)
+    db = coord.database(pipeline)
+    owner = uuid.uuid4().hex
+    b = db.run(lambda c: barrier.claim_reader(c, msg.barrier, owner, pipeline.lease_seconds))
+    if b is None:
+        return 0
+    a = pipeline.dag[b["asset"]]
+    sc = a.scatter
+    assert sc is not None and sc.reader is not None
+    deps, _ = coord.inputs(pipeline, a, b["run_id"], b["partition"])
+    reader = copy.copy(sc.reader)
+    pages = 0
+    try:
+        try:
+            reader.init(dict(deps))
+            state = json.loads(b["checkpoint"]) if b["checkpoint"] else None
+            next_index, units = 0, 0
+            if state is not None:
+                reader.restore(state["reader"])
+                next_index, units = int(state["next_index"]), int(state["units"])
+            expected = reader.count()
+        except Exception as exc:
+            _fail_reader(coord, pipeline, b, f"reader of scatter asset {a.name!r} failed to "
+                         f"start: {describe_error(exc)}")
+            return pages
+        seen: set[str] = set()  # duplicates across pages are dropped by the unique key index
+        while True:
+            try:
+                page = reader.read(sc.page_size)
+                rows, units = build_rows(sc, a.name, page, next_index, units, seen)
+                checkpoint = json.dumps({"reader": reader.checkpoint(),
+                                         "next_index": next_index + len(page), "units": units})
+            except Exception as exc:
+                _fail_reader(coord, pipeline, b, f"reader of scatter asset {a.name!r} failed "
+                             f"at item {next_index}: {describe_error(exc)}")
+                return pages
+            seen.clear()
+            next_index += len(page)
+            done = not page
+            claim = db.run(_page(msg.barrier, owner, sc, rows, units, checkpoint, next_index,
+                                 done, expected))
+            if claim is None:
+                log.warning("scatter reader of barrier %s lost its lease; stopping", msg.barrier)
+                return pages
+            pages += 1
+            if on_page is not None:
+                on_page(pages)
+            coord.after(pipeline, msg.barrier, claim)
+            if done:
+                return pages
+    finally:
+        reader.close()
+
+
+def _touch(barrier_id: int, idx: list[int]) -> Callable[[Any], Awaitable[Any]]:
+    async def go(conn: Any) -> Any:
+        return await conn.execute(
+            f"UPDATE {barrier.I} SET queued_at = now() WHERE barrier_id = $1 AND "
+            "idx = ANY($2::bigint[]) AND state = 'queued'", barrier_id, idx)
+
+    return go
+
+
+def _page(barrier_id: int, owner: str, sc: Scatter, rows: list[tuple[int, int, str, str]],
+          units: int, checkpoint: str, next_index: int, done: bool,
+          expected: int | None) -> Callable[[Any], Awaitable[barrier.Claim | None]]:
+    async def go(conn: Any) -> barrier.Claim | None:
+        return await barrier.append_page(conn, barrier_id, owner, sc, rows, units, checkpoint,
+                                         next_index, done, expected)
+
+    return go
+
+
+def _fail_reader(coord: CeleryScatterCoordinator, pipeline: Pipeline, b: Any,
+                 error: str) -> None:
+    async def fail(conn: Any) -> Any:
+        return await conn.fetchval(
+            f"UPDATE {barrier.B} SET state = 'finishing', outcome = 'failed', error = $2, "
+            "updated_at = now() WHERE id = $1 AND state = 'running' RETURNING id",
+            b["id"], error)
+
+    if coord.database(pipeline).run(fail) is not None:
+        coord.finalize(pipeline, int(b["id"]))

@@ -1,0 +1,75 @@
+"""Live progress of a scatter, and re-running only its failed items."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from flowstone.errors import UsageError
+from flowstone.partitions import PartitionKey, encode_partition
+from flowstone.runs import RunResult
+from flowstone_scatter import barrier
+
+if TYPE_CHECKING:
+    from flowstone.pipeline import Pipeline
+
+__all__ = ["ScatterStatus", "retry_failed", "scatter_status"]
+
+
+@dataclass(frozen=True, slots=True)
+class ScatterStatus:
+    """Counts of one scatter's items (``running`` = queued or executing)."""
+
+    run_id: str
+    asset: str
+    partition: str
+    state: str
+    total: int | None
+    pending: int
+    running: int
+    succeeded: int
+    failed: int
+    reader_done: bool
+    error: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+def scatter_status(pipeline: Pipeline, run_id: str, asset: str,
+                   partition: PartitionKey | None = None) -> ScatterStatus:
+    """Item counts of the scatter of ``asset`` in ``run_id`` (read from Postgres).
+
+    Raises:
+        UsageError: the pipeline does not use the Celery scatter coordinator, or that
+            run/asset has no scatter barrier.
+    """
+    from flowstone_scatter.items import coordinator_of
+
+    enc = encode_partition(partition)
+    db = coordinator_of(pipeline).database(pipeline)
+
+    async def read(conn: Any) -> tuple[Any, dict[str, int]]:
+        b = await barrier.find(conn, run_id, pipeline.dag[asset].name, enc)
+        if b is None:
+            return None, {}
+        rows = await conn.fetch(f"SELECT state, count(*) AS n FROM {barrier.I} WHERE "
+                                "barrier_id = $1 GROUP BY state", b["id"])
+        return b, {r["state"]: int(r["n"]) for r in rows}
+
+    b, counts = db.run(read)
+    if b is None:
+        raise UsageError(f"run {run_id} has no scatter of asset {asset!r} [{enc}] (check the "
+                         "run id, asset and --partition)")
+    total = b["total_items"] if b["reader_done"] else b["expected_total"]
+    return ScatterStatus(run_id, asset, enc, b["state"], None if total is None else int(total),
+                         counts.get("pending", 0), counts.get("queued", 0),
+                         counts.get("succeeded", 0), counts.get("failed", 0),
+                         bool(b["reader_done"]), b["error"])
+
+
+def retry_failed(pipeline: Pipeline, run_id: str) -> RunResult:
+    """Re-run only the failed items of the run's finished scatters (and what depends on
+    them): the run is re-opened and each scatter step re-opens its barrier, keeping every
+    item that succeeded."""
+    return pipeline.resume(run_id)
