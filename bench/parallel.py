@@ -1,0 +1,240 @@
+"""Parallel joins on Celery: FlowStone parallel assets vs the same work as Celery chords.
+
+One run, same worker settings for both sides (one worker process, prefork pool,
+``--concurrency`` children, the FlowStone Celery app configuration: JSON only, late acks,
+Redis broker):
+
+* FlowStone: ``--parents`` runs of a parallel asset ``parent`` with three branch assets
+  (each returns ``partition * k``), joined by summing them; one run per parent (the
+  partition is the parent number), enqueued with ``wait=False`` and then awaited. Postgres
+  is the run store and the value store; the joins go through the ``celery`` parallel
+  coordinator (flowstone-parallel) when it is installed.
+* Celery chords: ``--parents`` chords of three tasks computing the same values plus a
+  callback summing them; results in Redis (a chord needs a result backend). The callback
+  checks the sum and increments a Redis counter so the bench knows when all joined.
+
+Wall time from the first publish to the last join, as parents/s. Needs Postgres, Redis and
+flowstone-celery + flowstone-io-postgres (+ flowstone-parallel)::
+
+    python bench/parallel.py [--parents 1000] [--concurrency 4] [--repeat 1]
+    python bench/parallel.py --quick       # CI smoke: 100 parents, one round
+
+Ends by printing ONE JSON line (figures and the ratio); progress goes to stderr.
+This file is also the pipeline module the FlowStone bench worker loads (``pipeline``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import flowstone as fs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from celery_runtime import PG_ADMIN, REDIS, _pg, _start, _stop, log
+
+COUNTER_ENV = "FLOWSTONE_BENCH_COUNTER"
+FACTORS = (1, 2, 3)
+
+
+def expected(parent: int) -> int:
+    return sum(parent * k for k in FACTORS)
+
+
+def _pipeline() -> fs.Pipeline:
+    def branch(k: int) -> fs.AssetDef:
+        def fn(context: fs.Context) -> int:
+            return int(str(context.partition)) * k
+
+        return fs.asset(name=f"branch_{k}")(fn)
+
+    @fs.asset(parallel=fs.Parallel(branches={f"b{k}": f"branch_{k}" for k in FACTORS}))
+    def parent(branches: dict[str, int]) -> int:
+        return sum(branches.values())
+
+    return fs.Pipeline("bench_parallel", [*(branch(k) for k in FACTORS), parent])
+
+
+def __getattr__(name: str) -> Any:
+    # The worker loads ``parallel.py:pipeline``; build it only then (it reads the env).
+    if name == "pipeline":
+        globals()["pipeline"] = built = _pipeline()
+        return built
+    raise AttributeError(name)
+
+
+# --- chords -----------------------------------------------------------------------------
+def _chord_app() -> Any:
+    from flowstone_celery import load_settings, make_app
+
+    app = make_app(load_settings())
+    # chord results are only needed until the callback ran; let Redis drop them
+    app.conf.update(result_backend=REDIS, task_ignore_result=False, result_expires=600)
+    return app
+
+
+def _chord_tasks(app: Any) -> tuple[Any, Any]:
+    import redis
+
+    client: list[Any] = []
+
+    @app.task(name="bench.branch", shared=False)  # type: ignore[untyped-decorator]
+    def branch(parent: int, k: int) -> int:
+        return parent * k
+
+    @app.task(name="bench.join", shared=False)  # type: ignore[untyped-decorator]
+    def join(values: list[int], parent: int) -> int:
+        if sum(values) != expected(parent):
+            raise ValueError(f"parent {parent}: {values}")
+        if not client:
+            client.append(redis.Redis.from_url(REDIS))
+        client[0].incr(os.environ[COUNTER_ENV])
+        return sum(values)
+
+    return branch, join
+
+
+def chord_worker(concurrency: int) -> None:
+    app = _chord_app()
+    _chord_tasks(app)
+    node = f"chord-{os.environ[COUNTER_ENV]}@bench"
+    app.worker_main(argv=["worker", "--loglevel=WARNING", f"--concurrency={concurrency}",
+                          "--without-mingle", "--without-gossip", "-n", node])
+
+
+def bench_chords(env: dict[str, str], parents: int, concurrency: int, tmp: Path) -> float:
+    import redis
+    from celery import chord
+
+    r = redis.Redis.from_url(REDIS)
+    counter = env[COUNTER_ENV]
+    proc = _start([sys.executable, __file__, "--chord-worker", "--concurrency",
+                   str(concurrency)], env, tmp / "chord.log", f"chord-{counter}@bench")
+    app = _chord_app()
+    branch, join = _chord_tasks(app)
+    try:
+        start = time.perf_counter()
+        for i in range(parents):
+            chord([branch.s(i, k) for k in FACTORS])(join.s(i))
+        while int(r.get(counter) or 0) < parents:
+            if proc.poll() is not None:
+                raise RuntimeError("chord worker died:\n" + (tmp / "chord.log").read_text())
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - start
+    finally:
+        app.close()
+        _stop(proc)
+        r.delete(counter)
+    log(f"celery chords: {parents} parents in {elapsed:.2f}s")
+    return parents / elapsed
+
+
+def bench_flowstone(env: dict[str, str], parents: int, concurrency: int, tmp: Path,
+                    offset: int) -> tuple[float, str]:
+    from flowstone.loading import load_pipeline
+    from flowstone.runs import wait_for_run
+
+    spec = f"{Path(__file__).resolve()}:pipeline"
+    node = f"fs-{env[COUNTER_ENV]}@bench"
+    proc = _start([sys.executable, "-m", "flowstone", "worker", "--pipeline", spec,
+                   "--concurrency", str(concurrency), "--loglevel", "WARNING",
+                   "--hostname", node, "--", "--without-mingle", "--without-gossip"],
+                  {**env, "FLOWSTONE_EXECUTOR": "celery"}, tmp / "flowstone.log", node)
+    pipeline = load_pipeline(spec)
+    try:
+        coordinator = str(pipeline.parallel_coordinator.name)
+        keys = [str(offset + i) for i in range(parents)]
+        start = time.perf_counter()
+        runs = [pipeline.run("parent", k, force=True, wait=False).run_id for k in keys]
+        for run_id in runs:
+            run = wait_for_run(pipeline.store, run_id, timeout=900)
+            if run.status != "succeeded":
+                raise RuntimeError(f"run {run_id} ended {run.status}: {run.error}")
+        elapsed = time.perf_counter() - start
+        for k in (keys[0], keys[-1]):  # the same work: spot-check the joined values
+            if pipeline.get("parent", k) != expected(int(k)):
+                raise RuntimeError(f"parent {k} joined to a wrong value")
+    finally:
+        pipeline.close()
+        _stop(proc)
+    log(f"flowstone ({coordinator} coordinator): {parents} parents in {elapsed:.2f}s")
+    return parents / elapsed, coordinator
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--parents", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of (chords, FlowStone); figures are medians over rounds")
+    parser.add_argument("--quick", action="store_true", help="CI smoke: 100 parents, 1 round")
+    parser.add_argument("--chord-worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.parents, args.repeat = 100, 1
+    if args.chord_worker:
+        chord_worker(args.concurrency)
+        return 0
+
+    tag = uuid.uuid4().hex[:8]
+    db, queue = f"flowstone_bench_{tag}", f"fs-bench-{tag}"
+    _pg(f'CREATE DATABASE "{db}"')
+    url = "postgresql+asyncpg://" + PG_ADMIN.split("://", 1)[1].rsplit("/", 1)[0] + "/" + db
+    from flowstone_io_postgres import PostgresRunStore
+
+    store = PostgresRunStore(url, auto_migrate=True)
+    store.list_runs(limit=1)
+    store.close()
+    env = {**os.environ, "FLOWSTONE_DATABASE_URL": url, "FLOWSTONE_BROKER_URL": REDIS,
+           "FLOWSTONE_QUEUE": queue, "FLOWSTONE_SWEEPER": "false",
+           COUNTER_ENV: f"fs-bench-par-{tag}"}
+    os.environ.update({k: env[k] for k in (
+        "FLOWSTONE_DATABASE_URL", "FLOWSTONE_BROKER_URL", "FLOWSTONE_QUEUE", COUNTER_ENV)})
+    os.environ["FLOWSTONE_EXECUTOR"] = "celery"
+    rounds: list[tuple[float, float]] = []
+    coordinator = ""
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for round_no in range(max(1, args.repeat)):
+                chords = bench_chords(env, args.parents, args.concurrency, Path(tmp))
+                flow, coordinator = bench_flowstone(env, args.parents, args.concurrency,
+                                                    Path(tmp), round_no * args.parents)
+                rounds.append((chords, flow))
+                log(f"round {round_no + 1}: flowstone/chords = {flow / chords:.3f}")
+    finally:
+        import redis
+
+        r = redis.Redis.from_url(REDIS)
+        for pattern in (f"{queue}*", f"_kombu.binding.{queue}*"):
+            keys = list(r.scan_iter(match=pattern))
+            if keys:
+                r.delete(*keys)
+        with contextlib.suppress(Exception):
+            _pg(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    chords, flow = (statistics.median(r[i] for r in rounds) for i in range(2))
+    print(json.dumps({
+        "bench": "parallel",
+        "parents": args.parents,
+        "branches": len(FACTORS),
+        "concurrency": args.concurrency,
+        "rounds": len(rounds),
+        "coordinator": coordinator,
+        "celery_chords_parents_per_s": round(chords, 1),
+        "flowstone_parents_per_s": round(flow, 1),
+        # > 1 means FlowStone joined faster than the chords; median of per-round ratios
+        "ratio_flowstone_vs_chords": round(statistics.median(r[1] / r[0] for r in rounds), 3),
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
