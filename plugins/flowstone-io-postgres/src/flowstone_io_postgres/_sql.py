@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import asyncpg
+
+if TYPE_CHECKING:
+    from flowstone_io_postgres._runtime import Connections
 
 from flowstone.errors import StorageError, UsageError
 
@@ -34,7 +37,7 @@ T = TypeVar("T")
 
 
 class Db(Protocol):
-    """What the SQL layer needs: an asyncpg pool or connection."""
+    """What the SQL layer needs: a connection, or the runtime's ``Connections``."""
 
     async def fetch(self, query: str, *args: Any) -> list[Any]: ...
 
@@ -71,7 +74,7 @@ class Stmt:
             raise UsageError(f"no value for the SQL parameter :{exc.args[0]}") from None
 
     async def fetch(self, db: Db, params: Mapping[str, Any]) -> list[asyncpg.Record]:
-        """All rows (``db`` is a pool or a connection)."""
+        """All rows."""
         return list(await db.fetch(self.sql, *self.args(params)))
 
     async def fetchrow(self, db: Db, params: Mapping[str, Any]) -> asyncpg.Record | None:
@@ -158,14 +161,14 @@ def storage_error(exc: BaseException, *, action: str, where: str) -> StorageErro
 
 
 async def run_tx(
-    pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]]
+    db: Connections, work: Callable[[asyncpg.Connection], Awaitable[T]]
 ) -> T:
     """Run ``work`` in one READ COMMITTED transaction, retrying deadlock victims."""
     attempt = 0
     while True:
         attempt += 1
         try:
-            async with pool.acquire() as conn, conn.transaction():
+            async with db.connection() as conn, conn.transaction():
                 return await work(conn)
         except asyncpg.PostgresError as exc:
             if sqlstate(exc) in RETRYABLE and attempt < TX_ATTEMPTS:

@@ -26,12 +26,10 @@ import threading
 import uuid
 from typing import Any
 
-import asyncpg
-
 from flowstone.codec import EncodedValue, decode_from_storage, encode_for_storage
 from flowstone.errors import FlowStoneError, StorageError, ValueNotFoundError
 from flowstone.protocols import StorageKey
-from flowstone_io_postgres._runtime import AsyncRuntime, PoolOptions
+from flowstone_io_postgres._runtime import AsyncRuntime, Connections, PoolOptions
 from flowstone_io_postgres._sql import compile_named, is_db_error, storage_error
 from flowstone_io_postgres._values_table import asset_values_ddl
 from flowstone_io_postgres.identifiers import parse_qualified_name
@@ -115,8 +113,8 @@ class PostgresIOManager:
             if self._ready:
                 return
 
-            async def create(pool: asyncpg.Pool) -> None:
-                async with pool.acquire() as conn, conn.transaction():
+            async def create(db: Connections) -> None:
+                async with db.connection() as conn, conn.transaction():
                     # Serialise concurrent first uses: CREATE ... IF NOT EXISTS can still race.
                     await conn.execute(
                         "SELECT pg_advisory_xact_lock(hashtext($1))",
@@ -142,8 +140,8 @@ class PostgresIOManager:
         self._ensure_table()
         args = statement.args(params)
 
-        async def work(pool: asyncpg.Pool) -> list[Any]:
-            return list(await pool.fetch(statement.sql, *args))
+        async def work(db: Connections) -> list[Any]:
+            return await db.fetch(statement.sql, *args)
 
         rows: list[Any] = self._call(work, action=action)
         return rows

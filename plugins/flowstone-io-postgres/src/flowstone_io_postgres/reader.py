@@ -18,10 +18,8 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
-
 from flowstone.errors import FlowStoneError, UsageError
-from flowstone_io_postgres._runtime import AsyncRuntime, PoolOptions
+from flowstone_io_postgres._runtime import AsyncRuntime, Connections, PoolOptions
 from flowstone_io_postgres._sql import Stmt, compile_named, is_db_error, storage_error
 from flowstone_io_postgres.identifiers import parse_qualified_name, quote_ident
 from flowstone_io_postgres.urls import resolve_url, safe_url
@@ -129,8 +127,8 @@ class PostgresItemReader:
             raise UsageError("PostgresItemReader: call init(deps) before reading")
         args = statement.args({**self._params, **params})
 
-        async def work(pool: asyncpg.Pool) -> list[Any]:
-            return list(await pool.fetch(statement.sql, *args))
+        async def work(db: Connections) -> list[Any]:
+            return await db.fetch(statement.sql, *args)
 
         try:
             return self._runtime.run(work)

@@ -1,6 +1,6 @@
 """PostgresRunStore: the durable :class:`~flowstone.protocols.RunStore` on PostgreSQL.
 
-Built on asyncpg (prepared statements, one pool), run on a private event loop thread
+Built on asyncpg (prepared statements, a small connection set), run on a private event loop thread
 (:mod:`flowstone_io_postgres._runtime`) so the synchronous protocol can be called from any
 thread and from forked Celery workers. Every hot-path call is one statement in autocommit
 mode: one round trip. ``finish_step`` is a server-side function (migration 0002) doing its
@@ -48,7 +48,7 @@ from flowstone_io_postgres._rows import (
     to_run,
     to_step,
 )
-from flowstone_io_postgres._runtime import AsyncRuntime, PoolOptions
+from flowstone_io_postgres._runtime import AsyncRuntime, Connections, PoolOptions
 from flowstone_io_postgres._sql import (
     RETRYABLE,
     TX_ATTEMPTS,
@@ -82,9 +82,9 @@ class PostgresRunStore:
         auto_migrate: run ``flowstone db upgrade`` on first use (serialised across processes
             by an advisory lock). Without it, a missing or old schema makes the first call
             raise :class:`~flowstone.errors.StorageError` saying what to run.
-        pool_size: connections kept open per process (opened as needed).
-        max_overflow: extra connections allowed under load (the pool holds at most
-            ``pool_size + max_overflow``).
+        pool_size: connections per process (opened as needed, kept while the store lives).
+        max_overflow: extra connections allowed under load: at most
+            ``pool_size + max_overflow`` are open at once.
         statement_timeout: seconds before the server cancels one statement.
 
     Nothing connects until the first call. Example::
@@ -133,16 +133,16 @@ class PostgresRunStore:
             if self._checked:
                 return
 
-            async def check(pool: asyncpg.Pool) -> None:
+            async def check(db: Connections) -> None:
                 if self._auto_migrate:
                     await migrate.upgrade(self._url, self.schema)
-                revision = await migrate.current_revision(pool, self.schema)
+                revision = await migrate.current_revision(db, self.schema)
                 migrate.check_schema(revision, schema=self.schema, where=self._where)
 
             self._bridge(check, action="checking the FlowStone schema")
             self._checked = True
 
-    def _bridge(self, work: Callable[[asyncpg.Pool], Awaitable[T]], *, action: str) -> T:
+    def _bridge(self, work: Callable[[Connections], Awaitable[T]], *, action: str) -> T:
         try:
             return self._runtime.run(work)
         except FlowStoneError:
@@ -160,12 +160,12 @@ class PostgresRunStore:
         """Statements in autocommit mode (one round trip each), retried if a deadlock victim."""
         self._ensure_schema()
 
-        async def go(pool: asyncpg.Pool) -> T:
+        async def go(db: Connections) -> T:
             attempt = 0
             while True:
                 attempt += 1
                 try:
-                    return await work(pool)
+                    return await work(db)
                 except asyncpg.PostgresError as exc:
                     if sqlstate(exc) in RETRYABLE and attempt < TX_ATTEMPTS:
                         continue
@@ -177,8 +177,8 @@ class PostgresRunStore:
         """Several statements in one transaction (retried on deadlock)."""
         self._ensure_schema()
 
-        async def go(pool: asyncpg.Pool) -> T:
-            return await run_tx(pool, work)
+        async def go(db: Connections) -> T:
+            return await run_tx(db, work)
 
         return self._bridge(go, action=action)
 
