@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,18 @@ pytestmark = pytest.mark.integration
 SPEC = f"{Path(__file__).parent / 'pipelines' / 'newsroom.py'}:pipeline"
 
 
-def load() -> Any:
-    return load_pipeline(SPEC)
+@pytest.fixture
+def load() -> Iterator[Callable[[], Any]]:
+    """Load the pipeline file as a client would; every copy is closed after the test."""
+    built: list[Any] = []
+
+    def make() -> Any:
+        built.append(load_pipeline(SPEC))
+        return built[-1]
+
+    yield make
+    for pipeline in built:
+        pipeline.close()
 
 
 def joins(run_id: str, asset: str) -> int:
@@ -34,7 +45,7 @@ def key(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
-def test_three_branches_join_once_with_the_expected_value(cluster: Cluster) -> None:
+def test_three_branches_join_once_with_the_expected_value(load: Any, cluster: Cluster) -> None:
     from flowstone_parallel import CeleryParallelCoordinator, join_record
 
     pipeline = load()
@@ -58,8 +69,8 @@ def test_three_branches_join_once_with_the_expected_value(cluster: Cluster) -> N
     ("strict_briefing", "fail-news", "news"),      # all_or_nothing: any branch is required
     ("briefing", "fail-weather", "weather"),       # partial: a required branch
 ])
-def test_a_failing_required_branch_fails_the_parent(cluster: Cluster, asset: str, prefix: str,
-                                                    branch: str) -> None:
+def test_a_failing_required_branch_fails_the_parent(load: Any, cluster: Cluster, asset: str,
+                                                    prefix: str, branch: str) -> None:
     pipeline = load()
     result = pipeline.run(asset, key(prefix), timeout=60)
     assert result.status == "failed"
@@ -69,7 +80,7 @@ def test_a_failing_required_branch_fails_the_parent(cluster: Cluster, asset: str
     assert joins(result.run_id, asset) == 0
 
 
-def test_an_optional_branch_failure_joins_with_a_marker(cluster: Cluster) -> None:
+def test_an_optional_branch_failure_joins_with_a_marker(load: Any, cluster: Cluster) -> None:
     pipeline = load()
     city = key("fail-news")
     result = pipeline.run("briefing", city, timeout=60)
@@ -79,7 +90,7 @@ def test_an_optional_branch_failure_joins_with_a_marker(cluster: Cluster) -> Non
     assert joins(result.run_id, "briefing") == 1
 
 
-def test_racing_and_duplicated_branch_completions_join_once(cluster: Cluster) -> None:
+def test_racing_and_duplicated_branch_completions_join_once(load: Any, cluster: Cluster) -> None:
     """Every branch step delivered twice at once; completions race on Postgres; the join
     becomes ready in exactly one of them and runs once on the workers."""
     pipeline = load()
@@ -121,7 +132,7 @@ def test_racing_and_duplicated_branch_completions_join_once(cluster: Cluster) ->
 
 
 def test_worker_killed_during_a_branch_the_join_still_happens_once(
-    own_cluster: Cluster,
+    load: Any, own_cluster: Cluster,
 ) -> None:
     from flowstone_celery import CeleryExecutor, load_settings
     from flowstone_parallel import join_record
@@ -153,7 +164,7 @@ def test_worker_killed_during_a_branch_the_join_still_happens_once(
     assert record.branch("maps").materialization_ids == (maps.id,)
 
 
-def test_branch_timeout_is_enforced_by_the_sweeper(cluster: Cluster) -> None:
+def test_branch_timeout_is_enforced_by_the_sweeper(load: Any, cluster: Cluster) -> None:
     pipeline = load()
     city = key("stuck")
     result = pipeline.run("briefing", city, timeout=60)
