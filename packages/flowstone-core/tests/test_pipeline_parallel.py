@@ -166,3 +166,18 @@ def test_unselected_routed_branch_is_branch_skipped(make_pipeline: PipelineFacto
     assert result.status == "succeeded" and result.value == "published"
     assert seen[0]["tr"] == "translated"
     assert isinstance(seen[0]["pt"], fs.BranchSkipped)
+
+
+def test_partial_join_lineage_includes_the_failed_branch_final(
+    make_pipeline: PipelineFactory, counter: Counter
+) -> None:
+    p = make_pipeline(_newsroom(counter, mode="partial", fail="forecast"))
+    result = p.run("enrich")
+    assert isinstance(result.value["branches"]["weather"], fs.BranchFailed)
+    upstream = {m.asset: m.state for m in p.lineage.upstream("enrich")}
+    assert upstream == {
+        "generate_maps": "succeeded",
+        "front_pages": "succeeded",
+        "forecast": "failed",
+        "city": "succeeded",
+    }

@@ -56,6 +56,9 @@ def resolve_inputs(
                     f"{dep}[{enc}] {step.state if step else 'missing'}"
                     + (f": {step.error}" if step and step.error else "")
                 )
+                if step is not None and step.materialization_id:
+                    # a join that tolerates this failure records what it saw
+                    inputs.upstream_ids.append(step.materialization_id)
                 continue
             if step.state == "skipped":
                 skipped = skipped or (step.error or f"{dep} was skipped")
