@@ -6,6 +6,7 @@ fresh (run, asset, partition).
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -19,6 +20,7 @@ from flowstone.readers import JsonLines
 from flowstone.retry import RetryPolicy
 
 
+@functools.cache
 def _redis() -> redis.Redis:
     return redis.Redis.from_url(os.environ["FLOWSTONE_BROKER_URL"])
 
@@ -65,6 +67,9 @@ def counted(context: fs.Context, numbers: list[int]) -> int:
 
 class KillingReader(JsonLines):
     """A JSON-lines reader that SIGKILLs its own process after page 3, once per file."""
+
+    def __copy__(self) -> KillingReader:
+        return KillingReader(self._path)
 
     def read(self, max_items: int) -> list[Any]:
         page = super().read(max_items)

@@ -74,7 +74,7 @@ class Database:
     async def _pool(self, lp: _Loop) -> asyncpg.Pool:
         if lp.pool is None:
             lp.pool = await asyncpg.create_pool(
-                self.dsn, min_size=1, max_size=self.max_size, statement_cache_size=256,
+                self.dsn, min_size=0, max_size=self.max_size, statement_cache_size=256,
                 server_settings={"application_name": "flowstone-scatter"},
             )
         return lp.pool
