@@ -72,3 +72,13 @@ def test_documented_environment_variables_are_read() -> None:
         v for v in documented if v not in code and v.removeprefix("FLOWSTONE_").lower() not in code
     )
     assert not unread, f"docs mention settings no code reads: {unread}"
+
+
+@pytest.mark.parametrize(("path", "text"), _docs(), ids=lambda v: getattr(v, "name", ""))
+def test_docs_links_stay_inside_the_site(path: Path, text: str) -> None:
+    if path.name == "README.md":
+        return  # the README is read on the repository page, where ../ links work
+    outside = re.findall(r"\]\((\.\./[^)]*)\)", text)
+    assert not outside, f"{path.name} links outside docs/ (mkdocs --strict fails): {outside}"
+    for target in re.findall(r"\]\(([\w./-]+\.md)(?:#[^)]*)?\)", text):
+        assert (path.parent / target).exists(), f"{path.name} links to missing {target}"
