@@ -10,13 +10,14 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from flowstone.engine.plan import dep_partitions
 from flowstone.engine.runner import describe_error, hash_token
 from flowstone.engine.timeouts import enforce_parallel_timeouts
-from flowstone.errors import ApprovalError, SignalError, UsageError
+from flowstone.errors import ApprovalError, ExecutionError, SignalError, UsageError
 from flowstone.events import Event
 from flowstone.partitions import PartitionKey, decode_partition, encode_partition
 from flowstone.protocols import StorageKey
@@ -144,13 +145,26 @@ def _finish_gate(p: Pipeline, gate: Gate, payload: Any, *, expired: bool) -> Non
     a = p.dag[gate.asset]
     hook = a.on_timeout if expired else a.on_signal
     context = p.runner.context_for(a, gate.run_id, gate.partition, max(step.attempt, 1))
-    try:
+
+    def compute() -> Any:
         if expired and hook is None:
             raise SignalError(f"signal gate of {a.name!r} expired before anyone signalled it")
-        value = (hook(context) if expired else hook(context, payload)) if hook else payload
+        return (hook(context) if expired else hook(context, payload)) if hook else payload
+
+    _resume_with(p, step, compute, context.metadata)
+
+
+def _resume_with(
+    p: Pipeline, step: StepRecord, compute: Callable[[], Any], metadata: Mapping[str, Any]
+) -> None:
+    """Finish a waiting step with the value ``compute`` returns (stored through the
+    asset's IO manager), or as failed if computing or storing it raises."""
+    a = p.dag[step.asset]
+    try:
+        value = compute()
         io_name = a.io_manager or p.default_io_manager
         location = p.io_manager(io_name).store(
-            StorageKey(p.name, a.name, gate.partition, gate.run_id), value
+            StorageKey(p.name, a.name, step.partition, step.run_id), value
         )
         mat = p.runner.record(
             a,
@@ -159,12 +173,12 @@ def _finish_gate(p: Pipeline, gate: Gate, payload: Any, *, expired: bool) -> Non
             io_name=io_name,
             location=location,
             upstream=_upstream_ids(p, step),
-            metadata=dict(context.metadata),
+            metadata=dict(metadata),
         )
         outcome = StepOutcome("succeeded", materialization=mat)
     except Exception as exc:
         error = describe_error(exc)
-        mat = p.runner.record(a, step, "failed", error=error)
+        mat = p.runner.record(a, step, "failed", error=error, upstream=_upstream_ids(p, step))
         outcome = StepOutcome("failed", materialization=mat, error=error)
     p.dispatch(step.run_id, p.runner.complete(step.run_id, step.asset, step.partition, outcome))
 
@@ -251,26 +265,11 @@ def complete_deferred(
     except SignalError:
         return gate.run_id, False
     step = _step(p, gate.run_id, gate.asset, gate.partition)
-    a = p.dag[gate.asset]
-    if error is None:
-        try:
-            io_name = a.io_manager or p.default_io_manager
-            location = p.io_manager(io_name).store(
-                StorageKey(p.name, a.name, gate.partition, gate.run_id), value
-            )
-            mat = p.runner.record(
-                a,
-                step,
-                "succeeded",
-                io_name=io_name,
-                location=location,
-                upstream=_upstream_ids(p, step),
-            )
-            outcome = StepOutcome("succeeded", materialization=mat)
-        except Exception as exc:
-            error = describe_error(exc)
-    if error is not None:
-        mat = p.runner.record(a, step, "failed", error=error, upstream=_upstream_ids(p, step))
-        outcome = StepOutcome("failed", materialization=mat, error=error)
-    p.dispatch(step.run_id, p.runner.complete(step.run_id, step.asset, step.partition, outcome))
+
+    def compute() -> Any:
+        if error is not None:
+            raise ExecutionError(error)
+        return value
+
+    _resume_with(p, step, compute, {})
     return gate.run_id, True
