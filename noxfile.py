@@ -69,15 +69,19 @@ def tests(session: nox.Session) -> None:
     for pkg in PACKAGES:
         if (ROOT / pkg / "tests").is_dir():
             session.run("pytest", "-q", "-p", "no:cacheprovider", f"{pkg}/tests", *session.posargs)
-    session.run(
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "integration-tests",
-        *session.posargs,
-        env={"CI": os.environ.get("CI", "")},
-    )
+    # one process per suite too: each suite's workers and connections end with it, so
+    # suites never add up against the server's connection limit
+    for suite in sorted(p for p in (ROOT / "integration-tests").iterdir() if p.is_dir()):
+        if any(suite.glob("test_*.py")):
+            session.run(
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                str(suite.relative_to(ROOT)),
+                *session.posargs,
+                env={"CI": os.environ.get("CI", "")},
+            )
 
 
 @nox.session(python=False)
