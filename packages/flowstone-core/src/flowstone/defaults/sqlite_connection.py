@@ -1,0 +1,150 @@
+"""``SQLiteConnection``: the connection a SQLite run store shares between threads and processes.
+
+Within a process the store uses one connection guarded by a lock. Measured against one
+connection per thread, the lock hands the connection over without SQLite's sleep-and-retry
+busy handler, which is what makes a thread pool of workers fast; SQLite serialises writers
+anyway. After ``fork`` the child opens its own connection (an inherited one must not be used).
+
+Also here: the small SQL builders the store's queries share.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from flowstone.defaults.sqlite_schema import migrate
+from flowstone.errors import StorageError
+
+__all__ = ["STEP_KEY", "SQLiteConnection", "filters", "marks"]
+
+STEP_KEY = "run_id = ? AND asset = ? AND partition = ?"
+
+
+class SQLiteConnection:
+    """Opens, shares and closes the connection of a :class:`~flowstone.defaults.sqlite_store.
+    SQLiteRunStore` (its base class; see there for the arguments).
+
+    Nothing happens at construction: the connection is opened, and the schema created or
+    upgraded, on first use.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = ".flowstone/flowstone.db",
+        *,
+        busy_timeout: float = 30.0,
+    ) -> None:
+        self._path = os.fspath(path)
+        self._busy_timeout = busy_timeout
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+        # connections inherited through fork: closing them would disturb the parent's locks
+        self._inherited: list[sqlite3.Connection] = []
+
+    @property
+    def path(self) -> str:
+        """The database file this store uses."""
+        return self._path
+
+    def _db(self) -> sqlite3.Connection:
+        """The process's connection, opened (and the schema migrated) on first use."""
+        conn = self._conn
+        if conn is not None and self._pid == os.getpid():
+            return conn
+        if conn is not None:
+            self._inherited.append(conn)
+            self._conn = None
+        try:
+            if self._path != ":memory:":
+                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self._path,
+                timeout=self._busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            # switching a new file to WAL takes an exclusive lock that does not wait on
+            # busy_timeout: two processes opening one fresh file at once must retry
+            _retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"), self._busy_timeout)
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            _retry_locked(lambda: migrate(conn), self._busy_timeout)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(
+                f"cannot open the SQLite run store at {self._path!r}: {exc}; check that the "
+                "directory is writable and the file is a FlowStone database"
+            ) from exc
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, serialised with other threads and processes."""
+        with self._lock:
+            conn = self._db()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise self._error(exc) from exc
+                raise
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return self._db().execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+
+    def _error(self, exc: sqlite3.Error) -> StorageError:
+        return StorageError(f"SQLite run store {self._path!r} failed: {exc}")
+
+    def ping(self) -> None:
+        self._read("SELECT 1")
+
+    def close(self) -> None:
+        """Close the connection; a later call reopens it."""
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+
+# --- SQL builders ---------------------------------------------------------------------------
+def marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def filters(**values: str | None) -> tuple[str, list[str]]:
+    """A WHERE clause from keyword=value pairs (None = no filter). Keys are our column names."""
+    used = {k: v for k, v in values.items() if v is not None}
+    if not used:
+        return "WHERE 1 = 1", []
+    return "WHERE " + " AND ".join(f"{k} = ?" for k in used), list(used.values())
+
+
+def _retry_locked(action: Callable[[], object], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            action()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)

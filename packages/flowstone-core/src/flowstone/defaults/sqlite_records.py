@@ -1,0 +1,389 @@
+"""``SQLiteRecords``: what the SQLite run store keeps beside its runs and steps.
+
+Materializations and their lineage, approvals and signal gates, route decisions, cursors
+and schedule ticks, the audit trail, and scatter item results. The step lifecycle that
+writes most of them lives in :mod:`flowstone.defaults.sqlite_store`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from flowstone.defaults import _run_store_rules as rules
+from flowstone.defaults.sqlite_connection import STEP_KEY, SQLiteConnection, filters, marks
+from flowstone.defaults.sqlite_schema import (
+    APPROVAL_COLS,
+    GATE_COLS,
+    MAT_COLS,
+    approval_row,
+    dt,
+    gate_row,
+    mat_row,
+    us,
+)
+from flowstone.errors import ApprovalError, SignalError, StorageError
+from flowstone.records import Approval, AuditEntry, Gate, ItemResult, MaterializationRecord
+
+__all__ = ["SQLiteRecords", "upsert_materialization"]
+
+
+class SQLiteRecords(SQLiteConnection):
+    """The records half of :class:`~flowstone.defaults.sqlite_store.SQLiteRunStore`
+    (its base class; not meant to be used on its own).
+    """
+
+    # --- materializations & lineage ----------------------------------------------------
+    def _materializations(self, sql: str, params: Sequence[Any]) -> list[MaterializationRecord]:
+        with self._lock:
+            try:
+                c = self._db()
+                rows = c.execute(sql, params).fetchall()
+                upstream: dict[str, list[str]] = {r[0]: [] for r in rows}
+                if rows:
+                    for down, up in c.execute(
+                        "SELECT downstream_id, upstream_id FROM lineage"
+                        f" WHERE downstream_id IN ({marks(len(upstream))})"
+                        " ORDER BY downstream_id, position",
+                        list(upstream),
+                    ):
+                        upstream[down].append(up)
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+        return [mat_row(r, tuple(upstream[r[0]])) for r in rows]
+
+    def get_materialization(self, materialization_id: str) -> MaterializationRecord | None:
+        found = self._materializations(
+            f"SELECT {MAT_COLS} FROM materializations WHERE id = ?", (materialization_id,)
+        )
+        return found[0] if found else None
+
+    def find_materialization(
+        self, pipeline: str, asset: str, partition: str, *, run_id: str | None = None
+    ) -> MaterializationRecord | None:
+        if run_id is not None:
+            found = self._materializations(
+                f"SELECT {MAT_COLS} FROM materializations"
+                " WHERE run_id = ? AND asset = ? AND partition = ? AND pipeline = ?",
+                (run_id, asset, partition, pipeline),
+            )
+        else:
+            found = self._materializations(
+                f"SELECT {MAT_COLS} FROM materializations WHERE pipeline = ? AND asset = ?"
+                " AND partition = ? AND state = 'succeeded' AND invalidated = 0"
+                " ORDER BY finished_at DESC, rowid DESC LIMIT 1",
+                (pipeline, asset, partition),
+            )
+        return found[0] if found else None
+
+    def list_materializations(
+        self,
+        pipeline: str,
+        *,
+        asset: str | None = None,
+        partition: str | None = None,
+        run_id: str | None = None,
+        limit: int = 100,
+    ) -> list[MaterializationRecord]:
+        where, params = filters(pipeline=pipeline, asset=asset, partition=partition, run_id=run_id)
+        return self._materializations(
+            f"SELECT {MAT_COLS} FROM materializations {where} ORDER BY rowid DESC LIMIT ?",
+            [*params, limit],
+        )
+
+    def invalidate(self, pipeline: str, asset: str, partition: str | None = None) -> int:
+        where, params = filters(pipeline=pipeline, asset=asset, partition=partition)
+        with self._write() as c:
+            return c.execute(
+                f"UPDATE materializations SET invalidated = 1 {where}"
+                " AND state = 'succeeded' AND invalidated = 0",
+                params,
+            ).rowcount
+
+    def upstream(self, materialization_id: str) -> list[MaterializationRecord]:
+        return self._materializations(
+            f"SELECT {', '.join('m.' + c.strip() for c in MAT_COLS.split(','))}"
+            " FROM lineage l JOIN materializations m ON m.id = l.upstream_id"
+            " WHERE l.downstream_id = ? ORDER BY l.position",
+            (materialization_id,),
+        )
+
+    def downstream(self, materialization_id: str) -> list[MaterializationRecord]:
+        return self._materializations(
+            f"SELECT {', '.join('m.' + c.strip() for c in MAT_COLS.split(','))}"
+            " FROM lineage l JOIN materializations m ON m.id = l.downstream_id"
+            " WHERE l.upstream_id = ? ORDER BY m.rowid",
+            (materialization_id,),
+        )
+
+    # --- approvals & gates -------------------------------------------------------------
+    def get_approval(self, approval_id: int) -> Approval | None:
+        rows = self._read(f"SELECT {APPROVAL_COLS} FROM approvals WHERE id = ?", (approval_id,))
+        return approval_row(rows[0]) if rows else None
+
+    def find_approval(self, run_id: str, asset: str, partition: str) -> Approval | None:
+        rows = self._read(
+            f"SELECT {APPROVAL_COLS} FROM approvals WHERE {STEP_KEY} ORDER BY id DESC LIMIT 1",
+            (run_id, asset, partition),
+        )
+        return approval_row(rows[0]) if rows else None
+
+    def list_approvals(
+        self, *, pipeline: str | None = None, status: str | None = None
+    ) -> list[Approval]:
+        where, params = filters(pipeline=pipeline, status=status)
+        rows = self._read(f"SELECT {APPROVAL_COLS} FROM approvals {where} ORDER BY id", params)
+        return [approval_row(r) for r in rows]
+
+    def decide_approval(
+        self,
+        approval_id: int,
+        status: Literal["approved", "rejected", "expired"],
+        *,
+        by: str | None = None,
+        reason: str | None = None,
+    ) -> Approval:
+        now = us(rules.utc_now())
+        with self._write() as c:
+            row = c.execute(
+                "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ?, reason = ?"
+                f" WHERE id = ? AND status = 'pending' RETURNING {APPROVAL_COLS}",
+                (status, by, now, reason, approval_id),
+            ).fetchone()
+            if row is None:
+                old = c.execute(
+                    "SELECT status, decided_by FROM approvals WHERE id = ?", (approval_id,)
+                ).fetchone()
+                if old is None:
+                    raise ApprovalError(
+                        f"approval {approval_id} does not exist; list pending approvals with "
+                        "`flowstone approvals` to find the right id"
+                    )
+                raise ApprovalError(
+                    f"approval {approval_id} was already {old[0]}"
+                    f"{f' by {old[1]}' if old[1] else ''}; an approval can be decided only once"
+                )
+            approval = approval_row(row)
+            detail = {"approval_id": approval_id, "by": by, "reason": reason}
+            self._audit(
+                c,
+                approval.run_id,
+                f"approval_{status}",
+                approval.asset,
+                approval.partition,
+                detail,
+                now,
+            )
+        return approval
+
+    def due_approvals(self, now: datetime) -> list[Approval]:
+        rows = self._read(
+            f"SELECT {APPROVAL_COLS} FROM approvals"
+            " WHERE status = 'pending' AND expires_at <= ? ORDER BY id",
+            (us(rules.require_utc(now, "now")),),
+        )
+        return [approval_row(r) for r in rows]
+
+    def get_gate(self, token_hash: str) -> Gate | None:
+        rows = self._read(f"SELECT {GATE_COLS} FROM gates WHERE token_hash = ?", (token_hash,))
+        return gate_row(rows[0]) if rows else None
+
+    def consume_gate(
+        self, token_hash: str, *, payload: Any, status: Literal["signaled", "expired"]
+    ) -> Gate:
+        encoded = rules.to_json(payload, "signal payload")
+        now = us(rules.utc_now())
+        with self._write() as c:
+            row = c.execute(
+                "UPDATE gates SET status = ?, payload = ?, signaled_at = ?"
+                f" WHERE token_hash = ? AND status = 'pending' RETURNING {GATE_COLS}",
+                (status, encoded, now, token_hash),
+            ).fetchone()
+            if row is None:
+                old = c.execute(
+                    "SELECT status, run_id, asset FROM gates WHERE token_hash = ?", (token_hash,)
+                ).fetchone()
+                if old is None:
+                    raise SignalError(
+                        "unknown signal token; check that the token was copied whole and "
+                        "belongs to this pipeline's store"
+                    )
+                raise SignalError(
+                    f"signal gate of run {old[1]!r} asset {old[2]!r} is already {old[0]}; "
+                    "a token works only once"
+                )
+            gate = gate_row(row)
+            self._audit(c, gate.run_id, f"gate_{status}", gate.asset, gate.partition, {}, now)
+        return gate
+
+    def due_gates(self, now: datetime) -> list[Gate]:
+        rows = self._read(
+            f"SELECT {GATE_COLS} FROM gates WHERE status = 'pending' AND expires_at <= ?",
+            (us(rules.require_utc(now, "now")),),
+        )
+        return [gate_row(r) for r in rows]
+
+    # --- routing -----------------------------------------------------------------------
+    def record_route_decision(self, run_id: str, router: str, partition: str, branch: str) -> str:
+        with self._write() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO route_decisions VALUES (?, ?, ?, ?, ?)",
+                (run_id, router, partition, branch, us(rules.utc_now())),
+            )
+            row = c.execute(
+                "SELECT branch FROM route_decisions WHERE run_id = ? AND router = ?"
+                " AND partition = ?",
+                (run_id, router, partition),
+            ).fetchone()
+        return str(row[0])
+
+    def get_route_decision(self, run_id: str, router: str, partition: str) -> str | None:
+        rows = self._read(
+            "SELECT branch FROM route_decisions WHERE run_id = ? AND router = ? AND partition = ?",
+            (run_id, router, partition),
+        )
+        return str(rows[0][0]) if rows else None
+
+    def prune_route_decisions(self, older_than: datetime) -> int:
+        cutoff = us(rules.require_utc(older_than, "older_than"))
+        with self._write() as c:
+            return c.execute("DELETE FROM route_decisions WHERE decided_at < ?", (cutoff,)).rowcount
+
+    # --- cursors & ticks ---------------------------------------------------------------
+    def get_cursor(self, name: str) -> str | None:
+        rows = self._read("SELECT value FROM cursors WHERE name = ?", (name,))
+        return str(rows[0][0]) if rows else None
+
+    def set_cursor(self, name: str, value: str, *, expected: str | None = None) -> bool:
+        now = us(rules.utc_now())
+        with self._write() as c:
+            if expected is None:
+                cur = c.execute(
+                    "INSERT OR IGNORE INTO cursors VALUES (?, ?, ?)", (name, value, now)
+                )
+            else:
+                cur = c.execute(
+                    "UPDATE cursors SET value = ?, updated_at = ? WHERE name = ? AND value = ?",
+                    (value, now, name, expected),
+                )
+            return cur.rowcount == 1
+
+    def claim_tick(self, name: str, tick: str) -> bool:
+        with self._write() as c:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO ticks VALUES (?, ?, ?)", (name, tick, us(rules.utc_now()))
+            )
+            return cur.rowcount == 1
+
+    # --- audit -------------------------------------------------------------------------
+    def append_audit(
+        self,
+        run_id: str,
+        kind: str,
+        *,
+        asset: str | None = None,
+        partition: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        encoded = dict(detail or {})
+        rules.to_json(encoded, f"audit detail of {kind!r}")
+        now = us(rules.utc_now())
+        with self._write() as c:
+            self._audit(c, run_id, kind, asset, partition, encoded, now)
+
+    def list_audit(self, run_id: str) -> list[AuditEntry]:
+        rows = self._read(
+            "SELECT id, run_id, at, kind, asset, partition, detail FROM audit"
+            " WHERE run_id = ? ORDER BY id",
+            (run_id,),
+        )
+        return [AuditEntry(r[0], r[1], _at(r[2]), r[3], r[4], r[5], json.loads(r[6])) for r in rows]
+
+    def _audit(
+        self,
+        c: sqlite3.Connection,
+        run_id: str,
+        kind: str,
+        asset: str | None,
+        partition: str | None,
+        detail: Mapping[str, Any],
+        at: int | None,
+    ) -> None:
+        c.execute(
+            "INSERT INTO audit (run_id, at, kind, asset, partition, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (run_id, at, kind, asset, partition, json.dumps(detail, separators=(",", ":"))),
+        )
+
+    # --- scatter item results ------------------------------------------------------------
+    def save_item_results(
+        self, run_id: str, asset: str, partition: str, results: Sequence[ItemResult]
+    ) -> None:
+        with self._write() as c:
+            c.executemany(
+                "INSERT INTO item_results VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (run_id, asset, partition, idx) DO UPDATE SET key = excluded.key,"
+                " state = excluded.state, value_json = excluded.value_json,"
+                " error = excluded.error",
+                [
+                    (run_id, asset, partition, r.index, r.key, r.state, r.value_json, r.error)
+                    for r in results
+                ],
+            )
+
+    def load_item_results(self, run_id: str, asset: str, partition: str) -> list[ItemResult]:
+        rows = self._read(
+            "SELECT idx, key, state, value_json, error FROM item_results"
+            f" WHERE {STEP_KEY} ORDER BY idx",
+            (run_id, asset, partition),
+        )
+        return [ItemResult(*r) for r in rows]
+
+
+# --- helpers (run inside a transaction) ---------------------------------------------------
+def _at(value: int) -> datetime:
+    found = dt(value)
+    assert found is not None
+    return found
+
+
+def upsert_materialization(
+    c: sqlite3.Connection,
+    mat_id: str,
+    key: tuple[str, str, str],
+    values: tuple[Any, ...],
+    upstream: Sequence[str],
+    where: str,
+) -> None:
+    """One record per (run, asset, partition); the last write wins, including its id."""
+    old = c.execute(
+        "SELECT id FROM materializations WHERE run_id = ? AND asset = ? AND partition = ?", key
+    ).fetchone()
+    clash = c.execute(
+        "SELECT run_id, asset FROM materializations WHERE id = ?", (mat_id,)
+    ).fetchone()
+    if clash is not None and (old is None or old[0] != mat_id):
+        raise StorageError(
+            f"{where}: materialization id {mat_id!r} is already used by run {clash[0]!r} "
+            f"asset {clash[1]!r}; ids must be unique"
+        )
+    if old is None:
+        c.execute(f"INSERT INTO materializations ({MAT_COLS}) VALUES ({marks(14)})", values)
+    else:
+        c.execute("DELETE FROM lineage WHERE downstream_id = ?", (old[0],))
+        c.execute(
+            "UPDATE materializations SET id = ?, pipeline = ?, run_id = ?, asset = ?,"
+            " partition = ?, state = ?, io_manager = ?, location = ?, attempt = ?,"
+            " started_at = ?, finished_at = ?, error = ?, metadata = ?, invalidated = ?"
+            " WHERE id = ?",
+            (*values, old[0]),
+        )
+        if old[0] != mat_id:
+            c.execute("UPDATE lineage SET upstream_id = ? WHERE upstream_id = ?", (mat_id, old[0]))
+    c.executemany(
+        "INSERT INTO lineage VALUES (?, ?, ?)",
+        [(mat_id, i, up) for i, up in enumerate(dict.fromkeys(upstream))],
+    )
