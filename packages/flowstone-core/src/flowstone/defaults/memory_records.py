@@ -1,0 +1,354 @@
+"""``MemoryRecords``: what the memory run store keeps beside its runs and steps.
+
+Materializations and their lineage, approvals and signal gates, route decisions, cursors
+and schedule ticks, the audit trail, and scatter item results. The step lifecycle that
+writes most of them lives in :mod:`flowstone.defaults.memory_store`; the lock held here
+is the one every method of the store runs under.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, Literal
+
+from flowstone.defaults import _run_store_rules as rules
+from flowstone.errors import ApprovalError, SignalError
+from flowstone.records import Approval, AuditEntry, Gate, ItemResult, MaterializationRecord
+
+__all__ = ["MemoryRecords"]
+
+_MatKey = tuple[str, str, str]
+
+
+class MemoryRecords:
+    """The records half of :class:`~flowstone.defaults.memory_store.MemoryRunStore`
+    (its base class; not meant to be used on its own).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._mats: dict[str, MaterializationRecord] = {}
+        self._mat_ids: dict[_MatKey, str] = {}
+        self._mat_seq: dict[str, int] = {}
+        self._downstream: dict[str, list[str]] = {}
+        self._approvals: dict[int, Approval] = {}
+        self._gates: dict[str, Gate] = {}
+        self._routes: dict[_MatKey, tuple[str, datetime]] = {}
+        self._cursors: dict[str, str] = {}
+        self._ticks: set[tuple[str, str]] = set()
+        self._audit: dict[str, list[AuditEntry]] = {}
+        self._items: dict[_MatKey, dict[int, ItemResult]] = {}
+        self._seq = 0
+        self._next_approval = 0
+
+    def _next(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    # --- materializations & lineage ----------------------------------------------------
+    def get_materialization(self, materialization_id: str) -> MaterializationRecord | None:
+        with self._lock:
+            return self._mats.get(materialization_id)
+
+    def find_materialization(
+        self, pipeline: str, asset: str, partition: str, *, run_id: str | None = None
+    ) -> MaterializationRecord | None:
+        with self._lock:
+            if run_id is not None:
+                mat_id = self._mat_ids.get((run_id, asset, partition))
+                mat = None if mat_id is None else self._mats[mat_id]
+                return mat if mat is not None and mat.pipeline == pipeline else None
+            best: MaterializationRecord | None = None
+            best_key: tuple[datetime | None, int] | None = None
+            for mat in self._mats.values():
+                if (
+                    mat.pipeline != pipeline
+                    or mat.asset != asset
+                    or mat.partition != partition
+                    or mat.state != "succeeded"
+                    or mat.invalidated
+                ):
+                    continue
+                key = (mat.finished_at, self._mat_seq[mat.id])
+                if best_key is None or _newer(key, best_key):
+                    best, best_key = mat, key
+            return best
+
+    def list_materializations(
+        self,
+        pipeline: str,
+        *,
+        asset: str | None = None,
+        partition: str | None = None,
+        run_id: str | None = None,
+        limit: int = 100,
+    ) -> list[MaterializationRecord]:
+        with self._lock:
+            found = [
+                m
+                for m in self._mats.values()
+                if m.pipeline == pipeline
+                and (asset is None or m.asset == asset)
+                and (partition is None or m.partition == partition)
+                and (run_id is None or m.run_id == run_id)
+            ]
+            found.sort(key=lambda m: self._mat_seq[m.id], reverse=True)
+            return found[:limit]
+
+    def invalidate(self, pipeline: str, asset: str, partition: str | None = None) -> int:
+        with self._lock:
+            hits = [
+                m
+                for m in self._mats.values()
+                if m.pipeline == pipeline
+                and m.asset == asset
+                and m.state == "succeeded"
+                and not m.invalidated
+                and (partition is None or m.partition == partition)
+            ]
+            for m in hits:
+                self._mats[m.id] = replace(m, invalidated=True)
+            return len(hits)
+
+    def upstream(self, materialization_id: str) -> list[MaterializationRecord]:
+        with self._lock:
+            mat = self._mats.get(materialization_id)
+            if mat is None:
+                return []
+            return [self._mats[i] for i in mat.upstream if i in self._mats]
+
+    def downstream(self, materialization_id: str) -> list[MaterializationRecord]:
+        with self._lock:
+            ids = self._downstream.get(materialization_id, [])
+            found = [self._mats[i] for i in ids if i in self._mats]
+            found.sort(key=lambda m: self._mat_seq[m.id])
+            return found
+
+    # --- approvals & gates -------------------------------------------------------------
+    def get_approval(self, approval_id: int) -> Approval | None:
+        with self._lock:
+            return self._approvals.get(approval_id)
+
+    def find_approval(self, run_id: str, asset: str, partition: str) -> Approval | None:
+        with self._lock:
+            for approval in reversed(self._approvals.values()):
+                if (approval.run_id, approval.asset, approval.partition) == (
+                    run_id,
+                    asset,
+                    partition,
+                ):
+                    return approval
+            return None
+
+    def list_approvals(
+        self, *, pipeline: str | None = None, status: str | None = None
+    ) -> list[Approval]:
+        with self._lock:
+            return [
+                a
+                for a in self._approvals.values()
+                if (pipeline is None or a.pipeline == pipeline)
+                and (status is None or a.status == status)
+            ]
+
+    def decide_approval(
+        self,
+        approval_id: int,
+        status: Literal["approved", "rejected", "expired"],
+        *,
+        by: str | None = None,
+        reason: str | None = None,
+    ) -> Approval:
+        with self._lock:
+            approval = self._approvals.get(approval_id)
+            if approval is None:
+                raise ApprovalError(
+                    f"approval {approval_id} does not exist; list pending approvals with "
+                    "`flowstone approvals` to find the right id"
+                )
+            if approval.status != "pending":
+                raise ApprovalError(
+                    f"approval {approval_id} was already {approval.status}"
+                    f"{f' by {approval.decided_by}' if approval.decided_by else ''}; "
+                    "an approval can be decided only once"
+                )
+            now = rules.utc_now()
+            decided = replace(approval, status=status, decided_by=by, decided_at=now, reason=reason)
+            self._approvals[approval_id] = decided
+            detail = {"approval_id": approval_id, "by": by, "reason": reason}
+            self._append(
+                approval.run_id,
+                f"approval_{status}",
+                approval.asset,
+                approval.partition,
+                detail,
+                now,
+            )
+            return decided
+
+    def due_approvals(self, now: datetime) -> list[Approval]:
+        now = rules.require_utc(now, "now")
+        with self._lock:
+            return [
+                a
+                for a in self._approvals.values()
+                if a.status == "pending" and a.expires_at is not None and a.expires_at <= now
+            ]
+
+    def get_gate(self, token_hash: str) -> Gate | None:
+        with self._lock:
+            return self._gates.get(token_hash)
+
+    def consume_gate(
+        self, token_hash: str, *, payload: Any, status: Literal["signaled", "expired"]
+    ) -> Gate:
+        payload = rules.json_copy(payload, "signal payload")
+        with self._lock:
+            gate = self._gates.get(token_hash)
+            if gate is None:
+                raise SignalError(
+                    "unknown signal token; check that the token was copied whole and "
+                    "belongs to this pipeline's store"
+                )
+            if gate.status != "pending":
+                raise SignalError(
+                    f"signal gate of run {gate.run_id!r} asset {gate.asset!r} is already "
+                    f"{gate.status}; a token works only once"
+                )
+            now = rules.utc_now()
+            used = replace(gate, status=status, payload=payload, signaled_at=now)
+            self._gates[token_hash] = used
+            self._append(gate.run_id, f"gate_{status}", gate.asset, gate.partition, {}, now)
+            return used
+
+    def due_gates(self, now: datetime) -> list[Gate]:
+        now = rules.require_utc(now, "now")
+        with self._lock:
+            return [
+                g
+                for g in self._gates.values()
+                if g.status == "pending" and g.expires_at is not None and g.expires_at <= now
+            ]
+
+    # --- routing -----------------------------------------------------------------------
+    def record_route_decision(self, run_id: str, router: str, partition: str, branch: str) -> str:
+        with self._lock:
+            key = (run_id, router, partition)
+            if key not in self._routes:
+                self._routes[key] = (branch, rules.utc_now())
+            return self._routes[key][0]
+
+    def get_route_decision(self, run_id: str, router: str, partition: str) -> str | None:
+        with self._lock:
+            found = self._routes.get((run_id, router, partition))
+            return None if found is None else found[0]
+
+    def prune_route_decisions(self, older_than: datetime) -> int:
+        older_than = rules.require_utc(older_than, "older_than")
+        with self._lock:
+            old = [k for k, (_, at) in self._routes.items() if at < older_than]
+            for key in old:
+                del self._routes[key]
+            return len(old)
+
+    # --- cursors & ticks ---------------------------------------------------------------
+    def get_cursor(self, name: str) -> str | None:
+        with self._lock:
+            return self._cursors.get(name)
+
+    def set_cursor(self, name: str, value: str, *, expected: str | None = None) -> bool:
+        with self._lock:
+            if self._cursors.get(name) != expected:
+                return False
+            self._cursors[name] = value
+            return True
+
+    def claim_tick(self, name: str, tick: str) -> bool:
+        with self._lock:
+            if (name, tick) in self._ticks:
+                return False
+            self._ticks.add((name, tick))
+            return True
+
+    # --- audit -------------------------------------------------------------------------
+    def append_audit(
+        self,
+        run_id: str,
+        kind: str,
+        *,
+        asset: str | None = None,
+        partition: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        copied = rules.json_copy(dict(detail or {}), f"audit detail of {kind!r}")
+        with self._lock:
+            self._append(run_id, kind, asset, partition, copied, rules.utc_now())
+
+    def list_audit(self, run_id: str) -> list[AuditEntry]:
+        with self._lock:
+            return list(self._audit.get(run_id, ()))
+
+    # --- scatter item results ------------------------------------------------------------
+    def save_item_results(
+        self, run_id: str, asset: str, partition: str, results: Sequence[ItemResult]
+    ) -> None:
+        with self._lock:
+            items = self._items.setdefault((run_id, asset, partition), {})
+            for result in results:
+                items[result.index] = result
+
+    def load_item_results(self, run_id: str, asset: str, partition: str) -> list[ItemResult]:
+        with self._lock:
+            items = self._items.get((run_id, asset, partition), {})
+            return [items[i] for i in sorted(items)]
+
+    # --- internals (called with the lock held) ------------------------------------------
+    def _append(
+        self,
+        run_id: str,
+        kind: str,
+        asset: str | None,
+        partition: str | None,
+        detail: Mapping[str, Any],
+        at: datetime,
+    ) -> None:
+        entry = AuditEntry(self._next(), run_id, at, kind, asset, partition, dict(detail))
+        self._audit.setdefault(run_id, []).append(entry)
+
+    def _upsert_materialization(self, mat: MaterializationRecord) -> str:
+        key = (mat.run_id, mat.asset, mat.partition)
+        old_id = self._mat_ids.get(key)
+        if old_id is not None:
+            old = self._mats.pop(old_id)
+            for up in old.upstream:
+                self._downstream[up].remove(old_id)
+            self._mat_seq[mat.id] = self._mat_seq.pop(old_id)
+            if old_id != mat.id:
+                # last write wins: records that named the old id as input now name the new one
+                for down_id in self._downstream.pop(old_id, []):
+                    down = self._mats[down_id]
+                    self._mats[down_id] = replace(
+                        down, upstream=tuple(mat.id if u == old_id else u for u in down.upstream)
+                    )
+                    self._downstream.setdefault(mat.id, []).append(down_id)
+        else:
+            self._mat_seq[mat.id] = self._next()
+        self._mats[mat.id] = mat
+        self._mat_ids[key] = mat.id
+        for up in mat.upstream:
+            self._downstream.setdefault(up, []).append(mat.id)
+        return mat.id
+
+
+def _newer(a: tuple[datetime | None, int], b: tuple[datetime | None, int]) -> bool:
+    """Order by finished_at (missing counts as oldest), then by insertion."""
+    if a[0] != b[0]:
+        if a[0] is None:
+            return False
+        if b[0] is None:
+            return True
+        return a[0] > b[0]
+    return a[1] > b[1]
