@@ -5,6 +5,9 @@ A partition key is a ``str``, ``int``, ``date``, ``datetime`` or a tuple of thos
 (:func:`encode_partition`); assets see the typed key again. A partition set declares which
 keys an asset has; a partition mapping says which upstream keys a downstream key needs.
 See ``docs/partitions.md``.
+
+The time-based sets live in :mod:`flowstone._internal.partition_time` and are re-exported
+here; this is their public module.
 """
 
 from __future__ import annotations
@@ -14,9 +17,8 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta, tzinfo
-from typing import NoReturn, Protocol, runtime_checkable
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from datetime import date, datetime, timedelta
+from typing import Protocol, runtime_checkable
 
 from flowstone._internal.partition_codec import (
     MAX_PARTITION_DEPTH,
@@ -26,6 +28,8 @@ from flowstone._internal.partition_codec import (
     decode_partition,
     encode_partition,
 )
+from flowstone._internal.partition_set_rules import coerce, ordered, range_error
+from flowstone._internal.partition_time import HOUR, DailyPartitions, HourlyPartitions
 from flowstone.errors import PartitionError, UsageError
 
 __all__ = [
@@ -46,9 +50,6 @@ __all__ = [
     "encode_partition",
     "parse_partition",
 ]
-
-_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_HOUR = timedelta(hours=1)
 
 
 @runtime_checkable
@@ -93,269 +94,6 @@ def parse_partition(text: str, partitions: PartitionSet | None) -> PartitionKey:
         )
     encode_partition(text)
     return text
-
-
-def _zone(name: str) -> tzinfo:
-    if name == "UTC":
-        return UTC  # needs no tz database
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise UsageError(
-            f"unknown timezone {name!r}; use an IANA name such as 'UTC' or 'Europe/Berlin' "
-            "(zoneinfo.available_timezones() lists them; install 'tzdata' if it is empty)."
-        ) from exc
-
-
-def _now(now: datetime | None) -> datetime:
-    if now is None:
-        return datetime.now(UTC)
-    if now.utcoffset() is None:
-        raise UsageError(f"now={now!r} is naive; pass an aware datetime, e.g. with tzinfo=UTC.")
-    return now
-
-
-def _day(value: object, what: str, owner: str) -> date:
-    if isinstance(value, str) and _DAY.fullmatch(value):
-        try:
-            return date.fromisoformat(value)
-        except ValueError:
-            pass
-    elif isinstance(value, date) and not isinstance(value, datetime):
-        return date(value.year, value.month, value.day)
-    raise UsageError(f"{owner}: {what}={value!r} is not a day; pass a date or 'YYYY-MM-DD'.")
-
-
-def _hour(value: object, zone: tzinfo, what: str, owner: str) -> datetime:
-    if not isinstance(value, str | datetime):
-        raise UsageError(f"{owner}: {what}={value!r} is not a datetime or ISO text.")
-    try:
-        if isinstance(value, str):
-            value = _parse_datetime(value, zone, owner)
-        elif value.utcoffset() is None:
-            value = _localize(value, zone, owner)
-    except PartitionError as exc:  # a constructor argument, not a key: a usage error
-        raise UsageError(f"{what}: {exc}") from exc
-    hour = value.astimezone(UTC)
-    if hour.minute or hour.second or hour.microsecond:
-        raise UsageError(
-            f"{owner}: {what}={value!r} is not on the hour; use e.g. 10:00, not 10:30."
-        )
-    return hour
-
-
-def _parse_datetime(text: str, zone: tzinfo, owner: str) -> datetime:
-    try:
-        if "T" not in text and " " not in text:
-            raise ValueError("no time part")
-        parsed = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise PartitionError(
-            f"{text!r} is not an hour of {owner}; use ISO text such as '2024-01-05T10:00' "
-            "(read in the set's timezone) or '2024-01-05T10:00Z'."
-        ) from exc
-    return parsed if parsed.utcoffset() is not None else _localize(parsed, zone, owner)
-
-
-def _localize(naive: datetime, zone: tzinfo, owner: str) -> datetime:
-    """Attach ``zone`` to a naive local time, refusing times DST skips or repeats."""
-    first = naive.replace(tzinfo=zone, fold=0)
-    second = naive.replace(tzinfo=zone, fold=1)
-    fix = "give an explicit offset, e.g. '2024-10-27T02:00+01:00', or a time in UTC with 'Z'"
-    if first.utcoffset() != second.utcoffset():
-        skipped = first.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != naive
-        problem = "does not exist (skipped by DST)" if skipped else "is ambiguous (DST repeats it)"
-        raise PartitionError(f"{naive.isoformat()} {problem} in the timezone of {owner}; {fix}.")
-    return first
-
-
-def _range_error(owner: object, key: object, allowed: str, fix: str) -> PartitionError:
-    return PartitionError(f"{key!r} is not a partition of {owner!r}: {allowed}. {fix}")
-
-
-def _coerce(partitions: PartitionSet, key: PartitionKey) -> PartitionKey:
-    if isinstance(key, str) and not partitions.contains(key):
-        return partitions.parse(key)
-    return partitions.validate(key)
-
-
-def _ordered(owner: object, start: PartitionKey, end: PartitionKey) -> NoReturn:
-    raise PartitionError(
-        f"keys_between({start!r}, {end!r}) of {owner!r}: start is after end; swap them."
-    )
-
-
-@dataclass(frozen=True, slots=True, init=False)
-class DailyPartitions:
-    """One partition per calendar day in ``timezone``; keys are ``date`` objects.
-
-    Args:
-        start: the first day (a ``date`` or ``"YYYY-MM-DD"``).
-        end: the last day, inclusive; ``None`` means up to the last *complete* day in
-            ``timezone`` at the time ``keys()`` is asked.
-        timezone: an IANA timezone name deciding when a day is complete.
-
-    Example:
-        >>> DailyPartitions("2024-01-01", "2024-01-03").keys()
-        [datetime.date(2024, 1, 1), datetime.date(2024, 1, 2), datetime.date(2024, 1, 3)]
-    """
-
-    start: date
-    end: date | None = None
-    timezone: str = "UTC"
-
-    def __init__(
-        self, start: date | str, end: date | str | None = None, timezone: str = "UTC"
-    ) -> None:
-        _zone(timezone)
-        first = _day(start, "start", "DailyPartitions")
-        last = None if end is None else _day(end, "end", "DailyPartitions")
-        if last is not None and last < first:
-            raise UsageError(f"DailyPartitions: start {first} is after end {last}; swap them.")
-        object.__setattr__(self, "start", first)
-        object.__setattr__(self, "end", last)
-        object.__setattr__(self, "timezone", timezone)
-
-    def keys(self, now: datetime | None = None) -> list[PartitionKey]:
-        """Every day from ``start`` to ``end`` (or the last complete day at ``now``)."""
-        last = self.end
-        if last is None:
-            last = _now(now).astimezone(_zone(self.timezone)).date() - timedelta(days=1)
-        return self._days(self.start, last)
-
-    def contains(self, key: object) -> bool:
-        """Whether ``key`` is a ``date`` within ``start``..``end`` (open-ended if no end)."""
-        if not isinstance(key, date) or isinstance(key, datetime):
-            return False
-        return self.start <= key and (self.end is None or key <= self.end)
-
-    def validate(self, key: object) -> PartitionKey:
-        """Return ``key`` as a plain ``date`` if it is in the set, else raise ``PartitionError``."""
-        if self.contains(key):
-            return check_key(key)
-        kind = "a date" if isinstance(key, date) and not isinstance(key, datetime) else "not a date"
-        until = f"{self.end}" if self.end else "open-ended"
-        return self._fail(key, f"it is {kind}; the set is the days {self.start} .. {until}")
-
-    def _fail(self, key: object, allowed: str) -> PartitionKey:
-        raise _range_error(
-            self, key, allowed, "Pass a datetime.date inside the range (CLI: YYYY-MM-DD)."
-        )
-
-    def parse(self, text: str) -> PartitionKey:
-        """Parse ``"YYYY-MM-DD"`` into a ``date`` of this set."""
-        try:
-            day = _day(text, "partition", repr(self))
-        except UsageError as exc:
-            raise PartitionError(
-                f"{text!r} is not a day of {self!r}; use YYYY-MM-DD, e.g. '2024-01-05'."
-            ) from exc
-        return self.validate(day)
-
-    def keys_between(self, start: PartitionKey, end: PartitionKey) -> list[PartitionKey]:
-        """The days from ``start`` to ``end`` inclusive (dates or ``YYYY-MM-DD`` text)."""
-        first, last = _coerce(self, start), _coerce(self, end)
-        assert isinstance(first, date) and isinstance(last, date)
-        if last < first:
-            _ordered(self, start, end)
-        return self._days(first, last)
-
-    @staticmethod
-    def _days(first: date, last: date) -> list[PartitionKey]:
-        return [first + timedelta(days=n) for n in range((last - first).days + 1)]
-
-    def time_window(self, key: date) -> tuple[datetime, datetime]:
-        """The UTC instants where day ``key`` starts and ends in ``timezone`` (DST-aware)."""
-        day = self.validate(key)
-        assert isinstance(day, date)
-        zone = _zone(self.timezone)
-        bounds = (
-            datetime.combine(d, datetime.min.time(), zone) for d in (day, day + timedelta(days=1))
-        )
-        start, end = (b.astimezone(UTC) for b in bounds)
-        return start, end
-
-
-@dataclass(frozen=True, slots=True, init=False)
-class HourlyPartitions:
-    """One partition per hour; keys are aware UTC ``datetime`` objects on the hour.
-
-    Args:
-        start: the first hour (aware ``datetime``, or naive / ISO text read in ``timezone``).
-        end: the last hour, inclusive; ``None`` means up to the last *complete* hour.
-        timezone: the IANA timezone naive datetimes and CLI text are read in.
-    """
-
-    start: datetime
-    end: datetime | None = None
-    timezone: str = "UTC"
-
-    def __init__(
-        self, start: datetime | str, end: datetime | str | None = None, timezone: str = "UTC"
-    ) -> None:
-        zone = _zone(timezone)
-        first = _hour(start, zone, "start", "HourlyPartitions")
-        last = None if end is None else _hour(end, zone, "end", "HourlyPartitions")
-        if last is not None and last < first:
-            raise UsageError(f"HourlyPartitions: start {first} is after end {last}; swap them.")
-        object.__setattr__(self, "start", first)
-        object.__setattr__(self, "end", last)
-        object.__setattr__(self, "timezone", timezone)
-
-    def keys(self, now: datetime | None = None) -> list[PartitionKey]:
-        """Every hour from ``start`` to ``end`` (or the last complete hour at ``now``)."""
-        last = self.end
-        if last is None:
-            last = _now(now).astimezone(UTC).replace(minute=0, second=0, microsecond=0) - _HOUR
-        return self._hours(self.start, last)
-
-    def contains(self, key: object) -> bool:
-        """Whether ``key`` is an aware datetime on the hour within ``start``..``end``."""
-        if not isinstance(key, datetime) or key.utcoffset() is None:
-            return False
-        utc = key.astimezone(UTC)
-        on_hour = not (utc.minute or utc.second or utc.microsecond)
-        return on_hour and self.start <= utc and (self.end is None or utc <= self.end)
-
-    def validate(self, key: object) -> PartitionKey:
-        """Return ``key`` in UTC if it is in the set, else raise ``PartitionError``."""
-        if self.contains(key):
-            return check_key(key)
-        until = self.end.isoformat() if self.end else "open-ended"
-        allowed = f"the set is the aware datetimes on the hour {self.start.isoformat()} .. {until}"
-        raise _range_error(
-            self,
-            key,
-            allowed,
-            "Pass e.g. datetime(2024, 1, 5, 10, tzinfo=UTC) (CLI: 2024-01-05T10:00Z).",
-        )
-
-    def parse(self, text: str) -> PartitionKey:
-        """Parse ISO text (``2024-01-05T10``, ``...T10:00Z``, ``...T10:00+02:00``) into a key.
-
-        Text without an offset is read in the set's timezone; a local time that DST skips
-        or repeats is refused with a message asking for an explicit offset.
-        """
-        return self.validate(_parse_datetime(text, _zone(self.timezone), repr(self)))
-
-    def keys_between(self, start: PartitionKey, end: PartitionKey) -> list[PartitionKey]:
-        """The hours from ``start`` to ``end`` inclusive (datetimes or ISO text)."""
-        first, last = _coerce(self, start), _coerce(self, end)
-        assert isinstance(first, datetime) and isinstance(last, datetime)
-        if last < first:
-            _ordered(self, start, end)
-        return self._hours(first, last)
-
-    @staticmethod
-    def _hours(first: datetime, last: datetime) -> list[PartitionKey]:
-        count = int((last - first) / _HOUR) + 1
-        return [first + n * _HOUR for n in range(max(count, 0))]
-
-    def time_window(self, key: datetime) -> tuple[datetime, datetime]:
-        """The UTC instants where hour ``key`` starts and ends."""
-        hour = self.validate(key)
-        assert isinstance(hour, datetime)
-        return hour, hour + _HOUR
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -414,7 +152,7 @@ class StaticPartitions:
         shown = ", ".join(repr(k) for k in self.members[:20]) + (
             ", ..." if len(self.members) > 20 else ""
         )
-        raise _range_error(self, key, f"allowed keys are {shown}", "Use one of them.")
+        raise range_error(self, key, f"allowed keys are {shown}", "Use one of them.")
 
     def parse(self, text: str) -> PartitionKey:
         """The key spelled ``text``: a str key as-is, an int key by its digits."""
@@ -430,9 +168,9 @@ class StaticPartitions:
 
     def keys_between(self, start: PartitionKey, end: PartitionKey) -> list[PartitionKey]:
         """The keys from ``start`` to ``end`` inclusive, in the order given."""
-        first, last = (self._position(_coerce(self, key)) for key in (start, end))
+        first, last = (self._position(coerce(self, key)) for key in (start, end))
         if last < first:
-            _ordered(self, start, end)
+            ordered(self, start, end)
         return list(self.members[first : last + 1])
 
 
@@ -492,7 +230,7 @@ class MultiPartitions:
     def validate(self, key: object) -> PartitionKey:
         """Return ``key`` with every part normalised, or raise naming the bad dimension."""
         if not isinstance(key, tuple) or len(key) != len(self.dimensions):
-            raise _range_error(
+            raise range_error(
                 self,
                 key,
                 f"keys are tuples of {len(self.dimensions)} parts {self.dimension_names}",
@@ -539,7 +277,7 @@ class MultiPartitions:
 
     def keys_between(self, start: PartitionKey, end: PartitionKey) -> list[PartitionKey]:
         """Every combination of each dimension's ``start[i]``..``end[i]`` (a box, not a slice)."""
-        first, last = _coerce(self, start), _coerce(self, end)
+        first, last = coerce(self, start), coerce(self, end)
         assert isinstance(first, tuple) and isinstance(last, tuple)
         ranges = (
             parts.keys_between(a, b)
@@ -588,7 +326,7 @@ class TimeWindowOffset:
     ) -> list[PartitionKey | None]:
         """The key shifted by ``offset`` windows, or ``[]`` if the upstream set lacks it."""
         if isinstance(key, datetime):
-            shifted: PartitionKey = key + self.offset * _HOUR
+            shifted: PartitionKey = key + self.offset * HOUR
         elif isinstance(key, date):
             shifted = key + timedelta(days=self.offset)
         else:
