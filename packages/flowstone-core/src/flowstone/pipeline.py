@@ -192,11 +192,13 @@ class Pipeline:
         self.executor: Executor = self._resolve(executor, "flowstone.executors", "inprocess")
         scatter, parallel = self._coordinators
         self.scatter_coordinator = self._resolve(
-            scatter, "flowstone.scatter_coordinators",
+            scatter,
+            "flowstone.scatter_coordinators",
             self._preferred("flowstone.scatter_coordinators", "scatter_coordinator", "inline"),
         )
         self.parallel_coordinator = self._resolve(
-            parallel, "flowstone.parallel_coordinators",
+            parallel,
+            "flowstone.parallel_coordinators",
             self._preferred("flowstone.parallel_coordinators", "parallel_coordinator", "thread"),
         )
 

@@ -39,9 +39,7 @@ def wait_for_run(
             run.status == "waiting"
             and deferred_assets
             and all(
-                s.asset in deferred_assets
-                for s in store.list_steps(run_id)
-                if s.state == "waiting"
+                s.asset in deferred_assets for s in store.list_steps(run_id) if s.state == "waiting"
             )
         ):
             return run

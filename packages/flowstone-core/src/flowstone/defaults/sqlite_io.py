@@ -71,6 +71,7 @@ class SQLiteIOManager:
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA wal_autocheckpoint=10000")  # see sqlite_connection
             conn.execute(_SCHEMA)
             self._conn, self._pid = conn, os.getpid()
         return self._conn

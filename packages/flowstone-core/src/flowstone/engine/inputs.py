@@ -66,7 +66,7 @@ def resolve_inputs(
             if step.state != "succeeded" or step.materialization_id is None:
                 failed = failed or f"{dep}[{enc}] is {step.state}, not finished"
                 continue
-            mat = store.get_materialization(step.materialization_id)
+            mat = pipeline.runner.materialization(step.materialization_id)
             if mat is None:
                 failed = failed or f"{dep}[{enc}] materialization {step.materialization_id} is gone"
                 continue

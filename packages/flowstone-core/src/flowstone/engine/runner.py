@@ -17,6 +17,7 @@ import socket
 import threading
 import traceback
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,7 @@ __all__ = ["StepRunner", "hash_token"]
 
 log = logging.getLogger("flowstone.engine")
 MAX_SOFT_RETRIES = 1000
+_CACHED_MATERIALIZATIONS = 4096
 
 
 def hash_token(token: str) -> str:
@@ -81,12 +83,30 @@ class _Deferring:
 class StepRunner:
     """Runs steps of one pipeline. Thread-safe; one per pipeline per process."""
 
-    __slots__ = ("_leases", "_owner_prefix", "_p")
+    __slots__ = ("_leases", "_mats", "_mats_lock", "_owner_prefix", "_p")
 
     def __init__(self, pipeline: Pipeline) -> None:
         self._p = pipeline
         self._owner_prefix = f"{socket.gethostname()}:{os.getpid()}"
         self._leases = LeaseKeeper(pipeline.store)
+        # succeeded materializations this process recorded: immutable once committed, and
+        # read again by each dependent (saves two store queries per dependency edge)
+        self._mats: OrderedDict[str, MaterializationRecord] = OrderedDict()
+        self._mats_lock = threading.Lock()
+
+    def materialization(self, materialization_id: str) -> MaterializationRecord | None:
+        """A materialization by id, from this process's recent ones or the store."""
+        with self._mats_lock:
+            cached = self._mats.get(materialization_id)
+        if cached is not None:
+            return cached
+        return self._p.store.get_materialization(materialization_id)
+
+    def _remember(self, mat: MaterializationRecord) -> None:
+        with self._mats_lock:
+            self._mats[mat.id] = mat
+            if len(self._mats) > _CACHED_MATERIALIZATIONS:
+                self._mats.popitem(last=False)
 
     def owner(self) -> str:
         return f"{self._owner_prefix}:{threading.get_ident()}"
@@ -169,6 +189,8 @@ class StepRunner:
         transition = p.store.finish_step(run_id, asset, partition, outcome)
         if not transition.applied:
             return ()
+        if outcome.materialization is not None and outcome.state == "succeeded":
+            self._remember(outcome.materialization)
         if on_applied is not None:
             on_applied()
         data: dict[str, Any] = {}
