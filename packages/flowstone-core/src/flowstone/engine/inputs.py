@@ -50,6 +50,11 @@ def resolve_inputs(
         skipped = ""
         for uk in keys:
             enc = encode_partition(uk)
+            known = pipeline.runner.succeeded(run_id, dep, enc)
+            if known is not None:  # finished by this process: no need to ask the store
+                inputs.upstream_ids.append(known.id)
+                values[uk] = pipeline.load_materialization(known, run_id=run_id)
+                continue
             step = store.get_step(run_id, dep, enc)
             if step is None or step.state in _FAILED_STATES:
                 failed = failed or (

@@ -91,7 +91,7 @@ class StepRunner:
         self._leases = LeaseKeeper(pipeline.store)
         # succeeded materializations this process recorded: immutable once committed, and
         # read again by each dependent (saves two store queries per dependency edge)
-        self._mats: OrderedDict[str, MaterializationRecord] = OrderedDict()
+        self._mats: OrderedDict[object, MaterializationRecord] = OrderedDict()
         self._mats_lock = threading.Lock()
 
     def materialization(self, materialization_id: str) -> MaterializationRecord | None:
@@ -102,10 +102,17 @@ class StepRunner:
             return cached
         return self._p.store.get_materialization(materialization_id)
 
+    def succeeded(self, run_id: str, asset: str, partition: str) -> MaterializationRecord | None:
+        """The materialization of a step this process saw succeed (terminal: it cannot
+        change), or None when the store must be asked."""
+        with self._mats_lock:
+            return self._mats.get((run_id, asset, partition))
+
     def _remember(self, mat: MaterializationRecord) -> None:
         with self._mats_lock:
             self._mats[mat.id] = mat
-            if len(self._mats) > _CACHED_MATERIALIZATIONS:
+            self._mats[(mat.run_id, mat.asset, mat.partition)] = mat
+            while len(self._mats) > 2 * _CACHED_MATERIALIZATIONS:
                 self._mats.popitem(last=False)
 
     def owner(self) -> str:
