@@ -23,6 +23,7 @@ from flowstone.dag import AssetGraph
 from flowstone.engine import resume
 from flowstone.engine.plan import Planner, validate_key
 from flowstone.engine.runner import StepRunner
+from flowstone.engine.scatter_retry import RETRY_TAG, check_retry
 from flowstone.engine.timeouts import branch_index
 from flowstone.errors import (
     DefinitionError,
@@ -325,6 +326,25 @@ class Pipeline:
         Scatter steps keep their succeeded item results and run only the failed items."""
         self.dispatch(run_id, self.store.reopen_run(run_id))
         return self.result(run_id)
+
+    def retry_failed_items(
+        self, run_id: str, asset: str, partition: PartitionKey | None = None
+    ) -> RunResult:
+        """Re-run only the failed items of ``asset``'s scatter in a finished run.
+
+        Starts a NEW run of ``asset`` alone (dependencies reused, downstream not run)
+        tagged ``{"retry_failed_items_of": run_id}``: its scatter reuses the succeeded
+        item results of ``run_id`` and runs the items that failed or never ran, so the
+        new value has every item. The earlier run is left unchanged. For a run that
+        FAILED (threshold exceeded) :meth:`resume` also retries in place.
+
+        Raises:
+            RunNotFoundError: no run ``run_id`` in this pipeline's store.
+            UsageError: ``asset`` is not a scatter asset, the run is not finished, did not
+                execute that scatter itself, or ran it for another partition.
+        """
+        name = check_retry(self, run_id, asset, partition)
+        return self.run(name, partition, force=True, with_deps=False, tags={RETRY_TAG: run_id})
 
     def backfill(
         self,

@@ -5,6 +5,7 @@ thread pool: at most ``max_concurrent`` items or batches are in flight, never al
 once. Every item result is saved in the run store, and a reader's checkpoint is saved
 after each page once that page's results are durable, so a crashed or failed scatter
 resumes (``pipeline.resume(run_id)``) without re-running the items that succeeded.
+A ``pipeline.retry_failed_items`` run reuses the succeeded items of the earlier run.
 """
 
 from __future__ import annotations
@@ -93,6 +94,13 @@ class _ScatterRun:
         self.failed: dict[int, str] = {}
         self.prior_keys = {r.key for r in prior}
         self.prior_failed = any(r.state == "failed" for r in prior)
+        # a retry_failed_items run: the earlier run's succeeded items, by key; they are
+        # copied into this run as they are met, so this run is self-contained and resumable
+        self.reuse: dict[str, ItemResult] = {}
+        earlier = req.previous_run_id
+        if earlier is not None and earlier != req.run_id:
+            old = self.store.load_item_results(earlier, req.asset.name, req.partition)
+            self.reuse = {r.key: r for r in old if r.state == "succeeded"}
         self.seen: set[str] = set()
         self.index_of_key: dict[str, int] = {}
         self.total: int | None = None
@@ -147,6 +155,10 @@ class _ScatterRun:
                 continue  # duplicates run once
             self.seen.add(key)
             self.index_of_key[key] = index
+            if index not in self.done and (hit := self.reuse.pop(key, None)) is not None:
+                result = ItemResult(index, key, "succeeded", value_json=hit.value_json)
+                self.done[index] = result
+                self.pending.append(result)
             out.append((index, key, item))
         return out
 

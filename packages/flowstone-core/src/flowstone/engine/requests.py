@@ -19,7 +19,10 @@ __all__ = ["ParallelRequest", "ScatterRequest"]
 @dataclass(frozen=True, slots=True)
 class ScatterRequest:
     """One scatter step to execute: the asset, its resolved deps, and a context factory
-    (``make_context(item, batch)``) for each item or batch."""
+    (``make_context(item, batch)``) for each item or batch.
+
+    ``previous_run_id`` is set for a ``pipeline.retry_failed_items`` run: the coordinator
+    reuses that run's succeeded item results and runs only the other items."""
 
     pipeline: Pipeline
     asset: AssetDef
@@ -30,6 +33,7 @@ class ScatterRequest:
     attempt: int
     owner: str
     make_context: Callable[[Any, Batch | None], Context]
+    previous_run_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

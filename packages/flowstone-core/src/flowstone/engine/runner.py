@@ -28,6 +28,7 @@ from flowstone.engine.inputs import DepOutcome, resolve_inputs
 from flowstone.engine.invoke import bind_arguments, call_with_timeout
 from flowstone.engine.leases import LeaseKeeper
 from flowstone.engine.requests import ParallelRequest, ScatterRequest
+from flowstone.engine.scatter_retry import RETRY_TAG
 from flowstone.engine.timeouts import mark_branch_started
 from flowstone.errors import EncodingError, ExecutionError
 from flowstone.events import Event
@@ -322,6 +323,9 @@ class StepRunner:
             if decided is not None:  # replayed, never re-evaluated
                 return decided
         if a.scatter is not None:
+            # one read of the run record: a retry_failed_items run names the earlier run
+            run = p.store.get_run(step.run_id)
+            previous = run.tags.get(RETRY_TAG) if run is not None else None
             request = ScatterRequest(
                 pipeline=p,
                 asset=a,
@@ -334,6 +338,7 @@ class StepRunner:
                 make_context=lambda item, batch: self._context(
                     a, step.run_id, step.partition, key, step.attempt, item=item, batch=batch
                 ),
+                previous_run_id=previous,
             )
             return p.scatter_coordinator.execute(request)
         extra: dict[str, Any] | None = None
