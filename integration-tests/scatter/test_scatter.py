@@ -153,3 +153,36 @@ def test_cli_status_reports_counts(cluster: ScatterCluster) -> None:
     data = json.loads(out.stdout)
     assert (data["succeeded"], data["failed"], data["pending"], data["state"]) == (
         300, 0, 0, "succeeded")
+
+
+def test_retry_failed_items_of_a_succeeded_scatter(cluster: ScatterCluster) -> None:
+    cluster.start("w1")
+    pipeline = load_pipeline(cluster.queue)
+    key = f"200-retry-{os.getpid()}"
+    first = pipeline.run("once_flaky", partition=key, timeout=60)
+    assert first.status == "succeeded", first.error
+    flaky = [i for i in range(200) if i % 25 == 3]
+    assert [i for i, v in enumerate(first.value) if v is None] == flaky
+    assert executions(first.run_id) == 200
+
+    retry = pipeline.retry_failed_items(first.run_id, "once_flaky", key)
+
+    assert retry.status == "succeeded", retry.error
+    assert retry.value == [i * 2 for i in range(200)]
+    assert executions(retry.run_id) == len(flaky)  # only the failed items ran again
+    rows = item_rows(pipeline, retry.run_id, "once_flaky", key)
+    assert len(rows) == 200 and all(r["state"] == "succeeded" for r in rows)
+    assert sorted(r["idx"] for r in rows if r["attempts"]) == flaky
+    earlier = next(m for m in pipeline.result(first.run_id).materializations
+                   if m.asset == "once_flaky")
+    assert pipeline.load_materialization(earlier) == first.value  # unchanged
+
+    # the CLI does the same for a succeeded run; nothing failed in the retry run
+    out = subprocess.run(
+        [sys.executable, "-m", "flowstone", "scatter", "retry-failed", SPEC, retry.run_id,
+         "--partition", key, "--asset", "once_flaky", "--json"], capture_output=True,
+        text=True, timeout=60, env={**os.environ, "FLOWSTONE_QUEUE": cluster.queue})
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert (data["status"], data["retry_of"]) == ("succeeded", retry.run_id)
+    assert data["run_id"] != retry.run_id and executions(data["run_id"]) == 0

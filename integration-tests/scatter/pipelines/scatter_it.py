@@ -65,6 +65,18 @@ def counted(context: fs.Context, numbers: list[int]) -> int:
     return item + 1
 
 
+@fs.asset(scatter=fs.Scatter(items=lambda numbers: numbers, max_concurrent=40,
+                             failure_threshold=0.1))
+def once_flaky(context: fs.Context, numbers: list[int]) -> int:
+    """Items 3, 28, 53, ... fail on their first execution only (counted per partition)."""
+    item: int = context.scatter_item
+    _redis().incr(f"fs-it-exec:{context.run_id}")
+    first = _redis().incr(f"fs-it-once:{context.partition}:{item}") == 1
+    if first and item % 25 == 3:
+        raise ValueError(f"item {item} fails the first time")
+    return item * 2
+
+
 class KillingReader(JsonLines):
     """A JSON-lines reader that SIGKILLs its own process after page 3, once per file."""
 
@@ -104,7 +116,7 @@ def limited(context: fs.Context, numbers: list[int]) -> list[float]:
 
 
 pipeline = fs.Pipeline("scatter_it", [numbers, squares, total, flaky, counted, read_items,
-                                      by_bytes, limited])
+                                      by_bytes, limited, once_flaky])
 
 if os.environ.get("FLOWSTONE_IT_DUPLICATE"):
     # Simulated at-least-once delivery: every scatter message is published twice.

@@ -27,6 +27,7 @@ __all__ = [
     "ItemRow",
     "append_page",
     "claim_reader",
+    "copy_succeeded",
     "create",
     "decide",
     "find",
@@ -82,18 +83,29 @@ async def create(
     conn: asyncpg.Connection, *, pipeline: str, run_id: str, asset: str, partition: str,
     token: str, rows: Sequence[tuple[int, int, str, str]], units_total: int,
     max_concurrent: int, chunk_units: int, reader_done: bool, expected_total: int | None,
+    previous_run_id: str | None = None,
 ) -> tuple[int, bool]:
     """Create the barrier and bulk-insert (COPY) its items in ONE transaction.
 
-    Returns ``(barrier_id, created)``; ``created`` is False if it already existed."""
+    With ``previous_run_id`` (a ``retry_failed_items`` run) the items that succeeded in
+    that run's barrier of the same asset and partition are recorded succeeded, with their
+    results, in the same transaction: only the others are ever enqueued. Returns
+    ``(barrier_id, created)``; ``created`` is False if it already existed."""
     async with conn.transaction():
+        reuse_from = None
+        if previous_run_id is not None:
+            reuse_from = await conn.fetchval(
+                f"SELECT id FROM {B} WHERE run_id = $1 AND asset = $2 AND partition = $3",
+                previous_run_id, asset, partition,
+            )
         bid = await conn.fetchval(
             f"INSERT INTO {B} (pipeline, run_id, asset, partition, token, state, "
             "expected_total, total_items, units_total, max_concurrent, chunk_units, "
-            "reader_done) VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8, $9, $10, $11) "
-            "ON CONFLICT (run_id, asset, partition) DO NOTHING RETURNING id",
+            "reader_done, reuse_from) VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8, "
+            "$9, $10, $11, $12) ON CONFLICT (run_id, asset, partition) DO NOTHING "
+            "RETURNING id",
             pipeline, run_id, asset, partition, token, expected_total, len(rows),
-            units_total, max_concurrent, chunk_units, reader_done,
+            units_total, max_concurrent, chunk_units, reader_done, reuse_from,
         )
         if bid is None:
             row = await find(conn, run_id, asset, partition)
@@ -104,7 +116,27 @@ async def create(
                 columns=["barrier_id", "idx", "unit", "key", "item"],
                 records=[(bid, *r) for r in rows],
             )
+            if reuse_from is not None:
+                reused = await copy_succeeded(conn, bid, int(reuse_from), None)
+                await conn.execute(
+                    f"UPDATE {B} SET succeeded = $2 WHERE id = $1", bid, reused)
         return int(bid), True
+
+
+async def copy_succeeded(
+    conn: asyncpg.Connection, barrier_id: int, reuse_from: int, idx: Sequence[int] | None,
+) -> int:
+    """Mark this barrier's pending items (all, or those in ``idx``) that succeeded in
+    barrier ``reuse_from`` (matched by key) succeeded with the same result; return how many."""
+    only = "" if idx is None else " AND n.idx = ANY($3::bigint[])"
+    args: list[Any] = [barrier_id, reuse_from] + ([] if idx is None else [list(idx)])
+    changed = await conn.fetch(
+        f"UPDATE {I} AS n SET state = 'succeeded', result = o.result, error = NULL "
+        f"FROM {I} AS o WHERE n.barrier_id = $1 AND o.barrier_id = $2 "
+        "AND o.state = 'succeeded' AND md5(o.key) = md5(n.key) AND o.key = n.key "
+        f"AND n.state = 'pending'{only} RETURNING n.idx", *args,
+    )
+    return len(changed)
 
 
 async def reopen(conn: asyncpg.Connection, barrier_id: int, token: str) -> None:
@@ -250,7 +282,7 @@ async def append_page(
             f"SELECT * FROM {B} WHERE id = $1 FOR UPDATE", barrier_id)
         if b is None or b["reader_owner"] != owner or b["reader_done"]:
             return None
-        inserted = 0
+        inserted, reused = 0, 0
         if rows:
             got = await conn.fetch(
                 f"INSERT INTO {I} (barrier_id, idx, unit, key, item) SELECT $1, * FROM "
@@ -260,11 +292,15 @@ async def append_page(
                 [r[2] for r in rows], [r[3] for r in rows],
             )
             inserted = len(got)
+            if got and b["reuse_from"] is not None:
+                reused = await copy_succeeded(conn, barrier_id, int(b["reuse_from"]),
+                                              [int(r["idx"]) for r in got])
         b = await conn.fetchrow(
             f"UPDATE {B} SET total_items = total_items + $2, units_total = $3, "
             "checkpoint = $4::jsonb, next_index = $5, reader_done = $6, reader_beat = now(), "
-            "expected_total = coalesce(expected_total, $7), updated_at = now() "
-            "WHERE id = $1 RETURNING *",
+            "expected_total = coalesce(expected_total, $7), succeeded = succeeded + $8, "
+            "updated_at = now() WHERE id = $1 RETURNING *",
             barrier_id, inserted, units_total, checkpoint, next_index, done, expected_total,
+            reused,
         )
         return await decide(conn, b, sc)

@@ -24,9 +24,15 @@ def register(subparsers: Any) -> None:
     status.add_argument("--partition", default=None)
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.set_defaults(func=_status)
-    retry = sub.add_parser("retry-failed", help="re-run only the failed items of a run")
+    retry = sub.add_parser(
+        "retry-failed", help="re-run only the failed items of a run",
+        description="Re-open a failed/cancelled run, or start a new run of the scatter "
+        "asset of a succeeded run that reuses its succeeded items.")
     retry.add_argument("spec", metavar="FILE_OR_MODULE:PIPELINE")
     retry.add_argument("run_id")
+    retry.add_argument("--asset", default=None,
+                       help="the scatter asset (needed if a succeeded run scattered several)")
+    retry.add_argument("--partition", default=None)
     retry.add_argument("--json", action="store_true")
     retry.set_defaults(func=_retry)
 
@@ -57,16 +63,25 @@ def _status(args: argparse.Namespace) -> int:
 
 def _retry(args: argparse.Namespace) -> int:
     from flowstone.loading import load_pipeline
+    from flowstone.partitions import parse_partition
     from flowstone_scatter.status import retry_failed
 
     try:
         pipeline = load_pipeline(args.spec)
-        result = retry_failed(pipeline, args.run_id)
-    except FlowStoneError as exc:
+        key = None
+        if args.partition is not None:
+            parts = pipeline.dag[args.asset].partitions if args.asset else None
+            key = parse_partition(args.partition, parts)
+        result = retry_failed(pipeline, args.run_id, args.asset, key)
+    except (FlowStoneError, KeyError) as exc:
         print(f"flowstone scatter retry-failed: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"run_id": result.run_id, "status": result.status}))
-    else:
+        print(json.dumps({"run_id": result.run_id, "status": result.status,
+                          "retry_of": args.run_id}))
+    elif result.run_id == args.run_id:
         print(f"run {result.run_id} re-opened: {result.status}")
+    else:
+        print(f"run {result.run_id} retried the failed items of {args.run_id}: "
+              f"{result.status}")
     return 0

@@ -7,6 +7,8 @@ returns :class:`~flowstone.scatter.Deferred`. The engine records the step as wai
 then calls ``start``, which enqueues the first window. From then on every finished chunk
 records its items, tops the window up and, for the last one, wins the barrier's single
 transition to ``finishing`` and runs the gather (see :mod:`flowstone_scatter.barrier`).
+A ``pipeline.retry_failed_items`` run's barrier starts with the earlier run's succeeded
+items copied in, so only the failed (or never-run) items are enqueued.
 """
 
 from __future__ import annotations
@@ -221,7 +223,8 @@ class CeleryScatterCoordinator:
             c, pipeline=p.name, run_id=req.run_id, asset=name, partition=req.partition,
             token=token, rows=rows, units_total=units_total,
             max_concurrent=sc.max_concurrent, chunk_units=self.chunk_units(sc),
-            reader_done=sc.reader is None, expected_total=expected))
+            reader_done=sc.reader is None, expected_total=expected,
+            previous_run_id=req.previous_run_id))
         return Deferred(token, start=lambda: self._start(p, bid, sc))
 
     def _start(self, pipeline: Pipeline, barrier_id: int, sc: Scatter) -> None:

@@ -66,6 +66,10 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX scatter_items_queued ON flowstone.scatter_items (barrier_id, queued_at)
         WHERE state = 'queued';
     """,
+    # 2: a retry_failed_items barrier reuses the succeeded items of an earlier barrier
+    """
+    ALTER TABLE flowstone.scatter_barriers ADD COLUMN reuse_from bigint;
+    """,
 )
 
 

@@ -68,8 +68,30 @@ def scatter_status(pipeline: Pipeline, run_id: str, asset: str,
                          bool(b["reader_done"]), b["error"])
 
 
-def retry_failed(pipeline: Pipeline, run_id: str) -> RunResult:
-    """Re-run only the failed items of the run's finished scatters (and what depends on
-    them): the run is re-opened and each scatter step re-opens its barrier, keeping every
-    item that succeeded."""
-    return pipeline.resume(run_id)
+def retry_failed(pipeline: Pipeline, run_id: str, asset: str | None = None,
+                 partition: PartitionKey | None = None) -> RunResult:
+    """Re-run only the failed items of a run's scatter.
+
+    A run that failed or was cancelled (threshold exceeded) is re-opened in place: each
+    scatter step re-opens its barrier keeping every item that succeeded, and what depends
+    on them runs too. A run that succeeded with tolerated failures is left as it is: a new
+    run of the scatter ``asset`` (:meth:`~flowstone.pipeline.Pipeline.retry_failed_items`)
+    reuses its succeeded items and runs the rest. ``asset`` may be omitted when the run
+    scattered exactly one asset.
+
+    Raises:
+        UsageError: the run succeeded and ``asset`` is needed but missing or ambiguous.
+    """
+    run = pipeline.store.get_run(run_id)
+    if run is None or run.status != "succeeded":
+        return pipeline.resume(run_id)
+    if asset is None:
+        scattered = sorted({s.asset for s in pipeline.store.list_steps(run_id)
+                            if s.state == "succeeded" and pipeline.dag[s.asset].scatter})
+        if len(scattered) != 1:
+            raise UsageError(
+                f"run {run_id} succeeded and scattered "
+                f"{', '.join(scattered) if scattered else 'no asset'}; pass --asset NAME "
+                "(and --partition) to say which scatter's failed items to re-run")
+        asset = scattered[0]
+    return pipeline.retry_failed_items(run_id, asset, partition)
