@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from conftest import Counter, PipelineFactory
 
 import flowstone as fs
+from flowstone.cli import main
 
 FLAKY = {3, 7}
 
@@ -112,3 +116,47 @@ def test_partition_must_match_the_earlier_run(
         p.retry_failed_items(first.run_id, "doubled", "b")
     assert p.retry_failed_items(first.run_id, "doubled", "a").value == [0, 2, 4, 6]
     assert counter.total() == 4
+
+
+CLI_PIPELINE = """
+import pathlib
+import flowstone as fs
+
+FLAG = pathlib.Path({flag!r})
+
+@fs.asset
+def ids() -> list[int]:
+    return list(range(20))
+
+@fs.asset(scatter=fs.Scatter(items=lambda ids: ids, failure_threshold=0.2))
+def doubled(context, ids):
+    if context.scatter_item in (3, 7) and FLAG.exists():
+        raise RuntimeError("flaky")
+    return context.scatter_item * 2
+
+pipeline = fs.Pipeline("cli_retry", [ids, doubled], store={store!r})
+"""
+
+
+def test_cli_retry_failed_items(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    flag = tmp_path / "flaky"
+    flag.touch()
+    path = tmp_path / "retry_pipeline.py"
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    path.write_text(CLI_PIPELINE.format(flag=str(flag), store=store), encoding="utf-8")
+    spec = f"{path}:pipeline"
+
+    assert main(["run", spec, "doubled", "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["value"][3] is None and first["value"][7] is None
+    flag.unlink()
+
+    assert main(["retry-failed-items", spec, first["run_id"], "doubled", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["status"] == "succeeded" and doc["run_id"] != first["run_id"]
+    assert doc["value"] == [n * 2 for n in range(20)]
+
+    assert main(["retry-failed-items", spec, "nope", "doubled"]) == 2
+    assert "no run 'nope'" in capsys.readouterr().err
+    assert main(["retry-failed-items", spec, first["run_id"], "ids"]) == 2
+    assert "'ids' is not a scatter asset" in capsys.readouterr().err

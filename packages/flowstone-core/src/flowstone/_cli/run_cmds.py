@@ -1,4 +1,5 @@
-"""``run``, ``show``, ``cancel``, ``resume``: starting runs and following them."""
+"""``run``, ``show``, ``cancel``, ``resume``, ``retry-failed-items``: starting runs and
+following them."""
 
 from __future__ import annotations
 
@@ -89,6 +90,22 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
     p.add_argument("run_id", metavar="RUN_ID")
     add_json(p)
     p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser(
+        "retry-failed-items",
+        parents=[parent],
+        help="re-run only the failed items of a finished scatter, in a new run",
+        description="Start a new run of the scatter ASSET that reuses the succeeded item "
+        "results of RUN_ID and runs only the items that failed (or never ran), so the new "
+        "value has every item. Dependencies are reused; downstream assets are not run. The "
+        "earlier run is unchanged. Exits like `run`.",
+    )
+    add_spec(p)
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("asset", metavar="ASSET", help="the scatter asset whose items to retry")
+    add_partition(p, "the partition the earlier run scattered (as text)")
+    add_json(p)
+    p.set_defaults(func=cmd_retry_failed_items)
 
 
 def _tags(pairs: list[str]) -> dict[str, str]:
@@ -186,6 +203,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
         print_result(result, args.spec, as_json=args.json)
         # a queue-based executor resumes on its workers: "running" is success here
         return result_exit_code(result, detached=True)
+
+
+def cmd_retry_failed_items(args: argparse.Namespace) -> int:
+    with open_pipeline(args.spec) as pipeline:
+        partition = partition_of(pipeline, [args.asset], args.partition)
+        result = pipeline.retry_failed_items(args.run_id, args.asset, partition)
+        print_result(result, args.spec, as_json=args.json)
+        return result_exit_code(result)
 
 
 def _require_run(pipeline: Pipeline, run_id: str) -> str:
