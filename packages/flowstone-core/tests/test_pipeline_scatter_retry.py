@@ -70,6 +70,26 @@ def test_a_retry_run_is_self_contained(make_pipeline: PipelineFactory, counter: 
     assert counter.total() == calls  # nothing failed in the second run: nothing re-ran
 
 
+def test_retry_of_a_reader_scatter_reuses_items_across_pages(
+    make_pipeline: PipelineFactory, counter: Counter
+) -> None:
+    reader = fs.readers.Iterable([{"n": n} for n in range(20)])
+
+    @fs.asset(scatter=fs.Scatter(reader=reader, page_size=6, failure_threshold=0.2))
+    def tripled(context: fs.Context) -> int:
+        n = int(context.scatter_item["n"])
+        if counter.hit(n) == 1 and n in FLAKY:
+            raise RuntimeError(f"item {n} is flaky")
+        return n * 3
+
+    p = make_pipeline([tripled])
+    first = p.run("tripled")
+    assert [i for i, v in enumerate(first.value) if v is None] == sorted(FLAKY)
+    retry = p.retry_failed_items(first.run_id, "tripled")
+    assert retry.value == [n * 3 for n in range(20)]
+    assert counter.total() == 20 + len(FLAKY)
+
+
 def test_unknown_run(make_pipeline: PipelineFactory, counter: Counter) -> None:
     p = make_pipeline(_assets(counter))
     with pytest.raises(fs.RunNotFoundError, match="no run 'nope'"):
