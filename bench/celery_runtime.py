@@ -20,23 +20,27 @@ This file is also the pipeline module the bench worker loads (``independent``, `
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+from _cluster import (
+    PG_ADMIN,
+    REDIS,
+    drop_queue_and_database,
+    log,
+    pg_admin,
+    start_worker,
+    stop_worker,
+)
+
 import flowstone as fs
 
-PG_ADMIN = os.environ.get("FLOWSTONE_IT_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS = os.environ.get("FLOWSTONE_IT_REDIS", "redis://127.0.0.1:6379/0")
 COUNTER_ENV = "FLOWSTONE_BENCH_COUNTER"
 
 
@@ -98,53 +102,6 @@ def raw_worker(concurrency: int) -> None:
 
 
 # --- orchestration ------------------------------------------------------------------------
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _pg(sql: str) -> None:
-    import asyncpg
-
-    async def go() -> None:
-        conn = await asyncpg.connect(PG_ADMIN, timeout=5)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
-
-
-def _start(cmd: list[str], env: dict[str, str], logfile: Path, node: str) -> Any:
-    """Start a worker and wait until node ``node`` answers a control ping."""
-    from flowstone_celery import load_settings, make_app
-
-    with logfile.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    app = make_app(load_settings(broker_url=env["FLOWSTONE_BROKER_URL"]))
-    deadline = time.monotonic() + 120
-    try:
-        while not any(node in reply for reply in app.control.ping(timeout=0.5) or []):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                _stop(proc)
-                raise RuntimeError(f"worker did not start:\n{logfile.read_text()[-3000:]}")
-    finally:
-        app.close()
-    return proc
-
-
-def _stop(proc: Any) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 def bench_raw(env: dict[str, str], n: int, concurrency: int, tmp: Path) -> float:
     import redis
 
@@ -152,8 +109,8 @@ def bench_raw(env: dict[str, str], n: int, concurrency: int, tmp: Path) -> float
 
     r = redis.Redis.from_url(REDIS)
     counter = env[COUNTER_ENV]
-    proc = _start([sys.executable, __file__, "--raw-worker", "--concurrency", str(concurrency)],
-                  env, tmp / "raw.log", f"raw-{counter}@bench")
+    cmd = [sys.executable, __file__, "--raw-worker", "--concurrency", str(concurrency)]
+    proc = start_worker(cmd, env, tmp / "raw.log", f"raw-{counter}@bench")
     try:
         app = make_app(load_settings(broker_url=env["FLOWSTONE_BROKER_URL"],
                                      queue=env["FLOWSTONE_QUEUE"]))
@@ -167,7 +124,7 @@ def bench_raw(env: dict[str, str], n: int, concurrency: int, tmp: Path) -> float
         elapsed = time.perf_counter() - start
         app.close()
     finally:
-        _stop(proc)
+        stop_worker(proc)
         r.delete(counter)
     return n / elapsed
 
@@ -176,7 +133,7 @@ def bench_flowstone(env: dict[str, str], concurrency: int, tmp: Path) -> tuple[f
     from flowstone.loading import load_pipeline
 
     spec = str(Path(__file__).resolve())
-    proc = _start([sys.executable, "-m", "flowstone", "worker",
+    proc = start_worker([sys.executable, "-m", "flowstone", "worker",
                    "--pipeline", f"{spec}:independent", "--pipeline", f"{spec}:chain",
                    "--concurrency", str(concurrency), "--loglevel", "WARNING",
                    "--hostname", f"fs-{env[COUNTER_ENV]}@bench",
@@ -197,7 +154,7 @@ def bench_flowstone(env: dict[str, str], concurrency: int, tmp: Path) -> tuple[f
             rates.append(n / elapsed)
             pipeline.close()
     finally:
-        _stop(proc)
+        stop_worker(proc)
     return rates[0], rates[1]
 
 
@@ -224,7 +181,7 @@ def main() -> int:
     tag = uuid.uuid4().hex[:8]
     db = f"flowstone_bench_{tag}"
     queue = f"fs-bench-{tag}"
-    _pg(f'CREATE DATABASE "{db}"')
+    pg_admin(f'CREATE DATABASE "{db}"')
     url = "postgresql+asyncpg://" + PG_ADMIN.split("://", 1)[1].rsplit("/", 1)[0] + "/" + db
     from flowstone_io_postgres import PostgresRunStore
 
@@ -249,15 +206,7 @@ def main() -> int:
                 rounds.append((raw, independent, chain))
                 log(f"round {round_no}: ratio independent/raw = {independent / raw:.3f}")
     finally:
-        import redis
-
-        r = redis.Redis.from_url(REDIS)
-        for pattern in (f"{queue}*", f"_kombu.binding.{queue}*"):
-            keys = list(r.scan_iter(match=pattern))
-            if keys:
-                r.delete(*keys)
-        with contextlib.suppress(Exception):
-            _pg(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        drop_queue_and_database(queue, db)
     raw, independent, chain = (statistics.median(r[i] for r in rounds) for i in range(3))
     print(json.dumps({
         "bench": "celery_runtime",

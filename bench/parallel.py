@@ -26,7 +26,6 @@ This file is also the pipeline module the FlowStone bench worker loads (``pipeli
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -37,10 +36,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from _cluster import (
+    PG_ADMIN,
+    REDIS,
+    drop_queue_and_database,
+    log,
+    pg_admin,
+    start_worker,
+    stop_worker,
+)
+
 import flowstone as fs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from celery_runtime import PG_ADMIN, REDIS, _pg, _start, _stop, log
 
 COUNTER_ENV = "FLOWSTONE_BENCH_COUNTER"
 FACTORS = (1, 2, 3)
@@ -117,7 +125,7 @@ def bench_chords(env: dict[str, str], parents: int, concurrency: int, tmp: Path)
 
     r = redis.Redis.from_url(REDIS)
     counter = env[COUNTER_ENV]
-    proc = _start([sys.executable, __file__, "--chord-worker", "--concurrency",
+    proc = start_worker([sys.executable, __file__, "--chord-worker", "--concurrency",
                    str(concurrency)], env, tmp / "chord.log", f"chord-{counter}@bench")
     app = _chord_app()
     branch, join = _chord_tasks(app)
@@ -132,7 +140,7 @@ def bench_chords(env: dict[str, str], parents: int, concurrency: int, tmp: Path)
         elapsed = time.perf_counter() - start
     finally:
         app.close()
-        _stop(proc)
+        stop_worker(proc)
         r.delete(counter)
     log(f"celery chords: {parents} parents in {elapsed:.2f}s")
     return parents / elapsed
@@ -145,7 +153,7 @@ def bench_flowstone(env: dict[str, str], parents: int, concurrency: int, tmp: Pa
 
     spec = f"{Path(__file__).resolve()}:pipeline"
     node = f"fs-{env[COUNTER_ENV]}@bench"
-    proc = _start([sys.executable, "-m", "flowstone", "worker", "--pipeline", spec,
+    proc = start_worker([sys.executable, "-m", "flowstone", "worker", "--pipeline", spec,
                    "--concurrency", str(concurrency), "--loglevel", "WARNING",
                    "--hostname", node, "--", "--without-mingle", "--without-gossip"],
                   {**env, "FLOWSTONE_EXECUTOR": "celery"}, tmp / "flowstone.log", node)
@@ -165,7 +173,7 @@ def bench_flowstone(env: dict[str, str], parents: int, concurrency: int, tmp: Pa
                 raise RuntimeError(f"parent {k} joined to a wrong value")
     finally:
         pipeline.close()
-        _stop(proc)
+        stop_worker(proc)
     log(f"flowstone ({coordinator} coordinator): {parents} parents in {elapsed:.2f}s")
     return parents / elapsed, coordinator
 
@@ -187,7 +195,7 @@ def main() -> int:
 
     tag = uuid.uuid4().hex[:8]
     db, queue = f"flowstone_bench_{tag}", f"fs-bench-{tag}"
-    _pg(f'CREATE DATABASE "{db}"')
+    pg_admin(f'CREATE DATABASE "{db}"')
     url = "postgresql+asyncpg://" + PG_ADMIN.split("://", 1)[1].rsplit("/", 1)[0] + "/" + db
     from flowstone_io_postgres import PostgresRunStore
 
@@ -211,15 +219,7 @@ def main() -> int:
                 rounds.append((chords, flow))
                 log(f"round {round_no + 1}: flowstone/chords = {flow / chords:.3f}")
     finally:
-        import redis
-
-        r = redis.Redis.from_url(REDIS)
-        for pattern in (f"{queue}*", f"_kombu.binding.{queue}*"):
-            keys = list(r.scan_iter(match=pattern))
-            if keys:
-                r.delete(*keys)
-        with contextlib.suppress(Exception):
-            _pg(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        drop_queue_and_database(queue, db)
     chords, flow = (statistics.median(r[i] for r in rounds) for i in range(2))
     print(json.dumps({
         "bench": "parallel",

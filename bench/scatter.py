@@ -23,12 +23,9 @@ also the pipeline module the bench worker loads (``pipeline``).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,10 +33,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from _cluster import (
+    PG_ADMIN,
+    REDIS,
+    drop_queue_and_database,
+    log,
+    pg_admin,
+    start_worker,
+    stop_worker,
+)
+
 import flowstone as fs
 
-PG_ADMIN = os.environ.get("FLOWSTONE_IT_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS = os.environ.get("FLOWSTONE_IT_REDIS", "redis://127.0.0.1:6379/0")
 COUNTER_ENV = "FLOWSTONE_BENCH_COUNTER"
 
 
@@ -111,53 +116,6 @@ def raw_worker(concurrency: int) -> None:
 
 
 # --- orchestration ------------------------------------------------------------------------
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _pg(sql: str) -> None:
-    import asyncpg
-
-    async def go() -> None:
-        conn = await asyncpg.connect(PG_ADMIN, timeout=5)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
-
-
-def _start(cmd: list[str], env: dict[str, str], logfile: Path, node: str) -> Any:
-    from flowstone_celery import load_settings, make_app
-
-    with logfile.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    app = make_app(load_settings(broker_url=env["FLOWSTONE_BROKER_URL"]))
-    deadline = time.monotonic() + 120
-    try:
-        while not any(node in reply for reply in app.control.ping(timeout=0.5) or []):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                _stop(proc)
-                raise RuntimeError(f"worker did not start:\n{logfile.read_text()[-3000:]}")
-    finally:
-        app.close()
-    return proc
-
-
-def _stop(proc: Any) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
 def _tree_peak_rss_mb(pid: int) -> float:
     """Sum of peak RSS (VmHWM) of ``pid`` and its children, in MiB."""
     pids = [pid]
@@ -179,8 +137,8 @@ def bench_raw(env: dict[str, str], n: int, chord_n: int, concurrency: int,
 
     r = redis.Redis.from_url(REDIS)
     counter = env[COUNTER_ENV]
-    proc = _start([sys.executable, __file__, "--raw-worker", "--concurrency", str(concurrency)],
-                  env, tmp / "raw.log", f"raw-{counter}@bench")
+    cmd = [sys.executable, __file__, "--raw-worker", "--concurrency", str(concurrency)]
+    proc = start_worker(cmd, env, tmp / "raw.log", f"raw-{counter}@bench")
     try:
         app = _raw_app()
         queue = env["FLOWSTONE_QUEUE"]
@@ -202,14 +160,14 @@ def bench_raw(env: dict[str, str], n: int, chord_n: int, concurrency: int,
         log(f"chord of {chord_n}: {chord_s:.2f}s")
         app.close()
     finally:
-        _stop(proc)
+        stop_worker(proc)
         r.delete(counter)
     return raw, chord_s
 
 
 def _fs_worker(env: dict[str, str], concurrency: int, tmp: Path, name: str) -> Any:
     node = f"fs-{name}-{env[COUNTER_ENV]}@bench"
-    return _start([sys.executable, "-m", "flowstone", "worker", "--pipeline",
+    return start_worker([sys.executable, "-m", "flowstone", "worker", "--pipeline",
                    f"{Path(__file__).resolve()}:pipeline", "--concurrency", str(concurrency),
                    "--loglevel", "WARNING", "--hostname", node, "--", "--without-mingle",
                    "--without-gossip"], {**env, "FLOWSTONE_EXECUTOR": "celery"},
@@ -239,7 +197,7 @@ def main() -> int:
     reader_small, reader_large = (20_000, 100_000) if args.quick else (100_000, 1_000_000)
     tag = uuid.uuid4().hex[:8]
     db, queue = f"flowstone_bench_{tag}", f"fs-bench-{tag}"
-    _pg(f'CREATE DATABASE "{db}"')
+    pg_admin(f'CREATE DATABASE "{db}"')
     url = "postgresql+asyncpg://" + PG_ADMIN.split("://", 1)[1].rsplit("/", 1)[0] + "/" + db
     from flowstone_io_postgres import PostgresRunStore
 
@@ -270,7 +228,7 @@ def main() -> int:
                 b_small = _run(p, "batched", small)
                 b_large = _run(p, "batched", large)
             finally:
-                _stop(proc)
+                stop_worker(proc)
             rss = []
             for n in (reader_small, reader_large):
                 proc = _fs_worker(env, args.concurrency, tmp, f"reader{n}")
@@ -279,18 +237,10 @@ def main() -> int:
                     rss.append(_tree_peak_rss_mb(proc.pid))
                     log(f"reader {n}: worker peak RSS {rss[-1]:.0f} MiB")
                 finally:
-                    _stop(proc)
+                    stop_worker(proc)
             p.close()
     finally:
-        import redis
-
-        r = redis.Redis.from_url(REDIS)
-        for pattern in (f"{queue}*", f"_kombu.binding.{queue}*"):
-            keys = list(r.scan_iter(match=pattern))
-            if keys:
-                r.delete(*keys)
-        with contextlib.suppress(Exception):
-            _pg(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        drop_queue_and_database(queue, db)
     unb = large / t_large
     bat = large / b_large
     out.update({
