@@ -452,7 +452,7 @@ class Pipeline:
     ) -> RunResult:
         """Approve a pending approval (by id or by run/asset/partition) and resume the run."""
         approval = resume.find_approval(self, approval_id, run_id, asset, partition)
-        resume.decide(self, approval, approved=True, by=by, reason=None)
+        resume.decide(self, approval, "approved", by=by)
         return self.result(approval.run_id)
 
     def reject(
@@ -467,7 +467,7 @@ class Pipeline:
     ) -> RunResult:
         """Reject a pending approval: the asset fails, the run finishes as failed."""
         approval = resume.find_approval(self, approval_id, run_id, asset, partition)
-        resume.decide(self, approval, approved=False, by=by, reason=reason)
+        resume.decide(self, approval, "rejected", by=by, reason=reason)
         return self.result(approval.run_id)
 
     def signal(self, token: str, payload: Any = None) -> RunResult:
@@ -509,30 +509,36 @@ class Pipeline:
         return report
 
     # --- events ---------------------------------------------------------------------------
-    def emit(self, event: Event) -> None:
-        for obs in self.observers:
-            try:
-                obs.on_event(event)
-            except Exception:
-                self._count("observer_errors")
-                log.exception("observer %r failed on %s", obs, event.kind)
-
-    def emit_lineage(
-        self, run_id: str, asset: str, partition: str, upstream: list[str]
-    ) -> str | None:
-        """Send the lineage event; return an error description if an observer failed."""
-        event = Event(
-            "lineage.recorded", self.name, run_id, asset, partition, {"upstream": list(upstream)}
-        )
+    def emit(self, event: Event) -> str | None:
+        """Hand ``event`` to every observer. An observer that raises is logged and
+        counted (``stats["observer_errors"]``, or ``"lineage_errors"`` for lineage) and
+        never stops the others; the last failure is returned as text."""
+        lineage = event.kind == "lineage.recorded"
         error = None
         for obs in self.observers:
             try:
                 obs.on_event(event)
             except Exception as exc:
-                self._count("lineage_errors")
-                log.exception("lineage observer %r failed for %s", obs, asset)
+                self._count("lineage_errors" if lineage else "observer_errors")
+                kind = "lineage observer" if lineage else "observer"
+                log.exception("%s %r failed on %s of %s", kind, obs, event.kind, event.asset)
                 error = f"{type(obs).__name__}: {exc}"
         return error
+
+    def emit_lineage(
+        self, run_id: str, asset: str, partition: str, upstream: list[str]
+    ) -> str | None:
+        """Send the lineage event; return an error description if an observer failed."""
+        return self.emit(
+            Event(
+                "lineage.recorded",
+                self.name,
+                run_id,
+                asset,
+                partition,
+                {"upstream": list(upstream)},
+            )
+        )
 
     def _count(self, key: str) -> None:
         with self._stats_lock:

@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from flowstone.engine.plan import dep_partitions
 from flowstone.engine.runner import describe_error, hash_token
@@ -62,11 +62,15 @@ def _step(p: Pipeline, run_id: str, asset: str, partition: str) -> StepRecord:
 
 
 def decide(
-    p: Pipeline, approval: Approval, *, approved: bool, by: str | None, reason: str | None
+    p: Pipeline,
+    approval: Approval,
+    status: Literal["approved", "rejected", "expired"],
+    *,
+    by: str | None = None,
+    reason: str | None = None,
 ) -> None:
-    decided = p.store.decide_approval(
-        approval.id, "approved" if approved else "rejected", by=by, reason=reason
-    )
+    """Decide ``approval`` (exactly once, by the store) and finish its step accordingly."""
+    decided = p.store.decide_approval(approval.id, status, by=by, reason=reason)
     p.emit(
         Event(
             "approval.decided",
@@ -199,20 +203,9 @@ def expire_due(p: Pipeline, now: datetime) -> int:
         if approval.pipeline != p.name:
             continue
         try:
-            decided = p.store.decide_approval(approval.id, "expired", reason="timed out")
+            decide(p, approval, "expired", reason="timed out")
         except ApprovalError:
-            continue
-        p.emit(
-            Event(
-                "approval.decided",
-                p.name,
-                approval.run_id,
-                approval.asset,
-                approval.partition,
-                {"approval_id": approval.id, "status": "expired"},
-            )
-        )
-        _finish_decided(p, decided)
+            continue  # decided by someone else meanwhile
         count += 1
     for gate in p.store.due_gates(now):
         if gate.pipeline == p.name and _expire_gate(p, gate):
