@@ -188,3 +188,20 @@ def test_gate_expiry_without_on_timeout_fails(
     p.expire_due(datetime.now(UTC) + timedelta(hours=2))
     result = p.result(run.run_id)
     assert result.status == "failed" and "expired" in (result.error or "")
+
+
+def test_recover_finishes_an_approval_whose_approver_died(
+    make_pipeline: PipelineFactory, counter: Counter
+) -> None:
+    """The approving process decided in the store, then died before resuming the step:
+    the next sweep (pipeline.recover, run by the daemon) finishes the step and the run."""
+    p = make_pipeline(_trading(counter))
+    run = p.run("confirmation")
+    [pending] = p.approvals()
+    p.store.decide_approval(pending.id, "approved", by="erin")  # ...and then the process died
+    assert p.result(run.run_id).status == "waiting"
+    assert p.recover() == 1
+    done = p.result(run.run_id)
+    assert done.status == "succeeded" and done.value == "booked 5000 ACME"
+    assert counter.calls == {"trade": 1, "confirmation": 1}
+    assert p.recover() == 0  # nothing left to finish

@@ -190,8 +190,9 @@ class StepTransition:
     ``applied`` is False when the step was already terminal (a redelivered completion):
     nothing changed and ``ready`` is empty. ``ready`` are the dependents that became ready
     *because of this call*, each returned to exactly one caller. ``run_status`` is set when
-    this call left no step runnable (the run's new status was written in the same
-    transaction).
+    this call changed the run's status (e.g. ``waiting`` -> ``running``) or left no step
+    runnable; the new status was written in the same transaction. A failed step releases
+    its dependents like any terminal step; the engine then decides their fate.
     """
 
     applied: bool
