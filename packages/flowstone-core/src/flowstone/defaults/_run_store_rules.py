@@ -11,7 +11,7 @@ from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from flowstone.errors import StorageError, UsageError
+from flowstone.errors import ApprovalError, StorageError, UsageError
 from flowstone.records import TERMINAL_STEP_STATES, RunStatus, StepOutcome, StepSpec
 
 StepKey = tuple[str, str]
@@ -141,4 +141,17 @@ def step_not_found(run_id: str, asset: str, partition: str) -> StorageError:
     return StorageError(
         f"run {run_id!r} has no step {asset!r} partition {partition!r}; "
         "check the run id and that the asset is part of the run's plan"
+    )
+
+
+def approval_not_decidable(approval_id: int, status: str | None, by: str | None) -> ApprovalError:
+    """The error for deciding an unknown (``status`` None) or already decided approval."""
+    if status is None:
+        return ApprovalError(
+            f"approval {approval_id} does not exist; list pending approvals with "
+            "`flowstone approvals` to find the right id"
+        )
+    return ApprovalError(
+        f"approval {approval_id} was already {status}"
+        f"{f' by {by}' if by else ''}; an approval can be decided only once"
     )

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from flowstone.defaults import _run_store_rules as rules
-from flowstone.errors import ApprovalError, SignalError
+from flowstone.errors import SignalError
 from flowstone.records import Approval, AuditEntry, Gate, ItemResult, MaterializationRecord
 
 __all__ = ["MemoryRecords"]
@@ -164,16 +164,11 @@ class MemoryRecords:
     ) -> Approval:
         with self._lock:
             approval = self._approvals.get(approval_id)
-            if approval is None:
-                raise ApprovalError(
-                    f"approval {approval_id} does not exist; list pending approvals with "
-                    "`flowstone approvals` to find the right id"
-                )
-            if approval.status != "pending":
-                raise ApprovalError(
-                    f"approval {approval_id} was already {approval.status}"
-                    f"{f' by {approval.decided_by}' if approval.decided_by else ''}; "
-                    "an approval can be decided only once"
+            if approval is None or approval.status != "pending":
+                raise rules.approval_not_decidable(
+                    approval_id,
+                    None if approval is None else approval.status,
+                    None if approval is None else approval.decided_by,
                 )
             now = rules.utc_now()
             decided = replace(approval, status=status, decided_by=by, decided_at=now, reason=reason)

@@ -25,7 +25,7 @@ from flowstone.defaults.sqlite_schema import (
     mat_row,
     us,
 )
-from flowstone.errors import ApprovalError, SignalError, StorageError
+from flowstone.errors import SignalError, StorageError
 from flowstone.records import Approval, AuditEntry, Gate, ItemResult, MaterializationRecord
 
 __all__ = ["SQLiteRecords", "upsert_materialization"]
@@ -157,14 +157,8 @@ class SQLiteRecords(SQLiteConnection):
                 old = c.execute(
                     "SELECT status, decided_by FROM approvals WHERE id = ?", (approval_id,)
                 ).fetchone()
-                if old is None:
-                    raise ApprovalError(
-                        f"approval {approval_id} does not exist; list pending approvals with "
-                        "`flowstone approvals` to find the right id"
-                    )
-                raise ApprovalError(
-                    f"approval {approval_id} was already {old[0]}"
-                    f"{f' by {old[1]}' if old[1] else ''}; an approval can be decided only once"
+                raise rules.approval_not_decidable(
+                    approval_id, old[0] if old else None, old[1] if old else None
                 )
             approval = approval_row(row)
             detail = {"approval_id": approval_id, "by": by, "reason": reason}
