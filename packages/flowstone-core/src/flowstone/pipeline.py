@@ -434,6 +434,33 @@ class Pipeline:
                 "manager under that name again, or re-run with force=True"
             ) from exc
 
+    def load_materializations(
+        self, mats: Sequence[MaterializationRecord], *, run_id: str = ""
+    ) -> list[Any]:
+        """The values of ``mats``, in order: one ``load_many`` per IO manager that has it
+        (one round trip for a step's inputs), ``load`` per value otherwise."""
+        by_manager: dict[str, list[int]] = {}
+        for i, mat in enumerate(mats):
+            if mat.location is not None and mat.io_manager is not None:
+                by_manager.setdefault(mat.io_manager, []).append(i)
+        out: list[Any] = [None] * len(mats)
+        batched: set[int] = set()
+        for name, idx in by_manager.items():
+            load_many = getattr(self.io_manager(name), "load_many", None)
+            if load_many is None or len(idx) < 2:
+                continue
+            try:
+                values = load_many([mats[i].location for i in idx])
+            except (UnsafeKeyError, ValueNotFoundError):
+                continue  # loaded one by one below, so the error names the record
+            for i, value in zip(idx, values, strict=True):
+                out[i] = value
+            batched.update(idx)
+        for i, mat in enumerate(mats):
+            if i not in batched:
+                out[i] = self.load_materialization(mat, run_id=run_id)
+        return out
+
     def graph(self, format: Literal["ascii", "mermaid", "dot"] = "ascii") -> str:
         return self.dag.render(format)
 

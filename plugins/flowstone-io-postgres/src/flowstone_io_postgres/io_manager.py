@@ -24,6 +24,7 @@ import re
 import sys
 import threading
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from flowstone.codec import EncodedValue, decode_from_storage, encode_for_storage
@@ -96,6 +97,12 @@ class PostgresIOManager:
         )
         self._select = compile_named(
             f"SELECT format, value_json::text, data FROM {t} WHERE location = :loc"
+        )
+        # one primary-key probe per location, whatever plan the prepared statement caches
+        self._select_many = compile_named(
+            "SELECT v.* FROM unnest(CAST(:locs AS text[])) AS k(loc), LATERAL (SELECT "
+            f"location, format, value_json::text, data FROM {t} WHERE location = k.loc "
+            "OFFSET 0) AS v"
         )
         self._exists = compile_named(f"SELECT 1 FROM {t} WHERE location = :loc")
         self._delete = compile_named(f"DELETE FROM {t} WHERE location = :loc")
@@ -206,9 +213,37 @@ class PostgresIOManager:
                 "or never stored. Re-materialize the asset."
             )
         fmt, value_json, data = rows[0]
+        return self._decode(location, fmt, value_json, data)
+
+    def load_many(self, locations: Sequence[str]) -> list[object]:
+        """The values at ``locations``, in order, read in one statement (how a step with
+        several inputs loads them).
+
+        Raises:
+            ValueNotFoundError: one of them is not stored (the message names it).
+            StorageError: as :meth:`load`.
+        """
+        wanted = [self._check(loc) for loc in locations]
+        rows = self._execute(
+            self._select_many, {"locs": list(dict.fromkeys(wanted))},
+            action=f"loading {len(wanted)} values",
+        )
+        found = {loc: (fmt, vj, data) for loc, fmt, vj, data in rows}
+        out: list[object] = []
+        for loc in wanted:
+            if loc not in found:
+                raise ValueNotFoundError(
+                    f"no value at {loc} in table {self.table} ({self._where}); it was deleted "
+                    "or never stored. Re-materialize the asset."
+                )
+            out.append(self._decode(loc, *found[loc]))
+        return out
+
+    def _decode(self, location: str, fmt: Any, value_json: str | None, data: Any) -> object:
         if fmt == "arrow":
             return _decode_arrow(bytes(data), location)
-        raw = value_json.encode("utf-8") if fmt == "json" else bytes(data)
+        is_json = fmt == "json" and value_json is not None
+        raw = value_json.encode("utf-8") if is_json else bytes(data)  # type: ignore[union-attr]
         return decode_from_storage(
             EncodedValue(fmt, raw), allow_pickle=self.allow_pickle, location=location
         )

@@ -255,6 +255,21 @@ class PostgresRunStore:
         )
         return to_step(rows[0]) if rows else None
 
+    def get_steps(self, run_id: str, keys: Sequence[tuple[str, str]]) -> list[StepRecord]:
+        unique = list(dict.fromkeys(keys))
+        if not unique:
+            return []
+        rows = self._rows(
+            "reading steps",
+            # one primary-key probe per key, whatever plan the prepared statement caches
+            # (a generic "IN (array)" plan may scan the table)
+            "SELECT s.* FROM unnest(CAST(:as AS text[]), CAST(:ps AS text[])) AS k(a, p), "
+            "LATERAL (SELECT " + STEP_COLS + " FROM {s}.steps WHERE run_id = :r "
+            "AND asset = k.a AND partition = k.p OFFSET 0) AS s",
+            {"r": run_id, "as": [k[0] for k in unique], "ps": [k[1] for k in unique]},
+        )
+        return [to_step(r) for r in rows]
+
     def list_steps(self, run_id: str) -> list[StepRecord]:
         rows = self._rows(
             "listing steps",
@@ -314,6 +329,18 @@ class PostgresRunStore:
             {"id": materialization_id},
         )
         return to_materialization(rows[0]) if rows else None
+
+    def get_materializations(self, ids: Sequence[str]) -> list[MaterializationRecord]:
+        unique = list(dict.fromkeys(ids))
+        if not unique:
+            return []
+        rows = self._rows(
+            "reading materializations",
+            "SELECT m.* FROM unnest(CAST(:ids AS text[])) AS k(id), LATERAL (SELECT "
+            + MAT_COLS + " FROM {s}.materializations WHERE id = k.id OFFSET 0) AS m",
+            {"ids": unique},
+        )
+        return [to_materialization(r) for r in rows]
 
     def find_materialization(
         self, pipeline: str, asset: str, partition: str, *, run_id: str | None = None

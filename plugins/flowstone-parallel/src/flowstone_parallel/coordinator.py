@@ -18,10 +18,8 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from flowstone.defaults.thread_parallel import ThreadParallelCoordinator
-from flowstone.engine.plan import dep_partitions
 from flowstone.engine.requests import ParallelRequest
 from flowstone.errors import ExecutionError
-from flowstone.partitions import decode_partition, encode_partition
 from flowstone_parallel.records import REPEATED_KIND, BranchRecord, JoinRecord, join_key
 
 __all__ = ["CeleryParallelCoordinator"]
@@ -96,18 +94,11 @@ class CeleryParallelCoordinator(ThreadParallelCoordinator):
     @staticmethod
     def _branch(request: ParallelRequest, branch: str, final: str) -> BranchRecord:
         out = request.outcomes.get(branch)
-        p = request.pipeline
-        ids: list[str] = []
-        if out is not None and out.state in ("succeeded", "failed"):
-            key = decode_partition(request.partition)
-            for uk in dep_partitions(p.dag, request.asset, final, key):
-                step = p.store.get_step(request.run_id, final, encode_partition(uk))
-                if step is not None and step.materialization_id is not None:
-                    ids.append(step.materialization_id)
         return BranchRecord(
             branch=branch,
             final=final,
             state=out.state if out is not None else "absent",
-            materialization_ids=tuple(ids),
+            # the records the join read (failed ones included), as the runner resolved them
+            materialization_ids=out.materialization_ids if out is not None else (),
             detail=out.detail if out is not None else "branch did not run",
         )

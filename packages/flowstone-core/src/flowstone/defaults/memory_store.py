@@ -206,6 +206,13 @@ class MemoryRunStore(MemoryRecords):
             plan = self._plans.get(run_id)
             return None if plan is None else plan.steps.get((asset, partition))
 
+    def get_steps(self, run_id: str, keys: Sequence[tuple[str, str]]) -> list[StepRecord]:
+        with self._lock:
+            plan = self._plans.get(run_id)
+            if plan is None:
+                return []
+            return [s for k in dict.fromkeys(keys) if (s := plan.steps.get(k)) is not None]
+
     def list_steps(self, run_id: str) -> list[StepRecord]:
         with self._lock:
             plan = self._plans.get(run_id)

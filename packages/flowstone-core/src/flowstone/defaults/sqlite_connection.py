@@ -127,6 +127,10 @@ class SQLiteConnection:
 
 
 # --- SQL builders ---------------------------------------------------------------------------
+BATCH = 400
+"""Keys per statement in batched reads (SQLite allows 999 bound parameters in old builds)."""
+
+
 def marks(n: int) -> str:
     return ", ".join("?" * n)
 

@@ -12,10 +12,13 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from flowstone.codec import EncodedValue, decode_from_storage, encode_for_storage
+from flowstone.defaults.sqlite_connection import BATCH
 from flowstone.errors import StorageError, UnsafeKeyError, ValueNotFoundError
 from flowstone.protocols import StorageKey
 
@@ -121,6 +124,36 @@ class SQLiteIOManager:
             allow_pickle=self._allow_pickle,
             location=location,
         )
+
+    def load_many(self, locations: Sequence[str]) -> list[object]:
+        """The values at ``locations``, in order, in one query per 400 locations."""
+        for location in locations:
+            self._check(location)
+        unique = list(dict.fromkeys(locations))
+        found: dict[str, tuple[Any, bytes]] = {}
+        with self._lock:
+            db = self._db()
+            for i in range(0, len(unique), BATCH):
+                chunk = unique[i : i + BATCH]
+                rows = db.execute(
+                    "SELECT location, format, data FROM flowstone_values WHERE location IN "
+                    f"({', '.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
+                found.update((loc, (fmt, data)) for loc, fmt, data in rows)
+        out: list[object] = []
+        for location in locations:
+            if location not in found:
+                raise ValueNotFoundError(f"no value stored at {location} in {self._path}")
+            fmt, data = found[location]
+            out.append(
+                decode_from_storage(
+                    EncodedValue(fmt, bytes(data)),
+                    allow_pickle=self._allow_pickle,
+                    location=location,
+                )
+            )
+        return out
 
     def exists(self, location: str) -> bool:
         self._check(location)

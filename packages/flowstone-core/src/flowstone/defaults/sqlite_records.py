@@ -14,7 +14,13 @@ from datetime import datetime
 from typing import Any, Literal
 
 from flowstone.defaults import _run_store_rules as rules
-from flowstone.defaults.sqlite_connection import STEP_KEY, SQLiteConnection, filters, marks
+from flowstone.defaults.sqlite_connection import (
+    BATCH,
+    STEP_KEY,
+    SQLiteConnection,
+    filters,
+    marks,
+)
 from flowstone.defaults.sqlite_schema import (
     APPROVAL_COLS,
     GATE_COLS,
@@ -60,6 +66,19 @@ class SQLiteRecords(SQLiteConnection):
             f"SELECT {MAT_COLS} FROM materializations WHERE id = ?", (materialization_id,)
         )
         return found[0] if found else None
+
+    def get_materializations(self, ids: Sequence[str]) -> list[MaterializationRecord]:
+        unique = list(dict.fromkeys(ids))
+        out: list[MaterializationRecord] = []
+        for i in range(0, len(unique), BATCH):
+            chunk = unique[i : i + BATCH]
+            out.extend(
+                self._materializations(
+                    f"SELECT {MAT_COLS} FROM materializations WHERE id IN ({marks(len(chunk))})",
+                    chunk,
+                )
+            )
+        return out
 
     def find_materialization(
         self, pipeline: str, asset: str, partition: str, *, run_id: str | None = None

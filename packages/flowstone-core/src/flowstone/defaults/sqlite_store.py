@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flowstone.defaults import _run_store_rules as rules
-from flowstone.defaults.sqlite_connection import STEP_KEY, filters, marks
+from flowstone.defaults.sqlite_connection import BATCH, STEP_KEY, filters, marks
 from flowstone.defaults.sqlite_records import SQLiteRecords, upsert_materialization
 from flowstone.defaults.sqlite_schema import (
     GATE_COLS,
@@ -226,6 +226,19 @@ class SQLiteRunStore(SQLiteRecords):
             f"SELECT {STEP_COLS} FROM steps WHERE {STEP_KEY}", (run_id, asset, partition)
         )
         return step_row(rows[0]) if rows else None
+
+    def get_steps(self, run_id: str, keys: Sequence[tuple[str, str]]) -> list[StepRecord]:
+        unique = list(dict.fromkeys(keys))
+        out: list[StepRecord] = []
+        for i in range(0, len(unique), BATCH):
+            chunk = unique[i : i + BATCH]
+            rows = self._read(
+                f"SELECT {STEP_COLS} FROM steps WHERE run_id = ? AND (asset, partition) IN "
+                f"(VALUES {', '.join(['(?, ?)'] * len(chunk))})",
+                (run_id, *(v for k in chunk for v in k)),
+            )
+            out.extend(step_row(r) for r in rows)
+        return out
 
     def list_steps(self, run_id: str) -> list[StepRecord]:
         rows = self._read(

@@ -1,7 +1,11 @@
 """Resolving a step's inputs from the materialization records of its own run.
 
 Readiness and values come from this run's steps (or the records they reuse), never from
-"a value exists in storage".
+"a value exists in storage". A step's inputs are read in batches, not one dependency at a
+time: one ``get_steps`` for every dependency step this process did not finish itself, one
+``get_materializations`` for the records it does not hold, one ``load_many`` per IO
+manager (see :meth:`~flowstone.pipeline.Pipeline.load_materializations`). A join over three
+branches costs three round trips, not nine.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from flowstone.partitions import AllPartitions, PartitionKey, encode_partition
 if TYPE_CHECKING:
     from flowstone.asset import AssetDef
     from flowstone.pipeline import Pipeline
+    from flowstone.records import MaterializationRecord, StepRecord
 
 __all__ = ["DepOutcome", "Inputs", "resolve_inputs"]
 
@@ -23,11 +28,16 @@ _FAILED_STATES = frozenset({"failed", "upstream_failed", "cancelled"})
 
 @dataclass(frozen=True, slots=True)
 class DepOutcome:
-    """How one dependency ended in this run."""
+    """How one dependency ended in this run.
+
+    ``materialization_ids`` are the records the step read (or, for a failed dependency,
+    the failure records it saw), one per dependency partition.
+    """
 
     state: Literal["succeeded", "skipped", "failed", "absent"]
     value: Any = None
     detail: str = ""
+    materialization_ids: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -40,51 +50,108 @@ def resolve_inputs(
     pipeline: Pipeline, run_id: str, a: AssetDef, key: PartitionKey | None
 ) -> Inputs:
     """Load every upstream value ``a`` needs at ``key`` (deps, router, branch finals)."""
-    store = pipeline.store
+    plan = [
+        (dep, [(uk, encode_partition(uk)) for uk in dep_partitions(pipeline.dag, a, dep, key)])
+        for dep in a.upstream
+    ]
+    mats = _materializations(pipeline, run_id, plan)
+    values = _values(pipeline, run_id, mats)
     inputs = Inputs()
-    for dep in a.upstream:
-        keys = dep_partitions(pipeline.dag, a, dep, key)
+    for dep, keys in plan:
         multi = isinstance(a.partition_mappings.get(dep), AllPartitions) or len(keys) > 1
-        values: dict[Any, Any] = {}
+        loaded: dict[Any, Any] = {}
+        ids: list[str] = []
         failed = ""
         skipped = ""
-        for uk in keys:
-            enc = encode_partition(uk)
-            known = pipeline.runner.succeeded(run_id, dep, enc)
-            if known is not None:  # finished by this process: no need to ask the store
-                inputs.upstream_ids.append(known.id)
-                values[uk] = pipeline.load_materialization(known, run_id=run_id)
+        for uk, enc in keys:
+            found = mats.get((dep, enc))
+            if isinstance(found, str):  # why this partition cannot be read
+                failed = failed or found
                 continue
-            step = store.get_step(run_id, dep, enc)
-            if step is None or step.state in _FAILED_STATES:
+            step, mat = found if found is not None else (None, None)
+            if mat is not None:
+                ids.append(mat.id)
+                loaded[uk] = values[mat.id]
+            elif step is None or step.state in _FAILED_STATES:
                 failed = failed or (
                     f"{dep}[{enc}] {step.state if step else 'missing'}"
                     + (f": {step.error}" if step and step.error else "")
                 )
                 if step is not None and step.materialization_id:
                     # a join that tolerates this failure records what it saw
-                    inputs.upstream_ids.append(step.materialization_id)
-                continue
-            if step.state == "skipped":
+                    ids.append(step.materialization_id)
+            elif step.state == "skipped":
                 skipped = skipped or (step.error or f"{dep} was skipped")
-                continue
-            if step.state != "succeeded" or step.materialization_id is None:
+            else:
                 failed = failed or f"{dep}[{enc}] is {step.state}, not finished"
-                continue
-            mat = pipeline.runner.materialization(step.materialization_id)
-            if mat is None:
-                failed = failed or f"{dep}[{enc}] materialization {step.materialization_id} is gone"
-                continue
-            inputs.upstream_ids.append(mat.id)
-            values[uk] = pipeline.load_materialization(mat, run_id=run_id)
+        inputs.upstream_ids.extend(ids)
+        mids = tuple(ids)
         if failed:
-            inputs.outcomes[dep] = DepOutcome("failed", detail=failed)
+            inputs.outcomes[dep] = DepOutcome("failed", detail=failed, materialization_ids=mids)
         elif multi:
-            inputs.outcomes[dep] = DepOutcome("succeeded", values)
-        elif values:
-            inputs.outcomes[dep] = DepOutcome("succeeded", next(iter(values.values())))
+            inputs.outcomes[dep] = DepOutcome("succeeded", loaded, materialization_ids=mids)
+        elif loaded:
+            only = next(iter(loaded.values()))
+            inputs.outcomes[dep] = DepOutcome("succeeded", only, materialization_ids=mids)
         elif skipped:
             inputs.outcomes[dep] = DepOutcome("skipped", detail=skipped)
         else:
             inputs.outcomes[dep] = DepOutcome("absent", detail=f"no partition of {dep} applies")
     return inputs
+
+
+_Found = tuple["StepRecord | None", "MaterializationRecord | None"] | str
+
+
+def _materializations(
+    pipeline: Pipeline, run_id: str, plan: list[tuple[str, list[tuple[Any, str]]]]
+) -> dict[tuple[str, str], _Found]:
+    """``{(dep, partition): (step, succeeded record) | reason it cannot be read}``.
+
+    Steps this process saw succeed come from its cache; the rest in one ``get_steps`` and
+    one ``get_materializations``.
+    """
+    runner = pipeline.runner
+    found: dict[tuple[str, str], _Found] = {}
+    missing: list[tuple[str, str]] = []
+    for dep, keys in plan:
+        for _, enc in keys:
+            known = runner.succeeded(run_id, dep, enc)
+            if known is not None:  # finished by this process: no need to ask the store
+                found[(dep, enc)] = (None, known)
+            else:
+                missing.append((dep, enc))
+    if not missing:
+        return found
+    steps = {(s.asset, s.partition): s for s in pipeline.store.get_steps(run_id, missing)}
+    wanted: dict[str, MaterializationRecord | None] = {}
+    for k in missing:
+        step = steps.get(k)
+        found[k] = (step, None)
+        if step is not None and step.state == "succeeded" and step.materialization_id:
+            wanted[step.materialization_id] = runner.cached_materialization(
+                step.materialization_id
+            )
+    unknown = [mid for mid, mat in wanted.items() if mat is None]
+    if unknown:
+        wanted.update((m.id, m) for m in pipeline.store.get_materializations(unknown))
+    for k in missing:
+        step = steps.get(k)
+        if step is None or step.state != "succeeded":
+            continue
+        if step.materialization_id is None:
+            found[k] = f"{k[0]}[{k[1]}] is {step.state}, not finished"
+        elif (mat := wanted.get(step.materialization_id)) is None:
+            found[k] = f"{k[0]}[{k[1]}] materialization {step.materialization_id} is gone"
+        else:
+            found[k] = (step, mat)
+    return found
+
+
+def _values(
+    pipeline: Pipeline, run_id: str, found: dict[tuple[str, str], _Found]
+) -> dict[str, Any]:
+    """The stored value of every succeeded record in ``found``, keyed by record id."""
+    mats = {f[1].id: f[1] for f in found.values() if not isinstance(f, str) and f[1] is not None}
+    loaded = pipeline.load_materializations(list(mats.values()), run_id=run_id)
+    return dict(zip(mats, loaded, strict=True))

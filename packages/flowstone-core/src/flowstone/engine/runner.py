@@ -95,13 +95,11 @@ class StepRunner:
         self._mats: OrderedDict[object, MaterializationRecord] = OrderedDict()
         self._mats_lock = threading.Lock()
 
-    def materialization(self, materialization_id: str) -> MaterializationRecord | None:
-        """A materialization by id, from this process's recent ones or the store."""
+    def cached_materialization(self, materialization_id: str) -> MaterializationRecord | None:
+        """A materialization this process recorded recently, or None (the store was not
+        asked)."""
         with self._mats_lock:
-            cached = self._mats.get(materialization_id)
-        if cached is not None:
-            return cached
-        return self._p.store.get_materialization(materialization_id)
+            return self._mats.get(materialization_id)
 
     def succeeded(self, run_id: str, asset: str, partition: str) -> MaterializationRecord | None:
         """The materialization of a step this process saw succeed (terminal: it cannot

@@ -269,6 +269,21 @@ class IOManagerContract:
             io_manager.load(location)
         assert location in str(caught.value)
 
+    def test_load_many_if_offered_matches_load(self, io_manager: IOManager) -> None:
+        """``load_many`` is optional; a manager that offers it must agree with ``load``."""
+        load_many = getattr(io_manager, "load_many", None)
+        if load_many is None:
+            pytest.skip(f"{type(io_manager).__name__} has no load_many (optional)")
+        values = [{"n": i, "tags": ["a", i]} for i in range(5)]
+        locations = [io_manager.store(_key(f"batch-{i}"), v) for i, v in enumerate(values)]
+        order = [3, 0, 4, 0, 1]
+        assert load_many([locations[i] for i in order]) == [values[i] for i in order]
+        assert load_many([]) == []
+        io_manager.delete(locations[2])
+        with pytest.raises(ValueNotFoundError) as caught:
+            load_many([locations[0], locations[2]])
+        assert locations[2] in str(caught.value)
+
     def test_concurrent_stores_from_threads(self, io_manager: IOManager) -> None:
         shared: set[str] = set()
 
