@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from helpers import drain, quickstart
 
-from flowstone.errors import UsageError
+from flowstone.errors import StorageError, UsageError
 from flowstone.records import StepRecord
-from flowstone_celery import CeleryExecutor, FlowstoneCelery, Sweeper
+from flowstone_celery import CeleryExecutor, CelerySettings, FlowstoneCelery, Sweeper, make_app
 from flowstone_celery.tasks import handle_step
 
 
@@ -55,20 +55,58 @@ def test_retries_get_a_countdown_and_long_ones_are_left_to_the_sweeper(
         ("a", None), ("b", 30.0), ("c", None)]
 
 
-def test_worker_loop_runs_a_whole_run_through_the_broker(app: FlowstoneCelery) -> None:
+@pytest.mark.parametrize(("inline", "messages"), [(0, 4), (16, 2)])
+def test_worker_loop_runs_a_whole_run_through_the_broker(
+    settings: CelerySettings, inline: int, messages: int
+) -> None:
+    # numbers -> (doubled, tripled) -> total. Inline: numbers' worker goes on with doubled
+    # and publishes tripled; tripled's worker goes on with total (the join).
+    app = make_app(settings.model_copy(update={"inline_steps": inline}))
     pipeline = quickstart()
     app.add_pipeline(pipeline)
     assert pipeline.executor is app.executor and not pipeline.executor.blocking
     result = pipeline.run("total", wait=False)
     handled = 0
-    while messages := drain(app):
-        for body, _, _ in messages:
+    while batch := drain(app):
+        for body, _, _ in batch:
             handle_step(app, body)
             handled += 1
-    assert handled == 4
+    assert handled == messages
     final = pipeline.result(result.run_id)
     assert final.status == "succeeded"
     assert final.value == 12 + 18
+    assert {s.asset: s.attempt for s in pipeline.store.list_steps(result.run_id)} == {
+        "numbers": 1, "doubled": 1, "tripled": 1, "total": 1}
+    app.close_pipelines()
+    app.close()
+
+
+def test_a_continuation_that_cannot_run_is_published_not_lost(
+    app: FlowstoneCelery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline = quickstart()
+    app.add_pipeline(pipeline)
+    pipeline.run("doubled", wait=False)
+    (body, _, _), = drain(app)
+    store = pipeline.store
+    real = store.claim_step
+    calls: list[str] = []
+
+    def flaky(run_id: str, asset: str, partition: str, **kw: object) -> StepRecord | None:
+        calls.append(asset)
+        if asset == "doubled":
+            raise StorageError("store unreachable")
+        return real(run_id, asset, partition, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "claim_step", flaky)
+    with pytest.raises(StorageError):
+        handle_step(app, body)
+    assert calls == ["numbers", "doubled"]
+    monkeypatch.setattr(store, "claim_step", real)
+    (again, _, _), = drain(app)  # the continuation went to the broker instead
+    assert again["asset"] == "doubled"
+    handle_step(app, again)
+    assert pipeline.get("doubled") == [2, 4, 6]
 
 
 def test_redelivered_message_changes_nothing(app: FlowstoneCelery) -> None:

@@ -53,6 +53,10 @@ class CelerySettings(BaseSettings):
             ``MODULE:ATTR`` specs for ``celery -A flowstone_celery.worker_app worker``.
         infra_retries: ``FLOWSTONE_INFRA_RETRIES``: how often a step message is retried
             (with backoff) when the store or broker fails; after that the sweeper takes over.
+        inline_steps: ``FLOWSTONE_INLINE_STEPS``: how many follow-up steps a worker runs
+            itself, one after the other, after the step it received (each time the first
+            step that became ready; the others are published). Saves a broker round trip
+            per chain link or parallel join; ``0`` publishes every step.
     """
 
     model_config = SettingsConfigDict(
@@ -70,6 +74,7 @@ class CelerySettings(BaseSettings):
     sweeper: bool = True
     pipelines: str = ""
     infra_retries: int = Field(10, ge=0, le=1000)
+    inline_steps: int = Field(16, ge=0, le=10_000)
 
     @field_validator("broker_url")
     @classmethod

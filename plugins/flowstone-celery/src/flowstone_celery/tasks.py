@@ -5,10 +5,17 @@ run it and ``finish_step`` records it once, so a redelivered message changes not
 Malformed messages and unknown pipelines or assets are logged and acknowledged (retrying
 them could never succeed). Infrastructure failures (store or broker unreachable) are retried
 with exponential backoff; after ``FLOWSTONE_INFRA_RETRIES`` the sweeper takes over.
+
+A step that makes other steps ready hands one of them straight back to the worker that ran
+it (up to ``FLOWSTONE_INLINE_STEPS`` in a row) and publishes the rest: a chain or a
+parallel join continues without a round trip through the broker. The continuation is as
+durable as a published one: it is ``ready`` in the store before it runs, claimed under a
+lease, and the sweeper re-dispatches it if the worker dies first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +26,7 @@ if TYPE_CHECKING:
 
     from flowstone_celery.app import FlowstoneCelery
 
-__all__ = ["handle_step", "register"]
+__all__ = ["handle_step", "register", "run_steps"]
 
 log = logging.getLogger("flowstone.celery")
 MAX_BACKOFF_SECONDS = 60.0
@@ -56,10 +63,40 @@ def handle_step(app: FlowstoneCelery, body: object) -> int:
     if found is None:
         return 0
     pipeline, message = found
-    ready = pipeline.runner.run_step(message.run_id, message.asset, message.partition)
-    if ready:
-        pipeline.dispatch(message.run_id, ready)
-    return len(ready)
+    return run_steps(
+        pipeline, message.run_id, message.asset, message.partition,
+        inline=app.flowstone_settings.inline_steps,
+    )
+
+
+def run_steps(pipeline: Any, run_id: str, asset: str, partition: str, *, inline: int) -> int:
+    """Run one step, then up to ``inline`` of the steps it made ready, one after the other.
+
+    After each step the first follow-up that is due now (not a retry waiting for its
+    backoff) is run here; every other follow-up is published. Returns how many steps were
+    published. If a continuation cannot be run (the store failed), it is published before
+    the error propagates, so it never waits for the sweeper.
+    """
+    published = 0
+    ready = pipeline.runner.run_step(run_id, asset, partition)
+    while ready:
+        nxt = next((s for s in ready if s.not_before is None), None) if inline > 0 else None
+        rest = [s for s in ready if s is not nxt]
+        if rest:
+            pipeline.dispatch(run_id, rest)
+            published += len(rest)
+        if nxt is None:
+            break
+        inline -= 1
+        try:
+            ready = pipeline.runner.run_step(run_id, nxt.asset, nxt.partition)
+        except Exception:
+            # claim or finish failed: a message makes sure it runs (a duplicate of a step
+            # that was claimed is dropped by claim_step)
+            with contextlib.suppress(Exception):
+                pipeline.dispatch(run_id, [nxt])
+            raise
+    return published
 
 
 def register(app: FlowstoneCelery) -> None:
