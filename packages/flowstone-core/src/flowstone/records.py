@@ -25,6 +25,7 @@ __all__ = [
     "MaterializationState",
     "RunRecord",
     "RunStatus",
+    "StagedValue",
     "StepOutcome",
     "StepRecord",
     "StepSpec",
@@ -168,12 +169,33 @@ class Gate:
 
 
 @dataclass(frozen=True, slots=True)
+class StagedValue:
+    """A value its IO manager encoded but did not write: the run store writes it in the
+    transaction that records the step (``finish_step``), so value and record commit
+    together in one round trip.
+
+    The engine stages a value only when the store says it can write where the IO manager
+    would (``RunStore.accepts_staging(io_manager.staging_target)``, both optional, e.g. a
+    Postgres store and a Postgres IO manager on the same database); otherwise the IO
+    manager stores it itself first, as usual. ``statement`` is the IO manager's write, with
+    named ``:params`` bound from ``params``.
+    """
+
+    location: str
+    target: str
+    statement: str
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class StepOutcome:
     """What happened when a step ran; handed to :meth:`RunStore.finish_step`.
 
     For ``state="waiting"`` exactly one of ``approval`` / ``gate`` is set and the store
     creates it in the same transaction. For ``succeeded``/``failed``/``skipped`` a
-    ``materialization`` is recorded (with its lineage) in the same transaction.
+    ``materialization`` is recorded (with its lineage) in the same transaction, and so are
+    ``staged`` values (only ever given to a store that accepts them, see
+    :class:`StagedValue`).
     """
 
     state: Literal["succeeded", "failed", "skipped", "waiting", "upstream_failed", "cancelled"]
@@ -181,6 +203,7 @@ class StepOutcome:
     error: str | None = None
     approval: Approval | None = None
     gate: Gate | None = None
+    staged: tuple[StagedValue, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

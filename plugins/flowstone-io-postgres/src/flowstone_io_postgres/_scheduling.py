@@ -21,13 +21,14 @@ from flowstone.errors import RunNotFoundError, StorageError, UsageError
 from flowstone.records import (
     RunRecord,
     RunStatus,
+    StagedValue,
     StepOutcome,
     StepRecord,
     StepSpec,
     StepTransition,
 )
 from flowstone_io_postgres._rows import STEP_COLS, to_step
-from flowstone_io_postgres._sql import Db, Sql, dump_json
+from flowstone_io_postgres._sql import PARAM, Db, Sql, dump_json
 
 __all__ = [
     "cancel_run",
@@ -325,13 +326,27 @@ def finish_params(key: dict[str, str], outcome: StepOutcome, now: datetime) -> d
 
 
 async def finish_step(
-    conn: Db, q: Sql, key: dict[str, str], params: dict[str, object]
+    conn: Db,
+    q: Sql,
+    key: dict[str, str],
+    params: dict[str, object],
+    staged: Sequence[StagedValue] = (),
 ) -> StepTransition:
     """See :meth:`flowstone.protocols.RunStore.finish_step`; one statement, one transaction.
 
-    ``params`` comes from :func:`finish_params`. The caller retries a deadlock victim.
+    ``params`` comes from :func:`finish_params`. Each staged value's write runs in the same
+    statement, as a data-modifying ``WITH`` (PostgreSQL always runs those to completion).
+    The caller retries a deadlock victim.
     """
-    row = await q(_FINISH).fetchrow(conn, params)
+    template = _FINISH
+    if staged:
+        params = dict(params)
+        writes = []
+        for i, value in enumerate(staged):
+            writes.append(f"staged_{i} AS ({_renamed(value.statement, f'v{i}_')})")
+            params.update((f"v{i}_{k}", v) for k, v in value.params.items())
+        template = "WITH " + ", ".join(writes) + " " + _FINISH
+    row = await q(template).fetchrow(conn, params)
     if row is None or not row["applied"]:
         _explain_not_applied(key, None if row is None else row["step_state"])
         return StepTransition(applied=False)
@@ -340,6 +355,11 @@ async def finish_step(
     )
     status: RunStatus | None = row["run_status"]
     return StepTransition(applied=True, ready=ready, run_status=status)
+
+
+def _renamed(statement: str, prefix: str) -> str:
+    """``statement`` with every ``:name`` parameter renamed ``:<prefix>name``."""
+    return PARAM.sub(lambda m: f":{prefix}{m.group(1)}", statement)
 
 
 def _explain_not_applied(key: dict[str, str], state: str | None) -> None:

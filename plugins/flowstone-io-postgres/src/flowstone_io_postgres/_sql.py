@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 from flowstone.errors import StorageError, UsageError
 
 __all__ = [
+    "PARAM",
     "Db",
     "Sql",
     "Stmt",
@@ -50,7 +51,7 @@ RETRYABLE = frozenset({"40P01", "40001"})
 TX_ATTEMPTS = 5
 
 # ``:name`` but not ``::type`` casts and not ``\:`` (an escaped colon), as SQLAlchemy's text().
-_PARAM = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")
+PARAM = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")
 
 
 class Stmt:
@@ -100,7 +101,7 @@ def compile_named(template: str) -> Stmt:
             names.append(name)
         return f"${names.index(name) + 1}"
 
-    sql = _PARAM.sub(number, template).replace("\\:", ":")
+    sql = PARAM.sub(number, template).replace("\\:", ":")
     return Stmt(sql, tuple(names))
 
 

@@ -30,11 +30,12 @@ from typing import Any
 from flowstone.codec import EncodedValue, decode_from_storage, encode_for_storage
 from flowstone.errors import FlowStoneError, StorageError, ValueNotFoundError
 from flowstone.protocols import StorageKey
+from flowstone.records import StagedValue
 from flowstone_io_postgres._runtime import AsyncRuntime, Connections, PoolOptions
 from flowstone_io_postgres._sql import compile_named, is_db_error, storage_error
 from flowstone_io_postgres._values_table import asset_values_ddl
 from flowstone_io_postgres.identifiers import parse_qualified_name
-from flowstone_io_postgres.urls import resolve_url, safe_url
+from flowstone_io_postgres.urls import database_identity, resolve_url, safe_url
 
 __all__ = ["PostgresIOManager"]
 
@@ -88,13 +89,18 @@ class PostgresIOManager:
             name="flowstone-postgres-io",
         )  # fmt: skip
         t = self.table.sql
-        self._upsert = compile_named(
+        self._upsert_sql = (
             f"INSERT INTO {t} (location, pipeline, asset, partition, run_id, item, format, "
             "value_json, data, created_at) VALUES (:loc, :pipeline, :asset, :partition, :run_id, "
             ":item, :format, CAST(:value_json AS json), :data, now()) ON CONFLICT (location) DO "
             "UPDATE SET format = EXCLUDED.format, value_json = EXCLUDED.value_json, "
             "data = EXCLUDED.data, created_at = EXCLUDED.created_at"
         )
+        self._upsert = compile_named(self._upsert_sql)
+        self.staging_target = database_identity(self._url)
+        """The database this manager writes to: a
+        :class:`~flowstone_io_postgres.PostgresRunStore` on the same one writes staged values
+        in the step's ``finish_step`` transaction (see :meth:`stage`)."""
         self._select = compile_named(
             f"SELECT format, value_json::text, data FROM {t} WHERE location = :loc"
         )
@@ -175,14 +181,30 @@ class PostgresIOManager:
             EncodingError: the value cannot be encoded (nothing is written).
             StorageError: the database failed.
         """
+        staged = self.stage(key, value)
+        self._execute(
+            self._upsert, dict(staged.params), action=f"storing the value of asset {key.asset!r}"
+        )
+        return staged.location
+
+    def stage(self, key: StorageKey, value: object) -> StagedValue:
+        """Encode ``value`` without writing it: the write, for a run store on the same
+        database to run inside ``finish_step`` (the engine does this by itself).
+
+        Raises:
+            EncodingError: the value cannot be encoded.
+        """
+        self._ensure_table()
         encoded = _encode_arrow(value) or encode_for_storage(
             value, asset=key.asset, allow_pickle=self.allow_pickle
         )
         location = self.location_for(key)
         is_json = encoded.format == "json"
-        self._execute(
-            self._upsert,
-            {
+        return StagedValue(
+            location=location,
+            target=self.staging_target,
+            statement=self._upsert_sql,
+            params={
                 "loc": location,
                 "pipeline": _readable(key.pipeline),
                 "asset": _readable(key.asset),
@@ -193,9 +215,7 @@ class PostgresIOManager:
                 "value_json": encoded.data.decode("utf-8") if is_json else None,
                 "data": None if is_json else encoded.data,
             },
-            action=f"storing the value of asset {key.asset!r}",
         )
-        return location
 
     def load(self, location: str) -> object:
         """Return the value at ``location``.

@@ -60,7 +60,7 @@ from flowstone_io_postgres._sql import (
     storage_error,
 )
 from flowstone_io_postgres.identifiers import quote_ident, validate_ident
-from flowstone_io_postgres.urls import resolve_url, safe_url
+from flowstone_io_postgres.urls import database_identity, resolve_url, safe_url
 
 __all__ = ["PostgresRunStore", "from_url"]
 
@@ -119,6 +119,7 @@ class PostgresRunStore:
             ),
             name="flowstone-postgres-store",
         )
+        self._identity = database_identity(self._url)
         self._checked = False
         self._check_lock = threading.Lock()
 
@@ -308,12 +309,25 @@ class PostgresRunStore:
     def finish_step(
         self, run_id: str, asset: str, partition: str, outcome: StepOutcome
     ) -> StepTransition:
+        """See the protocol. Staged values (:meth:`accepts_staging`) are written by the same
+        statement, so value and record commit together."""
         key = self._key(run_id, asset, partition)
         params = sched.finish_params(key, outcome, _now())
+        for staged in outcome.staged:
+            if not self.accepts_staging(staged.target):
+                raise StorageError(
+                    f"a value staged for {staged.target} cannot be written by the run store "
+                    f"at {self._where}; store it with its IO manager instead"
+                )
         return self._auto(
             f"finishing step {asset!r} of run {run_id!r}",
-            lambda c: sched.finish_step(c, self._q, key, params),
+            lambda c: sched.finish_step(c, self._q, key, params, outcome.staged),
         )
+
+    def accepts_staging(self, target: str) -> bool:
+        """True for values staged for this store's own database (see
+        :class:`~flowstone.records.StagedValue`)."""
+        return target == self._identity
 
     def stale_steps(self, now: datetime, *, ready_for_seconds: float) -> list[StepRecord]:
         return self._auto(

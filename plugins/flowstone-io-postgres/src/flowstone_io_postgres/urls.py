@@ -65,3 +65,12 @@ def resolve_url(url: str | URL | None) -> URL:
 def safe_url(url: URL) -> str:
     """The URL as text with the password masked, for messages and logs."""
     return url.render_as_string(hide_password=True)
+
+
+def database_identity(url: URL) -> str:
+    """Which database ``url`` names (server, port, database, user; no password, no driver):
+    two stores with the same identity can share a transaction's work."""
+    return (
+        f"postgresql://{url.username or ''}@{url.host or ''}:{url.port or 5432}/"
+        f"{url.database or ''}"
+    )

@@ -39,6 +39,7 @@ from flowstone.records import (
     Approval,
     Gate,
     MaterializationRecord,
+    StagedValue,
     StepOutcome,
     StepRecord,
 )
@@ -84,7 +85,7 @@ class _Deferring:
 class StepRunner:
     """Runs steps of one pipeline. Thread-safe; one per pipeline per process."""
 
-    __slots__ = ("_leases", "_mats", "_mats_lock", "_owner_prefix", "_p")
+    __slots__ = ("_leases", "_mats", "_mats_lock", "_owner_prefix", "_p", "_staging")
 
     def __init__(self, pipeline: Pipeline) -> None:
         self._p = pipeline
@@ -94,6 +95,7 @@ class StepRunner:
         # read again by each dependent (saves two store queries per dependency edge)
         self._mats: OrderedDict[object, MaterializationRecord] = OrderedDict()
         self._mats_lock = threading.Lock()
+        self._staging: dict[str, bool] = {}  # io manager name -> values ride on finish_step
 
     def cached_materialization(self, materialization_id: str) -> MaterializationRecord | None:
         """A materialization this process recorded recently, or None (the store was not
@@ -368,7 +370,7 @@ class StepRunner:
         if isinstance(value, Skip):
             return self._skip(a, step, started_at, value.reason or "asset returned Skip")
         if isinstance(value, WaitForApproval):
-            io_name, location = self._store_value(a, step, value.value)
+            io_name, location, staged = self._store_value(a, step, value.value)
             seconds = to_seconds(value.timeout, what="WaitForApproval timeout")
             approval = Approval(
                 id=0,
@@ -384,7 +386,7 @@ class StepRunner:
                 location=location,
                 metadata=dict(value.metadata),
             )
-            return StepOutcome("waiting", approval=approval)
+            return StepOutcome("waiting", approval=approval, staged=staged)
         if isinstance(value, SignalGate):
             if context.gate is None or context.gate.token != value.token:
                 raise ExecutionError(
@@ -422,7 +424,7 @@ class StepRunner:
                         {"branch": value},
                     )
                 )
-        io_name, location = self._store_value(a, step, value)
+        io_name, location, staged = self._store_value(a, step, value)
         metadata = {**a.metadata, **context.metadata}
         lineage_error = p.emit_lineage(step.run_id, a.name, step.partition, upstream)
         if lineage_error is not None and p.on_lineage_error == "fail":
@@ -440,18 +442,40 @@ class StepRunner:
             upstream=upstream,
             metadata=metadata,
         )
-        return StepOutcome("succeeded", materialization=mat)
+        return StepOutcome("succeeded", materialization=mat, staged=staged)
 
     # --- helpers ----------------------------------------------------------------------
-    def _store_value(self, a: AssetDef, step: StepRecord, value: Any) -> tuple[str, str]:
+    def _store_value(
+        self, a: AssetDef, step: StepRecord, value: Any
+    ) -> tuple[str, str, tuple[StagedValue, ...]]:
+        """Store ``value`` with the asset's IO manager, or stage it for ``finish_step`` when
+        the store can write it in the step's own transaction (see :class:`StagedValue`)."""
         p = self._p
         io_name = a.io_manager or p.default_io_manager
         key = StorageKey(p.name, a.name, step.partition, step.run_id)
-        location = p.io_manager(io_name).store(key, value)
+        manager = p.io_manager(io_name)
+        staged: tuple[StagedValue, ...] = ()
+        if self._stages(io_name, manager):
+            staged = (manager.stage(key, value),)  # type: ignore[attr-defined]
+            location = staged[0].location
+        else:
+            location = manager.store(key, value)
         p.emit(
             Event("io.stored", p.name, step.run_id, a.name, step.partition, {"io_manager": io_name})
         )
-        return io_name, location
+        return io_name, location, staged
+
+    def _stages(self, io_name: str, manager: object) -> bool:
+        """Whether values of ``manager`` are written by the store's ``finish_step``."""
+        known = self._staging.get(io_name)
+        if known is None:
+            target = getattr(manager, "staging_target", None)
+            accepts = getattr(self._p.store, "accepts_staging", None)
+            known = bool(
+                target and callable(getattr(manager, "stage", None)) and accepts and accepts(target)
+            )
+            self._staging[io_name] = known
+        return known
 
     def _skip(
         self, a: AssetDef, step: StepRecord, started_at: datetime, reason: str

@@ -1,0 +1,133 @@
+"""Values written in the step's own transaction, and inputs read in batches, on real Postgres.
+
+When the run store and the IO manager use the same database, the engine stages each value
+(``PostgresIOManager.stage``) and ``PostgresRunStore.finish_step`` writes it with the
+step's record in one statement. These tests drive the public pipeline API and then look
+at the tables and the server's own counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+import flowstone as fs
+from flowstone.errors import StorageError
+from flowstone.protocols import StorageKey
+from flowstone.records import MaterializationRecord, RunRecord, StepOutcome, StepSpec
+from flowstone_io_postgres import PostgresIOManager, PostgresRunStore
+
+pytestmark = pytest.mark.integration
+
+
+def _dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _fetch(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(_dsn(url))
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+def _diamond(name: str, store: PostgresRunStore, io: PostgresIOManager) -> fs.Pipeline:
+    @fs.asset
+    def orders() -> list[dict[str, object]]:
+        return [{"id": i, "eur": 10 * i} for i in range(1, 6)]
+
+    @fs.asset
+    def revenue(orders: list[dict[str, int]]) -> int:
+        return sum(o["eur"] for o in orders)
+
+    @fs.asset
+    def count(orders: list[dict[str, int]]) -> int:
+        return len(orders)
+
+    @fs.asset
+    def report(orders: list[dict[str, int]], revenue: int, count: int) -> dict[str, object]:
+        return {"orders": len(orders), "revenue": revenue, "average": revenue / count}
+
+    return fs.Pipeline(
+        name, [orders, revenue, count, report], store=store, io_managers={"default": io}
+    )
+
+
+@pytest.fixture
+def same_db(migrated_url: str) -> Iterator[tuple[PostgresRunStore, PostgresIOManager]]:
+    store, io = PostgresRunStore(migrated_url), PostgresIOManager(migrated_url)
+    yield store, io
+    io.close()
+    store.close()
+
+
+def test_values_ride_on_finish_step_when_store_and_values_share_a_database(
+    same_db: tuple[PostgresRunStore, PostgresIOManager], migrated_url: str
+) -> None:
+    store, io = same_db
+    assert store.accepts_staging(io.staging_target)
+    name = f"staged_{uuid.uuid4().hex[:8]}"
+    pipeline = _diamond(name, store, io)
+    result = pipeline.run("report")
+    assert result.status == "succeeded"
+    assert result.value == {"orders": 5, "revenue": 150, "average": 30.0}
+    rows = asyncio.run(_fetch(
+        migrated_url,
+        "SELECT m.asset, v.location IS NOT NULL AS stored FROM flowstone.materializations m "
+        "LEFT JOIN flowstone.asset_values v ON v.location = m.location WHERE m.run_id = $1",
+        result.run_id,
+    ))
+    assert sorted((r["asset"], r["stored"]) for r in rows) == [
+        ("count", True), ("orders", True), ("report", True), ("revenue", True)]
+    pipeline.close()
+
+
+def test_value_and_record_commit_together_or_not_at_all(
+    same_db: tuple[PostgresRunStore, PostgresIOManager],
+) -> None:
+    store, io = same_db
+    now = datetime.now(UTC)
+    run = RunRecord(f"run-{uuid.uuid4().hex[:8]}", "sales", ("orders",), "", "running", now, now)
+    store.create_run(run, [StepSpec("orders", "")])
+    assert store.claim_step(run.run_id, "orders", "", owner="w", lease_seconds=60) is not None
+    staged = io.stage(StorageKey("sales", "orders", "", run.run_id), [1, 2, 3])
+    mat = MaterializationRecord(
+        id=uuid.uuid4().hex, pipeline="sales", run_id=run.run_id, asset="orders", partition="",
+        state="succeeded", io_manager="postgres", location=staged.location, finished_at=now,
+    )
+    # a write the database refuses (it breaks the table's CHECK): nothing of the step lands
+    broken = replace(staged, params={**staged.params, "value_json": None, "data": None})
+    with pytest.raises(StorageError, match="finishing step 'orders'"):
+        store.finish_step(run.run_id, "orders", "", StepOutcome("succeeded", mat, staged=(broken,)))
+    step = store.get_step(run.run_id, "orders", "")
+    assert step is not None and step.state == "running" and step.materialization_id is None
+    assert store.get_materializations([mat.id]) == []
+    assert not io.exists(staged.location)
+    # the same finish with the real value: record and value both land
+    outcome = StepOutcome("succeeded", mat, staged=(staged,))
+    done = store.finish_step(run.run_id, "orders", "", outcome)
+    assert done.applied and done.run_status == "succeeded"
+    assert io.load(staged.location) == [1, 2, 3]
+    assert [m.location for m in store.get_materializations([mat.id])] == [staged.location]
+
+
+def test_a_value_for_another_database_is_refused(
+    same_db: tuple[PostgresRunStore, PostgresIOManager], postgres_url: str
+) -> None:
+    store, _ = same_db
+    other = PostgresIOManager(make_url(postgres_url).set(database="postgres"))
+    try:
+        assert not store.accepts_staging(other.staging_target)
+        staged = other.stage(StorageKey("p", "a", "", "r"), 1)
+        with pytest.raises(StorageError, match="store it with its IO manager"):
+            store.finish_step("r", "a", "", StepOutcome("skipped", staged=(staged,)))
+    finally:
+        other.close()
