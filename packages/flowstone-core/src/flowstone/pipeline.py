@@ -262,9 +262,12 @@ class Pipeline:
             )
         )
         self._dispatch_with_timeout(rid, ready, seconds)
-        if wait and not self.executor.blocking:
-            scatters = frozenset(a.name for a in self.dag.assets.values() if a.scatter)
-            wait_for_run(self.store, rid, timeout=seconds, deferred_assets=scatters)
+        if not self.executor.blocking:
+            if not wait and ready:  # started, and nothing ran here: no need to read it back
+                return RunResult(self, record)
+            if wait:
+                scatters = frozenset(a.name for a in self.dag.assets.values() if a.scatter)
+                wait_for_run(self.store, rid, timeout=seconds, deferred_assets=scatters)
         return self.result(rid)
 
     def _targets(self, target: str | Sequence[str] | None) -> list[str]:
