@@ -109,14 +109,15 @@ def test_value_and_record_commit_together_or_not_at_all(
         store.finish_step(run.run_id, "orders", "", StepOutcome("succeeded", mat, staged=(broken,)))
     step = store.get_step(run.run_id, "orders", "")
     assert step is not None and step.state == "running" and step.materialization_id is None
-    assert store.get_materializations([mat.id]) == []
+    assert store.get_materialization(mat.id) is None
     assert not io.exists(staged.location)
     # the same finish with the real value: record and value both land
     outcome = StepOutcome("succeeded", mat, staged=(staged,))
     done = store.finish_step(run.run_id, "orders", "", outcome)
     assert done.applied and done.run_status == "succeeded"
     assert io.load(staged.location) == [1, 2, 3]
-    assert [m.location for m in store.get_materializations([mat.id])] == [staged.location]
+    recorded = store.get_materialization(mat.id)
+    assert recorded is not None and recorded.location == staged.location
 
 
 def test_a_value_for_another_database_is_refused(

@@ -219,9 +219,12 @@ class RunStore(Protocol):
     # --- steps -----------------------------------------------------------------------
     def get_step(self, run_id: str, asset: str, partition: str) -> StepRecord | None: ...
 
-    def get_steps(self, run_id: str, keys: Sequence[tuple[str, str]]) -> list[StepRecord]:
-        """The steps of ``run_id`` at these ``(asset, partition)`` keys, in one read (how a
-        step reads its dependencies). Keys without a step are left out; any order."""
+    def get_step_results(
+        self, run_id: str, keys: Sequence[tuple[str, str]]
+    ) -> list[tuple[StepRecord, MaterializationRecord | None]]:
+        """The steps of ``run_id`` at these ``(asset, partition)`` keys, each with the
+        materialization record it points at (None if none), in one read: how a step reads
+        its dependencies. Keys without a step are left out; any order."""
         ...
 
     def list_steps(self, run_id: str) -> list[StepRecord]: ...
@@ -268,10 +271,6 @@ class RunStore(Protocol):
 
     # --- materializations & lineage ----------------------------------------------------
     def get_materialization(self, materialization_id: str) -> MaterializationRecord | None: ...
-
-    def get_materializations(self, ids: Sequence[str]) -> list[MaterializationRecord]:
-        """The records with these ids, in one read. Unknown ids are left out; any order."""
-        ...
 
     def find_materialization(
         self, pipeline: str, asset: str, partition: str, *, run_id: str | None = None

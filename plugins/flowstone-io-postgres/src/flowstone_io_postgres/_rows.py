@@ -21,13 +21,16 @@ __all__ = [
     "APPROVAL_COLS",
     "GATE_COLS",
     "MAT_COLS",
+    "MAT_COLS_AS_M",
     "RUN_COLS",
     "STEP_COLS",
+    "STEP_COL_COUNT",
     "to_approval",
     "to_audit",
     "to_gate",
     "to_item",
     "to_materialization",
+    "to_prefixed_materialization",
     "to_run",
     "to_step",
 ]
@@ -37,10 +40,14 @@ STEP_COLS = (
     "run_id, asset, partition, state, remaining_deps, attempt, owner, lease_expires_at, "
     "not_before, materialization_id, error, updated_at"
 )
+STEP_COL_COUNT = len(STEP_COLS.split(","))
 MAT_COLS = (
     "id, pipeline, run_id, asset, partition, state, io_manager, location, attempt, "
     "started_at, finished_at, error, upstream, metadata, invalidated"
 )
+_MAT_NAMES = [c.strip() for c in MAT_COLS.split(",")]
+MAT_COLS_AS_M = ", ".join(f"m.{c} AS m_{c}" for c in _MAT_NAMES)
+"""The materialization columns of a join aliased ``m``, each renamed ``m_<column>``."""
 APPROVAL_COLS = (
     "id, pipeline, run_id, asset, partition, message, status, created_at, expires_at, "
     "io_manager, location, decided_by, decided_at, reason, metadata"
@@ -62,14 +69,26 @@ def to_run(row: asyncpg.Record) -> RunRecord:
     return RunRecord(**d)
 
 
-def to_step(row: asyncpg.Record) -> StepRecord:
-    d = _m(row)
+def to_step(row: asyncpg.Record, *, limit: int | None = None) -> StepRecord:
+    """A step from ``row`` (its first ``limit`` columns when it has more)."""
+    d = _m(row) if limit is None else dict(list(row.items())[:limit])
     d.pop("ordinal", None)  # present when the row is a whole ``steps`` composite
     return StepRecord(**d)
 
 
 def to_materialization(row: asyncpg.Record) -> MaterializationRecord:
     d = _m(row)
+    d["upstream"] = tuple(d["upstream"])
+    d["metadata"] = load_json(d["metadata"])
+    return MaterializationRecord(**d)
+
+
+def to_prefixed_materialization(row: asyncpg.Record) -> MaterializationRecord | None:
+    """The ``m_``-prefixed materialization columns of ``row`` (see ``MAT_COLS_AS_M``), or
+    None when the join found no record."""
+    if row["m_id"] is None:
+        return None
+    d = {c: row[f"m_{c}"] for c in _MAT_NAMES}
     d["upstream"] = tuple(d["upstream"])
     d["metadata"] = load_json(d["metadata"])
     return MaterializationRecord(**d)

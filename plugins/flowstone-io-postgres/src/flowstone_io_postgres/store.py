@@ -41,10 +41,13 @@ from flowstone_io_postgres._rows import (
     APPROVAL_COLS,
     GATE_COLS,
     MAT_COLS,
+    MAT_COLS_AS_M,
     RUN_COLS,
+    STEP_COL_COUNT,
     STEP_COLS,
     to_approval,
     to_materialization,
+    to_prefixed_materialization,
     to_run,
     to_step,
 )
@@ -256,20 +259,24 @@ class PostgresRunStore:
         )
         return to_step(rows[0]) if rows else None
 
-    def get_steps(self, run_id: str, keys: Sequence[tuple[str, str]]) -> list[StepRecord]:
+    def get_step_results(
+        self, run_id: str, keys: Sequence[tuple[str, str]]
+    ) -> list[tuple[StepRecord, MaterializationRecord | None]]:
         unique = list(dict.fromkeys(keys))
         if not unique:
             return []
         rows = self._rows(
-            "reading steps",
-            # one primary-key probe per key, whatever plan the prepared statement caches
-            # (a generic "IN (array)" plan may scan the table)
-            "SELECT s.* FROM unnest(CAST(:as AS text[]), CAST(:ps AS text[])) AS k(a, p), "
-            "LATERAL (SELECT " + STEP_COLS + " FROM {s}.steps WHERE run_id = :r "
-            "AND asset = k.a AND partition = k.p OFFSET 0) AS s",
+            "reading steps and their materializations",
+            # one primary-key probe per key and per record, whatever plan the prepared
+            # statement caches (a generic "IN (array)" plan may scan the table)
+            "SELECT s.*, " + MAT_COLS_AS_M + " FROM unnest(CAST(:as AS text[]), "
+            "CAST(:ps AS text[])) AS k(a, p), LATERAL (SELECT " + STEP_COLS + " FROM {s}.steps "
+            "WHERE run_id = :r AND asset = k.a AND partition = k.p OFFSET 0) AS s "
+            "LEFT JOIN LATERAL (SELECT * FROM {s}.materializations "
+            "WHERE id = s.materialization_id OFFSET 0) AS m ON true",
             {"r": run_id, "as": [k[0] for k in unique], "ps": [k[1] for k in unique]},
         )
-        return [to_step(r) for r in rows]
+        return [(to_step(r, limit=STEP_COL_COUNT), to_prefixed_materialization(r)) for r in rows]
 
     def list_steps(self, run_id: str) -> list[StepRecord]:
         rows = self._rows(
@@ -343,18 +350,6 @@ class PostgresRunStore:
             {"id": materialization_id},
         )
         return to_materialization(rows[0]) if rows else None
-
-    def get_materializations(self, ids: Sequence[str]) -> list[MaterializationRecord]:
-        unique = list(dict.fromkeys(ids))
-        if not unique:
-            return []
-        rows = self._rows(
-            "reading materializations",
-            "SELECT m.* FROM unnest(CAST(:ids AS text[])) AS k(id), LATERAL (SELECT "
-            + MAT_COLS + " FROM {s}.materializations WHERE id = k.id OFFSET 0) AS m",
-            {"ids": unique},
-        )
-        return [to_materialization(r) for r in rows]
 
     def find_materialization(
         self, pipeline: str, asset: str, partition: str, *, run_id: str | None = None

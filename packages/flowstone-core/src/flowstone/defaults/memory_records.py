@@ -53,10 +53,6 @@ class MemoryRecords:
         with self._lock:
             return self._mats.get(materialization_id)
 
-    def get_materializations(self, ids: Sequence[str]) -> list[MaterializationRecord]:
-        with self._lock:
-            return [m for i in dict.fromkeys(ids) if (m := self._mats.get(i)) is not None]
-
     def find_materialization(
         self, pipeline: str, asset: str, partition: str, *, run_id: str | None = None
     ) -> MaterializationRecord | None:

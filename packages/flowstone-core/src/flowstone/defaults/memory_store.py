@@ -206,12 +206,18 @@ class MemoryRunStore(MemoryRecords):
             plan = self._plans.get(run_id)
             return None if plan is None else plan.steps.get((asset, partition))
 
-    def get_steps(self, run_id: str, keys: Sequence[tuple[str, str]]) -> list[StepRecord]:
+    def get_step_results(
+        self, run_id: str, keys: Sequence[tuple[str, str]]
+    ) -> list[tuple[StepRecord, MaterializationRecord | None]]:
         with self._lock:
             plan = self._plans.get(run_id)
             if plan is None:
                 return []
-            return [s for k in dict.fromkeys(keys) if (s := plan.steps.get(k)) is not None]
+            steps = [s for k in dict.fromkeys(keys) if (s := plan.steps.get(k)) is not None]
+            return [
+                (s, None if s.materialization_id is None else self._mats.get(s.materialization_id))
+                for s in steps
+            ]
 
     def list_steps(self, run_id: str) -> list[StepRecord]:
         with self._lock:

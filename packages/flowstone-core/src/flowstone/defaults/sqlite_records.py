@@ -67,7 +67,7 @@ class SQLiteRecords(SQLiteConnection):
         )
         return found[0] if found else None
 
-    def get_materializations(self, ids: Sequence[str]) -> list[MaterializationRecord]:
+    def _materializations_by_id(self, ids: Sequence[str]) -> list[MaterializationRecord]:
         unique = list(dict.fromkeys(ids))
         out: list[MaterializationRecord] = []
         for i in range(0, len(unique), BATCH):

@@ -32,6 +32,7 @@ from flowstone.defaults.sqlite_schema import (
 from flowstone.errors import RunNotFoundError, StorageError, UsageError
 from flowstone.records import (
     TERMINAL_STEP_STATES,
+    MaterializationRecord,
     RunRecord,
     RunStatus,
     StepOutcome,
@@ -227,9 +228,11 @@ class SQLiteRunStore(SQLiteRecords):
         )
         return step_row(rows[0]) if rows else None
 
-    def get_steps(self, run_id: str, keys: Sequence[tuple[str, str]]) -> list[StepRecord]:
+    def get_step_results(
+        self, run_id: str, keys: Sequence[tuple[str, str]]
+    ) -> list[tuple[StepRecord, MaterializationRecord | None]]:
         unique = list(dict.fromkeys(keys))
-        out: list[StepRecord] = []
+        steps: list[StepRecord] = []
         for i in range(0, len(unique), BATCH):
             chunk = unique[i : i + BATCH]
             rows = self._read(
@@ -237,8 +240,17 @@ class SQLiteRunStore(SQLiteRecords):
                 f"(VALUES {', '.join(['(?, ?)'] * len(chunk))})",
                 (run_id, *(v for k in chunk for v in k)),
             )
-            out.extend(step_row(r) for r in rows)
-        return out
+            steps.extend(step_row(r) for r in rows)
+        mats = {
+            m.id: m
+            for m in self._materializations_by_id(
+                [s.materialization_id for s in steps if s.materialization_id is not None]
+            )
+        }
+        return [
+            (s, None if s.materialization_id is None else mats.get(s.materialization_id))
+            for s in steps
+        ]
 
     def list_steps(self, run_id: str) -> list[StepRecord]:
         rows = self._read(

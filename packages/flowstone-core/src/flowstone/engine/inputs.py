@@ -2,10 +2,10 @@
 
 Readiness and values come from this run's steps (or the records they reuse), never from
 "a value exists in storage". A step's inputs are read in batches, not one dependency at a
-time: one ``get_steps`` for every dependency step this process did not finish itself, one
-``get_materializations`` for the records it does not hold, one ``load_many`` per IO
-manager (see :meth:`~flowstone.pipeline.Pipeline.load_materializations`). A join over three
-branches costs three round trips, not nine.
+time: one ``get_step_results`` (steps with their records) for every dependency step this
+process did not finish itself, one ``load_many`` per IO manager (see
+:meth:`~flowstone.pipeline.Pipeline.load_materializations`). A join over three branches
+costs two round trips, not nine.
 """
 
 from __future__ import annotations
@@ -108,8 +108,8 @@ def _materializations(
 ) -> dict[tuple[str, str], _Found]:
     """``{(dep, partition): (step, succeeded record) | reason it cannot be read}``.
 
-    Steps this process saw succeed come from its cache; the rest in one ``get_steps`` and
-    one ``get_materializations``.
+    Steps this process saw succeed come from its cache; the rest in one
+    ``get_step_results``.
     """
     runner = pipeline.runner
     found: dict[tuple[str, str], _Found] = {}
@@ -123,25 +123,16 @@ def _materializations(
                 missing.append((dep, enc))
     if not missing:
         return found
-    steps = {(s.asset, s.partition): s for s in pipeline.store.get_steps(run_id, missing)}
-    wanted: dict[str, MaterializationRecord | None] = {}
+    results = pipeline.store.get_step_results(run_id, missing)
+    steps = {(s.asset, s.partition): (s, m) for s, m in results}
     for k in missing:
-        step = steps.get(k)
+        step, mat = steps.get(k, (None, None))
         found[k] = (step, None)
-        if step is not None and step.state == "succeeded" and step.materialization_id:
-            wanted[step.materialization_id] = runner.cached_materialization(
-                step.materialization_id
-            )
-    unknown = [mid for mid, mat in wanted.items() if mat is None]
-    if unknown:
-        wanted.update((m.id, m) for m in pipeline.store.get_materializations(unknown))
-    for k in missing:
-        step = steps.get(k)
         if step is None or step.state != "succeeded":
             continue
         if step.materialization_id is None:
             found[k] = f"{k[0]}[{k[1]}] is {step.state}, not finished"
-        elif (mat := wanted.get(step.materialization_id)) is None:
+        elif mat is None:
             found[k] = f"{k[0]}[{k[1]}] materialization {step.materialization_id} is gone"
         else:
             found[k] = (step, mat)

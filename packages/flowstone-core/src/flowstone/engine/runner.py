@@ -97,12 +97,6 @@ class StepRunner:
         self._mats_lock = threading.Lock()
         self._staging: dict[str, bool] = {}  # io manager name -> values ride on finish_step
 
-    def cached_materialization(self, materialization_id: str) -> MaterializationRecord | None:
-        """A materialization this process recorded recently, or None (the store was not
-        asked)."""
-        with self._mats_lock:
-            return self._mats.get(materialization_id)
-
     def succeeded(self, run_id: str, asset: str, partition: str) -> MaterializationRecord | None:
         """The materialization of a step this process saw succeed (terminal: it cannot
         change), or None when the store must be asked."""

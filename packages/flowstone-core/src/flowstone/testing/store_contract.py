@@ -626,31 +626,28 @@ class RunStoreContract:
         step = store.get_step(run.run_id, "report", DAY)
         assert step is not None and step.materialization_id == ids["report"]
 
-    def test_batched_reads_return_exactly_the_asked_records(self, store: RunStore) -> None:
+    def test_step_results_return_exactly_the_asked_steps_with_records(
+        self, store: RunStore
+    ) -> None:
         run, _ = _create(store, _diamond())
         other, _ = _create(store, _diamond())
         _succeed(store, run, "orders")
         _succeed(store, other, "orders")
         keys = [("orders", DAY), ("clean", DAY), ("report", DAY), ("orders", DAY)]
-        steps = store.get_steps(run.run_id, [*keys, ("nope", DAY), ("orders", "2024-03-02")])
-        assert sorted((s.asset, s.state) for s in steps) == [
-            ("clean", "ready"), ("orders", "succeeded"), ("report", "pending")]
-        assert {s.run_id for s in steps} == {run.run_id}
-        assert store.get_steps(run.run_id, []) == []
-        assert store.get_steps(_uid("run"), keys) == []
+        got = store.get_step_results(run.run_id, [*keys, ("nope", DAY), ("orders", "2024-03-02")])
+        assert sorted((s.asset, s.state, m is not None) for s, m in got) == [
+            ("clean", "ready", False), ("orders", "succeeded", True), ("report", "pending", False)]
+        assert {s.run_id for s, _ in got} == {run.run_id}
+        (orders, mat), = ((s, m) for s, m in got if s.asset == "orders")
+        assert mat is not None and mat.id == orders.materialization_id
+        assert (mat.run_id, mat.asset, mat.state, mat.metadata) == (
+            run.run_id, "orders", "succeeded", {"rows": 1200})
+        assert mat == store.get_materialization(mat.id)
+        assert store.get_step_results(run.run_id, []) == []
+        assert store.get_step_results(_uid("run"), keys) == []
         many = [("orders", f"2024-01-{d:02d}") for d in range(1, 29)] * 20  # past SQL limits
         wide, _ = _create(store, [StepSpec(a, p) for a, p in dict.fromkeys(many)])
-        assert len(store.get_steps(wide.run_id, many)) == 28
-        ids = [
-            step.materialization_id
-            for r in (run, other)
-            if (step := store.get_step(r.run_id, "orders", DAY)) is not None
-            and step.materialization_id is not None
-        ]
-        got = store.get_materializations([*ids, _uid("mat"), ids[0]])
-        assert sorted(m.id for m in got) == sorted(ids)
-        assert {m.run_id for m in got} == {run.run_id, other.run_id}
-        assert store.get_materializations([]) == []
+        assert len(store.get_step_results(wide.run_id, many)) == 28
 
     def test_materialization_upsert_keeps_one_record_per_step(self, store: RunStore) -> None:
         run, _ = _create(store, [StepSpec("trade", DAY)])
