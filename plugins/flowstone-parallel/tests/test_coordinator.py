@@ -10,7 +10,7 @@ from conftest import PipelineFactory
 import flowstone as fs
 from flowstone.engine.inputs import DepOutcome
 from flowstone.engine.requests import ParallelRequest
-from flowstone_parallel import CeleryParallelCoordinator, join_record
+from flowstone_parallel import METADATA_KEY, CeleryParallelCoordinator, join_record
 
 
 def newsroom(*, mode: str = "all_or_nothing", fail: str = "", required: tuple[str, ...] = (),
@@ -88,19 +88,27 @@ def test_an_optional_branch_failure_joins_with_a_marker(make_pipeline: PipelineF
 
 
 def test_a_repeated_join_keeps_its_first_record(make_pipeline: PipelineFactory) -> None:
-    """A join that runs again (its worker died mid-join) does not rewrite the record."""
+    """A join step attempted again (its worker died mid-join) is noted in the audit log;
+    its record is the one finish_step committed with the value, and stays."""
     p = make_pipeline(newsroom())
     result = p.run("enrich")
     first = join_record(p.store, result.run_id, "enrich")
+    assert first is not None and first.repeats == 0
     again = ParallelRequest(p, p.dag["enrich"], result.run_id, "", {
         "maps": DepOutcome("succeeded", "m"), "news": DepOutcome("succeeded", "n"),
-        "weather": DepOutcome("succeeded", "w")})
+        "weather": DepOutcome("succeeded", "w")}, attempt=2)
     assert p.parallel_coordinator.branch_results(again) == {"maps": "m", "news": "n",
                                                             "weather": "w"}
+    # the second execution's record rides on a finish_step that is not applied
+    step = p.store.get_step(result.run_id, "enrich", "")
+    assert step is not None and step.state == "succeeded"
+    assert again.metadata[METADATA_KEY]["outcome"] == "joined"
     record = join_record(p.store, result.run_id, "enrich")
-    assert first is not None and record is not None
+    assert record is not None
     assert record.repeats == 1
     assert record.branches == first.branches and record.recorded_at == first.recorded_at
+    mat = p.store.get_materialization(step.materialization_id or "")
+    assert mat is not None and mat.metadata[METADATA_KEY] == first.to_dict()
 
 
 def test_an_unselected_routed_branch_is_skipped(make_pipeline: PipelineFactory) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from flowstone_parallel._version import __version__
 from flowstone_parallel.coordinator import CeleryParallelCoordinator
 from flowstone_parallel.records import (
+    METADATA_KEY,
     REPEATED_KIND,
     BranchRecord,
     JoinRecord,
@@ -19,6 +20,7 @@ from flowstone_parallel.records import (
 )
 
 __all__ = [
+    "METADATA_KEY",
     "REPEATED_KIND",
     "BranchRecord",
     "CeleryParallelCoordinator",

@@ -4,11 +4,15 @@ What is durable is already durable in the core, and this coordinator relies on i
 branches are ordinary steps of the run, created with their edges in the one
 ``create_run`` transaction; each branch completion is one ``finish_step`` (a redelivered
 completion is not applied); the join step's ``remaining_deps`` reaches zero in exactly
-one ``finish_step``, which hands the join to exactly one caller to enqueue; the join step
-is claimed under a lease. What this coordinator adds is the record of the join itself,
-written once (see :mod:`flowstone_parallel.records`): which branch ended how, with the
-materialization ids of every branch final (failed ones too), and whether the join ever
-ran a second time.
+one ``finish_step``, which hands the join to exactly one caller; the join step is claimed
+under a lease. What this coordinator adds is the record of the join itself (see
+:mod:`flowstone_parallel.records`): which branch ended how, with the materialization ids
+of every branch final (failed ones too). A join that ran is recorded in its own
+materialization's metadata, so the record commits with the joined value in the same
+``finish_step``, exactly once; a join that failed because a required branch failed has no
+value, and its record is written once as a store cursor. A join step attempted more than
+once (its worker died mid-join, or its retry policy ran it again) is noted in the run's
+audit log.
 """
 
 from __future__ import annotations
@@ -20,7 +24,13 @@ from typing import Literal
 from flowstone.defaults.thread_parallel import ThreadParallelCoordinator
 from flowstone.engine.requests import ParallelRequest
 from flowstone.errors import ExecutionError
-from flowstone_parallel.records import REPEATED_KIND, BranchRecord, JoinRecord, join_key
+from flowstone_parallel.records import (
+    METADATA_KEY,
+    REPEATED_KIND,
+    BranchRecord,
+    JoinRecord,
+    join_key,
+)
 
 __all__ = ["CeleryParallelCoordinator"]
 
@@ -71,25 +81,24 @@ class CeleryParallelCoordinator(ThreadParallelCoordinator):
             ),
             recorded_at=datetime.now(UTC),
         )
-        key = join_key(request.run_id, request.asset.name, request.partition)
-        if store.set_cursor(key, record.to_json(), expected=None):
+        if request.attempt > 1:
+            log.warning(
+                "parallel join %s [%s] of run %s runs again (attempt %d)",
+                request.asset.name, request.partition, request.run_id, request.attempt,
+            )  # fmt: skip
+            store.append_audit(
+                request.run_id,
+                REPEATED_KIND,
+                asset=request.asset.name,
+                partition=request.partition,
+                detail={"attempt": request.attempt, "outcome": outcome},
+            )
+        if outcome == "joined":
+            # recorded by finish_step with the joined value: once, whoever runs it
+            request.metadata[METADATA_KEY] = record.to_dict()
             return
-        step = store.get_step(request.run_id, request.asset.name, request.partition)
-        attempt = step.attempt if step is not None else 0
-        log.warning(
-            "parallel join %s [%s] of run %s ran again (attempt %d); its first record stands",
-            request.asset.name,
-            request.partition,
-            request.run_id,
-            attempt,
-        )
-        store.append_audit(
-            request.run_id,
-            REPEATED_KIND,
-            asset=request.asset.name,
-            partition=request.partition,
-            detail={"attempt": attempt, "outcome": outcome},
-        )
+        key = join_key(request.run_id, request.asset.name, request.partition)
+        store.set_cursor(key, record.to_json(), expected=None)  # first failure wins
 
     @staticmethod
     def _branch(request: ParallelRequest, branch: str, final: str) -> BranchRecord:

@@ -1,11 +1,14 @@
 """The durable join record: what a parallel join saw, written once per (run, asset, partition).
 
-The record lives in the run store as a cursor named by :func:`join_key`, written with
-compare-and-set against "absent" (``set_cursor(..., expected=None)``): the first join
-execution writes it, any later execution of the same join (its worker died mid-join, or
-its retry policy ran it again) finds it present, leaves it untouched and appends a
-``parallel.join_repeated`` audit entry instead. It works on every
-:class:`~flowstone.protocols.RunStore` (memory, SQLite, Postgres).
+A join that ran (the join function was called with the branches) is recorded under
+:data:`METADATA_KEY` in the metadata of the join's own materialization, which
+``finish_step`` writes once, in the transaction that records the joined value: a join
+executed twice (its worker died mid-join) cannot leave two records, or a record without
+a value. A join that failed because a required branch failed has no value; its record is
+a run store cursor named by :func:`join_key`, written with compare-and-set against
+"absent" (``set_cursor(..., expected=None)``), so the first failure's record stands.
+Every join step attempted more than once gets a ``parallel.join_repeated`` audit entry.
+Both work on every :class:`~flowstone.protocols.RunStore` (memory, SQLite, Postgres).
 """
 
 from __future__ import annotations
@@ -19,10 +22,20 @@ from typing import Any, Literal
 from flowstone.errors import StorageError
 from flowstone.protocols import RunStore
 
-__all__ = ["REPEATED_KIND", "BranchRecord", "JoinRecord", "join_key", "join_record"]
+__all__ = [
+    "METADATA_KEY",
+    "REPEATED_KIND",
+    "BranchRecord",
+    "JoinRecord",
+    "join_key",
+    "join_record",
+]
 
 REPEATED_KIND = "parallel.join_repeated"
-"""Audit kind appended when a join whose record exists runs again."""
+"""Audit kind appended when a join step runs again (attempt 2 or later)."""
+
+METADATA_KEY = "flowstone.parallel.join"
+"""The materialization metadata entry holding the record of a join that ran."""
 
 _PREFIX = "flowstone.parallel.join"
 
@@ -65,8 +78,8 @@ class JoinRecord:
             ``"failed"`` (a required branch failed, so the join step failed).
         error: why it failed, ``""`` when joined.
         branches: one :class:`BranchRecord` per branch, in declaration order.
-        recorded_at: when the first execution wrote the record (UTC).
-        repeats: how many times the join ran again after that (0 normally).
+        recorded_at: when the recorded execution joined (UTC).
+        repeats: how many times the join step was attempted again (0 normally).
     """
 
     run_id: str
@@ -86,33 +99,36 @@ class JoinRecord:
                 return b
         raise KeyError(name)
 
-    def to_json(self) -> str:
+    def to_dict(self) -> dict[str, Any]:
         """The stored form (``repeats`` is derived from the audit log, not stored)."""
-        return json.dumps(
-            {
-                "v": 1,
-                "mode": self.mode,
-                "outcome": self.outcome,
-                "error": self.error,
-                "recorded_at": self.recorded_at.isoformat(),
-                "branches": [
-                    {
-                        "branch": b.branch,
-                        "final": b.final,
-                        "state": b.state,
-                        "materialization_ids": list(b.materialization_ids),
-                        "detail": b.detail,
-                    }
-                    for b in self.branches
-                ],
-            },
-            separators=(",", ":"),
-        )
+        return {
+            "v": 1,
+            "mode": self.mode,
+            "outcome": self.outcome,
+            "error": self.error,
+            "recorded_at": self.recorded_at.isoformat(),
+            "branches": [
+                {
+                    "branch": b.branch,
+                    "final": b.final,
+                    "state": b.state,
+                    "materialization_ids": list(b.materialization_ids),
+                    "detail": b.detail,
+                }
+                for b in self.branches
+            ],
+        }
+
+    def to_json(self) -> str:
+        """:meth:`to_dict` as compact JSON (the cursor form)."""
+        return json.dumps(self.to_dict(), separators=(",", ":"))
 
 
-def _parse(run_id: str, asset: str, partition: str, raw: str, repeats: int) -> JoinRecord:
+def _parse(
+    run_id: str, asset: str, partition: str, raw: str | Mapping[str, Any], repeats: int
+) -> JoinRecord:
     try:
-        data: Mapping[str, Any] = json.loads(raw)
+        data: Mapping[str, Any] = json.loads(raw) if isinstance(raw, str) else raw
         return JoinRecord(
             run_id=run_id,
             asset=asset,
@@ -137,7 +153,8 @@ def _parse(run_id: str, asset: str, partition: str, raw: str, repeats: int) -> J
         raise StorageError(
             f"join record {join_key(run_id, asset, partition)!r} is not a valid "
             f"flowstone-parallel record ({type(exc).__name__}: {exc}); it was written by "
-            "something else. Fix: do not write cursors under 'flowstone.parallel.join:'"
+            "something else. Fix: do not write cursors under 'flowstone.parallel.join:' or "
+            f"materialization metadata under {METADATA_KEY!r}"
         ) from exc
 
 
@@ -155,7 +172,11 @@ def join_record(store: RunStore, run_id: str, asset: str, partition: str = "") -
         >>> record.outcome, [b.state for b in record.branches]
         ('joined', ['succeeded', 'failed', 'succeeded'])
     """
-    raw = store.get_cursor(join_key(run_id, asset, partition))
+    raw: str | Mapping[str, Any] | None = store.get_cursor(join_key(run_id, asset, partition))
+    if raw is None:
+        for _, mat in store.get_step_results(run_id, [(asset, partition)]):
+            if mat is not None and mat.run_id == run_id:
+                raw = mat.metadata.get(METADATA_KEY)
     if raw is None:
         return None
     repeats = sum(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -38,10 +38,17 @@ class ScatterRequest:
 
 @dataclass(frozen=True, slots=True)
 class ParallelRequest:
-    """A parallel asset whose branches have all finished: ``outcomes`` per branch name."""
+    """A parallel asset whose branches have all finished: ``outcomes`` per branch name.
+
+    ``attempt`` is the join step's attempt (more than 1: an earlier attempt was claimed
+    and did not finish). ``metadata`` starts empty; what a coordinator puts there is added
+    to the join's materialization metadata, written once with its value by
+    ``finish_step`` (also when the join function then fails)."""
 
     pipeline: Pipeline
     asset: AssetDef
     run_id: str
     partition: str
     outcomes: Mapping[str, DepOutcome]
+    attempt: int = 1
+    metadata: dict[str, Any] = field(default_factory=dict)

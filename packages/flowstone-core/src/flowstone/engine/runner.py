@@ -258,11 +258,12 @@ class StepRunner:
                     "upstream_failed", error=f"upstream {dep!r} failed: {out.detail}"
                 )
 
+        recorded: dict[str, Any] = {}  # coordinator metadata for the materialization
         try:
             # inside the try: a resource that fails to set up fails this asset (recorded,
             # retried by its policy) instead of escaping and leaving the step claimed
             context = self._context(a, run_id, enc, key, step.attempt)
-            value = self._call(a, step, context, values, branch_outcomes, owner, key)
+            value = self._call(a, step, context, values, branch_outcomes, owner, key, recorded)
             if isinstance(value, Deferred):
                 gate = Gate(
                     token_hash=hash_token(value.token),
@@ -281,7 +282,9 @@ class StepRunner:
                         f"asset {a.name!r} asked to Retry {MAX_SOFT_RETRIES} times; giving up"
                     )
                 return _RetryLater(value.seconds, value.reason or "Retry requested")
-            return self._outcome(a, step, context, value, inputs.upstream_ids, started_at)
+            return self._outcome(
+                a, step, context, value, inputs.upstream_ids, started_at, recorded
+            )
         except _UpstreamFailed as exc:
             return StepOutcome("upstream_failed", error=str(exc))
         except Exception as exc:
@@ -297,7 +300,7 @@ class StepRunner:
                 started_at,
                 error=error,
                 upstream=inputs.upstream_ids,
-                metadata={"traceback": tb},
+                metadata={**recorded, "traceback": tb},
             )
             return StepOutcome("failed", materialization=mat, error=error)
 
@@ -310,6 +313,7 @@ class StepRunner:
         branch_outcomes: dict[str, DepOutcome],
         owner: str,
         key: Any,
+        recorded: dict[str, Any],
     ) -> Any:
         p = self._p
         if a.is_router:
@@ -339,7 +343,10 @@ class StepRunner:
         if a.parallel is not None:
             try:
                 branches = p.parallel_coordinator.branch_results(
-                    ParallelRequest(p, a, step.run_id, step.partition, branch_outcomes)
+                    ParallelRequest(
+                        p, a, step.run_id, step.partition, branch_outcomes,
+                        attempt=max(step.attempt, 1), metadata=recorded,
+                    )
                 )
             except ExecutionError as exc:
                 raise _UpstreamFailed(str(exc)) from exc
@@ -359,6 +366,7 @@ class StepRunner:
         value: Any,
         upstream: list[str],
         started_at: datetime,
+        recorded: Mapping[str, Any],
     ) -> StepOutcome:
         p = self._p
         if isinstance(value, Skip):
@@ -419,7 +427,7 @@ class StepRunner:
                     )
                 )
         io_name, location, staged = self._store_value(a, step, value)
-        metadata = {**a.metadata, **context.metadata}
+        metadata = {**a.metadata, **context.metadata, **recorded}
         lineage_error = p.emit_lineage(step.run_id, a.name, step.partition, upstream)
         if lineage_error is not None and p.on_lineage_error == "fail":
             p.io_manager(io_name).delete(location)
