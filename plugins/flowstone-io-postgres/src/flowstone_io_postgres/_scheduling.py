@@ -14,6 +14,7 @@ Concurrency notes (READ COMMITTED throughout):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -195,9 +196,17 @@ async def reopen_run(
     return ready
 
 
+# Claims and lease renewals commit without waiting for the WAL flush (the transaction-local
+# ``synchronous_commit = off``; every later synchronous commit flushes them too). Losing one
+# to a server crash is harmless: the step is ``ready`` (or running under an older lease)
+# again, ``finish_step`` still accepts the worker's result, and the sweeper re-dispatches
+# it -- the same as a lease taken over. What must survive a crash (runs, completions,
+# values, decisions) is committed synchronously. Saves ~45 us of server CPU and ~100 us of
+# latency per claim.
+_RELAXED = "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed "
 _CLAIM = (
     "UPDATE {s}.steps SET state = 'running', attempt = attempt + 1, owner = :owner, "
-    "lease_expires_at = :lease, not_before = NULL, updated_at = :now "
+    "lease_expires_at = :lease, not_before = NULL, updated_at = :now " + _RELAXED +
     "WHERE run_id = :r AND asset = :a AND partition = :p AND ("
     "(state = 'ready' AND (not_before IS NULL OR not_before <= :now)) "
     "OR (state = 'running' AND lease_expires_at < :now)) "
@@ -219,8 +228,8 @@ async def renew_lease(
     conn: Db, q: Sql, key: dict[str, str], owner: str, lease: float, now: datetime
 ) -> bool:
     row = await q(
-        "UPDATE {s}.steps SET lease_expires_at = :lease WHERE run_id = :r AND asset = :a "
-        "AND partition = :p AND state = 'running' AND owner = :owner RETURNING 1"
+        "UPDATE {s}.steps SET lease_expires_at = :lease " + _RELAXED + "WHERE run_id = :r "
+        "AND asset = :a AND partition = :p AND state = 'running' AND owner = :owner RETURNING 1"
     ).fetchrow(conn, {**key, "owner": owner, "lease": now + timedelta(seconds=lease)})
     return row is not None
 
@@ -357,6 +366,7 @@ async def finish_step(
     return StepTransition(applied=True, ready=ready, run_status=status)
 
 
+@functools.lru_cache(maxsize=64)
 def _renamed(statement: str, prefix: str) -> str:
     """``statement`` with every ``:name`` parameter renamed ``:<prefix>name``."""
     return PARAM.sub(lambda m: f":{prefix}{m.group(1)}", statement)
