@@ -86,27 +86,48 @@ def test_a_continuation_that_cannot_run_is_published_not_lost(
 ) -> None:
     pipeline = quickstart()
     app.add_pipeline(pipeline)
-    pipeline.run("doubled", wait=False)
+    run = pipeline.run("doubled", wait=False)
     (body, _, _), = drain(app)
     store = pipeline.store
-    real = store.claim_step
-    calls: list[str] = []
+    real = store.finish_step
 
-    def flaky(run_id: str, asset: str, partition: str, **kw: object) -> StepRecord | None:
-        calls.append(asset)
-        if asset == "doubled":
+    def flaky(run_id: str, asset: str, partition: str, outcome: object, **kw: object) -> object:
+        if asset == "doubled":  # the continuation ran, but its result cannot be recorded
             raise StorageError("store unreachable")
-        return real(run_id, asset, partition, **kw)  # type: ignore[arg-type]
+        return real(run_id, asset, partition, outcome, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(store, "claim_step", flaky)
+    monkeypatch.setattr(store, "finish_step", flaky)
     with pytest.raises(StorageError):
-        handle_step(app, body)
-    assert calls == ["numbers", "doubled"]
-    monkeypatch.setattr(store, "claim_step", real)
-    (again, _, _), = drain(app)  # the continuation went to the broker instead
+        handle_step(app, body)  # numbers ran and claimed doubled, which could not finish
+    step = store.get_step(run.run_id, "doubled", "")
+    assert step is not None and step.state == "ready" and step.attempt == 1
+    assert "continuation could not run here" in (step.error or "")
+    monkeypatch.setattr(store, "finish_step", real)
+    (again, _, _), = drain(app)  # handed back to the broker, not left to the lease
     assert again["asset"] == "doubled"
     handle_step(app, again)
     assert pipeline.get("doubled") == [2, 4, 6]
+    assert pipeline.result(run.run_id).status == "succeeded"
+
+
+def test_the_continuation_is_claimed_by_the_finish_not_by_a_second_call(
+    app: FlowstoneCelery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline = quickstart()
+    app.add_pipeline(pipeline)
+    run = pipeline.run("doubled", wait=False)
+    (body, _, _), = drain(app)
+    claims: list[str] = []
+    real = pipeline.store.claim_step
+
+    def counting(run_id: str, asset: str, partition: str, **kw: object) -> StepRecord | None:
+        claims.append(asset)
+        return real(run_id, asset, partition, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline.store, "claim_step", counting)
+    handle_step(app, body)
+    assert claims == ["numbers"] and drain(app) == []
+    assert pipeline.result(run.run_id).status == "succeeded"
 
 
 def test_redelivered_message_changes_nothing(app: FlowstoneCelery) -> None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 from flowstone.records import (
     Approval,
     AuditEntry,
+    Continuation,
     Gate,
     ItemResult,
     MaterializationRecord,
@@ -250,9 +251,19 @@ class RunStore(Protocol):
         ...
 
     def finish_step(
-        self, run_id: str, asset: str, partition: str, outcome: StepOutcome
+        self,
+        run_id: str,
+        asset: str,
+        partition: str,
+        outcome: StepOutcome,
+        *,
+        then: Continuation | None = None,
     ) -> StepTransition:
         """Record a step's outcome and schedule its dependents (see class docstring).
+
+        With ``then``, the first dependent that became ready (by asset, then partition)
+        is claimed for ``then.owner`` in the same transaction and returned as
+        ``StepTransition.claimed`` instead of in ``ready`` (not in a cancelled run).
 
         Accepted from ``running``, ``ready`` and ``waiting``. For ``waiting`` the approval /
         gate in the outcome is created and the step waits (dependents untouched); an

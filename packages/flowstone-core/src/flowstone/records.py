@@ -18,6 +18,7 @@ __all__ = [
     "Approval",
     "ApprovalStatus",
     "AuditEntry",
+    "Continuation",
     "Gate",
     "GateStatus",
     "ItemResult",
@@ -216,11 +217,25 @@ class StepTransition:
     this call changed the run's status (e.g. ``waiting`` -> ``running``) or left no step
     runnable; the new status was written in the same transaction. A failed step releases
     its dependents like any terminal step; the engine then decides their fate.
+    ``claimed`` is the dependent claimed for the caller's :class:`Continuation` (not also
+    in ``ready``), when it asked for one and one became ready.
     """
 
     applied: bool
     ready: tuple[StepRecord, ...] = ()
     run_status: RunStatus | None = None
+    claimed: StepRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Continuation:
+    """Asks ``finish_step`` to claim, in the same transaction, the first dependent that
+    became ready (by asset, then partition) for ``owner`` under a ``lease_seconds`` lease,
+    exactly as ``claim_step`` would: the caller runs it next without a claim round trip.
+    """
+
+    owner: str
+    lease_seconds: float
 
 
 @dataclass(frozen=True, slots=True)

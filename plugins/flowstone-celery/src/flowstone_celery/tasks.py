@@ -8,15 +8,17 @@ with exponential backoff; after ``FLOWSTONE_INFRA_RETRIES`` the sweeper takes ov
 
 A step that makes other steps ready hands one of them straight back to the worker that ran
 it (up to ``FLOWSTONE_INLINE_STEPS`` in a row) and publishes the rest: a chain or a
-parallel join continues without a round trip through the broker. The continuation is as
-durable as a published one: it is ``ready`` in the store before it runs, claimed under a
-lease, and the sweeper re-dispatches it if the worker dies first.
+parallel join continues without a round trip through the broker, and without a claim
+round trip to the store (``finish_step`` claims it in the same transaction). The
+continuation is as durable as a published step: it is claimed under a lease in the
+transaction that made it runnable, and the sweeper re-dispatches it if the worker dies.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from flowstone_celery.messages import MessageError, StepMessage, parse_message
@@ -72,15 +74,17 @@ def handle_step(app: FlowstoneCelery, body: object) -> int:
 def run_steps(pipeline: Any, run_id: str, asset: str, partition: str, *, inline: int) -> int:
     """Run one step, then up to ``inline`` of the steps it made ready, one after the other.
 
-    After each step the first follow-up that is due now (not a retry waiting for its
-    backoff) is run here; every other follow-up is published. Returns how many steps were
-    published. If a continuation cannot be run (the store failed), it is published before
-    the error propagates, so it never waits for the sweeper.
+    Each finish also claims, in its own transaction, the first step it made ready (see
+    :class:`~flowstone.records.Continuation`); that one runs here next, every other one is
+    published. Returns how many steps were published. If a continuation cannot be run
+    (the store failed), it is put back to ``ready`` and published before the error
+    propagates, so it does not wait for its lease to expire.
     """
+    runner = pipeline.runner
     published = 0
-    ready = pipeline.runner.run_step(run_id, asset, partition)
+    ready = runner.run_step(run_id, asset, partition, claim_next=inline > 0)
     while ready:
-        nxt = next((s for s in ready if s.not_before is None), None) if inline > 0 else None
+        nxt = next((s for s in ready if s.state == "running"), None)
         rest = [s for s in ready if s is not nxt]
         if rest:
             pipeline.dispatch(run_id, rest)
@@ -89,14 +93,25 @@ def run_steps(pipeline: Any, run_id: str, asset: str, partition: str, *, inline:
             break
         inline -= 1
         try:
-            ready = pipeline.runner.run_step(run_id, nxt.asset, nxt.partition)
-        except Exception:
-            # claim or finish failed: a message makes sure it runs (a duplicate of a step
-            # that was claimed is dropped by claim_step)
-            with contextlib.suppress(Exception):
-                pipeline.dispatch(run_id, [nxt])
+            ready = runner.run_claimed(nxt, claim_next=inline > 0)
+        except Exception as exc:
+            _hand_back(pipeline, nxt, exc)
             raise
     return published
+
+
+def _hand_back(pipeline: Any, step: Any, exc: Exception) -> None:
+    """Best effort: make a continuation that failed to run ready again and publish it."""
+    try:
+        now = datetime.now(UTC)
+        if pipeline.store.retry_step(
+            step.run_id, step.asset, step.partition, not_before=now,
+            error=f"continuation could not run here: {type(exc).__name__}: {exc}",
+        ):
+            pipeline.dispatch(step.run_id, [replace(step, state="ready", not_before=None)])
+    except Exception:  # the store or broker is down too: the lease expires, the sweeper acts
+        log.warning("could not hand back step %s[%s] of run %s; the sweeper will re-send it "
+                    "once its lease expires", step.asset, step.partition, step.run_id)
 
 
 def register(app: FlowstoneCelery) -> None:

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 
 from flowstone.errors import RunNotFoundError, StorageError, UsageError
 from flowstone.records import (
+    Continuation,
     RunRecord,
     RunStatus,
     StagedValue,
@@ -268,12 +269,13 @@ async def stale_steps(
 
 # One round trip: the server-side function of migration 0002 runs the whole transaction.
 _FINISH = (
-    "SELECT applied, step_state, run_status, ready_steps FROM {s}.finish_step("
+    "SELECT applied, step_state, run_status, ready_steps, claimed FROM {s}.finish_step("
     ":r, :a, :p, :state, :error, :from, :detail, :now, "
     ":mat_id, :m_pipeline, :m_state, :m_io, :m_loc, :m_attempt, :m_started, :m_finished, "
     ":m_error, :m_up, :m_meta, "
     ":ap_pipeline, :ap_message, :ap_status, :ap_created, :ap_expires, :ap_io, :ap_loc, :ap_meta, "
-    ":g_token, :g_pipeline, :g_status, :g_created, :g_expires, :g_payload, :g_meta)"
+    ":g_token, :g_pipeline, :g_status, :g_created, :g_expires, :g_payload, :g_meta, "
+    ":claim_owner, :claim_lease)"
 )
 # A 'waiting' outcome is accepted only once: a redelivered one must not wait twice.
 _FROM_WAITING = ["ready", "queued", "running"]
@@ -299,7 +301,9 @@ def _check_outcome(key: dict[str, str], outcome: StepOutcome) -> None:
         )
 
 
-def finish_params(key: dict[str, str], outcome: StepOutcome, now: datetime) -> dict[str, object]:
+def finish_params(
+    key: dict[str, str], outcome: StepOutcome, now: datetime, then: Continuation | None = None
+) -> dict[str, object]:
     """Every argument of the ``finish_step`` function for ``outcome`` (validated, encoded)."""
     _check_outcome(key, outcome)
     detail = {"error": outcome.error} if outcome.error else {}
@@ -310,6 +314,8 @@ def finish_params(key: dict[str, str], outcome: StepOutcome, now: datetime) -> d
         "from": _FROM_WAITING if outcome.state == "waiting" else _FROM_TERMINAL,
         "detail": dump_json(detail, what="audit detail"),
         "now": now,
+        "claim_owner": None if then is None else then.owner,
+        "claim_lease": None if then is None else now + timedelta(seconds=then.lease_seconds),
     }  # fmt: skip
     if (mat := outcome.materialization) is not None:
         params.update(
@@ -363,7 +369,8 @@ async def finish_step(
         sorted((to_step(s) for s in row["ready_steps"]), key=lambda s: (s.asset, s.partition))
     )
     status: RunStatus | None = row["run_status"]
-    return StepTransition(applied=True, ready=ready, run_status=status)
+    claimed = None if row["claimed"] is None else to_step(row["claimed"])
+    return StepTransition(applied=True, ready=ready, run_status=status, claimed=claimed)
 
 
 @functools.lru_cache(maxsize=64)

@@ -24,6 +24,7 @@ from flowstone.errors import FlowStoneError, RunNotFoundError, StorageError
 from flowstone.records import (
     Approval,
     AuditEntry,
+    Continuation,
     Gate,
     ItemResult,
     MaterializationRecord,
@@ -314,12 +315,18 @@ class PostgresRunStore:
         )
 
     def finish_step(
-        self, run_id: str, asset: str, partition: str, outcome: StepOutcome
+        self,
+        run_id: str,
+        asset: str,
+        partition: str,
+        outcome: StepOutcome,
+        *,
+        then: Continuation | None = None,
     ) -> StepTransition:
         """See the protocol. Staged values (:meth:`accepts_staging`) are written by the same
-        statement, so value and record commit together."""
+        statement, so value and record commit together; so is the claim of ``then``."""
         key = self._key(run_id, asset, partition)
-        params = sched.finish_params(key, outcome, _now())
+        params = sched.finish_params(key, outcome, _now(), then)
         for staged in outcome.staged:
             if not self.accepts_staging(staged.target):
                 raise StorageError(

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flowstone.errors import ApprovalError, StorageError, UsageError
-from flowstone.records import TERMINAL_STEP_STATES, RunStatus, StepOutcome, StepSpec
+from flowstone.records import TERMINAL_STEP_STATES, RunStatus, StepOutcome, StepRecord, StepSpec
 
 StepKey = tuple[str, str]
 
@@ -127,6 +127,16 @@ def is_unchanged(current: str, outcome: StepOutcome) -> bool:
     'waiting' outcome (it would otherwise create a second approval or gate).
     """
     return current in TERMINAL_STEP_STATES or (current == "waiting" and outcome.state == "waiting")
+
+
+def continuation_key(ready: Sequence[StepRecord], now: datetime) -> tuple[str, str] | None:
+    """Which of the newly ready steps a ``Continuation`` claims: the first by (asset,
+    partition) that may run now."""
+    due = [s for s in ready if s.not_before is None or s.not_before <= now]
+    if not due:
+        return None
+    first = min(due, key=lambda s: (s.asset, s.partition))
+    return first.asset, first.partition
 
 
 def not_finishable(run_id: str, asset: str, partition: str, state: str) -> UsageError:

@@ -22,6 +22,7 @@ from flowstone.errors import RunNotFoundError, StorageError
 from flowstone.records import (
     TERMINAL_STEP_STATES,
     Approval,
+    Continuation,
     Gate,
     MaterializationRecord,
     RunRecord,
@@ -227,6 +228,11 @@ class MemoryRunStore(MemoryRecords):
     def claim_step(
         self, run_id: str, asset: str, partition: str, *, owner: str, lease_seconds: float
     ) -> StepRecord | None:
+        return self._claim(run_id, asset, partition, owner, lease_seconds)
+
+    def _claim(
+        self, run_id: str, asset: str, partition: str, owner: str, lease_seconds: float
+    ) -> StepRecord | None:
         with self._lock:
             step = self.get_step(run_id, asset, partition)
             if step is None or self._runs[run_id].status == "cancelled":
@@ -288,7 +294,13 @@ class MemoryRunStore(MemoryRecords):
             return True
 
     def finish_step(
-        self, run_id: str, asset: str, partition: str, outcome: StepOutcome
+        self,
+        run_id: str,
+        asset: str,
+        partition: str,
+        outcome: StepOutcome,
+        *,
+        then: Continuation | None = None,
     ) -> StepTransition:
         where = f"finish_step(run {run_id!r}, asset {asset!r}, partition {partition!r})"
         rules.check_outcome(outcome, where)
@@ -342,8 +354,16 @@ class MemoryRunStore(MemoryRecords):
                     if count == 0:
                         ready.append(dependent)
             self._append(run_id, f"step_{outcome.state}", asset, partition, detail, now)
+            claimed = None
+            pick = rules.continuation_key(ready, now) if then is not None else None
+            if then is not None and pick is not None:
+                claimed = self._claim(run_id, *pick, then.owner, then.lease_seconds)
+                ready = [r for r in ready if (r.asset, r.partition) != pick]
             return StepTransition(
-                applied=True, ready=tuple(ready), run_status=self._recompute(run_id, now)
+                applied=True,
+                ready=tuple(ready),
+                run_status=self._recompute(run_id, now),
+                claimed=claimed,
             )
 
     def stale_steps(self, now: datetime, *, ready_for_seconds: float) -> list[StepRecord]:

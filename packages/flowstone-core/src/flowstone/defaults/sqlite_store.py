@@ -32,6 +32,7 @@ from flowstone.defaults.sqlite_schema import (
 from flowstone.errors import RunNotFoundError, StorageError, UsageError
 from flowstone.records import (
     TERMINAL_STEP_STATES,
+    Continuation,
     MaterializationRecord,
     RunRecord,
     RunStatus,
@@ -261,21 +262,8 @@ class SQLiteRunStore(SQLiteRecords):
     def claim_step(
         self, run_id: str, asset: str, partition: str, *, owner: str, lease_seconds: float
     ) -> StepRecord | None:
-        now_dt = rules.utc_now()
-        now = us(now_dt)
-        lease = us(now_dt + timedelta(seconds=lease_seconds))
         with self._write() as c:
-            row = c.execute(
-                "UPDATE steps SET state = 'running', attempt = attempt + 1, owner = ?,"
-                " lease_expires_at = ?, updated_at = ?"
-                f" WHERE {STEP_KEY}"
-                " AND ((state = 'ready' AND (not_before IS NULL OR not_before <= ?))"
-                "  OR (state = 'running' AND lease_expires_at <= ?))"
-                " AND (SELECT status FROM runs WHERE run_id = steps.run_id) != 'cancelled'"
-                f" RETURNING {STEP_COLS}",
-                (owner, lease, now, run_id, asset, partition, now, now),
-            ).fetchone()
-        return None if row is None else step_row(row)
+            return _claim(c, (run_id, asset, partition), owner, lease_seconds, rules.utc_now())
 
     def renew_lease(
         self, run_id: str, asset: str, partition: str, *, owner: str, lease_seconds: float
@@ -315,7 +303,13 @@ class SQLiteRunStore(SQLiteRecords):
             return True
 
     def finish_step(
-        self, run_id: str, asset: str, partition: str, outcome: StepOutcome
+        self,
+        run_id: str,
+        asset: str,
+        partition: str,
+        outcome: StepOutcome,
+        *,
+        then: Continuation | None = None,
     ) -> StepTransition:
         where = f"finish_step(run {run_id!r}, asset {asset!r}, partition {partition!r})"
         rules.check_outcome(outcome, where)
@@ -370,8 +364,10 @@ class SQLiteRunStore(SQLiteRecords):
                 None,
                 rules.to_json(dict(g.metadata), f"metadata of gate for {asset!r}"),
             )
-        now = us(rules.utc_now())
+        now_dt = rules.utc_now()
+        now = us(now_dt)
         key = (run_id, asset, partition)
+        claimed = None
         with self._write() as c:
             row = c.execute(f"SELECT state, attempt FROM steps WHERE {STEP_KEY}", key).fetchone()
             if row is None:
@@ -422,7 +418,11 @@ class SQLiteRunStore(SQLiteRecords):
                     (now, *key),
                 ).fetchall()
                 ready = [r for r in rows if r[3] == "ready"]
-            status = "running" if ready else _compute_status(c, run_id)
+            pick = rules.continuation_key([step_row(r) for r in ready], now_dt) if then else None
+            if then is not None and pick is not None:
+                claimed = _claim(c, (run_id, *pick), then.owner, then.lease_seconds, now_dt)
+                ready = [r for r in ready if (r[1], r[2]) != pick]
+            status = "running" if ready or claimed else _compute_status(c, run_id)
             previous = _run_status(c, run_id)
             if status != previous:
                 c.execute(
@@ -437,6 +437,7 @@ class SQLiteRunStore(SQLiteRecords):
             applied=True,
             ready=tuple(step_row(r) for r in ready),
             run_status=status if changed else None,
+            claimed=claimed,
         )
 
     def stale_steps(self, now: datetime, *, ready_for_seconds: float) -> list[StepRecord]:
@@ -455,6 +456,24 @@ class SQLiteRunStore(SQLiteRecords):
 
 
 # --- helpers (run inside a transaction) ---------------------------------------------------
+def _claim(
+    c: sqlite3.Connection, key: tuple[str, str, str], owner: str, lease_seconds: float,
+    now_dt: datetime,
+) -> StepRecord | None:
+    now = us(now_dt)
+    row = c.execute(
+        "UPDATE steps SET state = 'running', attempt = attempt + 1, owner = ?,"
+        " lease_expires_at = ?, updated_at = ?"
+        f" WHERE {STEP_KEY}"
+        " AND ((state = 'ready' AND (not_before IS NULL OR not_before <= ?))"
+        "  OR (state = 'running' AND lease_expires_at <= ?))"
+        " AND (SELECT status FROM runs WHERE run_id = steps.run_id) != 'cancelled'"
+        f" RETURNING {STEP_COLS}",
+        (owner, us(now_dt + timedelta(seconds=lease_seconds)), now, *key, now, now),
+    ).fetchone()
+    return None if row is None else step_row(row)
+
+
 def _run_not_found(run_id: str) -> RunNotFoundError:
     return RunNotFoundError(
         f"no run {run_id!r} in the SQLite run store; list runs with `flowstone runs`"

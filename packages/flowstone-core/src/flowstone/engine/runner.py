@@ -37,6 +37,7 @@ from flowstone.partitions import decode_partition
 from flowstone.protocols import StorageKey
 from flowstone.records import (
     Approval,
+    Continuation,
     Gate,
     MaterializationRecord,
     StagedValue,
@@ -125,6 +126,7 @@ class StepRunner:
         *,
         owner: str | None = None,
         lease_seconds: float | None = None,
+        claim_next: bool = False,
     ) -> tuple[StepRecord, ...]:
         """Claim and execute one step; return the steps that became ready.
 
@@ -132,6 +134,7 @@ class StepRunner:
         run). Asset failures are recorded, never raised; only infrastructure errors (the
         store is unreachable) propagate, so a queue can redeliver the message.
         A step the retry policy sends back is returned itself with ``not_before`` set.
+        With ``claim_next`` see :meth:`run_claimed`.
         """
         p = self._p
         owner = owner or self.owner()
@@ -139,6 +142,23 @@ class StepRunner:
         step = p.store.claim_step(run_id, asset, partition, owner=owner, lease_seconds=lease)
         if step is None:
             return ()
+        return self.run_claimed(step, lease_seconds=lease, claim_next=claim_next)
+
+    def run_claimed(
+        self, step: StepRecord, *, lease_seconds: float | None = None, claim_next: bool = False
+    ) -> tuple[StepRecord, ...]:
+        """Execute ``step``, already claimed for ``step.owner``; return what became ready.
+
+        With ``claim_next`` the step's ``finish_step`` also claims the first dependent
+        that became ready for the same owner (a :class:`~flowstone.records.Continuation`):
+        it comes back among the returned steps in state ``running``, for the caller to
+        run next with this method, without a claim round trip.
+        """
+        p = self._p
+        run_id, asset, partition = step.run_id, step.asset, step.partition
+        owner = step.owner or self.owner()
+        lease = lease_seconds or p.lease_seconds
+        then = Continuation(owner, lease) if claim_next else None
         a = p.dag[asset]
         if asset in p.branch_index:
             mark_branch_started(p, run_id, asset)
@@ -172,7 +192,7 @@ class StepRunner:
                 )
             )
             return (dataclasses.replace(step, state="ready", not_before=not_before),)
-        return self.complete(run_id, asset, partition, result, started_at=started_at)
+        return self.complete(run_id, asset, partition, result, started_at=started_at, then=then)
 
     def complete(
         self,
@@ -183,12 +203,14 @@ class StepRunner:
         *,
         started_at: datetime | None = None,
         on_applied: Callable[[], None] | None = None,
+        then: Continuation | None = None,
     ) -> tuple[StepRecord, ...]:
         """Record ``outcome`` for a step (also used to resume waiting steps).
 
-        ``on_applied`` runs only if this call changed the step (not for a duplicate)."""
+        ``on_applied`` runs only if this call changed the step (not for a duplicate).
+        With ``then``, a dependent claimed for it is returned too (state ``running``)."""
         p = self._p
-        transition = p.store.finish_step(run_id, asset, partition, outcome)
+        transition = p.store.finish_step(run_id, asset, partition, outcome, then=then)
         if not transition.applied:
             return ()
         if outcome.materialization is not None and outcome.state == "succeeded":
@@ -212,6 +234,8 @@ class StepRunner:
             p.emit(Event(kind, p.name, run_id, asset, partition, data))
         if transition.run_status in ("succeeded", "failed", "cancelled"):
             p.emit(Event("run.finished", p.name, run_id, data={"status": transition.run_status}))
+        if transition.claimed is not None:
+            return (*transition.ready, transition.claimed)
         return transition.ready
 
     # ------------------------------------------------------------------------------

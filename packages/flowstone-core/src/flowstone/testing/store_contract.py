@@ -40,6 +40,7 @@ from flowstone.errors import (
 from flowstone.protocols import RunStore
 from flowstone.records import (
     Approval,
+    Continuation,
     Gate,
     ItemResult,
     MaterializationRecord,
@@ -416,6 +417,72 @@ class RunStoreContract:
                 ]
             )
             assert [s.asset for r in results for s in r.ready] == ["report"]
+
+    def test_finish_claims_the_continuation_it_asks_for(self, store: RunStore) -> None:
+        run, _ = _create(store, _diamond())
+        before = _now()
+        store.claim_step(run.run_id, "orders", DAY, owner="w1", lease_seconds=60)
+        done = store.finish_step(
+            run.run_id, "orders", DAY, StepOutcome("succeeded", _mat(run, "orders")),
+            then=Continuation("w1", 60),
+        )
+        claimed = done.claimed
+        assert claimed is not None
+        assert (claimed.asset, claimed.state, claimed.owner, claimed.attempt) == (
+            "clean", "running", "w1", 1)
+        assert claimed.lease_expires_at is not None and claimed.lease_expires_at > before
+        assert [s.asset for s in done.ready] == ["enrich"]
+        assert store.claim_step(run.run_id, "clean", DAY, owner="w2", lease_seconds=60) is None
+        stored = store.get_step(run.run_id, "clean", DAY)
+        assert stored is not None and (stored.state, stored.owner) == ("running", "w1")
+        # nothing became ready: nothing claimed
+        store.claim_step(run.run_id, "enrich", DAY, owner="w2", lease_seconds=60)
+        waiting = store.finish_step(
+            run.run_id, "enrich", DAY, StepOutcome("succeeded", _mat(run, "enrich")),
+            then=Continuation("w2", 60),
+        )
+        assert waiting.applied and waiting.claimed is None and waiting.ready == ()
+        last = store.finish_step(
+            run.run_id, "clean", DAY, StepOutcome("succeeded", _mat(run, "clean")),
+            then=Continuation("w1", 60),
+        )
+        assert last.claimed is not None and last.claimed.asset == "report" and last.ready == ()
+        final = store.finish_step(
+            run.run_id, "report", DAY, StepOutcome("succeeded", _mat(run, "report")),
+            then=Continuation("w1", 60),
+        )
+        assert final.claimed is None and final.run_status == "succeeded"
+
+    def test_a_join_is_claimed_by_exactly_one_racing_finisher(self, store: RunStore) -> None:
+        for _ in range(REPETITIONS):
+            run, _ = _create(store, _diamond())
+            _succeed(store, run, "orders")
+            for asset in ("clean", "enrich"):
+                store.claim_step(run.run_id, asset, DAY, owner=asset, lease_seconds=60)
+            transitions = _all_at_once([
+                partial(
+                    store.finish_step, run.run_id, asset, DAY,
+                    StepOutcome("succeeded", _mat(run, asset)), then=Continuation(asset, 60),
+                )
+                for asset in ("clean", "enrich")
+            ])
+            claims = [t.claimed for t in transitions if t.claimed is not None]
+            assert len(claims) == 1 and claims[0].asset == "report"
+            assert all(t.ready == () for t in transitions)
+            report = store.get_step(run.run_id, "report", DAY)
+            assert report is not None and report.state == "running"
+            assert report.owner == claims[0].owner and report.attempt == 1
+
+    def test_a_cancelled_run_hands_out_no_continuation(self, store: RunStore) -> None:
+        run, _ = _create(store, _diamond())
+        store.claim_step(run.run_id, "orders", DAY, owner="w1", lease_seconds=60)
+        assert store.cancel_run(run.run_id)
+        late = store.finish_step(
+            run.run_id, "orders", DAY, StepOutcome("succeeded", _mat(run, "orders")),
+            then=Continuation("w1", 60),
+        )
+        assert not late.applied and late.claimed is None and late.ready == ()
+        assert {s.state for s in store.list_steps(run.run_id)} == {"cancelled"}
 
     def test_redelivered_finish_changes_nothing(self, store: RunStore) -> None:
         run, _ = _create(store, _diamond())
