@@ -125,20 +125,31 @@ class Connections:
         finally:
             self._release(conn, healthy)
 
+    # The one-statement calls are the hot path: acquire and release inline (the same rules
+    # as ``connection()``, without an async generator per call).
     async def fetch(self, query: str, *args: Any) -> list[Any]:
         """One statement on an idle connection (autocommit: one round trip)."""
-        async with self.connection() as conn:
-            return list(await conn.fetch(query, *args))
+        conn = await self._acquire()
+        healthy = False
+        try:
+            rows = await conn.fetch(query, *args)
+            healthy = True
+            return list(rows)
+        except asyncpg.PostgresError:
+            healthy = True
+            raise
+        finally:
+            self._release(conn, healthy)
 
     async def fetchrow(self, query: str, *args: Any) -> Any:
         """The first row of one statement, or None."""
-        async with self.connection() as conn:
-            return await conn.fetchrow(query, *args)
+        rows = await self.fetch(query, *args)
+        return rows[0] if rows else None
 
     async def fetchval(self, query: str, *args: Any) -> Any:
         """The first value of one statement, or None."""
-        async with self.connection() as conn:
-            return await conn.fetchval(query, *args)
+        row = await self.fetchrow(query, *args)
+        return None if row is None else row[0]
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
@@ -150,7 +161,7 @@ class Connections:
 class _Loop:
     """One event loop and its connections, run by whichever calling thread needs it."""
 
-    __slots__ = ("_helpers", "cond", "db", "leader", "loop", "name", "pid")
+    __slots__ = ("_helpers", "cond", "db", "leader", "loop", "name", "pid", "waiting")
 
     def __init__(self, url: URL, options: PoolOptions, name: str) -> None:
         self.pid = os.getpid()
@@ -159,21 +170,22 @@ class _Loop:
         self.loop = asyncio.new_event_loop()
         self.cond = threading.Condition(threading.Lock())
         self.leader: int | None = None  # the thread running the loop now
+        # threads waiting on ``cond`` (written under it; read without it by the loop, which
+        # notifies only when someone waits -- a follower re-checks its call under the lock
+        # before waiting, so it cannot miss the notification)
+        self.waiting = 0
         self._helpers: concurrent.futures.ThreadPoolExecutor | None = None
 
     def run(self, work: Callable[[Connections], Awaitable[T]]) -> T:
         """Run ``work`` on the loop and return its result (or raise its error)."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass  # the usual case: no loop runs in this thread, so it can run ours
-        else:
-            return self._from_helper(work)
+        running = asyncio.events._get_running_loop()
+        if running is self.loop:  # a coroutine of ours calling back in: it would wait forever
+            raise RuntimeError("FlowStone's Postgres bridge cannot be called from its own loop")
+        if running is not None:
+            return self._from_helper(work)  # this thread already runs another loop
         me = threading.get_ident()
         call = _Call(work, self)
         with self.cond:
-            if self.leader == me:
-                raise RuntimeError("FlowStone's Postgres bridge cannot be called from its own loop")
             lead = self.leader is None
             if lead:
                 self.leader = me
@@ -191,11 +203,16 @@ class _Loop:
                 finally:
                     with self.cond:
                         self.leader = None
-                        self.cond.notify_all()
+                        if self.waiting:
+                            self.cond.notify_all()
                 return call.outcome()
             with self.cond:
-                while self.leader is not None and not call.finished.done():
-                    self.cond.wait()
+                self.waiting += 1
+                try:
+                    while self.leader is not None and not call.finished.done():
+                        self.cond.wait()
+                finally:
+                    self.waiting -= 1
                 if call.finished.done():
                     return call.outcome()
                 self.leader = me  # our statement is still in flight: run the loop ourselves
@@ -246,8 +263,9 @@ class _Call(Generic[T]):
             self.error = exc
         finally:
             self.finished.set_result(None)
-            with self.owner.cond:  # a waiting follower may be this call's caller
-                self.owner.cond.notify_all()
+            if self.owner.waiting:  # a waiting follower may be this call's caller
+                with self.owner.cond:
+                    self.owner.cond.notify_all()
 
     def cancel(self) -> None:  # by the leader, after the loop stopped abnormally
         if self.task is not None:
