@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import asyncpg
@@ -69,10 +70,17 @@ def to_run(row: asyncpg.Record) -> RunRecord:
     return RunRecord(**d)
 
 
+_STEP_NAMES = tuple(c.strip() for c in STEP_COLS.split(","))
+# to_step builds records positionally: the column list must follow the record's fields
+assert tuple(f.name for f in dataclasses.fields(StepRecord)) == _STEP_NAMES, _STEP_NAMES
+
+
 def to_step(row: asyncpg.Record, *, limit: int | None = None) -> StepRecord:
-    """A step from ``row`` (its first ``limit`` columns when it has more)."""
-    d = _m(row) if limit is None else dict(list(row.items())[:limit])
-    d.pop("ordinal", None)  # present when the row is a whole ``steps`` composite
+    """A step from ``row``: one selected with ``STEP_COLS`` first (``limit`` says how many
+    columns are the step's when it has more), or a whole ``steps`` composite."""
+    if limit is not None or len(row) == STEP_COL_COUNT:
+        return StepRecord(*(row[i] for i in range(STEP_COL_COUNT)))  # STEP_COLS order
+    d = {name: row[name] for name in _STEP_NAMES}  # a composite also has ``ordinal``
     return StepRecord(**d)
 
 

@@ -76,6 +76,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+_STEP_COLS_S = ", ".join(f"s.{c.strip()}" for c in STEP_COLS.split(","))
+
+
 class PostgresRunStore:
     """The FlowStone run store on PostgreSQL.
 
@@ -268,16 +271,20 @@ class PostgresRunStore:
             return []
         rows = self._rows(
             "reading steps and their materializations",
-            # one primary-key probe per key and per record, whatever plan the prepared
-            # statement caches (a generic "IN (array)" plan may scan the table)
-            "SELECT s.*, " + MAT_COLS_AS_M + " FROM unnest(CAST(:as AS text[]), "
-            "CAST(:ps AS text[])) AS k(a, p), LATERAL (SELECT " + STEP_COLS + " FROM {s}.steps "
-            "WHERE run_id = :r AND asset = k.a AND partition = k.p OFFSET 0) AS s "
-            "LEFT JOIN LATERAL (SELECT * FROM {s}.materializations "
-            "WHERE id = s.materialization_id OFFSET 0) AS m ON true",
-            {"r": run_id, "as": [k[0] for k in unique], "ps": [k[1] for k in unique]},
+            # the primary key (run_id, asset, partition) drives it, whatever plan the
+            # prepared statement caches; ANY x ANY may over-match pairs, filtered below
+            "SELECT " + _STEP_COLS_S + ", " + MAT_COLS_AS_M + " FROM {s}.steps s "
+            "LEFT JOIN {s}.materializations m ON m.id = s.materialization_id "
+            "WHERE s.run_id = :r AND s.asset = ANY(CAST(:as AS text[])) "
+            "AND s.partition = ANY(CAST(:ps AS text[]))",
+            {"r": run_id, "as": list({k[0] for k in unique}), "ps": list({k[1] for k in unique})},
         )
-        return [(to_step(r, limit=STEP_COL_COUNT), to_prefixed_materialization(r)) for r in rows]
+        wanted = set(unique)
+        return [
+            (to_step(r, limit=STEP_COL_COUNT), to_prefixed_materialization(r))
+            for r in rows
+            if (r["asset"], r["partition"]) in wanted
+        ]
 
     def list_steps(self, run_id: str) -> list[StepRecord]:
         rows = self._rows(
