@@ -16,7 +16,13 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from flowstone.errors import StorageError, UsageError
-from flowstone.records import MaterializationRecord, RunRecord, StepOutcome, StepSpec
+from flowstone.records import (
+    Continuation,
+    MaterializationRecord,
+    RunRecord,
+    StepOutcome,
+    StepSpec,
+)
 from flowstone_io_postgres import PostgresRunStore
 from flowstone_io_postgres.cli import register
 from flowstone_io_postgres.migrate import HEAD_REVISION
@@ -223,6 +229,34 @@ def test_diamond_join_released_once_across_processes(shared_store: PostgresRunSt
         # the parent's store still works after its children forked
         final = shared_store.finish_step(run.run_id, "report", DAY, _outcome(run, "report"))
         assert final.run_status == "succeeded"
+
+
+def test_a_continuation_comes_with_what_it_reads(shared_store: PostgresRunStore) -> None:
+    """finish_step(then=...) returns the claimed step's dependencies with their records, as
+    get_step_results reads them, including the step it just finished."""
+    run = _run(shared_store, DIAMOND)
+    for asset in ("orders", "enrich"):
+        shared_store.claim_step(run.run_id, asset, DAY, owner="w", lease_seconds=60)
+        shared_store.finish_step(run.run_id, asset, DAY, _outcome(run, asset))
+    shared_store.claim_step(run.run_id, "clean", DAY, owner="w", lease_seconds=60)
+    done = shared_store.finish_step(
+        run.run_id, "clean", DAY, _outcome(run, "clean"), then=Continuation("w", 60)
+    )
+    assert done.claimed is not None and done.claimed.asset == "report"
+    assert done.claimed_inputs is not None
+    got = sorted(done.claimed_inputs, key=lambda r: r[0].asset)
+    expected = sorted(
+        shared_store.get_step_results(run.run_id, [("clean", DAY), ("enrich", DAY)]),
+        key=lambda r: r[0].asset,
+    )
+    assert [(s.asset, s.state) for s, _ in got] == [("clean", "succeeded"), ("enrich", "succeeded")]
+    assert [m for _, m in got] == [m for _, m in expected]
+    assert all(m is not None and m.asset == s.asset for s, m in got)
+    # nothing claimed: nothing sent along
+    again = _run(shared_store, DIAMOND)
+    shared_store.claim_step(again.run_id, "orders", DAY, owner="w", lease_seconds=60)
+    plain = shared_store.finish_step(again.run_id, "orders", DAY, _outcome(again, "orders"))
+    assert plain.claimed is None and plain.claimed_inputs is None
 
 
 def test_many_threads_run_every_step_exactly_once(shared_store: PostgresRunStore) -> None:

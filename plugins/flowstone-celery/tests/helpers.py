@@ -27,7 +27,9 @@ def drain(app: FlowstoneCelery) -> list[tuple[dict[str, Any], dict[str, Any], st
     return out
 
 
-def quickstart(name: str = "quickstart") -> fs.Pipeline:
+def quickstart(name: str = "quickstart", like: fs.Pipeline | None = None) -> fs.Pipeline:
+    """numbers -> (doubled, tripled) -> total, in memory; ``like``: share its store and
+    values (a second worker of the same deployment)."""
     @fs.asset
     def numbers() -> list[int]:
         return [1, 2, 3]
@@ -44,5 +46,9 @@ def quickstart(name: str = "quickstart") -> fs.Pipeline:
     def total(doubled: list[int], tripled: list[int]) -> int:
         return sum(doubled) + sum(tripled)
 
+    if like is not None:
+        return fs.Pipeline(name, [numbers, doubled, tripled, total], store=like.store,
+                           io_managers={"default": like.io_manager("default")},
+                           executor="inprocess")
     return fs.Pipeline(name, [numbers, doubled, tripled, total], store="memory://",
                        executor="inprocess")

@@ -130,6 +130,36 @@ def test_the_continuation_is_claimed_by_the_finish_not_by_a_second_call(
     assert pipeline.result(run.run_id).status == "succeeded"
 
 
+def test_a_continuation_reads_its_inputs_from_the_finish_that_claimed_it(
+    settings: CelerySettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # two workers (two apps, two pipelines, one store): the second finishes tripled and
+    # goes on with total, whose other input (doubled) only the first worker has seen
+    first, second = make_app(settings), make_app(settings)
+    one = quickstart()
+    two = quickstart(like=one)
+    first.add_pipeline(one)
+    second.add_pipeline(two)
+    run = one.run("total", wait=False)
+    (numbers, _, _), = drain(first)
+    handle_step(first, numbers)  # numbers, then doubled inline; tripled is published
+    (tripled, _, _), = drain(first)
+    reads: list[object] = []
+    real = one.store.get_step_results
+
+    def counting(run_id: str, keys: object) -> object:
+        reads.append(keys)
+        return real(run_id, keys)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(one.store, "get_step_results", counting)
+    handle_step(second, tripled)  # tripled reads numbers; total comes with its inputs
+    assert reads == [[("numbers", "")]]
+    assert two.result(run.run_id).status == "succeeded" and two.get("total") == 12 + 18
+    for app in (first, second):
+        app.close_pipelines()
+        app.close()
+
+
 def test_redelivered_message_changes_nothing(app: FlowstoneCelery) -> None:
     pipeline = quickstart()
     app.add_pipeline(pipeline)

@@ -218,13 +218,17 @@ class StepTransition:
     runnable; the new status was written in the same transaction. A failed step releases
     its dependents like any terminal step; the engine then decides their fate.
     ``claimed`` is the dependent claimed for the caller's :class:`Continuation` (not also
-    in ``ready``), when it asked for one and one became ready.
+    in ``ready``), when it asked for one and one became ready. A store may add
+    ``claimed_inputs``: the claimed step's dependencies with their materialization records,
+    as ``get_step_results`` would return them, read in the same transaction (None: not
+    provided; the engine reads them itself).
     """
 
     applied: bool
     ready: tuple[StepRecord, ...] = ()
     run_status: RunStatus | None = None
     claimed: StepRecord | None = None
+    claimed_inputs: tuple[tuple[StepRecord, MaterializationRecord | None], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

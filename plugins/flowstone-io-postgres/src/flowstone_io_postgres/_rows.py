@@ -86,6 +86,7 @@ def to_step(row: asyncpg.Record, *, limit: int | None = None) -> StepRecord:
 
 def to_materialization(row: asyncpg.Record) -> MaterializationRecord:
     d = _m(row)
+    d.pop("seq", None)  # present when the row is a whole ``materializations`` composite
     d["upstream"] = tuple(d["upstream"])
     d["metadata"] = load_json(d["metadata"])
     return MaterializationRecord(**d)

@@ -29,7 +29,7 @@ from flowstone.records import (
     StepSpec,
     StepTransition,
 )
-from flowstone_io_postgres._rows import STEP_COLS, to_step
+from flowstone_io_postgres._rows import STEP_COLS, to_materialization, to_step
 from flowstone_io_postgres._sql import PARAM, Db, Sql, dump_json
 
 __all__ = [
@@ -269,7 +269,8 @@ async def stale_steps(
 
 # One round trip: the server-side function of migration 0002 runs the whole transaction.
 _FINISH = (
-    "SELECT applied, step_state, run_status, ready_steps, claimed FROM {s}.finish_step("
+    "SELECT applied, step_state, run_status, ready_steps, claimed, claimed_inputs, "
+    "claimed_input_mats FROM {s}.finish_step("
     ":r, :a, :p, :state, :error, :from, :detail, :now, "
     ":mat_id, :m_pipeline, :m_state, :m_io, :m_loc, :m_attempt, :m_started, :m_finished, "
     ":m_error, :m_up, :m_meta, "
@@ -369,8 +370,17 @@ async def finish_step(
         sorted((to_step(s) for s in row["ready_steps"]), key=lambda s: (s.asset, s.partition))
     )
     status: RunStatus | None = row["run_status"]
-    claimed = None if row["claimed"] is None else to_step(row["claimed"])
-    return StepTransition(applied=True, ready=ready, run_status=status, claimed=claimed)
+    if row["claimed"] is None:
+        return StepTransition(applied=True, ready=ready, run_status=status)
+    mats = {m["id"]: to_materialization(m) for m in row["claimed_input_mats"] or ()}
+    inputs = tuple(
+        (dep, mats.get(dep.materialization_id) if dep.materialization_id else None)
+        for dep in (to_step(d) for d in row["claimed_inputs"] or ())
+    )
+    return StepTransition(
+        applied=True, ready=ready, run_status=status, claimed=to_step(row["claimed"]),
+        claimed_inputs=inputs,
+    )
 
 
 @functools.lru_cache(maxsize=64)

@@ -210,6 +210,11 @@ class MemoryRunStore(MemoryRecords):
     def get_step_results(
         self, run_id: str, keys: Sequence[tuple[str, str]]
     ) -> list[tuple[StepRecord, MaterializationRecord | None]]:
+        return self._step_results(run_id, keys)
+
+    def _step_results(
+        self, run_id: str, keys: Sequence[tuple[str, str]]
+    ) -> list[tuple[StepRecord, MaterializationRecord | None]]:
         with self._lock:
             plan = self._plans.get(run_id)
             if plan is None:
@@ -354,16 +359,19 @@ class MemoryRunStore(MemoryRecords):
                     if count == 0:
                         ready.append(dependent)
             self._append(run_id, f"step_{outcome.state}", asset, partition, detail, now)
-            claimed = None
+            claimed = inputs = None
             pick = rules.continuation_key(ready, now) if then is not None else None
             if then is not None and pick is not None:
                 claimed = self._claim(run_id, *pick, then.owner, then.lease_seconds)
                 ready = [r for r in ready if (r.asset, r.partition) != pick]
+                if claimed is not None:
+                    inputs = tuple(self._step_results(run_id, plan.deps.get(pick, ())))
             return StepTransition(
                 applied=True,
                 ready=tuple(ready),
                 run_status=self._recompute(run_id, now),
                 claimed=claimed,
+                claimed_inputs=inputs,
             )
 
     def stale_steps(self, now: datetime, *, ready_for_seconds: float) -> list[StepRecord]:

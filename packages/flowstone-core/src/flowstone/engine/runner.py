@@ -235,6 +235,11 @@ class StepRunner:
         if transition.run_status in ("succeeded", "failed", "cancelled"):
             p.emit(Event("run.finished", p.name, run_id, data={"status": transition.run_status}))
         if transition.claimed is not None:
+            # what the continuation reads first, if the store sent it along: succeeded
+            # records are terminal, so they can stand in for the store (see succeeded())
+            for dep, mat in transition.claimed_inputs or ():
+                if dep.state == "succeeded" and mat is not None and mat.state == "succeeded":
+                    self._remember(mat)
             return (*transition.ready, transition.claimed)
         return transition.ready
 

@@ -5,8 +5,11 @@ A worker that finished a step usually runs one of the dependents it made ready r
 transaction; the function now takes the claim's owner and lease and, after releasing the
 dependents, claims the first ready one (by asset, then partition; never in a cancelled
 run) exactly as ``claim_step`` does, returning it as ``claimed`` instead of in
-``ready_steps``. Everything else is revision 0002's function, unchanged: it is derived
-from that revision's text, which never changes once released.
+``ready_steps``, together with what that step reads first: its dependency steps and their
+materialization records (``claimed_inputs``, ``claimed_input_mats``), read in the same
+transaction, so the continuation does not read them again. Everything else is revision
+0002's function, unchanged: it is derived from that revision's text, which never changes
+once released.
 
 Revision ID: 0003
 Revises: 0002
@@ -56,6 +59,16 @@ _CLAIM = """
             ready_steps := ARRAY(SELECT r FROM unnest(ready_steps) AS r
                                  WHERE (r.asset, r.partition)
                                        IS DISTINCT FROM (claimed.asset, claimed.partition));
+            -- what the claimed step reads first: its dependencies and their records
+            SELECT COALESCE(array_agg(d), '{{}}'),
+                   COALESCE(array_agg(m) FILTER (WHERE m.id IS NOT NULL), '{{}}')
+              INTO claimed_inputs, claimed_input_mats
+              FROM {s}.edges e
+              JOIN {s}.steps d ON d.run_id = e.run_id AND d.asset = e.dep_asset
+                              AND d.partition = e.dep_partition
+              LEFT JOIN {s}.materializations m ON m.id = d.materialization_id
+             WHERE e.run_id = p_run AND e.asset = claimed.asset
+               AND e.partition = claimed.partition;
         END IF;
     END IF;
 """
@@ -68,7 +81,12 @@ def _function(old: ModuleType) -> str:
     body: str = old._FUNCTION
     for anchor in (_ANCHOR, _OUT, _DECLARE):
         assert anchor in body, anchor
-    body = body.replace(_OUT, _OUT + ", OUT claimed {s}.steps", 1)
+    body = body.replace(
+        _OUT,
+        _OUT + ", OUT claimed {s}.steps, OUT claimed_inputs {s}.steps[], "
+        "OUT claimed_input_mats {s}.materializations[]",
+        1,
+    )
     body = body.replace(_DECLARE, _DECLARE + "\n    v_claimed boolean := false;", 1)
     # a claimed step is running: the run is running, as when steps became ready
     resumed = _ANCHOR.replace("> 0", "> 0 OR v_claimed")
