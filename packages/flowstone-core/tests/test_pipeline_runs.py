@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
@@ -243,3 +244,46 @@ def test_graph_renders_every_format(make_pipeline: PipelineFactory, counter: Cou
     assert "report" in p.graph("ascii")
     assert "orders --> revenue" in p.graph("mermaid")
     assert '"orders" -> "revenue";' in p.graph("dot")
+
+
+def test_a_chain_goes_on_in_one_thread_and_fan_outs_go_back_to_the_pool(
+    make_pipeline: PipelineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The in-process executor runs a step's single successor in the same thread, claimed
+    by the finish that made it ready; several successors all go back to the pool."""
+    import threading
+
+    threads: dict[str, int] = {}
+
+    def track(name: str, deps: tuple[str, ...]) -> fs.AssetDef:
+        def fn(**inputs: int) -> int:
+            threads[name] = threading.get_ident()
+            return 1 + sum(inputs.values())
+
+        fn.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter(d, inspect.Parameter.KEYWORD_ONLY) for d in deps]
+        )
+        return fs.asset(name=name)(fn)
+
+    assets = [
+        track("a", ()), track("b", ("a",)), track("c", ("b",)),  # a chain
+        track("left", ("c",)), track("right", ("c",)),  # a fan-out after it
+        track("join", ("left", "right")),
+    ]
+    p = make_pipeline(assets)
+    claims: list[str] = []
+    real = p.store.claim_step
+
+    def counting(run_id: str, asset: str, partition: str, **kw: Any) -> Any:
+        claims.append(asset)
+        return real(run_id, asset, partition, **kw)
+
+    monkeypatch.setattr(p.store, "claim_step", counting)
+    result = p.run("join")
+    assert result.status == "succeeded" and p.get("join") == 1 + 4 + 4  # a=1 b=2 c=3 l=r=4
+    assert threads["a"] == threads["b"] == threads["c"]
+    # c made two steps ready: one was claimed by c's finish, the other claimed by the pool;
+    # the join was claimed by the finish of whichever branch ended last
+    assert claims == ["a", "left"] or claims == ["a", "right"]
+    attempts = {s.asset: s.attempt for s in p.store.list_steps(result.run_id)}
+    assert set(attempts.values()) == {1}

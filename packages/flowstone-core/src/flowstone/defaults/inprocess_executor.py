@@ -58,9 +58,7 @@ class InProcessExecutor:
                     if wait_s > 0:
                         heapq.heappush(delayed, (now + wait_s, next(seq), step))
                         continue
-                    fut = pool.submit(
-                        runner.run_step, step.run_id or run_id, step.asset, step.partition
-                    )
+                    fut = pool.submit(_run_chain, runner, step, run_id)
                     running[fut] = step
                 timeout = max(0.0, delayed[0][0] - time.monotonic()) if delayed else None
                 if not running:
@@ -92,6 +90,25 @@ class InProcessExecutor:
 
     def health(self) -> str:
         return "ok"
+
+
+def _run_chain(runner: Any, step: StepRecord, run_id: str) -> tuple[StepRecord, ...]:
+    """Run ``step``, then go on in this thread while each step makes exactly one other
+    ready (claimed for this thread by its ``finish_step``: no claim, no hand-off).
+
+    When several become ready they all go back to the dispatcher (a claimed one as
+    ``running``, run with ``run_claimed``), so siblings never wait for a chain.
+    """
+    ready: tuple[StepRecord, ...]
+    if step.state == "running":  # claimed for us by the finish that made it ready
+        ready = runner.run_claimed(step, claim_next=True)
+    else:
+        ready = runner.run_step(
+            step.run_id or run_id, step.asset, step.partition, claim_next=True
+        )
+    while len(ready) == 1 and ready[0].state == "running":
+        ready = runner.run_claimed(ready[0], claim_next=True)
+    return ready
 
 
 def _cancelled(pipeline: Any, run_id: str) -> bool:
