@@ -21,6 +21,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from flowstone.engine.runner import split_claimed
 from flowstone_celery.messages import MessageError, StepMessage, parse_message
 
 if TYPE_CHECKING:
@@ -84,8 +85,7 @@ def run_steps(pipeline: Any, run_id: str, asset: str, partition: str, *, inline:
     published = 0
     ready = runner.run_step(run_id, asset, partition, claim_next=inline > 0)
     while ready:
-        nxt = next((s for s in ready if s.state == "running"), None)
-        rest = [s for s in ready if s is not nxt]
+        nxt, rest = split_claimed(ready)
         if rest:
             pipeline.dispatch(run_id, rest)
             published += len(rest)

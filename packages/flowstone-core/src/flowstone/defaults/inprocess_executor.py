@@ -12,6 +12,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import Any
 
+from flowstone.engine.runner import split_claimed
 from flowstone.engine.timeouts import enforce_parallel_timeouts
 from flowstone.errors import UsageError
 from flowstone.records import StepRecord
@@ -106,9 +107,11 @@ def _run_chain(runner: Any, step: StepRecord, run_id: str) -> tuple[StepRecord, 
         ready = runner.run_step(
             step.run_id or run_id, step.asset, step.partition, claim_next=True
         )
-    while len(ready) == 1 and ready[0].state == "running":
-        ready = runner.run_claimed(ready[0], claim_next=True)
-    return ready
+    while True:
+        claimed, rest = split_claimed(ready)
+        if claimed is None or rest:
+            return ready
+        ready = runner.run_claimed(claimed, claim_next=True)
 
 
 def _cancelled(pipeline: Any, run_id: str) -> bool:

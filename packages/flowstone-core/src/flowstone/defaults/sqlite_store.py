@@ -401,7 +401,7 @@ class SQLiteRunStore(SQLiteRecords):
                 f" error = ?, lease_expires_at = NULL, updated_at = ? WHERE {STEP_KEY}",
                 (outcome.state, None if mat is None else mat.id, outcome.error, now, *key),
             )
-            ready: list[Any] = []
+            ready: list[StepRecord] = []
             if outcome.state != "waiting":
                 # dependents of a non-terminal step are all pending; the guard keeps a
                 # count from ever going below zero
@@ -417,11 +417,11 @@ class SQLiteRunStore(SQLiteRecords):
                     f" RETURNING {STEP_COLS}",
                     (now, *key),
                 ).fetchall()
-                ready = [r for r in rows if r[3] == "ready"]
-            pick = rules.continuation_key([step_row(r) for r in ready], now_dt) if then else None
+                ready = [step_row(r) for r in rows if r[3] == "ready"]
+            pick = rules.continuation_key(ready, now_dt) if then else None
             if then is not None and pick is not None:
                 claimed = _claim(c, (run_id, *pick), then.owner, then.lease_seconds, now_dt)
-                ready = [r for r in ready if (r[1], r[2]) != pick]
+                ready = [r for r in ready if (r.asset, r.partition) != pick]
             status = "running" if ready or claimed else _compute_status(c, run_id)
             previous = _run_status(c, run_id)
             if status != previous:
@@ -435,7 +435,7 @@ class SQLiteRunStore(SQLiteRecords):
         changed = status != previous or status != "running"
         return StepTransition(
             applied=True,
-            ready=tuple(step_row(r) for r in ready),
+            ready=tuple(ready),
             run_status=status if changed else None,
             claimed=claimed,
         )

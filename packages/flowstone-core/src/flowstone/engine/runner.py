@@ -49,7 +49,7 @@ from flowstone.scatter import Batch, Deferred
 if TYPE_CHECKING:
     from flowstone.pipeline import Pipeline
 
-__all__ = ["StepRunner", "hash_token"]
+__all__ = ["StepRunner", "hash_token", "split_claimed"]
 
 log = logging.getLogger("flowstone.engine")
 MAX_SOFT_RETRIES = 1000
@@ -62,6 +62,18 @@ def hash_token(token: str) -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def split_claimed(
+    ready: tuple[StepRecord, ...],
+) -> tuple[StepRecord | None, tuple[StepRecord, ...]]:
+    """``(the continuation claimed for the caller, the other ready steps)`` of what
+    :meth:`StepRunner.run_claimed` returned with ``claim_next`` (the claimed one is the
+    step in state ``running``)."""
+    claimed = next((s for s in ready if s.state == "running"), None)
+    if claimed is None:
+        return None, ready
+    return claimed, tuple(s for s in ready if s is not claimed)
 
 
 def describe_error(exc: BaseException) -> str:
