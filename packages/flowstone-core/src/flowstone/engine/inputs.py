@@ -5,7 +5,8 @@ Readiness and values come from this run's steps (or the records they reuse), nev
 time: one ``get_step_results`` (steps with their records) for every dependency step this
 process did not finish itself, one ``load_many`` per IO manager (see
 :meth:`~flowstone.pipeline.Pipeline.load_materializations`). A join over three branches
-costs two round trips, not nine.
+costs at most two round trips, not nine; none for records a continuation's ``finish_step``
+sent along (the runner keeps them with the ones it recorded itself).
 """
 
 from __future__ import annotations
