@@ -46,3 +46,29 @@ def test_pickle_needs_opt_in_on_load(tmp_path: Path) -> None:
 def test_construction_has_no_side_effects(tmp_path: Path) -> None:
     SQLiteIOManager(tmp_path / "deep" / "v.db")
     assert not (tmp_path / "deep").exists()
+
+
+def test_a_missing_input_is_named_even_when_read_in_a_batch(tmp_path: Path) -> None:
+    """Pipeline.load_materializations reads with load_many; when one value is gone it
+    reads them one by one, so the error names the record that lost its value."""
+    import flowstone as fs
+    from flowstone.errors import ValueNotFoundError
+
+    @fs.asset
+    def left() -> int:
+        return 1
+
+    @fs.asset
+    def right() -> int:
+        return 2
+
+    io = SQLiteIOManager(tmp_path / "values.db")
+    p = fs.Pipeline("batch", [left, right], store="memory://", io_managers={"default": io})
+    result = p.run()
+    mats = sorted(result.materializations, key=lambda m: m.asset)
+    assert p.load_materializations(mats) == [1, 2]
+    assert mats[1].location is not None
+    io.delete(mats[1].location)
+    with pytest.raises(ValueNotFoundError, match="cannot load 'right'"):
+        p.load_materializations(mats)
+    p.close()

@@ -160,6 +160,58 @@ def test_a_continuation_reads_its_inputs_from_the_finish_that_claimed_it(
         app.close()
 
 
+def test_a_chain_goes_back_to_the_broker_after_inline_steps(settings: CelerySettings) -> None:
+    import flowstone as fs
+
+    @fs.asset
+    def a() -> int:
+        return 1
+
+    @fs.asset
+    def b(a: int) -> int:
+        return a + 1
+
+    @fs.asset
+    def c(b: int) -> int:
+        return b + 1
+
+    @fs.asset
+    def d(c: int) -> int:
+        return c + 1
+
+    app = make_app(settings.model_copy(update={"inline_steps": 2}))
+    pipeline = fs.Pipeline("chain", [a, b, c, d], store="memory://", executor="inprocess")
+    app.add_pipeline(pipeline)
+    run = pipeline.run("d", wait=False)
+    (first, _, _), = drain(app)
+    assert handle_step(app, first) == 1  # a, then b and c inline; d is published
+    (rest, _, _), = drain(app)
+    assert rest["asset"] == "d"
+    handle_step(app, rest)
+    assert pipeline.result(run.run_id).status == "succeeded" and pipeline.get("d") == 4
+    app.close_pipelines()
+    app.close()
+
+
+def test_the_queue_is_declared_with_the_first_message_only(
+    app: FlowstoneCelery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline = quickstart()
+    declared: list[object] = []
+    real = app.send_task
+
+    def recording(*args: object, **kwargs: object) -> object:
+        declared.append(kwargs.get("declare"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(app, "send_task", recording)
+    app.executor.dispatch(pipeline, "run1", [step("numbers"), step("doubled")])
+    app.executor.dispatch(pipeline, "run1", [step("tripled")])
+    assert declared == [None, [], []]  # None: Celery declares the queue as usual
+    assert [body["asset"] for body, _, _ in drain(app)] == ["numbers", "doubled", "tripled"]
+    pipeline.close()
+
+
 def test_redelivered_message_changes_nothing(app: FlowstoneCelery) -> None:
     pipeline = quickstart()
     app.add_pipeline(pipeline)
