@@ -6,7 +6,8 @@ Redis broker):
 
 * FlowStone: ``--parents`` runs of a parallel asset ``parent`` with three branch assets
   (each returns ``partition * k``), joined by summing them; one run per parent (the
-  partition is the parent number), enqueued with ``wait=False`` and then awaited. Postgres
+  partition is the parent number), enqueued with ``wait=False`` and then awaited with
+  ``pipeline.wait`` (which polls the store for many runs per read). Postgres
   is the run store and the value store; the joins go through the ``celery`` parallel
   coordinator (flowstone-parallel) when it is installed.
 * Celery chords: ``--parents`` chords of three tasks computing the same values plus a
@@ -149,7 +150,6 @@ def bench_chords(env: dict[str, str], parents: int, concurrency: int, tmp: Path)
 def bench_flowstone(env: dict[str, str], parents: int, concurrency: int, tmp: Path,
                     offset: int) -> tuple[float, str]:
     from flowstone.loading import load_pipeline
-    from flowstone.runs import wait_for_run
 
     spec = f"{Path(__file__).resolve()}:pipeline"
     node = f"fs-{env[COUNTER_ENV]}@bench"
@@ -162,11 +162,10 @@ def bench_flowstone(env: dict[str, str], parents: int, concurrency: int, tmp: Pa
         coordinator = str(pipeline.parallel_coordinator.name)
         keys = [str(offset + i) for i in range(parents)]
         start = time.perf_counter()
-        runs = [pipeline.run("parent", k, force=True, wait=False).run_id for k in keys]
-        for run_id in runs:
-            run = wait_for_run(pipeline.store, run_id, timeout=900)
+        runs = [pipeline.run("parent", k, force=True, wait=False) for k in keys]
+        for run in pipeline.wait(runs, timeout=900):
             if run.status != "succeeded":
-                raise RuntimeError(f"run {run_id} ended {run.status}: {run.error}")
+                raise RuntimeError(f"run {run.run_id} ended {run.status}: {run.error}")
         elapsed = time.perf_counter() - start
         for k in (keys[0], keys[-1]):  # the same work: spot-check the joined values
             if pipeline.get("parent", k) != expected(int(k)):

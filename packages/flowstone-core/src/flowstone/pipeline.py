@@ -40,7 +40,7 @@ from flowstone.protocols import Executor, IOManager, Observer, RunStore
 from flowstone.records import Approval, MaterializationRecord, RunRecord
 from flowstone.registry import PluginRegistry, store_from_url
 from flowstone.resources import ResourceManager
-from flowstone.runs import RunResult, wait_for_run
+from flowstone.runs import RunResult, wait_for_run, wait_for_runs
 
 __all__ = ["Pipeline"]
 
@@ -315,6 +315,40 @@ class Pipeline:
         if run is None:
             raise RunNotFoundError(f"no run {run_id!r} in the store of pipeline {self.name!r}")
         return RunResult(self, run)
+
+    def wait(
+        self,
+        runs: str | RunResult | Iterable[str | RunResult],
+        *,
+        timeout: float | timedelta | None = None,
+    ) -> list[RunResult]:
+        """Wait until every one of ``runs`` (ids or ``RunResult``) settles; return their
+        results in the order given.
+
+        For runs started with ``run(..., wait=False)``: the store is polled for many runs
+        per read, so waiting for a thousand runs is cheap. ``timeout`` bounds the whole
+        wait; runs still going when it passes come back with status ``running``.
+
+        Example:
+            >>> started = [pipeline.run("report", day, wait=False) for day in days]
+            >>> failed = [r for r in pipeline.wait(started) if not r.ok]
+        """
+        seconds = to_seconds(timeout, what="timeout")
+        items = [runs] if isinstance(runs, str | RunResult) else list(runs)
+        ids: list[str] = []
+        for item in items:
+            if isinstance(item, RunResult):
+                ids.append(item.run_id)
+            elif isinstance(item, str) and item:
+                ids.append(item)
+            else:
+                raise UsageError(
+                    f"wait() takes run ids or RunResults (what run(..., wait=False) returns), "
+                    f"got {item!r} ({type(item).__name__})"
+                )
+        scatters = frozenset(a.name for a in self.dag.assets.values() if a.scatter)
+        records = wait_for_runs(self.store, ids, timeout=seconds, deferred_assets=scatters)
+        return [RunResult(self, record) for record in records]
 
     def runs(self, *, status: str | None = None, limit: int = 50) -> list[RunRecord]:
         return self.store.list_runs(pipeline=self.name, status=status, limit=limit)  # type: ignore[arg-type]

@@ -174,6 +174,13 @@ class RunStore(Protocol):
     step to its new state, decrements its dependents' ``remaining_deps`` and returns those
     that reached zero, each to exactly one caller. A redelivered completion (step already
     terminal) changes nothing.
+
+    Optional methods, which callers look up with ``getattr`` and do without when absent:
+
+    * ``get_runs(run_ids: Sequence[str]) -> list[RunRecord]``: several runs in one read,
+      unknown ids left out, any order (``Pipeline.wait`` polls with it);
+    * ``accepts_staging(target: str) -> bool``: whether ``finish_step`` writes an IO
+      manager's :class:`~flowstone.records.StagedValue` in its own transaction.
     """
 
     name: str

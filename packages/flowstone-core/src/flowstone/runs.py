@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from flowstone.errors import AssetFailedError, ExecutionError, UsageError
+from flowstone.errors import AssetFailedError, ExecutionError, RunNotFoundError
 from flowstone.partitions import decode_partition
 from flowstone.records import Approval, MaterializationRecord, RunRecord, StepRecord
 
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
     from flowstone.pipeline import Pipeline
     from flowstone.protocols import RunStore
 
-__all__ = ["RunResult", "wait_for_run"]
+__all__ = ["POLL_WINDOW", "RunResult", "wait_for_run", "wait_for_runs"]
 
 _SETTLED = frozenset({"waiting", "succeeded", "failed", "cancelled"})
 
@@ -29,24 +30,74 @@ def wait_for_run(
 
     A run ``waiting`` only on steps of ``deferred_assets`` (scatter steps whose items run
     on workers) is still making progress by itself, so it is not settled."""
+    return wait_for_runs(store, [run_id], timeout=timeout, deferred_assets=deferred_assets)[0]
+
+
+def wait_for_runs(
+    store: RunStore,
+    run_ids: Sequence[str],
+    *,
+    timeout: float | None,
+    deferred_assets: frozenset[str] = frozenset(),
+) -> list[RunRecord]:
+    """Poll the store until every run of ``run_ids`` settles (or ``timeout`` seconds pass);
+    return their records in the order given.
+
+    Each poll reads the first :data:`POLL_WINDOW` runs not yet settled, with one
+    ``get_runs`` when the store offers it (one ``get_run`` each otherwise), so waiting for
+    a thousand runs costs a read every few milliseconds, not a thousand. The delay between
+    polls starts at 10 ms, grows by half up to 250 ms while nothing settles, and starts
+    over when something does. Runs settle in any order; an unknown id raises
+    ``RunNotFoundError`` naming it.
+    """
+    order = list(dict.fromkeys(run_ids))
+    latest: dict[str, RunRecord] = {}
+    pending = order
     deadline = None if timeout is None else time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        run = store.get_run(run_id)
-        if run is None:
-            raise UsageError(f"no run {run_id!r}")
-        if run.status in _SETTLED and not (
-            run.status == "waiting"
-            and deferred_assets
-            and all(
-                s.asset in deferred_assets for s in store.list_steps(run_id) if s.state == "waiting"
-            )
-        ):
-            return run
+    delay = _FIRST_DELAY
+    while pending:
+        window = pending[:POLL_WINDOW]
+        found = _read_runs(store, window)
+        latest.update(found)
+        unsettled = [rid for rid in window if not _settled(store, found[rid], deferred_assets)]
+        pending = unsettled + pending[POLL_WINDOW:]
+        if len(unsettled) < len(window):  # progress: look again soon
+            delay = _FIRST_DELAY
+            if not unsettled:
+                continue  # the whole window settled: read the next one at once
         if deadline is not None and time.monotonic() >= deadline:
-            return run
+            for start in range(len(unsettled), len(pending), POLL_WINDOW):  # never read yet
+                latest.update(_read_runs(store, pending[start:start + POLL_WINDOW]))
+            break
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.25)
+        delay = min(delay * 1.5, _MAX_DELAY)
+    return [latest[rid] for rid in order]
+
+
+POLL_WINDOW = 64
+_FIRST_DELAY = 0.01
+_MAX_DELAY = 0.25
+
+
+def _read_runs(store: RunStore, run_ids: Sequence[str]) -> dict[str, RunRecord]:
+    get_runs = getattr(store, "get_runs", None)  # optional: one read for many runs
+    if get_runs is not None:
+        found = {r.run_id: r for r in get_runs(run_ids)}
+    else:
+        found = {rid: r for rid in run_ids if (r := store.get_run(rid)) is not None}
+    for rid in run_ids:
+        if rid not in found:
+            raise RunNotFoundError(f"no run {rid!r} in the run store {store.name!r}")
+    return found
+
+
+def _settled(store: RunStore, run: RunRecord, deferred_assets: frozenset[str]) -> bool:
+    if run.status not in _SETTLED:
+        return False
+    if run.status != "waiting" or not deferred_assets:
+        return True
+    waiting = [s.asset for s in store.list_steps(run.run_id) if s.state == "waiting"]
+    return not all(asset in deferred_assets for asset in waiting)
 
 
 class RunResult:

@@ -125,6 +125,11 @@ class MemoryRunStore(MemoryRecords):
         with self._lock:
             return self._runs.get(run_id)
 
+    def get_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
+        """The runs with these ids (unknown ids left out), in one read."""
+        with self._lock:
+            return [run for rid in run_ids if (run := self._runs.get(rid)) is not None]
+
     def list_runs(
         self, *, pipeline: str | None = None, status: RunStatus | None = None, limit: int = 50
     ) -> list[RunRecord]:

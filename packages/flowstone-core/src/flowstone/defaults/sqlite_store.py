@@ -151,6 +151,17 @@ class SQLiteRunStore(SQLiteRecords):
         rows = self._read(f"SELECT {RUN_COLS} FROM runs WHERE run_id = ?", (run_id,))
         return run_row(rows[0]) if rows else None
 
+    def get_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
+        """The runs with these ids (unknown ids left out), in one read."""
+        ids = list(dict.fromkeys(run_ids))
+        rows = []
+        for i in range(0, len(ids), BATCH):
+            chunk = ids[i : i + BATCH]
+            rows += self._read(
+                f"SELECT {RUN_COLS} FROM runs WHERE run_id IN ({marks(len(chunk))})", chunk
+            )
+        return [run_row(r) for r in rows]
+
     def list_runs(
         self, *, pipeline: str | None = None, status: RunStatus | None = None, limit: int = 50
     ) -> list[RunRecord]:

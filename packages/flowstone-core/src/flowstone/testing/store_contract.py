@@ -282,6 +282,21 @@ class RunStoreContract:
         assert [(r.run_id, r.error) for r in failed] == [(runs[0].run_id, "disk full")]
         assert all(r.status == "failed" for r in store.list_runs(status="failed"))
 
+    def test_get_runs_if_offered_matches_get_run(self, store: RunStore) -> None:
+        """``get_runs`` is optional; a store that offers it must agree with ``get_run``."""
+        get_runs = getattr(store, "get_runs", None)
+        if get_runs is None:
+            pytest.skip(f"{type(store).__name__} has no get_runs (optional)")
+        runs = [_create(store, [StepSpec("orders", DAY)])[0] for _ in range(3)]
+        store.set_run_status(runs[1].run_id, "failed", error="disk full")
+        ids = [runs[2].run_id, "no-such-run", runs[0].run_id, runs[1].run_id, runs[2].run_id]
+        got = {r.run_id: r for r in get_runs(ids)}
+        assert sorted(got) == sorted(r.run_id for r in runs)  # unknown left out, no repeats
+        for run in runs:
+            assert got[run.run_id] == store.get_run(run.run_id)
+        assert got[runs[1].run_id].error == "disk full"
+        assert get_runs([]) == []
+
     def test_unknown_runs(self, store: RunStore) -> None:
         assert store.get_run("no-such-run") is None
         assert store.list_steps("no-such-run") == []

@@ -1,0 +1,170 @@
+"""``Pipeline.wait``: many runs started with ``wait=False``, awaited with few store reads."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import PipelineFactory
+
+import flowstone as fs
+from flowstone.runs import POLL_WINDOW, wait_for_runs
+
+
+class ThreadWorker:
+    """A non-blocking executor: steps go on a queue that a worker thread drains, the way
+    a broker and a Celery worker would (``run(wait=False)`` returns before anything ran)."""
+
+    name, blocking = "thread-worker", False
+
+    def __init__(self) -> None:
+        self.steps: queue.Queue[Any] = queue.Queue()
+        self.pipeline: fs.Pipeline | None = None
+        self.thread = threading.Thread(target=self._work, daemon=True)
+        self.started = threading.Event()  # released by the test: runs pile up before it
+
+    def dispatch(self, pipeline: Any, run_id: str, steps: Any) -> None:
+        self.pipeline = pipeline
+        if not self.thread.is_alive():
+            self.thread.start()
+        for step in steps:
+            self.steps.put((run_id, step.asset, step.partition))
+
+    def _work(self) -> None:
+        self.started.wait()
+        while (item := self.steps.get()) is not None:
+            assert self.pipeline is not None
+            ready = self.pipeline.runner.run_step(*item)
+            self.dispatch(self.pipeline, item[0], ready)
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.started.set()
+            self.steps.put(None)
+            self.thread.join(10)
+
+
+class CountingStore:
+    """Delegates to a real store, counting run reads (and hiding ``get_runs`` if asked)."""
+
+    def __init__(self, store: Any, *, with_get_runs: bool = True) -> None:
+        self._store = store
+        self.calls = {"get_run": 0, "get_runs": 0}
+        self.rows_read = 0
+        if with_get_runs:
+            self.get_runs = self._get_runs
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "get_runs":
+            raise AttributeError(name)
+        return getattr(self._store, name)
+
+    def get_run(self, run_id: str) -> Any:
+        self.calls["get_run"] += 1
+        self.rows_read += 1
+        return self._store.get_run(run_id)
+
+    def _get_runs(self, run_ids: Any) -> Any:
+        self.calls["get_runs"] += 1
+        self.rows_read += len(run_ids)
+        return self._store.get_runs(run_ids)
+
+
+SHOPS = fs.StaticPartitions([str(i) for i in range(200)])
+
+
+@fs.asset(partitions=SHOPS)
+def orders(context: fs.Context) -> int:
+    return int(str(context.partition))
+
+
+@fs.asset(partitions=SHOPS)
+def revenue(orders: int) -> int:
+    return orders * 10
+
+
+@pytest.fixture
+def worker() -> Iterator[ThreadWorker]:
+    w = ThreadWorker()
+    yield w
+    w.close()
+
+
+def _pipeline(make_pipeline: PipelineFactory, worker: ThreadWorker) -> fs.Pipeline:
+    return make_pipeline([orders, revenue], executor=worker)
+
+
+def test_wait_returns_every_run_in_the_order_given(
+    make_pipeline: PipelineFactory, worker: ThreadWorker
+) -> None:
+    p = _pipeline(make_pipeline, worker)
+    started = [p.run("revenue", str(i), wait=False) for i in range(150)]
+    assert {r.status for r in started} == {"running"}  # nothing ran yet
+    worker.started.set()
+    mixed: list[str | fs.RunResult] = [r if i % 2 else r.run_id for i, r in enumerate(started)]
+    done = p.wait(mixed, timeout=30)
+    assert [r.run_id for r in done] == [r.run_id for r in started]
+    assert [r.status for r in done] == ["succeeded"] * 150
+    assert [r.value for r in done[:3]] == [0, 10, 20]
+    (one,) = p.wait(started[7])  # one run, not in a list
+    assert (one.run_id, one.value) == (started[7].run_id, 70)
+
+
+def test_wait_reads_many_runs_per_poll(
+    make_pipeline: PipelineFactory, worker: ThreadWorker
+) -> None:
+    p = _pipeline(make_pipeline, worker)
+    started = [p.run("revenue", str(i), wait=False).run_id for i in range(2 * POLL_WINDOW + 5)]
+    worker.started.set()
+    counting = CountingStore(p.store)
+    records = wait_for_runs(counting, started, timeout=30)
+    assert [r.status for r in records] == ["succeeded"] * len(started)
+    # one read per window at the very least, but never one read per run per poll
+    assert counting.calls["get_runs"] >= 3
+    assert counting.calls["get_run"] == 0
+    assert counting.rows_read < 20 * len(started)
+
+
+def test_a_store_without_get_runs_is_polled_run_by_run(
+    make_pipeline: PipelineFactory, worker: ThreadWorker
+) -> None:
+    p = _pipeline(make_pipeline, worker)
+    started = [p.run("revenue", str(i), wait=False).run_id for i in range(10)]
+    worker.started.set()
+    plain = CountingStore(p.store, with_get_runs=False)
+    records = wait_for_runs(plain, started, timeout=30)
+    assert [r.status for r in records] == ["succeeded"] * 10
+    assert plain.calls["get_runs"] == 0 and plain.calls["get_run"] >= 10
+
+
+def test_timeout_returns_what_is_still_running(
+    make_pipeline: PipelineFactory, worker: ThreadWorker
+) -> None:
+    p = _pipeline(make_pipeline, worker)  # the worker is never released
+    started = [p.run("revenue", str(i), wait=False) for i in range(POLL_WINDOW + 6)]
+    late = p.wait(started, timeout=0.05)
+    assert [r.run_id for r in late] == [r.run_id for r in started]  # beyond the window too
+    assert {r.status for r in late} == {"running"}
+
+
+def test_bad_input_is_named(make_pipeline: PipelineFactory, worker: ThreadWorker) -> None:
+    p = _pipeline(make_pipeline, worker)
+    run = p.run("revenue", "1", wait=False)
+    with pytest.raises(fs.RunNotFoundError, match="no run 'nope'"):
+        p.wait([run, "nope"], timeout=1)
+    with pytest.raises(fs.UsageError, match=r"run ids or RunResults.*got 42 \(int\)"):
+        p.wait([run, 42], timeout=1)  # type: ignore[list-item]
+    with pytest.raises(fs.UsageError, match="got ''"):
+        p.wait([""])
+    with pytest.raises(fs.UsageError, match="timeout"):
+        p.wait([run], timeout=-1)
+    assert p.wait([]) == []
+
+
+def test_in_process_runs_are_settled_at_once(make_pipeline: PipelineFactory) -> None:
+    p = make_pipeline([orders, revenue])
+    runs = [p.run("revenue", k) for k in ("1", "2")]
+    assert [r.value for r in p.wait(runs)] == [10, 20]
