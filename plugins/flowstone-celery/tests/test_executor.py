@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from helpers import drain, quickstart
@@ -40,6 +41,45 @@ def test_dispatch_publishes_one_json_message_per_step(app: FlowstoneCelery) -> N
     pipeline.close()
 
 
+def test_messages_are_celery_task_messages_and_publish_signals_fire(
+    app: FlowstoneCelery,
+) -> None:
+    """Tracing and monitoring hook into Celery's publish signals (OpenTelemetry injects its
+    context in ``before_task_publish``): our publish path must fire them like send_task."""
+    from celery.signals import after_task_publish, before_task_publish
+
+    seen: list[tuple[str, str, str]] = []
+
+    def before(sender: str, headers: dict[str, Any], **_: object) -> None:
+        headers["traceparent"] = "00-trace-span-01"  # what a tracer adds
+        seen.append(("before", sender, headers["id"]))
+
+    def after(sender: str, headers: dict[str, Any], **_: object) -> None:
+        seen.append(("after", sender, headers["id"]))
+
+    before_task_publish.connect(before, weak=False)
+    after_task_publish.connect(after, weak=False)
+    pipeline = quickstart()
+    try:
+        app.executor.dispatch(pipeline, "run1", [step("numbers"), step("doubled")])
+    finally:
+        before_task_publish.disconnect(before)
+        after_task_publish.disconnect(after)
+        pipeline.close()
+    published = drain(app)
+    ids = [headers["id"] for _, headers, _ in published]
+    assert len(set(ids)) == 2 and all(len(i) == 36 for i in ids)  # a fresh task id each
+    assert seen == [("before", "flowstone.run_step", ids[0]), ("after", "flowstone.run_step",
+                    ids[0]), ("before", "flowstone.run_step", ids[1]),
+                    ("after", "flowstone.run_step", ids[1])]
+    for body, headers, _ in published:
+        assert headers["task"] == "flowstone.run_step" and headers["ignore_result"] is True
+        assert headers["traceparent"] == "00-trace-span-01"
+        assert headers["argsrepr"] == f"({body!r},)" and headers["eta"] is None
+        # published by a client, not from inside a task: each message starts a task tree
+        assert headers["root_id"] == headers["id"] and headers["parent_id"] is None
+
+
 def test_retries_get_a_countdown_and_long_ones_are_left_to_the_sweeper(
     app: FlowstoneCelery,
 ) -> None:
@@ -53,6 +93,13 @@ def test_retries_get_a_countdown_and_long_ones_are_left_to_the_sweeper(
     ], now=now)
     assert [(body["asset"], countdown) for body, countdown in batch] == [
         ("a", None), ("b", 30.0), ("c", None)]
+    pipeline = quickstart()
+    executor.dispatch(pipeline, "run1", [step("b", not_before=datetime.now(UTC) + timedelta(
+        seconds=30))])
+    pipeline.close()
+    (_, headers, _), = drain(app)
+    eta = datetime.fromisoformat(headers["eta"])
+    assert timedelta(seconds=25) < eta - datetime.now(UTC) <= timedelta(seconds=30)
 
 
 @pytest.mark.parametrize(("inline", "messages"), [(0, 4), (16, 2)])
@@ -198,13 +245,13 @@ def test_the_queue_is_declared_with_the_first_message_only(
 ) -> None:
     pipeline = quickstart()
     declared: list[object] = []
-    real = app.send_task
+    real = app.amqp.send_task_message
 
     def recording(*args: object, **kwargs: object) -> object:
         declared.append(kwargs.get("declare"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(app, "send_task", recording)
+    monkeypatch.setattr(app.amqp, "send_task_message", recording)
     app.executor.dispatch(pipeline, "run1", [step("numbers"), step("doubled")])
     app.executor.dispatch(pipeline, "run1", [step("tripled")])
     assert declared == [None, [], []]  # None: Celery declares the queue as usual

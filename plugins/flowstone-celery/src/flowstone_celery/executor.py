@@ -112,22 +112,39 @@ class CeleryExecutor:
         batch = self.messages(pipeline.name, run_id, steps)
         if not batch:
             return
+        from celery.utils import uuid as task_id
+
         from flowstone_celery.app import RUN_STEP_TASK
 
         app = self.app
-        queue = self.settings.queue
+        amqp = app.amqp
+        queue = amqp.queues[self.settings.queue]
+        sent_event = app.conf.task_send_sent_event
+        # a step published by a worker continues that worker's Celery task tree
+        parent = app.current_worker_task
+        root_id = parent_id = None
+        if parent is not None:
+            root_id, parent_id = parent.request.root_id or parent.request.id, parent.request.id
         try:
             with app.producer_or_acquire() as producer, _batched(producer):
                 for body, countdown in batch:
-                    # argsrepr: the plain repr of a dict of primitives, not Celery's
-                    # saferepr (which costs more than the rest of the publish). declare:
-                    # the queue is declared with the first message this executor sends
-                    # (and by every worker consuming it); kombu's per-message "declared
-                    # already?" check costs more than the publish itself.
-                    app.send_task(RUN_STEP_TASK, args=(body,), queue=queue, countdown=countdown,
-                                  producer=producer, ignore_result=True, add_to_parent=False,
-                                  argsrepr=f"({body!r},)", kwargsrepr="{}",
-                                  declare=[] if self._declared else None)
+                    # What app.send_task does for a task of ours, without its per-call
+                    # option merging and routing (the queue is fixed): Celery's own message
+                    # builder and sender, so publish signals, retries and task-sent events
+                    # behave as usual. argsrepr: the plain repr of a dict of primitives, not
+                    # Celery's saferepr (which costs more than the rest of the publish).
+                    # declare: the queue is declared with the first message this executor
+                    # sends (and by every worker consuming it); kombu's per-message
+                    # "declared already?" check costs more than the publish itself.
+                    message = amqp.create_task_message(
+                        task_id(), RUN_STEP_TASK, (body,), {}, countdown,
+                        create_sent_event=sent_event, root_id=root_id, parent_id=parent_id,
+                        ignore_result=True, argsrepr=f"({body!r},)", kwargsrepr="{}",
+                    )
+                    amqp.send_task_message(
+                        producer, RUN_STEP_TASK, message, queue=queue,
+                        declare=[] if self._declared else None,
+                    )
                     self._declared = True
         except Exception as exc:
             raise StorageError(
