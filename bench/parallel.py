@@ -14,7 +14,8 @@ Redis broker):
   callback summing them; results in Redis (a chord needs a result backend). The callback
   checks the sum and increments a Redis counter so the bench knows when all joined.
 
-Wall time from the first publish to the last join, as parents/s. Needs Postgres, Redis and
+Wall time from the first publish to the last join, as parents/s. Rounds alternate which
+side runs first; the ratio is the median of the per-round ratios. Needs Postgres, Redis and
 flowstone-celery + flowstone-io-postgres (+ flowstone-parallel)::
 
     python bench/parallel.py [--parents 1000] [--concurrency 4] [--repeat 1]
@@ -212,9 +213,21 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for round_no in range(max(1, args.repeat)):
-                chords = bench_chords(env, args.parents, args.concurrency, Path(tmp))
-                flow, coordinator = bench_flowstone(env, args.parents, args.concurrency,
-                                                    Path(tmp), round_no * args.parents)
+                def chords_side() -> float:
+                    return bench_chords(env, args.parents, args.concurrency, Path(tmp))
+
+                def flowstone_side(n: int = round_no) -> tuple[float, str]:
+                    return bench_flowstone(env, args.parents, args.concurrency, Path(tmp),
+                                           n * args.parents)
+
+                # alternate which side goes first, so a drift of the machine's speed
+                # during a run does not always favour the same side
+                if round_no % 2 == 0:
+                    chords = chords_side()
+                    flow, coordinator = flowstone_side()
+                else:
+                    flow, coordinator = flowstone_side()
+                    chords = chords_side()
                 rounds.append((chords, flow))
                 log(f"round {round_no + 1}: flowstone/chords = {flow / chords:.3f}")
     finally:
