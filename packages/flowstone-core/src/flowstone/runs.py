@@ -74,7 +74,7 @@ def wait_for_runs(
     return [latest[rid] for rid in order]
 
 
-POLL_WINDOW = 64
+POLL_WINDOW = 16
 _FIRST_DELAY = 0.01
 _MAX_DELAY = 0.25
 
