@@ -219,6 +219,11 @@ class Pipeline:
                 f"no IO manager {name!r} in pipeline {self.name!r}; declared: {sorted(self._io)}"
             ) from None
 
+    @property
+    def io_manager_names(self) -> tuple[str, ...]:
+        """The names of this pipeline's IO managers (``io_manager(name)`` gets one)."""
+        return tuple(self._io)
+
     # --- running ---------------------------------------------------------------------
     def run(
         self,

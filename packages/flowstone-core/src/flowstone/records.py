@@ -179,13 +179,16 @@ class StagedValue:
     would (``RunStore.accepts_staging(io_manager.staging_target)``, both optional, e.g. a
     Postgres store and a Postgres IO manager on the same database); otherwise the IO
     manager stores it itself first, as usual. ``statement`` is the IO manager's write, with
-    named ``:params`` bound from ``params``.
+    named ``:params`` bound from ``params``. ``encoded`` is the value as the IO manager's
+    optional ``decode_prefetched(location, encoded)`` reads it back (None: it has none): the
+    engine hands it to a continuation that reads this value, instead of loading it.
     """
 
     location: str
     target: str
     statement: str
     params: Mapping[str, Any]
+    encoded: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +224,8 @@ class StepTransition:
     in ``ready``), when it asked for one and one became ready. A store may add
     ``claimed_inputs``: the claimed step's dependencies with their materialization records,
     as ``get_step_results`` would return them, read in the same transaction (None: not
-    provided; the engine reads them itself).
+    provided; the engine reads them itself), and ``claimed_values``: the stored values of
+    those inputs it could read (see :attr:`Continuation.prefetch`), encoded, by location.
     """
 
     applied: bool
@@ -229,6 +233,7 @@ class StepTransition:
     run_status: RunStatus | None = None
     claimed: StepRecord | None = None
     claimed_inputs: tuple[tuple[StepRecord, MaterializationRecord | None], ...] | None = None
+    claimed_values: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,10 +241,17 @@ class Continuation:
     """Asks ``finish_step`` to claim, in the same transaction, the first dependent that
     became ready (by asset, then partition) for ``owner`` under a ``lease_seconds`` lease,
     exactly as ``claim_step`` would: the caller runs it next without a claim round trip.
+
+    ``prefetch`` maps IO manager names to their ``prefetch_source`` (what the manager and
+    a store that accepts its staged values agree on, e.g. a table on the same database): a
+    store that can may return the claimed step's input values stored there, encoded, in
+    :attr:`StepTransition.claimed_values`, so the step loads none of them. Values it does
+    not return are loaded as usual.
     """
 
     owner: str
     lease_seconds: float
+    prefetch: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ Concurrency notes (READ COMMITTED throughout):
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
 from flowstone.errors import RunNotFoundError, StorageError, UsageError
@@ -278,6 +278,12 @@ _FINISH = (
     ":g_token, :g_pipeline, :g_status, :g_created, :g_expires, :g_payload, :g_meta, "
     ":claim_owner, :claim_lease)"
 )
+# The claimed step's inputs stored in one value table: (location, format, value_json, data).
+_PREFETCH = (
+    "SELECT ROW(v.location, v.format, v.value_json::text, v.data) "
+    "FROM unnest(f.claimed_input_mats) AS m JOIN {table} AS v ON v.location = m.location "
+    "WHERE m.state = 'succeeded' AND m.io_manager = ANY(CAST(:pf_{i} AS text[]))"
+)
 # A 'waiting' outcome is accepted only once: a redelivered one must not wait twice.
 _FROM_WAITING = ["ready", "queued", "running"]
 _FROM_TERMINAL = ["ready", "queued", "running", "waiting"]
@@ -347,21 +353,33 @@ async def finish_step(
     key: dict[str, str],
     params: dict[str, object],
     staged: Sequence[StagedValue] = (),
+    prefetch: Mapping[str, Sequence[str]] | None = None,
 ) -> StepTransition:
     """See :meth:`flowstone.protocols.RunStore.finish_step`; one statement, one transaction.
 
     ``params`` comes from :func:`finish_params`. Each staged value's write runs in the same
     statement, as a data-modifying ``WITH`` (PostgreSQL always runs those to completion).
+    ``prefetch`` maps value tables (quoted SQL names) to the IO managers writing there: the
+    claimed step's inputs stored in them come back as ``claimed_values``, read by the same
+    statement after the function (its snapshot: an input committed by a racing finisher
+    after the statement began is not among them, and is loaded as usual).
     The caller retries a deadlock victim.
     """
+    params = dict(params)
+    parts = []
+    for i, value in enumerate(staged):
+        parts.append(f"staged_{i} AS ({_renamed(value.statement, f'v{i}_')})")
+        params.update((f"v{i}_{k}", v) for k, v in value.params.items())
     template = _FINISH
-    if staged:
-        params = dict(params)
-        writes = []
-        for i, value in enumerate(staged):
-            writes.append(f"staged_{i} AS ({_renamed(value.statement, f'v{i}_')})")
-            params.update((f"v{i}_{k}", v) for k, v in value.params.items())
-        template = "WITH " + ", ".join(writes) + " " + _FINISH
+    if prefetch:
+        reads = []
+        for i, (table, managers) in enumerate(sorted(prefetch.items())):
+            reads.append(_PREFETCH.format(table=table, i=i))
+            params[f"pf_{i}"] = list(managers)
+        parts.append(f"f AS MATERIALIZED ({_FINISH})")
+        template = "SELECT f.*, ARRAY(" + " UNION ALL ".join(reads) + ") AS claimed_values FROM f"
+    if parts:
+        template = "WITH " + ", ".join(parts) + " " + template
     row = await q(template).fetchrow(conn, params)
     if row is None or not row["applied"]:
         _explain_not_applied(key, None if row is None else row["step_state"])
@@ -377,9 +395,10 @@ async def finish_step(
         (dep, mats.get(dep.materialization_id) if dep.materialization_id else None)
         for dep in (to_step(d) for d in row["claimed_inputs"] or ())
     )
+    values = {v[0]: tuple(v[1:]) for v in row["claimed_values"]} if prefetch else None
     return StepTransition(
         applied=True, ready=ready, run_status=status, claimed=to_step(row["claimed"]),
-        claimed_inputs=inputs,
+        claimed_inputs=inputs, claimed_values=values,
     )
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["asset_values_ddl"]
+__all__ = ["PREFETCH_PREFIX", "asset_values_ddl"]
+
+PREFETCH_PREFIX = "flowstone-io-postgres:"
+"""How a ``PostgresIOManager.prefetch_source`` starts (then ``schema.table``): the tables
+a ``PostgresRunStore`` reads a continuation's input values from."""
 
 
 def asset_values_ddl(table_sql: str) -> str:

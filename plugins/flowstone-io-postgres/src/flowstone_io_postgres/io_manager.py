@@ -33,7 +33,7 @@ from flowstone.protocols import StorageKey
 from flowstone.records import StagedValue
 from flowstone_io_postgres._runtime import AsyncRuntime, Connections, PoolOptions
 from flowstone_io_postgres._sql import compile_named, is_db_error, storage_error
-from flowstone_io_postgres._values_table import asset_values_ddl
+from flowstone_io_postgres._values_table import PREFETCH_PREFIX, asset_values_ddl
 from flowstone_io_postgres.identifiers import parse_qualified_name
 from flowstone_io_postgres.urls import database_identity, resolve_url, safe_url
 
@@ -200,10 +200,13 @@ class PostgresIOManager:
         )
         location = self.location_for(key)
         is_json = encoded.format == "json"
+        value_json = encoded.data.decode("utf-8") if is_json else None
+        data = None if is_json else encoded.data
         return StagedValue(
             location=location,
             target=self.staging_target,
             statement=self._upsert_sql,
+            encoded=(encoded.format, value_json, data),
             params={
                 "loc": location,
                 "pipeline": _readable(key.pipeline),
@@ -212,10 +215,25 @@ class PostgresIOManager:
                 "run_id": _readable(key.run_id),
                 "item": key.item,
                 "format": encoded.format,
-                "value_json": encoded.data.decode("utf-8") if is_json else None,
-                "data": None if is_json else encoded.data,
+                "value_json": value_json,
+                "data": data,
             },
         )
+
+    @property
+    def prefetch_source(self) -> str | None:
+        """Where a :class:`~flowstone_io_postgres.PostgresRunStore` on the same database
+        (see :attr:`staging_target`) reads the values a continuation needs, in the
+        ``finish_step`` that claims it (None until this process knows the table exists)."""
+        return f"{PREFETCH_PREFIX}{self.table}" if self._ready else None
+
+    def decode_prefetched(self, location: str, encoded: object) -> object:
+        """A value the run store read from this manager's table (or :meth:`stage` encoded):
+        ``(format, value_json, data)``, decoded exactly as :meth:`load` does."""
+        if not isinstance(encoded, tuple) or len(encoded) != 3:
+            raise StorageError(f"the value for {location} is not (format, value_json, data)")
+        fmt, value_json, data = encoded
+        return self._decode(self._check(location), fmt, value_json, data)
 
     def load(self, location: str) -> object:
         """Return the value at ``location``.

@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar
 import asyncpg
 from sqlalchemy.engine import URL
 
-from flowstone.errors import FlowStoneError, RunNotFoundError, StorageError
+from flowstone.errors import FlowStoneError, RunNotFoundError, StorageError, UsageError
 from flowstone.records import (
     Approval,
     AuditEntry,
@@ -63,7 +63,8 @@ from flowstone_io_postgres._sql import (
     sqlstate,
     storage_error,
 )
-from flowstone_io_postgres.identifiers import quote_ident, validate_ident
+from flowstone_io_postgres._values_table import PREFETCH_PREFIX
+from flowstone_io_postgres.identifiers import parse_qualified_name, quote_ident, validate_ident
 from flowstone_io_postgres.urls import database_identity, resolve_url, safe_url
 
 __all__ = ["PostgresRunStore", "from_url"]
@@ -351,10 +352,26 @@ class PostgresRunStore:
                     f"a value staged for {staged.target} cannot be written by the run store "
                     f"at {self._where}; store it with its IO manager instead"
                 )
+        prefetch = self._prefetch(then)
         return self._auto(
             f"finishing step {asset!r} of run {run_id!r}",
-            lambda c: sched.finish_step(c, self._q, key, params, outcome.staged),
+            lambda c: sched.finish_step(c, self._q, key, params, outcome.staged, prefetch),
         )
+
+    def _prefetch(self, then: Continuation | None) -> dict[str, list[str]]:
+        """``then.prefetch`` as {quoted value table: IO manager names}. Only sources of
+        :class:`~flowstone_io_postgres.PostgresIOManager` (``PREFETCH_PREFIX`` and its
+        ``schema.table``) are read; the engine loads any other value as usual."""
+        tables: dict[str, list[str]] = {}
+        for manager, source in (then.prefetch.items() if then is not None else ()):
+            if not source.startswith(PREFETCH_PREFIX):
+                continue
+            try:
+                table = parse_qualified_name(source[len(PREFETCH_PREFIX):]).sql
+            except UsageError:
+                continue
+            tables.setdefault(table, []).append(manager)
+        return tables
 
     def accepts_staging(self, target: str) -> bool:
         """True for values staged for this store's own database (see

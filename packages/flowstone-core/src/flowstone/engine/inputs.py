@@ -6,7 +6,8 @@ time: one ``get_step_results`` (steps with their records) for every dependency s
 process did not finish itself, one ``load_many`` per IO manager (see
 :meth:`~flowstone.pipeline.Pipeline.load_materializations`). A join over three branches
 costs at most two round trips, not nine; none for records a continuation's ``finish_step``
-sent along (the runner keeps them with the ones it recorded itself).
+sent along (the runner keeps them with the ones it recorded itself), and no load for the
+values it sent along or staged itself (see :mod:`flowstone.engine.prefetch`).
 """
 
 from __future__ import annotations
@@ -145,5 +146,8 @@ def _values(
 ) -> dict[str, Any]:
     """The stored value of every succeeded record in ``found``, keyed by record id."""
     mats = {f[1].id: f[1] for f in found.values() if not isinstance(f, str) and f[1] is not None}
-    loaded = pipeline.load_materializations(list(mats.values()), run_id=run_id)
-    return dict(zip(mats, loaded, strict=True))
+    values = pipeline.runner.prefetched.take(pipeline, list(mats.values()))  # a continuation's
+    rest = [m for m in mats.values() if m.id not in values]
+    loaded = pipeline.load_materializations(rest, run_id=run_id)
+    values.update(zip((m.id for m in rest), loaded, strict=True))
+    return values

@@ -27,6 +27,7 @@ from flowstone.context import Context
 from flowstone.engine.inputs import DepOutcome, resolve_inputs
 from flowstone.engine.invoke import bind_arguments, call_with_timeout
 from flowstone.engine.leases import LeaseKeeper
+from flowstone.engine.prefetch import PrefetchCache
 from flowstone.engine.requests import ParallelRequest, ScatterRequest
 from flowstone.engine.scatter_retry import RETRY_TAG
 from flowstone.engine.timeouts import mark_branch_started
@@ -98,7 +99,10 @@ class _Deferring:
 class StepRunner:
     """Runs steps of one pipeline. Thread-safe; one per pipeline per process."""
 
-    __slots__ = ("_leases", "_mats", "_mats_lock", "_owner_prefix", "_p", "_staging")
+    __slots__ = (
+        "_leases", "_mats", "_mats_lock", "_owner_prefix", "_p", "_prefetch_from", "_staging",
+        "prefetched",
+    )  # fmt: skip
 
     def __init__(self, pipeline: Pipeline) -> None:
         self._p = pipeline
@@ -109,6 +113,9 @@ class StepRunner:
         self._mats: OrderedDict[object, MaterializationRecord] = OrderedDict()
         self._mats_lock = threading.Lock()
         self._staging: dict[str, bool] = {}  # io manager name -> values ride on finish_step
+        self._prefetch_from: list[tuple[str, object]] | None = None  # prefetch_sources()
+        # values a claimed continuation reads that are already here (engine/prefetch.py)
+        self.prefetched = PrefetchCache()
 
     def succeeded(self, run_id: str, asset: str, partition: str) -> MaterializationRecord | None:
         """The materialization of a step this process saw succeed (terminal: it cannot
@@ -170,7 +177,7 @@ class StepRunner:
         run_id, asset, partition = step.run_id, step.asset, step.partition
         owner = step.owner or self.owner()
         lease = lease_seconds or p.lease_seconds
-        then = Continuation(owner, lease) if claim_next else None
+        then = Continuation(owner, lease, self.prefetch_sources()) if claim_next else None
         a = p.dag[asset]
         if asset in p.branch_index:
             mark_branch_started(p, run_id, asset)
@@ -248,10 +255,13 @@ class StepRunner:
             p.emit(Event("run.finished", p.name, run_id, data={"status": transition.run_status}))
         if transition.claimed is not None:
             # what the continuation reads first, if the store sent it along: succeeded
-            # records are terminal, so they can stand in for the store (see succeeded())
+            # records are terminal, so they can stand in for the store (see succeeded());
+            # so can the values: this step's own, and those the store read with them
             for dep, mat in transition.claimed_inputs or ():
                 if dep.state == "succeeded" and mat is not None and mat.state == "succeeded":
                     self._remember(mat)
+            self.prefetched.put((v.location, v.encoded) for v in outcome.staged)
+            self.prefetched.put(transition.claimed_values or {})
             return (*transition.ready, transition.claimed)
         return transition.ready
 
@@ -507,6 +517,25 @@ class StepRunner:
             Event("io.stored", p.name, step.run_id, a.name, step.partition, {"io_manager": io_name})
         )
         return io_name, location, staged
+
+    def prefetch_sources(self) -> dict[str, str]:
+        """``Continuation.prefetch``: the ``prefetch_source`` of every IO manager whose
+        values ride on ``finish_step`` (same database as the store) and that can decode
+        what the store reads back (a manager may offer none yet, e.g. before its table
+        exists)."""
+        if self._prefetch_from is None:
+            p = self._p
+            self._prefetch_from = [
+                (name, manager)
+                for name in p.io_manager_names
+                if self._stages(name, manager := p.io_manager(name))
+                and callable(getattr(manager, "decode_prefetched", None))
+            ]
+        return {
+            name: str(source)
+            for name, manager in self._prefetch_from
+            if (source := getattr(manager, "prefetch_source", None))
+        }
 
     def _stages(self, io_name: str, manager: object) -> bool:
         """Whether values of ``manager`` are written by the store's ``finish_step``."""
