@@ -9,6 +9,7 @@ at the tables and the server's own counters.
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -264,3 +265,55 @@ def test_values_the_finish_did_not_send_are_loaded(migrated_url: str) -> None:
         pipeline.close()
         for closing in (values, foreign, store):
             closing.close()
+
+
+def test_racing_branches_join_without_reading_their_values(migrated_url: str) -> None:
+    """Three branches finish at the same moment from three threads, twenty times over: the
+    finisher whose claim waited for the others still gets their values (read after the
+    claim, not from the statement's older snapshot), so no join loads anything."""
+    store = PostgresRunStore(migrated_url)
+    values = CountingIO(migrated_url)
+
+    def branch(k: int) -> fs.AssetDef:
+        def fn() -> int:
+            return k
+
+        return fs.asset(name=f"b{k}")(fn)
+
+    @fs.asset
+    def total(b1: int, b2: int, b3: int) -> int:
+        return 100 * b1 + 10 * b2 + b3
+
+    parked = Parked()
+    pipeline = fs.Pipeline(
+        f"race_{uuid.uuid4().hex[:8]}", [branch(1), branch(2), branch(3), total], store=store,
+        io_managers={"default": values}, executor=parked,
+    )
+    runner = pipeline.runner
+    try:
+        values.exists("postgres:" + "0" * 32)  # the table is known to exist (prefetch_source)
+        for _ in range(20):
+            parked.sent.clear()
+            run = pipeline.run("total", force=True, wait=False)
+            start = threading.Barrier(3)
+            claimed: list[Any] = []
+
+            def finish(step: Any, run_id: str = run.run_id, gate: Any = start) -> None:
+                gate.wait()
+                claimed.extend(runner.run_step(run_id, step.asset, step.partition,
+                                               claim_next=True))
+
+            threads = [threading.Thread(target=finish, args=(s,)) for s in parked.sent]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            (join,) = claimed
+            values.loaded.clear()
+            runner.run_claimed(join)
+            assert values.loaded == []
+            assert pipeline.result(run.run_id).value == 123
+    finally:
+        pipeline.close()
+        values.close()
+        store.close()

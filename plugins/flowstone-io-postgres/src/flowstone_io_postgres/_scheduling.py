@@ -278,11 +278,13 @@ _FINISH = (
     ":g_token, :g_pipeline, :g_status, :g_created, :g_expires, :g_payload, :g_meta, "
     ":claim_owner, :claim_lease)"
 )
-# The claimed step's inputs stored in one value table: (location, format, value_json, data).
+# The claimed step's inputs stored in one value table: (location, format, value_json, data),
+# read by the VOLATILE function of migration 0004 (a snapshot taken after the claim).
 _PREFETCH = (
-    "SELECT ROW(v.location, v.format, v.value_json::text, v.data) "
-    "FROM unnest(f.claimed_input_mats) AS m JOIN {table} AS v ON v.location = m.location "
-    "WHERE m.state = 'succeeded' AND m.io_manager = ANY(CAST(:pf_{i} AS text[]))"
+    "SELECT ROW(r.location, r.format, r.value_json, r.data) FROM {{s}}.read_values("
+    "to_regclass(CAST(:pf_table_{i} AS text)), ARRAY(SELECT m.location "
+    "FROM unnest(f.claimed_input_mats) AS m WHERE m.state = 'succeeded' "
+    "AND m.io_manager = ANY(CAST(:pf_{i} AS text[])))) AS r"
 )
 # A 'waiting' outcome is accepted only once: a redelivered one must not wait twice.
 _FROM_WAITING = ["ready", "queued", "running"]
@@ -361,8 +363,8 @@ async def finish_step(
     statement, as a data-modifying ``WITH`` (PostgreSQL always runs those to completion).
     ``prefetch`` maps value tables (quoted SQL names) to the IO managers writing there: the
     claimed step's inputs stored in them come back as ``claimed_values``, read by the same
-    statement after the function (its snapshot: an input committed by a racing finisher
-    after the statement began is not among them, and is loaded as usual).
+    statement after the claim (``read_values``, with a snapshot taken then: an input
+    committed by a racing finisher that the claim waited for is among them).
     The caller retries a deadlock victim.
     """
     params = dict(params)
@@ -374,7 +376,8 @@ async def finish_step(
     if prefetch:
         reads = []
         for i, (table, managers) in enumerate(sorted(prefetch.items())):
-            reads.append(_PREFETCH.format(table=table, i=i))
+            reads.append(_PREFETCH.format(i=i))
+            params[f"pf_table_{i}"] = table
             params[f"pf_{i}"] = list(managers)
         parts.append(f"f AS MATERIALIZED ({_FINISH})")
         template = "SELECT f.*, ARRAY(" + " UNION ALL ".join(reads) + ") AS claimed_values FROM f"

@@ -37,14 +37,14 @@ __all__ = [
     "upgrade",
 ]
 
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 """The newest revision this package ships; the store refuses older (or unknown) schemas."""
 
 VERSION_TABLE = "flowstone_postgres_version"
 """Alembic's version table, inside the FlowStone schema (named per plugin so plugins that
 share the schema keep separate histories)."""
 
-_KNOWN = ("0001", "0002", "0003")
+_KNOWN = ("0001", "0002", "0003", "0004")
 
 
 def alembic_config(schema: str) -> Config:
