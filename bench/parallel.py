@@ -14,8 +14,10 @@ Redis broker):
   callback summing them; results in Redis (a chord needs a result backend). The callback
   checks the sum and increments a Redis counter so the bench knows when all joined.
 
-Wall time from the first publish to the last join, as parents/s. Rounds alternate which
-side runs first; the ratio is the median of the per-round ratios. Needs Postgres, Redis and
+Wall time from the first publish to the last join, as parents/s, after ``--warmup``
+untimed parents on each side (so neither side's first connections and first-use costs
+are timed). Rounds alternate which side runs first; the ratio is the median of the
+per-round ratios. Needs Postgres, Redis and
 flowstone-celery + flowstone-io-postgres (+ flowstone-parallel)::
 
     python bench/parallel.py [--parents 1000] [--concurrency 4] [--repeat 1]
@@ -54,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 COUNTER_ENV = "FLOWSTONE_BENCH_COUNTER"
 FACTORS = (1, 2, 3)
+WARMUP_KEYS = 10**9  # partitions of the untimed warm-up parents: never a measured one
 
 
 def expected(parent: int) -> int:
@@ -121,7 +124,8 @@ def chord_worker(concurrency: int) -> None:
                           "--without-mingle", "--without-gossip", "-n", node])
 
 
-def bench_chords(env: dict[str, str], parents: int, concurrency: int, tmp: Path) -> float:
+def bench_chords(env: dict[str, str], parents: int, concurrency: int, tmp: Path,
+                 warmup: int) -> float:
     import redis
     from celery import chord
 
@@ -131,14 +135,21 @@ def bench_chords(env: dict[str, str], parents: int, concurrency: int, tmp: Path)
                    str(concurrency)], env, tmp / "chord.log", f"chord-{counter}@bench")
     app = _chord_app()
     branch, join = _chord_tasks(app)
-    try:
-        start = time.perf_counter()
-        for i in range(parents):
-            chord([branch.s(i, k) for k in FACTORS])(join.s(i))
-        while int(r.get(counter) or 0) < parents:
+    def joined(n: int) -> None:
+        while int(r.get(counter) or 0) < n:
             if proc.poll() is not None:
                 raise RuntimeError("chord worker died:\n" + (tmp / "chord.log").read_text())
             time.sleep(0.005)
+
+    try:
+        for i in range(warmup):  # untimed: every child connected, every code path run once
+            chord([branch.s(i, k) for k in FACTORS])(join.s(i))
+        joined(warmup)
+        r.set(counter, 0)
+        start = time.perf_counter()
+        for i in range(parents):
+            chord([branch.s(i, k) for k in FACTORS])(join.s(i))
+        joined(parents)
         elapsed = time.perf_counter() - start
     finally:
         app.close()
@@ -149,7 +160,7 @@ def bench_chords(env: dict[str, str], parents: int, concurrency: int, tmp: Path)
 
 
 def bench_flowstone(env: dict[str, str], parents: int, concurrency: int, tmp: Path,
-                    offset: int) -> tuple[float, str]:
+                    offset: int, warmup: int) -> tuple[float, str]:
     from flowstone.loading import load_pipeline
 
     spec = f"{Path(__file__).resolve()}:pipeline"
@@ -162,6 +173,8 @@ def bench_flowstone(env: dict[str, str], parents: int, concurrency: int, tmp: Pa
     try:
         coordinator = str(pipeline.parallel_coordinator.name)
         keys = [str(offset + i) for i in range(parents)]
+        warm = [str(WARMUP_KEYS + offset + i) for i in range(warmup)]  # untimed, as for chords
+        pipeline.wait([pipeline.run("parent", k, force=True, wait=False) for k in warm])
         start = time.perf_counter()
         runs = [pipeline.run("parent", k, force=True, wait=False) for k in keys]
         for run in pipeline.wait(runs, timeout=900):
@@ -184,6 +197,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds of (chords, FlowStone); figures are medians over rounds")
+    parser.add_argument("--warmup", type=int, default=20,
+                        help="untimed parents each side runs first (connections, imports)")
     parser.add_argument("--quick", action="store_true", help="CI smoke: 100 parents, 1 round")
     parser.add_argument("--chord-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -214,11 +229,12 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             for round_no in range(max(1, args.repeat)):
                 def chords_side() -> float:
-                    return bench_chords(env, args.parents, args.concurrency, Path(tmp))
+                    return bench_chords(env, args.parents, args.concurrency, Path(tmp),
+                                        args.warmup)
 
                 def flowstone_side(n: int = round_no) -> tuple[float, str]:
                     return bench_flowstone(env, args.parents, args.concurrency, Path(tmp),
-                                           n * args.parents)
+                                           n * args.parents, args.warmup)
 
                 # alternate which side goes first, so a drift of the machine's speed
                 # during a run does not always favour the same side
@@ -238,6 +254,7 @@ def main() -> int:
         "parents": args.parents,
         "branches": len(FACTORS),
         "concurrency": args.concurrency,
+        "warmup": args.warmup,
         "rounds": len(rounds),
         "coordinator": coordinator,
         "celery_chords_parents_per_s": round(chords, 1),
