@@ -6,8 +6,9 @@ Redis broker):
 
 * FlowStone: ``--parents`` runs of a parallel asset ``parent`` with three branch assets
   (each returns ``partition * k``), joined by summing them; one run per parent (the
-  partition is the parent number), enqueued with ``wait=False`` and then awaited with
-  ``pipeline.wait`` (which polls the store for many runs per read). Postgres
+  partition is the parent number), started all at once with ``pipeline.run_many(...,
+  wait=False)`` (``--submit each``: one ``pipeline.run(..., wait=False)`` per parent) and
+  awaited with ``pipeline.wait`` (which polls the store for many runs per read). Postgres
   is the run store and the value store; the joins go through the ``celery`` parallel
   coordinator (flowstone-parallel) when it is installed.
 * Celery chords: ``--parents`` chords of three tasks computing the same values plus a
@@ -160,7 +161,7 @@ def bench_chords(env: dict[str, str], parents: int, concurrency: int, tmp: Path,
 
 
 def bench_flowstone(env: dict[str, str], parents: int, concurrency: int, tmp: Path,
-                    offset: int, warmup: int) -> tuple[float, str]:
+                    offset: int, warmup: int, submit: str) -> tuple[float, str]:
     from flowstone.loading import load_pipeline
 
     spec = f"{Path(__file__).resolve()}:pipeline"
@@ -173,10 +174,15 @@ def bench_flowstone(env: dict[str, str], parents: int, concurrency: int, tmp: Pa
     try:
         coordinator = str(pipeline.parallel_coordinator.name)
         keys = [str(offset + i) for i in range(parents)]
+        def start_runs(partitions: list[str]) -> list[Any]:
+            if submit == "bulk":  # all at once: several runs' steps per message
+                return pipeline.run_many("parent", partitions, force=True, wait=False)
+            return [pipeline.run("parent", k, force=True, wait=False) for k in partitions]
+
         warm = [str(WARMUP_KEYS + offset + i) for i in range(warmup)]  # untimed, as for chords
-        pipeline.wait([pipeline.run("parent", k, force=True, wait=False) for k in warm])
+        pipeline.wait(start_runs(warm))
         start = time.perf_counter()
-        runs = [pipeline.run("parent", k, force=True, wait=False) for k in keys]
+        runs = start_runs(keys)
         for run in pipeline.wait(runs, timeout=900):
             if run.status != "succeeded":
                 raise RuntimeError(f"run {run.run_id} ended {run.status}: {run.error}")
@@ -197,6 +203,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds of (chords, FlowStone); figures are medians over rounds")
+    parser.add_argument("--submit", choices=("bulk", "each"), default="bulk",
+                        help="FlowStone starts the parents with one run_many (bulk) or one "
+                             "run(wait=False) each")
     parser.add_argument("--warmup", type=int, default=20,
                         help="untimed parents each side runs first (connections, imports)")
     parser.add_argument("--quick", action="store_true", help="CI smoke: 100 parents, 1 round")
@@ -234,7 +243,7 @@ def main() -> int:
 
                 def flowstone_side(n: int = round_no) -> tuple[float, str]:
                     return bench_flowstone(env, args.parents, args.concurrency, Path(tmp),
-                                           n * args.parents, args.warmup)
+                                           n * args.parents, args.warmup, args.submit)
 
                 # alternate which side goes first, so a drift of the machine's speed
                 # during a run does not always favour the same side
@@ -255,6 +264,7 @@ def main() -> int:
         "branches": len(FACTORS),
         "concurrency": args.concurrency,
         "warmup": args.warmup,
+        "submit": args.submit,
         "rounds": len(rounds),
         "coordinator": coordinator,
         "celery_chords_parents_per_s": round(chords, 1),

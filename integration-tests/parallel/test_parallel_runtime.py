@@ -65,6 +65,18 @@ def test_three_branches_join_once_with_the_expected_value(load: Any, cluster: Cl
     assert record is not None and record.outcome == "joined" and record.repeats == 0
 
 
+def test_many_parents_started_at_once_each_join_once(load: Any, cluster: Cluster) -> None:
+    """``run_many``: forty parents' branches travel several to a message (steps of
+    different runs together); every parent still joins once, with every branch."""
+    pipeline = load()
+    cities = [key("many") for _ in range(40)]
+    results = pipeline.run_many("briefing", cities, timeout=120)
+    assert [r.status for r in results] == ["succeeded"] * 40, [r.error for r in results]
+    for city, result in zip(cities, results, strict=True):
+        assert result.value["maps"] == f"map of {city}"
+        assert joins(result.run_id, "briefing") == 1
+
+
 @pytest.mark.parametrize(("asset", "prefix", "branch"), [
     ("strict_briefing", "fail-news", "news"),      # all_or_nothing: any branch is required
     ("briefing", "fail-weather", "weather"),       # partial: a required branch

@@ -1,4 +1,5 @@
-"""``Pipeline.wait``: many runs started with ``wait=False``, awaited with few store reads."""
+"""``Pipeline.wait`` and ``Pipeline.run_many``: many runs started at once, awaited with few
+store reads."""
 
 from __future__ import annotations
 
@@ -168,3 +169,58 @@ def test_in_process_runs_are_settled_at_once(make_pipeline: PipelineFactory) -> 
     p = make_pipeline([orders, revenue])
     runs = [p.run("revenue", k) for k in ("1", "2")]
     assert [r.value for r in p.wait(runs)] == [10, 20]
+
+
+def test_run_many_in_process_runs_each_partition(make_pipeline: PipelineFactory) -> None:
+    p = make_pipeline([orders, revenue])
+    results = p.run_many("revenue", ["3", "1", "2"])
+    assert [(r.partition, r.status, r.value) for r in results] == [
+        ("3", "succeeded", 30), ("1", "succeeded", 10), ("2", "succeeded", 20)]
+
+
+def test_run_many_on_a_queue_waits_for_all_of_them(
+    make_pipeline: PipelineFactory, worker: ThreadWorker
+) -> None:
+    p = _pipeline(make_pipeline, worker)  # no dispatch_many: one dispatch per run
+    started = p.run_many("revenue", [str(i) for i in range(30)], wait=False)
+    assert {r.status for r in started} == {"running"}
+    worker.started.set()
+    done = p.wait(started, timeout=30)
+    assert [r.value for r in done] == [10 * i for i in range(30)]
+
+
+def test_run_many_hands_all_runs_to_dispatch_many(make_pipeline: PipelineFactory) -> None:
+    class Bulk:
+        name, blocking = "bulk", False
+
+        def __init__(self) -> None:
+            self.calls: list[list[tuple[str, list[str]]]] = []
+
+        def dispatch(self, pipeline: Any, run_id: str, steps: Any) -> None:
+            raise AssertionError("run_many must use dispatch_many")
+
+        def dispatch_many(self, pipeline: Any, runs: Any) -> None:
+            self.calls.append([(rid, [s.asset for s in steps]) for rid, steps in runs])
+
+        def close(self) -> None:
+            return None
+
+    bulk = Bulk()
+    p = make_pipeline([orders, revenue], executor=bulk)
+    started = p.run_many("revenue", ["1", "2", "3"], wait=False)
+    (call,) = bulk.calls
+    assert call == [(r.run_id, ["orders"]) for r in started]
+
+
+def test_run_many_refuses_what_is_not_a_list_of_partitions(
+    make_pipeline: PipelineFactory,
+) -> None:
+    p = make_pipeline([orders, revenue])
+    with pytest.raises(fs.UsageError, match="list of partition keys"):
+        p.run_many("revenue", "2024-01-01")
+    with pytest.raises(fs.UsageError, match="list of partition keys"):
+        p.run_many("revenue", 7)  # type: ignore[arg-type]
+    with pytest.raises(fs.PartitionError, match="'not-a-shop' is not a partition"):
+        p.run_many("revenue", ["1", "not-a-shop"])
+    assert p.runs() == []  # nothing was started by the refused calls
+    assert p.run_many("revenue", []) == []

@@ -128,6 +128,67 @@ def test_worker_loop_runs_a_whole_run_through_the_broker(
     app.close()
 
 
+def test_many_runs_share_messages_but_never_one_runs_steps(settings: CelerySettings) -> None:
+    """dispatch_many: up to FLOWSTONE_BATCH_STEPS steps per message, each of another run;
+    the worker runs every step of a batch, and the runs all finish."""
+    app = make_app(settings.model_copy(update={"batch_steps": 4}))
+    pipeline = quickstart()
+    app.add_pipeline(pipeline)
+    results = pipeline.run_many("total", [None] * 10, force=True, wait=False)
+    assert [r.status for r in results] == ["running"] * 10
+    first = drain(app)
+    # one ready step (numbers) per run: 10 steps in messages of at most 4
+    assert [len(body) if isinstance(body, list) else 1 for body, _, _ in first] == [4, 4, 2]
+    for body, _, _ in first:
+        steps = body if isinstance(body, list) else [body]
+        assert len({s["run_id"] for s in steps}) == len(steps)  # never two of one run
+    batch = first
+    while batch:
+        for body, _, _ in batch:
+            handle_step(app, body)
+        batch = drain(app)
+    final = pipeline.wait(results)
+    assert [r.status for r in final] == ["succeeded"] * 10 and final[0].value == 30
+    app.close_pipelines()
+    app.close()
+
+
+def test_a_run_with_several_ready_steps_spreads_them_over_messages(
+    settings: CelerySettings,
+) -> None:
+    app = make_app(settings.model_copy(update={"batch_steps": 8}))
+    runs = [(f"run{i}", [StepRecord(f"run{i}", a, "", "ready", 0) for a in "abc"])
+            for i in range(5)]
+    pipeline = quickstart()
+    app.executor.dispatch_many(pipeline, runs)
+    pipeline.close()
+    published = [body for body, _, _ in drain(app)]
+    assert len(published) == 3  # one message per lane: a's, b's, c's
+    for body in published:
+        assert len({s["asset"] for s in body}) == 1 and len({s["run_id"] for s in body}) == 5
+    app.close()
+
+
+def test_bad_batches_are_dropped_and_good_items_still_run(
+    app: FlowstoneCelery, caplog: pytest.LogCaptureFixture
+) -> None:
+    pipeline = quickstart()
+    app.add_pipeline(pipeline)
+    with caplog.at_level(logging.ERROR, logger="flowstone.celery"):
+        assert handle_step(app, []) == 0
+        assert handle_step(app, [[{"v": 1}]]) == 0
+        assert handle_step(app, [{"v": 1}] * 65) == 0
+    assert sum("a batch" in r.getMessage() for r in caplog.records) == 3
+    run = pipeline.run("numbers", wait=False)
+    (good, _, _), = drain(app)
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="flowstone.celery"):
+        handle_step(app, [{"v": 1, "evil": "__import__('os')"}, good])
+    assert any("unexpected fields" in r.getMessage() for r in caplog.records)
+    assert pipeline.result(run.run_id).status == "succeeded"
+    pipeline.close()
+
+
 def test_a_continuation_that_cannot_run_is_published_not_lost(
     app: FlowstoneCelery, monkeypatch: pytest.MonkeyPatch
 ) -> None:

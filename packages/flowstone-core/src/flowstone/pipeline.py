@@ -37,10 +37,10 @@ from flowstone.lineage import Lineage
 from flowstone.outcomes import to_seconds
 from flowstone.partitions import PartitionKey, PartitionSet, encode_partition
 from flowstone.protocols import Executor, IOManager, Observer, RunStore
-from flowstone.records import Approval, MaterializationRecord, RunRecord
+from flowstone.records import Approval, MaterializationRecord, RunRecord, StepRecord
 from flowstone.registry import PluginRegistry, store_from_url
 from flowstone.resources import ResourceManager
-from flowstone.runs import RunResult, wait_for_run, wait_for_runs
+from flowstone.runs import RunResult, wait_for_runs
 
 __all__ = ["Pipeline"]
 
@@ -246,6 +246,69 @@ class Pipeline:
         """
         targets = self._targets(target)
         seconds = to_seconds(timeout, what="timeout")
+        record, ready = self._start(targets, partition, force, with_deps, run_id, tags)
+        self._dispatch_with_timeout(record.run_id, ready, seconds)
+        if not self.executor.blocking:
+            if not wait and ready:  # started, and nothing ran here: no need to read it back
+                return RunResult(self, record)
+            if wait:
+                return self.wait(record.run_id, timeout=seconds)[0]
+        return self.result(record.run_id)
+
+    def run_many(
+        self,
+        target: str | Sequence[str] | None,
+        partitions: Iterable[PartitionKey],
+        *,
+        force: bool = False,
+        tags: Mapping[str, str] | None = None,
+        wait: bool = True,
+        timeout: float | timedelta | None = None,
+    ) -> list[RunResult]:
+        """Start one run of ``target`` per partition, all at once; their results in order.
+
+        With a queue-based executor every run is created first and their ready steps are
+        then handed over together: the Celery executor puts up to ``FLOWSTONE_BATCH_STEPS``
+        steps of *different* runs in one message, so a thousand runs cost a fraction of the
+        messages (a run's own steps still go to different workers). ``wait`` then waits for
+        all of them (``timeout`` bounds the whole wait, see :meth:`wait`); without it the
+        results come back ``running``. With the in-process executor the runs execute one
+        after the other in this call, as ``run`` would.
+
+        Example:
+            >>> started = pipeline.run_many("daily_report", days, wait=False)
+        """
+        if isinstance(partitions, str | bytes) or not isinstance(partitions, Iterable):
+            raise UsageError(
+                f"run_many() takes a list of partition keys, got {partitions!r}; for one "
+                "partition use run(target, partition)"
+            )
+        keys = list(partitions)
+        targets = self._targets(target)
+        seconds = to_seconds(timeout, what="timeout")
+        for key in keys:  # every key checked before any run starts: all or nothing
+            self._run_key(targets, key)
+        started = [self._start(targets, key, force, True, None, tags) for key in keys]
+        many = getattr(self.executor, "dispatch_many", None)
+        if self.executor.blocking or many is None:
+            for record, ready in started:
+                self._dispatch_with_timeout(record.run_id, ready, seconds)
+        else:
+            many(self, [(record.run_id, ready) for record, ready in started if ready])
+        if wait or self.executor.blocking:
+            return self.wait([record.run_id for record, _ in started], timeout=seconds)
+        return [RunResult(self, record) for record, _ in started]
+
+    def _start(
+        self,
+        targets: list[str],
+        partition: PartitionKey | None,
+        force: bool,
+        with_deps: bool,
+        run_id: str | None,
+        tags: Mapping[str, str] | None,
+    ) -> tuple[RunRecord, tuple[StepRecord, ...]]:
+        """Plan and create a run; return it with its ready steps (not dispatched yet)."""
         planner = Planner(self.dag, self.store, self.name)
         steps = planner.plan(targets, partition, force=force, with_deps=with_deps)
         enc = encode_partition(self._run_key(targets, partition))
@@ -266,14 +329,7 @@ class Pipeline:
                 data={"targets": list(targets), "steps": len(steps)},
             )
         )
-        self._dispatch_with_timeout(rid, ready, seconds)
-        if not self.executor.blocking:
-            if not wait and ready:  # started, and nothing ran here: no need to read it back
-                return RunResult(self, record)
-            if wait:
-                scatters = frozenset(a.name for a in self.dag.assets.values() if a.scatter)
-                wait_for_run(self.store, rid, timeout=seconds, deferred_assets=scatters)
-        return self.result(rid)
+        return record, ready
 
     def _targets(self, target: str | Sequence[str] | None) -> list[str]:
         if target is None:

@@ -109,7 +109,34 @@ class CeleryExecutor:
         A step lost here (broker down) stays ``ready`` in the store and the sweeper sends it
         again, so a failed dispatch never loses work.
         """
-        batch = self.messages(pipeline.name, run_id, steps)
+        self._publish(self.messages(pipeline.name, run_id, steps), what=f"of run {run_id}")
+
+    def dispatch_many(
+        self, pipeline: Any, runs: Sequence[tuple[str, Sequence[StepRecord]]]
+    ) -> None:
+        """Publish the ready steps of many runs (``Pipeline.run_many``), up to
+        ``FLOWSTONE_BATCH_STEPS`` steps of *different* runs per message: the i-th ready
+        step of each run goes with the i-th ready steps of other runs, so one run's steps
+        still travel in different messages and run on different workers. Delayed steps
+        (retries) go alone, with their countdown."""
+        lanes: list[list[dict[str, Any]]] = []
+        batch: list[tuple[object, float | None]] = []
+        for run_id, steps in runs:
+            for i, (body, countdown) in enumerate(self.messages(pipeline.name, run_id, steps)):
+                if countdown is not None:
+                    batch.append((body, countdown))
+                    continue
+                if i == len(lanes):
+                    lanes.append([])
+                lanes[i].append(body)
+        size = self.settings.batch_steps
+        for lane in lanes:
+            for start in range(0, len(lane), size):
+                chunk = lane[start : start + size]
+                batch.append((chunk if len(chunk) > 1 else chunk[0], None))
+        self._publish(batch, what=f"of {len(runs)} runs")
+
+    def _publish(self, batch: Sequence[tuple[object, float | None]], *, what: str) -> None:
         if not batch:
             return
         from celery.utils import uuid as task_id
@@ -131,11 +158,11 @@ class CeleryExecutor:
                     # What app.send_task does for a task of ours, without its per-call
                     # option merging and routing (the queue is fixed): Celery's own message
                     # builder and sender, so publish signals, retries and task-sent events
-                    # behave as usual. argsrepr: the plain repr of a dict of primitives, not
-                    # Celery's saferepr (which costs more than the rest of the publish).
-                    # declare: the queue is declared with the first message this executor
-                    # sends (and by every worker consuming it); kombu's per-message
-                    # "declared already?" check costs more than the publish itself.
+                    # behave as usual. argsrepr: the plain repr of a list or dict of
+                    # primitives, not Celery's saferepr (which costs more than the rest of
+                    # the publish). declare: the queue is declared with the first message
+                    # this executor sends (and by every worker consuming it); kombu's
+                    # per-message "declared already?" check costs more than the publish.
                     message = amqp.create_task_message(
                         task_id(), RUN_STEP_TASK, (body,), {}, countdown,
                         create_sent_event=sent_event, root_id=root_id, parent_id=parent_id,
@@ -148,7 +175,7 @@ class CeleryExecutor:
                     self._declared = True
         except Exception as exc:
             raise StorageError(
-                f"could not publish {len(batch)} step(s) of run {run_id} to "
+                f"could not publish {len(batch)} message(s) {what} to "
                 f"{safe_url(self.settings.broker_url)} ({type(exc).__name__}: {exc}); is the "
                 "broker running? The sweeper re-sends them once it is reachable"
             ) from exc

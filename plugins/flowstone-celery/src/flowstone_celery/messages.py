@@ -8,6 +8,10 @@ A message names a step, nothing more::
 Every field is a JSON primitive and is validated strictly on the way in; a worker resolves
 ``pipeline`` and ``asset`` against the pipelines it was started with. Nothing from a message
 is ever imported or evaluated.
+
+When many runs start at once (``Pipeline.run_many``), one message may carry a list of up
+to :data:`MAX_BATCH` such objects, steps of different runs, which the worker runs one
+after the other (:func:`parse_batch`).
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ from typing import Any
 from flowstone.errors import FlowStoneError
 from flowstone.records import StepRecord
 
-__all__ = ["MESSAGE_VERSION", "MessageError", "StepMessage", "parse_message"]
+__all__ = ["MAX_BATCH", "MESSAGE_VERSION", "MessageError", "StepMessage", "parse_batch",
+           "parse_message"]
 
 MESSAGE_VERSION = 1
+MAX_BATCH = 64
+"""The most steps one message may carry."""
 MAX_PARTITION_LENGTH = 1024
 _RUN_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _PIPELINE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
@@ -96,3 +103,20 @@ def parse_message(body: object) -> StepMessage:
         partition=partition,
         attempt=attempt,
     )
+
+
+def parse_batch(body: object) -> list[object]:
+    """The step messages of ``body``: itself, or the items of a batch (a list).
+
+    Raises:
+        MessageError: an empty or oversized batch, or a batch inside a batch (each item
+            is checked by :func:`parse_message` when it runs, so one bad item does not
+            stop the others).
+    """
+    if type(body) is not list:
+        return [body]
+    if not 0 < len(body) <= MAX_BATCH:
+        raise MessageError(f"a batch holds 1 to {MAX_BATCH} step messages, got {len(body)}")
+    if any(type(item) is list for item in body):
+        raise MessageError("a batch cannot hold another batch")
+    return list(body)

@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flowstone.errors import UsageError
+from flowstone_celery.messages import MAX_BATCH
 
 __all__ = ["CelerySettings", "load_settings", "safe_url"]
 
@@ -57,6 +58,9 @@ class CelerySettings(BaseSettings):
             itself, one after the other, after the step it received (each time the first
             step that became ready; the others are published). Saves a broker round trip
             per chain link or parallel join; ``0`` publishes every step.
+        batch_steps: ``FLOWSTONE_BATCH_STEPS``: how many steps of different runs one
+            message may carry when many runs start at once (``Pipeline.run_many``); the
+            worker runs them one after the other. ``1`` sends one message per step.
     """
 
     model_config = SettingsConfigDict(
@@ -75,6 +79,7 @@ class CelerySettings(BaseSettings):
     pipelines: str = ""
     infra_retries: int = Field(10, ge=0, le=1000)
     inline_steps: int = Field(16, ge=0, le=10_000)
+    batch_steps: int = Field(8, ge=1, le=MAX_BATCH)
 
     @field_validator("broker_url")
     @classmethod

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from flowstone.engine.runner import split_claimed
-from flowstone_celery.messages import MessageError, StepMessage, parse_message
+from flowstone_celery.messages import MessageError, StepMessage, parse_batch, parse_message
 
 if TYPE_CHECKING:
     from celery import Task
@@ -57,19 +57,29 @@ def resolve(app: FlowstoneCelery, body: object) -> tuple[Any, StepMessage] | Non
 
 
 def handle_step(app: FlowstoneCelery, body: object) -> int:
-    """Run the step ``body`` names and dispatch the steps that became ready.
+    """Run the step ``body`` names (or each step of a batch, one after the other) and
+    dispatch the steps that became ready.
 
     Returns how many follow-up steps were dispatched (0 for a dropped or duplicate message).
-    Infrastructure errors propagate so the caller can retry.
+    Infrastructure errors propagate so the caller can retry; a retried batch skips the
+    steps it already ran (their claims fail like any duplicate delivery's).
     """
-    found = resolve(app, body)
-    if found is None:
+    try:
+        bodies = parse_batch(body)
+    except MessageError as exc:
+        log.error("dropping malformed FlowStone step message: %s", exc)
         return 0
-    pipeline, message = found
-    return run_steps(
-        pipeline, message.run_id, message.asset, message.partition,
-        inline=app.flowstone_settings.inline_steps,
-    )
+    published = 0
+    for item in bodies:
+        found = resolve(app, item)
+        if found is None:
+            continue
+        pipeline, message = found
+        published += run_steps(
+            pipeline, message.run_id, message.asset, message.partition,
+            inline=app.flowstone_settings.inline_steps,
+        )
+    return published
 
 
 def run_steps(pipeline: Any, run_id: str, asset: str, partition: str, *, inline: int) -> int:
