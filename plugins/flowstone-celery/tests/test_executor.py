@@ -153,6 +153,39 @@ def test_many_runs_share_messages_but_never_one_runs_steps(settings: CelerySetti
     app.close()
 
 
+def test_a_retried_batch_skips_the_steps_it_already_ran(
+    settings: CelerySettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store fails on the second step of a batch: the task is retried with the whole
+    batch, the first step (already finished) is a duplicate and does not run again."""
+    app = make_app(settings.model_copy(update={"batch_steps": 8, "inline_steps": 0}))
+    pipeline = quickstart()
+    app.add_pipeline(pipeline)
+    runs = pipeline.run_many("numbers", [None] * 3, force=True, wait=False)
+    (body, _, _), = drain(app)
+    assert isinstance(body, list) and len(body) == 3
+    from flowstone.engine.runner import StepRunner
+
+    real = StepRunner.run_step
+    failures = iter([StorageError("database restarting")])
+
+    def flaky(self: StepRunner, run_id: str, *args: Any, **kwargs: Any) -> Any:
+        if run_id == runs[1].run_id and (exc := next(failures, None)) is not None:
+            raise exc
+        return real(self, run_id, *args, **kwargs)
+
+    monkeypatch.setattr(StepRunner, "run_step", flaky)
+    with pytest.raises(StorageError):
+        handle_step(app, body)
+    assert [pipeline.result(r.run_id).status for r in runs] == [
+        "succeeded", "running", "running"]
+    handle_step(app, body)  # Celery's retry delivers the same batch again
+    steps = [pipeline.store.get_step(r.run_id, "numbers", "") for r in runs]
+    assert [(s.state, s.attempt) for s in steps if s] == [("succeeded", 1)] * 3
+    app.close_pipelines()
+    app.close()
+
+
 def test_a_run_with_several_ready_steps_spreads_them_over_messages(
     settings: CelerySettings,
 ) -> None:
