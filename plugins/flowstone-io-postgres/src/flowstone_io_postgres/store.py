@@ -12,6 +12,7 @@ concurrency argument.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -364,13 +365,9 @@ class PostgresRunStore:
         ``schema.table``) are read; the engine loads any other value as usual."""
         tables: dict[str, list[str]] = {}
         for manager, source in (then.prefetch.items() if then is not None else ()):
-            if not source.startswith(PREFETCH_PREFIX):
-                continue
-            try:
-                table = parse_qualified_name(source[len(PREFETCH_PREFIX):]).sql
-            except UsageError:
-                continue
-            tables.setdefault(table, []).append(manager)
+            table = _value_table(source)
+            if table is not None:
+                tables.setdefault(table, []).append(manager)
         return tables
 
     def accepts_staging(self, target: str) -> bool:
@@ -608,3 +605,16 @@ def from_url(url: str) -> PostgresRunStore:
     schema or ``auto_migrate``.
     """
     return PostgresRunStore(url)
+
+
+@functools.lru_cache(maxsize=64)
+def _value_table(source: str) -> str | None:
+    """The quoted table a ``prefetch_source`` names, or None if it is not one of
+    :class:`~flowstone_io_postgres.PostgresIOManager`'s (parsed once per source: every
+    finish with a continuation asks)."""
+    if not source.startswith(PREFETCH_PREFIX):
+        return None
+    try:
+        return parse_qualified_name(source[len(PREFETCH_PREFIX):]).sql
+    except UsageError:
+        return None
