@@ -16,6 +16,7 @@ from celery_it import Cluster, wait_for
 from flowstone.loading import load_pipeline
 from flowstone.records import StepOutcome, StepRecord
 from flowstone.runs import wait_for_run
+from flowstone.testing import ParkedExecutor
 
 pytestmark = pytest.mark.integration
 SPEC = f"{Path(__file__).parent / 'pipelines' / 'newsroom.py'}:pipeline"
@@ -106,7 +107,7 @@ def test_racing_and_duplicated_branch_completions_join_once(load: Any, cluster: 
     """Every branch step delivered twice at once; completions race on Postgres; the join
     becomes ready in exactly one of them and runs once on the workers."""
     pipeline = load()
-    celery_executor, parked = pipeline.executor, _Parked()
+    celery_executor, parked = pipeline.executor, ParkedExecutor()
     pipeline.executor = parked
     try:
         run = pipeline.run("briefing", key("race"), wait=False)
@@ -186,22 +187,3 @@ def test_branch_timeout_is_enforced_by_the_sweeper(load: Any, cluster: Cluster) 
     news = pipeline.store.get_step(result.run_id, "front_pages", city)
     assert news is not None and news.state == "failed"
     assert joins(result.run_id, "briefing") == 1
-
-
-class _Parked:
-    """An executor that keeps what it is handed, so the test delivers steps itself."""
-
-    name, blocking = "parked", False
-
-    def __init__(self) -> None:
-        self.sent: list[StepRecord] = []
-
-    def dispatch(self, pipeline: Any, run_id: str, steps: Any) -> None:
-        self.sent.extend(steps)
-
-    def take(self) -> list[StepRecord]:
-        out, self.sent = self.sent, []
-        return out
-
-    def close(self) -> None:
-        return None

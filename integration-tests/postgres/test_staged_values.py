@@ -24,6 +24,7 @@ import flowstone as fs
 from flowstone.errors import StorageError
 from flowstone.protocols import StorageKey
 from flowstone.records import MaterializationRecord, RunRecord, StepOutcome, StepSpec
+from flowstone.testing import ParkedExecutor
 from flowstone_io_postgres import PostgresIOManager, PostgresRunStore
 
 pytestmark = pytest.mark.integration
@@ -152,21 +153,6 @@ class CountingIO(PostgresIOManager):
         return super().load_many(locations)
 
 
-class Parked:
-    """A non-blocking executor that only keeps what it is handed (like a broker)."""
-
-    name, blocking = "parked", False
-
-    def __init__(self) -> None:
-        self.sent: list[Any] = []
-
-    def dispatch(self, pipeline: Any, run_id: str, steps: Any) -> None:
-        self.sent.extend(steps)
-
-    def close(self) -> None:
-        return None
-
-
 def test_a_continuation_reads_its_inputs_from_the_finish_that_claimed_it(
     migrated_url: str,
 ) -> None:
@@ -193,7 +179,7 @@ def test_a_continuation_reads_its_inputs_from_the_finish_that_claimed_it(
     def joined(blob: bytes, pair: tuple[int, int], count: int) -> dict[str, object]:
         return {"blob": blob.hex(), "pair": pair, "count": count}
 
-    parked = Parked()
+    parked = ParkedExecutor()
     pipeline = fs.Pipeline(
         f"prefetch_{uuid.uuid4().hex[:8]}", [blob, pair, count, joined], store=store,
         io_managers={"default": values, "other": others}, executor=parked,
@@ -247,7 +233,7 @@ def test_values_the_finish_did_not_send_are_loaded(migrated_url: str) -> None:
     def total(left: int, right: int) -> int:
         return left + right
 
-    parked = Parked()
+    parked = ParkedExecutor()
     pipeline = fs.Pipeline(
         f"prefetch_{uuid.uuid4().hex[:8]}", [left, right, total], store=store,
         io_managers={"default": values, "foreign": foreign}, executor=parked,
@@ -284,7 +270,7 @@ def test_racing_branches_join_without_reading_their_values(migrated_url: str) ->
     def total(b1: int, b2: int, b3: int) -> int:
         return 100 * b1 + 10 * b2 + b3
 
-    parked = Parked()
+    parked = ParkedExecutor()
     pipeline = fs.Pipeline(
         f"race_{uuid.uuid4().hex[:8]}", [branch(1), branch(2), branch(3), total], store=store,
         io_managers={"default": values}, executor=parked,

@@ -16,6 +16,7 @@ from flowstone.engine.invoke import bind_arguments
 from flowstone.engine.requests import ScatterRequest
 from flowstone.engine.resume import complete_deferred
 from flowstone.scatter import Deferred
+from flowstone.testing import ParkedExecutor
 
 release = threading.Event()
 
@@ -80,19 +81,7 @@ def test_the_sweeper_enforces_timeouts_without_an_executor(make_pipeline: Pipeli
     def front_page(branches: dict[str, Any]) -> str:
         return repr(branches["maps"])
 
-    class Parked:  # an executor that only records what it was handed, like a broker
-        name, blocking = "parked", False
-
-        def __init__(self) -> None:
-            self.sent: list[Any] = []
-
-        def dispatch(self, pipeline: Any, run_id: str, steps: Any) -> None:
-            self.sent.extend(steps)
-
-        def close(self) -> None:
-            return None
-
-    parked = Parked()
+    parked = ParkedExecutor()  # keeps what it is handed, like a broker
     p = make_pipeline([maps, front_page], executor=parked)
     run = p.run("front_page", wait=False)
     step = parked.sent.pop()

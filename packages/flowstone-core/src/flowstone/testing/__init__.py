@@ -3,6 +3,8 @@ that plugins subclass.
 
 * :func:`materialize` — run one asset with given dependency values through the real engine.
 * :func:`memory_pipeline` — a Pipeline on the memory store and memory IO manager.
+* :class:`ParkedExecutor` — a queue-like executor that keeps the steps it is handed, so a
+  test delivers them itself (``pipeline.runner.run_step``), in the order it wants.
 * ``IOManagerContract`` (:mod:`flowstone.testing.io_contract`), ``RunStoreContract``
   (:mod:`flowstone.testing.store_contract`), ``ItemReaderContract``
   (:mod:`flowstone.testing.reader_contract`) — pytest suites; imported lazily because they
@@ -20,10 +22,12 @@ from flowstone.asset import AssetDef, asset
 from flowstone.errors import UsageError
 from flowstone.partitions import PartitionKey
 from flowstone.pipeline import Pipeline
+from flowstone.records import StepRecord
 
 __all__ = [
     "IOManagerContract",
     "ItemReaderContract",
+    "ParkedExecutor",
     "RunStoreContract",
     "materialize",
     "memory_pipeline",
@@ -40,6 +44,27 @@ def __getattr__(name: str) -> Any:
     if name in _CONTRACTS:
         return getattr(importlib.import_module(_CONTRACTS[name]), name)
     raise AttributeError(f"module 'flowstone.testing' has no attribute {name!r}")
+
+
+class ParkedExecutor:
+    """A non-blocking executor that only keeps what it is handed, like a broker nobody
+    consumes: ``run(..., wait=False)`` returns with the ready steps in :attr:`sent`."""
+
+    name, blocking = "parked", False
+
+    def __init__(self) -> None:
+        self.sent: list[StepRecord] = []
+
+    def dispatch(self, pipeline: Any, run_id: str, steps: Iterable[StepRecord]) -> None:
+        self.sent.extend(steps)
+
+    def take(self) -> list[StepRecord]:
+        """The steps handed over so far (and forget them)."""
+        out, self.sent = self.sent, []
+        return out
+
+    def close(self) -> None:
+        return None
 
 
 def memory_pipeline(name: str, assets: Iterable[AssetDef], **kwargs: Any) -> Pipeline:
