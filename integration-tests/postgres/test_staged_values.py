@@ -303,3 +303,21 @@ def test_racing_branches_join_without_reading_their_values(migrated_url: str) ->
         pipeline.close()
         values.close()
         store.close()
+
+
+def test_prefetch_reads_only_tables_it_can(migrated_url: str) -> None:
+    """No prefetch source before this process knows the table exists, and the store's
+    ``read_values`` reads nothing from a table that is not there (never an error)."""
+    fresh = PostgresIOManager(migrated_url, table=f"flowstone.values_{uuid.uuid4().hex[:8]}")
+    try:
+        assert fresh.prefetch_source is None
+        fresh.exists("postgres:" + "0" * 32)  # first use creates the table
+        assert fresh.prefetch_source == f"flowstone-io-postgres:{fresh.table}"
+    finally:
+        fresh.close()
+    rows = asyncio.run(_fetch(
+        migrated_url,
+        "SELECT * FROM flowstone.read_values(to_regclass('flowstone.no_such_values'), $1)",
+        ["postgres:" + "0" * 32],
+    ))
+    assert rows == []

@@ -202,6 +202,24 @@ def test_a_run_with_several_ready_steps_spreads_them_over_messages(
     app.close()
 
 
+def test_batching_can_be_turned_off_and_delayed_steps_go_alone(
+    settings: CelerySettings,
+) -> None:
+    app = make_app(settings.model_copy(update={"batch_steps": 1}))
+    later = datetime.now(UTC) + timedelta(seconds=30)
+    runs = [(f"run{i}", [StepRecord(f"run{i}", "a", "", "ready", 0)]) for i in range(3)]
+    runs.append(("run9", [StepRecord("run9", "a", "", "ready", 0, not_before=later)]))
+    pipeline = quickstart()
+    app.executor.dispatch_many(pipeline, runs)
+    pipeline.close()
+    published = drain(app)
+    assert sorted(body["run_id"] for body, _, _ in published) == ["run0", "run1", "run2",
+                                                                  "run9"]  # one step each
+    (delayed,) = [headers for body, headers, _ in published if body["run_id"] == "run9"]
+    assert delayed["eta"] is not None  # sent with its countdown, not in a batch
+    app.close()
+
+
 def test_bad_batches_are_dropped_and_good_items_still_run(
     app: FlowstoneCelery, caplog: pytest.LogCaptureFixture
 ) -> None:
