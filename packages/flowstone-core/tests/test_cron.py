@@ -55,6 +55,47 @@ class TestParse:
         assert CronExpression.parse("0 0 * * 5-7").weekdays == (0, 5, 6)
 
     @pytest.mark.parametrize(
+        ("text", "weekdays"),
+        [
+            ("1/2", (1, 3, 5)),  # Mon/Wed/Fri, no Sunday from the 7 alias
+            ("MON/2", (1, 3, 5)),
+            ("5/2", (5,)),
+            ("6/1", (6,)),
+            ("*/2", (0, 2, 4, 6)),
+            ("*/1", (0, 1, 2, 3, 4, 5, 6)),
+            ("5-7/2", (0, 5)),  # a written 7 is still Sunday
+        ],
+    )
+    def test_weekday_steps_never_reach_the_sunday_alias(
+        self, text: str, weekdays: tuple[int, ...]
+    ) -> None:
+        expr = CronExpression.parse(f"0 0 * * {text}")
+        assert expr.weekdays == weekdays
+        # a week of daily ticks from Monday 2024-01-01: only the listed weekdays fire
+        fired = {
+            (t.weekday() + 1) % 7
+            for t in expr.ticks_between(utc(2023, 12, 31, 1), utc(2024, 1, 7, 1), UTC_ZONE)
+        }
+        assert fired == set(weekdays)
+
+    @pytest.mark.parametrize(
+        ("text", "field"),
+        [
+            ("\u00b2 * * * *", "minute"),
+            ("* 1\u00b3 * * *", "hour"),
+            ("*/\u00b2 * * * *", "minute"),
+            ("* * * * 1-\u2075", "day-of-week"),
+            ("* * \u0661 * *", "day-of-month"),  # Arabic-Indic one: int() accepts, cron does not
+        ],
+    )
+    def test_non_ascii_digits_are_a_usage_error_naming_the_field(
+        self, text: str, field: str
+    ) -> None:
+        with pytest.raises(UsageError, match=field) as info:
+            CronExpression.parse(text)
+        assert "is not a number" in str(info.value) or "invalid step" in str(info.value)
+
+    @pytest.mark.parametrize(
         ("macro", "equivalent"),
         [
             ("@yearly", "0 0 1 1 *"),

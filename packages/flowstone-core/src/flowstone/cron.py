@@ -3,7 +3,9 @@
 Five fields, ``minute hour day-of-month month day-of-week``, each a comma list of ``*``,
 ``N``, ``A-B``, ``*/S``, ``A-B/S`` or ``A/S`` (``A`` to the field's maximum, every ``S``).
 Months accept ``JAN``-``DEC``, weekdays ``SUN``-``SAT`` (case-insensitive); Sunday is 0 or
-7. As in Vixie cron, when *both* day-of-month and day-of-week are restricted (neither field
+7, but a step never reaches the 7 alias on its own: ``1/2`` and ``*/2`` stop at Saturday
+(``1/2`` is Mon/Wed/Fri, as cron and Quartz read it), only a written ``7`` or ``A-7`` adds it.
+As in Vixie cron, when *both* day-of-month and day-of-week are restricted (neither field
 starts with ``*``) a day matches if *either* matches; otherwise both must match. Macros:
 ``@yearly``/``@annually``, ``@monthly``, ``@weekly``, ``@daily``/``@midnight``, ``@hourly``.
 
@@ -65,14 +67,17 @@ class _Field:
     high: int
     names: dict[str, int]
     hint: str
+    # Where ``*`` and ``A/S`` stop: day-of-week accepts 7 (Sunday) when written, but an
+    # implied end stops at 6, so ``1/2`` is Mon/Wed/Fri as cron and Quartz read it.
+    implied_high: int
 
 
 _FIELDS = (
-    _Field("minute", 0, 59, {}, "0-59"),
-    _Field("hour", 0, 23, {}, "0-23"),
-    _Field("day-of-month", 1, 31, {}, "1-31"),
-    _Field("month", 1, 12, _MONTH_NAMES, "1-12 or JAN-DEC"),
-    _Field("day-of-week", 0, 7, _DAY_NAMES, "0-7 (0 and 7 are Sunday) or SUN-SAT"),
+    _Field("minute", 0, 59, {}, "0-59", 59),
+    _Field("hour", 0, 23, {}, "0-23", 23),
+    _Field("day-of-month", 1, 31, {}, "1-31", 31),
+    _Field("month", 1, 12, _MONTH_NAMES, "1-12 or JAN-DEC", 12),
+    _Field("day-of-week", 0, 7, _DAY_NAMES, "0-7 (0 and 7 are Sunday) or SUN-SAT", 6),
 )
 
 
@@ -274,11 +279,11 @@ def _parse_token(text: str, spec: _Field, token: str) -> range:
     base, slash, step_text = token.partition("/")
     step = 1
     if slash:
-        if not step_text.isdigit() or int(step_text) < 1:
+        if not _is_number(step_text) or int(step_text) < 1:
             raise bad("has an invalid step (use a positive number after '/')")
         step = int(step_text)
     if base == "*":
-        low, high = spec.low, spec.high
+        low, high = spec.low, spec.implied_high
     elif "-" in base:
         first, _, last = base.partition("-")
         low, high = _value(first, spec, bad), _value(last, spec, bad)
@@ -286,9 +291,9 @@ def _parse_token(text: str, spec: _Field, token: str) -> range:
             raise bad("is a reversed range; write ranges low-high (split a wrap-around with ',')")
     else:
         low = _value(base, spec, bad)
-        high = spec.high if slash else low
-    if step > spec.high - spec.low + 1:
-        raise bad(f"has a step larger than the field ({spec.high - spec.low + 1} values)")
+        high = max(low, spec.implied_high) if slash else low
+    if step > spec.implied_high - spec.low + 1:
+        raise bad(f"has a step larger than the field ({spec.implied_high - spec.low + 1} values)")
     return range(low, high + 1, step)
 
 
@@ -296,12 +301,17 @@ def _value(text: str, spec: _Field, bad: Callable[[str], UsageError]) -> int:
     key = text.upper()
     if key in spec.names:
         return spec.names[key]
-    if not text.isdigit():
+    if not _is_number(text):
         raise bad("is not a number" + (" or a name" if spec.names else ""))
     number = int(text)
     if not spec.low <= number <= spec.high:
         raise bad("is out of range")
     return number
+
+
+def _is_number(text: str) -> bool:
+    # str.isdigit() also accepts digits int() rejects (superscripts such as '²'): ASCII only.
+    return text.isascii() and text.isdigit()
 
 
 def _max_days(month: int) -> int:
