@@ -152,6 +152,9 @@ def test_jsonl_malformed_line_names_file_line_and_json_error(tmp_path: Path) -> 
     reader = readers.JsonLines(path)
     reader.init({})
     assert reader.read(1) == [{"ok": 1}]
+    # The good part of the page comes back; the reader stops at the last good record.
+    assert reader.read(10) == [{"ok": 2}]
+    assert reader.checkpoint() == {"offset": len('{"ok": 1}\n{"ok": 2}\n'), "line": 2}
     with pytest.raises(StorageError) as caught:
         reader.read(10)
     message = str(caught.value)
@@ -159,9 +162,35 @@ def test_jsonl_malformed_line_names_file_line_and_json_error(tmp_path: Path) -> 
     assert "line 3" in message
     assert "Expecting value" in message
     assert isinstance(caught.value.__cause__, json.JSONDecodeError)
-    # The failed page is not half-consumed: item 2 is still next.
-    assert reader.checkpoint() == {"offset": len('{"ok": 1}\n'), "line": 1}
-    assert reader.read(1) == [{"ok": 2}]
+    # Nothing is skipped: the bad line is still next, and fails again.
+    assert reader.checkpoint() == {"offset": len('{"ok": 1}\n{"ok": 2}\n'), "line": 2}
+    with pytest.raises(StorageError, match="line 3"):
+        reader.read(1)
+    reader.close()
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "cause", "fragment"),
+    [
+        ("1" * 5000, ValueError, "ValueError"),  # beyond int()'s default digit limit
+        ("[" * 200_000 + "]" * 200_000, RecursionError, "nested too deeply"),
+    ],
+)
+def test_jsonl_any_per_record_error_names_the_line_and_keeps_the_position(
+    tmp_path: Path, bad_line: str, cause: type[BaseException], fragment: str
+) -> None:
+    path = tmp_path / "odd.jsonl"
+    path.write_text(f'{{"ok": 1}}\n{{"ok": 2}}\n{bad_line}\n{{"ok": 4}}\n', encoding="utf-8")
+    good_end = {"offset": len('{"ok": 1}\n{"ok": 2}\n'), "line": 2}
+    reader = readers.JsonLines(path)
+    reader.init({})
+    assert reader.read(10) == [{"ok": 1}, {"ok": 2}]
+    assert reader.checkpoint() == good_end
+    for _ in range(2):  # the bad record is never stepped over
+        with pytest.raises(StorageError, match=rf"odd\.jsonl, line 3: .*{fragment}") as caught:
+            reader.read(10)
+        assert isinstance(caught.value.__cause__, cause)
+        assert reader.checkpoint() == good_end
     reader.close()
 
 
@@ -242,17 +271,8 @@ def test_utf8_bom_is_not_part_of_the_first_item(tmp_path: Path) -> None:
 # --- Csv ---------------------------------------------------------------------------
 
 
-def test_csv_embedded_newlines_quotes_and_unicode_survive_every_resume(tmp_path: Path) -> None:
-    path = tmp_path / "tricky.csv"
-    path.write_bytes(
-        'name,note\r\n"Zoë","said ""hi"",\r\nthen left"\r\n\r\nplain,"multi\n\nline"\r\n'
-        "日本,✓\r\n".encode()
-    )
-    expected = [
-        {"name": "Zoë", "note": 'said "hi",\r\nthen left'},
-        {"name": "plain", "note": "multi\n\nline"},
-        {"name": "日本", "note": "✓"},
-    ]
+def assert_every_checkpoint_resumes(path: Path, expected: list[dict[str, str]]) -> None:
+    """A checkpoint after any number of rows, through JSON, resumes a fresh reader exactly."""
     for split in range(len(expected) + 1):
         first = readers.Csv(path)
         first.init({})
@@ -264,6 +284,61 @@ def test_csv_embedded_newlines_quotes_and_unicode_survive_every_resume(tmp_path:
         second.restore(checkpoint)
         assert head + read_all(second, 1) == expected
         second.close()
+
+
+def test_csv_embedded_newlines_quotes_and_unicode_survive_every_resume(tmp_path: Path) -> None:
+    path = tmp_path / "tricky.csv"
+    path.write_bytes(
+        'name,note\r\n"Zoë","said ""hi"",\r\nthen left"\r\n\r\nplain,"multi\n\nline"\r\n'
+        "日本,✓\r\n".encode()
+    )
+    expected = [
+        {"name": "Zoë", "note": 'said "hi",\r\nthen left'},
+        {"name": "plain", "note": "multi\n\nline"},
+        {"name": "日本", "note": "✓"},
+    ]
+    assert_every_checkpoint_resumes(path, expected)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"a,b\r1,2\r3,4\r",  # classic Mac / Excel "CSV (Macintosh)"
+        b"a,b\r\n1,2\n3,4\r5,6",  # mixed endings, no final newline
+        b'a,b\r1,"x\ry"\r\n2,"p\r\nq"\r',  # bare CR inside a quoted field
+        b"\xef\xbb\xbfa,b\n\xef\xbb\xbf1,2\n",  # only the file's first BOM is dropped
+        b"a,b\r\r\n\r1,2\n\n",  # empty lines of every kind
+    ],
+)
+def test_csv_reads_like_csv_reader_over_a_file_opened_with_newline_empty(
+    tmp_path: Path, raw: bytes
+) -> None:
+    path = tmp_path / "endings.csv"
+    path.write_bytes(raw)
+    with path.open(newline="", encoding="utf-8-sig") as file:
+        header, *rows = [row for row in csv.reader(file) if row]
+    expected = [dict(zip(header, row, strict=True)) for row in rows]
+    for page_size in (1, 2, 10):
+        reader = readers.Csv(path)
+        reader.init({})
+        assert read_all(reader, page_size) == expected
+        reader.close()
+    assert_every_checkpoint_resumes(path, expected)
+
+
+def test_csv_bad_record_keeps_the_good_part_of_the_page_and_the_position(tmp_path: Path) -> None:
+    path = tmp_path / "ragged.csv"
+    path.write_bytes(b"a,b\r1,2\r3,4\r5,6,7\r8,9\r")
+    reader = readers.Csv(path)
+    reader.init({})
+    assert reader.read(10) == [{"a": "1", "b": "2"}, {"a": "3", "b": "4"}]
+    good_end = {"offset": len(b"a,b\r1,2\r3,4\r"), "line": 3}
+    assert reader.checkpoint() == good_end
+    for _ in range(2):
+        with pytest.raises(StorageError, match=r"ragged\.csv, line 4: 3 fields but 2 columns"):
+            reader.read(10)
+        assert reader.checkpoint() == good_end
+    reader.close()
 
 
 def test_csv_explicit_fieldnames_treat_the_first_row_as_data(tmp_path: Path) -> None:

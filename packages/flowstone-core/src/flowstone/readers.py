@@ -14,18 +14,30 @@ copy is always a fresh, un-initialised reader with the same configuration.
 File readers track the byte offset of the last item they returned, so a checkpoint is a
 small ``{"offset": ..., "line": ...}`` dict and ``restore`` is a single seek. Files must use
 an ASCII-compatible encoding (UTF-8, Latin-1, cp1252...), in which a newline is one byte.
+A UTF-8 byte-order mark is dropped at the start of the file only.
+
+A record that cannot be read (undecodable bytes, malformed JSON or CSV, an integer too long
+for ``int``, nesting too deep to parse...) raises :class:`~flowstone.errors.StorageError`
+naming the file and the line, and the reader stays at the last good record: ``read``
+returns the good records of the page before it, and the next ``read`` raises. The
+checkpoint always matches the position, so nothing is skipped silently.
 """
 
 from __future__ import annotations
 
-import codecs
 import collections.abc as cabc
 import csv
 import itertools
 import json
 import os
-from typing import IO, Any, TypeAlias
+from typing import Any, TypeAlias
 
+from flowstone._internal.file_reading import (
+    FileReader,
+    check_page_size,
+    checkpoint_int,
+    universal_lines,
+)
 from flowstone.errors import StorageError, UsageError
 
 __all__ = ["Csv", "Iterable", "JsonLines", "PathSource"]
@@ -38,21 +50,6 @@ PathSource: TypeAlias = (
 _ItemsSource: TypeAlias = (
     cabc.Iterable[Any] | cabc.Callable[[cabc.Mapping[str, Any]], cabc.Iterable[Any]]
 )
-
-
-def _check_page_size(max_items: int) -> None:
-    if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
-        raise UsageError(f"read(max_items={max_items!r}): max_items must be an int >= 1.")
-
-
-def _checkpoint_int(checkpoint: cabc.Mapping[str, Any], key: str, reader: str) -> int:
-    value = checkpoint.get(key) if isinstance(checkpoint, cabc.Mapping) else None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise UsageError(
-            f"{reader}.restore({checkpoint!r}): expected a checkpoint with a non-negative "
-            f"integer {key!r}. Fix: pass a dict returned by {reader}.checkpoint()."
-        )
-    return value
 
 
 class Iterable:
@@ -133,7 +130,7 @@ class Iterable:
 
     def read(self, max_items: int) -> list[Any]:
         """Return up to ``max_items`` next items; an empty list once exhausted."""
-        _check_page_size(max_items)
+        check_page_size(max_items)
         page = list(itertools.islice(self._open_iterator(), max_items))
         self._consumed += len(page)
         return page
@@ -150,7 +147,7 @@ class Iterable:
 
     def restore(self, checkpoint: cabc.Mapping[str, Any]) -> None:
         """Continue right after the ``consumed`` items recorded in ``checkpoint``."""
-        target = _checkpoint_int(checkpoint, "consumed", "readers.Iterable")
+        target = checkpoint_int(checkpoint, "consumed", "readers.Iterable")
         iterator = self._open_iterator()
         if target < self._consumed:
             iterator = self._iterator = self._start()
@@ -164,114 +161,7 @@ class Iterable:
         self._deps = None
 
 
-class _FileReader:
-    """Shared machinery of the line-oriented file readers: path, offsets, decoding."""
-
-    __slots__ = ("_encoding", "_file", "_file_name", "_line", "_offset", "_path")
-
-    _kind = "file"
-
-    def __init__(self, path: PathSource, encoding: str) -> None:
-        if not callable(path) and not isinstance(path, str | os.PathLike):
-            raise UsageError(
-                f"readers.{self._kind}(path={path!r}): path must be a str, an os.PathLike, "
-                "or a callable taking the dependency values and returning one."
-            )
-        try:
-            codec = codecs.lookup(encoding)
-        except LookupError as exc:
-            raise UsageError(
-                f"readers.{self._kind}: unknown encoding {encoding!r}. Fix: use a codec name "
-                "such as 'utf-8' or 'latin-1'."
-            ) from exc
-        utf8 = codec.name in ("utf-8", "utf-8-sig")
-        if not utf8 and "\n".encode(codec.name) != b"\n":
-            raise UsageError(
-                f"readers.{self._kind}: encoding {encoding!r} is not ASCII-compatible, so byte "
-                "offsets cannot be checkpointed. Fix: convert the file to UTF-8."
-            )
-        self._path = path
-        # Read a UTF-8 byte-order mark at the start of the file as a BOM, not as data.
-        self._encoding = "utf-8-sig" if utf8 else codec.name
-        self._file: IO[bytes] | None = None
-        self._file_name = ""
-        self._offset = 0
-        self._line = 0
-
-    def __repr__(self) -> str:
-        return f"readers.{self._kind}({self._path!r})"
-
-    def init(self, deps: cabc.Mapping[str, Any]) -> None:
-        """Open the file (resolving a path callable with ``deps``) at its beginning."""
-        self.close()
-        path = self._path(deps) if callable(self._path) else self._path
-        if not isinstance(path, str | os.PathLike):
-            raise UsageError(
-                f"readers.{self._kind}: the path callable {self._path!r} returned {path!r}. "
-                "Fix: return a str or os.PathLike."
-            )
-        self._file_name = os.fsdecode(path)
-        try:
-            self._file = open(path, "rb")  # noqa: SIM115 - kept open across pages; close()
-        except OSError as exc:
-            raise StorageError(
-                f"readers.{self._kind} cannot open {self._file_name!r}: {exc.strerror or exc}. "
-                "Fix: check the path and that the file exists and is readable."
-            ) from exc
-        self._offset = 0
-        self._line = 0
-
-    def _require_file(self) -> IO[bytes]:
-        if self._file is None:
-            raise UsageError(
-                f"readers.{self._kind} is not initialised (or already closed). "
-                "Fix: call init(deps) first."
-            )
-        return self._file
-
-    def _decode(self, raw: bytes, line: int) -> str:
-        try:
-            return raw.decode(self._encoding)
-        except UnicodeDecodeError as exc:
-            raise self._data_error(
-                line,
-                f"cannot decode as {self._encoding}: {exc.reason}",
-                "set encoding= to the file's encoding",
-            ) from exc
-
-    def _data_error(self, line: int, problem: str, fix: str) -> StorageError:
-        return StorageError(f"{self._file_name}, line {line}: {problem}. Fix: {fix}.")
-
-    def count(self) -> int | None:
-        """Always None: counting would mean reading the whole file."""
-        self._require_file()
-        return None
-
-    def checkpoint(self) -> dict[str, Any]:
-        """``{"offset": bytes, "line": n}`` just after the last item returned."""
-        self._require_file()
-        return {"offset": self._offset, "line": self._line}
-
-    def restore(self, checkpoint: cabc.Mapping[str, Any]) -> None:
-        """Seek to a position recorded by :meth:`checkpoint`."""
-        self._require_file()
-        offset = _checkpoint_int(checkpoint, "offset", f"readers.{self._kind}")
-        line = _checkpoint_int(checkpoint, "line", f"readers.{self._kind}")
-        self._seek(offset, line)
-
-    def _seek(self, offset: int, line: int) -> None:
-        self._require_file().seek(offset)
-        self._offset = offset
-        self._line = line
-
-    def close(self) -> None:
-        """Close the file. Idempotent."""
-        if self._file is not None:
-            file, self._file = self._file, None
-            file.close()
-
-
-class JsonLines(_FileReader):
+class JsonLines(FileReader):
     """One JSON value per line of a file (JSON Lines / NDJSON).
 
     Args:
@@ -279,9 +169,10 @@ class JsonLines(_FileReader):
         encoding: the file's (ASCII-compatible) encoding; a UTF-8 BOM is ignored.
         skip_blank: skip empty and whitespace-only lines; if False they are errors.
 
-    A malformed line raises :class:`~flowstone.errors.StorageError` naming the file, the
-    line number and the JSON error; the reader's position is then left at the start of the
-    page, so nothing is skipped silently. See the module docstring for reuse and copies.
+    Lines end in ``\n`` (or ``\r\n``). A malformed line raises
+    :class:`~flowstone.errors.StorageError` naming the file, the line number and the JSON
+    error, and the reader stays at the last good line (see the module docstring, also for
+    reuse and copies).
 
     Example::
 
@@ -303,7 +194,7 @@ class JsonLines(_FileReader):
 
     def read(self, max_items: int) -> list[Any]:
         """Return up to ``max_items`` decoded lines; an empty list at the end of the file."""
-        _check_page_size(max_items)
+        check_page_size(max_items)
         file = self._require_file()
         offset, line = self._offset, self._line
         page: list[Any] = []
@@ -312,32 +203,40 @@ class JsonLines(_FileReader):
                 raw = file.readline()
                 if not raw:
                     break
-                line += 1
-                offset += len(raw)
-                text = self._decode(raw, line)
-                if not text.strip():
-                    if self._skip_blank:
-                        continue
+                text = self._decode(raw, offset, line + 1)
+                if not text.strip() and not self._skip_blank:
                     raise self._data_error(
-                        line, "blank line", "remove it, or create the reader with skip_blank=True"
+                        line + 1,
+                        "blank line",
+                        "remove it, or create the reader with skip_blank=True",
                     )
-                try:
-                    page.append(json.loads(text))
-                except json.JSONDecodeError as exc:
-                    raise self._data_error(
-                        line,
-                        f"malformed JSON: {exc.msg} (column {exc.colno})",
-                        "make every line one complete JSON value",
-                    ) from exc
+                if text.strip():
+                    page.append(self._parse(text, line + 1))
+                offset, line = offset + len(raw), line + 1
         except StorageError:
-            # Leave the position at the page start: the failed page is not half-consumed.
-            self._seek(self._offset, self._line)
+            # Stay at the last good record: hand back the good part of the page, and let
+            # the next read raise (it starts at the bad record).
+            self._seek(offset, line)
+            if page:
+                return page
             raise
         self._offset, self._line = offset, line
         return page
 
+    def _parse(self, text: str, line: int) -> Any:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise self._data_error(
+                line,
+                f"malformed JSON: {exc.msg} (column {exc.colno})",
+                "make every line one complete JSON value",
+            ) from exc
+        except Exception as exc:  # e.g. ValueError (int too long), RecursionError
+            raise self._record_error(line, exc, "JSON value") from exc
 
-class Csv(_FileReader):
+
+class Csv(FileReader):
     """Rows of a CSV file as dicts keyed by column name.
 
     Args:
@@ -424,10 +323,10 @@ class Csv(_FileReader):
         self._offset, self._line = self._scan_offset, self._scan_line
 
     def _lines(self) -> cabc.Iterator[str]:
-        file = self._require_file()
-        while raw := file.readline():
+        # As csv.reader over a file opened with newline='': \r, \n and \r\n all end a line.
+        for raw in universal_lines(self._require_file()):
+            text = self._decode(raw, self._scan_offset, self._scan_line + 1)
             self._scan_line += 1
-            text = self._decode(raw, self._scan_line)
             self._scan_offset += len(raw)
             yield text
         self._eof = True
@@ -446,12 +345,16 @@ class Csv(_FileReader):
             self._eof = False
             try:
                 row = next(self._rows, None)
+            except StorageError:
+                raise
             except csv.Error as exc:
                 raise self._data_error(
                     start + 1,
                     f"invalid CSV: {exc}",
                     "fix the record or choose the matching dialect=",
                 ) from exc
+            except Exception as exc:  # e.g. ValueError (int too long), RecursionError
+                raise self._record_error(start + 1, exc, "CSV record") from exc
             if row is not None and self._eof:
                 raise self._data_error(
                     start + 1,
@@ -463,9 +366,10 @@ class Csv(_FileReader):
 
     def read(self, max_items: int) -> list[Any]:
         """Return up to ``max_items`` rows as dicts; an empty list at the end of the file."""
-        _check_page_size(max_items)
+        check_page_size(max_items)
         self._require_file()
         page: list[dict[str, str | None]] = []
+        good = (self._offset, self._line)
         try:
             while len(page) < max_items:
                 start = self._scan_line
@@ -481,9 +385,13 @@ class Csv(_FileReader):
                 values: list[str | None] = list(row)
                 values += [None] * (len(self._header) - len(row))
                 page.append(dict(zip(self._header, values, strict=True)))
+                good = (self._scan_offset, self._scan_line)
         except (StorageError, UsageError):
-            # Leave the position at the page start: the failed page is not half-consumed.
-            self._seek(self._offset, self._line)
+            # Stay at the last good record: hand back the good part of the page, and let
+            # the next read raise (it starts at the bad record).
+            self._seek(*good)
+            if page:
+                return page
             raise
         self._offset, self._line = self._scan_offset, self._scan_line
         return page
