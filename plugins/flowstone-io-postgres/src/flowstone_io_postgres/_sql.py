@@ -16,15 +16,16 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import asyncpg
 
 if TYPE_CHECKING:
-    from flowstone_io_postgres._runtime import Connections
+    from flowstone_io_postgres._runtime import AsyncRuntime, Connections
 
-from flowstone.errors import StorageError, UsageError
+from flowstone.errors import FlowStoneError, StorageError, UsageError
 
 __all__ = [
     "PARAM",
     "Db",
     "Sql",
     "Stmt",
+    "call",
     "compile_named",
     "dump_json",
     "is_db_error",
@@ -159,6 +160,28 @@ def storage_error(exc: BaseException, *, action: str, where: str) -> StorageErro
     """A StorageError naming the action and the (password-masked) database."""
     detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
     return StorageError(f"{action} failed on PostgreSQL at {where}: {detail}")
+
+
+def call(
+    runtime: AsyncRuntime, work: Callable[[Connections], Awaitable[T]], *, action: str,
+    where: str,
+) -> T:
+    """Run ``work`` on ``runtime``; a database failure becomes a StorageError naming
+    ``action`` and ``where`` (the masked database). FlowStone errors and programming errors
+    pass through unchanged. The store, the IO manager and the reader all call through this.
+    """
+    try:
+        return runtime.run(work)
+    except FlowStoneError:
+        raise
+    except Exception as exc:
+        if sqlstate(exc) == "23505":
+            raise StorageError(
+                f"{action}: a record with the same key already exists ({exc})"
+            ) from exc
+        if is_db_error(exc):
+            raise storage_error(exc, action=action, where=where) from exc
+        raise
 
 
 async def run_tx(

@@ -5,7 +5,9 @@ Registered through the ``flowstone.cli`` entry point::
     flowstone db upgrade [--database-url URL] [--schema NAME]
     flowstone db current [--database-url URL] [--schema NAME]
 
-The URL defaults to ``FLOWSTONE_DATABASE_URL``.
+The URL defaults to ``FLOWSTONE_DATABASE_URL``. Installed plugins that keep tables in the
+schema (:class:`~flowstone_io_postgres.migrate.MigrationSet`, e.g. flowstone-scatter) are
+upgraded with it and listed, one line each.
 """
 
 from __future__ import annotations
@@ -74,27 +76,39 @@ def _run(args: argparse.Namespace, work: Work) -> tuple[int, str]:
         return 1, ""
 
 
+async def _plugin_lines(conn: asyncpg.Connection, schema: str) -> str:
+    """One line per installed plugin's tables: ``  flowstone-scatter: revision X (head)``."""
+    lines = []
+    for extra in migrate.installed_sets():
+        revision = str(await migrate.current_revision(conn, schema, extra) or "none")
+        suffix = " (head)" if revision == extra.head else f" (head is {extra.head})"
+        lines.append(f"\n  {extra.name}: revision {revision}{suffix}")
+    return "".join(lines)
+
+
 def _upgrade(args: argparse.Namespace) -> int:
     async def work(url: URL, conn: asyncpg.Connection, schema: str) -> str:
         await migrate.upgrade(url, schema)
-        return str(await migrate.current_revision(conn, schema))
+        revision = await migrate.current_revision(conn, schema)
+        return f"{revision} (head){await _plugin_lines(conn, schema)}"
 
     code, revision = _run(args, work)
     if code == 0:
-        print(f"schema {args.schema!r} is at revision {revision} (head)")
+        print(f"schema {args.schema!r} is at revision {revision}")
     return code
 
 
 def _current(args: argparse.Namespace) -> int:
     async def work(_url: URL, conn: asyncpg.Connection, schema: str) -> str:
-        return str(await migrate.current_revision(conn, schema) or "none")
-
-    code, revision = _run(args, work)
-    if code == 0:
+        revision = str(await migrate.current_revision(conn, schema) or "none")
         suffix = (
             " (head)"
             if revision == migrate.HEAD_REVISION
             else (f" (head is {migrate.HEAD_REVISION}; run `flowstone db upgrade`)")
         )
-        print(f"schema {args.schema!r}: revision {revision}{suffix}")
+        return f"{revision}{suffix}{await _plugin_lines(conn, schema)}"
+
+    code, revision = _run(args, work)
+    if code == 0:
+        print(f"schema {args.schema!r}: revision {revision}")
     return code

@@ -28,11 +28,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from flowstone.codec import EncodedValue, decode_from_storage, encode_for_storage
-from flowstone.errors import FlowStoneError, StorageError, ValueNotFoundError
+from flowstone.errors import StorageError, ValueNotFoundError
 from flowstone.protocols import StorageKey
 from flowstone.records import StagedValue
 from flowstone_io_postgres._runtime import AsyncRuntime, Connections, PoolOptions
-from flowstone_io_postgres._sql import compile_named, is_db_error, storage_error
+from flowstone_io_postgres._sql import call, compile_named
 from flowstone_io_postgres._values_table import PREFETCH_PREFIX, asset_values_ddl
 from flowstone_io_postgres.identifiers import parse_qualified_name
 from flowstone_io_postgres.urls import database_identity, resolve_url, safe_url
@@ -140,14 +140,7 @@ class PostgresIOManager:
             self._ready = True
 
     def _call(self, work: Any, *, action: str) -> Any:
-        try:
-            return self._runtime.run(work)
-        except FlowStoneError:
-            raise
-        except Exception as exc:
-            if is_db_error(exc):
-                raise storage_error(exc, action=action, where=self._where) from exc
-            raise
+        return call(self._runtime, work, action=action, where=self._where)
 
     def _execute(self, statement: Any, params: dict[str, Any], *, action: str) -> list[Any]:
         self._ensure_table()
@@ -296,7 +289,7 @@ class PostgresIOManager:
         self._execute(self._delete, {"loc": self._check(location)}, action="deleting a value")
 
     def close(self) -> None:
-        """Close connections and stop the manager's loop thread (a later call reopens)."""
+        """Close the manager's connections and its event loop (a later call reopens them)."""
         self._runtime.close()
 
 

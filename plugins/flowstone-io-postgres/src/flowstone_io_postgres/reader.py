@@ -18,9 +18,9 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from flowstone.errors import FlowStoneError, UsageError
+from flowstone.errors import UsageError
 from flowstone_io_postgres._runtime import AsyncRuntime, Connections, PoolOptions
-from flowstone_io_postgres._sql import Stmt, compile_named, is_db_error, storage_error
+from flowstone_io_postgres._sql import Stmt, call, compile_named
 from flowstone_io_postgres.identifiers import parse_qualified_name, quote_ident
 from flowstone_io_postgres.urls import resolve_url, safe_url
 
@@ -130,16 +130,7 @@ class PostgresItemReader:
         async def work(db: Connections) -> list[Any]:
             return await db.fetch(statement.sql, *args)
 
-        try:
-            return self._runtime.run(work)
-        except FlowStoneError:
-            raise
-        except Exception as exc:
-            if is_db_error(exc):
-                raise storage_error(
-                    exc, action="reading scatter items", where=self._where
-                ) from exc
-            raise
+        return call(self._runtime, work, action="reading scatter items", where=self._where)
 
     # --- ItemReader --------------------------------------------------------------------
     def init(self, deps: Mapping[str, Any]) -> None:

@@ -1,13 +1,13 @@
 """PostgresRunStore: the durable :class:`~flowstone.protocols.RunStore` on PostgreSQL.
 
-Built on asyncpg (prepared statements, a small connection set), run on a private event loop thread
-(:mod:`flowstone_io_postgres._runtime`) so the synchronous protocol can be called from any
-thread and from forked Celery workers. Every hot-path call is one statement in autocommit
-mode: one round trip. ``finish_step`` is a server-side function (migration 0002) doing its
-whole transaction in that one statement; the cold multi-statement calls (``cancel_run``,
-``reopen_run``) run in one READ COMMITTED transaction. Both are retried if PostgreSQL
-chooses them as a deadlock victim. See :mod:`flowstone_io_postgres._scheduling` for the
-concurrency argument.
+Built on asyncpg (prepared statements, a small connection set), run on a private event loop
+that the calling threads run themselves (:mod:`flowstone_io_postgres._runtime`), so the
+synchronous protocol can be called from any thread and from forked Celery workers. Every
+hot-path call is one statement in autocommit mode: one round trip. ``finish_step`` is a
+server-side function (migration 0002) doing its whole transaction in that one statement; the
+cold multi-statement calls (``cancel_run``, ``reopen_run``) run in one READ COMMITTED
+transaction. Both are retried if PostgreSQL chooses them as a deadlock victim. See
+:mod:`flowstone_io_postgres._scheduling` for the concurrency argument.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar
 import asyncpg
 from sqlalchemy.engine import URL
 
-from flowstone.errors import FlowStoneError, RunNotFoundError, StorageError, UsageError
+from flowstone.errors import RunNotFoundError, StorageError, UsageError
 from flowstone.records import (
     Approval,
     AuditEntry,
@@ -59,10 +59,9 @@ from flowstone_io_postgres._sql import (
     TX_ATTEMPTS,
     Db,
     Sql,
-    is_db_error,
+    call,
     run_tx,
     sqlstate,
-    storage_error,
 )
 from flowstone_io_postgres._values_table import PREFETCH_PREFIX
 from flowstone_io_postgres.identifiers import parse_qualified_name, quote_ident, validate_ident
@@ -153,18 +152,7 @@ class PostgresRunStore:
             self._checked = True
 
     def _bridge(self, work: Callable[[Connections], Awaitable[T]], *, action: str) -> T:
-        try:
-            return self._runtime.run(work)
-        except FlowStoneError:
-            raise
-        except Exception as exc:
-            if sqlstate(exc) == "23505":
-                raise StorageError(
-                    f"{action}: a record with the same key already exists ({exc})"
-                ) from exc
-            if is_db_error(exc):
-                raise storage_error(exc, action=action, where=self._where) from exc
-            raise
+        return call(self._runtime, work, action=action, where=self._where)
 
     def _auto(self, action: str, work: Work[T]) -> T:
         """Statements in autocommit mode (one round trip each), retried if a deadlock victim."""
@@ -206,7 +194,7 @@ class PostgresRunStore:
         self._rows("ping", "SELECT 1", {})
 
     def close(self) -> None:
-        """Close connections and stop the store's loop thread (a later call reopens)."""
+        """Close the store's connections and its event loop (a later call reopens them)."""
         self._runtime.close()
 
     # --- runs ----------------------------------------------------------------------------

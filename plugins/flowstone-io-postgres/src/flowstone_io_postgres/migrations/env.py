@@ -2,7 +2,8 @@
 
 Migrations run only through :func:`flowstone_io_postgres.migrate.upgrade` (used by
 ``flowstone db upgrade`` and ``auto_migrate=True``), which hands over an open connection and
-the schema name in ``config.attributes``.
+the schema name in ``config.attributes``; the version table is this package's, or a plugin's
+(see :class:`flowstone_io_postgres.migrate.MigrationSet`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ if connection is None or context.is_offline_mode():
 
 context.configure(
     connection=connection,
-    version_table=VERSION_TABLE,
+    version_table=config.attributes.get("flowstone_version_table", VERSION_TABLE),
     version_table_schema=config.attributes["flowstone_schema"],
     transactional_ddl=True,
 )

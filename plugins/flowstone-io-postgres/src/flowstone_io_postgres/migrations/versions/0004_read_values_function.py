@@ -7,7 +7,8 @@ statement's snapshot, taken before the function waited for racing finishers: the
 a branch that finished a moment earlier would be missing. This function is ``VOLATILE``,
 so its query takes a fresh snapshot, after the claim, and sees every input the claim
 saw. The table is a ``regclass`` (``to_regclass`` of a validated, quoted name: a
-missing table reads nothing); the locations are bound.
+missing table reads nothing); the locations are bound. The function is
+``migrations/sql/0004_read_values.sql``.
 
 Revision ID: 0004
 Revises: 0003
@@ -18,32 +19,17 @@ from __future__ import annotations
 from alembic import context, op
 
 from flowstone_io_postgres.identifiers import quote_ident
+from flowstone_io_postgres.migrate import function_sql
 
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-_FUNCTION = """
-CREATE FUNCTION {s}.read_values(p_table regclass, p_locations text[])
-RETURNS TABLE (location text, format text, value_json text, data bytea)
-LANGUAGE plpgsql VOLATILE AS $fn$
-BEGIN
-    IF p_table IS NULL OR cardinality(p_locations) = 0 THEN
-        RETURN;
-    END IF;
-    RETURN QUERY EXECUTE format(
-        'SELECT v.location, v.format, v.value_json::text, v.data FROM %s AS v '
-        'WHERE v.location = ANY($1)', p_table)
-    USING p_locations;
-END
-$fn$;
-"""
-
 
 def upgrade() -> None:
-    s = quote_ident(context.config.attributes["flowstone_schema"], what="schema")
-    op.execute(_FUNCTION.format(s=s))
+    schema = context.config.attributes["flowstone_schema"]
+    op.execute(function_sql("0004_read_values.sql", schema))
 
 
 def downgrade() -> None:
