@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
@@ -187,9 +188,73 @@ def test_hourly_validate_normalises_and_explains() -> None:
 
 
 @pytest.mark.parametrize(
+    ("zone", "offset"),
+    [
+        ("Asia/Kolkata", timedelta(hours=5, minutes=30)),
+        ("America/St_Johns", timedelta(hours=-3, minutes=-30)),
+        ("Asia/Kathmandu", timedelta(hours=5, minutes=45)),
+    ],
+)
+def test_hourly_partitions_are_local_hours_in_zones_with_fractional_offsets(
+    zone: str, offset: timedelta
+) -> None:
+    hours = HourlyPartitions("2024-01-05T10:00", "2024-01-05T12:00", timezone=zone)
+    local = timezone(offset)
+    expected = [datetime(2024, 1, 5, h, tzinfo=local) for h in (10, 11, 12)]
+    keys = hours.keys()
+    assert keys == expected  # the same instants: every aware key is kept in UTC
+    assert all(k.tzinfo is UTC for k in keys)  # type: ignore[union-attr]
+    # shown in local time, the wall clock reads 10:00, 11:00, 12:00
+    local = [hours.local_time(k).isoformat() for k in keys]  # type: ignore[arg-type]
+    assert local == [e.isoformat() for e in expected]
+    assert hours.parse("2024-01-05T11") == expected[1]
+    assert hours.parse(local[1]) == expected[1]
+    assert hours.time_window(expected[0]) == (expected[0], expected[1])
+    open_ended = HourlyPartitions("2024-01-05T10:00", timezone=zone)
+    assert open_ended.keys(now=expected[2] + timedelta(minutes=59)) == expected[:2]
+    with pytest.raises(PartitionError, match="on the hour"):
+        hours.validate(utc(2024, 1, 5, 5))  # on the UTC hour, not on the local one
+
+
+def test_hourly_dst_follows_the_local_clock_like_daily_partitions() -> None:
+    new_york = HourlyPartitions("2024-03-10T00:00", "2024-03-10T23:00", timezone="America/New_York")
+    spring = new_york.keys()
+    assert len(spring) == 23  # 02:00 does not exist that night
+    assert [new_york.local_time(k).hour for k in spring[:3]] == [0, 1, 3]  # type: ignore[arg-type]
+    fall = HourlyPartitions("2024-11-03T00:00", "2024-11-03T23:00", timezone="America/New_York")
+    keys = fall.keys()
+    assert len(keys) == 25  # 01:00 happens twice: one partition per offset
+    assert [fall.local_time(k).isoformat() for k in keys[1:3]] == [  # type: ignore[arg-type]
+        "2024-11-03T01:00:00-04:00",
+        "2024-11-03T01:00:00-05:00",
+    ]
+    assert len({encode_partition(k) for k in keys}) == 25
+    # the hours of a day partition the day's time window exactly, as DailyPartitions says
+    day = DailyPartitions("2024-11-03", timezone="America/New_York").time_window(date(2024, 11, 3))
+    windows = [fall.time_window(k) for k in keys]  # type: ignore[arg-type]
+    assert windows[0][0] == day[0] and windows[-1][1] == day[1]
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(windows))
+    # Lord Howe moves its clock back 30 minutes (02:00+11:00 -> 01:30+10:30): hours still
+    # follow the local clock, and 01:00+11:00 lasts 90 minutes
+    howe = HourlyPartitions(
+        "2024-04-07T00:00+11:00", "2024-04-07T03:00+10:30", "Australia/Lord_Howe"
+    )
+    howe_keys = howe.keys()
+    assert [howe.local_time(k).isoformat()[11:] for k in howe_keys] == [  # type: ignore[arg-type]
+        "00:00:00+11:00",
+        "01:00:00+11:00",
+        "02:00:00+10:30",
+        "03:00:00+10:30",
+    ]
+    start, end = howe.time_window(howe_keys[1])  # type: ignore[arg-type]
+    assert end - start == timedelta(minutes=90)
+
+
+@pytest.mark.parametrize(
     ("args", "match"),
     [
         (("2024-01-05T10:30Z",), "not on the hour"),
+        (("2024-01-05T10:00Z", None, "Asia/Kolkata"), r"not on the hour.*15:30.*e\.g\. .*15:00"),
         (("2024-01-05T10:00Z", "2024-01-05T09:00Z"), "after end"),
         ((utc(2024, 1, 5), None, "Mars/Olympus"), "IANA"),
         ((12,), "not a datetime"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flowstone._internal.partition_codec import PartitionKey, check_key
@@ -19,6 +19,7 @@ __all__ = ["HOUR", "DailyPartitions", "HourlyPartitions"]
 
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 HOUR = timedelta(hours=1)
+_QUARTER = timedelta(minutes=15)
 
 
 def _zone(name: str) -> tzinfo:
@@ -62,12 +63,49 @@ def _hour(value: object, zone: tzinfo, what: str, owner: str) -> datetime:
             value = _localize(value, zone, owner)
     except PartitionError as exc:  # a constructor argument, not a key: a usage error
         raise UsageError(f"{what}: {exc}") from exc
-    hour = value.astimezone(UTC)
-    if hour.minute or hour.second or hour.microsecond:
+    local = local_time(value, zone)
+    if not on_the_hour(local):
         raise UsageError(
-            f"{owner}: {what}={value!r} is not on the hour; use e.g. 10:00, not 10:30."
+            f"{owner}: {what}={value.isoformat()} is not on the hour in the set's timezone "
+            f"(it is {local.isoformat()} there); an hour partition starts at minute 0 of a "
+            f"local hour, e.g. {local.replace(minute=0, second=0, microsecond=0).isoformat()}."
         )
-    return hour
+    return value.astimezone(UTC)
+
+
+def local_time(instant: datetime, zone: tzinfo) -> datetime:
+    """``instant`` as wall time in ``zone``, with that moment's fixed UTC offset as tzinfo.
+
+    A fixed offset (not the zone) keeps the two 01:00s of a fall-back night distinct keys:
+    aware datetimes sharing one ``ZoneInfo`` compare by wall time and ignore ``fold``.
+    """
+    local = instant.astimezone(zone)
+    offset = local.utcoffset()
+    assert offset is not None  # instant is aware, zone is a tzinfo
+    return local.replace(tzinfo=timezone(offset), fold=0)
+
+
+def on_the_hour(local: datetime) -> bool:
+    """Whether a local wall time is minute 0 of its hour."""
+    return not (local.minute or local.second or local.microsecond)
+
+
+def next_local_hour(hour: datetime, zone: tzinfo) -> datetime:
+    """The first instant after ``hour`` that is on the hour in ``zone``, in UTC.
+
+    Without a change of offset in between, that is one hour later. Across a change (DST,
+    or a zone moving its offset) the hours follow the local clock: a skipped hour has no
+    partition, a repeated one has two (one per offset). Offsets are whole quarter hours, so
+    stepping 15 minutes finds it.
+    """
+    utc = hour.astimezone(UTC)
+    candidate = utc + HOUR
+    if candidate.astimezone(zone).utcoffset() == utc.astimezone(zone).utcoffset():
+        return candidate
+    candidate = utc + _QUARTER
+    while not on_the_hour(candidate.astimezone(zone)):
+        candidate += _QUARTER
+    return candidate
 
 
 def _parse_datetime(text: str, zone: tzinfo, owner: str) -> datetime:
@@ -192,12 +230,21 @@ class DailyPartitions:
 
 @dataclass(frozen=True, slots=True, init=False)
 class HourlyPartitions:
-    """One partition per hour; keys are aware UTC ``datetime`` objects on the hour.
+    """One partition per local hour of ``timezone``; keys are aware UTC ``datetime`` objects.
 
     Args:
         start: the first hour (aware ``datetime``, or naive / ISO text read in ``timezone``).
         end: the last hour, inclusive; ``None`` means up to the last *complete* hour.
-        timezone: the IANA timezone naive datetimes and CLI text are read in.
+        timezone: the IANA timezone whose hours are the partitions, and in which naive
+            datetimes and CLI text are read.
+
+    Hours follow the local clock, in any zone (also Asia/Kolkata's +05:30 or
+    Asia/Kathmandu's +05:45): a partition starts at minute 0 of a local hour. A key is that
+    instant, as every aware partition key is, in UTC (``2024-01-05T04:30Z`` is 10:00 in
+    Kolkata); the CLI reads and shows keys in local time (``2024-01-05T10:00+05:30``, see
+    :meth:`local_time`). Across DST, as for :class:`DailyPartitions`, the hour the clock
+    skips has no partition and the hour it repeats has two (``01:00-04:00`` and
+    ``01:00-05:00`` in New York).
     """
 
     # the public name is flowstone.partitions.HourlyPartitions: keep it in reprs of the type,
@@ -215,37 +262,56 @@ class HourlyPartitions:
         first = _hour(start, zone, "start", "HourlyPartitions")
         last = None if end is None else _hour(end, zone, "end", "HourlyPartitions")
         if last is not None and last < first:
-            raise UsageError(f"HourlyPartitions: start {first} is after end {last}; swap them.")
+            raise UsageError(
+                f"HourlyPartitions: start {first.isoformat()} is after end "
+                f"{last.isoformat()}; swap them."
+            )
         object.__setattr__(self, "start", first)
         object.__setattr__(self, "end", last)
         object.__setattr__(self, "timezone", timezone)
 
+    def local_time(self, key: datetime) -> datetime:
+        """``key`` as wall time in the set's timezone, with that moment's fixed UTC offset.
+
+        How the CLI shows an hour: ``2024-01-05T10:00+05:30`` rather than its UTC instant.
+        """
+        return local_time(key, _zone(self.timezone))
+
     def keys(self, now: datetime | None = None) -> list[PartitionKey]:
         """Every hour from ``start`` to ``end`` (or the last complete hour at ``now``)."""
-        last = self.end
-        if last is None:
-            last = _now(now).astimezone(UTC).replace(minute=0, second=0, microsecond=0) - HOUR
-        return self._hours(self.start, last)
+        if self.end is not None:
+            return self._hours(self.start, self.end)
+        moment = _now(now)
+        zone = _zone(self.timezone)
+        keys: list[PartitionKey] = []
+        hour = self.start
+        while (following := next_local_hour(hour, zone)) <= moment:
+            keys.append(hour)
+            hour = following
+        return keys
 
     def contains(self, key: object) -> bool:
-        """Whether ``key`` is an aware datetime on the hour within ``start``..``end``."""
+        """Whether ``key`` is an aware datetime on a local hour within ``start``..``end``."""
         if not isinstance(key, datetime) or key.utcoffset() is None:
             return False
-        utc = key.astimezone(UTC)
-        on_hour = not (utc.minute or utc.second or utc.microsecond)
-        return on_hour and self.start <= utc and (self.end is None or utc <= self.end)
+        on_hour = on_the_hour(key.astimezone(_zone(self.timezone)))
+        return on_hour and self.start <= key and (self.end is None or key <= self.end)
 
     def validate(self, key: object) -> PartitionKey:
         """Return ``key`` in UTC if it is in the set, else raise ``PartitionError``."""
         if self.contains(key):
             return check_key(key)
         until = self.end.isoformat() if self.end else "open-ended"
-        allowed = f"the set is the aware datetimes on the hour {self.start.isoformat()} .. {until}"
+        allowed = (
+            f"the set is the aware datetimes on the hour in {self.timezone} "
+            f"{self.start.isoformat()} .. {until}"
+        )
         raise range_error(
             self,
             key,
             allowed,
-            "Pass e.g. datetime(2024, 1, 5, 10, tzinfo=UTC) (CLI: 2024-01-05T10:00Z).",
+            "Pass e.g. datetime(2024, 1, 5, 10, tzinfo=UTC) (CLI: 2024-01-05T10:00Z, or "
+            "2024-01-05T10 read in the set's timezone).",
         )
 
     def parse(self, text: str) -> PartitionKey:
@@ -264,13 +330,17 @@ class HourlyPartitions:
             ordered(self, start, end)
         return self._hours(first, last)
 
-    @staticmethod
-    def _hours(first: datetime, last: datetime) -> list[PartitionKey]:
-        count = int((last - first) / HOUR) + 1
-        return [first + n * HOUR for n in range(max(count, 0))]
+    def _hours(self, first: datetime, last: datetime) -> list[PartitionKey]:
+        zone = _zone(self.timezone)
+        keys: list[PartitionKey] = []
+        hour = first
+        while hour <= last:
+            keys.append(hour)
+            hour = next_local_hour(hour, zone)
+        return keys
 
     def time_window(self, key: datetime) -> tuple[datetime, datetime]:
-        """The UTC instants where hour ``key`` starts and ends."""
+        """The UTC instants where hour ``key`` starts and ends (the next local hour)."""
         hour = self.validate(key)
         assert isinstance(hour, datetime)
-        return hour, hour + HOUR
+        return hour, next_local_hour(hour, _zone(self.timezone))
