@@ -33,7 +33,8 @@ class Context:
             or None.
         partition_key: the encoded partition ("" when unpartitioned).
         resources: the resources this asset ``requires``.
-        log: a logger that tags records with run, asset and partition.
+        log: a logger that tags records with ``run_id``, ``pipeline``, ``asset``,
+            ``partition`` (encoded) and ``attempt``.
         attempt: 1 on the first attempt, 2 on the first retry...
         scatter_item: the current item in a scatter asset (None otherwise).
         batch: the current :class:`~flowstone.scatter.Batch` in a batched scatter.
@@ -84,7 +85,14 @@ class Context:
         self.metadata: dict[str, Any] = {}
         base = logger or logging.getLogger(f"flowstone.asset.{asset}")
         self.log = logging.LoggerAdapter(
-            base, {"run_id": run_id, "asset": asset, "partition": partition_key}
+            base,
+            {
+                "run_id": run_id,
+                "pipeline": pipeline,
+                "asset": asset,
+                "partition": partition_key,
+                "attempt": attempt,
+            },
         )
         self._gate: SignalGate | None = None
 
