@@ -1,7 +1,7 @@
 """``MemoryRecords``: what the memory run store keeps beside its runs and steps.
 
 Materializations and their lineage, approvals and signal gates, route decisions, cursors
-and schedule ticks, the audit trail, and scatter item results. The step lifecycle that
+and schedule ticks, the audit trail, scatter item results and step notes. The step lifecycle that
 writes most of them lives in :mod:`flowstone.defaults.memory_store`; the lock held here
 is the one every method of the store runs under.
 """
@@ -14,8 +14,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, Literal
 
-from flowstone.defaults import _run_store_rules as rules
-from flowstone.errors import SignalError
+from flowstone import store_rules as rules
 from flowstone.records import Approval, AuditEntry, Gate, ItemResult, MaterializationRecord
 
 __all__ = ["MemoryRecords"]
@@ -41,6 +40,7 @@ class MemoryRecords:
         self._ticks: set[tuple[str, str]] = set()
         self._audit: dict[str, list[AuditEntry]] = {}
         self._items: dict[_MatKey, dict[int, ItemResult]] = {}
+        self._notes: dict[tuple[str, str, str, str], str] = {}
         self._seq = 0
         self._next_approval = 0
 
@@ -173,15 +173,8 @@ class MemoryRecords:
             now = rules.utc_now()
             decided = replace(approval, status=status, decided_by=by, decided_at=now, reason=reason)
             self._approvals[approval_id] = decided
-            detail = {"approval_id": approval_id, "by": by, "reason": reason}
-            self._append(
-                approval.run_id,
-                f"approval_{status}",
-                approval.asset,
-                approval.partition,
-                detail,
-                now,
-            )
+            kind, detail = rules.decision_audit(approval_id, status, by, reason)
+            self._append(approval.run_id, kind, approval.asset, approval.partition, detail, now)
             return decided
 
     def due_approvals(self, now: datetime) -> list[Approval]:
@@ -204,15 +197,9 @@ class MemoryRecords:
         with self._lock:
             gate = self._gates.get(token_hash)
             if gate is None:
-                raise SignalError(
-                    "unknown signal token; check that the token was copied whole and "
-                    "belongs to this pipeline's store"
-                )
+                raise rules.gate_not_consumable(None)
             if gate.status != "pending":
-                raise SignalError(
-                    f"signal gate of run {gate.run_id!r} asset {gate.asset!r} is already "
-                    f"{gate.status}; a token works only once"
-                )
+                raise rules.gate_not_consumable(gate.status, gate.run_id, gate.asset)
             now = rules.utc_now()
             used = replace(gate, status=status, payload=payload, signaled_at=now)
             self._gates[token_hash] = used
@@ -299,6 +286,16 @@ class MemoryRecords:
         with self._lock:
             items = self._items.get((run_id, asset, partition), {})
             return [items[i] for i in sorted(items)]
+
+    # --- step notes ------------------------------------------------------------------------
+    def add_step_note(self, run_id: str, asset: str, partition: str, kind: str, value: str) -> str:
+        rules.check_note(kind, value)
+        with self._lock:
+            return self._notes.setdefault((run_id, asset, partition, kind), value)
+
+    def get_step_note(self, run_id: str, asset: str, partition: str, kind: str) -> str | None:
+        with self._lock:
+            return self._notes.get((run_id, asset, partition, kind))
 
     # --- internals (called with the lock held) ------------------------------------------
     def _append(

@@ -1,7 +1,7 @@
 """``SQLiteRecords``: what the SQLite run store keeps beside its runs and steps.
 
 Materializations and their lineage, approvals and signal gates, route decisions, cursors
-and schedule ticks, the audit trail, and scatter item results. The step lifecycle that
+and schedule ticks, the audit trail, scatter item results and step notes. The step lifecycle that
 writes most of them lives in :mod:`flowstone.defaults.sqlite_store`.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
-from flowstone.defaults import _run_store_rules as rules
+from flowstone import store_rules as rules
 from flowstone.defaults.sqlite_connection import (
     BATCH,
     STEP_KEY,
@@ -31,7 +31,7 @@ from flowstone.defaults.sqlite_schema import (
     mat_row,
     us,
 )
-from flowstone.errors import SignalError, StorageError
+from flowstone.errors import StorageError
 from flowstone.records import Approval, AuditEntry, Gate, ItemResult, MaterializationRecord
 
 __all__ = ["SQLiteRecords", "upsert_materialization"]
@@ -180,16 +180,8 @@ class SQLiteRecords(SQLiteConnection):
                     approval_id, old[0] if old else None, old[1] if old else None
                 )
             approval = approval_row(row)
-            detail = {"approval_id": approval_id, "by": by, "reason": reason}
-            self._audit(
-                c,
-                approval.run_id,
-                f"approval_{status}",
-                approval.asset,
-                approval.partition,
-                detail,
-                now,
-            )
+            kind, detail = rules.decision_audit(approval_id, status, by, reason)
+            self._audit(c, approval.run_id, kind, approval.asset, approval.partition, detail, now)
         return approval
 
     def due_approvals(self, now: datetime) -> list[Approval]:
@@ -219,15 +211,7 @@ class SQLiteRecords(SQLiteConnection):
                 old = c.execute(
                     "SELECT status, run_id, asset FROM gates WHERE token_hash = ?", (token_hash,)
                 ).fetchone()
-                if old is None:
-                    raise SignalError(
-                        "unknown signal token; check that the token was copied whole and "
-                        "belongs to this pipeline's store"
-                    )
-                raise SignalError(
-                    f"signal gate of run {old[1]!r} asset {old[2]!r} is already {old[0]}; "
-                    "a token works only once"
-                )
+                raise rules.gate_not_consumable(*(old or (None,)))
             gate = gate_row(row)
             self._audit(c, gate.run_id, f"gate_{status}", gate.asset, gate.partition, {}, now)
         return gate
@@ -356,6 +340,28 @@ class SQLiteRecords(SQLiteConnection):
         return [ItemResult(*r) for r in rows]
 
 
+    # --- step notes ------------------------------------------------------------------------
+    def add_step_note(self, run_id: str, asset: str, partition: str, kind: str, value: str) -> str:
+        rules.check_note(kind, value)
+        with self._write() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO step_notes VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, asset, partition, kind, value, us(rules.utc_now())),
+            )
+            row = c.execute(
+                f"SELECT value FROM step_notes WHERE {STEP_KEY} AND kind = ?",
+                (run_id, asset, partition, kind),
+            ).fetchone()
+        return str(row[0])
+
+    def get_step_note(self, run_id: str, asset: str, partition: str, kind: str) -> str | None:
+        rows = self._read(
+            f"SELECT value FROM step_notes WHERE {STEP_KEY} AND kind = ?",
+            (run_id, asset, partition, kind),
+        )
+        return str(rows[0][0]) if rows else None
+
+
 # --- helpers (run inside a transaction) ---------------------------------------------------
 def _at(value: int) -> datetime:
     found = dt(value)
@@ -364,14 +370,19 @@ def _at(value: int) -> datetime:
 
 
 def upsert_materialization(
-    c: sqlite3.Connection,
-    mat_id: str,
-    key: tuple[str, str, str],
-    values: tuple[Any, ...],
-    upstream: Sequence[str],
-    where: str,
+    c: sqlite3.Connection, mat: MaterializationRecord, metadata_json: str | None, where: str
 ) -> None:
-    """One record per (run, asset, partition); the last write wins, including its id."""
+    """One record per (run, asset, partition); the last write wins, including its id.
+
+    ``mat`` is bound to its step (:func:`flowstone.store_rules.bind_outcome`) and
+    ``metadata_json`` its encoded metadata.
+    """
+    mat_id, key = mat.id, (mat.run_id, mat.asset, mat.partition)
+    values = (
+        mat.id, mat.pipeline, mat.run_id, mat.asset, mat.partition, mat.state, mat.io_manager,
+        mat.location, mat.attempt, us(mat.started_at), us(mat.finished_at), mat.error,
+        metadata_json or "{}", int(mat.invalidated),
+    )  # fmt: skip
     old = c.execute(
         "SELECT id FROM materializations WHERE run_id = ? AND asset = ? AND partition = ?", key
     ).fetchone()
@@ -398,5 +409,5 @@ def upsert_materialization(
             c.execute("UPDATE lineage SET upstream_id = ? WHERE upstream_id = ?", (mat_id, old[0]))
     c.executemany(
         "INSERT INTO lineage VALUES (?, ?, ?)",
-        [(mat_id, i, up) for i, up in enumerate(dict.fromkeys(upstream))],
+        [(mat_id, i, up) for i, up in enumerate(mat.upstream)],
     )

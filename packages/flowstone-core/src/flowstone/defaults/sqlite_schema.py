@@ -169,7 +169,36 @@ _V1 = (
     ) WITHOUT ROWID""",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+# v2: step notes, the named home of the parallel branch clocks and failed-join records
+# that v1 kept as cursors (moved over, keys parsed: run ids and asset names have no ':').
+_V2 = (
+    """CREATE TABLE step_notes (
+        run_id TEXT NOT NULL,
+        asset TEXT NOT NULL,
+        partition TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        value TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (run_id, asset, partition, kind)
+    ) WITHOUT ROWID""",
+    """INSERT OR IGNORE INTO step_notes
+        SELECT substr(rest, 1, instr(rest, ':') - 1), substr(rest, instr(rest, ':') + 1), '',
+               'parallel.started', value, updated_at
+        FROM (SELECT substr(name, 16) AS rest, value, updated_at FROM cursors
+              WHERE name LIKE 'parallel-start:%' AND instr(substr(name, 16), ':') > 0)""",
+    """INSERT OR IGNORE INTO step_notes
+        SELECT run_id, substr(rest, 1, instr(rest, ':') - 1), substr(rest, instr(rest, ':') + 1),
+               'flowstone.parallel.join', value, updated_at
+        FROM (SELECT substr(tail, 1, instr(tail, ':') - 1) AS run_id,
+                     substr(tail, instr(tail, ':') + 1) AS rest, value, updated_at
+              FROM (SELECT substr(name, 25) AS tail, value, updated_at FROM cursors
+                    WHERE name LIKE 'flowstone.parallel.join:%'))
+        WHERE instr(rest, ':') > 0""",
+    "DELETE FROM cursors WHERE name LIKE 'parallel-start:%'"
+    " OR name LIKE 'flowstone.parallel.join:%'",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
 """Ordered migrations; entry ``i`` upgrades a file from version ``i`` to ``i + 1``."""
 
 

@@ -16,10 +16,12 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from flowstone.defaults import _run_store_rules as rules
+from flowstone import store_rules as rules
 from flowstone.defaults.sqlite_connection import BATCH, STEP_KEY, filters, marks
+from flowstone.defaults.sqlite_io import SQLiteIOManager
 from flowstone.defaults.sqlite_records import SQLiteRecords, upsert_materialization
 from flowstone.defaults.sqlite_schema import (
     GATE_COLS,
@@ -84,10 +86,18 @@ class SQLiteRunStore(SQLiteRecords):
     def __repr__(self) -> str:
         return f"SQLiteRunStore({self._path!r})"
 
+    def default_io_manager(self) -> SQLiteIOManager:
+        """Values beside the store's file: ``<dir>/<stem>.values.db`` (a private
+        in-memory database for ``":memory:"``)."""
+        if self._path == ":memory:":
+            return SQLiteIOManager(":memory:")
+        db = Path(self._path)
+        return SQLiteIOManager(db.with_name(db.stem + ".values.db"))
+
     # --- runs ------------------------------------------------------------------------
     def create_run(self, run: RunRecord, steps: Sequence[StepSpec]) -> tuple[StepRecord, ...]:
         run_id = run.run_id
-        remaining = rules.plan_remaining(run_id, steps)
+        planned = rules.plan_steps(run_id, steps)
         tags = rules.to_json(dict(run.tags), f"tags of run {run_id!r}")
         created = us(rules.require_utc(run.created_at, "RunRecord.created_at"))
         now_dt = rules.utc_now()
@@ -95,16 +105,12 @@ class SQLiteRunStore(SQLiteRecords):
         step_rows: list[tuple[Any, ...]] = []
         dep_rows: list[tuple[str, ...]] = []
         ready: list[StepRecord] = []
-        for spec, count in zip(steps, remaining, strict=True):
-            if spec.state == "succeeded":
-                state = "succeeded"
-            else:
-                state = "ready" if count == 0 else "pending"
-            mat_id = spec.reused_materialization_id
-            step_rows.append((run_id, spec.asset, spec.partition, state, count, mat_id, now))
-            dep_rows.extend(
-                (run_id, spec.asset, spec.partition, *d) for d in dict.fromkeys(spec.deps)
+        for p in planned:
+            spec, state, mat_id = p.spec, p.state, p.spec.reused_materialization_id
+            step_rows.append(
+                (run_id, spec.asset, spec.partition, state, p.remaining_deps, mat_id, now)
             )
+            dep_rows.extend((run_id, spec.asset, spec.partition, *d) for d in p.deps)
             if state == "ready":
                 ready.append(
                     StepRecord(
@@ -120,10 +126,7 @@ class SQLiteRunStore(SQLiteRecords):
         status = rules.run_status_from({row[3] for row in step_rows})
         with self._write() as c:
             if c.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
-                raise StorageError(
-                    f"run {run_id!r} already exists; run ids must be unique "
-                    "(generate a new one for a new run)"
-                )
+                raise rules.duplicate_run(run_id)
             c.execute(
                 f"INSERT INTO runs ({RUN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -309,7 +312,7 @@ class SQLiteRunStore(SQLiteRecords):
             ).fetchone()
             if row is None:
                 return False
-            detail = {"attempt": row[0], "error": error, "not_before": not_before.isoformat()}
+            detail = rules.retry_detail(row[0], error, not_before)
             self._audit(c, run_id, "step_retry", asset, partition, detail, now)
             return True
 
@@ -323,90 +326,39 @@ class SQLiteRunStore(SQLiteRecords):
         then: Continuation | None = None,
     ) -> StepTransition:
         where = f"finish_step(run {run_id!r}, asset {asset!r}, partition {partition!r})"
-        rules.check_outcome(outcome, where)
-        mat = outcome.materialization
-        mat_values: tuple[Any, ...] | None = None
-        if mat is not None:
-            # JSON-encode before the transaction: a bad value must not leave a half write
-            mat_values = (
-                mat.id,
-                mat.pipeline,
-                run_id,
-                asset,
-                partition,
-                mat.state,
-                mat.io_manager,
-                mat.location,
-                mat.attempt,
-                us(mat.started_at),
-                us(mat.finished_at),
-                mat.error,
-                rules.to_json(dict(mat.metadata), f"metadata of materialization {mat.id!r}"),
-                int(mat.invalidated),
-            )
-        approval_values = gate_values = None
-        if outcome.approval is not None:
-            a = outcome.approval
-            approval_values = (
-                a.pipeline,
-                run_id,
-                asset,
-                partition,
-                a.message,
-                "pending",
-                us(a.created_at),
-                us(a.expires_at),
-                a.io_manager,
-                a.location,
-                rules.to_json(dict(a.metadata), f"metadata of approval for {asset!r}"),
-            )
-        if outcome.gate is not None:
-            g = outcome.gate
-            gate_values = (
-                g.token_hash,
-                g.pipeline,
-                run_id,
-                asset,
-                partition,
-                "pending",
-                us(g.created_at),
-                us(g.expires_at),
-                rules.to_json(g.payload, f"payload of gate for {asset!r}"),
-                None,
-                rules.to_json(dict(g.metadata), f"metadata of gate for {asset!r}"),
-            )
+        # bound and JSON-encoded before the transaction: a bad value must not half write
+        bound = rules.bind_outcome(run_id, asset, partition, outcome, where)
+        mat = bound.materialization
         now_dt = rules.utc_now()
         now = us(now_dt)
         key = (run_id, asset, partition)
         claimed = None
         with self._write() as c:
             row = c.execute(f"SELECT state, attempt FROM steps WHERE {STEP_KEY}", key).fetchone()
-            if row is None:
-                raise rules.step_not_found(run_id, asset, partition)
-            state, attempt = row
-            if rules.is_unchanged(state, outcome):
+            if not rules.finish_applies(row and row[0], outcome, run_id, asset, partition):
                 return StepTransition(applied=False)
-            if state not in rules.FINISHABLE_STEP_STATES:
-                raise rules.not_finishable(run_id, asset, partition, state)
-            detail: dict[str, Any] = {"attempt": attempt}
-            if outcome.error is not None:
-                detail["error"] = outcome.error
-            if mat is not None and mat_values is not None:
-                upsert_materialization(c, mat.id, key, mat_values, mat.upstream, where)
-                detail["materialization_id"] = mat.id
-            if approval_values is not None:
+            detail = rules.finish_detail(row[1], outcome)
+            if mat is not None:
+                upsert_materialization(c, mat, bound.materialization_metadata_json, where)
+            if (a := bound.approval) is not None:
                 detail["approval_id"] = c.execute(
                     "INSERT INTO approvals (pipeline, run_id, asset, partition, message, status,"
                     " created_at, expires_at, io_manager, location, metadata)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    approval_values,
-                ).lastrowid
-            if gate_values is not None:
-                if c.execute(
-                    "SELECT 1 FROM gates WHERE token_hash = ?", gate_values[:1]
-                ).fetchone():
+                    (a.pipeline, run_id, asset, partition, a.message, a.status,
+                     us(a.created_at), us(a.expires_at), a.io_manager, a.location,
+                     bound.approval_metadata_json),
+                ).lastrowid  # fmt: skip
+            if (g := bound.gate) is not None:
+                taken = c.execute("SELECT 1 FROM gates WHERE token_hash = ?", (g.token_hash,))
+                if taken.fetchone():
                     raise StorageError(f"{where}: a gate with this token hash already exists")
-                c.execute(f"INSERT INTO gates ({GATE_COLS}) VALUES ({marks(11)})", gate_values)
+                c.execute(
+                    f"INSERT INTO gates ({GATE_COLS}) VALUES ({marks(11)})",
+                    (g.token_hash, g.pipeline, run_id, asset, partition, g.status,
+                     us(g.created_at), us(g.expires_at), bound.gate_payload_json, None,
+                     bound.gate_metadata_json),
+                )  # fmt: skip
             c.execute(
                 "UPDATE steps SET state = ?, materialization_id = COALESCE(?, materialization_id),"
                 f" error = ?, lease_expires_at = NULL, updated_at = ? WHERE {STEP_KEY}",
@@ -443,11 +395,10 @@ class SQLiteRunStore(SQLiteRecords):
             self._audit(c, run_id, f"step_{outcome.state}", asset, partition, detail, now)
             if status != previous:
                 self._audit(c, run_id, f"run_{status}", None, None, {}, now)
-        changed = status != previous or status != "running"
         return StepTransition(
             applied=True,
             ready=tuple(ready),
-            run_status=status if changed else None,
+            run_status=rules.reported_status(previous, status),
             claimed=claimed,
         )
 
@@ -486,9 +437,7 @@ def _claim(
 
 
 def _run_not_found(run_id: str) -> RunNotFoundError:
-    return RunNotFoundError(
-        f"no run {run_id!r} in the SQLite run store; list runs with `flowstone runs`"
-    )
+    return rules.run_not_found(run_id, "SQLite run store")
 
 
 def _run_status(c: sqlite3.Connection, run_id: str) -> str:
