@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
@@ -28,7 +29,7 @@ from flowstone._cli import backfill_cmd, ops_cmds, run_cmds, state_cmds, wait_cm
 from flowstone._cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, common_parent, exit_code_for
 from flowstone._version import __version__
 from flowstone.errors import FlowStoneError
-from flowstone.registry import PluginRegistry
+from flowstone.registry import PluginRegistry, known_provider
 
 __all__ = ["build_parser", "main"]
 
@@ -54,6 +55,13 @@ def build_parser(
     )
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug) to stderr"
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=False,
+        help="log only errors (also hides the assets' context.log lines `run` shows)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     parent = common_parent()
@@ -107,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = _command_of(args_list)
     core_commands = _subcommands(core)
     parser = core if command in core_commands else build_parser()
+    missing = _missing_plugin_command(command, parser)
+    if missing:
+        print(f"error: {missing}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         args = parser.parse_args(args_list)
     except SystemExit as exc:  # argparse exits: --help (0) or a usage error (2)
@@ -115,9 +127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    with _logging(args.verbose, args.debug):
+    verbose = args.verbose + getattr(args, "sub_verbose", 0)
+    quiet = args.quiet or getattr(args, "sub_quiet", False)
+    with _logging(verbose, quiet, args.debug, asset_logs=getattr(args, "asset_logs", False)):
         try:
             return int(func(args))
+        except BrokenPipeError:
+            return _stdout_closed()
         except FlowStoneError as exc:
             return _fail(exc, exit_code_for(exc), args.debug)
         except KeyboardInterrupt:
@@ -125,6 +141,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
         except Exception as exc:  # a bug or a plugin's error: say so, no traceback
             return _fail(exc, EXIT_FAILURE, args.debug, unexpected=True)
+
+
+def _missing_plugin_command(command: str | None, parser: argparse.ArgumentParser) -> str | None:
+    """Why ``command`` is unavailable, when a plugin that is not installed provides it."""
+    if command is None or command in _subcommands(parser):
+        return None
+    provider = known_provider("flowstone.cli", command)
+    if provider is None:
+        return None
+    return (
+        f"`flowstone {command}` comes with the {provider} plugin, which is not installed. "
+        f"Fix: pip install {provider}"
+    )
+
+
+def _stdout_closed() -> int:
+    """The reader of our stdout went away (``flowstone get ... | head -1``): stop quietly.
+
+    As a Unix tool killed by SIGPIPE: no message, exit status 128 + SIGPIPE. Later writes
+    (the interpreter's final flush included) go to /dev/null instead of raising again.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (tests capture it)
+        pass
+    finally:
+        os.close(devnull)
+    return _SIGPIPE_EXIT
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> set[str]:
@@ -168,18 +213,47 @@ class _Formatter(logging.Formatter):
         return super().formatException(ei) if self._debug else ""
 
 
+_SIGPIPE_EXIT = 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by SIGPIPE
+_ASSET_LOGS = "flowstone.asset"  # parent of every context.log logger
+
+
 @contextmanager
-def _logging(verbose: int, debug: bool) -> Iterator[None]:
+def _logging(verbose: int, quiet: bool, debug: bool, *, asset_logs: bool) -> Iterator[None]:
+    """Log to stderr: warnings (-q errors, -v info, -vv debug), and for commands that run
+    assets (``asset_logs``) their ``context.log`` lines at INFO unless ``-q``."""
     logger = logging.getLogger("flowstone")
+    level = (
+        logging.ERROR
+        if quiet and not verbose
+        else logging.DEBUG
+        if verbose > 1
+        else logging.INFO
+        if verbose
+        else logging.WARNING
+    )
+    show_assets = asset_logs and not quiet
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter(debug))
-    handler.setLevel(logging.WARNING if not verbose else logging.DEBUG)
-    previous = logger.level
+    handler.addFilter(
+        lambda record: (
+            record.levelno >= level
+            or (show_assets and record.levelno >= logging.INFO and _is_asset_log(record.name))
+        )
+    )
+    assets = logging.getLogger(_ASSET_LOGS)
+    previous, previous_assets = logger.level, assets.level
     if verbose:
-        logger.setLevel(logging.INFO if verbose == 1 else logging.DEBUG)
+        logger.setLevel(level)
+    if show_assets and assets.getEffectiveLevel() > logging.INFO:
+        assets.setLevel(logging.INFO)
     logger.addHandler(handler)
     try:
         yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous)
+        assets.setLevel(previous_assets)
+
+
+def _is_asset_log(name: str) -> bool:
+    return name == _ASSET_LOGS or name.startswith(_ASSET_LOGS + ".")

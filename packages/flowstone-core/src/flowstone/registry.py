@@ -17,6 +17,7 @@ failure, wrong shape, or two sources for one name).
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import re
 import threading
@@ -36,7 +37,14 @@ from flowstone.protocols import (
     ScatterCoordinator,
 )
 
-__all__ = ["BUILTIN_DISTRIBUTION", "GROUPS", "PluginInfo", "PluginRegistry", "store_from_url"]
+__all__ = [
+    "BUILTIN_DISTRIBUTION",
+    "GROUPS",
+    "PluginInfo",
+    "PluginRegistry",
+    "known_provider",
+    "store_from_url",
+]
 
 GROUPS: Final = (
     "flowstone.io_managers",
@@ -82,12 +90,19 @@ _KNOWN_PLUGINS: Final = (
     ("flowstone.parallel_coordinators", "celery", "flowstone-parallel"),
     ("*", "celery", "flowstone-celery"),
     ("flowstone.cli", "worker", "flowstone-celery"),
+    ("flowstone.cli", "db", "flowstone-io-postgres"),
     ("*", "postgres", "flowstone-io-postgres"),
     ("*", "s3", "flowstone-io-s3"),
     ("*", "dynamodb", "flowstone-io-s3"),
     ("*", "prometheus", "flowstone-observability"),
     ("*", "openlineage", "flowstone-observability"),
 )
+
+
+def known_provider(group: str, name: str) -> str | None:
+    """The distribution that provides the well-known plugin ``name`` of ``group``, if any."""
+    return next((dist for g, n, dist in _KNOWN_PLUGINS if n == name and g in (group, "*")), None)
+
 
 # What calling a plugin of each group must return (cli plugins return nothing).
 _SHAPES: Final[dict[str, type | None]] = {
@@ -211,11 +226,20 @@ class PluginRegistry:
     # --- loading ---------------------------------------------------------------------
 
     def _not_found(self, group: str, name: str) -> PluginNotFoundError:
-        installed = ", ".join(self.names(group)) or "none"
-        provider = next(
-            (dist for g, n, dist in _KNOWN_PLUGINS if n == name and g in (group, "*")), None
-        )
-        fix = f"pip install {provider}" if provider else "install the package that provides it"
+        names = self.names(group)
+        installed = ", ".join(names) or "none"
+        provider = known_provider(group, name)
+        known = {n for g, n, _ in _KNOWN_PLUGINS if g in (group, "*")}
+        candidates = sorted({*names, *known})
+        close = difflib.get_close_matches(name, candidates, n=1) if isinstance(name, str) else []
+        if provider:
+            fix = f"pip install {provider}"
+        elif close and close[0] in names:
+            fix = f"did you mean {close[0]!r}?"
+        elif close:
+            fix = f"did you mean {close[0]!r}? (pip install {known_provider(group, close[0])})"
+        else:
+            fix = "install the package that provides it"
         return PluginNotFoundError(
             f"{group} plugin {_short(name)} not found. It is either misspelled or not "
             f"installed. Installed: {installed}. Fix: {fix}"

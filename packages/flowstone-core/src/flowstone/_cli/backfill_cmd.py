@@ -69,7 +69,7 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
         help="run partitions that already have a value (reusing it)",
     )
     add_json(p)
-    p.set_defaults(func=cmd_backfill)
+    p.set_defaults(func=cmd_backfill, asset_logs=True)
 
 
 class Progress:

@@ -76,6 +76,23 @@ def common_parent() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="show the full traceback of an error",
     )
+    # -v/-q are accepted after the subcommand too; main() adds them to the global ones
+    parent.add_argument(
+        "-v",
+        "--verbose",
+        dest="sub_verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="log more (-v info, -vv debug) to stderr",
+    )
+    parent.add_argument(
+        "-q",
+        "--quiet",
+        dest="sub_quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log only errors",
+    )
     return parent
 
 

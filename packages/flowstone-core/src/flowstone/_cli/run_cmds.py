@@ -52,7 +52,7 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
         "--tag", action="append", default=[], metavar="K=V", help="tag the run (repeatable)"
     )
     add_json(p)
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, asset_logs=True)
 
     p = sub.add_parser(
         "show",
@@ -89,7 +89,7 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
     add_spec(p)
     p.add_argument("run_id", metavar="RUN_ID")
     add_json(p)
-    p.set_defaults(func=cmd_resume)
+    p.set_defaults(func=cmd_resume, asset_logs=True)
 
     p = sub.add_parser(
         "retry-failed-items",
@@ -105,7 +105,7 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
     p.add_argument("asset", metavar="ASSET", help="the scatter asset whose items to retry")
     add_partition(p, "the partition the earlier run scattered (as text)")
     add_json(p)
-    p.set_defaults(func=cmd_retry_failed_items)
+    p.set_defaults(func=cmd_retry_failed_items, asset_logs=True)
 
 
 def _tags(pairs: list[str]) -> dict[str, str]:

@@ -60,7 +60,7 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
         if name == "reject":
             p.add_argument("--reason", metavar="TEXT", help="why (recorded as the asset's error)")
         add_json(p)
-        p.set_defaults(func=cmd_approve if name == "approve" else cmd_reject)
+        p.set_defaults(func=cmd_approve if name == "approve" else cmd_reject, asset_logs=True)
 
     p = sub.add_parser(
         "signal",
@@ -78,7 +78,7 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
         "--payload-file", metavar="FILE", help="read the JSON payload from FILE ('-' for stdin)"
     )
     add_json(p)
-    p.set_defaults(func=cmd_signal)
+    p.set_defaults(func=cmd_signal, asset_logs=True)
 
 
 def approval_json(a: Approval) -> dict[str, Any]:

@@ -1,0 +1,168 @@
+"""What a new user meets first on the command line: missing plugins, -v/-q on either side
+of the command, the assets' own log lines, partition keys as typed, a closed pipe, and the
+columns of ``runs``, ``approvals`` and ``lineage``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from flowstone.cli import main
+
+PIPELINE = """\
+import flowstone as fs
+from datetime import date
+
+STORE = {store!r}
+
+@fs.asset
+def numbers(context):
+    context.log.info("fetched %d numbers", 3)
+    return [1, 2, 3]
+
+@fs.asset
+def total(context, numbers):
+    context.log.info("summing %d values", len(numbers))
+    return sum(numbers)
+
+@fs.asset
+def big():
+    return list(range(200_000))
+
+@fs.asset(partitions=fs.DailyPartitions("2024-04-01", "2024-04-30"))
+def daily(context):
+    return context.partition.day
+
+@fs.asset(partitions=fs.StaticPartitions(["us-east", "us-west", "eu-central"]))
+def regional(context):
+    return context.partition
+
+pipeline = fs.Pipeline("newuser", [numbers, total, big, daily, regional], store=STORE)
+"""
+
+
+@pytest.fixture
+def spec(tmp_path: Path) -> str:
+    path = tmp_path / "flow.py"
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    path.write_text(PIPELINE.format(store=store), encoding="utf-8")
+    return f"{path}:pipeline"
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def core_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only flowstone-core installed: no distribution registers any plugin."""
+
+    def entry_points(*, group: str) -> metadata.EntryPoints:
+        return metadata.EntryPoints(())
+
+    monkeypatch.setattr(metadata, "entry_points", entry_points)
+
+
+# --- item 9: commands and plugins that are not installed ------------------------------
+
+
+@pytest.mark.usefixtures("core_only")
+@pytest.mark.parametrize(
+    ("argv", "package"),
+    [
+        (["worker", "--pipeline", "flow.py:pipeline"], "flowstone-celery"),
+        (["db", "upgrade"], "flowstone-io-postgres"),
+        (["-v", "db", "upgrade", "--create"], "flowstone-io-postgres"),
+    ],
+)
+def test_a_plugin_command_names_the_package_that_provides_it(
+    capsys: pytest.CaptureFixture[str], argv: list[str], package: str
+) -> None:
+    code, _, err = cli(capsys, *argv)
+    assert code == 2
+    assert "invalid choice" not in err
+    assert f"pip install {package}" in err
+    assert f"`flowstone {argv[argv.index('-v') + 1] if '-v' in argv else argv[0]}`" in err
+
+
+@pytest.mark.usefixtures("core_only")
+def test_a_misspelled_executor_suggests_the_closest_name(
+    capsys: pytest.CaptureFixture[str], spec: str
+) -> None:
+    code, _, err = cli(capsys, "run", spec, "total", "--executor", "celeryy")
+    assert code == 2
+    assert "did you mean 'celery'? (pip install flowstone-celery)" in err
+    code, _, err = cli(capsys, "run", spec, "total", "--executor", "inprocesss")
+    assert code == 2
+    assert "did you mean 'inprocess'?" in err
+
+
+def test_a_misspelled_installed_executor_is_suggested(
+    capsys: pytest.CaptureFixture[str], spec: str
+) -> None:
+    code, _, err = cli(capsys, "run", spec, "total", "--executor", "inprocces")
+    assert code == 2
+    assert "did you mean 'inprocess'?" in err
+
+
+# --- item 10: -v on either side, the assets' log lines -------------------------------
+
+
+def test_verbose_is_accepted_before_and_after_the_command(
+    capsys: pytest.CaptureFixture[str], spec: str
+) -> None:
+    for argv in (["-v", "run", spec, "total"], ["run", spec, "total", "-v"]):
+        code, out, err = cli(capsys, *argv, "--force")
+        assert code == 0, err
+        assert "succeeded" in out
+        assert "INFO flowstone" in err  # engine INFO lines, not only the assets'
+    code, _, err = cli(capsys, "run", spec, "total", "-vv", "--force")
+    assert code == 0
+    assert "DEBUG" in err or "INFO flowstone" in err
+
+
+def test_run_shows_the_assets_log_lines_and_quiet_hides_them(
+    capsys: pytest.CaptureFixture[str], spec: str
+) -> None:
+    code, _, err = cli(capsys, "run", spec, "total")
+    assert code == 0
+    assert "fetched 3 numbers" in err
+    assert "summing 3 values" in err
+    for argv in (["-q", "run", spec, "total", "--force"], ["run", spec, "total", "-q", "--force"]):
+        code, out, err = cli(capsys, *argv)
+        assert code == 0
+        assert "succeeded" in out
+        assert "summing" not in err
+    # commands that only read state do not turn the assets' logs on
+    code, _, err = cli(capsys, "get", spec, "total")
+    assert code == 0 and "summing" not in err
+
+
+# --- item 12: a closed stdout --------------------------------------------------------
+
+
+def test_a_reader_that_stops_early_is_not_an_error(tmp_path: Path, spec: str) -> None:
+    env = {**os.environ, "FLOWSTONE_HOME": str(tmp_path / "home")}
+    env.pop("FLOWSTONE_DATABASE_URL", None)
+    env.pop("FLOWSTONE_EXECUTOR", None)
+    run = [sys.executable, "-m", "flowstone"]
+    subprocess.run([*run, "run", spec, "big"], env=env, check=True, capture_output=True)
+    # `flowstone get ... | head -1`: the reader closes the pipe after one line
+    with subprocess.Popen(
+        [*run, "get", spec, "big"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = proc.stdout.readline()
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=60)
+    assert first.strip() == b"["
+    assert err == ""
+    assert code == 141  # as a Unix tool stopped by SIGPIPE
