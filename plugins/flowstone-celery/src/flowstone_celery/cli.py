@@ -35,6 +35,11 @@ def register(subparsers: Any) -> None:
                         help="Celery pool (default: prefork)")
     parser.add_argument("--hostname", default=None, help="Celery node name (-n)")
     parser.add_argument("--loglevel", default="INFO", help="log level (default: INFO)")
+    parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help="serve /metrics and /healthz on this port (needs "
+                        "flowstone-observability; default: FLOWSTONE_METRICS_PORT, else none)")
+    parser.add_argument("--metrics-host", default=None, metavar="ADDR",
+                        help="address the metrics server binds (default 127.0.0.1)")
     parser.add_argument("--no-sweeper", action="store_true",
                         help="do not run the sweeper in this worker (run it elsewhere)")
     parser.add_argument("celery_args", nargs=argparse.REMAINDER, metavar="-- CELERY_ARGS",
@@ -50,6 +55,10 @@ def handle(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     if args.no_sweeper:
         overrides["sweeper"] = False
+    if getattr(args, "metrics_port", None) is not None:
+        overrides["metrics_port"] = args.metrics_port
+    if getattr(args, "metrics_host", None) is not None:
+        overrides["metrics_host"] = args.metrics_host
     if args.concurrency is not None and args.concurrency < 1:
         print("flowstone worker: --concurrency must be >= 1", file=sys.stderr)
         return 2

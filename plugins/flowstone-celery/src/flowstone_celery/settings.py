@@ -58,6 +58,10 @@ class CelerySettings(BaseSettings):
             itself, one after the other, after the step it received (each time the first
             step that became ready; the others are published). Saves a broker round trip
             per chain link or parallel join; ``0`` publishes every step.
+        metrics_port: ``FLOWSTONE_METRICS_PORT``: serve ``/metrics`` and ``/healthz`` from
+            the worker on this port (needs ``flowstone-observability``); unset: no server.
+        metrics_host: ``FLOWSTONE_METRICS_HOST``: the address that server binds
+            (default ``127.0.0.1``, this machine only).
         batch_steps: ``FLOWSTONE_BATCH_STEPS``: how many steps of different runs one
             message may carry when many runs start at once (``Pipeline.run_many``); the
             worker runs them one after the other. ``1`` sends one message per step.
@@ -80,6 +84,8 @@ class CelerySettings(BaseSettings):
     infra_retries: int = Field(10, ge=0, le=1000)
     inline_steps: int = Field(16, ge=0, le=10_000)
     batch_steps: int = Field(8, ge=1, le=MAX_BATCH)
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("broker_url")
     @classmethod

@@ -7,6 +7,10 @@ a worker bootstep that
 * loads the pipelines (``FLOWSTONE_PIPELINES``) if none were added yet, in the main process
   before the pool forks, so a bad spec fails the worker at once;
 * runs the sweeper in a thread of the main process (``FLOWSTONE_SWEEPER``);
+* with ``FLOWSTONE_METRICS_PORT`` (``--metrics-port``) serves ``/metrics`` and ``/healthz``
+  from the main process, summing the pool processes' metrics (flowstone-observability's
+  ``WorkerMetrics``, prepared before the pool forks); with ``FLOWSTONE_LOG_FORMAT=json``
+  logs JSON lines carrying the step fields (when flowstone-observability is installed);
 * makes a *second* SIGTERM stop immediately: the first one is Celery's warm shutdown (no new
   messages, in-flight steps finish), the second turns it into a cold shutdown that abandons
   the running steps (their messages return to the queue; leases expire and the sweeper
@@ -21,6 +25,7 @@ from typing import Any
 
 from celery import bootsteps
 
+from flowstone.errors import UsageError
 from flowstone_celery.app import FlowstoneCelery, make_app
 from flowstone_celery.settings import CelerySettings, safe_url
 from flowstone_celery.sweeper import SweeperThread
@@ -41,6 +46,8 @@ class FlowstoneStep(bootsteps.StartStopStep):  # type: ignore[misc]
         if not app.pipelines:
             app.load_pipelines(app.flowstone_settings.pipeline_specs)
         self._sweeper: SweeperThread | None = None
+        # before the pool forks: pool processes inherit the observers and the metric mode
+        self._metrics = _worker_metrics(app)
 
     def start(self, worker: Any) -> None:
         app: FlowstoneCelery = worker.app
@@ -49,6 +56,8 @@ class FlowstoneStep(bootsteps.StartStopStep):  # type: ignore[misc]
                  sorted(app.pipelines), settings.queue, safe_url(settings.broker_url),
                  f"every {settings.sweep_interval:g}s" if settings.sweeper else "off")
         _install_escalating_sigterm(worker)
+        if self._metrics is not None:
+            self._metrics.start()
         if settings.sweeper and self._sweeper is None:
             self._sweeper = SweeperThread(app)
             self._sweeper.start()
@@ -57,6 +66,27 @@ class FlowstoneStep(bootsteps.StartStopStep):  # type: ignore[misc]
         if self._sweeper is not None:
             self._sweeper.stop()
             self._sweeper = None
+        if self._metrics is not None:
+            self._metrics.stop()
+
+
+def _worker_metrics(app: FlowstoneCelery) -> Any:
+    """flowstone-observability's ``WorkerMetrics`` when a metrics port is set (None
+    otherwise); JSON logs when ``FLOWSTONE_LOG_FORMAT=json`` and the plugin is installed."""
+    settings = app.flowstone_settings
+    try:
+        from flowstone_observability.worker import WorkerMetrics, use_json_logs
+    except ImportError as exc:
+        if settings.metrics_port is not None:
+            raise UsageError(
+                "--metrics-port (FLOWSTONE_METRICS_PORT) needs flowstone-observability: "
+                "pip install flowstone-observability"
+            ) from exc
+        return None
+    use_json_logs(app)
+    if settings.metrics_port is None:
+        return None
+    return WorkerMetrics(app, port=settings.metrics_port, host=settings.metrics_host)
 
     def shutdown(self, worker: Any) -> None:
         self.stop(worker)

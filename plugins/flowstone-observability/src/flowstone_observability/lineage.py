@@ -1,0 +1,291 @@
+"""``OpenLineageObserver``: FlowStone runs and materializations as OpenLineage run events.
+
+Events go through the OpenLineage client's own transports: ``FileTransport`` (one JSON
+document per line) or ``HttpTransport`` (POST, with the client's retry of 5xx answers).
+By default they are handed to a background thread through a bounded buffer, so a slow or
+unreachable receiver never slows a run: when the buffer is full the event is dropped and
+counted (``flowstone_lineage_dropped_total``); a delivery that still fails after
+``retries`` attempts is logged and counted (``flowstone_lineage_errors_total``). With
+``delivery="sync"`` every event is sent in the engine's thread and a failure raises, which
+the engine counts, and which fails the asset when the pipeline has
+``on_lineage_error="fail"`` (the ``lineage.recorded`` event is sent as a RUNNING event with
+the step's datasets before its materialization is recorded).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any, Final, Literal
+
+from openlineage.client.event_v2 import RunEvent, RunState
+from openlineage.client.transport.transport import Transport
+from prometheus_client import CollectorRegistry
+
+from flowstone.errors import UsageError
+from flowstone.events import Event
+from flowstone_observability.lineage_events import LineageNames, ScatterRunFacet
+from flowstone_observability.metrics import Metrics
+
+__all__ = ["FILE_ENV", "URL_ENV", "OpenLineageObserver", "file_transport", "http_transport"]
+
+log = logging.getLogger("flowstone.observability")
+
+URL_ENV: Final = "FLOWSTONE_OPENLINEAGE_URL"
+FILE_ENV: Final = "FLOWSTONE_OPENLINEAGE_FILE"
+_MEMORY: Final = 4096  # open steps whose attempt / scatter counts are remembered
+_FINAL = {"asset.succeeded": RunState.COMPLETE, "asset.failed": RunState.FAIL,
+          "asset.skipped": RunState.ABORT}
+_RUN_FINAL = {"succeeded": RunState.COMPLETE, "failed": RunState.FAIL,
+              "cancelled": RunState.ABORT}
+
+
+def file_transport(path: str | os.PathLike[str]) -> Transport:
+    """The client's ``FileTransport`` appending JSON lines to ``path``."""
+    from openlineage.client.transport.file import FileConfig, FileTransport
+
+    return FileTransport(FileConfig(log_file_path=os.fspath(path), append=True))
+
+
+def http_transport(url: str, *, endpoint: str = "api/v1/lineage", timeout: float = 5.0,
+                   ) -> Transport:
+    """The client's ``HttpTransport`` POSTing to ``url`` + ``endpoint``."""
+    from openlineage.client.transport.http import HttpConfig, HttpTransport
+
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"OpenLineage URL must start with http:// or https://, got {url[:40]!r}")
+    retry = {"total": 2, "connect": 2, "read": 2, "backoff_factor": 0.1,
+             "status_forcelist": [500, 502, 503, 504], "allowed_methods": ["POST"]}
+    return HttpTransport(HttpConfig(url=url, endpoint=endpoint, timeout=timeout, retry=retry))
+
+
+class OpenLineageObserver:
+    """Sends OpenLineage events for pipeline runs and asset steps.
+
+    Args:
+        transport: an OpenLineage client ``Transport``; default: :func:`http_transport` of
+            ``FLOWSTONE_OPENLINEAGE_URL`` or :func:`file_transport` of
+            ``FLOWSTONE_OPENLINEAGE_FILE`` (one must be set).
+        namespace: the OpenLineage job and dataset namespace.
+        delivery: ``"background"`` (bounded buffer, sender thread) or ``"sync"``.
+        buffer_size: events the background buffer holds before dropping.
+        retries: delivery attempts per event (with exponential backoff from 0.1 s).
+        pipelines: pipelines whose dependency graphs name a step's input datasets.
+        registry: where the lineage metrics live (default: process-wide).
+
+    Raises:
+        UsageError: no transport and neither variable set; bad arguments.
+    """
+
+    def __init__(
+        self,
+        transport: Transport | None = None,
+        *,
+        namespace: str = "flowstone",
+        delivery: Literal["background", "sync"] = "background",
+        buffer_size: int = 10_000,
+        retries: int = 3,
+        pipelines: Iterable[Any] = (),
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        if delivery not in ("background", "sync"):
+            raise UsageError(f"delivery must be 'background' or 'sync', got {delivery!r}")
+        if not isinstance(buffer_size, int) or buffer_size < 1:
+            raise UsageError(f"buffer_size must be a positive int, got {buffer_size!r}")
+        if not isinstance(retries, int) or retries < 1:
+            raise UsageError(f"retries must be an int >= 1, got {retries!r}")
+        self.transport = transport if transport is not None else _from_env()
+        self.names = LineageNames(namespace)
+        self.delivery = delivery
+        self.retries = retries
+        self.kind = str(getattr(self.transport, "kind", None) or type(self.transport).__name__)
+        self._metrics = Metrics(registry) if registry is not None else Metrics.shared()
+        self._deps: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._open: OrderedDict[tuple[str, str, str, str], dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[RunEvent | None] = queue.Queue(maxsize=buffer_size)
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        for p in pipelines:
+            self.bind(p)
+
+    def bind(self, pipeline: Any) -> None:
+        """Learn ``pipeline``'s dependencies (a step's input datasets)."""
+        for a in pipeline.dag.assets.values():
+            self._deps[(pipeline.name, a.name)] = tuple(a.deps)
+
+    # --- events -> lineage ---------------------------------------------------------
+    def on_event(self, event: Event) -> None:
+        built = self.build(event)
+        if built is not None:
+            self._deliver(built)
+
+    def build(self, e: Event) -> RunEvent | None:
+        """The OpenLineage event for ``e``, or None when ``e`` has none."""
+        names = self.names
+        if e.kind == "run.started":
+            return names.pipeline_event(RunState.START, e.pipeline, e.run_id, e.at)
+        if e.kind == "run.finished":
+            state = _RUN_FINAL.get(str(e.data.get("status")), RunState.OTHER)
+            return names.pipeline_event(state, e.pipeline, e.run_id, e.at)
+        key = (e.pipeline, e.run_id, e.asset, e.partition)
+        if e.kind == "asset.started":
+            attempt = e.data.get("attempt")
+            with self._lock:
+                self._open.pop(key, None)
+                self._open[key] = {"attempt": attempt if isinstance(attempt, int) else 1}
+                while len(self._open) > _MEMORY:
+                    self._open.popitem(last=False)
+            return names.step_event(RunState.START, e.pipeline, e.run_id, e.asset, e.partition,
+                                    self._attempt(key), e.at, inputs=self._inputs(e))
+        if e.kind == "scatter.progress":
+            with self._lock:
+                self._open.setdefault(key, {"attempt": 1})["scatter"] = dict(e.data)
+            return None
+        if e.kind == "lineage.recorded":
+            return names.step_event(RunState.RUNNING, e.pipeline, e.run_id, e.asset,
+                                    e.partition, self._attempt(key), e.at,
+                                    inputs=self._inputs(e), output=True)
+        final = _FINAL.get(e.kind)
+        if final is None:
+            return None
+        state = final
+        with self._lock:
+            step = self._open.pop(key, {})
+        error = e.data.get("error") if state is not RunState.COMPLETE else None
+        return names.step_event(
+            state, e.pipeline, e.run_id, e.asset, e.partition, step.get("attempt"), e.at,
+            inputs=self._inputs(e), output=state is RunState.COMPLETE,
+            error=str(error) if error else None, scatter=_scatter(step.get("scatter")),
+        )
+
+    def _attempt(self, key: tuple[str, str, str, str]) -> int:
+        with self._lock:
+            step = self._open.get(key)
+        return int(step["attempt"]) if step else 1
+
+    def _inputs(self, e: Event) -> tuple[str, ...]:
+        named = e.data.get("upstream_assets")
+        if isinstance(named, list | tuple):
+            return tuple(str(n) for n in named)
+        return self._deps.get((e.pipeline, e.asset), ())
+
+    # --- delivery ------------------------------------------------------------------
+    def _deliver(self, event: RunEvent) -> None:
+        if self.delivery == "sync":
+            self._send(event, raise_errors=True)
+            return
+        self._start()
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self._metrics.counter("flowstone_lineage_dropped").labels(self.kind).inc()
+            log.warning("OpenLineage buffer full (%d events): dropped %s of job %s",
+                        self._queue.maxsize, _state(event), event.job.name)
+            return
+        self._metrics.gauge("flowstone_lineage_buffer").labels(self.kind).set(self._queue.qsize())
+
+    def _send(self, event: RunEvent, *, raise_errors: bool) -> bool:
+        delay = 0.1
+        for attempt in range(1, self.retries + 1):
+            try:
+                self.transport.emit(event)
+            except Exception as exc:
+                if attempt < self.retries:
+                    time.sleep(delay)
+                    delay *= 2
+                    continue
+                self._metrics.counter("flowstone_lineage_errors").labels(self.kind).inc()
+                log.error("OpenLineage %s of job %s not delivered after %d attempts: %s: %s",
+                          _state(event), event.job.name, self.retries, type(exc).__name__, exc)
+                if raise_errors:
+                    raise
+                return False
+            self._metrics.counter("flowstone_lineage_events").labels(
+                self.kind, _state(event)).inc()
+            return True
+        return False
+
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            with self._lock:
+                if self._closed:
+                    raise UsageError("this OpenLineageObserver was closed")
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(target=self._run, daemon=True,
+                                                    name="flowstone-openlineage")
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            event = self._queue.get()
+            try:
+                if event is None:
+                    return
+                self._send(event, raise_errors=False)
+                self._metrics.gauge("flowstone_lineage_buffer").labels(self.kind).set(
+                    self._queue.qsize())
+            finally:
+                self._queue.task_done()
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until the buffer is empty (True) or ``timeout`` passed (False)."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Deliver what is buffered (up to ``timeout``), stop the thread, close transport."""
+        self.flush(timeout)
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._queue.put(None)
+            thread.join(timeout)
+        self.transport.close(timeout)
+
+    def __repr__(self) -> str:
+        return f"OpenLineageObserver(transport={self.kind!r}, delivery={self.delivery!r})"
+
+
+def _state(event: RunEvent) -> str:
+    state = event.eventType
+    return state.value if state is not None else "OTHER"
+
+
+def _scatter(progress: dict[str, Any] | None) -> ScatterRunFacet | None:
+    if not progress:
+        return None
+
+    def num(name: str) -> int:
+        value = progress.get(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    failed = num("failed")
+    succeeded = num("succeeded") or max(0, num("done") - failed)
+    return ScatterRunFacet(total=num("total"), succeeded=succeeded, failed=failed)
+
+
+def _from_env() -> Transport:
+    url = os.environ.get(URL_ENV, "").strip()
+    path = os.environ.get(FILE_ENV, "").strip()
+    if url and path:
+        raise UsageError(f"set only one of {URL_ENV} and {FILE_ENV}")
+    if url:
+        return http_transport(url)
+    if path:
+        return file_transport(path)
+    raise UsageError(
+        f"OpenLineageObserver needs a transport: set {URL_ENV}=http://host:5000 (an "
+        f"OpenLineage receiver) or {FILE_ENV}=/path/lineage.jsonl, or pass transport="
+    )
+

@@ -1,0 +1,219 @@
+"""``PrometheusObserver``: turns FlowStone events into Prometheus counters and histograms.
+
+Add it to a pipeline (``Pipeline(..., observers=["prometheus"])`` or an instance), or let
+``flowstone worker --metrics-port`` / ``flowstone daemon --metrics-port`` attach it to every
+pipeline they serve. Each event costs a few label lookups and increments; nothing does I/O.
+Per-asset freshness is not derived from events: :mod:`flowstone_observability.freshness`
+reads it from the run store at scrape time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final
+
+from prometheus_client import CollectorRegistry
+
+from flowstone.events import Event
+from flowstone_observability.metrics import Metrics
+
+__all__ = ["PrometheusObserver", "attach"]
+
+# how many (run, asset, partition) scatters' last counts are kept to turn cumulative
+# progress into increments; the oldest is forgotten first, so memory stays bounded
+_SCATTER_MEMORY: Final = 4096
+_CLOSED = {"gate.signaled": ("gate", "signaled"), "gate.expired": ("gate", "expired")}
+_FINISHED = {"asset.succeeded": "succeeded", "asset.failed": "failed", "asset.skipped": "skipped"}
+
+
+class PrometheusObserver:
+    """Records every event of the pipelines it observes as Prometheus metrics.
+
+    Args:
+        registry: where the metrics live; default: prometheus-client's process-wide
+            registry (shared by every observer of the process, and what multiprocess mode
+            collects from worker processes).
+        pipelines: pipelines to learn parallel branches from (see :meth:`bind`).
+
+    Example:
+        >>> pipeline = Pipeline("etl", assets, observers=[PrometheusObserver()])
+    """
+
+    __slots__ = ("_finals", "_handlers", "_joins", "_lock", "_scatter", "metrics")
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, pipelines: Iterable[Any] = ()
+    ) -> None:
+        self.metrics = Metrics(registry) if registry is not None else Metrics.shared()
+        self._lock = threading.Lock()
+        self._scatter: OrderedDict[tuple[str, str, str, str], tuple[int, int]] = OrderedDict()
+        self._finals: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._joins: set[tuple[str, str]] = set()
+        self._handlers: dict[str, Callable[[Event], None]] = {
+            "run.started": self._run_started,
+            "run.finished": self._run_finished,
+            "asset.started": self._asset_started,
+            "asset.succeeded": self._asset_finished,
+            "asset.failed": self._asset_finished,
+            "asset.skipped": self._asset_finished,
+            "asset.retrying": self._asset_retrying,
+            "io.stored": self._io,
+            "io.loaded": self._io,
+            "route.decided": self._route,
+            "approval.requested": self._wait_opened,
+            "gate.opened": self._wait_opened,
+            "approval.decided": self._approval_decided,
+            "gate.signaled": self._gate_closed,
+            "gate.expired": self._gate_closed,
+            "scatter.progress": self._scatter_progress,
+            "observer.failed": self._observer_failed,
+        }
+        for pipeline in pipelines:
+            self.bind(pipeline)
+
+    def bind(self, pipeline: Any) -> None:
+        """Learn ``pipeline``'s parallel branch finals and joins (for the parallel metrics)."""
+        for a in pipeline.dag.assets.values():
+            if a.parallel is None:
+                continue
+            self._joins.add((pipeline.name, a.name))
+            for final in a.parallel.branches.values():
+                known = self._finals.get((pipeline.name, final), ())
+                if a.name not in known:
+                    self._finals[(pipeline.name, final)] = (*known, a.name)
+
+    def on_event(self, event: Event) -> None:
+        handler = self._handlers.get(event.kind)
+        if handler is not None:
+            handler(event)
+
+    # --- handlers -------------------------------------------------------------------
+    def _run_started(self, e: Event) -> None:
+        self.metrics.counter("flowstone_runs_started").labels(e.pipeline).inc()
+
+    def _run_finished(self, e: Event) -> None:
+        status = str(e.data.get("status", "unknown"))
+        self.metrics.counter("flowstone_runs_finished").labels(e.pipeline, status).inc()
+
+    def _asset_started(self, e: Event) -> None:
+        lag = e.data.get("queued_s")
+        if isinstance(lag, int | float) and lag >= 0:
+            self.metrics.histogram("flowstone_queue_lag_seconds").labels(e.pipeline).observe(lag)
+        if e.data.get("takeover"):
+            self.metrics.counter("flowstone_lease_takeovers").labels(e.pipeline, e.asset).inc()
+
+    def _asset_finished(self, e: Event) -> None:
+        status = _FINISHED[e.kind]
+        m = self.metrics
+        m.counter("flowstone_materializations").labels(e.pipeline, e.asset, status).inc()
+        duration = e.data.get("duration_s")
+        if isinstance(duration, int | float) and status != "skipped":
+            m.histogram("flowstone_materialization_duration_seconds").labels(
+                e.pipeline, e.asset).observe(duration)
+        for parallel in self._finals.get((e.pipeline, e.asset), ()):
+            m.counter("flowstone_parallel_branches").labels(e.pipeline, parallel, status).inc()
+        if (e.pipeline, e.asset) in self._joins:
+            m.counter("flowstone_parallel_joins").labels(e.pipeline, e.asset, status).inc()
+
+    def _asset_retrying(self, e: Event) -> None:
+        self.metrics.counter("flowstone_retries").labels(e.pipeline, e.asset).inc()
+
+    def _io(self, e: Event) -> None:
+        op = "store" if e.kind == "io.stored" else "load"
+        m = self.metrics
+        count = e.data.get("count", 1)
+        m.counter("flowstone_io_operations").labels(
+            e.pipeline, e.asset, op, str(e.data.get("io_manager", ""))
+        ).inc(count if isinstance(count, int) and count > 0 else 1)
+        duration = e.data.get("duration_s")
+        if isinstance(duration, int | float):
+            m.histogram("flowstone_io_duration_seconds").labels(e.pipeline, op).observe(duration)
+        size = e.data.get("bytes")
+        if isinstance(size, int) and size > 0:
+            m.counter("flowstone_io_bytes").labels(e.pipeline, e.asset, op).inc(size)
+
+    def _route(self, e: Event) -> None:
+        branch = str(e.data.get("branch", ""))
+        self.metrics.counter("flowstone_route_decisions").labels(e.pipeline, e.asset, branch).inc()
+
+    def _wait_opened(self, e: Event) -> None:
+        kind = "gate" if e.kind == "gate.opened" else "approval"
+        self.metrics.counter("flowstone_waits_opened").labels(e.pipeline, e.asset, kind).inc()
+
+    def _approval_decided(self, e: Event) -> None:
+        outcome = str(e.data.get("status", "decided"))
+        self.metrics.counter("flowstone_waits_closed").labels(
+            e.pipeline, e.asset, "approval", outcome).inc()
+
+    def _gate_closed(self, e: Event) -> None:
+        kind, outcome = _CLOSED[e.kind]
+        self.metrics.counter("flowstone_waits_closed").labels(
+            e.pipeline, e.asset, kind, outcome).inc()
+
+    def _scatter_progress(self, e: Event) -> None:
+        data = e.data
+        done = _int(data.get("done"), _int(data.get("succeeded"), 0) + _int(data.get("failed"), 0))
+        failed = _int(data.get("failed"), 0)
+        total = _int(data.get("total"), 0)
+        key = (e.pipeline, e.run_id, e.asset, e.partition)
+        with self._lock:
+            before_done, before_failed = self._scatter.pop(key, (0, 0))
+            self._scatter[key] = (max(done, before_done), max(failed, before_failed))
+            while len(self._scatter) > _SCATTER_MEMORY:
+                self._scatter.popitem(last=False)
+        m = self.metrics
+        new_failed = max(0, failed - before_failed)
+        new_ok = max(0, (done - failed) - (before_done - before_failed))
+        items = m.counter("flowstone_scatter_items")
+        if new_ok:
+            items.labels(e.pipeline, e.asset, "succeeded").inc(new_ok)
+        if new_failed:
+            items.labels(e.pipeline, e.asset, "failed").inc(new_failed)
+        if total > 0:
+            m.gauge("flowstone_scatter_progress_ratio").labels(e.pipeline, e.asset).set(
+                min(1.0, done / total))
+
+    def _observer_failed(self, e: Event) -> None:
+        self.metrics.counter("flowstone_observer_errors").labels(
+            e.pipeline, str(e.data.get("observer", "")), str(e.data.get("failed_kind", ""))
+        ).inc()
+
+    # --- serving and health (what ``flowstone daemon --metrics-port`` and ``flowstone
+    # health`` find through the ``prometheus`` entry point) -------------------------
+    def serve(self, pipelines: Sequence[Any], *, port: int, host: str = "127.0.0.1",
+              role: str = "standalone") -> Any:
+        """Attach this observer to ``pipelines`` and serve ``/metrics`` and ``/healthz``
+        for them; returns a :class:`~flowstone_observability.serving.Serving`."""
+        from flowstone_observability.serving import serve
+
+        return serve(pipelines, port=port, host=host, role=role, observer=self)
+
+    def health(self, pipelines: Sequence[Any]) -> Any:
+        """:func:`flowstone_observability.check` of ``pipelines``."""
+        from flowstone_observability.health import check
+
+        return check(pipelines)
+
+    def __repr__(self) -> str:
+        return "PrometheusObserver()"
+
+
+def _int(value: object, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def attach(pipeline: Any, observer: Any) -> None:
+    """Add ``observer`` to an already built ``pipeline`` (what ``--metrics-port`` does).
+
+    Idempotent: an observer already attached is not added twice.
+    """
+    # the pipeline's Emitter (``pipeline.events``) holds the observers
+    emitter: Any = getattr(pipeline, "events", None)
+    holder: Any = emitter if hasattr(emitter, "observers") else pipeline
+    current = tuple(holder.observers)
+    if observer not in current:
+        holder.observers = (*current, observer)
+    if isinstance(observer, PrometheusObserver):
+        observer.bind(pipeline)
