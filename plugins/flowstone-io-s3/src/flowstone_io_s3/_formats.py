@@ -1,0 +1,389 @@
+"""Item parsers for one text object: JSON lines, JSON array and CSV (Parquet: ``_parquet``).
+
+Each parser starts at a *position* (a small JSON-able dict it produced earlier, ``{}`` for
+the beginning), returns items page by page, and reports the position right after the last
+item it returned. A record that cannot be parsed raises :class:`StorageError` naming the
+object, the line (or item / row group) and the byte offset; the parser then stays at the
+last good record: ``read`` returns the good part of the page, the next ``read`` raises.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import json
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+from flowstone.errors import StorageError
+from flowstone_io_s3._ranges import ObjectRef
+
+__all__ = ["CsvParser", "JsonArrayParser", "JsonLinesParser", "Parser"]
+
+_BOM = codecs.BOM_UTF8
+_WS = re.compile(r"[ \t\r\n]*")
+
+
+class Parser(Protocol):
+    def read(self, max_items: int) -> list[Any]: ...
+
+    def position(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+class _Failing:
+    """Remembers a record error so the good part of a page can be returned first; from
+    then on every read raises it (the position stays at the last good record, and a
+    reader restored from the checkpoint starts there again)."""
+
+    __slots__ = ("_error",)
+
+    def __init__(self) -> None:
+        self._error: StorageError | None = None
+
+    def fail(self, error: StorageError, page: list[Any]) -> list[Any]:
+        self._error = error
+        if page:
+            return page
+        raise error
+
+    def check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
+class LineSplitter:
+    """Complete lines of a chunk stream, with their endings (``\\n``, ``\\r\\n``, ``\\r``:
+    as a file opened with ``newline=''``), a chunk's worth at a time.
+
+    A line longer than a chunk is collected in pieces and joined once, so long lines cost
+    linear time (botocore's ``iter_lines`` re-splits its whole buffer per 1 KiB).
+    """
+
+    __slots__ = ("_chunks", "_tail")
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._tail: list[bytes] = []
+
+    def batch(self) -> list[bytes] | None:
+        """The next complete lines, or None at the end of the object."""
+        for chunk in self._chunks:
+            if b"\n" not in chunk and b"\r" not in chunk:
+                self._tail.append(chunk)
+                continue
+            data = b"".join([*self._tail, chunk]) if self._tail else chunk
+            lines = data.splitlines(keepends=True)
+            # The last line goes on in the next chunk unless it ends with "\n" (a final
+            # "\r" may be the first half of "\r\n").
+            self._tail = [] if lines[-1].endswith(b"\n") else [lines.pop()]
+            if lines:
+                return lines
+        if self._tail:
+            line, self._tail = b"".join(self._tail), []
+            return [line]
+        return None
+
+
+class _LineParser:
+    """Shared position keeping of the line-based parsers."""
+
+    __slots__ = ("_batch", "_failing", "_i", "_line", "_offset", "_ref", "_split")
+
+    def __init__(self, chunks: Iterator[bytes], ref: ObjectRef, offset: int, line: int) -> None:
+        self._split = LineSplitter(chunks)
+        self._ref = ref
+        self._offset = offset
+        self._line = line
+        self._batch: list[bytes] = []
+        self._i = 0
+        self._failing = _Failing()
+
+    def _error(self, line: int, offset: int, problem: str, fix: str) -> StorageError:
+        return StorageError(f"{self._ref.uri}, line {line} (byte {offset}): {problem}. Fix: {fix}.")
+
+    def position(self) -> dict[str, Any]:
+        return {"offset": self._offset, "line": self._line}
+
+    def close(self) -> None:
+        self._batch = []
+
+
+class JsonLinesParser(_LineParser):
+    """One JSON value per line; blank lines are skipped."""
+
+    __slots__ = ()
+
+    def read(self, max_items: int) -> list[Any]:
+        self._failing.check()
+        page: list[Any] = []
+        loads = json.loads
+        while len(page) < max_items:
+            if self._i >= len(self._batch):
+                batch = self._split.batch()
+                if batch is None:
+                    break
+                self._batch, self._i = batch, 0
+            lines = self._batch[self._i : self._i + max_items - len(page)]
+            try:
+                page.extend(list(map(loads, lines)))  # the fast path: a page of good lines
+            except (ValueError, RecursionError):
+                done = self._slow(lines, page)
+                if done < len(lines):
+                    return self._failing.fail(self._bad(lines[done]), page)
+                continue
+            self._i += len(lines)
+            self._offset += sum(map(len, lines))
+            self._line += len(lines)
+        return page
+
+    def _slow(self, lines: Sequence[bytes], page: list[Any]) -> int:
+        """Parse ``lines`` one by one (skipping blanks); return how many were consumed."""
+        for done, raw in enumerate(lines):
+            if raw.strip() in (b"", _BOM):
+                pass
+            else:
+                try:
+                    value = json.loads(raw)
+                except (ValueError, RecursionError):
+                    return done
+                page.append(value)
+            self._i += 1
+            self._offset += len(raw)
+            self._line += 1
+        return len(lines)
+
+    def _bad(self, raw: bytes) -> StorageError:
+        try:
+            json.loads(raw)
+        except json.JSONDecodeError as exc:
+            problem = f"malformed JSON: {exc.msg} (column {exc.colno})"
+        except (ValueError, RecursionError) as exc:
+            problem = f"unreadable JSON value: {type(exc).__name__}: {exc}"
+        else:  # pragma: no cover - only lines json.loads rejected get here
+            problem = "unreadable JSON value"
+        return self._error(
+            self._line + 1, self._offset, problem, "make every line one complete JSON value"
+        )
+
+
+class CsvParser(_LineParser):
+    """Rows as dicts keyed by the header (read from the object, or given)."""
+
+    __slots__ = ("_dialect", "_encoding", "_eof", "_header", "_rows", "_scan_line", "_scan_off")
+
+    def __init__(
+        self,
+        chunks: Iterator[bytes],
+        ref: ObjectRef,
+        position: dict[str, Any],
+        *,
+        dialect: Any,
+        fieldnames: Sequence[str] | None,
+        encoding: str,
+    ) -> None:
+        super().__init__(chunks, ref, position.get("offset", 0), position.get("line", 0))
+        self._dialect = dialect
+        self._encoding = encoding
+        self._scan_off, self._scan_line = self._offset, self._line
+        self._eof = False
+        self._rows = csv.reader(self._lines(), dialect)
+        header = position.get("header", fieldnames)
+        if header is None:
+            header = self._next_record() or []
+            duplicates = sorted({n for n in header if header.count(n) > 1})
+            if duplicates:
+                raise self._error(
+                    1, 0, f"duplicate column names {duplicates}",
+                    "rename the columns, or pass fieldnames= with unique names",
+                )  # fmt: skip
+            self._offset, self._line = self._scan_off, self._scan_line
+        self._header: tuple[str, ...] = tuple(header)
+
+    def position(self) -> dict[str, Any]:
+        return {"offset": self._offset, "line": self._line, "header": list(self._header)}
+
+    def _lines(self) -> Iterator[str]:
+        while (batch := self._split.batch()) is not None:
+            for raw in batch:
+                # A byte-order mark is dropped at the start of the object only.
+                bom = self._scan_off == 0 and raw.startswith(_BOM)
+                text_raw = raw[len(_BOM) :] if bom else raw
+                try:
+                    text = text_raw.decode(self._encoding)
+                except UnicodeDecodeError as exc:
+                    raise self._error(
+                        self._scan_line + 1, self._scan_off,
+                        f"cannot decode as {self._encoding}: {exc.reason}",
+                        "set encoding= to the object's encoding",
+                    ) from exc  # fmt: skip
+                self._scan_line += 1
+                self._scan_off += len(raw)
+                yield text
+        self._eof = True
+
+    def _next_record(self) -> list[str] | None:
+        while True:
+            start, start_off = self._scan_line, self._scan_off
+            self._eof = False
+            try:
+                row = next(self._rows, None)
+            except StorageError:
+                raise
+            except csv.Error as exc:
+                raise self._error(
+                    start + 1, start_off, f"invalid CSV: {exc}",
+                    "fix the record or choose the matching dialect=",
+                ) from exc  # fmt: skip
+            except Exception as exc:
+                raise self._error(
+                    start + 1, start_off, f"unreadable CSV record: {type(exc).__name__}: {exc}",
+                    "fix the record",
+                ) from exc  # fmt: skip
+            if row is not None and self._eof:
+                raise self._error(
+                    start + 1, start_off, "quoted field is never closed",
+                    "close the quote, or check the object is complete",
+                )  # fmt: skip
+            if row != []:
+                return row
+
+    def read(self, max_items: int) -> list[Any]:
+        self._failing.check()
+        page: list[dict[str, str | None]] = []
+        header, width = self._header, len(self._header)
+        try:
+            while len(page) < max_items:
+                start, start_off = self._scan_line, self._scan_off
+                row = self._next_record()
+                if row is None:
+                    break
+                if len(row) > width:
+                    raise self._error(
+                        start + 1, start_off, f"{len(row)} fields but {width} columns",
+                        "quote fields that contain the delimiter, or fix the header",
+                    )  # fmt: skip
+                values: list[str | None] = list(row)
+                if len(row) < width:
+                    values += [None] * (width - len(row))
+                page.append(dict(zip(header, values, strict=True)))
+                self._offset, self._line = self._scan_off, self._scan_line
+        except StorageError as exc:
+            return self._failing.fail(exc, page)
+        return page
+
+
+class JsonArrayParser:
+    """The elements of one top-level JSON array, streamed element by element."""
+
+    __slots__ = (
+        "_ascii",
+        "_at",
+        "_buf",
+        "_chunks",
+        "_decoder",
+        "_eof",
+        "_failing",
+        "_index",
+        "_offset",
+        "_ref",
+        "_state",
+    )  # fmt: skip
+
+    def __init__(self, chunks: Iterator[bytes], ref: ObjectRef, position: dict[str, Any]) -> None:
+        self._chunks = chunks
+        self._ref = ref
+        self._offset = int(position.get("offset", 0))
+        self._state = str(position.get("state", "start"))
+        self._index = int(position.get("index", 0))
+        self._decoder = codecs.getincrementaldecoder(
+            "utf-8-sig" if self._offset == 0 else "utf-8"
+        )()
+        self._buf = ""
+        self._at = 0
+        self._ascii = True
+        self._eof = self._state == "done"
+        self._failing = _Failing()
+
+    def position(self) -> dict[str, Any]:
+        return {"offset": self._offset, "state": self._state, "index": self._index}
+
+    def close(self) -> None:
+        self._buf = ""
+
+    def _more(self) -> bool:
+        if self._eof:
+            return False
+        chunk = next(self._chunks, None)
+        try:
+            text = self._decoder.decode(chunk or b"", final=chunk is None)
+        except UnicodeDecodeError as exc:
+            raise self._error(f"not UTF-8 ({exc.reason})") from exc
+        self._eof = chunk is None
+        self._buf = self._buf[self._at :] + text
+        self._at = 0
+        self._ascii = self._buf.isascii()
+        return bool(text) or not self._eof
+
+    def _advance(self, to: int) -> None:
+        skipped = to - self._at
+        self._offset += skipped if self._ascii else len(self._buf[self._at : to].encode())
+        self._at = to
+
+    def _peek(self) -> str:
+        """The next non-blank character ("" at the end), consuming the blanks."""
+        while True:
+            self._advance(_WS.match(self._buf, self._at).end())  # type: ignore[union-attr]
+            if self._at < len(self._buf):
+                return self._buf[self._at]
+            if not self._more():
+                return ""
+
+    def _error(self, problem: str) -> StorageError:
+        return StorageError(
+            f"{self._ref.uri}, item {self._index + 1} (byte {self._offset}): {problem}. "
+            "Fix: the object must hold one JSON array of values."
+        )
+
+    def read(self, max_items: int) -> list[Any]:
+        self._failing.check()
+        page: list[Any] = []
+        try:
+            while len(page) < max_items and self._state != "done":
+                if self._state == "start":
+                    if self._peek() != "[":
+                        raise self._error("the object does not start with '['")
+                    self._advance(self._at + 1)
+                    self._state = "done" if self._peek() == "]" else "item"
+                    continue
+                page.append(self._element())
+        except StorageError as exc:
+            return self._failing.fail(exc, page)
+        return page
+
+    def _element(self) -> Any:
+        decode = json.JSONDecoder().raw_decode
+        while True:
+            if self._peek() == "":
+                raise self._error("the array is never closed with ']'")
+            try:
+                value, end = decode(self._buf, self._at)
+            except json.JSONDecodeError as exc:
+                if self._more():
+                    continue
+                raise self._error(f"malformed JSON: {exc.msg}") from exc
+            except (ValueError, RecursionError) as exc:
+                raise self._error(f"unreadable JSON value: {type(exc).__name__}") from exc
+            after = _WS.match(self._buf, end).end()  # type: ignore[union-attr]
+            if after >= len(self._buf) and self._more():
+                continue  # a number may go on in the next chunk: parse again with more text
+            separator = self._buf[after : after + 1]
+            if separator not in (",", "]"):
+                raise self._error(f"expected ',' or ']' after the value, found {separator!r}")
+            self._advance(after + 1)
+            self._index += 1
+            if separator == "]":
+                self._state = "done"
+            return value

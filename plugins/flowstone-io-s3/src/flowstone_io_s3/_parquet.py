@@ -1,0 +1,69 @@
+"""Rows of one Parquet object, one row group in memory at a time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flowstone.errors import StorageError
+from flowstone_io_s3._ranges import RangedFile
+
+__all__ = ["ParquetParser"]
+
+
+class ParquetParser:
+    """Rows of a Parquet object as dicts, one row group in memory at a time."""
+
+    __slots__ = ("_file", "_group", "_groups", "_pf", "_ref", "_row", "_rows")
+
+    def __init__(self, file: RangedFile, position: dict[str, Any]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._ref = file.ref
+        self._file = file
+        try:
+            self._pf = pq.ParquetFile(file)
+        except (pa.ArrowException, OSError) as exc:
+            raise StorageError(
+                f"{self._ref.uri} is not a readable Parquet file (footer at byte "
+                f"{max(0, self._ref.size - 8)}): {exc}. Fix: check the object, or set format=."
+            ) from exc
+        self._groups = self._pf.metadata.num_row_groups
+        self._group = int(position.get("row_group", 0))
+        self._row = int(position.get("row", 0))
+        self._rows: list[dict[str, Any]] | None = None
+
+    def num_rows(self) -> int:
+        return int(self._pf.metadata.num_rows)
+
+    def position(self) -> dict[str, Any]:
+        return {"row_group": self._group, "row": self._row}
+
+    def close(self) -> None:
+        self._rows = None
+        self._file.close()
+
+    def _load(self) -> list[dict[str, Any]]:
+        import pyarrow as pa
+
+        try:
+            rows: list[dict[str, Any]] = self._pf.read_row_group(self._group).to_pylist()
+        except (pa.ArrowException, OSError) as exc:
+            column = self._pf.metadata.row_group(self._group).column(0)
+            raise StorageError(
+                f"{self._ref.uri}, row group {self._group} (byte {column.file_offset}): "
+                f"cannot read it: {exc}. Fix: check the object; it may be truncated or corrupt."
+            ) from exc
+        return rows
+
+    def read(self, max_items: int) -> list[Any]:
+        page: list[Any] = []
+        while len(page) < max_items and self._group < self._groups:
+            if self._rows is None:
+                self._rows = self._load()
+            take = self._rows[self._row : self._row + max_items - len(page)]
+            page.extend(take)
+            self._row += len(take)
+            if self._row >= len(self._rows):
+                self._group, self._row, self._rows = self._group + 1, 0, None
+        return page
