@@ -166,3 +166,70 @@ def test_a_reader_that_stops_early_is_not_an_error(tmp_path: Path, spec: str) ->
     assert first.strip() == b"["
     assert err == ""
     assert code == 141  # as a Unix tool stopped by SIGPIPE
+
+
+# --- item 11: partition errors in the CLI's own spelling ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("asset", "given", "nearest"),
+    [
+        ("daily", "2024-05-01", "2024-04-30"),
+        ("daily", "2024-03-31", "2024-04-01"),
+        ("regional", "us-esat", "us-east"),
+    ],
+)
+def test_a_key_outside_the_set_is_shown_as_typed_with_the_nearest_key(
+    capsys: pytest.CaptureFixture[str], spec: str, asset: str, given: str, nearest: str
+) -> None:
+    code, _, err = cli(capsys, "run", spec, asset, "-p", given)
+    assert code == 2
+    assert f"'{given}' is not a partition of" in err
+    assert f"The nearest partition is '{nearest}'" in err
+    assert "datetime.date(" not in err and "DailyPartitions(start=" not in err
+    # and the nearest key it names is one the CLI accepts
+    code, out, err = cli(capsys, "run", spec, asset, "-p", nearest)
+    assert code == 0, err
+    assert "succeeded" in out
+
+
+def test_no_key_far_from_every_member_is_suggested(
+    capsys: pytest.CaptureFixture[str], spec: str
+) -> None:
+    code, _, err = cli(capsys, "run", spec, "regional", "-p", "asia")
+    assert code == 2
+    assert (
+        "'asia' is not a partition of StaticPartitions('us-east', 'us-west', 'eu-central')" in err
+    )
+    assert "nearest" not in err
+
+
+def test_a_partition_for_assets_that_are_not_partitioned_is_refused(
+    capsys: pytest.CaptureFixture[str], spec: str
+) -> None:
+    code, _, err = cli(capsys, "run", spec, "total", "-p", "2024-01-01")
+    assert code == 2
+    assert "'numbers', 'total'" in err and "not partitioned" in err
+    assert "drop --partition" in err
+    code, _, err = cli(capsys, "get", spec, "total", "-p", "2024-01-01")
+    assert code == 2 and "not partitioned" in err
+    # nothing ran
+    code, out, _ = cli(capsys, "runs", spec)
+    assert out.strip() == "no runs"
+
+
+def test_an_asset_reading_its_partition_still_takes_any_key(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "tickets.py"
+    path.write_text(
+        "import flowstone as fs\n"
+        "@fs.asset\n"
+        "def ticket(context):\n"
+        "    return f'handled {context.partition}'\n"
+        f"pipeline = fs.Pipeline('tickets', [ticket], store='sqlite:///{tmp_path / 't.db'}')\n",
+        encoding="utf-8",
+    )
+    code, out, err = cli(capsys, "run", f"{path}:pipeline", "ticket", "-p", "T-1002")
+    assert code == 0, err
+    assert "handled T-1002" in out

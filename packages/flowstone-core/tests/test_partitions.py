@@ -216,6 +216,37 @@ def test_hourly_partitions_are_local_hours_in_zones_with_fractional_offsets(
         hours.validate(utc(2024, 1, 5, 5))  # on the UTC hour, not on the local one
 
 
+def test_errors_show_keys_as_the_cli_takes_them_and_the_nearest_valid_key() -> None:
+    days = DailyPartitions("2024-04-01", "2024-04-30")
+    with pytest.raises(PartitionError) as info:
+        days.validate(date(2024, 5, 3))
+    message = str(info.value)
+    assert message.startswith("'2024-05-03' is not a partition of DailyPartitions(2024-04-01")
+    assert "The nearest partition is '2024-04-30'" in message
+    assert "datetime.date(" not in message
+    with pytest.raises(PartitionError, match="nearest partition is '2024-04-01'"):
+        days.parse("2024-01-01")
+    hours = HourlyPartitions("2024-01-05T10:00", "2024-01-05T12:00", timezone="Asia/Kolkata")
+    with pytest.raises(PartitionError) as info:
+        hours.parse("2024-01-05T13")
+    message = str(info.value)
+    assert message.startswith("'2024-01-05T13:00+05:30' is not a partition of")
+    assert "nearest partition is '2024-01-05T12:00+05:30'" in message
+    assert hours.parse("2024-01-05T12:00+05:30") == hours.end
+    regions = StaticPartitions(["us-east", "us-west", "eu-central"])
+    with pytest.raises(PartitionError, match="nearest partition is 'us-east'"):
+        regions.parse("us-esat")
+    with pytest.raises(PartitionError) as info:
+        regions.parse("antarctica")
+    assert "nearest" not in str(info.value)
+    both = MultiPartitions({"day": days, "region": regions})
+    with pytest.raises(PartitionError) as info:
+        both.validate((date(2024, 4, 2), "eu-centrl"))
+    message = str(info.value)
+    assert "dimension 'region' of '2024-04-02|eu-centrl'" in message
+    assert "nearest partition is 'eu-central'" in message
+
+
 def test_hourly_dst_follows_the_local_clock_like_daily_partitions() -> None:
     new_york = HourlyPartitions("2024-03-10T00:00", "2024-03-10T23:00", timezone="America/New_York")
     spring = new_york.keys()

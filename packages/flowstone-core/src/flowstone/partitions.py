@@ -28,7 +28,13 @@ from flowstone._internal.partition_codec import (
     decode_partition,
     encode_partition,
 )
-from flowstone._internal.partition_set_rules import coerce, ordered, range_error
+from flowstone._internal.partition_set_rules import (
+    closest_text,
+    coerce,
+    key_text,
+    ordered,
+    range_error,
+)
 from flowstone._internal.partition_time import HOUR, DailyPartitions, HourlyPartitions
 from flowstone.errors import PartitionError, UsageError
 
@@ -152,7 +158,16 @@ class StaticPartitions:
         shown = ", ".join(repr(k) for k in self.members[:20]) + (
             ", ..." if len(self.members) > 20 else ""
         )
-        raise range_error(self, key, f"allowed keys are {shown}", "Use one of them.")
+        raise range_error(
+            self, key, f"allowed keys are {shown}", "Use one of them.", self._nearest(key)
+        )
+
+    def _nearest(self, key: object) -> str | int | None:
+        if isinstance(key, bool) or not isinstance(key, str | int):
+            return None
+        spelled = {key_text(m): m for m in self.members}
+        close = closest_text(key_text(key), list(spelled))
+        return spelled[close] if close is not None else None
 
     def parse(self, text: str) -> PartitionKey:
         """The key spelled ``text``: a str key as-is, an int key by its digits."""
@@ -241,7 +256,9 @@ class MultiPartitions:
             try:
                 checked.append(parts.validate(part))
             except PartitionError as exc:
-                raise PartitionError(f"dimension {name!r} of {key!r}: {exc}") from exc
+                raise PartitionError(
+                    f"dimension {name!r} of '{key_text(key, self)}': {exc}"
+                ) from exc
         return tuple(checked)
 
     def parse(self, text: str) -> PartitionKey:

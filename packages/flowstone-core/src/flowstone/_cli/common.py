@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import inspect
+import types
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
@@ -152,10 +154,53 @@ def partition_set_of(pipeline: Pipeline, assets: Sequence[str]) -> PartitionSet 
 def partition_of(
     pipeline: Pipeline, assets: Sequence[str], text: str | None
 ) -> PartitionKey | None:
-    """Parse ``--partition`` text for ``assets`` (None when no partition was given)."""
+    """Parse ``--partition`` text for ``assets`` (None when no partition was given).
+
+    Raises:
+        UsageError: a partition was given, but nothing the assets need is partitioned:
+            none declares ``partitions=`` and none reads ``context.partition``.
+    """
     if text is None:
         return None
-    return parse_partition(text, partition_set_of(pipeline, assets))
+    partitions = partition_set_of(pipeline, assets)
+    if partitions is None:
+        _refuse_pointless_partition(pipeline, assets, text)
+    return parse_partition(text, partitions)
+
+
+def _refuse_pointless_partition(pipeline: Pipeline, assets: Sequence[str], text: str) -> None:
+    """An asset without a partition set takes any key (dynamic partitions), but only an
+    asset that reads ``context.partition`` (or has a partitioned upstream) can use one."""
+    needed = pipeline.dag.upstream_closure(list(assets) or list(pipeline.dag.order))
+    defs = [pipeline.dag[name] for name in needed]
+    if any(a.partitions is not None or _reads_partition(a) for a in defs):
+        return
+    shown = ", ".join(repr(a.name) for a in defs[:6]) + (", ..." if len(defs) > 6 else "")
+    raise UsageError(
+        f"--partition {text!r} given, but {shown} "
+        f"{'is' if len(defs) == 1 else 'are'} not partitioned: no partitions= and no "
+        "context.partition read, so the partition would only file the same values under "
+        "another key. Fix: drop --partition, or declare partitions=... on the asset (an "
+        "asset that reads context.partition takes any key)."
+    )
+
+
+def _reads_partition(asset: Any) -> bool:
+    """Whether the asset's function (or a signal handler) mentions ``.partition``."""
+    functions = (asset.fn, asset.on_signal, asset.on_timeout)
+    return any(_mentions(fn, "partition") for fn in functions if fn is not None)
+
+
+def _mentions(fn: Any, name: str) -> bool:
+    code = getattr(inspect.unwrap(fn), "__code__", None)
+    pending = [code] if isinstance(code, types.CodeType) else []
+    while pending:
+        current = pending.pop()
+        if name in current.co_names:
+            return True
+        pending.extend(c for c in current.co_consts if isinstance(c, types.CodeType))
+    # not plain Python code (a builtin, a C extension, a callable object): assume it does
+    return code is None
 
 
 def partition_to_read(pipeline: Pipeline, asset: str, text: str | None) -> PartitionKey | None:

@@ -185,14 +185,23 @@ class DailyPartitions:
         """Return ``key`` as a plain ``date`` if it is in the set, else raise ``PartitionError``."""
         if self.contains(key):
             return check_key(key)
-        kind = "a date" if isinstance(key, date) and not isinstance(key, datetime) else "not a date"
-        until = f"{self.end}" if self.end else "open-ended"
-        return self._fail(key, f"it is {kind}; the set is the days {self.start} .. {until}")
-
-    def _fail(self, key: object, allowed: str) -> PartitionKey:
+        is_date = isinstance(key, date) and not isinstance(key, datetime)
         raise range_error(
-            self, key, allowed, "Pass a datetime.date inside the range (CLI: YYYY-MM-DD)."
+            self,
+            key,
+            "that day is outside the set" if is_date else "it is not a date",
+            "Pass a datetime.date inside the range (CLI: YYYY-MM-DD).",
+            self._nearest(key),
         )
+
+    def _nearest(self, key: object) -> date | None:
+        if isinstance(key, datetime):
+            key = key.date()
+        if not isinstance(key, date):
+            return None
+        if key < self.start:
+            return self.start
+        return self.end if self.end is not None and key > self.end else None
 
     def parse(self, text: str) -> PartitionKey:
         """Parse ``"YYYY-MM-DD"`` into a ``date`` of this set."""
@@ -301,18 +310,26 @@ class HourlyPartitions:
         """Return ``key`` in UTC if it is in the set, else raise ``PartitionError``."""
         if self.contains(key):
             return check_key(key)
-        until = self.end.isoformat() if self.end else "open-ended"
-        allowed = (
-            f"the set is the aware datetimes on the hour in {self.timezone} "
-            f"{self.start.isoformat()} .. {until}"
-        )
         raise range_error(
             self,
             key,
-            allowed,
+            f"the set is the aware datetimes on the hour in {self.timezone} within its range",
             "Pass e.g. datetime(2024, 1, 5, 10, tzinfo=UTC) (CLI: 2024-01-05T10:00Z, or "
             "2024-01-05T10 read in the set's timezone).",
+            self._nearest(key),
         )
+
+    def _nearest(self, key: object) -> datetime | None:
+        if not isinstance(key, datetime) or key.utcoffset() is None:
+            return None
+        zone = _zone(self.timezone)
+        local = local_time(key, zone)
+        hour = local.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
+        if hour < self.start:
+            return self.start
+        if self.end is not None and hour > self.end:
+            return self.end
+        return hour if on_the_hour(hour.astimezone(zone)) else None
 
     def parse(self, text: str) -> PartitionKey:
         """Parse ISO text (``2024-01-05T10``, ``...T10:00Z``, ``...T10:00+02:00``) into a key.
