@@ -4,11 +4,14 @@ columns of ``runs``, ``approvals`` and ``lineage``."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,7 +45,24 @@ def daily(context):
 def regional(context):
     return context.partition
 
-pipeline = fs.Pipeline("newuser", [numbers, total, big, daily, regional], store=STORE)
+@fs.asset
+def left(numbers):
+    return min(numbers)
+
+@fs.asset
+def right(numbers):
+    return max(numbers)
+
+@fs.asset
+def spread(left, right):
+    return right - left
+
+@fs.asset
+def trade(total):
+    return fs.WaitForApproval("book the trade?", value=total)
+
+ASSETS = [numbers, total, big, daily, regional, left, right, spread, trade]
+pipeline = fs.Pipeline("newuser", ASSETS, store=STORE)
 """
 
 
@@ -58,6 +78,11 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def cli_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
+    code, out, _ = cli(capsys, *argv, "--json")
+    return code, json.loads(out)
 
 
 @pytest.fixture
@@ -233,3 +258,68 @@ def test_an_asset_reading_its_partition_still_takes_any_key(
     code, out, err = cli(capsys, "run", f"{path}:pipeline", "ticket", "-p", "T-1002")
     assert code == 0, err
     assert "handled T-1002" in out
+
+
+# --- item 13: the columns a user looks for -------------------------------------------
+
+
+def test_runs_show_when_each_run_finished_and_how_long_it_took(
+    capsys: pytest.CaptureFixture[str], spec: str
+) -> None:
+    cli(capsys, "run", spec, "total")
+    cli(capsys, "run", spec, "trade")  # waits for an approval: not finished
+    code, out, _ = cli(capsys, "runs", spec)
+    assert code == 0
+    header, waiting, done = out.splitlines()
+    assert "FINISHED (UTC)" in header and "DURATION" in header
+    assert "succeeded" in done and "waiting" in waiting
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d +\d+\.\d+s +-?$", done.rstrip())
+    assert "so far" in waiting
+    code, doc = cli_json(capsys, "runs", spec)
+    finished = {r["status"]: r for r in doc["runs"]}
+    assert finished["succeeded"]["finished_at"] is not None
+    assert finished["succeeded"]["duration_seconds"] >= 0
+    assert finished["waiting"]["finished_at"] is None
+
+
+def test_approvals_show_who_decided(capsys: pytest.CaptureFixture[str], spec: str) -> None:
+    cli(capsys, "run", spec, "trade")
+    code, out, err = cli(capsys, "approve", spec, "1", "--by", "alice")
+    assert code == 0, err
+    code, out, _ = cli(capsys, "approvals", spec, "--status", "all")
+    header, row = out.splitlines()
+    assert "DECIDED BY" in header
+    assert re.search(r"approved .* alice ", row)
+    code, doc = cli_json(capsys, "approvals", spec, "--status", "all")
+    assert doc["approvals"][0]["decided_by"] == "alice"
+
+
+def asset_column(lines: list[str]) -> list[str]:
+    """The ASSET column of a ``lineage`` table (title line, header, rows)."""
+    width = lines[1].index("PARTITION")
+    return [line[:width].rstrip() for line in lines[2:]]
+
+
+def test_recursive_lineage_is_a_tree_with_depth(
+    capsys: pytest.CaptureFixture[str], spec: str
+) -> None:
+    code, _, err = cli(capsys, "run", spec, "spread")
+    assert code == 0, err
+    code, out, _ = cli(capsys, "lineage", spec, "spread", "--recursive")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "upstream of 'spread' (tree):"
+    names = asset_column(lines)
+    assert names == [
+        "spread",
+        "├─ left",
+        "│  └─ numbers",
+        "└─ right",
+        "   └─ numbers (shown above)",
+    ]
+    code, doc = cli_json(capsys, "lineage", spec, "spread", "--recursive")
+    depths = {m["asset"]: m["depth"] for m in doc["materializations"]}
+    assert depths == {"left": 1, "right": 1, "numbers": 2}
+    code, out, _ = cli(capsys, "lineage", spec, "numbers", "--downstream", "--recursive")
+    names = asset_column(out.splitlines())
+    assert names[0] == "numbers" and "└─ spread" in " ".join(names)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from flowstone._cli.common import (
@@ -21,7 +23,16 @@ from flowstone.errors import UsageError
 from flowstone.partitions import encode_partition
 from flowstone.records import MaterializationRecord, RunRecord
 
-__all__ = ["materialization_json", "register", "run_json"]
+__all__ = [
+    "duration_text",
+    "finished_at",
+    "lineage_tree",
+    "materialization_json",
+    "register",
+    "run_json",
+    "run_seconds",
+    "tree_rows",
+]
 
 _RUN_STATUSES = ("running", "waiting", "succeeded", "failed", "cancelled")
 
@@ -115,6 +126,33 @@ def materialization_json(m: MaterializationRecord) -> dict[str, Any]:
     }
 
 
+_FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def finished_at(r: RunRecord) -> datetime | None:
+    """When a run ended (its last update, once it is succeeded, failed or cancelled)."""
+    return r.updated_at if r.status in _FINISHED else None
+
+
+def run_seconds(r: RunRecord, now: datetime | None = None) -> float:
+    """How long the run took, or has been going on so far."""
+    end = finished_at(r) or now or datetime.now(UTC)
+    return max((end - r.created_at).total_seconds(), 0.0)
+
+
+def duration_text(seconds: float) -> str:
+    """``0.42s``, ``12.3s``, ``4m 05s``, ``2h 03m``: a duration at a glance."""
+    if seconds < 10:
+        return f"{seconds:.2f}s"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
 def run_json(r: RunRecord) -> dict[str, Any]:
     return {
         "run_id": r.run_id,
@@ -124,6 +162,8 @@ def run_json(r: RunRecord) -> dict[str, Any]:
         "partition": r.partition or None,
         "created_at": r.created_at,
         "updated_at": r.updated_at,
+        "finished_at": finished_at(r),
+        "duration_seconds": round(run_seconds(r), 3),
         "error": r.error,
         "tags": dict(r.tags),
     }
@@ -210,13 +250,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
         elif not runs:
             print("no runs" + (f" with status {args.status}" if args.status else ""))
         else:
+            now = datetime.now(UTC)
             rows = [
-                (r.run_id, r.status, ",".join(r.targets), r.partition, r.created_at, r.error)
+                (
+                    r.run_id,
+                    r.status,
+                    ",".join(r.targets),
+                    r.partition,
+                    r.created_at,
+                    finished_at(r),
+                    duration_text(run_seconds(r, now)) + ("" if finished_at(r) else " so far"),
+                    r.error,
+                )
                 for r in runs
             ]
-            print(
-                table(("RUN ID", "STATUS", "TARGETS", "PARTITION", "CREATED (UTC)", "ERROR"), rows)
-            )
+            headers = ("RUN ID", "STATUS", "TARGETS", "PARTITION", "CREATED (UTC)")
+            print(table((*headers, "FINISHED (UTC)", "DURATION", "ERROR"), rows))
         return EXIT_OK
 
 
@@ -226,6 +275,14 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         walk = pipeline.lineage.downstream if args.downstream else pipeline.lineage.upstream
         records = walk(args.asset, key, recursive=args.recursive)
         direction = "downstream" if args.downstream else "upstream"
+        step = pipeline.store.downstream if args.downstream else pipeline.store.upstream
+        root = pipeline.store.find_materialization(
+            pipeline.name, pipeline.dag[args.asset].name, encode_partition(key)
+        )
+        tree = lineage_tree(root, step, args.recursive) if root is not None else []
+        depth: dict[str, int] = {}
+        for level, m, _ in tree:
+            depth.setdefault(m.id, level)
         if args.json:
             print_json(
                 {
@@ -233,15 +290,77 @@ def cmd_lineage(args: argparse.Namespace) -> int:
                     "partition": key_text(key),
                     "direction": direction,
                     "recursive": args.recursive,
-                    "materializations": [materialization_json(m) for m in records],
+                    "materializations": [
+                        {**materialization_json(m), "depth": depth.get(m.id, 1)} for m in records
+                    ],
                 }
             )
         elif not records:
             print(f"{args.asset!r} has no {direction} materializations")
         else:
-            rows = [(m.asset, m.partition, m.state, m.id, m.run_id, m.finished_at) for m in records]
-            print(f"{direction} of {args.asset!r}:")
+            rows = [
+                (
+                    prefix + m.asset + (" (shown above)" if repeated else ""),
+                    m.partition,
+                    m.state,
+                    m.id,
+                    m.run_id,
+                    m.finished_at,
+                )
+                for prefix, m, repeated in tree_rows(tree)
+            ]
+            print(f"{direction} of {args.asset!r}" + (" (tree):" if args.recursive else ":"))
             print(
                 table(("ASSET", "PARTITION", "STATE", "MATERIALIZATION", "RUN", "FINISHED"), rows)
             )
         return EXIT_OK
+
+
+def lineage_tree(
+    root: MaterializationRecord,
+    step: Callable[[str], Sequence[MaterializationRecord]],
+    recursive: bool,
+) -> list[tuple[int, MaterializationRecord, bool]]:
+    """Depth-first ``(depth, record, repeated)`` from ``root``; the root is depth 0.
+
+    A record reached a second time (a diamond in the graph) is listed as repeated and not
+    expanded again, so the tree stays as large as the lineage itself.
+    """
+    out: list[tuple[int, MaterializationRecord, bool]] = [(0, root, False)]
+    expanded = {root.id}
+    stack = [(1, m) for m in reversed(step(root.id))]
+    while stack:
+        level, m = stack.pop()
+        repeated = m.id in expanded
+        out.append((level, m, repeated))
+        if recursive and not repeated:
+            expanded.add(m.id)
+            stack.extend((level + 1, child) for child in reversed(step(m.id)))
+    return out
+
+
+def tree_rows(
+    tree: Sequence[tuple[int, MaterializationRecord, bool]],
+) -> list[tuple[str, MaterializationRecord, bool]]:
+    """Tree prefixes (``├─ ``, ``│  └─ ``) for the ASSET column of :func:`lineage_tree`."""
+    rows: list[tuple[str, MaterializationRecord, bool]] = []
+    for i, (level, m, repeated) in enumerate(tree):
+        if level == 0:
+            rows.append(("", m, repeated))
+            continue
+        parts = []
+        for outer in range(1, level):
+            parts.append("│  " if _more_at(tree, i, outer) else "   ")
+        parts.append("├─ " if _more_at(tree, i, level) else "└─ ")
+        rows.append(("".join(parts), m, repeated))
+    return rows
+
+
+def _more_at(tree: Sequence[tuple[int, MaterializationRecord, bool]], i: int, level: int) -> bool:
+    """Whether another node of ``level`` follows row ``i`` before the tree climbs above it."""
+    for later, _, _ in tree[i + 1 :]:
+        if later < level:
+            return False
+        if later == level:
+            return True
+    return False

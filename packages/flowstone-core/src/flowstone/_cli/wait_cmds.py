@@ -115,25 +115,15 @@ def cmd_approvals(args: argparse.Namespace) -> int:
                     a.run_id,
                     a.created_at,
                     a.expires_at,
+                    a.decided_by if a.decided_at else None,
+                    a.decided_at,
                     a.message,
                 )
                 for a in found
             ]
-            print(
-                table(
-                    (
-                        "ID",
-                        "STATUS",
-                        "ASSET",
-                        "PARTITION",
-                        "RUN",
-                        "CREATED (UTC)",
-                        "EXPIRES (UTC)",
-                        "MESSAGE",
-                    ),
-                    rows,
-                )
-            )
+            headers = ("ID", "STATUS", "ASSET", "PARTITION", "RUN", "CREATED (UTC)")
+            decided = ("EXPIRES (UTC)", "DECIDED BY", "DECIDED (UTC)", "MESSAGE")
+            print(table((*headers, *decided), rows))
         return EXIT_OK
 
 
