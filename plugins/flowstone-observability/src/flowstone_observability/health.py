@@ -55,10 +55,16 @@ class Check:
 
 @dataclass(frozen=True, slots=True)
 class HealthReport:
-    """Every check; ``ok`` only if all are ok."""
+    """Every check; ``ok`` only if all are ok.
+
+    ``core`` keeps each pipeline's own ``Pipeline.health()`` report (store, executor,
+    resources): for one pipeline its keys also appear at the top of :meth:`to_json`, so
+    ``flowstone health --json`` keeps the fields it had without this plugin.
+    """
 
     checks: tuple[Check, ...]
     at: datetime
+    core: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -68,8 +74,10 @@ class HealthReport:
         return [c for c in self.checks if not c.ok]
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "at": self.at.isoformat(),
-                "checks": [c.to_json() for c in self.checks]}
+        top = next(iter(self.core.values())) if len(self.core) == 1 else {}
+        return {**top, "ok": self.ok, "at": self.at.isoformat(),
+                "checks": [c.to_json() for c in self.checks],
+                "pipelines": {name: dict(report) for name, report in self.core.items()}}
 
     def to_text(self) -> str:
         lines = [f"{'ok  ' if c.ok else 'FAIL'} {c.pipeline} {c.name}: {c.detail}"
@@ -92,7 +100,9 @@ def check(
     at = now or datetime.now(UTC)
     checks: list[Check] = []
     pings: dict[int, tuple[Check, Check]] = {}  # one broker/worker ping per Celery app
+    core: dict[str, dict[str, Any]] = {}
     for p in pipelines:
+        core[p.name] = _core(p)
         store_ok = _guard(checks, p, "store", _store)
         _guard(checks, p, "migrations", _migrations)
         executor = p.executor
@@ -100,6 +110,8 @@ def check(
             detail = f"the {getattr(executor, 'name', 'in-process')} executor runs steps here"
             checks.append(Check("broker", p.name, True, f"not used: {detail}"))
             checks.append(Check("workers", p.name, True, f"not used: {detail}"))
+        elif not type(executor).__module__.startswith("flowstone_celery"):
+            checks.extend(_executor_checks(p.name, core[p.name].get("executor")))
         else:
             key = id(getattr(executor, "app", executor))
             if key not in pings:
@@ -112,7 +124,31 @@ def check(
         else:
             checks.append(Check("heartbeat", p.name, False, "unknown: the store is unreachable"))
         _guard(checks, p, "resources", _resources)
-    return HealthReport(tuple(checks), at)
+    return HealthReport(tuple(checks), at, core)
+
+
+def _core(p: Any) -> dict[str, Any]:
+    """The pipeline's own ``health()`` report (never raises)."""
+    try:
+        report = p.health()
+    except Exception as exc:
+        return {"ok": False, "error": _mask(f"{type(exc).__name__}: {exc}")}
+    return {k: (_mask(v) if isinstance(v, str) else v) for k, v in dict(report).items()}
+
+
+def _executor_checks(pipeline: str, report: Any) -> list[Check]:
+    """broker and workers of another queue-based executor, from its own ``health()``."""
+    data = dict(report) if isinstance(report, dict) else {"executor": report}
+    broker = data.get("broker", "ok")
+    workers = data.get("workers")
+    broker_ok = broker == "ok"
+    workers_ok = bool(data.get("ok", report == "ok")) and broker_ok
+    return [
+        Check("broker", pipeline, broker_ok, str(broker) if not broker_ok else "answers", data),
+        Check("workers", pipeline, workers_ok,
+              f"executor reports {workers!r} worker(s)" if workers is not None else
+              f"executor reports {data}", data),
+    ]
 
 
 def _mask(text: str) -> str:

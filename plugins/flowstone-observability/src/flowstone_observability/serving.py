@@ -98,6 +98,11 @@ class Serving:
         self._pipelines = list(pipelines)
         self._role = role
 
+    @property
+    def url(self) -> str:
+        """``http://host:port`` of the server."""
+        return self.server.url
+
     def tick(self, report: Any) -> None:
         """Record one daemon tick: heartbeat in the store, sweep and recovery counters."""
         metrics = Metrics.shared()

@@ -16,6 +16,7 @@ from flowstone._cli.common import (
     add_spec,
     open_pipeline,
 )
+from flowstone._cli.observability import find_operations
 from flowstone._cli.output import print_json, table
 from flowstone.daemon import Daemon, TickReport, install_signal_handlers
 from flowstone.errors import UsageError
@@ -47,6 +48,19 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
         help="seconds between ticks (default 30)",
     )
     p.add_argument("--once", action="store_true", help="tick once and exit")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve /metrics and /healthz on this port (needs flowstone-observability)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="address the metrics server binds (default 127.0.0.1: this machine only)",
+    )
     add_json(p)
     p.set_defaults(func=cmd_daemon)
 
@@ -55,7 +69,9 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
         parents=[parent],
         help="check the store, executor and resources",
         description="Check the pipeline's run store, executor and resources. Exits 1 when "
-        "anything is unhealthy.",
+        "anything is unhealthy. With flowstone-observability installed: store, migrations, "
+        "broker, workers (and the pipelines each serves), daemon/sweeper heartbeat and "
+        "resources, one check each.",
     )
     add_spec(p)
     add_json(p)
@@ -104,11 +120,24 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         raise UsageError(f"--interval must be a positive number of seconds, got {args.interval:g}")
     if args.json and not args.once:
         raise UsageError("--json works with --once (one tick, one document)")
+    metrics = None
+    if args.metrics_port is not None:
+        metrics = find_operations(required_for="--metrics-port")
     with ExitStack() as stack:
         pipelines = [stack.enter_context(open_pipeline(spec)) for spec in args.specs]
         daemon = Daemon(pipelines)
+        serving = None
+        if metrics is not None:
+            serving = metrics.serve(
+                pipelines, port=args.metrics_port, host=args.metrics_host, role="daemon"
+            )
+            stack.callback(serving.close)
+            out = sys.stderr if args.json else sys.stdout  # --json prints one document
+            print(f"metrics on {serving.url}/metrics and /healthz", file=out, flush=True)
         if args.once:
             report = daemon.tick()
+            if serving is not None:
+                serving.tick(report)
             if args.json:
                 print_json(_report_json(report))
             else:
@@ -124,7 +153,10 @@ def cmd_daemon(args: argparse.Namespace) -> int:
             )
             while not stop.is_set():
                 try:
-                    _print_report(daemon.tick())
+                    report = daemon.tick()
+                    if serving is not None:
+                        serving.tick(report)
+                    _print_report(report)
                 except Exception as exc:  # tick() reports failures; this is a broken clock
                     print(
                         f"error: daemon tick failed: {type(exc).__name__}: {exc}",
@@ -139,22 +171,37 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
+    deep = find_operations()  # flowstone-observability's checks, when installed
+    if deep is not None:
+        with open_pipeline(args.spec) as pipeline:
+            result = deep.health([pipeline])
+        if args.json:
+            print_json(result.to_json())
+        else:
+            _print_health(result.to_json())
+            print(result.to_text())
+        return EXIT_OK if result.ok else EXIT_FAILURE
     with open_pipeline(args.spec) as pipeline:
         report = pipeline.health()
         if args.json:
             print_json(report)
         else:
-            for key, value in report.items():
-                if key == "ok":
-                    continue
-                if isinstance(value, dict):
-                    print(f"{key}:" + ("" if value else " none"))
-                    for name, state in value.items():
-                        print(f"  {name}: {state}")
-                else:
-                    print(f"{key}: {value}")
+            _print_health(report)
             print("healthy" if report.get("ok") else "UNHEALTHY")
         return EXIT_OK if report.get("ok") else EXIT_FAILURE
+
+
+def _print_health(report: dict[str, Any]) -> None:
+    """The core report's lines: store, executor, resources."""
+    for key, value in report.items():
+        if key in ("ok", "at", "checks", "pipelines"):
+            continue
+        if isinstance(value, dict):
+            print(f"{key}:" + ("" if value else " none"))
+            for name, state in value.items():
+                print(f"  {name}: {state}")
+        else:
+            print(f"{key}: {value}")
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:

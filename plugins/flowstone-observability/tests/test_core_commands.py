@@ -1,0 +1,72 @@
+"""The core commands find the plugin: `flowstone health` and `flowstone daemon --metrics-port`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+HERE = Path(__file__).parent
+SIMPLE = f"{HERE / 'pipelines' / 'simple.py'}:pipeline"
+
+
+def _env(db: Path) -> dict[str, str]:
+    return {**os.environ, "FLOWSTONE_DATABASE_URL": f"sqlite:///{db}"}
+
+
+def test_core_health_gives_the_plugin_report(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "flowstone", "health", SIMPLE, "--json"],
+                          capture_output=True, text=True, timeout=120, env=_env(tmp_path / "a.db"))
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["ok"] is True
+    assert [c["name"] for c in doc["checks"]] == [
+        "store", "migrations", "broker", "workers", "heartbeat", "resources"]
+
+
+def test_daemon_serves_metrics_and_writes_its_heartbeat(tmp_path: Path) -> None:
+    db = tmp_path / "d.db"
+    subprocess.run([sys.executable, "-m", "flowstone", "run", SIMPLE, "total"], check=True,
+                   capture_output=True, timeout=120, env=_env(db))
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flowstone", "daemon", SIMPLE, "--interval", "0.2",
+             "--metrics-port", "0"], stdout=out, stderr=subprocess.STDOUT, env=_env(db))
+    try:
+        url = ""
+        deadline = time.monotonic() + 60
+        while not url:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            for word in log.read_text().split():
+                if word.startswith("http://127.0.0.1:"):
+                    url = word.split("/metrics")[0]
+            time.sleep(0.1)
+        text = ""
+        while "flowstone_sweeps_total" not in text:
+            assert time.monotonic() < deadline, text
+            with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+                text = response.read().decode()
+            time.sleep(0.2)
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for f in text_string_to_metric_families(text) for s in f.samples}
+        sweeps = ("flowstone_sweeps_total", (("pipeline", "simple"), ("role", "daemon")))
+        assert samples[sweeps] >= 1
+        stamp = samples[("flowstone_asset_last_materialized_timestamp_seconds",
+                         (("asset", "total"), ("pipeline", "simple")))]
+        assert 0 < time.time() - stamp < 600
+        with urllib.request.urlopen(f"{url}/healthz", timeout=10) as response:
+            health = json.loads(response.read())
+        heartbeat = next(c for c in health["checks"] if c["name"] == "heartbeat")
+        assert heartbeat["ok"] and "daemon" in heartbeat.get("data", {})
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
