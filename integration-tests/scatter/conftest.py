@@ -29,14 +29,16 @@ state_dir = _celery_conftest.state_dir
 client_env = _celery_conftest.client_env
 
 SPEC = f"{Path(__file__).parent / 'pipelines' / 'scatter_it.py'}:pipeline"
+SCHEMA_SPEC = f"{Path(__file__).parent / 'pipelines' / 'scatter_schema.py'}:pipeline"
 
 
 class ScatterCluster(Cluster):
     """Workers serving the scatter pipeline on a queue of their own."""
 
-    def start(self, name: str, *, concurrency: int = 2, **env: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, *, concurrency: int = 2, spec: str = SPEC,
+              **env: str) -> subprocess.Popen[bytes]:
         log = self.state_dir / f"{self.queue}-{name}.log"
-        cmd = [sys.executable, "-m", "flowstone", "worker", "--pipeline", SPEC,
+        cmd = [sys.executable, "-m", "flowstone", "worker", "--pipeline", spec,
                "--concurrency", str(concurrency), "--hostname", f"{name}-{self.queue}@%h",
                "--", "--without-mingle", "--without-gossip"]
         with log.open("wb") as out:
@@ -51,11 +53,11 @@ class ScatterCluster(Cluster):
         return proc
 
 
-def load_pipeline(queue: str) -> Any:
+def load_pipeline(queue: str, spec: str = SPEC) -> Any:
     from flowstone.loading import load_pipeline as load
     from flowstone_celery import CeleryExecutor, load_settings
 
-    pipeline = load(SPEC)
+    pipeline = load(spec)
     pipeline.use_executor(CeleryExecutor(load_settings(queue=queue)))
     return pipeline
 

@@ -115,8 +115,26 @@ def limited(context: fs.Context, numbers: list[int]) -> list[float]:
     return [time.time(), os.getpid()]
 
 
+@fs.asset(scatter=fs.Scatter(items=lambda numbers: numbers, max_concurrent=4))
+def all_fail(context: fs.Context, numbers: list[int]) -> int:
+    """No failure threshold set: the first failed item fails the asset."""
+    raise ConnectionError(f"host {context.scatter_item} refused the connection")
+
+
+@fs.asset(scatter=fs.Scatter(items=lambda numbers: numbers, max_concurrent=4))
+def guessed_name(context: fs.Context, numbers: list[int]) -> int:
+    """Uses ``context.item``, a natural guess for ``context.scatter_item``."""
+    return int(context.item)  # type: ignore[attr-defined]
+
+
+@fs.asset(scatter=fs.Scatter(items=lambda: [{"sku": s} for s in ("a", "b", "c")]))
+def unpartitioned(context: fs.Context) -> str:
+    return str(context.scatter_item["sku"]).upper()
+
+
 pipeline = fs.Pipeline("scatter_it", [numbers, squares, total, flaky, counted, read_items,
-                                      by_bytes, limited, once_flaky])
+                                      by_bytes, limited, once_flaky, all_fail, guessed_name,
+                                      unpartitioned])
 
 if os.environ.get("FLOWSTONE_IT_DUPLICATE"):
     # Simulated at-least-once delivery: every scatter message is published twice.

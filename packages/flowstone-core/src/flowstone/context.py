@@ -6,13 +6,24 @@ import logging
 import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowstone.outcomes import SignalGate, to_seconds
 from flowstone.resources import Resources
 from flowstone.scatter import Batch
 
 __all__ = ["Context", "new_gate_token"]
+
+# Names a user may guess for the scatter item or batch, and where those really are.
+_ITEM = "the current scatter item is context.scatter_item"
+_BATCH = "a batch's items are context.batch.items (with Batching)"
+_MISNAMED = {
+    "item": _ITEM,
+    "scatter": _ITEM,
+    "current_item": _ITEM,
+    "items": _BATCH,
+    "batch_items": _BATCH,
+}
 
 _TOKEN_PREFIX = "fsg_"  # noqa: S105 - a public prefix, not a secret
 
@@ -117,6 +128,14 @@ class Context:
     @property
     def gate(self) -> SignalGate | None:
         return self._gate
+
+    if not TYPE_CHECKING:  # (a typed __getattr__ would hide every misspelling from mypy)
+
+        def __getattr__(self, name: str) -> Any:
+            hint = _MISNAMED.get(name)
+            if hint is None:
+                raise AttributeError(f"'Context' object has no attribute {name!r}")
+            raise AttributeError(f"Context has no attribute {name!r}: {hint}")
 
     def __repr__(self) -> str:
         return (

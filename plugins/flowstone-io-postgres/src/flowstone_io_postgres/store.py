@@ -193,6 +193,50 @@ class PostgresRunStore:
         """Raise ``StorageError`` if the database is unreachable or the schema not current."""
         self._rows("ping", "SELECT 1", {})
 
+    # --- for plugins with tables in this schema (flowstone-scatter) ----------------------
+    @property
+    def runtime(self) -> AsyncRuntime:
+        """The asyncpg runtime (event loop and connections) this store runs on.
+
+        Plugins that keep tables in the store's database run their statements on it rather
+        than opening connections of their own, so a process holds one connection budget
+        (``pool_size + max_overflow``) for the store and its plugins. Prefer
+        :meth:`run_on_connection`, which also checks the schema and translates errors.
+        """
+        return self._runtime
+
+    def run_on_connection(
+        self, work: Callable[[asyncpg.Connection], Awaitable[T]], *, action: str
+    ) -> T:
+        """Run ``work(connection)`` on one of the store's connections and return its result.
+
+        For plugins with tables in :attr:`schema` (their names quoted with
+        :func:`~flowstone_io_postgres.identifiers.quote_ident`). ``work`` may open a
+        transaction, COPY or use a cursor on the connection.
+
+        Raises:
+            StorageError: the database failed; the message names ``action``.
+        """
+        self._ensure_schema()
+        return self._bridge(lambda db: _on_connection(db, work), action=action)
+
+    def require_migrations(self, migrations: migrate.MigrationSet) -> None:
+        """Make sure a plugin's tables are at their head in this store's schema.
+
+        With ``auto_migrate`` they are upgraded (with the rest of the schema) when they are
+        not; otherwise a StorageError says to run ``flowstone db upgrade``.
+        """
+        self._ensure_schema()
+
+        async def check(db: Connections) -> None:
+            revision = await migrate.current_revision(db, self.schema, migrations)
+            if revision != migrations.head and self._auto_migrate:
+                await migrate.upgrade(self._url, self.schema)
+                revision = await migrate.current_revision(db, self.schema, migrations)
+            migrate.check_migrations(revision, migrations, schema=self.schema, where=self._where)
+
+        self._bridge(check, action=f"checking the tables of {migrations.name}")
+
     def close(self) -> None:
         """Close the store's connections and its event loop (a later call reopens them)."""
         self._runtime.close()
@@ -584,6 +628,11 @@ class PostgresRunStore:
     def load_item_results(self, run_id: str, asset: str, partition: str) -> list[ItemResult]:
         key = self._key(run_id, asset, partition)
         return self._auto("loading item results", lambda c: rec.load_item_results(c, self._q, key))
+
+
+async def _on_connection(db: Connections, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async with db.connection() as conn:
+        return await work(conn)
 
 
 def from_url(url: str) -> PostgresRunStore:

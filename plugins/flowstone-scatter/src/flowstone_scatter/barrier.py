@@ -1,6 +1,8 @@
 """The barrier in Postgres: one row per scatter step, one row per item.
 
-Every function here runs inside one transaction on one connection. The accounting rules:
+Every function here runs inside one transaction on one connection, against the tables in
+the run store's schema (``t``, see :class:`~flowstone_scatter.schema.Tables`). The accounting
+rules:
 
 * Items are recorded with one ``UPDATE ... FROM unnest(...) WHERE state = 'queued'`` per
   chunk: only rows that actually change are counted, so a redelivered or duplicated chunk
@@ -21,6 +23,7 @@ from typing import Any
 import asyncpg
 
 from flowstone.scatter import Scatter
+from flowstone_scatter.schema import Tables
 
 __all__ = [
     "Claim",
@@ -38,8 +41,6 @@ __all__ = [
 ]
 
 _MIN_SAMPLE = 100  # a share threshold over an unknown total is judged after this many items
-B = "flowstone.scatter_barriers"
-I = "flowstone.scatter_items"  # noqa: E741
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,16 +73,18 @@ def unit_ranges(units: Sequence[int], chunk_units: int) -> tuple[tuple[int, int]
     return tuple(out)
 
 
-async def find(conn: asyncpg.Connection, run_id: str, asset: str, partition: str) -> Any:
+async def find(
+    conn: asyncpg.Connection, t: Tables, run_id: str, asset: str, partition: str
+) -> Any:
     return await conn.fetchrow(
-        f"SELECT * FROM {B} WHERE run_id = $1 AND asset = $2 AND partition = $3",
+        f"SELECT * FROM {t.barriers} WHERE run_id = $1 AND asset = $2 AND partition = $3",
         run_id, asset, partition,
     )
 
 
 async def create(
-    conn: asyncpg.Connection, *, pipeline: str, run_id: str, asset: str, partition: str,
-    token: str, rows: Sequence[tuple[int, int, str, str]], units_total: int,
+    conn: asyncpg.Connection, t: Tables, *, pipeline: str, run_id: str, asset: str,
+    partition: str, token: str, rows: Sequence[tuple[int, int, str, str]], units_total: int,
     max_concurrent: int, chunk_units: int, reader_done: bool, expected_total: int | None,
     previous_run_id: str | None = None,
 ) -> tuple[int, bool]:
@@ -95,11 +98,11 @@ async def create(
         reuse_from = None
         if previous_run_id is not None:
             reuse_from = await conn.fetchval(
-                f"SELECT id FROM {B} WHERE run_id = $1 AND asset = $2 AND partition = $3",
+                f"SELECT id FROM {t.barriers} WHERE run_id = $1 AND asset = $2 AND partition = $3",
                 previous_run_id, asset, partition,
             )
         bid = await conn.fetchval(
-            f"INSERT INTO {B} (pipeline, run_id, asset, partition, token, state, "
+            f"INSERT INTO {t.barriers} (pipeline, run_id, asset, partition, token, state, "
             "expected_total, total_items, units_total, max_concurrent, chunk_units, "
             "reader_done, reuse_from) VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8, "
             "$9, $10, $11, $12) ON CONFLICT (run_id, asset, partition) DO NOTHING "
@@ -108,54 +111,56 @@ async def create(
             units_total, max_concurrent, chunk_units, reader_done, reuse_from,
         )
         if bid is None:
-            row = await find(conn, run_id, asset, partition)
+            row = await find(conn, t, run_id, asset, partition)
             return int(row["id"]), False
         if rows:
             await conn.copy_records_to_table(
-                "scatter_items", schema_name="flowstone",
+                "scatter_items", schema_name=t.schema,
                 columns=["barrier_id", "idx", "unit", "key", "item"],
                 records=[(bid, *r) for r in rows],
             )
             if reuse_from is not None:
-                reused = await copy_succeeded(conn, bid, int(reuse_from), None)
+                reused = await copy_succeeded(conn, t, bid, int(reuse_from), None)
                 await conn.execute(
-                    f"UPDATE {B} SET succeeded = $2 WHERE id = $1", bid, reused)
+                    f"UPDATE {t.barriers} SET succeeded = $2 WHERE id = $1", bid, reused)
         return int(bid), True
 
 
 async def copy_succeeded(
-    conn: asyncpg.Connection, barrier_id: int, reuse_from: int, idx: Sequence[int] | None,
+    conn: asyncpg.Connection, t: Tables, barrier_id: int, reuse_from: int,
+    idx: Sequence[int] | None,
 ) -> int:
     """Mark this barrier's pending items (all, or those in ``idx``) that succeeded in
     barrier ``reuse_from`` (matched by key) succeeded with the same result; return how many."""
     only = "" if idx is None else " AND n.idx = ANY($3::bigint[])"
     args: list[Any] = [barrier_id, reuse_from] + ([] if idx is None else [list(idx)])
     changed = await conn.fetch(
-        f"UPDATE {I} AS n SET state = 'succeeded', result = o.result, error = NULL "
-        f"FROM {I} AS o WHERE n.barrier_id = $1 AND o.barrier_id = $2 "
+        f"UPDATE {t.items} AS n SET state = 'succeeded', result = o.result, error = NULL "
+        f"FROM {t.items} AS o WHERE n.barrier_id = $1 AND o.barrier_id = $2 "
         "AND o.state = 'succeeded' AND md5(o.key) = md5(n.key) AND o.key = n.key "
         f"AND n.state = 'pending'{only} RETURNING n.idx", *args,
     )
     return len(changed)
 
 
-async def reopen(conn: asyncpg.Connection, barrier_id: int, token: str) -> None:
+async def reopen(conn: asyncpg.Connection, t: Tables, barrier_id: int, token: str) -> None:
     """Re-run only the failed (and never-finished) items of a finished barrier."""
     async with conn.transaction():
-        await conn.fetchrow(f"SELECT id FROM {B} WHERE id = $1 FOR UPDATE", barrier_id)
+        await conn.fetchrow(f"SELECT id FROM {t.barriers} WHERE id = $1 FOR UPDATE", barrier_id)
         reset = await conn.fetch(
-            f"UPDATE {I} SET state = 'pending', error = NULL, queued_at = NULL "
+            f"UPDATE {t.items} SET state = 'pending', error = NULL, queued_at = NULL "
             "WHERE barrier_id = $1 AND state IN ('failed', 'queued') RETURNING state",
             barrier_id,
         )
         low = await conn.fetchval(
-            f"SELECT min(unit) FROM {I} WHERE barrier_id = $1 AND state = 'pending'", barrier_id
+            f"SELECT min(unit) FROM {t.items} WHERE barrier_id = $1 AND state = 'pending'",
+            barrier_id,
         )
         failed = await conn.fetchval(
-            f"SELECT count(*) FROM {I} WHERE barrier_id = $1 AND state = 'failed'", barrier_id
+            f"SELECT count(*) FROM {t.items} WHERE barrier_id = $1 AND state = 'failed'", barrier_id
         )
         await conn.execute(
-            f"UPDATE {B} SET state = 'running', outcome = NULL, error = NULL, token = $2, "
+            f"UPDATE {t.barriers} SET state = 'running', outcome = NULL, error = NULL, token = $2, "
             "failed = $3, inflight = 0, next_unit = coalesce($4, units_total), "
             "reader_owner = NULL, reader_beat = NULL, updated_at = now() WHERE id = $1",
             barrier_id, token, failed, low,
@@ -176,7 +181,7 @@ def threshold_exceeded(sc: Scatter, b: Any) -> bool:
     return sc.exceeded(failed, None if total is None else int(total))
 
 
-async def decide(conn: asyncpg.Connection, b: Any, sc: Scatter) -> Claim:
+async def decide(conn: asyncpg.Connection, t: Tables, b: Any, sc: Scatter) -> Claim:
     """With the barrier row locked (``b`` is its fresh state): finish or top up the window."""
     if b["state"] != "running":
         return Claim()
@@ -189,7 +194,7 @@ async def decide(conn: asyncpg.Connection, b: Any, sc: Scatter) -> Claim:
         outcome = "gather"
     if outcome is not None:
         won = await conn.fetchval(
-            f"UPDATE {B} SET state = 'finishing', outcome = $2, updated_at = now() "
+            f"UPDATE {t.barriers} SET state = 'finishing', outcome = $2, updated_at = now() "
             "WHERE id = $1 AND state = 'running' RETURNING id", bid, outcome,
         )
         return Claim(finishing=won is not None)
@@ -199,32 +204,34 @@ async def decide(conn: asyncpg.Connection, b: Any, sc: Scatter) -> Claim:
     if free <= 0 or end <= start:
         return Claim()
     units = await conn.fetch(
-        f"UPDATE {I} SET state = 'queued', queued_at = now() WHERE barrier_id = $1 "
+        f"UPDATE {t.items} SET state = 'queued', queued_at = now() WHERE barrier_id = $1 "
         "AND unit >= $2 AND unit < $3 AND state = 'pending' RETURNING unit", bid, start, end,
     )
     claimed = {int(r["unit"]) for r in units}
     await conn.execute(
-        f"UPDATE {B} SET next_unit = $2, inflight = inflight + $3 WHERE id = $1",
+        f"UPDATE {t.barriers} SET next_unit = $2, inflight = inflight + $3 WHERE id = $1",
         bid, end, len(claimed),
     )
     return Claim(ranges=unit_ranges(sorted(claimed), int(b["chunk_units"])))
 
 
-async def lock_and_decide(conn: asyncpg.Connection, barrier_id: int, sc: Scatter) -> Claim:
+async def lock_and_decide(
+    conn: asyncpg.Connection, t: Tables, barrier_id: int, sc: Scatter
+) -> Claim:
     async with conn.transaction():
-        b = await conn.fetchrow(f"SELECT * FROM {B} WHERE id = $1 FOR UPDATE", barrier_id)
-        return Claim() if b is None else await decide(conn, b, sc)
+        b = await conn.fetchrow(f"SELECT * FROM {t.barriers} WHERE id = $1 FOR UPDATE", barrier_id)
+        return Claim() if b is None else await decide(conn, t, b, sc)
 
 
 async def load_chunk(
-    conn: asyncpg.Connection, barrier_id: int, start: int, end: int
+    conn: asyncpg.Connection, t: Tables, barrier_id: int, start: int, end: int
 ) -> tuple[Any, list[ItemRow]]:
     """The barrier and the still-queued items of units ``[start, end)`` (marks them started)."""
-    b = await conn.fetchrow(f"SELECT * FROM {B} WHERE id = $1", barrier_id)
+    b = await conn.fetchrow(f"SELECT * FROM {t.barriers} WHERE id = $1", barrier_id)
     if b is None or b["state"] != "running":
         return b, []
     rows = await conn.fetch(
-        f"UPDATE {I} SET queued_at = now(), attempts = attempts + 1 WHERE barrier_id = $1 "
+        f"UPDATE {t.items} SET queued_at = now(), attempts = attempts + 1 WHERE barrier_id = $1 "
         "AND unit >= $2 AND unit < $3 AND state = 'queued' "
         "RETURNING idx, unit, key, item, attempts", barrier_id, start, end,
     )
@@ -234,13 +241,13 @@ async def load_chunk(
 
 
 async def record(
-    conn: asyncpg.Connection, barrier_id: int, sc: Scatter,
+    conn: asyncpg.Connection, t: Tables, barrier_id: int, sc: Scatter,
     results: Sequence[tuple[int, str, str | None, str | None]],
 ) -> Claim:
     """Record ``(idx, state, result_json, error)`` of one chunk; count only real changes."""
     async with conn.transaction():
         changed = await conn.fetch(
-            f"UPDATE {I} AS i SET state = v.state, result = v.result, error = v.error "
+            f"UPDATE {t.items} AS i SET state = v.state, result = v.result, error = v.error "
             "FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[]) "
             "AS v(idx, state, result, error) "
             "WHERE i.barrier_id = $1 AND i.idx = v.idx AND i.state = 'queued' "
@@ -251,19 +258,19 @@ async def record(
         ok = sum(1 for r in changed if r["state"] == "succeeded")
         units = len({r["unit"] for r in changed})
         b = await conn.fetchrow(
-            f"UPDATE {B} SET succeeded = succeeded + $2, failed = failed + $3, "
+            f"UPDATE {t.barriers} SET succeeded = succeeded + $2, failed = failed + $3, "
             "inflight = greatest(inflight - $4, 0), updated_at = now() WHERE id = $1 "
             "RETURNING *", barrier_id, ok, len(changed) - ok, units,
         )
-        return await decide(conn, b, sc)
+        return await decide(conn, t, b, sc)
 
 
 async def claim_reader(
-    conn: asyncpg.Connection, barrier_id: int, owner: str, lease: float
+    conn: asyncpg.Connection, t: Tables, barrier_id: int, owner: str, lease: float
 ) -> Any:
     """Take the reader of a barrier if nobody holds it (or its holder stopped beating)."""
     return await conn.fetchrow(
-        f"UPDATE {B} SET reader_owner = $2, reader_beat = now() WHERE id = $1 "
+        f"UPDATE {t.barriers} SET reader_owner = $2, reader_beat = now() WHERE id = $1 "
         "AND state = 'running' AND NOT reader_done AND (reader_beat IS NULL OR "
         "reader_beat < now() - make_interval(secs => $3)) RETURNING *",
         barrier_id, owner, lease,
@@ -271,7 +278,7 @@ async def claim_reader(
 
 
 async def append_page(
-    conn: asyncpg.Connection, barrier_id: int, owner: str, sc: Scatter,
+    conn: asyncpg.Connection, t: Tables, barrier_id: int, owner: str, sc: Scatter,
     rows: Sequence[tuple[int, int, str, str]], units_total: int, checkpoint: str,
     next_index: int, done: bool, expected_total: int | None,
 ) -> Claim | None:
@@ -279,13 +286,13 @@ async def append_page(
     ownership (another reader took over after this one stalled)."""
     async with conn.transaction():
         b = await conn.fetchrow(
-            f"SELECT * FROM {B} WHERE id = $1 FOR UPDATE", barrier_id)
+            f"SELECT * FROM {t.barriers} WHERE id = $1 FOR UPDATE", barrier_id)
         if b is None or b["reader_owner"] != owner or b["reader_done"]:
             return None
         inserted, reused = 0, 0
         if rows:
             got = await conn.fetch(
-                f"INSERT INTO {I} (barrier_id, idx, unit, key, item) SELECT $1, * FROM "
+                f"INSERT INTO {t.items} (barrier_id, idx, unit, key, item) SELECT $1, * FROM "
                 "unnest($2::bigint[], $3::bigint[], $4::text[], $5::text[]) "
                 "ON CONFLICT DO NOTHING RETURNING idx",
                 barrier_id, [r[0] for r in rows], [r[1] for r in rows],
@@ -293,14 +300,14 @@ async def append_page(
             )
             inserted = len(got)
             if got and b["reuse_from"] is not None:
-                reused = await copy_succeeded(conn, barrier_id, int(b["reuse_from"]),
+                reused = await copy_succeeded(conn, t, barrier_id, int(b["reuse_from"]),
                                               [int(r["idx"]) for r in got])
         b = await conn.fetchrow(
-            f"UPDATE {B} SET total_items = total_items + $2, units_total = $3, "
+            f"UPDATE {t.barriers} SET total_items = total_items + $2, units_total = $3, "
             "checkpoint = $4::jsonb, next_index = $5, reader_done = $6, reader_beat = now(), "
             "expected_total = coalesce(expected_total, $7), succeeded = succeeded + $8, "
             "updated_at = now() WHERE id = $1 RETURNING *",
             barrier_id, inserted, units_total, checkpoint, next_index, done, expected_total,
             reused,
         )
-        return await decide(conn, b, sc)
+        return await decide(conn, t, b, sc)

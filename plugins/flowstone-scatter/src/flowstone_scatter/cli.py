@@ -55,7 +55,8 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(s.to_dict()))
     else:
         total = "?" if s.total is None else s.total
-        print(f"{s.asset}[{s.partition}] in {s.run_id}: {s.state}; {total} items: "
+        where = s.asset if s.partition is None else f"{s.asset}[{s.partition}]"
+        print(f"{where} in {s.run_id}: {s.state}; {total} items: "
               f"{s.pending} pending, {s.running} running, {s.succeeded} succeeded, "
               f"{s.failed} failed" + (f"\nerror: {s.error}" if s.error else ""))
     return 0

@@ -24,16 +24,17 @@ from typing import TYPE_CHECKING, Any
 
 from flowstone.codec import decode_value, encode_value
 from flowstone.defaults.inline_scatter import item_key
+from flowstone.defaults.scatter_units import FIRST_ERRORS, threshold_message
 from flowstone.engine.inputs import resolve_inputs
 from flowstone.engine.requests import ScatterRequest
 from flowstone.engine.resume import complete_deferred
 from flowstone.errors import UsageError
 from flowstone.partitions import decode_partition
 from flowstone.scatter import Deferred, Scatter
+from flowstone_io_postgres import PostgresRunStore
 from flowstone_scatter import barrier
 from flowstone_scatter.db import Database
 from flowstone_scatter.messages import CHUNK_TASK, READ_TASK, ChunkMessage
-from flowstone_scatter.schema import migrate
 
 if TYPE_CHECKING:
     from flowstone.asset import AssetDef
@@ -89,22 +90,27 @@ class CeleryScatterCoordinator:
     """Runs scatter items on Celery workers with the barrier in Postgres.
 
     Args:
-        database_url: the Postgres holding the barrier (default: the pipeline's store URL,
-            else ``FLOWSTONE_DATABASE_URL``, read on first use).
+        database_url: the Postgres holding the barrier. Default: the pipeline's
+            :class:`~flowstone_io_postgres.PostgresRunStore` (its connections and its
+            ``schema``); with another store, ``FLOWSTONE_DATABASE_URL`` (read on first use).
+        schema: the schema of the tables with ``database_url`` (default ``flowstone``).
         chunk_size: items (or batches) per message; default ``min(100, max(1,
             max_concurrent // 4))`` so a window spans at least four messages.
-        pool_size: Postgres connections per process.
+        pool_size: Postgres connections per process with ``database_url`` (with the
+            pipeline's store, the scatter shares the store's connections).
 
+    The tables are created by ``flowstone db upgrade`` (or the store's ``auto_migrate``).
     Selected automatically when the executor is Celery and this plugin is installed.
     """
 
     name = "celery"
 
-    def __init__(self, database_url: str | None = None, *, chunk_size: int | None = None,
-                 pool_size: int = 4) -> None:
+    def __init__(self, database_url: str | None = None, *, schema: str = "flowstone",
+                 chunk_size: int | None = None, pool_size: int = 4) -> None:
         if chunk_size is not None and (isinstance(chunk_size, bool) or chunk_size < 1):
             raise UsageError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
         self._url = database_url
+        self._schema = schema
         self._chunk_size = chunk_size
         self._pool_size = pool_size
         self._db: Database | None = None
@@ -114,20 +120,30 @@ class CeleryScatterCoordinator:
 
     # --- plumbing -------------------------------------------------------------------------
     def database(self, pipeline: Pipeline) -> Database:
-        """This process's connection to the barrier tables (created and migrated once)."""
+        """The barrier tables of this process: on the pipeline's Postgres run store (its
+        connections and schema), checked to be at their head revision once."""
         if self._db is None:
             with self._lock:
                 if self._db is None:
-                    url = self._url or _postgres(pipeline.store_url) or os.environ.get(
-                        "FLOWSTONE_DATABASE_URL")
-                    if not url:
-                        raise UsageError(
-                            "the Celery scatter coordinator needs Postgres: set "
-                            "FLOWSTONE_DATABASE_URL=postgresql+asyncpg://user@host/db")
-                    db = Database(url, max_size=self._pool_size)
-                    db.run(migrate)
-                    self._db = db
+                    self._db = self._open(pipeline.store)
         return self._db
+
+    def _open(self, store: object) -> Database:
+        if self._url is None and isinstance(store, PostgresRunStore):
+            return Database(store)
+        url = self._url or os.environ.get("FLOWSTONE_DATABASE_URL")
+        if not url or not url.startswith(("postgresql", "postgres")):
+            raise UsageError(
+                "the Celery scatter coordinator keeps its barrier in Postgres: use a "
+                "PostgresRunStore (FLOWSTONE_DATABASE_URL=postgresql+asyncpg://user@host/db) "
+                "or pass CeleryScatterCoordinator(database_url=...)")
+        own = PostgresRunStore(url, schema=self._schema, pool_size=self._pool_size,
+                               max_overflow=0)
+        try:
+            return Database(own, owned=True)
+        except BaseException:
+            own.close()
+            raise
 
     def close(self) -> None:
         if self._db is not None:
@@ -168,7 +184,7 @@ class CeleryScatterCoordinator:
     def kick(self, pipeline: Pipeline, barrier_id: int, sc: Scatter) -> None:
         """Top the window up (or finish) from the barrier's current state."""
         db = self.database(pipeline)
-        claim = db.run(lambda c: barrier.lock_and_decide(c, barrier_id, sc))
+        claim = db.run(lambda c: barrier.lock_and_decide(c, db.t, barrier_id, sc))
         self.after(pipeline, barrier_id, claim)
 
     def inputs(self, pipeline: Pipeline, a: AssetDef, run_id: str,
@@ -204,13 +220,13 @@ class CeleryScatterCoordinator:
         p, name = req.pipeline, req.asset.name
         db = self.database(p)
         token = secrets.token_urlsafe(32)
-        existing = db.run(lambda c: barrier.find(c, req.run_id, name, req.partition))
+        existing = db.run(lambda c: barrier.find(c, db.t, req.run_id, name, req.partition))
         if existing is not None:
             bid = int(existing["id"])
             if existing["state"] in ("running", "finishing"):
                 token = existing["token"]
             else:  # failed or cancelled before: run only what did not succeed
-                db.run(lambda c: barrier.reopen(c, bid, token))
+                db.run(lambda c: barrier.reopen(c, db.t, bid, token))
             return Deferred(token, start=lambda: self._start(p, bid, sc))
         units_total, expected = 0, None
         rows: list[tuple[int, int, str, str]] = []
@@ -220,7 +236,7 @@ class CeleryScatterCoordinator:
             rows, units_total = build_rows(sc, name, items, 0, 0, set())
             expected = len(rows)
         bid, _ = db.run(lambda c: barrier.create(
-            c, pipeline=p.name, run_id=req.run_id, asset=name, partition=req.partition,
+            c, db.t, pipeline=p.name, run_id=req.run_id, asset=name, partition=req.partition,
             token=token, rows=rows, units_total=units_total,
             max_concurrent=sc.max_concurrent, chunk_units=self.chunk_units(sc),
             reader_done=sc.reader is None, expected_total=expected,
@@ -242,7 +258,7 @@ class CeleryScatterCoordinator:
 
         async def load(conn: Any) -> Any:
             return await conn.fetchrow(
-                f"UPDATE {barrier.B} SET updated_at = now() WHERE id = $1 AND state = "
+                f"UPDATE {db.t.barriers} SET updated_at = now() WHERE id = $1 AND state = "
                 "'finishing' RETURNING *", barrier_id)
 
         b = db.run(load)
@@ -257,7 +273,7 @@ class CeleryScatterCoordinator:
             error = self._threshold_message(db, b, sc)
         if error is None:
             try:
-                values = db.run(lambda c: _stream_results(c, barrier_id))
+                values = db.run(lambda c: _stream_results(c, db, barrier_id))
                 value = sc.gather(values) if sc.gather is not None else values
             except Exception as exc:
                 error = f"gather of scatter asset {a.name!r} failed: {type(exc).__name__}: {exc}"
@@ -266,7 +282,7 @@ class CeleryScatterCoordinator:
 
         async def close(conn: Any) -> None:
             await conn.execute(
-                f"UPDATE {barrier.B} SET state = $2, error = $3, updated_at = now() "
+                f"UPDATE {db.t.barriers} SET state = $2, error = $3, updated_at = now() "
                 "WHERE id = $1 AND state = 'finishing'", barrier_id, final, error)
 
         db.run(close)
@@ -274,40 +290,30 @@ class CeleryScatterCoordinator:
     def _threshold_message(self, db: Database, b: Any, sc: Scatter) -> str:
         async def first(conn: Any) -> Any:
             return await conn.fetch(
-                f"SELECT idx, error FROM {barrier.I} WHERE barrier_id = $1 AND state = "
-                "'failed' ORDER BY idx LIMIT 3", b["id"])
+                f"SELECT idx, key, error FROM {db.t.items} WHERE barrier_id = $1 AND state = "
+                f"'failed' ORDER BY idx LIMIT {FIRST_ERRORS}", b["id"])
 
         rows = db.run(first)
-        failed = int(b["failed"])
         total = b["expected_total"] if b["expected_total"] is not None else b["total_items"]
-        share, count = sc.failure_limits()
-        limit = " and ".join(x for x in (f"{share:.1%}" if share is not None else "",
-                                         f"{count} items" if count is not None else "") if x)
-        errors = "; ".join(f"item {r['idx']}: {r['error']}" for r in rows)
-        return (
-            f"ScatterThresholdError: scatter asset {b['asset']!r}: {failed} of {total} items "
-            f"failed, above the failure threshold of {limit or '0 failures'}; remaining items "
-            f"were not started. First errors: {errors}. Fix the items and run "
-            f"pipeline.resume({b['run_id']!r}) (or `flowstone scatter retry-failed`) to "
-            "retry only the failed ones")
+        message = threshold_message(
+            sc, b["asset"], b["run_id"], int(b["failed"]), int(total),
+            [(int(r["idx"]), r["key"], r["error"]) for r in rows],
+            also=" (or `flowstone scatter retry-failed`)")
+        return f"ScatterThresholdError: {message}"
 
 
-async def _stream_results(conn: Any, barrier_id: int) -> list[Any]:
+async def _stream_results(conn: Any, db: Database, barrier_id: int) -> list[Any]:
     """Item results in item order, read through a server-side cursor (pages of 2,000)."""
     out: list[Any] = []
     async with conn.transaction():
         async for r in conn.cursor(
-            f"SELECT state, result FROM {barrier.I} WHERE barrier_id = $1 ORDER BY idx",
+            f"SELECT state, result FROM {db.t.items} WHERE barrier_id = $1 ORDER BY idx",
             barrier_id, prefetch=2000,
         ):
             data = r["result"]
             out.append(decode_value(data.encode()) if r["state"] == "succeeded" and data
                        is not None else None)
     return out
-
-
-def _postgres(url: str | None) -> str | None:
-    return url if url and url.startswith(("postgresql", "postgres")) else None
 
 
 def _params(fn: Any) -> set[str]:

@@ -1,108 +1,54 @@
-"""A private asyncio loop in a daemon thread owning an asyncpg pool, bridged to sync code.
+"""The scatter tables' database: the run store's connections, in the run store's schema.
 
-Scatter bookkeeping runs inside Celery pool children (sync code). Each call submits a
-coroutine to the loop thread and blocks on its result. Fork safety: a child never touches
-the parent's loop or sockets; on a pid change a fresh loop and pool are created (the
-inherited ones are kept referenced and never closed, so no finaliser writes to a socket
-the parent still uses).
+Scatter bookkeeping runs inside Celery pool children (sync code). It has no event loop or
+connection pool of its own: every statement runs on the pipeline's
+:class:`~flowstone_io_postgres.PostgresRunStore` (its asyncpg runtime, so the worker keeps
+one connection budget, and its fork safety), against the tables in the store's schema.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-import threading
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
 
-from flowstone.errors import UsageError
+from flowstone_io_postgres import PostgresRunStore
+from flowstone_scatter.schema import MIGRATIONS, Tables
 
-__all__ = ["Database", "asyncpg_dsn"]
+__all__ = ["Database"]
 
 T = TypeVar("T")
 
 
-def asyncpg_dsn(url: str) -> str:
-    """``postgresql+asyncpg://...`` (SQLAlchemy style) -> ``postgresql://...`` (libpq style)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or not scheme.startswith(("postgresql", "postgres")):
-        raise UsageError(
-            "flowstone-scatter needs a PostgreSQL FLOWSTONE_DATABASE_URL "
-            "(postgresql+asyncpg://user@host/db); the scatter barrier lives in Postgres"
-        )
-    return "postgresql://" + rest
-
-
-class _Loop:
-    __slots__ = ("loop", "pid", "pool", "thread")
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.pool: asyncpg.Pool | None = None
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever,
-                                       name="flowstone-scatter-db", daemon=True)
-        self.thread.start()
-
-
 class Database:
-    """Sync facade: ``db.run(lambda conn: coroutine)`` on a pooled connection."""
+    """Sync facade: ``db.run(lambda conn: coroutine)`` on one of the store's connections.
 
-    __slots__ = ("_abandoned", "_current", "_lock", "dsn", "max_size")
+    Args:
+        store: the run store whose connections and schema the scatter tables share.
+        owned: close the store with :meth:`close` (a store built only for the scatter).
 
-    def __init__(self, url: str, *, max_size: int = 4) -> None:
-        self.dsn = asyncpg_dsn(url)
-        self.max_size = max_size
-        self._lock = threading.Lock()
-        self._current: _Loop | None = None
-        self._abandoned: list[_Loop] = []
+    The tables must be at their head revision (``flowstone db upgrade``, or the store's
+    ``auto_migrate``); that is checked on construction.
+    """
 
-    def _loop(self) -> _Loop:
-        current = self._current
-        if current is not None and current.pid == os.getpid():
-            return current
-        with self._lock:
-            current = self._current
-            if current is None or current.pid != os.getpid():
-                if current is not None:
-                    self._abandoned.append(current)
-                current = self._current = _Loop()
-            return current
+    __slots__ = ("_owned", "store", "t")
 
-    async def _pool(self, lp: _Loop) -> asyncpg.Pool:
-        if lp.pool is None:
-            lp.pool = await asyncpg.create_pool(
-                self.dsn, min_size=0, max_size=self.max_size, statement_cache_size=256,
-                server_settings={"application_name": "flowstone-scatter"},
-            )
-        return lp.pool
+    def __init__(self, store: PostgresRunStore, *, owned: bool = False) -> None:
+        self.store = store
+        self.t = Tables.in_schema(store.schema)
+        self._owned = owned
+        store.require_migrations(MIGRATIONS)
 
-    def run(self, fn: Callable[[asyncpg.Connection], Awaitable[T]], timeout: float = 600) -> T:
-        """Run ``fn(conn)`` on a pooled connection and return its result."""
-        lp = self._loop()
+    def run(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run ``fn(conn)`` on a connection of the store and return its result.
 
-        async def go() -> T:
-            pool = await self._pool(lp)
-            async with pool.acquire() as conn:
-                return await fn(conn)
-
-        return asyncio.run_coroutine_threadsafe(go(), lp.loop).result(timeout)
+        Raises:
+            StorageError: the database failed.
+        """
+        return self.store.run_on_connection(fn, action="scatter bookkeeping")
 
     def close(self) -> None:
-        """Close this process's pool and stop its loop thread."""
-        lp = self._current
-        if lp is None or lp.pid != os.getpid():
-            return
-        self._current = None
-
-        async def shut() -> None:
-            if lp.pool is not None:
-                await lp.pool.close()
-
-        try:
-            asyncio.run_coroutine_threadsafe(shut(), lp.loop).result(30)
-        finally:
-            lp.loop.call_soon_threadsafe(lp.loop.stop)
-            lp.thread.join(10)
+        """Close the store if this database opened it (a pipeline's store is its own)."""
+        if self._owned:
+            self.store.close()

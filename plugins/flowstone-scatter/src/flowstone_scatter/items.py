@@ -18,17 +18,19 @@ from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
 from flowstone.codec import decode_value, encode_value
-from flowstone.engine.invoke import bind_arguments, call_with_timeout
+from flowstone.defaults.scatter_units import ItemOutcome, item_error, run_unit
 from flowstone.engine.runner import describe_error
 from flowstone.errors import UsageError
 from flowstone.events import Event
-from flowstone.scatter import Batch, ItemFailed, Scatter
+from flowstone.scatter import Batch, Scatter
 from flowstone_scatter import barrier
 from flowstone_scatter.coordinator import CeleryScatterCoordinator, build_rows
+from flowstone_scatter.db import Database
 from flowstone_scatter.messages import ChunkMessage
 
 if TYPE_CHECKING:
     from flowstone.asset import AssetDef
+    from flowstone.context import Context
     from flowstone.pipeline import Pipeline
 
 __all__ = ["run_chunk", "run_reader"]
@@ -50,12 +52,12 @@ def run_chunk(pipeline: Pipeline, msg: ChunkMessage) -> int:
     """Run the still-queued items of one chunk message; return how many were recorded."""
     coord = coordinator_of(pipeline)
     db = coord.database(pipeline)
-    b, rows = db.run(lambda c: barrier.load_chunk(c, msg.barrier, msg.start, msg.end))
+    b, rows = db.run(lambda c: barrier.load_chunk(c, db.t, msg.barrier, msg.start, msg.end))
     if not rows:
         return 0
     run = pipeline.store.get_run(b["run_id"])
     if run is None or run.status == "cancelled":
-        db.run(lambda c: c.execute(f"UPDATE {barrier.B} SET state = 'cancelled', "
+        db.run(lambda c: c.execute(f"UPDATE {db.t.barriers} SET state = 'cancelled', "
                                    "updated_at = now() WHERE id = $1 AND state = 'running'",
                                    msg.barrier))
         return 0
@@ -75,10 +77,10 @@ def run_chunk(pipeline: Pipeline, msg: ChunkMessage) -> int:
             time.sleep(wait)
         if time.monotonic() - touched > lease / 3:  # keep the sweeper off a long chunk
             left = [r.idx for u in units[i:] for r in u]
-            db.run(_touch(msg.barrier, left))
+            db.run(_touch(db, msg.barrier, left))
             touched = time.monotonic()
         results.extend(_run_unit(pipeline, a, sc, b, deps, shared, unit, count))
-    claim = db.run(lambda c: barrier.record(c, msg.barrier, sc, results))
+    claim = db.run(lambda c: barrier.record(c, db.t, msg.barrier, sc, results))
     ok = sum(1 for r in results if r[1] == "succeeded")
     pipeline.emit(Event("scatter.progress", pipeline.name, b["run_id"], a.name, b["partition"],
                         {"succeeded": ok, "failed": len(results) - ok, "chunk": True}))
@@ -94,62 +96,42 @@ def _rate_slots(coord: CeleryScatterCoordinator, pipeline: Pipeline, b: Any, sc:
     if rate is None:
         return None
     span = n / rate
+    db = coord.database(pipeline)
 
     async def reserve(conn: Any) -> float:
         nxt = await conn.fetchval(
-            f"UPDATE {barrier.B} SET rate_next = greatest(coalesce(rate_next, "
+            f"UPDATE {db.t.barriers} SET rate_next = greatest(coalesce(rate_next, "
             "clock_timestamp()), clock_timestamp()) + make_interval(secs => $2) "
             "WHERE id = $1 RETURNING extract(epoch FROM rate_next)", b["id"], span)
         return float(nxt) - span
 
-    return coord.database(pipeline).run(reserve)
+    return db.run(reserve)
 
 
 def _run_unit(pipeline: Pipeline, a: AssetDef, sc: Scatter, b: Any, deps: dict[str, Any],
               shared: Any, unit: Sequence[barrier.ItemRow], count: int | None) -> list[Result]:
     items = [decode_value(r.item.encode()) for r in unit]
-    attempt = 1
-    while True:
-        try:
-            context = pipeline.runner.context_for(a, b["run_id"], b["partition"], attempt)
-            if sc.batching is None:
-                context.scatter_item = items[0]
-            else:
-                context.batch = Batch(items=items, index=unit[0].unit, count=count,
-                                      input=shared, keys=[r.key for r in unit])
-            value = call_with_timeout(a.fn, bind_arguments(a, deps, context),
-                                      timeout=sc.item_timeout_seconds,
-                                      what=f"scatter item of {a.name!r}")
-            values = [value] if sc.batching is None else _split(a, unit, value)
-            return [_encode(a, r.idx, v) for r, v in zip(unit, values, strict=True)]
-        except Exception as exc:
-            policy = sc.item_retry
-            if policy is not None and policy.should_retry(attempt, exc):
-                time.sleep(policy.delay(attempt))
-                attempt += 1
-                continue
-            error = describe_error(exc)
-            return [(r.idx, "failed", None, error) for r in unit]
+
+    def context_for(attempt: int) -> Context:
+        context = pipeline.runner.context_for(a, b["run_id"], b["partition"], attempt)
+        if sc.batching is None:
+            context.scatter_item = items[0]
+        else:
+            context.batch = Batch(items=items, index=unit[0].unit, count=count,
+                                  input=shared, keys=[r.key for r in unit])
+        return context
+
+    outcomes = run_unit(a, deps, len(unit), context_for)
+    return [_encode(a, r.idx, o) for r, o in zip(unit, outcomes, strict=True)]
 
 
-def _split(a: AssetDef, unit: Sequence[barrier.ItemRow], value: Any) -> list[Any]:
-    if not isinstance(value, list | tuple) or len(value) != len(unit):
-        raise UsageError(
-            f"batched scatter asset {a.name!r} must return a list with one result per item "
-            f"({len(unit)}), got {type(value).__name__}"
-            + (f" of length {len(value)}" if isinstance(value, list | tuple) else ""))
-    return list(value)
-
-
-def _encode(a: AssetDef, idx: int, v: Any) -> Result:
-    if isinstance(v, ItemFailed):
-        return (idx, "failed", None, v.error)
-    if isinstance(v, BaseException):
-        return (idx, "failed", None, f"{type(v).__name__}: {v}")
+def _encode(a: AssetDef, idx: int, outcome: ItemOutcome) -> Result:
+    if outcome.error is not None:
+        return (idx, "failed", None, outcome.error)
     try:
-        return (idx, "succeeded", encode_value(v, asset=a.name).decode(), None)
+        return (idx, "succeeded", encode_value(outcome.value, asset=a.name).decode(), None)
     except Exception as exc:  # an unencodable result fails that item, clearly
-        return (idx, "failed", None, describe_error(exc))
+        return (idx, "failed", None, item_error(exc))
 
 
 def run_reader(pipeline: Pipeline, msg: ChunkMessage,
@@ -160,7 +142,8 @@ def run_reader(pipeline: Pipeline, msg: ChunkMessage,
     coord = coordinator_of(pipeline)
     db = coord.database(pipeline)
     owner = uuid.uuid4().hex
-    b = db.run(lambda c: barrier.claim_reader(c, msg.barrier, owner, pipeline.lease_seconds))
+    b = db.run(lambda c: barrier.claim_reader(c, db.t, msg.barrier, owner,
+                                              pipeline.lease_seconds))
     if b is None:
         return 0
     a = pipeline.dag[b["asset"]]
@@ -196,8 +179,8 @@ def run_reader(pipeline: Pipeline, msg: ChunkMessage,
             seen.clear()
             next_index += len(page)
             done = not page
-            claim = db.run(_page(msg.barrier, owner, sc, rows, units, checkpoint, next_index,
-                                 done, expected))
+            claim = db.run(_page(db, msg.barrier, owner, sc, rows, units, checkpoint,
+                                 next_index, done, expected))
             if claim is None:
                 log.warning("scatter reader of barrier %s lost its lease; stopping", msg.barrier)
                 return pages
@@ -211,32 +194,34 @@ def run_reader(pipeline: Pipeline, msg: ChunkMessage,
         reader.close()
 
 
-def _touch(barrier_id: int, idx: list[int]) -> Callable[[Any], Awaitable[Any]]:
+def _touch(db: Database, barrier_id: int, idx: list[int]) -> Callable[[Any], Awaitable[Any]]:
     async def go(conn: Any) -> Any:
         return await conn.execute(
-            f"UPDATE {barrier.I} SET queued_at = now() WHERE barrier_id = $1 AND "
+            f"UPDATE {db.t.items} SET queued_at = now() WHERE barrier_id = $1 AND "
             "idx = ANY($2::bigint[]) AND state = 'queued'", barrier_id, idx)
 
     return go
 
 
-def _page(barrier_id: int, owner: str, sc: Scatter, rows: list[tuple[int, int, str, str]],
-          units: int, checkpoint: str, next_index: int, done: bool,
-          expected: int | None) -> Callable[[Any], Awaitable[barrier.Claim | None]]:
+def _page(db: Database, barrier_id: int, owner: str, sc: Scatter,
+          rows: list[tuple[int, int, str, str]], units: int, checkpoint: str, next_index: int,
+          done: bool, expected: int | None) -> Callable[[Any], Awaitable[barrier.Claim | None]]:
     async def go(conn: Any) -> barrier.Claim | None:
-        return await barrier.append_page(conn, barrier_id, owner, sc, rows, units, checkpoint,
-                                         next_index, done, expected)
+        return await barrier.append_page(conn, db.t, barrier_id, owner, sc, rows, units,
+                                         checkpoint, next_index, done, expected)
 
     return go
 
 
 def _fail_reader(coord: CeleryScatterCoordinator, pipeline: Pipeline, b: Any,
                  error: str) -> None:
+    db = coord.database(pipeline)
+
     async def fail(conn: Any) -> Any:
         return await conn.fetchval(
-            f"UPDATE {barrier.B} SET state = 'finishing', outcome = 'failed', error = $2, "
+            f"UPDATE {db.t.barriers} SET state = 'finishing', outcome = 'failed', error = $2, "
             "updated_at = now() WHERE id = $1 AND state = 'running' RETURNING id",
             b["id"], error)
 
-    if coord.database(pipeline).run(fail) is not None:
+    if db.run(fail) is not None:
         coord.finalize(pipeline, int(b["id"]))

@@ -18,11 +18,15 @@ __all__ = ["ScatterStatus", "retry_failed", "scatter_status"]
 
 @dataclass(frozen=True, slots=True)
 class ScatterStatus:
-    """Counts of one scatter's items (``running`` = queued or executing)."""
+    """Counts of one scatter's items (``running`` = queued or executing).
+
+    ``partition`` is the encoded partition key, or None when the asset is unpartitioned
+    (``null`` in :meth:`to_dict`, as ``flowstone scatter status --json`` prints it).
+    """
 
     run_id: str
     asset: str
-    partition: str
+    partition: str | None
     state: str
     total: int | None
     pending: int
@@ -50,10 +54,10 @@ def scatter_status(pipeline: Pipeline, run_id: str, asset: str,
     db = coordinator_of(pipeline).database(pipeline)
 
     async def read(conn: Any) -> tuple[Any, dict[str, int]]:
-        b = await barrier.find(conn, run_id, pipeline.dag[asset].name, enc)
+        b = await barrier.find(conn, db.t, run_id, pipeline.dag[asset].name, enc)
         if b is None:
             return None, {}
-        rows = await conn.fetch(f"SELECT state, count(*) AS n FROM {barrier.I} WHERE "
+        rows = await conn.fetch(f"SELECT state, count(*) AS n FROM {db.t.items} WHERE "
                                 "barrier_id = $1 GROUP BY state", b["id"])
         return b, {r["state"]: int(r["n"]) for r in rows}
 
@@ -62,7 +66,8 @@ def scatter_status(pipeline: Pipeline, run_id: str, asset: str,
         raise UsageError(f"run {run_id} has no scatter of asset {asset!r} [{enc}] (check the "
                          "run id, asset and --partition)")
     total = b["total_items"] if b["reader_done"] else b["expected_total"]
-    return ScatterStatus(run_id, asset, enc, b["state"], None if total is None else int(total),
+    return ScatterStatus(run_id, asset, enc if partition is not None else None, b["state"],
+                         None if total is None else int(total),
                          counts.get("pending", 0), counts.get("queued", 0),
                          counts.get("succeeded", 0), counts.get("failed", 0),
                          bool(b["reader_done"]), b["error"])

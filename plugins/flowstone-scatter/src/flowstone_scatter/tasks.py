@@ -115,18 +115,18 @@ def sweep(pipeline: Pipeline, now: datetime) -> int:
 
     async def scan(conn: Any) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
         finishing = await conn.fetch(
-            f"SELECT id FROM {barrier.B} WHERE pipeline = $1 AND state = 'finishing' AND "
+            f"SELECT id FROM {db.t.barriers} WHERE pipeline = $1 AND state = 'finishing' AND "
             "updated_at < now() - make_interval(secs => $2)", pipeline.name, lease)
         stale = await conn.fetch(
-            f"UPDATE {barrier.I} AS i SET queued_at = now() FROM {barrier.B} AS b "
+            f"UPDATE {db.t.items} AS i SET queued_at = now() FROM {db.t.barriers} AS b "
             "WHERE i.barrier_id = b.id AND b.pipeline = $1 AND b.state = 'running' AND "
             "i.state = 'queued' AND i.queued_at < now() - make_interval(secs => $2) "
             "RETURNING i.barrier_id, i.unit, b.chunk_units", pipeline.name, lease)
         idle = await conn.fetch(
-            f"SELECT id, asset FROM {barrier.B} WHERE pipeline = $1 AND state = 'running' AND "
+            f"SELECT id, asset FROM {db.t.barriers} WHERE pipeline = $1 AND state = 'running' AND "
             "updated_at < now() - make_interval(secs => $2)", pipeline.name, lease)
         readers = await conn.fetch(
-            f"SELECT id FROM {barrier.B} WHERE pipeline = $1 AND state = 'running' AND NOT "
+            f"SELECT id FROM {db.t.barriers} WHERE pipeline = $1 AND state = 'running' AND NOT "
             "reader_done AND coalesce(reader_beat, created_at) < now() - "
             "make_interval(secs => $2)", pipeline.name, lease)
         return finishing, stale, idle, readers

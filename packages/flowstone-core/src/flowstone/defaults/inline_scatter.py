@@ -19,12 +19,18 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from flowstone.codec import decode_value, encode_value
-from flowstone.engine.invoke import bind_arguments, call_with_timeout
+from flowstone.defaults.scatter_units import (
+    FIRST_ERRORS,
+    ItemOutcome,
+    item_error,
+    run_unit,
+    threshold_message,
+)
 from flowstone.engine.requests import ScatterRequest
-from flowstone.errors import ScatterThresholdError, UsageError
+from flowstone.errors import EncodingError, ScatterThresholdError, UsageError
 from flowstone.events import Event
 from flowstone.records import ItemResult
-from flowstone.scatter import MAX_ITEM_KEY_LENGTH, Batch, ItemFailed, Scatter
+from flowstone.scatter import MAX_ITEM_KEY_LENGTH, Batch, Scatter
 
 __all__ = ["InlineScatterCoordinator", "item_key"]
 
@@ -91,7 +97,7 @@ class _ScatterRun:
         prior = self.store.load_item_results(req.run_id, req.asset.name, req.partition)
         self.done: dict[int, ItemResult] = {r.index: r for r in prior if r.state == "succeeded"}
         self.live: dict[int, Any] = {}
-        self.failed: dict[int, str] = {}
+        self.failed: dict[int, tuple[str, str]] = {}  # index -> (key, error)
         self.prior_keys = {r.key for r in prior}
         self.prior_failed = any(r.state == "failed" for r in prior)
         # a retry_failed_items run: the earlier run's succeeded items, by key; they are
@@ -193,7 +199,7 @@ class _ScatterRun:
             self.batch_input = fn(**{k: v for k, v in req.deps.items() if k in _params(fn)})
         with ThreadPoolExecutor(sc.max_concurrent, thread_name_prefix="flowstone-scatter") as pool:
             for page, checkpoint in self.pages():
-                inflight: dict[Future[list[tuple[int, str, Any, str | None]]], Unit] = {}
+                inflight: dict[Future[list[ItemOutcome]], Unit] = {}
                 for unit, batch_index in self._units(page):
                     while len(inflight) >= sc.max_concurrent:
                         self._collect(inflight, FIRST_COMPLETED)
@@ -214,74 +220,39 @@ class _ScatterRun:
             self._fail()
         return self._gather()
 
-    def _run_unit(
-        self, unit: Unit, batch_index: int | None
-    ) -> list[tuple[int, str, Any, str | None]]:
-        sc, req, a = self.sc, self.req, self.req.asset
-        attempt = 1
-        while True:
-            try:
-                if batch_index is None:
-                    context = req.make_context(unit[0][2], None)
-                else:
-                    batch = Batch(
-                        items=[t[2] for t in unit],
-                        index=batch_index,
-                        count=None,
-                        input=self.batch_input,
-                        keys=[t[1] for t in unit],
-                    )
-                    context = req.make_context(None, batch)
-                kwargs = bind_arguments(a, req.deps, context)
-                value = call_with_timeout(
-                    a.fn,
-                    kwargs,
-                    timeout=sc.item_timeout_seconds,
-                    what=f"scatter item of {a.name!r}",
-                )
-                if batch_index is None:
-                    return [(unit[0][0], unit[0][1], value, None)]
-                return self._split_batch(unit, value)
-            except Exception as exc:
-                policy = sc.item_retry
-                if policy is not None and policy.should_retry(attempt, exc):
-                    time.sleep(policy.delay(attempt))
-                    attempt += 1
-                    continue
-                error = f"{type(exc).__name__}: {exc}"
-                return [(i, k, None, error) for i, k, _ in unit]
+    def _run_unit(self, unit: Unit, batch_index: int | None) -> list[ItemOutcome]:
+        req = self.req
+        if batch_index is None:
+            item = unit[0][2]
+            return run_unit(req.asset, req.deps, 1, lambda _: req.make_context(item, None))
+        batch = Batch(
+            items=[t[2] for t in unit],
+            index=batch_index,
+            count=None,
+            input=self.batch_input,
+            keys=[t[1] for t in unit],
+        )
+        return run_unit(req.asset, req.deps, len(unit), lambda _: req.make_context(None, batch))
 
-    def _split_batch(self, unit: Unit, value: Any) -> list[tuple[int, str, Any, str | None]]:
-        if not isinstance(value, list | tuple) or len(value) != len(unit):
-            raise UsageError(
-                f"batched scatter asset {self.req.asset.name!r} must return a list with one "
-                f"result per item ({len(unit)}), got {type(value).__name__}"
-                + (f" of length {len(value)}" if isinstance(value, list | tuple) else "")
-            )
-        out: list[tuple[int, str, Any, str | None]] = []
-        for (i, k, _), v in zip(unit, value, strict=True):
-            if isinstance(v, ItemFailed):
-                out.append((i, k, None, v.error))
-            elif isinstance(v, BaseException):
-                out.append((i, k, None, f"{type(v).__name__}: {v}"))
-            else:
-                out.append((i, k, v, None))
-        return out
-
-    def _collect(self, inflight: dict[Any, Unit], how: str) -> None:
+    def _collect(self, inflight: dict[Future[list[ItemOutcome]], Unit], how: str) -> None:
         done, _ = wait(inflight, return_when=how)
         for fut in done:
-            inflight.pop(fut)
-            for index, key, value, error in fut.result():
+            unit = inflight.pop(fut)
+            for (index, key, _), outcome in zip(unit, fut.result(), strict=True):
+                error = outcome.error
                 if error is None:
-                    data = encode_value(value, asset=self.req.asset.name).decode("utf-8")
-                    result = ItemResult(index, key, "succeeded", value_json=data)
+                    try:
+                        data = encode_value(outcome.value, asset=self.req.asset.name)
+                    except EncodingError as exc:  # an unencodable result fails that item
+                        error = item_error(exc)
+                if error is None:
+                    result = ItemResult(index, key, "succeeded", value_json=data.decode("utf-8"))
                     self.done[index] = result
-                    self.live[index] = value
+                    self.live[index] = outcome.value
                     self.failed.pop(index, None)
                 else:
                     result = ItemResult(index, key, "failed", error=error)
-                    self.failed[index] = error
+                    self.failed[index] = (key, error)
                 self.pending.append(result)
 
     def _flush(self, checkpoint: dict[str, Any] | None) -> None:
@@ -331,24 +302,9 @@ class _ScatterRun:
         self._flush(None)
         failed = len(self.failed)
         total = self.total if self.total is not None else len(self.done) + failed
-        first = "; ".join(f"item {i}: {e}" for i, e in sorted(self.failed.items())[:3])
-        share, count = self.sc.failure_limits()
-        limit = (
-            " and ".join(
-                x
-                for x in (
-                    f"{share:.1%}" if share is not None else "",
-                    f"{count} items" if count is not None else "",
-                )
-                if x
-            )
-            or "0 failures"
-        )
+        first = [(i, key, error) for i, (key, error) in sorted(self.failed.items())[:FIRST_ERRORS]]
         raise ScatterThresholdError(
-            f"scatter asset {r.asset.name!r}: {failed} of {total} items failed, above the "
-            f"failure threshold of {limit}; remaining items were not started. First errors: "
-            f"{first}. Fix the items and run pipeline.resume({r.run_id!r}) to retry only "
-            "the failed ones"
+            threshold_message(self.sc, r.asset.name, r.run_id, failed, total, first)
         )
 
     def _gather(self) -> object:
