@@ -323,3 +323,69 @@ def test_recursive_lineage_is_a_tree_with_depth(
     code, out, _ = cli(capsys, "lineage", spec, "numbers", "--downstream", "--recursive")
     names = asset_column(out.splitlines())
     assert names[0] == "numbers" and "└─ spread" in " ".join(names)
+
+
+# --- item 7: a run in the middle of a deferred scatter is running --------------------
+
+DEFERRING = """\
+import flowstone as fs
+from datetime import timedelta
+from flowstone.scatter import Deferred, ScatterCounts
+
+class WorkersCoordinator:
+    \"\"\"Defers every scatter to (absent) workers, as the Celery coordinator does.\"\"\"
+
+    name = "workers"
+
+    def execute(self, request):
+        return Deferred("t" * 43)
+
+    def progress(self, pipeline, run_id, asset, partition):
+        return ScatterCounts(total=10_000, succeeded=1_200, failed=3, running=50, pending=8_747)
+
+@fs.asset(scatter=fs.Scatter(items=lambda: list(range(10_000))))
+def fetch(context):
+    return context.scatter_item
+
+@fs.asset
+def gated(context):
+    return context.signal_gate(timeout=timedelta(hours=1))
+
+pipeline = fs.Pipeline(
+    "deferring", [fetch, gated], store={store!r}, scatter_coordinator=WorkersCoordinator()
+)
+"""
+
+
+def test_a_run_in_a_deferred_scatter_is_running_with_its_progress(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "deferring.py"
+    path.write_text(DEFERRING.format(store=f"sqlite:///{tmp_path / 'd.db'}"), encoding="utf-8")
+    spec = f"{path}:pipeline"
+    code, doc = cli_json(capsys, "run", spec, "fetch")
+    assert code == 0 and doc["status"] == "waiting"  # stored: the step waits on the workers
+    cli(capsys, "run", spec, "gated")  # a signal gate: really waits for someone
+    code, out, _ = cli(capsys, "runs", spec)
+    header, gated, fetch = out.splitlines()
+    assert "PROGRESS" in header
+    assert re.search(r"\bwaiting\b", gated) and "fetch" not in gated
+    assert re.search(r"\brunning\b +fetch", fetch)
+    assert "scatter 'fetch': 1,203/10,000 items (3 failed)" in fetch
+    code, doc = cli_json(capsys, "runs", spec, "--status", "running")
+    [run] = doc["runs"]
+    assert run["targets"] == ["fetch"] and run["status"] == "running"
+    assert run["stored_status"] == "waiting"
+    assert run["scatters"] == [
+        {
+            "asset": "fetch",
+            "partition": None,
+            "total": 10_000,
+            "succeeded": 1_200,
+            "failed": 3,
+            "running": 50,
+            "pending": 8_747,
+        }
+    ]
+    code, doc = cli_json(capsys, "runs", spec, "--status", "waiting")
+    assert [r["targets"] for r in doc["runs"]] == [["gated"]]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, runtime_checkable
 
 from flowstone.errors import UsageError
 from flowstone.outcomes import to_seconds
@@ -26,6 +26,8 @@ __all__ = [
     "Deferred",
     "ItemFailed",
     "Scatter",
+    "ScatterCounts",
+    "ScatterProgress",
     "parse_rate",
 ]
 
@@ -50,6 +52,42 @@ class Deferred:
 
     def __repr__(self) -> str:
         return f"Deferred(token='{self.token[:8]}…')"
+
+
+@dataclass(frozen=True, slots=True)
+class ScatterCounts:
+    """How far one scatter has got: item counts (``total`` None while still being read)."""
+
+    total: int | None
+    succeeded: int
+    failed: int
+    running: int
+    pending: int
+
+    @property
+    def done(self) -> int:
+        """Items that finished, either way."""
+        return self.succeeded + self.failed
+
+    def text(self) -> str:
+        """``1,234/10,000 items (3 failed)``: the counts at a glance."""
+        total = f"{self.total:,}" if self.total is not None else "?"
+        failed = f" ({self.failed:,} failed)" if self.failed else ""
+        return f"{self.done:,}/{total} items{failed}"
+
+
+@runtime_checkable
+class ScatterProgress(Protocol):
+    """Optional capability of a :class:`~flowstone.protocols.ScatterCoordinator` that
+    defers its items to workers: report how far a scatter under way has got.
+
+    ``flowstone runs`` shows a run whose only waits are deferred scatters as ``running``
+    with these counts. ``partition`` is the encoded key; None means no such scatter.
+    """
+
+    def progress(
+        self, pipeline: Any, run_id: str, asset: str, partition: str
+    ) -> ScatterCounts | None: ...
 
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
@@ -144,9 +182,7 @@ class Scatter:
         max_concurrent: most items (or batches) in flight at once.
         rate_limit: most items started per second across all workers (``"100/s"``).
         failure_threshold: fail the asset (stopping the remaining items) when more than this
-            share (float in (0, 1)) of the items failed; an int >= 1 is a count. Unset (and
-            no ``max_failures``): the first failed item fails the asset. Tolerated failures
-            are ``None`` in the gathered list.
+            share (float in (0, 1)) of the items failed; an int >= 1 is a count.
         max_failures: fail when more than this many items failed (combine with a share).
         batching: run the function once per :class:`Batching` batch.
         item_retry: retry policy per item (or batch).
@@ -221,11 +257,7 @@ class Scatter:
         return to_seconds(self.item_timeout, what="Scatter item_timeout")
 
     def failure_limits(self) -> tuple[float | None, int | None]:
-        """(share, count): fail when failed/total > share or failed > count.
-
-        With neither ``failure_threshold`` nor ``max_failures`` set, no failed item is
-        tolerated (count 0), as Step Functions' Distributed Map does.
-        """
+        """(share, count): fail when failed/total > share or failed > count."""
         share: float | None = None
         count = self.max_failures
         ft = self.failure_threshold
@@ -233,8 +265,6 @@ class Scatter:
             share = ft
         elif isinstance(ft, int):
             count = ft if count is None else min(count, ft)
-        if share is None and count is None:
-            count = 0
         return share, count
 
     def exceeded(self, failed: int, total: int | None) -> bool:

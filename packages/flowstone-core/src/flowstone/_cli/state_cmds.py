@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from flowstone._cli.common import (
     partition_to_read,
 )
 from flowstone._cli.output import dump_json, print_json, table
+from flowstone._cli.run_progress import RunView, list_run_views
 from flowstone.errors import UsageError
 from flowstone.partitions import encode_partition
 from flowstone.records import MaterializationRecord, RunRecord
@@ -153,11 +155,23 @@ def duration_text(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m"
 
 
-def run_json(r: RunRecord) -> dict[str, Any]:
+def run_json(r: RunRecord, view: RunView | None = None) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if view is not None and view.status != r.status:
+        extra["stored_status"] = r.status
+    if view is not None and view.scatters:
+        extra["scatters"] = [
+            {
+                "asset": asset,
+                "partition": partition or None,
+                **(dataclasses.asdict(counts) if counts else {}),
+            }
+            for asset, partition, counts in view.scatters
+        ]
     return {
         "run_id": r.run_id,
         "pipeline": r.pipeline,
-        "status": r.status,
+        "status": view.status if view is not None else r.status,
         "targets": list(r.targets),
         "partition": r.partition or None,
         "created_at": r.created_at,
@@ -166,6 +180,7 @@ def run_json(r: RunRecord) -> dict[str, Any]:
         "duration_seconds": round(run_seconds(r), 3),
         "error": r.error,
         "tags": dict(r.tags),
+        **extra,
     }
 
 
@@ -244,28 +259,29 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise UsageError(f"--limit must be at least 1, got {args.limit}")
     with open_pipeline(args.spec) as pipeline:
-        runs = pipeline.runs(status=args.status, limit=args.limit)
+        views = list_run_views(pipeline, args.status, args.limit)
         if args.json:
-            print_json({"runs": [run_json(r) for r in runs]})
-        elif not runs:
+            print_json({"runs": [run_json(v.run, v) for v in views]})
+        elif not views:
             print("no runs" + (f" with status {args.status}" if args.status else ""))
         else:
             now = datetime.now(UTC)
             rows = [
                 (
                     r.run_id,
-                    r.status,
+                    view.status,
                     ",".join(r.targets),
                     r.partition,
                     r.created_at,
                     finished_at(r),
                     duration_text(run_seconds(r, now)) + ("" if finished_at(r) else " so far"),
-                    r.error,
+                    view.progress_text() or r.error,
                 )
-                for r in runs
+                for view in views
+                for r in (view.run,)
             ]
             headers = ("RUN ID", "STATUS", "TARGETS", "PARTITION", "CREATED (UTC)")
-            print(table((*headers, "FINISHED (UTC)", "DURATION", "ERROR"), rows))
+            print(table((*headers, "FINISHED (UTC)", "DURATION", "PROGRESS / ERROR"), rows))
         return EXIT_OK
 
 
