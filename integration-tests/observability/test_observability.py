@@ -1,0 +1,160 @@
+"""Metrics, health and JSON logs with real Celery workers, Postgres and Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SPEC, MetricsCluster
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.integration
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> Samples:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=15) as response:
+        assert response.status == 200
+        text = response.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def wait_for(predicate: Any, timeout: float = 60.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def load() -> Any:
+    from flowstone.loading import load_pipeline
+
+    return load_pipeline(SPEC)
+
+
+def health(env: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    done = subprocess.run([sys.executable, "-m", "flowstone", "health", SPEC, "--json"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
+    assert done.stdout, done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+def checks(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in doc["checks"]}
+
+
+def test_no_worker_running_is_unhealthy(
+    client_env: str, database_url: str, redis_url: str,
+) -> None:
+    """Runs first, before the suite starts its worker; the suite's Redis database is its
+    own, so no other suite's worker answers the ping."""
+    assert not _workers_alive(redis_url), "a worker answers on this suite's Redis database"
+    env = {"FLOWSTONE_EXECUTOR": "celery", "FLOWSTONE_DATABASE_URL": database_url,
+           "FLOWSTONE_BROKER_URL": redis_url, "FLOWSTONE_QUEUE": client_env}
+    code, doc = health(env)
+    found = checks(doc)
+    assert code == 1 and doc["ok"] is False
+    assert found["broker"]["ok"] and found["store"]["ok"]
+    assert not found["workers"]["ok"] and "no worker replied" in found["workers"]["detail"]
+
+
+def test_worker_metrics_after_a_dag_a_scatter_and_a_failure(
+    cluster: MetricsCluster, multiproc_dir: Path,
+) -> None:
+    assert not (multiproc_dir / "counter_99999.db").exists()  # cleaned on start
+    pipeline = load()
+    try:
+        assert pipeline.run("report").status == "succeeded"
+        assert pipeline.run("squares").status == "succeeded"
+        assert pipeline.run("explode").status == "failed"
+    finally:
+        pipeline.close()
+    url = cluster.urls["m1"]
+    ok = {"pipeline": "obs_it", "status": "succeeded"}
+
+    def settled() -> Samples | None:
+        got = scrape(url)
+        done = sample(got, "flowstone_materializations_total", asset="explode",
+                      pipeline="obs_it", status="failed")
+        return got if done == 1 else None
+
+    samples = wait_for(settled, what="the failure to be counted")
+    for asset in ("raw", "cleaned", "report", "squares"):
+        assert sample(samples, "flowstone_materializations_total", asset=asset, **ok) == 1, asset
+    assert sample(samples, "flowstone_runs_finished_total", pipeline="obs_it",
+                  status="succeeded") == 2
+    assert sample(samples, "flowstone_runs_finished_total", pipeline="obs_it",
+                  status="failed") == 1
+    assert sample(samples, "flowstone_scatter_items_total", pipeline="obs_it",
+                  asset="squares", state="succeeded") == 5
+    assert sample(samples, "flowstone_materialization_duration_seconds_count",
+                  pipeline="obs_it", asset="report") == 1
+    stamp = sample(samples, "flowstone_asset_last_materialized_timestamp_seconds",
+                   pipeline="obs_it", asset="report")
+    assert stamp is not None and 0 < time.time() - stamp < 600
+    assert sample(samples, "flowstone_store_up", pipeline="obs_it") == 1
+    # bounded labels: no run id or partition anywhere
+    assert not any(k in ("run_id", "partition") for _, labels in samples for k, _ in labels)
+    with urllib.request.urlopen(f"{url}/healthz", timeout=30) as response:
+        doc = json.loads(response.read())
+    assert doc["role"] == "worker"
+    workers = checks(doc)["workers"]
+    assert workers["ok"], doc
+    assert any("obs_it" in (w["pipelines"] or []) for w in workers["data"]["workers"])
+
+
+def test_health_reports_each_failing_dependency(
+    cluster: MetricsCluster, database_url: str, redis_url: str, queue: str,
+) -> None:
+    base = {"FLOWSTONE_EXECUTOR": "celery", "FLOWSTONE_DATABASE_URL": database_url,
+            "FLOWSTONE_BROKER_URL": redis_url, "FLOWSTONE_QUEUE": queue}
+    # all fine: a worker serves the pipeline and its sweeper wrote a heartbeat
+    code, doc = wait_for(lambda: (lambda r: r if r[0] == 0 else None)(health(base)),
+                         timeout=60, what="a healthy report")
+    assert doc["ok"] is True and checks(doc)["heartbeat"]["ok"]
+    assert checks(doc)["migrations"]["data"]["revision"] == checks(doc)["migrations"][
+        "data"]["head"]
+
+    # Postgres unreachable (wrong port)
+    bad_pg = database_url.replace(":5432/", ":1/") if ":5432/" in database_url else \
+        "postgresql+asyncpg://postgres@127.0.0.1:1/nothing"
+    code, doc = health({**base, "FLOWSTONE_DATABASE_URL": bad_pg})
+    assert code == 1 and doc["ok"] is False
+    found = checks(doc)
+    assert not found["store"]["ok"] and not found["migrations"]["ok"]
+    assert found["broker"]["ok"]
+
+    # Redis unreachable
+    code, doc = health({**base, "FLOWSTONE_BROKER_URL": "redis://127.0.0.1:1/0"})
+    assert code == 1 and doc["ok"] is False
+    found = checks(doc)
+    assert not found["broker"]["ok"] and "unreachable" in found["broker"]["detail"]
+    assert not found["workers"]["ok"] and found["store"]["ok"]
+
+
+def _workers_alive(redis_url: str) -> bool:
+    from celery import Celery
+
+    app = Celery("probe", broker=redis_url, set_as_current=False)
+    try:
+        return bool(app.control.ping(timeout=1.0))
+    finally:
+        app.close()
