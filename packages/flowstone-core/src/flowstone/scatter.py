@@ -182,7 +182,9 @@ class Scatter:
         max_concurrent: most items (or batches) in flight at once.
         rate_limit: most items started per second across all workers (``"100/s"``).
         failure_threshold: fail the asset (stopping the remaining items) when more than this
-            share (float in (0, 1)) of the items failed; an int >= 1 is a count.
+            share (float in (0, 1)) of the items failed; an int >= 1 is a count. Unset (and
+            no ``max_failures``): the first failed item fails the asset. Tolerated failures
+            are ``None`` in the gathered list.
         max_failures: fail when more than this many items failed (combine with a share).
         batching: run the function once per :class:`Batching` batch.
         item_retry: retry policy per item (or batch).
@@ -257,7 +259,11 @@ class Scatter:
         return to_seconds(self.item_timeout, what="Scatter item_timeout")
 
     def failure_limits(self) -> tuple[float | None, int | None]:
-        """(share, count): fail when failed/total > share or failed > count."""
+        """(share, count): fail when failed/total > share or failed > count.
+
+        With neither ``failure_threshold`` nor ``max_failures`` set, no failed item is
+        tolerated (count 0), as Step Functions' Distributed Map does.
+        """
         share: float | None = None
         count = self.max_failures
         ft = self.failure_threshold
@@ -265,6 +271,8 @@ class Scatter:
             share = ft
         elif isinstance(ft, int):
             count = ft if count is None else min(count, ft)
+        if share is None and count is None:
+            count = 0
         return share, count
 
     def exceeded(self, failed: int, total: int | None) -> bool:
