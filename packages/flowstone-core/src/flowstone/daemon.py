@@ -28,6 +28,7 @@ from typing import Literal, Protocol
 
 from flowstone.errors import DefinitionError, UsageError
 from flowstone.partitions import PartitionKey
+from flowstone.run_store import TicksAndCursors
 from flowstone.schedules import Schedule
 from flowstone.sensors import Sensor, SensorContext
 
@@ -47,14 +48,9 @@ _log = logging.getLogger(__name__)
 Source = Literal["schedule", "sensor", "expire", "prune", "recover"]
 
 
-class TickStore(Protocol):
-    """The part of :class:`~flowstone.protocols.RunStore` the daemon uses."""
-
-    def get_cursor(self, name: str) -> str | None: ...
-
-    def set_cursor(self, name: str, value: str, *, expected: str | None = None) -> bool: ...
-
-    def claim_tick(self, name: str, tick: str) -> bool: ...
+TickStore = TicksAndCursors
+"""The role of :class:`~flowstone.protocols.RunStore` the daemon uses
+(:class:`~flowstone.protocols.TicksAndCursors`: cursors and ticks)."""
 
 
 class PipelineLike(Protocol):

@@ -6,7 +6,6 @@ uses (the daemon needs only :class:`TicksAndCursors`, lineage only
 :class:`MaterializationLog`) and a reader can learn one role at a time:
 
 * :class:`StoreLifecycle`: its name, ``ping`` and ``close``;
-* :class:`DefaultIOManager`: where values go when a pipeline names no IO manager;
 * :class:`RunScheduling`: runs and their steps, claims, leases and ``finish_step``;
 * :class:`MaterializationLog`: what produced each value, lineage, invalidation;
 * :class:`Waits`: approvals and signal gates;
@@ -15,7 +14,8 @@ uses (the daemon needs only :class:`TicksAndCursors`, lineage only
 * :class:`AuditLog`: the run's audit trail;
 * :class:`ItemResults`: scatter item results;
 * :class:`StepNotes`: small write-once facts about a step (a parallel's branch clock,
-  a failed join's record).
+  a failed join's record);
+* :class:`DefaultIOManager`: where values go when a pipeline names no IO manager.
 
 The rules every store applies are in :mod:`flowstone.store_rules`; the contract suite in
 :mod:`flowstone.testing.store_contract` pins them. All protocols are re-exported by
@@ -375,7 +375,6 @@ class StepNotes(Protocol):
 @runtime_checkable
 class RunStore(
     StoreLifecycle,
-    DefaultIOManager,
     RunScheduling,
     MaterializationLog,
     Waits,
@@ -384,6 +383,7 @@ class RunStore(
     AuditLog,
     ItemResults,
     StepNotes,
+    DefaultIOManager,
     Protocol,
 ):
     """Durable state of runs: every role above, in one store.

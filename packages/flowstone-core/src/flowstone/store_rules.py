@@ -49,6 +49,7 @@ __all__ = [
     "accepted_states",
     "approval_not_decidable",
     "bind_outcome",
+    "check_finishable",
     "check_note",
     "check_outcome",
     "continuation_key",
@@ -241,6 +242,20 @@ def accepted_states(outcome: StepOutcome) -> frozenset[str]:
     return ACTIVE_STEP_STATES if outcome.state == "waiting" else FINISHABLE_STEP_STATES
 
 
+def check_finishable(state: str | None, run_id: str, asset: str, partition: str) -> None:
+    """Raise unless a step in ``state`` (None: no such step) can take a ``finish_step``:
+    released (ready, queued, running, waiting) or already terminal (a redelivery).
+
+    Raises:
+        StorageError: the run has no such step.
+        UsageError: the step is still pending (its deps have not finished).
+    """
+    if state is None:
+        raise step_not_found(run_id, asset, partition)
+    if state not in FINISHABLE_STEP_STATES and state not in TERMINAL_STEP_STATES:
+        raise not_finishable(run_id, asset, partition, state)
+
+
 def finish_applies(
     state: str | None, outcome: StepOutcome, run_id: str, asset: str, partition: str
 ) -> bool:
@@ -249,16 +264,11 @@ def finish_applies(
     Returns False for a redelivered completion (:func:`is_unchanged`): nothing changes.
 
     Raises:
-        StorageError: the run has no such step.
-        UsageError: the step is still pending (its deps have not finished).
+        StorageError | UsageError: as :func:`check_finishable`.
     """
-    if state is None:
-        raise step_not_found(run_id, asset, partition)
-    if is_unchanged(state, outcome):
-        return False
-    if state not in FINISHABLE_STEP_STATES:
-        raise not_finishable(run_id, asset, partition, state)
-    return True
+    check_finishable(state, run_id, asset, partition)
+    assert state is not None
+    return not is_unchanged(state, outcome)
 
 
 @dataclass(frozen=True, slots=True)
