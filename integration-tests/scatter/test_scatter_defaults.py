@@ -84,6 +84,11 @@ def test_status_json_partition_is_null_when_unpartitioned(cluster: ScatterCluste
          "squares", "--partition", "7-keyed", "--json"], capture_output=True, text=True,
         timeout=60, env=env)
     assert json.loads(out.stdout)["partition"] == encode_partition("7-keyed")  # as `runs`
+    # the same counts feed `flowstone runs` (ScatterProgress)
+    coord = pipeline.scatter_coordinator
+    counts = coord.progress(pipeline, keyed.run_id, "squares", encode_partition("7-keyed"))
+    assert (counts.total, counts.succeeded, counts.failed, counts.pending) == (7, 7, 0, 0)
+    assert coord.progress(pipeline, keyed.run_id, "squares", encode_partition("8")) is None
 
 
 def test_barrier_tables_follow_the_run_store_schema(

@@ -30,7 +30,7 @@ from flowstone.engine.requests import ScatterRequest
 from flowstone.engine.resume import complete_deferred
 from flowstone.errors import UsageError
 from flowstone.partitions import decode_partition
-from flowstone.scatter import Deferred, Scatter
+from flowstone.scatter import Deferred, Scatter, ScatterCounts
 from flowstone_io_postgres import PostgresRunStore
 from flowstone_scatter import barrier
 from flowstone_scatter.db import Database
@@ -148,6 +148,16 @@ class CeleryScatterCoordinator:
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
+
+    def progress(self, pipeline: Pipeline, run_id: str, asset: str,
+                 partition: str) -> ScatterCounts | None:
+        """How far the scatter of ``asset`` in ``run_id`` has got (``partition`` encoded),
+        read from the barrier; None when there is no such scatter
+        (:class:`~flowstone.scatter.ScatterProgress`, shown by ``flowstone runs``)."""
+        from flowstone_scatter.status import read_counts
+
+        b, counts = read_counts(self.database(pipeline), run_id, asset, partition)
+        return None if b is None else counts
 
     def chunk_units(self, sc: Scatter) -> int:
         if self._chunk_size is not None:

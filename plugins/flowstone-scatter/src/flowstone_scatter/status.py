@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING, Any
 from flowstone.errors import UsageError
 from flowstone.partitions import PartitionKey, encode_partition
 from flowstone.runs import RunResult
+from flowstone.scatter import ScatterCounts
 from flowstone_scatter import barrier
+from flowstone_scatter.db import Database
 
 if TYPE_CHECKING:
     from flowstone.pipeline import Pipeline
 
-__all__ = ["ScatterStatus", "retry_failed", "scatter_status"]
+__all__ = ["ScatterStatus", "read_counts", "retry_failed", "scatter_status"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,25 +54,36 @@ def scatter_status(pipeline: Pipeline, run_id: str, asset: str,
 
     enc = encode_partition(partition)
     db = coordinator_of(pipeline).database(pipeline)
+    b, counts = read_counts(db, run_id, pipeline.dag[asset].name, enc)
+    if b is None:
+        raise UsageError(f"run {run_id} has no scatter of asset {asset!r} [{enc}] (check the "
+                         "run id, asset and --partition)")
+    return ScatterStatus(run_id, asset, enc or None, b["state"], counts.total, counts.pending,
+                         counts.running, counts.succeeded, counts.failed,
+                         bool(b["reader_done"]), b["error"])
+
+
+def read_counts(db: Database, run_id: str, asset: str,
+                partition: str) -> tuple[Any, ScatterCounts]:
+    """The barrier row of a scatter (None if it has none) and its item counts
+    (``partition`` encoded); one transaction-free read of two statements."""
 
     async def read(conn: Any) -> tuple[Any, dict[str, int]]:
-        b = await barrier.find(conn, db.t, run_id, pipeline.dag[asset].name, enc)
+        b = await barrier.find(conn, db.t, run_id, asset, partition)
         if b is None:
             return None, {}
         rows = await conn.fetch(f"SELECT state, count(*) AS n FROM {db.t.items} WHERE "
                                 "barrier_id = $1 GROUP BY state", b["id"])
         return b, {r["state"]: int(r["n"]) for r in rows}
 
-    b, counts = db.run(read)
-    if b is None:
-        raise UsageError(f"run {run_id} has no scatter of asset {asset!r} [{enc}] (check the "
-                         "run id, asset and --partition)")
-    total = b["total_items"] if b["reader_done"] else b["expected_total"]
-    return ScatterStatus(run_id, asset, enc if partition is not None else None, b["state"],
-                         None if total is None else int(total),
-                         counts.get("pending", 0), counts.get("queued", 0),
-                         counts.get("succeeded", 0), counts.get("failed", 0),
-                         bool(b["reader_done"]), b["error"])
+    b, by_state = db.run(read)
+    total = None
+    if b is not None:
+        total = b["total_items"] if b["reader_done"] else b["expected_total"]
+    return b, ScatterCounts(
+        total=None if total is None else int(total), succeeded=by_state.get("succeeded", 0),
+        failed=by_state.get("failed", 0), running=by_state.get("queued", 0),
+        pending=by_state.get("pending", 0))
 
 
 def retry_failed(pipeline: Pipeline, run_id: str, asset: str | None = None,
