@@ -75,14 +75,21 @@ class Cluster:
                 os.killpg(proc.pid, signal.SIGKILL)
 
     def purge(self) -> None:
+        """Remove what this cluster left on the broker (after :meth:`stop_all`).
+
+        On Redis: the queue's keys, its kombu bindings (``_kombu.binding*``), the members
+        its workers added to shared binding sets (pidbox), and the entries of messages
+        still unacknowledged for this queue (``unacked``/``unacked_index``, which would
+        otherwise be restored later). Raises if anything of the queue is left.
+        """
         if self.broker.startswith("redis"):
             import redis
 
             r = redis.Redis.from_url(self.broker)
-            for pattern in (f"{self.queue}*", f"_kombu.binding.{self.queue}*"):
-                keys = list(r.scan_iter(match=pattern))
-                if keys:
-                    r.delete(*keys)
+            purge_redis(r, self.queue)
+            left = redis_leftovers(r, self.queue)
+            if left:
+                raise AssertionError(f"Redis keys of queue {self.queue} left behind: {left[:10]}")
         else:
             from kombu import Connection, Exchange, Queue
 
@@ -92,6 +99,34 @@ class Cluster:
                     queue(conn.channel()).delete()
                 with contextlib.suppress(Exception):
                     Exchange(self.queue)(conn.channel()).delete()
+
+
+def purge_redis(r: Any, marker: str) -> None:
+    """Delete every key naming ``marker`` and every shared entry that refers to it."""
+    for key in r.scan_iter(match=f"*{marker}*", count=1000):
+        r.delete(key)
+    for key in r.scan_iter(match="_kombu.binding*", count=1000):
+        if r.type(key) == b"set":
+            stale = [m for m in r.smembers(key) if marker.encode() in m]
+            if stale:
+                r.srem(key, *stale)
+    stale_tags = [
+        tag for tag, body in r.hscan_iter("unacked", count=1000) if marker.encode() in body
+    ]
+    if stale_tags:
+        r.hdel("unacked", *stale_tags)
+        r.zrem("unacked_index", *stale_tags)
+
+
+def redis_leftovers(r: Any, marker: str) -> list[str]:
+    """Keys, shared set members and unacked messages that still name ``marker``."""
+    left = [k.decode() for k in r.scan_iter(match=f"*{marker}*", count=1000)]
+    for key in r.scan_iter(match="_kombu.binding*", count=1000):
+        if r.type(key) == b"set" and any(marker.encode() in m for m in r.smembers(key)):
+            left.append(f"{key.decode()} (member)")
+    if any(marker.encode() in body for _, body in r.hscan_iter("unacked", count=1000)):
+        left.append("unacked (message)")
+    return left
 
 
 def load(name: str) -> Any:

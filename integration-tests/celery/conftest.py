@@ -2,9 +2,14 @@
 
 Services (defaults match the development machine; override with the variables):
   FLOWSTONE_IT_PG      postgresql://postgres@127.0.0.1:5432/postgres (admin connection)
-  FLOWSTONE_IT_REDIS   redis://127.0.0.1:6379/0
+  FLOWSTONE_IT_REDIS   redis://127.0.0.1:6379/11 (a database of its own, never 0)
   FLOWSTONE_IT_RABBIT  amqp://guest:guest@127.0.0.1:5672//
 An unreachable service skips its tests (with how to start it), or fails them when CI=true.
+
+Hygiene: every queue, worker name and test key of a session carries its SESSION id
+(test pipelines prefix their own Redis keys with FLOWSTONE_IT_KEYS); each cluster purges
+its queue's keys, bindings and unacknowledged messages when it stops, and the session
+deletes its FLOWSTONE_IT_KEYS keys at the end and checks nothing of it is left.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import pytest
 from celery_it import Cluster
 
 PG_ADMIN = os.environ.get("FLOWSTONE_IT_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS = os.environ.get("FLOWSTONE_IT_REDIS", "redis://127.0.0.1:6379/0")
+REDIS = os.environ.get("FLOWSTONE_IT_REDIS", "redis://127.0.0.1:6379/11")
 RABBIT = os.environ.get("FLOWSTONE_IT_RABBIT", "amqp://guest:guest@127.0.0.1:5672//")
 SESSION = uuid.uuid4().hex[:10]
 
@@ -101,13 +106,22 @@ def client_env(database_url: str, redis_url: str, state_dir: Path) -> Iterator[s
     """This test process as a client: the pipeline files load unchanged, configured only
     by the environment (FLOWSTONE_EXECUTOR=celery + broker + store)."""
     queue = f"fs-it-{SESSION}"
+    keys = f"fs-it:{SESSION}:"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FLOWSTONE_EXECUTOR", "celery")
         mp.setenv("FLOWSTONE_BROKER_URL", redis_url)
         mp.setenv("FLOWSTONE_QUEUE", queue)
         mp.setenv("FLOWSTONE_DATABASE_URL", database_url)
         mp.setenv("FLOWSTONE_IT_DIR", str(state_dir))
+        mp.setenv("FLOWSTONE_IT_KEYS", keys)  # test pipelines' own Redis keys start with it
         yield queue
+    import redis
+    from celery_it import purge_redis, redis_leftovers
+
+    r = redis.Redis.from_url(redis_url)
+    purge_redis(r, keys)
+    left = redis_leftovers(r, SESSION)
+    assert not left, f"this session left Redis keys behind: {left[:10]}"
 
 
 @pytest.fixture(scope="session")

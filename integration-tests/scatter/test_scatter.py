@@ -37,7 +37,7 @@ def executions(run_id: str) -> int:
     import redis
 
     return int(redis.Redis.from_url(os.environ["FLOWSTONE_BROKER_URL"]).get(
-        f"fs-it-exec:{run_id}") or 0)
+        os.environ.get("FLOWSTONE_IT_KEYS", "fs-it:") + f"exec:{run_id}") or 0)
 
 
 def test_ten_thousand_items_gather_once(cluster: ScatterCluster) -> None:

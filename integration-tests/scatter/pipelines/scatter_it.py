@@ -25,6 +25,11 @@ def _redis() -> redis.Redis:
     return redis.Redis.from_url(os.environ["FLOWSTONE_BROKER_URL"])
 
 
+def _key(name: str) -> str:
+    """A Redis key of this test session (deleted with the session's other keys)."""
+    return os.environ.get("FLOWSTONE_IT_KEYS", "fs-it:") + name
+
+
 def _dir() -> Path:
     return Path(os.environ["FLOWSTONE_IT_DIR"])
 
@@ -59,7 +64,7 @@ def flaky(context: fs.Context, numbers: list[int]) -> int:
 def counted(context: fs.Context, numbers: list[int]) -> int:
     """Counts every execution (in Redis) so tests can tell runs from recordings."""
     item: int = context.scatter_item
-    _redis().incr(f"fs-it-exec:{context.run_id}")
+    _redis().incr(_key(f"exec:{context.run_id}"))
     if os.environ.get("FLOWSTONE_IT_SLOW"):
         time.sleep(0.004)
     return item + 1
@@ -70,8 +75,8 @@ def counted(context: fs.Context, numbers: list[int]) -> int:
 def once_flaky(context: fs.Context, numbers: list[int]) -> int:
     """Items 3, 28, 53, ... fail on their first execution only (counted per partition)."""
     item: int = context.scatter_item
-    _redis().incr(f"fs-it-exec:{context.run_id}")
-    first = _redis().incr(f"fs-it-once:{context.partition}:{item}") == 1
+    _redis().incr(_key(f"exec:{context.run_id}"))
+    first = _redis().incr(_key(f"once:{context.partition}:{item}")) == 1
     if first and item % 25 == 3:
         raise ValueError(f"item {item} fails the first time")
     return item * 2
@@ -96,7 +101,7 @@ class KillingReader(JsonLines):
 @fs.asset(scatter=fs.Scatter(reader=KillingReader(lambda deps: _dir() / "items.jsonl"),
                              page_size=50, max_concurrent=40))
 def read_items(context: fs.Context) -> int:
-    _redis().incr(f"fs-it-exec:{context.run_id}")
+    _redis().incr(_key(f"exec:{context.run_id}"))
     return int(context.scatter_item["n"]) * 10
 
 
