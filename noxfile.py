@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import nox
+import nox.command
 
 ROOT = Path(__file__).parent
 CORE = "packages/flowstone-core"
@@ -26,7 +28,13 @@ PLUGINS = sorted(
     if (p / "pyproject.toml").exists()
 )
 PACKAGES = [CORE, *PLUGINS]
-TEST_TOOLS = ["pytest>=8", "hypothesis>=6", "moto[server]>=5", "pytest-timeout>=2"]
+TEST_TOOLS = [
+    "pytest>=8",
+    "hypothesis>=6",
+    "moto[server]>=5",
+    "pytest-timeout>=2",
+    "nox>=2024.3",  # integration-tests/ci drives nox sessions
+]
 LINT_TOOLS = ["ruff>=0.6"]
 TYPE_TOOLS = ["mypy>=1.10"]
 
@@ -50,7 +58,7 @@ def _src_dirs() -> list[str]:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install(*LINT_TOOLS)
-    session.run("ruff", "check", *PACKAGES, "integration-tests", "examples", "bench", "noxfile.py")
+    session.run("ruff", "check", *LINTED)
 
 
 @nox.session
@@ -61,27 +69,62 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """What CI runs: lint, typecheck, unit tests of every package, integration tests."""
+    """What CI runs: lint, typecheck, unit tests of every package, integration tests.
+
+    Every step runs even when an earlier one failed; the session fails at the end and
+    lists what failed, so one broken suite never hides the results of the others.
+    """
     _install_all(session, *TEST_TOOLS, *LINT_TOOLS, *TYPE_TOOLS)
-    session.run("ruff", "check", *PACKAGES, "integration-tests", "examples", "bench", "noxfile.py")
-    session.run("mypy", *_src_dirs())
+    failed: list[str] = []
+    _step(session, failed, "lint", "ruff", "check", *LINTED)
+    _step(session, failed, "typecheck", "mypy", *_src_dirs())
     # one pytest process per package: test modules may share basenames across packages
     for pkg in PACKAGES:
         if (ROOT / pkg / "tests").is_dir():
-            session.run("pytest", "-q", "-p", "no:cacheprovider", f"{pkg}/tests", *session.posargs)
+            _step(
+                session, failed, f"unit tests of {pkg}", *PYTEST, f"{pkg}/tests", *session.posargs
+            )
     # one process per suite too: each suite's workers and connections end with it, so
     # suites never add up against the server's connection limit
-    for suite in sorted(p for p in (ROOT / "integration-tests").iterdir() if p.is_dir()):
-        if any(suite.glob("test_*.py")):
-            session.run(
-                "pytest",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                str(suite.relative_to(ROOT)),
-                *session.posargs,
-                env={"CI": os.environ.get("CI", "")},
-            )
+    for suite in integration_suites():
+        _step(
+            session,
+            failed,
+            f"integration suite {suite}",
+            *PYTEST,
+            suite,
+            *session.posargs,
+            env={"CI": os.environ.get("CI", "")},
+        )
+    fail_if_any(session, failed)
+
+
+PYTEST = ("pytest", "-q", "-p", "no:cacheprovider")
+LINTED = (*PACKAGES, "integration-tests", "examples", "bench", "noxfile.py")
+
+
+def integration_suites() -> list[str]:
+    """Every directory of integration-tests/ that holds tests, in name order."""
+    return [
+        str(suite.relative_to(ROOT))
+        for suite in sorted(p for p in (ROOT / "integration-tests").iterdir() if p.is_dir())
+        if any(suite.glob("test_*.py"))
+    ]
+
+
+def _step(session: nox.Session, failed: list[str], what: str, *args: str, **kwargs: Any) -> None:
+    """Run one command; on failure note ``what`` in ``failed`` and carry on."""
+    try:
+        session.run(*args, **kwargs)
+    except nox.command.CommandFailed:
+        session.log(f"FAILED: {what} (carrying on; the session fails at the end)")
+        failed.append(what)
+
+
+def fail_if_any(session: nox.Session, failed: list[str]) -> None:
+    """Fail the session naming every step that failed (nothing when all passed)."""
+    if failed:
+        session.error(f"{len(failed)} step(s) failed: " + "; ".join(failed))
 
 
 @nox.session(python=False)
