@@ -1,14 +1,16 @@
 """SQL for everything beside scheduling: materializations, lineage, approvals, gates,
-route decisions, cursors, ticks, audit and scatter item results."""
+route decisions, cursors, ticks, audit, scatter item results and step notes.
+
+The rules (errors, audit entries, JSON columns) are :mod:`flowstone.store_rules`, as in
+every store."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from flowstone.errors import ApprovalError, SignalError
+from flowstone import store_rules as rules
 from flowstone.records import (
     Approval,
     AuditEntry,
@@ -26,13 +28,15 @@ from flowstone_io_postgres._rows import (
     to_item,
     to_materialization,
 )
-from flowstone_io_postgres._sql import Db, Sql, dump_json
+from flowstone_io_postgres._sql import Db, Sql
 
 __all__ = [
+    "add_step_note",
     "append_audit",
     "claim_tick",
     "consume_gate",
     "decide_approval",
+    "get_step_note",
     "list_materializations",
     "record_route_decision",
     "save_item_results",
@@ -72,6 +76,14 @@ DOWNSTREAM = (
 )
 
 
+_AUDITED = (
+    ", au AS (INSERT INTO {{s}}.audit (run_id, at, kind, asset, partition, detail) "
+    "SELECT run_id, :now, :kind, asset, partition, CAST(:detail AS jsonb) FROM d) "
+    "SELECT {cols} FROM d"
+)
+"""The tail of a one-statement decision: the audit entry commits with the change."""
+
+
 async def decide_approval(
     conn: Db,
     q: Sql,
@@ -81,43 +93,39 @@ async def decide_approval(
     reason: str | None,
     now: datetime,
 ) -> Approval:
+    kind, detail = rules.decision_audit(approval_id, status, by, reason)
     row = await q(
-        "UPDATE {s}.approvals SET status = :st, decided_by = :by, reason = :reason, "
-        "decided_at = :now WHERE id = :id AND status = 'pending' RETURNING " + APPROVAL_COLS
-    ).fetchrow(conn, {"id": approval_id, "st": status, "by": by, "reason": reason, "now": now})
-    if row is not None:
-        return to_approval(row)
-    current = await q("SELECT status FROM {s}.approvals WHERE id = :id").fetchval(
-        conn, {"id": approval_id}
-    )
-    if current is None:
-        raise ApprovalError(
-            f"no approval with id {approval_id}; list pending ones with `flowstone approvals`"
+        "WITH d AS (UPDATE {s}.approvals SET status = :st, decided_by = :by, reason = :reason, "
+        "decided_at = :now WHERE id = :id AND status = 'pending' RETURNING " + APPROVAL_COLS + ")"
+        + _AUDITED.format(cols=APPROVAL_COLS)
+    ).fetchrow(conn, {"id": approval_id, "st": status, "by": by, "reason": reason, "now": now,
+                      "kind": kind, "detail": rules.to_json(detail, "audit detail")})  # fmt: skip
+    if row is None:
+        old = await q("SELECT status, decided_by FROM {s}.approvals WHERE id = :id").fetchrow(
+            conn, {"id": approval_id}
         )
-    raise ApprovalError(
-        f"approval {approval_id} is already {current}; a decision can be made only once"
-    )
+        raise rules.approval_not_decidable(
+            approval_id, None if old is None else old[0], None if old is None else old[1]
+        )
+    return to_approval(row)
 
 
 async def consume_gate(
     conn: Db, q: Sql, token_hash: str, payload: Any, status: str, now: datetime
 ) -> Gate:
-    try:
-        payload_json = None if payload is None else json.dumps(payload, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise SignalError(f"signal payload must be JSON-able: {exc}") from exc
+    payload_json = None if payload is None else rules.to_json(payload, "signal payload")
     row = await q(
-        "UPDATE {s}.gates SET status = :st, payload = CAST(:payload AS jsonb), "
-        "signaled_at = :now WHERE token_hash = :th AND status = 'pending' RETURNING " + GATE_COLS
-    ).fetchrow(conn, {"th": token_hash, "st": status, "payload": payload_json, "now": now})
-    if row is not None:
-        return to_gate(row)
-    current = await q("SELECT status FROM {s}.gates WHERE token_hash = :th").fetchval(
-        conn, {"th": token_hash}
-    )
-    if current is None:
-        raise SignalError("unknown signal token; check the token the asset handed out")
-    raise SignalError(f"this signal token was already used (gate is {current}); tokens work once")
+        "WITH d AS (UPDATE {s}.gates SET status = :st, payload = CAST(:payload AS jsonb), "
+        "signaled_at = :now WHERE token_hash = :th AND status = 'pending' RETURNING "
+        + GATE_COLS + ")" + _AUDITED.format(cols=GATE_COLS)
+    ).fetchrow(conn, {"th": token_hash, "st": status, "payload": payload_json, "now": now,
+                      "kind": f"gate_{status}", "detail": "{}"})  # fmt: skip
+    if row is None:
+        old = await q(
+            "SELECT status, run_id, asset FROM {s}.gates WHERE token_hash = :th"
+        ).fetchrow(conn, {"th": token_hash})
+        raise rules.gate_not_consumable(*(tuple(old) if old is not None else (None,)))
+    return to_gate(row)
 
 
 async def record_route_decision(
@@ -180,7 +188,7 @@ async def append_audit(
     ).execute(
         conn,
         {"r": run_id, "now": now, "k": kind, "a": asset, "p": partition,
-         "d": dump_json(dict(detail or {}), what="audit detail")},
+         "d": rules.to_json(dict(detail or {}), f"audit detail of {kind!r}")},
     )  # fmt: skip
 
 
@@ -229,3 +237,26 @@ async def load_item_results(conn: Db, q: Sql, key: dict[str, str]) -> list[ItemR
 
 async def fetch_gates(conn: Db, q: Sql, sql: str, **params: Any) -> list[Gate]:
     return [to_gate(r) for r in await q(sql).fetch(conn, params)]
+
+
+async def add_step_note(
+    conn: Db, q: Sql, key: dict[str, str], kind: str, value: str, now: datetime
+) -> str:
+    """Insert-if-absent, then the note that stands (a fresh statement sees a racing
+    writer's committed row)."""
+    params = {**key, "k": kind, "v": value, "now": now}
+    inserted = await q(
+        "INSERT INTO {s}.step_notes (run_id, asset, partition, kind, value, created_at) "
+        "VALUES (:r, :a, :p, :k, :v, :now) ON CONFLICT DO NOTHING RETURNING value"
+    ).fetchval(conn, params)
+    if inserted is not None:
+        return str(inserted)
+    return str(await get_step_note(conn, q, key, kind))
+
+
+async def get_step_note(conn: Db, q: Sql, key: dict[str, str], kind: str) -> str | None:
+    found = await q(
+        "SELECT value FROM {s}.step_notes WHERE run_id = :r AND asset = :a "
+        "AND partition = :p AND kind = :k"
+    ).fetchval(conn, {**key, "k": kind})
+    return None if found is None else str(found)
