@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
+from flowstone.dag import AssetGraph
 from flowstone.errors import ValueNotFoundError
 from flowstone.partitions import PartitionKey, encode_partition
 from flowstone.records import MaterializationRecord
+from flowstone.run_store import MaterializationLog
 
-if TYPE_CHECKING:
-    from flowstone.pipeline import Pipeline
+__all__ = ["Lineage", "LineageSource"]
 
-__all__ = ["Lineage"]
+
+class LineageSource(Protocol):
+    """What lineage queries read (a :class:`~flowstone.Pipeline` has it): the pipeline's
+    name, its graph, and the materialization log of its store."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dag(self) -> AssetGraph: ...
+
+    @property
+    def store(self) -> MaterializationLog: ...
 
 
 class Lineage:
@@ -19,7 +33,7 @@ class Lineage:
 
     __slots__ = ("_p",)
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: LineageSource) -> None:
         self._p = pipeline
 
     def _latest(self, asset: str, partition: PartitionKey | None) -> MaterializationRecord:
@@ -45,7 +59,11 @@ class Lineage:
         return self._walk(self._latest(asset, partition), self._p.store.downstream, recursive)
 
     @staticmethod
-    def _walk(start: MaterializationRecord, step, recursive: bool) -> list[MaterializationRecord]:  # type: ignore[no-untyped-def]
+    def _walk(
+        start: MaterializationRecord,
+        step: Callable[[str], list[MaterializationRecord]],
+        recursive: bool,
+    ) -> list[MaterializationRecord]:
         seen: dict[str, MaterializationRecord] = {}
         todo = list(step(start.id))
         while todo:
