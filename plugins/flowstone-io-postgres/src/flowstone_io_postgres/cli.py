@@ -2,10 +2,14 @@
 
 Registered through the ``flowstone.cli`` entry point::
 
-    flowstone db upgrade [--database-url URL] [--schema NAME]
+    flowstone db upgrade [--create] [--database-url URL] [--schema NAME]
     flowstone db current [--database-url URL] [--schema NAME]
 
-The URL defaults to ``FLOWSTONE_DATABASE_URL``. Installed plugins that keep tables in the
+The URL defaults to ``FLOWSTONE_DATABASE_URL``. ``upgrade --create`` first creates the
+database the URL names when the server has none by that name (connecting to the server's
+``postgres`` database to do so), so a fresh server needs no other step.
+
+Installed plugins that keep tables in the
 schema (:class:`~flowstone_io_postgres.migrate.MigrationSet`, e.g. flowstone-scatter) are
 upgraded with it and listed, one line each.
 """
@@ -45,6 +49,12 @@ def register(subparsers: Any) -> None:
             "--database-url", default=None, help=f"PostgreSQL URL (default: ${ENV_VAR})"
         )
         sub.add_argument("--schema", default="flowstone", help="schema name (default: flowstone)")
+        if name == "upgrade":
+            sub.add_argument(
+                "--create",
+                action="store_true",
+                help="create the database first if it does not exist",
+            )
         sub.set_defaults(func=handler)
 
 
@@ -60,6 +70,8 @@ def _run(args: argparse.Namespace, work: Work) -> tuple[int, str]:
         return 2, ""
 
     async def go() -> str:
+        if getattr(args, "create", False) and await _create_database(url):
+            print(f"created database {url.database!r}")
         conn = await asyncpg.connect(dsn(url), timeout=10)
         try:
             return await work(url, conn, schema)
@@ -72,8 +84,27 @@ def _run(args: argparse.Namespace, work: Work) -> tuple[int, str]:
         if not (isinstance(exc, FlowStoneError | SQLAlchemyError) or is_db_error(exc)):
             raise
         detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        print(f"flowstone db: failed on {safe_url(url)}: {detail}", file=sys.stderr)
+        hint = ""
+        if isinstance(exc, asyncpg.InvalidCatalogNameError):
+            hint = " (create it with `flowstone db upgrade --create`)"
+        print(f"flowstone db: failed on {safe_url(url)}: {detail}{hint}", file=sys.stderr)
         return 1, ""
+
+
+async def _create_database(url: URL) -> bool:
+    """Create the database ``url`` names unless it exists; True when it was created."""
+    name = validate_ident(url.database or "", what="database")
+    conn = await asyncpg.connect(dsn(url.set(database="postgres")), timeout=10)
+    try:
+        if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            return False
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')  # validated identifier
+        except asyncpg.DuplicateDatabaseError:  # created meanwhile by someone else
+            return False
+        return True
+    finally:
+        await conn.close()
 
 
 async def _plugin_lines(conn: asyncpg.Connection, schema: str) -> str:
