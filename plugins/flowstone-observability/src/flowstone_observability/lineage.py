@@ -41,6 +41,10 @@ FILE_ENV: Final = "FLOWSTONE_OPENLINEAGE_FILE"
 _MEMORY: Final = 4096  # open steps whose attempt / scatter counts are remembered
 _FINAL = {"asset.succeeded": RunState.COMPLETE, "asset.failed": RunState.FAIL,
           "asset.skipped": RunState.ABORT}
+# background delivery sends no RUNNING event (it exists so that delivery="sync" can fail
+# the asset before its materialization is recorded); COMPLETE carries the same datasets
+_BACKGROUND_KINDS = frozenset({"run.started", "run.finished", "asset.started", "asset.succeeded",
+                               "asset.failed", "asset.skipped", "scatter.progress"})
 _RUN_FINAL = {"succeeded": RunState.COMPLETE, "failed": RunState.FAIL,
               "cancelled": RunState.ABORT}
 
@@ -108,7 +112,7 @@ class OpenLineageObserver:
         self._deps: dict[tuple[str, str], tuple[str, ...]] = {}
         self._open: OrderedDict[tuple[str, str, str, str], dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
-        self._queue: queue.Queue[RunEvent | None] = queue.Queue(maxsize=buffer_size)
+        self._queue: queue.Queue[Event | None] = queue.Queue(maxsize=buffer_size)
         self._thread: threading.Thread | None = None
         self._closed = False
         for p in pipelines:
@@ -121,9 +125,13 @@ class OpenLineageObserver:
 
     # --- events -> lineage ---------------------------------------------------------
     def on_event(self, event: Event) -> None:
-        built = self.build(event)
-        if built is not None:
-            self._deliver(built)
+        if self.delivery == "sync":
+            built = self.build(event)
+            if built is not None:
+                self._send(built, raise_errors=True)
+        elif event.kind in _BACKGROUND_KINDS:
+            # built in the sender thread: the engine's thread only enqueues
+            self._enqueue(event)
 
     def build(self, e: Event) -> RunEvent | None:
         """The OpenLineage event for ``e``, or None when ``e`` has none."""
@@ -176,19 +184,14 @@ class OpenLineageObserver:
         return self._deps.get((e.pipeline, e.asset), ())
 
     # --- delivery ------------------------------------------------------------------
-    def _deliver(self, event: RunEvent) -> None:
-        if self.delivery == "sync":
-            self._send(event, raise_errors=True)
-            return
+    def _enqueue(self, event: Event) -> None:
         self._start()
         try:
             self._queue.put_nowait(event)
         except queue.Full:
             self._metrics.counter("flowstone_lineage_dropped").labels(self.kind).inc()
-            log.warning("OpenLineage buffer full (%d events): dropped %s of job %s",
-                        self._queue.maxsize, _state(event), event.job.name)
-            return
-        self._metrics.gauge("flowstone_lineage_buffer").labels(self.kind).set(self._queue.qsize())
+            log.warning("OpenLineage buffer full (%d events): dropped %s of %s %s",
+                        self._queue.maxsize, event.kind, event.pipeline, event.asset)
 
     def _send(self, event: RunEvent, *, raise_errors: bool) -> bool:
         delay = 0.1
@@ -222,14 +225,22 @@ class OpenLineageObserver:
                     self._thread.start()
 
     def _run(self) -> None:
+        buffered = self._metrics.gauge("flowstone_lineage_buffer").labels(self.kind)
         while True:
             event = self._queue.get()
             try:
                 if event is None:
                     return
-                self._send(event, raise_errors=False)
-                self._metrics.gauge("flowstone_lineage_buffer").labels(self.kind).set(
-                    self._queue.qsize())
+                try:
+                    built = self.build(event)
+                except Exception as exc:
+                    self._metrics.counter("flowstone_lineage_errors").labels(self.kind).inc()
+                    log.error("building the OpenLineage event for %s of %s failed: %s: %s",
+                              event.kind, event.asset, type(exc).__name__, exc)
+                    continue
+                if built is not None:
+                    self._send(built, raise_errors=False)
+                buffered.set(self._queue.qsize())
             finally:
                 self._queue.task_done()
 

@@ -57,12 +57,42 @@ class ScatterRunFacet(RunFacet):
 class LineageNames:
     """Builds the events for one job namespace."""
 
-    __slots__ = ("namespace",)
+    __slots__ = ("_datasets", "_engine", "_jobs", "namespace")
 
     def __init__(self, namespace: str) -> None:
         if not namespace or len(namespace) > 200:
             raise ValueError("OpenLineage namespace must be 1-200 characters")
         self.namespace = namespace
+        # the parts that never change for a name are built once (building the client's
+        # attrs classes is most of an event's cost); names are bounded by the definitions
+        self._jobs: dict[tuple[str, str], Job] = {}
+        self._datasets: dict[tuple[bool, str, str], InputDataset | OutputDataset] = {}
+        self._engine = _engine()
+
+    def _job(self, pipeline: str, asset: str) -> Job:
+        key = (pipeline, asset)
+        job = self._jobs.get(key)
+        if job is None:
+            name = f"{pipeline}.{asset}" if asset else pipeline
+            job = self._jobs[key] = Job(namespace=self.namespace, name=name,
+                                        facets=_job_type("ASSET" if asset else "DAG"))
+        return job
+
+    def _input(self, pipeline: str, asset: str) -> InputDataset:
+        key = (True, pipeline, asset)
+        found = self._datasets.get(key)
+        if found is None:
+            found = self._datasets[key] = InputDataset(*self._dataset(pipeline, asset))
+        assert isinstance(found, InputDataset)
+        return found
+
+    def _output(self, pipeline: str, asset: str) -> OutputDataset:
+        key = (False, pipeline, asset)
+        found = self._datasets.get(key)
+        if found is None:
+            found = self._datasets[key] = OutputDataset(*self._dataset(pipeline, asset))
+        assert isinstance(found, OutputDataset)
+        return found
 
     def _parent(self, pipeline: str, run_id: str) -> parent_run.ParentRunFacet:
         root_id = run_uuid(run_id)
@@ -81,14 +111,14 @@ class LineageNames:
     def pipeline_event(self, state: RunState, pipeline: str, run_id: str, at: datetime,
                        error: str | None = None) -> RunEvent:
         """START / COMPLETE / FAIL / ABORT of the pipeline run."""
-        facets: dict[str, RunFacet] = {"processing_engine": _engine()}
+        facets: dict[str, RunFacet] = {"processing_engine": self._engine}
         if error:
             facets["errorMessage"] = error_message_run.ErrorMessageRunFacet(
                 message=error, programmingLanguage="python")
         return RunEvent(
             eventType=state, eventTime=at.isoformat(), producer=PRODUCER,
             run=Run(runId=run_uuid(run_id), facets=facets),
-            job=Job(namespace=self.namespace, name=pipeline, facets=_job_type("DAG")),
+            job=self._job(pipeline, ""),
         )
 
     def step_event(
@@ -113,14 +143,12 @@ class LineageNames:
                 message=error, programmingLanguage="python")
         if scatter is not None:
             facets["flowstone_scatter"] = scatter
-        ins = [InputDataset(*self._dataset(pipeline, name)) for name in inputs]
-        outs = [OutputDataset(*self._dataset(pipeline, asset))] if output else []
+        ins = [self._input(pipeline, name) for name in inputs]
+        outs = [self._output(pipeline, asset)] if output else []
         return RunEvent(
             eventType=state, eventTime=at.isoformat(), producer=PRODUCER,
             run=Run(runId=run_uuid(run_id, asset, partition, attempt), facets=facets),
-            job=Job(namespace=self.namespace, name=f"{pipeline}.{asset}",
-                    facets=_job_type("ASSET")),
-            inputs=ins, outputs=outs,
+            job=self._job(pipeline, asset), inputs=ins, outputs=outs,
         )
 
 

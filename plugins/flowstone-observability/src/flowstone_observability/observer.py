@@ -41,13 +41,16 @@ class PrometheusObserver:
         >>> pipeline = Pipeline("etl", assets, observers=[PrometheusObserver()])
     """
 
-    __slots__ = ("_finals", "_handlers", "_joins", "_lock", "_scatter", "metrics")
+    __slots__ = ("_children", "_finals", "_handlers", "_joins", "_lock", "_scatter", "metrics")
 
     def __init__(
         self, registry: CollectorRegistry | None = None, *, pipelines: Iterable[Any] = ()
     ) -> None:
         self.metrics = Metrics(registry) if registry is not None else Metrics.shared()
         self._lock = threading.Lock()
+        # bound children by (metric, labels): labels() costs a lock and a few lookups per
+        # call; label values are bounded (names), so this dict is too
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._scatter: OrderedDict[tuple[str, str, str, str], tuple[int, int]] = OrderedDict()
         self._finals: dict[tuple[str, str], tuple[str, ...]] = {}
         self._joins: set[tuple[str, str]] = set()
@@ -89,68 +92,71 @@ class PrometheusObserver:
         if handler is not None:
             handler(event)
 
+    def _child(self, name: str, *labels: str) -> Any:
+        key = (name, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.metrics.by_name[name].labels(*labels)
+        return child
+
     # --- handlers -------------------------------------------------------------------
     def _run_started(self, e: Event) -> None:
-        self.metrics.counter("flowstone_runs_started").labels(e.pipeline).inc()
+        self._child("flowstone_runs_started", e.pipeline).inc()
 
     def _run_finished(self, e: Event) -> None:
         status = str(e.data.get("status", "unknown"))
-        self.metrics.counter("flowstone_runs_finished").labels(e.pipeline, status).inc()
+        self._child("flowstone_runs_finished", e.pipeline, status).inc()
 
     def _asset_started(self, e: Event) -> None:
         lag = e.data.get("queued_s")
         if isinstance(lag, int | float) and lag >= 0:
-            self.metrics.histogram("flowstone_queue_lag_seconds").labels(e.pipeline).observe(lag)
+            self._child("flowstone_queue_lag_seconds", e.pipeline).observe(lag)
         if e.data.get("takeover"):
-            self.metrics.counter("flowstone_lease_takeovers").labels(e.pipeline, e.asset).inc()
+            self._child("flowstone_lease_takeovers", e.pipeline, e.asset).inc()
 
     def _asset_finished(self, e: Event) -> None:
         status = _FINISHED[e.kind]
-        m = self.metrics
-        m.counter("flowstone_materializations").labels(e.pipeline, e.asset, status).inc()
+        self._child("flowstone_materializations", e.pipeline, e.asset, status).inc()
         duration = e.data.get("duration_s")
         if isinstance(duration, int | float) and status != "skipped":
-            m.histogram("flowstone_materialization_duration_seconds").labels(
-                e.pipeline, e.asset).observe(duration)
+            self._child("flowstone_materialization_duration_seconds", e.pipeline,
+                        e.asset).observe(duration)
         for parallel in self._finals.get((e.pipeline, e.asset), ()):
-            m.counter("flowstone_parallel_branches").labels(e.pipeline, parallel, status).inc()
+            self._child("flowstone_parallel_branches", e.pipeline, parallel, status).inc()
         if (e.pipeline, e.asset) in self._joins:
-            m.counter("flowstone_parallel_joins").labels(e.pipeline, e.asset, status).inc()
+            self._child("flowstone_parallel_joins", e.pipeline, e.asset, status).inc()
 
     def _asset_retrying(self, e: Event) -> None:
-        self.metrics.counter("flowstone_retries").labels(e.pipeline, e.asset).inc()
+        self._child("flowstone_retries", e.pipeline, e.asset).inc()
 
     def _io(self, e: Event) -> None:
         op = "store" if e.kind == "io.stored" else "load"
-        m = self.metrics
         count = e.data.get("count", 1)
-        m.counter("flowstone_io_operations").labels(
-            e.pipeline, e.asset, op, str(e.data.get("io_manager", ""))
-        ).inc(count if isinstance(count, int) and count > 0 else 1)
+        self._child("flowstone_io_operations", e.pipeline, e.asset, op,
+                    str(e.data.get("io_manager", ""))).inc(
+            count if isinstance(count, int) and count > 0 else 1)
         duration = e.data.get("duration_s")
         if isinstance(duration, int | float):
-            m.histogram("flowstone_io_duration_seconds").labels(e.pipeline, op).observe(duration)
+            self._child("flowstone_io_duration_seconds", e.pipeline, op).observe(duration)
         size = e.data.get("bytes")
         if isinstance(size, int) and size > 0:
-            m.counter("flowstone_io_bytes").labels(e.pipeline, e.asset, op).inc(size)
+            self._child("flowstone_io_bytes", e.pipeline, e.asset, op).inc(size)
 
     def _route(self, e: Event) -> None:
         branch = str(e.data.get("branch", ""))
-        self.metrics.counter("flowstone_route_decisions").labels(e.pipeline, e.asset, branch).inc()
+        self._child("flowstone_route_decisions", e.pipeline, e.asset, branch).inc()
 
     def _wait_opened(self, e: Event) -> None:
         kind = "gate" if e.kind == "gate.opened" else "approval"
-        self.metrics.counter("flowstone_waits_opened").labels(e.pipeline, e.asset, kind).inc()
+        self._child("flowstone_waits_opened", e.pipeline, e.asset, kind).inc()
 
     def _approval_decided(self, e: Event) -> None:
         outcome = str(e.data.get("status", "decided"))
-        self.metrics.counter("flowstone_waits_closed").labels(
-            e.pipeline, e.asset, "approval", outcome).inc()
+        self._child("flowstone_waits_closed", e.pipeline, e.asset, "approval", outcome).inc()
 
     def _gate_closed(self, e: Event) -> None:
         kind, outcome = _CLOSED[e.kind]
-        self.metrics.counter("flowstone_waits_closed").labels(
-            e.pipeline, e.asset, kind, outcome).inc()
+        self._child("flowstone_waits_closed", e.pipeline, e.asset, kind, outcome).inc()
 
     def _scatter_progress(self, e: Event) -> None:
         data = e.data
@@ -163,22 +169,19 @@ class PrometheusObserver:
             self._scatter[key] = (max(done, before_done), max(failed, before_failed))
             while len(self._scatter) > _SCATTER_MEMORY:
                 self._scatter.popitem(last=False)
-        m = self.metrics
         new_failed = max(0, failed - before_failed)
         new_ok = max(0, (done - failed) - (before_done - before_failed))
-        items = m.counter("flowstone_scatter_items")
         if new_ok:
-            items.labels(e.pipeline, e.asset, "succeeded").inc(new_ok)
+            self._child("flowstone_scatter_items", e.pipeline, e.asset, "succeeded").inc(new_ok)
         if new_failed:
-            items.labels(e.pipeline, e.asset, "failed").inc(new_failed)
+            self._child("flowstone_scatter_items", e.pipeline, e.asset, "failed").inc(new_failed)
         if total > 0:
-            m.gauge("flowstone_scatter_progress_ratio").labels(e.pipeline, e.asset).set(
+            self._child("flowstone_scatter_progress_ratio", e.pipeline, e.asset).set(
                 min(1.0, done / total))
 
     def _observer_failed(self, e: Event) -> None:
-        self.metrics.counter("flowstone_observer_errors").labels(
-            e.pipeline, str(e.data.get("observer", "")), str(e.data.get("failed_kind", ""))
-        ).inc()
+        self._child("flowstone_observer_errors", e.pipeline, str(e.data.get("observer", "")),
+                    str(e.data.get("failed_kind", ""))).inc()
 
     # --- serving and health (what ``flowstone daemon --metrics-port`` and ``flowstone
     # health`` find through the ``prometheus`` entry point) -------------------------

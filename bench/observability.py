@@ -1,0 +1,137 @@
+"""Observer overhead: the 500-asset in-process benchmark with and without observability.
+
+The DAG and the pipeline are ``bench/inprocess.py``'s (SQLite store, filesystem values,
+thread-pool executor). Three pipelines on the same DAG, each in its own directory, run in
+alternating rounds in the same process (so a burst of load from elsewhere hits all):
+
+* ``off``: no observer;
+* ``noop``: an observer that does nothing (what the engine's event building costs any
+  observer, so the plugin's own share can be told apart);
+* ``prometheus``: ``PrometheusObserver`` (what ``--metrics-port`` attaches) and the JSON-log
+  step context;
+* ``lineage``: the above plus ``OpenLineageObserver`` writing JSON lines to a file from
+  its background thread (the measured time includes waiting until all are written).
+
+Medians of the wall time per run, less the plain function calls, per asset. The last line
+printed is one JSON object::
+
+    {"bench": "observability", "assets": 500, "off_us_per_asset": 3100.0,
+     "prometheus_us_per_asset": 3150.0, "prometheus_overhead_pct": 1.6, ...}
+
+Usage::
+
+    python bench/observability.py            # 7 rounds
+    python bench/observability.py --quick    # CI smoke: 1 round
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from inprocess import (
+    build_shape,
+    check_flowstone,
+    direct_seconds,
+    expected_values,
+    make_function,
+    measure,
+    run_flowstone,
+    us_per_asset,
+)
+from prometheus_client import CollectorRegistry
+
+import flowstone as fs
+from flowstone_observability import OpenLineageObserver, PrometheusObserver, StepLogContext
+from flowstone_observability.lineage import file_transport
+
+
+class Noop:
+    """An observer that ignores every event."""
+
+    def on_event(self, event: object) -> None:
+        return None
+
+
+def pipeline(nodes: list, home: Path, observers: list) -> fs.Pipeline:
+    assets = [fs.asset(make_function(n)) for n in nodes]
+    return fs.Pipeline("bench_observability", assets,
+                       store=f"sqlite:///{home / 'flowstone.db'}", observers=observers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers", type=int, default=50)
+    parser.add_argument("--width", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=7, help="measured rounds")
+    parser.add_argument("--quick", action="store_true", help="one measured round")
+    args = parser.parse_args(argv)
+    repeat = 1 if args.quick else args.repeat
+    logging.getLogger("flowstone").setLevel(logging.WARNING)
+    nodes = build_shape(args.layers, args.width)
+    expected = expected_values(nodes)
+    with tempfile.TemporaryDirectory(prefix="fs-bench-obs-") as tmp:
+        root = Path(tmp)
+        homes = {name: root / name for name in ("off", "noop", "prometheus", "lineage")}
+        for home in homes.values():
+            home.mkdir()
+        lineage = OpenLineageObserver(file_transport(root / "lineage.jsonl"),
+                                      registry=CollectorRegistry())
+        pipelines = {
+            "off": pipeline(nodes, homes["off"], []),
+            "noop": pipeline(nodes, homes["noop"], [Noop()]),
+            "prometheus": pipeline(nodes, homes["prometheus"],
+                                   [PrometheusObserver(CollectorRegistry()), StepLogContext()]),
+            "lineage": pipeline(nodes, homes["lineage"],
+                                [PrometheusObserver(CollectorRegistry()), StepLogContext(),
+                                 lineage]),
+        }
+        runners = {name: (lambda p=p: run_flowstone(p)) for name, p in pipelines.items()}
+
+        def lineage_run() -> None:
+            # the export finishes inside the measured time (and does not overlap the next
+            # configuration's run)
+            run_flowstone(pipelines["lineage"])
+            lineage.flush(120)
+
+        runners["lineage"] = lineage_run
+        samples = measure(runners, repeat)
+        lineage.flush(120)
+        for p in pipelines.values():
+            check_flowstone(p, expected)
+        baseline = direct_seconds(nodes)
+        lines = sum(1 for _ in (root / "lineage.jsonl").open())
+        for p in pipelines.values():
+            p.close()
+        lineage.close()
+    assets = len(nodes)
+    per = {name: us_per_asset(s.wall, baseline, assets) for name, s in samples.items()}
+    cpu = {name: us_per_asset(s.cpu, baseline, assets) for name, s in samples.items()}
+    for name, s in samples.items():
+        print(s.line(name, baseline, assets), file=sys.stderr)
+
+    def pct(table: dict[str, float], name: str, base: str) -> float:
+        return round((table[name] / table[base] - 1) * 100, 1) if table[base] else 0.0
+
+    print(json.dumps({
+        "bench": "observability", "assets": assets, "rounds": repeat,
+        **{f"{n}_us_per_asset": v for n, v in per.items()},
+        **{f"{n}_cpu_us_per_asset": v for n, v in cpu.items()},
+        "prometheus_overhead_pct": pct(per, "prometheus", "off"),
+        "prometheus_cpu_overhead_pct": pct(cpu, "prometheus", "off"),
+        "prometheus_vs_noop_cpu_pct": pct(cpu, "prometheus", "noop"),
+        "noop_cpu_overhead_pct": pct(cpu, "noop", "off"),
+        "lineage_overhead_pct": pct(per, "lineage", "off"),
+        "lineage_events": lines,
+        "median_run_s": {n: round(statistics.median(s.wall), 3) for n, s in samples.items()},
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
