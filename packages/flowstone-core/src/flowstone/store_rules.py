@@ -278,7 +278,8 @@ class BoundOutcome:
 
     The materialization, approval and gate carry the step's run, asset and partition
     whatever the caller put there; the approval and gate are ``pending``; the
-    materialization's upstream ids are without repeats. ``*_json`` hold the JSON columns
+    materialization's upstream ids are without repeats, and it is not invalidated (only
+    ``invalidate`` does that). ``*_json`` hold the JSON columns
     (None where there is no record).
     """
 
@@ -306,7 +307,7 @@ def bind_outcome(
     if (mat := outcome.materialization) is not None:
         bound["materialization"] = replace(
             mat, run_id=run_id, asset=asset, partition=partition,
-            upstream=tuple(dict.fromkeys(mat.upstream)),
+            upstream=tuple(dict.fromkeys(mat.upstream)), invalidated=False,
         )  # fmt: skip
         bound["materialization_metadata_json"] = to_json(
             dict(mat.metadata), f"metadata of materialization {mat.id!r}"
