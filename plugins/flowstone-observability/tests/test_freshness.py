@@ -108,3 +108,32 @@ def test_an_unreachable_store_reports_store_up_zero_and_keeps_serving(tmp_path: 
 
     registry = _scrape([Broken()])
     assert value(registry, "flowstone_store_up", pipeline="etl") == 0
+
+
+def test_the_sqlite_store_answers_with_the_capability_like_the_fallback(
+    tmp_path: Path,
+) -> None:
+    pipeline = etl([], store=f"sqlite:///{tmp_path / 'runs.db'}")
+    assert isinstance(pipeline.store, FreshnessReads)
+    pipeline.run("total")
+    for day in (date(2024, 1, 2), date(2024, 1, 7)):
+        pipeline.run("daily", partition=day)
+    pipeline.invalidate("daily", partition=date(2024, 1, 7))
+
+    class Plain:  # only the reads every RunStore has
+        def __init__(self, inner: Any) -> None:
+            self.list_materializations = inner.list_materializations
+
+    class View:
+        name = pipeline.name
+        dag = pipeline.dag
+        store = Plain(pipeline.store)
+
+    assert not isinstance(View.store, FreshnessReads)
+    fast = {r.asset: r for r in read_freshness(pipeline)}
+    slow = {r.asset: r for r in read_freshness(View())}
+    assert fast == slow
+    assert fast["daily"].materialized == 1
+    assert fast["daily"].newest_partition == datetime(2024, 1, 2, tzinfo=UTC)
+    assert fast["total"].last_materialized is not None
+    pipeline.close()

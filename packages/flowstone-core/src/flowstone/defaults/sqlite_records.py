@@ -113,6 +113,26 @@ class SQLiteRecords(SQLiteConnection):
             [*params, limit],
         )
 
+    # freshness reads (the optional FreshnessReads capability of flowstone-observability):
+    # both are served by the materializations_latest index
+    def last_materialized(self, pipeline: str) -> dict[str, datetime]:
+        """``{asset: finished_at}`` of each asset's newest valid succeeded materialization."""
+        rows = self._read(
+            "SELECT asset, MAX(finished_at) FROM materializations WHERE pipeline = ?"
+            " AND state = 'succeeded' AND invalidated = 0 GROUP BY asset",
+            (pipeline,),
+        )
+        return {asset: at for asset, value in rows if (at := dt(value)) is not None}
+
+    def materialized_partitions(self, pipeline: str, asset: str) -> list[str]:
+        """The distinct partitions of ``asset`` with a valid succeeded materialization."""
+        rows = self._read(
+            "SELECT DISTINCT partition FROM materializations WHERE pipeline = ? AND asset = ?"
+            " AND state = 'succeeded' AND invalidated = 0",
+            (pipeline, asset),
+        )
+        return [str(r[0]) for r in rows]
+
     def invalidate(self, pipeline: str, asset: str, partition: str | None = None) -> int:
         where, params = filters(pipeline=pipeline, asset=asset, partition=partition)
         with self._write() as c:
