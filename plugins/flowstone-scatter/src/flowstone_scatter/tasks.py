@@ -65,29 +65,22 @@ def register(app: Any) -> None:
                     type(exc).__name__, exc, delay)
         raise task.retry(exc=exc, countdown=delay) from exc
 
-    @app.task(  # type: ignore[untyped-decorator]
-        name=CHUNK_TASK, bind=True, shared=False, acks_late=True,
-        reject_on_worker_lost=True, ignore_result=True, max_retries=None)
-    def scatter_chunk(self: Task, body: object) -> int:
-        found = _resolve(app, body, parse_chunk)
-        if found is None:
-            return 0
-        try:
-            return run_chunk(*found)
-        except Exception as exc:
-            return retrying(self, body, exc)
+    def add(name: str, parse: Callable[[object], ChunkMessage],
+            run: Callable[[Pipeline, ChunkMessage], int]) -> None:
+        def task(self: Task, body: object) -> int:
+            found = _resolve(app, body, parse)
+            if found is None:
+                return 0
+            try:
+                return run(*found)
+            except Exception as exc:
+                return retrying(self, body, exc)
 
-    @app.task(  # type: ignore[untyped-decorator]
-        name=READ_TASK, bind=True, shared=False, acks_late=True,
-        reject_on_worker_lost=True, ignore_result=True, max_retries=None)
-    def scatter_read(self: Task, body: object) -> int:
-        found = _resolve(app, body, parse_read)
-        if found is None:
-            return 0
-        try:
-            return run_reader(*found)
-        except Exception as exc:
-            return retrying(self, body, exc)
+        app.task(name=name, bind=True, shared=False, acks_late=True,
+                 reject_on_worker_lost=True, ignore_result=True, max_retries=None)(task)
+
+    add(CHUNK_TASK, parse_chunk, run_chunk)
+    add(READ_TASK, parse_read, lambda pipeline, msg: run_reader(pipeline, msg))
 
     hooks = getattr(app, "sweep_hooks", None)
     if isinstance(hooks, list):
