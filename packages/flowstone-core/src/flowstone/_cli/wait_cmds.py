@@ -59,6 +59,7 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
         p.add_argument("--by", metavar="NAME", help="who decides (recorded in the audit log)")
         if name == "reject":
             p.add_argument("--reason", metavar="TEXT", help="why (recorded as the asset's error)")
+        add_wait(p)
         add_json(p)
         p.set_defaults(func=cmd_approve if name == "approve" else cmd_reject, asset_logs=True)
 
@@ -77,8 +78,36 @@ def register(sub: Subparsers, parent: argparse.ArgumentParser) -> None:
     payload.add_argument(
         "--payload-file", metavar="FILE", help="read the JSON payload from FILE ('-' for stdin)"
     )
+    add_wait(p)
     add_json(p)
     p.set_defaults(func=cmd_signal, asset_logs=True)
+
+
+def add_wait(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="wait until the resumed run settles (succeeds, fails or waits again) before "
+        "printing it (default); --no-wait prints it at once, `running` while the workers "
+        "carry on (a queue-based executor)",
+    )
+    parser.add_argument(
+        "--wait-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="stop waiting after this; the run carries on",
+    )
+
+
+def settled(pipeline: Pipeline, result: RunResult, args: argparse.Namespace) -> RunResult:
+    """``result``, or with ``--wait`` the run once it no longer runs (an in-process
+    executor has finished it already; a queue-based one carries on on the workers)."""
+    if not args.wait or result.status != "running":
+        return result
+    if args.wait_timeout is not None and args.wait_timeout <= 0:
+        raise UsageError(f"--wait-timeout must be positive, got {args.wait_timeout}")
+    return pipeline.wait(result.run_id, timeout=args.wait_timeout)[0]
 
 
 def approval_json(a: Approval) -> dict[str, Any]:
@@ -158,7 +187,7 @@ def _which(args: argparse.Namespace) -> str:
 
 def cmd_approve(args: argparse.Namespace) -> int:
     with open_pipeline(args.spec) as pipeline:
-        result = _decide(args, pipeline, approved=True)
+        result = settled(pipeline, _decide(args, pipeline, approved=True), args)
         if not args.json:
             print(f"approved {_which(args)}" + (f" (by {args.by})" if args.by else ""))
         print_result(result, args.spec, as_json=args.json)
@@ -167,7 +196,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 def cmd_reject(args: argparse.Namespace) -> int:
     with open_pipeline(args.spec) as pipeline:
-        result = _decide(args, pipeline, approved=False)
+        result = settled(pipeline, _decide(args, pipeline, approved=False), args)
         if not args.json:
             print(f"rejected {_which(args)}" + (f" (by {args.by})" if args.by else ""))
         print_result(result, args.spec, as_json=args.json, show_value=False)
@@ -208,7 +237,7 @@ def cmd_signal(args: argparse.Namespace) -> int:
         raise UsageError("TOKEN '-' reads the token from stdin, but stdin was empty")
     payload = _read_payload(args, from_stdin)
     with open_pipeline(args.spec) as pipeline:
-        result = pipeline.signal(token, payload)
+        result = settled(pipeline, pipeline.signal(token, payload), args)
         if not args.json:
             print("signal delivered")
         print_result(result, args.spec, as_json=args.json)
