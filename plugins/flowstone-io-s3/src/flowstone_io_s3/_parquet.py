@@ -13,7 +13,7 @@ __all__ = ["ParquetParser"]
 class ParquetParser:
     """Rows of a Parquet object as dicts, one row group in memory at a time."""
 
-    __slots__ = ("_file", "_group", "_groups", "_pf", "_ref", "_row", "_rows")
+    __slots__ = ("_error", "_file", "_group", "_groups", "_pf", "_ref", "_row", "_rows")
 
     def __init__(self, file: RangedFile, position: dict[str, Any]) -> None:
         import pyarrow as pa
@@ -26,12 +26,14 @@ class ParquetParser:
         except (pa.ArrowException, OSError) as exc:
             raise StorageError(
                 f"{self._ref.uri} is not a readable Parquet file (footer at byte "
-                f"{max(0, self._ref.size - 8)}): {exc}. Fix: check the object, or set format=."
+                f"{max(0, self._ref.size - 8)}): {' '.join(str(exc).split())}. Fix: check the "
+                "object, or set format=."
             ) from exc
         self._groups = self._pf.metadata.num_row_groups
         self._group = int(position.get("row_group", 0))
         self._row = int(position.get("row", 0))
         self._rows: list[dict[str, Any]] | None = None
+        self._error: StorageError | None = None
 
     def num_rows(self) -> int:
         return int(self._pf.metadata.num_rows)
@@ -50,17 +52,31 @@ class ParquetParser:
             rows: list[dict[str, Any]] = self._pf.read_row_group(self._group).to_pylist()
         except (pa.ArrowException, OSError) as exc:
             column = self._pf.metadata.row_group(self._group).column(0)
+            start = (
+                column.dictionary_page_offset
+                if column.has_dictionary_page
+                else column.data_page_offset
+            )
             raise StorageError(
-                f"{self._ref.uri}, row group {self._group} (byte {column.file_offset}): "
-                f"cannot read it: {exc}. Fix: check the object; it may be truncated or corrupt."
+                f"{self._ref.uri}, row group {self._group} (byte {start}): "
+                f"cannot read it: {' '.join(str(exc).split())}. Fix: check the object; it may "
+                "be truncated or corrupt."
             ) from exc
         return rows
 
     def read(self, max_items: int) -> list[Any]:
+        if self._error is not None:
+            raise self._error
         page: list[Any] = []
         while len(page) < max_items and self._group < self._groups:
             if self._rows is None:
-                self._rows = self._load()
+                try:
+                    self._rows = self._load()
+                except StorageError as exc:
+                    self._error = exc  # from now on every read raises it, at this position
+                    if page:
+                        return page
+                    raise
             take = self._rows[self._row : self._row + max_items - len(page)]
             page.extend(take)
             self._row += len(take)

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from flowstone.errors import StorageError
+from flowstone.errors import StorageError, ValueNotFoundError
 from flowstone_io_s3.connection import Connection, error_code, service_error
 
 __all__ = ["ObjectRef", "RangedFile", "byte_chunks", "head_object"]
@@ -47,12 +47,24 @@ def head_object(connection: Connection, bucket: str, key: str) -> ObjectRef:
     Raises:
         StorageError: missing object or bucket, access denied (names the operation).
     """
+    client = connection.get()
     try:
-        head = connection.get().head_object(Bucket=bucket, Key=key)
+        head = client.head_object(Bucket=bucket, Key=key)
     except Exception as exc:
-        raise service_error(
+        error = service_error(
             exc, operation="HeadObject", target=f"s3://{bucket}/{key}", connection=connection
-        ) from exc
+        )
+        if isinstance(error, ValueNotFoundError):
+            # A HEAD 404 cannot tell a missing key from a missing bucket: ask the bucket.
+            try:
+                client.head_bucket(Bucket=bucket)
+            except Exception as bucket_exc:
+                if error_code(bucket_exc) in ("404", "NoSuchBucket", "NotFound"):
+                    error = StorageError(
+                        f"bucket {bucket!r} does not exist at endpoint {connection.where()}. "
+                        "Fix: create the bucket, or check the bucket name and endpoint_url=."
+                    )
+        raise error from exc
     return ObjectRef(bucket, key, int(head["ContentLength"]), str(head["ETag"]))
 
 

@@ -224,7 +224,12 @@ class S3ItemReader:
                     break
                 self._open(ref, {})
             assert self._parser is not None
-            got = self._parser.read(max_items - len(page))
+            try:
+                got = self._parser.read(max_items - len(page))
+            except StorageError:
+                if page:  # the good part first; the parser raises again on the next read
+                    return page
+                raise
             if got:
                 page.extend(got)
                 continue
