@@ -107,7 +107,7 @@ def cluster(client_env: str, database_url: str, redis_url: str, state_dir: Path,
             multiproc_dir: Path) -> Iterator[MetricsCluster]:
     c = MetricsCluster(redis_url, client_env, database_url, state_dir)
     try:
-        c.start("m1", PROMETHEUS_MULTIPROC_DIR=str(multiproc_dir))
+        c.start("m1", PROMETHEUS_MULTIPROC_DIR=str(multiproc_dir), FLOWSTONE_LOG_FORMAT="json")
         yield c
     finally:
         c.stop_all()

@@ -158,3 +158,32 @@ def _workers_alive(redis_url: str) -> bool:
         return bool(app.control.ping(timeout=1.0))
     finally:
         app.close()
+
+
+def test_worker_logs_are_json_lines_with_the_step_fields(cluster: MetricsCluster) -> None:
+    pipeline = load()
+    try:
+        run = pipeline.run("cleaned", force=True)
+        assert run.status == "succeeded"
+    finally:
+        pipeline.close()
+    proc = cluster.procs[0][0]
+
+    def logged() -> list[dict[str, Any]]:
+        lines = []
+        for raw in cluster.log_of(proc).splitlines():
+            if raw.startswith("{"):
+                lines.append(json.loads(raw))
+        return [line for line in lines if line["message"] == "cleaning 5 rows"
+                and line["run_id"] == run.run_id]
+
+    found = wait_for(logged, what="the asset's log line")
+    line = found[0]
+    assert (line["pipeline"], line["asset"], line["partition"], line["attempt"]) == (
+        "obs_it", "cleaned", "", 1)
+    assert line["logger"] == "flowstone.asset.cleaned" and line["level"] == "INFO"
+    engine = [json.loads(raw) for raw in cluster.log_of(proc).splitlines()
+              if raw.startswith("{") and '"flowstone.' in raw]
+    assert engine and all(set(doc) >= {"run_id", "pipeline", "asset", "partition", "attempt"}
+                          for doc in engine)
+
