@@ -200,12 +200,11 @@ class InlineExecutor:
     name = "bench-inline"
     blocking = True
 
-    def dispatch(self, pipeline: Any, run_id: str, steps: Any) -> None:
+    def dispatch(self, runner: Any, run_id: str, steps: Any) -> None:
         ready = list(steps)
         while ready:
             step = ready.pop()
-            ready.extend(pipeline.runner.run_step(step.run_id or run_id, step.asset,
-                                                  step.partition))
+            ready.extend(runner.run_step(step.run_id or run_id, step.asset, step.partition).steps)
 
     def close(self) -> None:
         return None

@@ -47,11 +47,11 @@ def key(prefix: str) -> str:
 
 
 def test_three_branches_join_once_with_the_expected_value(load: Any, cluster: Cluster) -> None:
-    from flowstone_parallel import CeleryParallelCoordinator, join_record
+    from flowstone_parallel import DurableParallelCoordinator, join_record
 
     pipeline = load()
     assert pipeline.executor.name == "celery"
-    assert isinstance(pipeline.parallel_coordinator, CeleryParallelCoordinator)
+    assert isinstance(pipeline.parallel_coordinator, DurableParallelCoordinator)
     city = key("ok")
     result = pipeline.run("briefing", city, timeout=60)
     assert result.status == "succeeded", result.error
@@ -112,14 +112,14 @@ def test_racing_and_duplicated_branch_completions_join_once(load: Any, cluster: 
     try:
         run = pipeline.run("briefing", key("race"), wait=False)
         (city_step,) = parked.take()
-        branches = pipeline.runner.run_step(run.run_id, city_step.asset, city_step.partition)
+        branches = pipeline.runner.run_step(run.run_id, city_step.asset, city_step.partition).steps
         assert sorted(s.asset for s in branches) == ["forecast", "front_pages", "generate_maps"]
         ready: list[StepRecord] = []
         lock, start = threading.Lock(), threading.Barrier(6)
 
         def deliver(step: StepRecord) -> None:
             start.wait()
-            got = pipeline.runner.run_step(run.run_id, step.asset, step.partition)
+            got = pipeline.runner.run_step(run.run_id, step.asset, step.partition).steps
             with lock:
                 ready.extend(got)
 

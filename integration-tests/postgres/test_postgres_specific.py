@@ -232,19 +232,20 @@ def test_diamond_join_released_once_across_processes(shared_store: PostgresRunSt
 
 
 def test_a_continuation_comes_with_what_it_reads(shared_store: PostgresRunStore) -> None:
-    """finish_step(then=...) returns the claimed step's dependencies with their records, as
-    get_step_results reads them, including the step it just finished."""
+    """finish_step_reading (the ContinuationReads capability) returns the claimed step's
+    dependencies with their records, as get_step_results reads them, including the step
+    it just finished."""
     run = _run(shared_store, DIAMOND)
     for asset in ("orders", "enrich"):
         shared_store.claim_step(run.run_id, asset, DAY, owner="w", lease_seconds=60)
         shared_store.finish_step(run.run_id, asset, DAY, _outcome(run, asset))
     shared_store.claim_step(run.run_id, "clean", DAY, owner="w", lease_seconds=60)
-    done = shared_store.finish_step(
-        run.run_id, "clean", DAY, _outcome(run, "clean"), then=Continuation("w", 60)
+    done, reads = shared_store.finish_step_reading(
+        run.run_id, "clean", DAY, _outcome(run, "clean"), then=Continuation("w", 60), sources={}
     )
     assert done.claimed is not None and done.claimed.asset == "report"
-    assert done.claimed_inputs is not None
-    got = sorted(done.claimed_inputs, key=lambda r: r[0].asset)
+    assert reads is not None
+    got = sorted(reads.inputs, key=lambda r: r[0].asset)
     expected = sorted(
         shared_store.get_step_results(run.run_id, [("clean", DAY), ("enrich", DAY)]),
         key=lambda r: r[0].asset,
@@ -255,8 +256,11 @@ def test_a_continuation_comes_with_what_it_reads(shared_store: PostgresRunStore)
     # nothing claimed: nothing sent along
     again = _run(shared_store, DIAMOND)
     shared_store.claim_step(again.run_id, "orders", DAY, owner="w", lease_seconds=60)
-    plain = shared_store.finish_step(again.run_id, "orders", DAY, _outcome(again, "orders"))
-    assert plain.claimed is None and plain.claimed_inputs is None
+    plain, nothing = shared_store.finish_step_reading(
+        again.run_id, "orders", DAY, _outcome(again, "orders"),
+        then=Continuation("w", 60), sources={},
+    )
+    assert plain.claimed is None and nothing is None
 
 
 def test_many_threads_run_every_step_exactly_once(shared_store: PostgresRunStore) -> None:

@@ -189,12 +189,13 @@ def test_a_continuation_reads_its_inputs_from_the_finish_that_claimed_it(
         first, second, last = sorted(parked.sent, key=lambda s: s.asset)  # blob, count, pair
         runner = pipeline.runner
         for step in (first, second):
-            assert runner.run_step(run.run_id, step.asset, step.partition, claim_next=True) == ()
-        (claimed,) = runner.run_step(run.run_id, last.asset, last.partition, claim_next=True)
+            done = runner.run_step(run.run_id, step.asset, step.partition, claim_next=True)
+            assert done.steps == ()
+        (claimed,) = runner.run_step(run.run_id, last.asset, last.partition, claim_next=True).steps
         assert (claimed.asset, claimed.state) == ("joined", "running")
         values.loaded.clear()
         others.loaded.clear()
-        assert runner.run_claimed(claimed) == ()
+        assert runner.run_claimed(claimed).steps == ()
         assert values.loaded == [] and others.loaded == []  # nothing loaded
         result = pipeline.result(run.run_id)
         assert result.status == "succeeded"
@@ -241,8 +242,8 @@ def test_values_the_finish_did_not_send_are_loaded(migrated_url: str) -> None:
     try:
         run = pipeline.run("total", wait=False)
         first, last = sorted(parked.sent, key=lambda s: s.asset)  # left, right
-        assert pipeline.runner.run_step(run.run_id, first.asset, "", claim_next=True) == ()
-        (claimed,) = pipeline.runner.run_step(run.run_id, last.asset, "", claim_next=True)
+        assert pipeline.runner.run_step(run.run_id, first.asset, "", claim_next=True).steps == ()
+        (claimed,) = pipeline.runner.run_step(run.run_id, last.asset, "", claim_next=True).steps
         foreign.loaded.clear()
         pipeline.runner.run_claimed(claimed)
         assert len(foreign.loaded) == 1 and values.loaded == []
@@ -287,7 +288,7 @@ def test_racing_branches_join_without_reading_their_values(migrated_url: str) ->
             def finish(step: Any, run_id: str = run.run_id, gate: Any = start) -> None:
                 gate.wait()
                 claimed.extend(runner.run_step(run_id, step.asset, step.partition,
-                                               claim_next=True))
+                                               claim_next=True).steps)
 
             threads = [threading.Thread(target=finish, args=(s,)) for s in parked.sent]
             for t in threads:

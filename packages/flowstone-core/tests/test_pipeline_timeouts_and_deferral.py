@@ -12,9 +12,9 @@ from conftest import PipelineFactory
 
 import flowstone as fs
 from flowstone.context import new_gate_token
+from flowstone.engine import complete_deferred
 from flowstone.engine.invoke import bind_arguments
 from flowstone.engine.requests import ScatterRequest
-from flowstone.engine.resume import complete_deferred
 from flowstone.scatter import Deferred
 from flowstone.testing import ParkedExecutor
 
@@ -120,9 +120,9 @@ class ThreadedCoordinator:
                 )
                 for item in items
             ]
-            self.completions.append(complete_deferred(request.pipeline, token, value=value))
+            self.completions.append(complete_deferred(request.runner, token, value=value))
             # a redelivered barrier completion is harmless
-            self.completions.append(complete_deferred(request.pipeline, token, value=["dup"]))
+            self.completions.append(complete_deferred(request.runner, token, value=["dup"]))
             self.done.set()
 
         return Deferred(token, start=lambda: threading.Thread(target=finish).start())

@@ -12,6 +12,7 @@ import pytest
 from conftest import PipelineFactory
 
 import flowstone as fs
+from flowstone.engine import StepRunner
 from flowstone.runs import POLL_WINDOW, wait_for_runs
 
 
@@ -23,12 +24,12 @@ class ThreadWorker:
 
     def __init__(self) -> None:
         self.steps: queue.Queue[Any] = queue.Queue()
-        self.pipeline: fs.Pipeline | None = None
+        self.runner: StepRunner | None = None
         self.thread = threading.Thread(target=self._work, daemon=True)
         self.started = threading.Event()  # released by the test: runs pile up before it
 
-    def dispatch(self, pipeline: Any, run_id: str, steps: Any) -> None:
-        self.pipeline = pipeline
+    def dispatch(self, runner: StepRunner, run_id: str, steps: Any) -> None:
+        self.runner = runner
         if not self.thread.is_alive():
             self.thread.start()
         for step in steps:
@@ -37,9 +38,9 @@ class ThreadWorker:
     def _work(self) -> None:
         self.started.wait()
         while (item := self.steps.get()) is not None:
-            assert self.pipeline is not None
-            ready = self.pipeline.runner.run_step(*item)
-            self.dispatch(self.pipeline, item[0], ready)
+            assert self.runner is not None
+            ready = self.runner.run_step(*item).steps
+            self.dispatch(self.runner, item[0], ready)
 
     def close(self) -> None:
         if self.thread.is_alive():
@@ -196,10 +197,10 @@ def test_run_many_hands_all_runs_to_dispatch_many(make_pipeline: PipelineFactory
         def __init__(self) -> None:
             self.calls: list[list[tuple[str, list[str]]]] = []
 
-        def dispatch(self, pipeline: Any, run_id: str, steps: Any) -> None:
+        def dispatch(self, runner: Any, run_id: str, steps: Any) -> None:
             raise AssertionError("run_many must use dispatch_many")
 
-        def dispatch_many(self, pipeline: Any, runs: Any) -> None:
+        def dispatch_many(self, runner: Any, runs: Any) -> None:
             self.calls.append([(rid, [s.asset for s in steps]) for rid, steps in runs])
 
         def close(self) -> None:

@@ -18,12 +18,17 @@ class Plain:  # no decode_prefetched: its values are always loaded
     pass
 
 
-class FakePipeline:
+class FakeValues:
+    """The value layer's ``decode_prefetched``: only managers that can decode do."""
+
     def __init__(self) -> None:
         self.managers: dict[str, Any] = {"pg": Decoding(), "fs": Plain()}
 
-    def io_manager(self, name: str) -> Any:
-        return self.managers[name]
+    def decode_prefetched(self, mat: MaterializationRecord, encoded: object) -> tuple[bool, Any]:
+        manager = self.managers.get(str(mat.io_manager))
+        if not isinstance(manager, Decoding) or mat.location is None:
+            return False, None
+        return True, manager.decode_prefetched(mat.location, encoded)
 
 
 def _mat(mid: str, io: str | None, location: str | None) -> MaterializationRecord:
@@ -34,7 +39,7 @@ def _mat(mid: str, io: str | None, location: str | None) -> MaterializationRecor
 
 
 def test_values_are_decoded_by_their_manager_and_taken_once() -> None:
-    cache, pipeline = PrefetchCache(), FakePipeline()
+    cache, pipeline = PrefetchCache(), FakeValues()
     cache.put({"loc-a": ("json", "1", None), "loc-b": ("json", "2", None)})
     cache.put([("loc-c", ("json", "3", None)), ("loc-none", None)])  # None: nothing to keep
     mats = [_mat("a", "pg", "loc-a"), _mat("c", "fs", "loc-c"), _mat("x", "pg", "loc-x"),
@@ -48,7 +53,7 @@ def test_values_are_decoded_by_their_manager_and_taken_once() -> None:
 
 
 def test_the_cache_is_bounded() -> None:
-    cache, pipeline = PrefetchCache(), FakePipeline()
+    cache, pipeline = PrefetchCache(), FakeValues()
     cache.put((f"loc-{i}", i) for i in range(1000))
     mats = [_mat(str(i), "pg", f"loc-{i}") for i in range(1000)]
     got = cache.take(pipeline, mats)  # type: ignore[arg-type]

@@ -260,13 +260,23 @@ class _FinishFailsOnce:
         self.failed = False
 
     def finish_step(self, *args: Any, **kwargs: Any) -> Any:
-        if not self.failed:
-            self.failed = True
-            raise ConnectionError("database connection lost")
+        self._crash_once()
         return self._inner.finish_step(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+        found = getattr(self._inner, name)
+        if name == "finish_step_reading":  # the same transaction, through the capability
+            def reading(*args: Any, **kwargs: Any) -> Any:
+                self._crash_once()
+                return found(*args, **kwargs)
+
+            return reading
+        return found
+
+    def _crash_once(self) -> None:
+        if not self.failed:
+            self.failed = True
+            raise ConnectionError("database connection lost")
 
 
 def _store(url: str) -> Any:

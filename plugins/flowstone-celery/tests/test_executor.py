@@ -249,19 +249,29 @@ def test_a_continuation_that_cannot_run_is_published_not_lost(
     (body, _, _), = drain(app)
     store = pipeline.store
     real = store.finish_step
+    real_reading = store.finish_step_reading  # the same finish, through ContinuationReads
 
     def flaky(run_id: str, asset: str, partition: str, outcome: object, **kw: object) -> object:
         if asset == "doubled":  # the continuation ran, but its result cannot be recorded
             raise StorageError("store unreachable")
         return real(run_id, asset, partition, outcome, **kw)  # type: ignore[arg-type]
 
+    def flaky_reading(
+        run_id: str, asset: str, partition: str, outcome: object, **kw: object
+    ) -> object:
+        if asset == "doubled":
+            raise StorageError("store unreachable")
+        return real_reading(run_id, asset, partition, outcome, **kw)  # type: ignore[arg-type]
+
     monkeypatch.setattr(store, "finish_step", flaky)
+    monkeypatch.setattr(store, "finish_step_reading", flaky_reading)
     with pytest.raises(StorageError):
         handle_step(app, body)  # numbers ran and claimed doubled, which could not finish
     step = store.get_step(run.run_id, "doubled", "")
     assert step is not None and step.state == "ready" and step.attempt == 1
     assert "continuation could not run here" in (step.error or "")
     monkeypatch.setattr(store, "finish_step", real)
+    monkeypatch.setattr(store, "finish_step_reading", real_reading)
     (again, _, _), = drain(app)  # handed back to the broker, not left to the lease
     assert again["asset"] == "doubled"
     handle_step(app, again)

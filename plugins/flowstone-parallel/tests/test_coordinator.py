@@ -1,4 +1,4 @@
-"""CeleryParallelCoordinator: the in-process join semantics, plus one durable join record."""
+"""DurableParallelCoordinator: the in-process join semantics, plus one durable join record."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from conftest import PipelineFactory
 import flowstone as fs
 from flowstone.engine.inputs import DepOutcome
 from flowstone.engine.requests import ParallelRequest
-from flowstone_parallel import METADATA_KEY, CeleryParallelCoordinator, join_record
+from flowstone_parallel import METADATA_KEY, DurableParallelCoordinator, join_record
 
 
 def newsroom(*, mode: str = "all_or_nothing", fail: str = "", required: tuple[str, ...] = (),
@@ -42,7 +42,7 @@ def newsroom(*, mode: str = "all_or_nothing", fail: str = "", required: tuple[st
 def test_three_branches_join_once_and_the_join_is_recorded(make_pipeline: PipelineFactory) -> None:
     joins: list[dict[str, Any]] = []
     p = make_pipeline(newsroom(joins=joins))
-    assert isinstance(p.parallel_coordinator, CeleryParallelCoordinator)
+    assert isinstance(p.parallel_coordinator, DurableParallelCoordinator)
     result = p.run("enrich")
     assert result.value == {"city": "Lyon", "maps": "generate_maps of Lyon",
                             "news": "front_pages of Lyon", "weather": "forecast of Lyon"}
@@ -94,7 +94,7 @@ def test_a_repeated_join_keeps_its_first_record(make_pipeline: PipelineFactory) 
     result = p.run("enrich")
     first = join_record(p.store, result.run_id, "enrich")
     assert first is not None and first.repeats == 0
-    again = ParallelRequest(p, p.dag["enrich"], result.run_id, "", {
+    again = ParallelRequest(p.runtime, p.dag["enrich"], result.run_id, "", {
         "maps": DepOutcome("succeeded", "m"), "news": DepOutcome("succeeded", "n"),
         "weather": DepOutcome("succeeded", "w")}, attempt=2)
     assert p.parallel_coordinator.branch_results(again) == {"maps": "m", "news": "n",
@@ -209,6 +209,6 @@ def test_the_celery_executor_uses_this_coordinator(registry: Any) -> None:
                     executor="celery")
     try:
         assert p.parallel_coordinator.name == "celery"
-        assert isinstance(p.parallel_coordinator, CeleryParallelCoordinator)
+        assert isinstance(p.parallel_coordinator, DurableParallelCoordinator)
     finally:
         p.close()

@@ -1,48 +1,74 @@
-"""Events FlowStone emits to observers: frozen, primitive-only, safe to ship anywhere.
+"""Events FlowStone emits to observers, and the one :class:`Emitter` that sends them.
 
-Every event has ``kind`` (a dotted name), ``at`` (UTC), ``pipeline``, ``run_id``,
+Every event has ``kind`` (an :data:`EventKind`), ``at`` (UTC), ``pipeline``, ``run_id``,
 ``asset`` and ``partition`` (encoded; "" when unpartitioned or not about an asset) and a
-``data`` mapping of JSON-able details. Kinds:
+``data`` mapping of JSON-able details. Kinds, and what ``data`` carries:
 
-``run.started`` ``run.finished`` ``asset.started`` ``asset.succeeded`` ``asset.failed``
-``asset.skipped`` ``asset.retrying`` ``asset.waiting`` ``io.stored`` ``io.loaded``
-``route.decided`` ``approval.requested`` ``approval.decided`` ``gate.opened``
-``gate.signaled`` ``gate.expired`` ``scatter.progress`` ``lineage.recorded``
-``observer.failed``
+=====================  ==============================================================
+``run.started``        ``targets``, ``partition``
+``run.finished``       ``status``
+``asset.started``      ``attempt``
+``asset.succeeded``    ``duration_s``, ``materialization_id``
+``asset.failed``       ``duration_s``, ``error``, ``materialization_id``
+``asset.skipped``      ``duration_s``, ``error`` (the reason), ``materialization_id``
+``asset.retrying``     ``attempt``, ``delay_s``, ``error``
+``asset.waiting``      ``on`` (``approval``, ``gate`` or ``deferred``)
+``io.stored``          ``io_manager``, ``location``, ``staged``
+``io.loaded``          ``io_manager``, ``count``
+``route.decided``      ``branch``
+``approval.requested`` ``duration_s``
+``approval.decided``   ``approval_id``, ``status``, ``by``
+``gate.opened``        ``duration_s``
+``gate.signaled``      (nothing)
+``gate.expired``       (nothing)
+``scatter.progress``   ``done``, ``total`` (and coordinator-specific counts)
+``lineage.recorded``   ``upstream`` (materialization ids)
+``observer.failed``    ``observer``, ``failed_kind``, ``error``
+=====================  ==============================================================
+
+Events are built only when someone listens: a pipeline without observers pays one
+attribute check per event.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-__all__ = ["EVENT_KINDS", "Event"]
+if TYPE_CHECKING:
+    from flowstone.protocols import Observer
 
-EVENT_KINDS = frozenset(
-    {
-        "run.started",
-        "run.finished",
-        "asset.started",
-        "asset.succeeded",
-        "asset.failed",
-        "asset.skipped",
-        "asset.retrying",
-        "asset.waiting",
-        "io.stored",
-        "io.loaded",
-        "route.decided",
-        "approval.requested",
-        "approval.decided",
-        "gate.opened",
-        "gate.signaled",
-        "gate.expired",
-        "scatter.progress",
-        "lineage.recorded",
-        "observer.failed",
-    }
-)
+__all__ = ["EVENT_KINDS", "Emitter", "Event", "EventKind"]
+
+log = logging.getLogger("flowstone")
+
+EventKind = Literal[
+    "run.started",
+    "run.finished",
+    "asset.started",
+    "asset.succeeded",
+    "asset.failed",
+    "asset.skipped",
+    "asset.retrying",
+    "asset.waiting",
+    "io.stored",
+    "io.loaded",
+    "route.decided",
+    "approval.requested",
+    "approval.decided",
+    "gate.opened",
+    "gate.signaled",
+    "gate.expired",
+    "scatter.progress",
+    "lineage.recorded",
+    "observer.failed",
+]
+
+EVENT_KINDS: frozenset[str] = frozenset(get_args(EventKind))
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +76,84 @@ class Event:
     """One thing that happened. ``data`` holds kind-specific JSON-able details
     (e.g. ``duration_s``, ``error``, ``upstream``, ``branch``, ``done``/``total``)."""
 
-    kind: str
+    kind: EventKind
     pipeline: str
     run_id: str
     asset: str = ""
     partition: str = ""
     data: Mapping[str, Any] = field(default_factory=dict)
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+class Emitter:
+    """Hands events of one pipeline to its observers.
+
+    An observer that raises is logged and counted (``stats["observer_errors"]``, or
+    ``"lineage_errors"`` for a ``lineage.recorded`` event), never stops the others, and
+    is reported to the other observers as an ``observer.failed`` event.
+    """
+
+    __slots__ = ("_lock", "observers", "pipeline", "stats")
+
+    def __init__(self, pipeline: str, observers: Sequence[Observer] = ()) -> None:
+        self.pipeline = pipeline
+        self.observers: tuple[Observer, ...] = tuple(observers)
+        self.stats: dict[str, int] = {"observer_errors": 0, "lineage_errors": 0}
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return bool(self.observers)
+
+    def emit(
+        self,
+        kind: EventKind,
+        run_id: str,
+        asset: str = "",
+        partition: str = "",
+        data: Mapping[str, Any] | None = None,
+    ) -> str | None:
+        """Send one event; return the last observer failure as text (None: all fine)."""
+        if not self.observers:
+            return None
+        return self.send(Event(kind, self.pipeline, run_id, asset, partition, dict(data or {})))
+
+    def send(self, event: Event) -> str | None:
+        """Send a built event (see :meth:`emit`)."""
+        error = None
+        for observer in self.observers:
+            try:
+                observer.on_event(event)
+            except Exception as exc:
+                error = f"{type(observer).__name__}: {exc}"
+                self._failed(observer, event, error)
+        return error
+
+    def _failed(self, failed: Observer, event: Event, error: str) -> None:
+        lineage = event.kind == "lineage.recorded"
+        with self._lock:
+            key = "lineage_errors" if lineage else "observer_errors"
+            self.stats[key] = self.stats.get(key, 0) + 1
+        what = "lineage observer" if lineage else "observer"
+        log.exception("%s %r failed on %s of %s", what, failed, event.kind, event.asset)
+        if event.kind == "observer.failed":
+            return  # never report a report: a failing observer cannot loop
+        notice = Event(
+            "observer.failed",
+            self.pipeline,
+            event.run_id,
+            event.asset,
+            event.partition,
+            {"observer": type(failed).__name__, "failed_kind": event.kind, "error": error},
+        )
+        for other in self.observers:
+            if other is not failed:
+                try:
+                    other.on_event(notice)
+                except Exception:
+                    log.exception("observer %r failed on observer.failed", other)
+
+    def lineage(
+        self, run_id: str, asset: str, partition: str, upstream: Sequence[str]
+    ) -> str | None:
+        """Send ``lineage.recorded``; return an error description if an observer failed."""
+        return self.emit("lineage.recorded", run_id, asset, partition, {"upstream": list(upstream)})

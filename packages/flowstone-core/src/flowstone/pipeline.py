@@ -1,17 +1,23 @@
-"""``Pipeline``: a validated set of assets plus where their runs, values and work go."""
+"""``Pipeline``: a validated set of assets plus where their runs, values and work go.
+
+The class is the public facade. What it does is in modules named after the concept:
+building the parts (:mod:`flowstone.configuration`), running (:mod:`flowstone.running`,
+:mod:`flowstone.engine`), values (:mod:`flowstone.engine.values`), waits
+(:mod:`flowstone.engine.resume`). Running needs only the frozen
+:class:`~flowstone.runtime.Runtime` the pipeline builds, never the pipeline itself.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 import re
-import threading
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, Literal
 
+from flowstone import configuration as config
+from flowstone import running
 from flowstone.asset import AssetDef
 from flowstone.backfill import (
     DEFAULT_PARTITION_TIMEOUT,
@@ -19,38 +25,30 @@ from flowstone.backfill import (
     BackfillResult,
     run_backfill,
 )
+from flowstone.configuration import flowstone_home
 from flowstone.dag import AssetGraph
 from flowstone.engine import resume
-from flowstone.engine.plan import Planner, validate_key
+from flowstone.engine.plan import validate_key
 from flowstone.engine.runner import StepRunner
 from flowstone.engine.scatter_retry import RETRY_TAG, check_retry
 from flowstone.engine.timeouts import branch_index
-from flowstone.errors import (
-    DefinitionError,
-    RunNotFoundError,
-    UnsafeKeyError,
-    UsageError,
-    ValueNotFoundError,
-)
-from flowstone.events import Event
+from flowstone.engine.values import ValueLayer
+from flowstone.errors import DefinitionError, RunNotFoundError, UsageError, ValueNotFoundError
+from flowstone.events import Emitter, Event
 from flowstone.lineage import Lineage
 from flowstone.outcomes import to_seconds
 from flowstone.partitions import PartitionKey, PartitionSet, encode_partition
-from flowstone.protocols import Executor, IOManager, Observer, RunStore
-from flowstone.records import Approval, MaterializationRecord, RunRecord, StepRecord
-from flowstone.registry import PluginRegistry, store_from_url
+from flowstone.protocols import Closeable, Executor, IOManager, Observer, RunStore
+from flowstone.records import Approval, MaterializationRecord, RunRecord
+from flowstone.registry import PluginRegistry
 from flowstone.resources import ResourceManager
 from flowstone.runs import RunResult, wait_for_runs
+from flowstone.runtime import Capabilities, Policies, Runtime
 
-__all__ = ["Pipeline"]
+__all__ = ["Pipeline", "flowstone_home"]
 
 log = logging.getLogger("flowstone")
 _PIPELINE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
-
-
-def flowstone_home() -> Path:
-    """Where the embedded setup keeps its SQLite file and values (``FLOWSTONE_HOME``)."""
-    return Path(os.environ.get("FLOWSTONE_HOME", ".flowstone"))
 
 
 class Pipeline:
@@ -69,6 +67,8 @@ class Pipeline:
             ``FLOWSTONE_EXECUTOR``, else in-process.
         observers: Observers (or plugin names) receiving every event.
         schedules / sensors: run by ``flowstone daemon`` (or Celery beat).
+        scatter_coordinator / parallel_coordinator: objects or plugin names (default:
+            what the executor prefers, else the in-process ones).
         route_retention: how long route decisions are kept (pruned by the daemon).
         on_lineage_error: ``"log"`` (default: log and count) or ``"fail"`` the asset when an
             observer fails to record lineage.
@@ -118,9 +118,10 @@ class Pipeline:
                 )
         self.registry = registry or PluginRegistry()
         self.resources = ResourceManager(resources or {})
-        self.store_url, self.store = self._resolve_store(store)
-        self._io: dict[str, IOManager] = self._resolve_io(io_managers or {})
-        self.default_io_manager = "default"
+        self.store_url, self.store = config.resolve_store(store, self.registry)
+        self._io = config.resolve_io_managers(
+            io_managers or {}, self.store, self.store_url, self.registry
+        )
         for a in self.dag.assets.values():
             if a.io_manager is not None and a.io_manager not in self._io:
                 raise DefinitionError(
@@ -128,101 +129,100 @@ class Pipeline:
                     f"{sorted(self._io)}; add it to Pipeline(io_managers={{...}})"
                 )
         self._coordinators = (scatter_coordinator, parallel_coordinator)
-        self.use_executor(executor or os.environ.get("FLOWSTONE_EXECUTOR") or "inprocess")
-        self.observers: tuple[Observer, ...] = tuple(
-            self._resolve(o, "flowstone.observers", "logging") for o in observers
-        )
+        self.events = Emitter(name, config.resolve_observers(observers, self.registry))
         self.schedules = tuple(schedules)
         self.sensors = tuple(sensors)
-        self.route_retention = to_seconds(route_retention, what="route_retention") or 0.0
-        self.on_lineage_error = on_lineage_error
-        self.lease_seconds = float(lease_seconds)
-        self.stats: dict[str, int] = {"observer_errors": 0, "lineage_errors": 0}
-        self._stats_lock = threading.Lock()
+        self._policies = Policies(
+            lease_seconds=float(lease_seconds),
+            on_lineage_error=on_lineage_error,
+            route_retention=to_seconds(route_retention, what="route_retention") or 0.0,
+        )
         self.branch_index = branch_index(self.dag)
-        self.runner = StepRunner(self)
+        self.runner: StepRunner | None = None
+        self.use_executor(config.resolve_executor(executor, self.registry))
         self.lineage = Lineage(self)
 
     # --- configuration -------------------------------------------------------------
-    def _resolve_store(self, store: RunStore | str | None) -> tuple[str | None, RunStore]:
-        if store is None:
-            store = os.environ.get("FLOWSTONE_DATABASE_URL") or (
-                f"sqlite:///{flowstone_home() / 'flowstone.db'}"
-            )
-        if isinstance(store, str):
-            return store, store_from_url(store, self.registry)
-        if not isinstance(store, RunStore):
-            raise DefinitionError(f"store= must be a RunStore or a URL, got {type(store).__name__}")
-        return None, store
-
-    def _resolve_io(self, given: Mapping[str, IOManager | str]) -> dict[str, IOManager]:
-        managers: dict[str, IOManager] = {}
-        for name, spec in given.items():
-            managers[name] = (
-                self.registry.create("flowstone.io_managers", spec)
-                if isinstance(spec, str)
-                else spec
-            )
-            if not isinstance(managers[name], IOManager):
-                raise DefinitionError(f"io_managers[{name!r}] is not an IOManager: {spec!r}")
-        if "default" not in managers:
-            kind = getattr(self.store, "name", "")
-            if kind == "memory":
-                managers["default"] = self.registry.create("flowstone.io_managers", "memory")
-            elif kind == "sqlite":  # values beside the store: <store>.values.db
-                db = Path(getattr(self.store, "path", flowstone_home() / "flowstone.db"))
-                managers["default"] = self.registry.create(
-                    "flowstone.io_managers", "sqlite", db.with_name(db.stem + ".values.db")
-                )
-            else:  # a shared store wants shared values: the store's own IO manager
-                managers["default"] = self.registry.create(
-                    "flowstone.io_managers", kind, url=self.store_url
-                )
-        return managers
-
-    def _resolve(self, spec: Any, group: str, default: str) -> Any:
-        if spec is None:
-            spec = default
-        if isinstance(spec, str):
-            return self.registry.create(group, spec)
-        return spec
-
-    def use_executor(self, executor: Executor | str) -> None:
-        """Switch the executor (object or plugin name, e.g. ``"celery"``); the scatter and
-        parallel coordinators follow it unless they were given explicitly."""
-        self.executor: Executor = self._resolve(executor, "flowstone.executors", "inprocess")
+    def use_executor(
+        self, executor: Executor | str, *, lease_seconds: float | None = None
+    ) -> None:
+        """Switch the executor (object or plugin name, e.g. ``"celery"``) and optionally
+        the lease; the scatter and parallel coordinators follow the executor unless they
+        were given explicitly. Rebuilds the :attr:`runtime`."""
+        chosen = config.resolve_executor(executor, self.registry)
         scatter, parallel = self._coordinators
-        self.scatter_coordinator = self._resolve(
-            scatter,
-            "flowstone.scatter_coordinators",
-            self._preferred("flowstone.scatter_coordinators", "scatter_coordinator", "inline"),
+        coordinators = config.resolve_coordinators(chosen, scatter, parallel, self.registry)
+        if lease_seconds is not None:
+            self._policies = dataclasses.replace(self._policies, lease_seconds=float(lease_seconds))
+        capabilities = Capabilities.detect(self.store, self._io, chosen)
+        self.runtime = Runtime(
+            name=self.name,
+            graph=self.dag,
+            store=self.store,
+            values=ValueLayer(self._io, capabilities, self.events),
+            events=self.events,
+            resources=self.resources,
+            policies=self._policies,
+            capabilities=capabilities,
+            executor=chosen,
+            scatter_coordinator=coordinators.scatter,
+            parallel_coordinator=coordinators.parallel,
+            branch_index=self.branch_index,
+            store_url=self.store_url,
         )
-        self.parallel_coordinator = self._resolve(
-            parallel,
-            "flowstone.parallel_coordinators",
-            self._preferred("flowstone.parallel_coordinators", "parallel_coordinator", "thread"),
-        )
+        if self.runner is not None:
+            self.runner.close()
+        self.runner = StepRunner(self.runtime)
 
-    def _preferred(self, group: str, attribute: str, fallback: str) -> str:
-        """The coordinator the executor prefers (e.g. Celery's), if that plugin is
-        installed; otherwise the in-process one, which works with any executor."""
-        preferred = getattr(self.executor, attribute, None)
-        if isinstance(preferred, str) and preferred in self.registry.names(group):
-            return preferred
-        return fallback
+    @property
+    def executor(self) -> Executor:
+        return self.runtime.executor
+
+    @property
+    def scatter_coordinator(self) -> Any:
+        return self.runtime.scatter_coordinator
+
+    @property
+    def parallel_coordinator(self) -> Any:
+        return self.runtime.parallel_coordinator
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.runtime.policies.lease_seconds
+
+    @property
+    def route_retention(self) -> float:
+        return self.runtime.policies.route_retention
+
+    @property
+    def on_lineage_error(self) -> str:
+        return self.runtime.policies.on_lineage_error
+
+    @property
+    def observers(self) -> tuple[Observer, ...]:
+        return self.events.observers
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """``observer_errors`` and ``lineage_errors`` counted by the emitter."""
+        return self.events.stats
+
+    @property
+    def default_io_manager(self) -> str:
+        return self.runtime.values.default
 
     def io_manager(self, name: str) -> IOManager:
-        try:
-            return self._io[name]
-        except KeyError:
-            raise DefinitionError(
-                f"no IO manager {name!r} in pipeline {self.name!r}; declared: {sorted(self._io)}"
-            ) from None
+        return self.runtime.values.manager(name)
 
     @property
     def io_manager_names(self) -> tuple[str, ...]:
         """The names of this pipeline's IO managers (``io_manager(name)`` gets one)."""
-        return tuple(self._io)
+        return self.runtime.values.names
+
+    @property
+    def _runner(self) -> StepRunner:
+        assert self.runner is not None  # built in __init__
+        return self.runner
 
     # --- running ---------------------------------------------------------------------
     def run(
@@ -244,10 +244,13 @@ class Pipeline:
         polls the store until the run settles (``timeout`` seconds at most).
         Returns a :class:`RunResult` (never raises for asset failures: check ``.status``).
         """
-        targets = self._targets(target)
+        names = running.targets(self.runtime, target)
         seconds = to_seconds(timeout, what="timeout")
-        record, ready = self._start(targets, partition, force, with_deps, run_id, tags)
-        self._dispatch_with_timeout(record.run_id, ready, seconds)
+        record, ready = running.start(
+            self.runtime, names, partition,
+            force=force, with_deps=with_deps, run_id=run_id, tags=tags,
+        )  # fmt: skip
+        running.dispatch(self._runner, record.run_id, ready, seconds)
         if not self.executor.blocking:
             if not wait and ready:  # started, and nothing ran here: no need to read it back
                 return RunResult(self, record)
@@ -284,92 +287,19 @@ class Pipeline:
                 "partition use run(target, partition)"
             )
         keys = list(partitions)
-        targets = self._targets(target)
+        names = running.targets(self.runtime, target)
         seconds = to_seconds(timeout, what="timeout")
         for key in keys:  # every key checked before any run starts: all or nothing
-            self._run_key(targets, key)
-        started = [self._start(targets, key, force, True, None, tags) for key in keys]
-        many = getattr(self.executor, "dispatch_many", None)
-        if self.executor.blocking or many is None:
-            for record, ready in started:
-                self._dispatch_with_timeout(record.run_id, ready, seconds)
-        else:
-            many(self, [(record.run_id, ready) for record, ready in started if ready])
+            running.run_key(self.runtime, names, key)
+        started = [running.start(self.runtime, names, k, force=force, tags=tags) for k in keys]
+        running.dispatch_many(self._runner, started, seconds)
         if wait or self.executor.blocking:
             return self.wait([record.run_id for record, _ in started], timeout=seconds)
         return [RunResult(self, record) for record, _ in started]
 
-    def _start(
-        self,
-        targets: list[str],
-        partition: PartitionKey | None,
-        force: bool,
-        with_deps: bool,
-        run_id: str | None,
-        tags: Mapping[str, str] | None,
-    ) -> tuple[RunRecord, tuple[StepRecord, ...]]:
-        """Plan and create a run; return it with its ready steps (not dispatched yet)."""
-        planner = Planner(self.dag, self.store, self.name)
-        steps = planner.plan(targets, partition, force=force, with_deps=with_deps)
-        enc = encode_partition(self._run_key(targets, partition))
-        rid = run_id or uuid.uuid4().hex
-        if not re.match(r"^[A-Za-z0-9_\-]{1,64}$", rid):
-            raise UsageError(f"run_id {rid!r} must be 1-64 letters, digits, '_' or '-'")
-        now = datetime.now(UTC)
-        record = RunRecord(
-            rid, self.name, tuple(targets), enc, "running", now, now, tags=dict(tags or {})
-        )
-        ready = self.store.create_run(record, steps)
-        self.emit(
-            Event(
-                "run.started",
-                self.name,
-                rid,
-                partition=enc,
-                data={"targets": list(targets), "steps": len(steps)},
-            )
-        )
-        return record, ready
-
-    def _targets(self, target: str | Sequence[str] | None) -> list[str]:
-        if target is None:
-            return list(self.dag.order)
-        names = [target] if isinstance(target, str) else list(target)
-        if not names:
-            raise UsageError("run() needs at least one target asset (or None for all)")
-        return [self.dag[n].name for n in names]
-
-    def _run_key(self, targets: Sequence[str], key: PartitionKey | None) -> PartitionKey | None:
-        for t in targets:
-            key = validate_key(self.dag[t], key) if key is not None else key
-        return key
-
-    def _dispatch_with_timeout(self, run_id: str, ready: Any, seconds: float | None) -> None:
-        if not ready:
-            return
-        timer: threading.Timer | None = None
-        if seconds is not None and self.executor.blocking:
-            timer = threading.Timer(seconds, self._time_out, args=(run_id, seconds))
-            timer.daemon = True
-            timer.start()
-        try:
-            self.executor.dispatch(self, run_id, ready)
-        finally:
-            if timer is not None:
-                timer.cancel()
-                # the executor returns as soon as it sees the run cancelled; wait for a
-                # firing timer to also record why, so the result says "timed out"
-                timer.join()
-
-    def _time_out(self, run_id: str, seconds: float) -> None:
-        if self.store.cancel_run(run_id):
-            self.store.set_run_status(run_id, "cancelled", error=f"timed out after {seconds:g}s")
-            self.store.append_audit(run_id, "run_timed_out", detail={"timeout_s": seconds})
-
-    def dispatch(self, run_id: str, ready: Any) -> None:
+    def dispatch(self, run_id: str, ready: Sequence[Any]) -> None:
         """Hand ready steps to the executor (used by resume paths and sweepers)."""
-        if ready:
-            self.executor.dispatch(self, run_id, ready)
+        self._runner.dispatch(run_id, tuple(ready))
 
     def result(self, run_id: str) -> RunResult:
         run = self.store.get_run(run_id)
@@ -408,7 +338,10 @@ class Pipeline:
                     f"got {item!r} ({type(item).__name__})"
                 )
         scatters = frozenset(a.name for a in self.dag.assets.values() if a.scatter)
-        records = wait_for_runs(self.store, ids, timeout=seconds, deferred_assets=scatters)
+        records = wait_for_runs(
+            self.store, ids, timeout=seconds, deferred_assets=scatters,
+            bulk=self.runtime.capabilities.bulk_run_reads,
+        )  # fmt: skip
         return [RunResult(self, record) for record in records]
 
     def runs(self, *, status: str | None = None, limit: int = 50) -> list[RunRecord]:
@@ -441,7 +374,7 @@ class Pipeline:
             UsageError: ``asset`` is not a scatter asset, the run is not finished, did not
                 execute that scatter itself, or ran it for another partition.
         """
-        name = check_retry(self, run_id, asset, partition)
+        name = check_retry(self.runtime, run_id, asset, partition)
         return self.run(name, partition, force=True, with_deps=False, tags={RETRY_TAG: run_id})
 
     def backfill(
@@ -457,30 +390,14 @@ class Pipeline:
         force: bool = False,
         progress: Callable[[BackfillProgress], Any] | None = None,
     ) -> BackfillResult:
-        """Run ``target`` for many partitions.
-
-        Args:
-            partitions: a partition set or a list of keys (default: the target's set,
-                optionally limited to ``start``..``end``).
-            parallel: partitions in flight at once (capped at 2 x CPUs).
-            timeout: per partition (default 30 minutes); a partition that exceeds it is
-                cancelled and counted failed.
-            skip_existing: skip partitions that already have a value (unless ``force``).
-            progress: called with a :class:`~flowstone.backfill.BackfillProgress` after
-                each partition.
-        """
+        """Run ``target`` for many partitions (see :func:`flowstone.backfill.run_backfill`:
+        ``partitions`` a set or list (default: the target's set, optionally ``start``..
+        ``end``); ``parallel`` in flight (capped at 2 x CPUs); ``timeout`` per partition;
+        ``skip_existing`` unless ``force``; ``progress`` called after each partition)."""
         return run_backfill(
-            self,
-            target,
-            partitions,
-            start=start,
-            end=end,
-            parallel=parallel,
-            timeout=timeout,
-            skip_existing=skip_existing,
-            force=force,
-            progress=progress,
-        )
+            self, target, partitions, start=start, end=end, parallel=parallel,
+            timeout=timeout, skip_existing=skip_existing, force=force, progress=progress,
+        )  # fmt: skip
 
     # --- reading values & state ----------------------------------------------------------
     def _latest(self, asset: str, partition: PartitionKey | None) -> MaterializationRecord | None:
@@ -516,48 +433,13 @@ class Pipeline:
         enc = None if all_partitions else encode_partition(partition)
         return self.store.invalidate(self.name, a.name, enc)
 
-    def load_materialization(self, mat: MaterializationRecord, *, run_id: str = "") -> Any:
-        if mat.location is None or mat.io_manager is None:
-            raise ValueNotFoundError(
-                f"materialization {mat.id} of {mat.asset!r} ({mat.state}) has no stored value"
-            )
-        manager = self.io_manager(mat.io_manager)
-        try:
-            return manager.load(mat.location)
-        except (UnsafeKeyError, ValueNotFoundError) as exc:
-            raise ValueNotFoundError(
-                f"cannot load {mat.asset!r} (materialization {mat.id}, run {mat.run_id}) from "
-                f"{mat.location!r} with IO manager {mat.io_manager!r} ({manager!r}): {exc}. If "
-                "the pipeline's io_managers changed since it was stored, configure the old "
-                "manager under that name again, or re-run with force=True"
-            ) from exc
+    def load_materialization(self, mat: MaterializationRecord) -> Any:
+        """The value ``mat`` points at (see :meth:`ValueLayer.load`)."""
+        return self.runtime.values.load(mat)
 
-    def load_materializations(
-        self, mats: Sequence[MaterializationRecord], *, run_id: str = ""
-    ) -> list[Any]:
-        """The values of ``mats``, in order: one ``load_many`` per IO manager that has it
-        (one round trip for a step's inputs), ``load`` per value otherwise."""
-        by_manager: dict[str, list[int]] = {}
-        for i, mat in enumerate(mats):
-            if mat.location is not None and mat.io_manager is not None:
-                by_manager.setdefault(mat.io_manager, []).append(i)
-        out: list[Any] = [None] * len(mats)
-        batched: set[int] = set()
-        for name, idx in by_manager.items():
-            load_many = getattr(self.io_manager(name), "load_many", None)
-            if load_many is None or len(idx) < 2:
-                continue
-            try:
-                values = load_many([mats[i].location for i in idx])
-            except (UnsafeKeyError, ValueNotFoundError):
-                continue  # loaded one by one below, so the error names the record
-            for i, value in zip(idx, values, strict=True):
-                out[i] = value
-            batched.update(idx)
-        for i, mat in enumerate(mats):
-            if i not in batched:
-                out[i] = self.load_materialization(mat, run_id=run_id)
-        return out
+    def load_materializations(self, mats: Sequence[MaterializationRecord]) -> list[Any]:
+        """The values of ``mats``, in order, batched per IO manager where it can."""
+        return self.runtime.values.load_many(mats)
 
     def graph(self, format: Literal["ascii", "mermaid", "dot"] = "ascii") -> str:
         return self.dag.render(format)
@@ -576,8 +458,8 @@ class Pipeline:
         by: str | None = None,
     ) -> RunResult:
         """Approve a pending approval (by id or by run/asset/partition) and resume the run."""
-        approval = resume.find_approval(self, approval_id, run_id, asset, partition)
-        resume.decide(self, approval, "approved", by=by)
+        approval = resume.find_approval(self._runner, approval_id, run_id, asset, partition)
+        resume.decide(self._runner, approval, "approved", by=by)
         return self.result(approval.run_id)
 
     def reject(
@@ -591,19 +473,18 @@ class Pipeline:
         reason: str | None = None,
     ) -> RunResult:
         """Reject a pending approval: the asset fails, the run finishes as failed."""
-        approval = resume.find_approval(self, approval_id, run_id, asset, partition)
-        resume.decide(self, approval, "rejected", by=by, reason=reason)
+        approval = resume.find_approval(self._runner, approval_id, run_id, asset, partition)
+        resume.decide(self._runner, approval, "rejected", by=by, reason=reason)
         return self.result(approval.run_id)
 
     def signal(self, token: str, payload: Any = None) -> RunResult:
         """Resume the asset waiting on the gate with ``token``; a token works once."""
-        run_id = resume.signal(self, token, payload)
-        return self.result(run_id)
+        return self.result(resume.signal(self._runner, token, payload))
 
     # --- housekeeping (daemon / sweeper) ---------------------------------------------------
     def expire_due(self, now: datetime | None = None) -> int:
         """Fail expired approvals and expire gates (running ``on_timeout``)."""
-        return resume.expire_due(self, now or datetime.now(UTC))
+        return resume.expire_due(self._runner, now or datetime.now(UTC))
 
     def prune(self, now: datetime | None = None) -> int:
         """Delete route decisions older than ``route_retention``."""
@@ -613,7 +494,7 @@ class Pipeline:
     def recover(self, now: datetime | None = None, *, ready_for_seconds: float = 30.0) -> int:
         """Re-dispatch steps whose message was lost or whose worker died; finish waiting
         steps whose approval was decided by a process that died before resuming them."""
-        return resume.recover(self, now or datetime.now(UTC), ready_for_seconds)
+        return resume.recover(self._runner, now or datetime.now(UTC), ready_for_seconds)
 
     def health(self) -> dict[str, Any]:
         """``{"ok": bool, "store": ..., "executor": ..., "resources": {...}}``."""
@@ -623,8 +504,8 @@ class Pipeline:
             report["store"] = "ok"
         except Exception as exc:
             report["store"] = f"error: {exc}"
-        check = getattr(self.executor, "health", None)
-        report["executor"] = check() if callable(check) else "ok"
+        check = self.runtime.capabilities.executor_health
+        report["executor"] = check.health() if check is not None else "ok"
         report["resources"] = self.resources.health()
         report["ok"] = (
             report["store"] == "ok"
@@ -635,47 +516,30 @@ class Pipeline:
 
     # --- events ---------------------------------------------------------------------------
     def emit(self, event: Event) -> str | None:
-        """Hand ``event`` to every observer. An observer that raises is logged and
-        counted (``stats["observer_errors"]``, or ``"lineage_errors"`` for lineage) and
-        never stops the others; the last failure is returned as text."""
-        lineage = event.kind == "lineage.recorded"
-        error = None
-        for obs in self.observers:
-            try:
-                obs.on_event(event)
-            except Exception as exc:
-                self._count("lineage_errors" if lineage else "observer_errors")
-                kind = "lineage observer" if lineage else "observer"
-                log.exception("%s %r failed on %s of %s", kind, obs, event.kind, event.asset)
-                error = f"{type(obs).__name__}: {exc}"
-        return error
-
-    def emit_lineage(
-        self, run_id: str, asset: str, partition: str, upstream: list[str]
-    ) -> str | None:
-        """Send the lineage event; return an error description if an observer failed."""
-        return self.emit(
-            Event(
-                "lineage.recorded",
-                self.name,
-                run_id,
-                asset,
-                partition,
-                {"upstream": list(upstream)},
-            )
-        )
-
-    def _count(self, key: str) -> None:
-        with self._stats_lock:
-            self.stats[key] = self.stats.get(key, 0) + 1
+        """Hand ``event`` to every observer (see :class:`~flowstone.events.Emitter`)."""
+        return self.events.send(event)
 
     def close(self) -> None:
-        """Tear down resources, stop lease renewal, close executor and store."""
-        self.runner.close()
-        for err in self.resources.close():
+        """Stop lease renewal, tear down resources, close the IO managers, the executor,
+        the coordinators and the store (each at most once; errors are logged)."""
+        self._runner.close()
+        errors = list(self.resources.close())
+        closed: set[int] = set()
+        rt = self.runtime
+        parts: list[object] = [
+            *self._io.values(), rt.scatter_coordinator, rt.parallel_coordinator, rt.executor,
+            self.store,
+        ]  # fmt: skip
+        for part in parts:
+            if id(part) in closed or not isinstance(part, Closeable):
+                continue
+            closed.add(id(part))
+            try:
+                part.close()
+            except Exception as exc:
+                errors.append(f"closing {type(part).__name__} failed: {exc}")
+        for err in errors:
             log.warning("%s", err)
-        self.executor.close()
-        self.store.close()
 
     def __repr__(self) -> str:
         return f"<Pipeline {self.name} assets={len(self.dag.order)}>"

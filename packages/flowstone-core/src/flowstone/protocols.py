@@ -16,45 +16,78 @@ Conventions shared by all protocols:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from flowstone.records import (
-    Approval,
-    AuditEntry,
     Continuation,
-    Gate,
-    ItemResult,
     MaterializationRecord,
     RunRecord,
-    RunStatus,
+    StagedValue,
     StepOutcome,
     StepRecord,
-    StepSpec,
     StepTransition,
+)
+from flowstone.run_store import (
+    AuditLog,
+    DefaultIOManager,
+    ItemResults,
+    MaterializationLog,
+    RouteDecisions,
+    RunScheduling,
+    RunStore,
+    StepNotes,
+    StoreLifecycle,
+    TicksAndCursors,
+    Waits,
 )
 
 if TYPE_CHECKING:
+    from flowstone.engine.requests import ParallelRequest, ScatterRequest
+    from flowstone.engine.runner import StepRunner
     from flowstone.events import Event
 
 __all__ = [
+    "AuditLog",
+    "BatchDispatch",
+    "BatchLoading",
+    "BulkRunReads",
+    "ClaimedReads",
+    "Closeable",
+    "ContinuationReads",
+    "DefaultIOManager",
     "Executor",
+    "HealthCheck",
     "IOManager",
     "ItemReader",
+    "ItemResults",
+    "MaterializationLog",
     "Observer",
     "ParallelCoordinator",
+    "PreferredCoordinators",
+    "PrefetchDecoding",
+    "RouteDecisions",
+    "RunScheduling",
     "RunStore",
     "ScatterCoordinator",
+    "StagingStore",
+    "StepNotes",
     "StorageKey",
+    "StoreLifecycle",
+    "TicksAndCursors",
+    "ValueStaging",
+    "Waits",
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class StorageKey:
-    """Where an IO manager should put one value: run-scoped, so a re-run never overwrites
-    the value an existing materialization record points to.
+    """Where an IO manager should put one value: run- and attempt-scoped, so neither a
+    re-run nor a losing duplicate attempt can overwrite the value an existing
+    materialization record points to (the record names the exact location its attempt
+    wrote).
 
+    ``attempt`` is the step's attempt (0 for values stored outside a claimed step);
     ``item`` is set for per-item values (scatter item results).
     """
 
@@ -63,6 +96,7 @@ class StorageKey:
     partition: str
     run_id: str
     item: int | None = None
+    attempt: int = 0
 
 
 @runtime_checkable
@@ -137,7 +171,10 @@ class Executor(Protocol):
     name: str
     blocking: bool
 
-    def dispatch(self, pipeline: Any, run_id: str, steps: Sequence[StepRecord]) -> None: ...
+    def dispatch(self, runner: StepRunner, run_id: str, steps: Sequence[StepRecord]) -> None:
+        """Run (blocking) or enqueue (non-blocking) ``steps`` of ``run_id``; ``runner``
+        runs a step and knows the pipeline's runtime (``runner.runtime``)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -153,7 +190,7 @@ class ScatterCoordinator(Protocol):
 
     name: str
 
-    def execute(self, request: Any) -> object: ...
+    def execute(self, request: ScatterRequest) -> object: ...
 
 
 @runtime_checkable
@@ -162,237 +199,161 @@ class ParallelCoordinator(Protocol):
 
     name: str
 
-    def branch_results(self, request: Any) -> dict[str, object]: ...
+    def branch_results(self, request: ParallelRequest) -> dict[str, object]: ...
+
+
+# --- optional capabilities ---------------------------------------------------------------
+# Each is a small protocol a plugin MAY implement on top of its base protocol. The pipeline
+# checks them once, when it is built (``flowstone.runtime.Capabilities``); the engine never
+# looks for a method by name. A plugin without them works everywhere, just with more round
+# trips.
 
 
 @runtime_checkable
-class RunStore(Protocol):
-    """Durable state of runs: the source of truth every executor schedules from.
+class BatchLoading(Protocol):
+    """IO manager: load several values in one round trip.
 
-    Steps form each run's plan. ``finish_step`` is the one scheduling primitive: in one
-    transaction it records the materialization (and lineage, approval or gate), moves the
-    step to its new state, decrements its dependents' ``remaining_deps`` and returns those
-    that reached zero, each to exactly one caller. A redelivered completion (step already
-    terminal) changes nothing.
-
-    Optional methods, which callers look up with ``getattr`` and do without when absent:
-
-    * ``get_runs(run_ids: Sequence[str]) -> list[RunRecord]``: several runs in one read,
-      unknown ids left out, any order (``Pipeline.wait`` polls with it);
-    * ``accepts_staging(target: str) -> bool``: whether ``finish_step`` writes an IO
-      manager's :class:`~flowstone.records.StagedValue` in its own transaction.
+    Buys: a step with several inputs (a join, an all-partitions or time-window mapping)
+    loads them with one call per IO manager instead of one per input. Must agree with
+    ``load``: same values, in the order asked, and ``ValueNotFoundError`` naming the
+    missing location.
     """
 
-    name: str
+    def load_many(self, locations: Sequence[str]) -> list[object]: ...
 
-    # --- lifecycle -----------------------------------------------------------------
-    def ping(self) -> None:
-        """Raise ``StorageError`` if the store is unreachable."""
+
+@runtime_checkable
+class ValueStaging(Protocol):
+    """IO manager: encode a value without writing it, for a run store that writes it in
+    the step's own ``finish_step`` transaction.
+
+    Buys: value and record commit together, in one round trip instead of two. Used only
+    when the pipeline's store is a :class:`StagingStore` that accepts
+    ``staging_target`` (for example a Postgres store and a Postgres IO manager on the
+    same database); otherwise the engine calls ``store`` as usual.
+    """
+
+    @property
+    def staging_target(self) -> str:
+        """What the store must be able to write to (e.g. a database identity)."""
         ...
 
-    def close(self) -> None: ...
-
-    # --- runs ------------------------------------------------------------------------
-    def create_run(self, run: RunRecord, steps: Sequence[StepSpec]) -> tuple[StepRecord, ...]:
-        """Create the run and its plan in one transaction; return the steps that are ready.
-
-        A dep on a step created ``succeeded`` (reused) counts as satisfied. If no step is
-        runnable the run is written ``succeeded`` at once. Duplicate run ids raise
-        ``StorageError``.
-        """
+    def stage(self, key: StorageKey, value: object) -> StagedValue:
+        """Encode ``value`` (raising ``EncodingError`` as ``store`` would); write nothing."""
         ...
 
-    def get_run(self, run_id: str) -> RunRecord | None: ...
 
-    def list_runs(
-        self, *, pipeline: str | None = None, status: RunStatus | None = None, limit: int = 50
-    ) -> list[RunRecord]:
-        """Newest first."""
-        ...
+@runtime_checkable
+class PrefetchDecoding(Protocol):
+    """IO manager: decode values a run store read for a continuation.
 
-    def set_run_status(
-        self, run_id: str, status: RunStatus, *, error: str | None = None
-    ) -> None: ...
+    Buys: a step claimed by its predecessor's ``finish_step`` (a continuation) reads no
+    input the store already sent along. ``prefetch_source`` names where the store may
+    read them (None: not yet known); ``decode_prefetched`` turns what it read (or what
+    ``stage`` put in :attr:`StagedValue.encoded`) into the value, exactly as ``load``.
+    """
 
-    def cancel_run(self, run_id: str) -> bool:
-        """Mark the run cancelled and every non-terminal step ``cancelled``; False if the run
-        was already terminal."""
-        ...
+    @property
+    def prefetch_source(self) -> str | None: ...
 
-    def reopen_run(self, run_id: str) -> tuple[StepRecord, ...]:
-        """Put a failed/cancelled run's failed, upstream_failed and cancelled steps back to
-        pending (recomputing ``remaining_deps``), set the run running, return ready steps."""
-        ...
+    def decode_prefetched(self, location: str, encoded: object) -> object: ...
 
-    # --- steps -----------------------------------------------------------------------
-    def get_step(self, run_id: str, asset: str, partition: str) -> StepRecord | None: ...
 
-    def get_step_results(
-        self, run_id: str, keys: Sequence[tuple[str, str]]
-    ) -> list[tuple[StepRecord, MaterializationRecord | None]]:
-        """The steps of ``run_id`` at these ``(asset, partition)`` keys, each with the
-        materialization record it points at (None if none), in one read: how a step reads
-        its dependencies. Keys without a step are left out; any order."""
-        ...
+@runtime_checkable
+class StagingStore(Protocol):
+    """Run store: writes :class:`~flowstone.records.StagedValue` s inside ``finish_step``.
 
-    def list_steps(self, run_id: str) -> list[StepRecord]: ...
+    Buys: one transaction per step for value and record (see :class:`ValueStaging`).
+    The store reads :attr:`StagedValue.payload`, a private type of the IO manager plugin
+    it shares a database with; it must refuse a target it does not accept.
+    """
 
-    def claim_step(
-        self, run_id: str, asset: str, partition: str, *, owner: str, lease_seconds: float
-    ) -> StepRecord | None:
-        """ready -> running (attempt + 1), also running-with-expired-lease -> running.
+    def accepts_staging(self, target: str) -> bool: ...
 
-        Returns None if the step is not claimable now (pending, already running under a
-        live lease, waiting, terminal, ``not_before`` in the future, or the run cancelled).
-        """
-        ...
 
-    def renew_lease(
-        self, run_id: str, asset: str, partition: str, *, owner: str, lease_seconds: float
-    ) -> bool: ...
+@dataclass(frozen=True, slots=True)
+class ClaimedReads:
+    """What a :class:`ContinuationReads` store read for the continuation it claimed, in
+    the same transaction: its dependency steps with their records (as
+    ``get_step_results`` returns them) and the encoded input values it could read from
+    the given prefetch sources, by location."""
 
-    def retry_step(
-        self, run_id: str, asset: str, partition: str, *, not_before: datetime, error: str
-    ) -> bool:
-        """running -> ready, runnable again from ``not_before``. False if not running."""
-        ...
+    inputs: tuple[tuple[StepRecord, MaterializationRecord | None], ...] = ()
+    values: Mapping[str, object] = field(default_factory=dict)
 
-    def finish_step(
+
+@runtime_checkable
+class ContinuationReads(Protocol):
+    """Run store: ``finish_step`` that also returns what the claimed continuation reads.
+
+    Buys: a chain of steps on one worker costs one statement per step (finish, claim the
+    next, read its inputs), not three. ``sources`` maps IO manager names to their
+    :attr:`PrefetchDecoding.prefetch_source`; the store reads values only from sources
+    it understands. Otherwise exactly ``finish_step``.
+    """
+
+    def finish_step_reading(
         self,
         run_id: str,
         asset: str,
         partition: str,
         outcome: StepOutcome,
         *,
-        then: Continuation | None = None,
-    ) -> StepTransition:
-        """Record a step's outcome and schedule its dependents (see class docstring).
+        then: Continuation,
+        sources: Mapping[str, str],
+    ) -> tuple[StepTransition, ClaimedReads | None]: ...
 
-        With ``then``, the first dependent that became ready (by asset, then partition)
-        is claimed for ``then.owner`` in the same transaction and returned as
-        ``StepTransition.claimed`` instead of in ``ready`` (not in a cancelled run).
 
-        Accepted from ``running``, ``ready`` and ``waiting``. For ``waiting`` the approval /
-        gate in the outcome is created and the step waits (dependents untouched); an
-        approval gets its id assigned by the store. The run's status is recomputed: some
-        step ready/running -> ``running``; else some waiting -> ``waiting``; else
-        ``failed`` if any step failed/upstream_failed, ``cancelled`` if cancelled, else
-        ``succeeded``.
-        """
-        ...
+@runtime_checkable
+class BulkRunReads(Protocol):
+    """Run store: several runs in one read.
 
-    def stale_steps(self, now: datetime, *, ready_for_seconds: float) -> list[StepRecord]:
-        """Steps a sweeper should re-dispatch: ``ready`` for longer than
-        ``ready_for_seconds`` (and past ``not_before``), or ``running`` with an expired
-        lease, in runs that are running."""
-        ...
+    Buys: ``Pipeline.wait`` over a thousand runs polls with one statement per 16 runs
+    instead of one per run. Unknown ids are left out; any order.
+    """
 
-    # --- materializations & lineage ----------------------------------------------------
-    def get_materialization(self, materialization_id: str) -> MaterializationRecord | None: ...
+    def get_runs(self, run_ids: Sequence[str]) -> list[RunRecord]: ...
 
-    def find_materialization(
-        self, pipeline: str, asset: str, partition: str, *, run_id: str | None = None
-    ) -> MaterializationRecord | None:
-        """With ``run_id``: that run's record in any state. Without: the newest succeeded,
-        not invalidated record."""
-        ...
 
-    def list_materializations(
-        self,
-        pipeline: str,
-        *,
-        asset: str | None = None,
-        partition: str | None = None,
-        run_id: str | None = None,
-        limit: int = 100,
-    ) -> list[MaterializationRecord]:
-        """Newest first."""
-        ...
+@runtime_checkable
+class BatchDispatch(Protocol):
+    """Executor: hand over the ready steps of many runs at once.
 
-    def invalidate(self, pipeline: str, asset: str, partition: str | None = None) -> int:
-        """Mark succeeded records invalidated (all partitions when ``partition`` is None);
-        return how many."""
-        ...
+    Buys: ``Pipeline.run_many`` packs steps of different runs into fewer messages.
+    """
 
-    def upstream(self, materialization_id: str) -> list[MaterializationRecord]: ...
-
-    def downstream(self, materialization_id: str) -> list[MaterializationRecord]: ...
-
-    # --- approvals & gates -------------------------------------------------------------
-    def get_approval(self, approval_id: int) -> Approval | None: ...
-
-    def find_approval(self, run_id: str, asset: str, partition: str) -> Approval | None: ...
-
-    def list_approvals(
-        self, *, pipeline: str | None = None, status: str | None = None
-    ) -> list[Approval]: ...
-
-    def decide_approval(
-        self,
-        approval_id: int,
-        status: Literal["approved", "rejected", "expired"],
-        *,
-        by: str | None = None,
-        reason: str | None = None,
-    ) -> Approval:
-        """pending -> status exactly once; raise ``ApprovalError`` if not pending/unknown."""
-        ...
-
-    def due_approvals(self, now: datetime) -> list[Approval]:
-        """Pending approvals whose ``expires_at`` is at or before ``now``."""
-        ...
-
-    def get_gate(self, token_hash: str) -> Gate | None: ...
-
-    def consume_gate(
-        self, token_hash: str, *, payload: Any, status: Literal["signaled", "expired"]
-    ) -> Gate:
-        """pending -> status exactly once; raise ``SignalError`` if unknown or used."""
-        ...
-
-    def due_gates(self, now: datetime) -> list[Gate]: ...
-
-    # --- routing -----------------------------------------------------------------------
-    def record_route_decision(self, run_id: str, router: str, partition: str, branch: str) -> str:
-        """First write wins; returns the persisted branch."""
-        ...
-
-    def get_route_decision(self, run_id: str, router: str, partition: str) -> str | None: ...
-
-    def prune_route_decisions(self, older_than: datetime) -> int: ...
-
-    # --- cursors & ticks ---------------------------------------------------------------
-    def get_cursor(self, name: str) -> str | None: ...
-
-    def set_cursor(self, name: str, value: str, *, expected: str | None = None) -> bool:
-        """Compare-and-set: write only if the current value equals ``expected`` (None =
-        absent). Returns whether it was written."""
-        ...
-
-    def claim_tick(self, name: str, tick: str) -> bool:
-        """Insert-if-absent: True for exactly one caller per (name, tick)."""
-        ...
-
-    # --- audit -------------------------------------------------------------------------
-    def append_audit(
-        self,
-        run_id: str,
-        kind: str,
-        *,
-        asset: str | None = None,
-        partition: str | None = None,
-        detail: Mapping[str, Any] | None = None,
+    def dispatch_many(
+        self, runner: StepRunner, batches: Sequence[tuple[str, Sequence[StepRecord]]]
     ) -> None: ...
 
-    def list_audit(self, run_id: str) -> list[AuditEntry]: ...
 
-    # --- scatter item results ------------------------------------------------------------
-    def save_item_results(
-        self, run_id: str, asset: str, partition: str, results: Sequence[ItemResult]
-    ) -> None:
-        """Upsert by item index."""
-        ...
+@runtime_checkable
+class HealthCheck(Protocol):
+    """Executor (or any plugin object): report its own health for ``Pipeline.health``.
 
-    def load_item_results(self, run_id: str, asset: str, partition: str) -> list[ItemResult]:
-        """Ordered by index."""
-        ...
+    Returns ``"ok"``, an error text, or a mapping with an ``"ok"`` boolean and details
+    (e.g. broker reachable, workers answering).
+    """
+
+    def health(self) -> str | Mapping[str, Any]: ...
+
+
+@runtime_checkable
+class PreferredCoordinators(Protocol):
+    """Executor: the scatter and parallel coordinator plugins it works best with (used
+    when the pipeline names none and that plugin is installed), e.g. Celery's durable
+    ones."""
+
+    @property
+    def scatter_coordinator(self) -> str: ...
+
+    @property
+    def parallel_coordinator(self) -> str: ...
+
+
+@runtime_checkable
+class Closeable(Protocol):
+    """IO manager or coordinator: holds something to release (connections, pools,
+    threads). ``Pipeline.close`` calls ``close`` on each that has it, once."""
+
+    def close(self) -> None: ...

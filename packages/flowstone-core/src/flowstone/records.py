@@ -173,22 +173,19 @@ class Gate:
 class StagedValue:
     """A value its IO manager encoded but did not write: the run store writes it in the
     transaction that records the step (``finish_step``), so value and record commit
-    together in one round trip.
+    together in one round trip (see :class:`~flowstone.protocols.ValueStaging` and
+    :class:`~flowstone.protocols.StagingStore`).
 
-    The engine stages a value only when the store says it can write where the IO manager
-    would (``RunStore.accepts_staging(io_manager.staging_target)``, both optional, e.g. a
-    Postgres store and a Postgres IO manager on the same database); otherwise the IO
-    manager stores it itself first, as usual. ``statement`` is the IO manager's write, with
-    named ``:params`` bound from ``params``. ``encoded`` is the value as the IO manager's
-    optional ``decode_prefetched(location, encoded)`` reads it back (None: it has none): the
-    engine hands it to a continuation that reads this value, instead of loading it.
+    ``payload`` is the write itself, a private type of the IO manager's plugin that only a
+    store accepting ``target`` understands. ``encoded`` is the value as the IO manager's
+    ``decode_prefetched`` reads it back (None: it has none), for a continuation that reads
+    this value.
     """
 
     location: str
     target: str
-    statement: str
-    params: Mapping[str, Any]
-    encoded: Any = None
+    payload: object
+    encoded: object = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,19 +218,13 @@ class StepTransition:
     runnable; the new status was written in the same transaction. A failed step releases
     its dependents like any terminal step; the engine then decides their fate.
     ``claimed`` is the dependent claimed for the caller's :class:`Continuation` (not also
-    in ``ready``), when it asked for one and one became ready. A store may add
-    ``claimed_inputs``: the claimed step's dependencies with their materialization records,
-    as ``get_step_results`` would return them, read in the same transaction (None: not
-    provided; the engine reads them itself), and ``claimed_values``: the stored values of
-    those inputs it could read (see :attr:`Continuation.prefetch`), encoded, by location.
+    in ``ready``), when it asked for one and one became ready.
     """
 
     applied: bool
     ready: tuple[StepRecord, ...] = ()
     run_status: RunStatus | None = None
     claimed: StepRecord | None = None
-    claimed_inputs: tuple[tuple[StepRecord, MaterializationRecord | None], ...] | None = None
-    claimed_values: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,17 +232,10 @@ class Continuation:
     """Asks ``finish_step`` to claim, in the same transaction, the first dependent that
     became ready (by asset, then partition) for ``owner`` under a ``lease_seconds`` lease,
     exactly as ``claim_step`` would: the caller runs it next without a claim round trip.
-
-    ``prefetch`` maps IO manager names to their ``prefetch_source`` (what the manager and
-    a store that accepts its staged values agree on, e.g. a table on the same database): a
-    store that can may return the claimed step's input values stored there, encoded, in
-    :attr:`StepTransition.claimed_values`, so the step loads none of them. Values it does
-    not return are loaded as usual.
     """
 
     owner: str
     lease_seconds: float
-    prefetch: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

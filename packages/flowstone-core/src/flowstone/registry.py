@@ -76,7 +76,7 @@ _BUILTINS: Final = (
     (
         "flowstone.parallel_coordinators",
         "thread",
-        "flowstone.defaults.thread_parallel:ThreadParallelCoordinator",
+        "flowstone.defaults.inline_parallel:InlineParallelCoordinator",
     ),
     ("flowstone.item_readers", "iterable", "flowstone.readers:Iterable"),
     ("flowstone.item_readers", "jsonlines", "flowstone.readers:JsonLines"),

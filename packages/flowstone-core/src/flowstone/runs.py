@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowstone.errors import AssetFailedError, ExecutionError, RunNotFoundError
 from flowstone.partitions import decode_partition
+from flowstone.protocols import BulkRunReads
 from flowstone.records import Approval, MaterializationRecord, RunRecord, StepRecord
 
 if TYPE_CHECKING:
@@ -39,17 +40,22 @@ def wait_for_runs(
     *,
     timeout: float | None,
     deferred_assets: frozenset[str] = frozenset(),
+    bulk: BulkRunReads | None = None,
 ) -> list[RunRecord]:
     """Poll the store until every run of ``run_ids`` settles (or ``timeout`` seconds pass);
     return their records in the order given.
 
     Each poll reads the first :data:`POLL_WINDOW` runs not yet settled, with one
-    ``get_runs`` when the store offers it (one ``get_run`` each otherwise), so waiting for
+    ``get_runs`` when the store offers it (``bulk``, a
+    :class:`~flowstone.protocols.BulkRunReads`; by default the store itself if it is one),
+    one ``get_run`` each otherwise, so waiting for
     a thousand runs costs a read every few milliseconds, not a thousand. The delay between
     polls starts at 10 ms, grows by half up to 250 ms while nothing settles, and starts
     over when something does. Runs settle in any order; an unknown id raises
     ``RunNotFoundError`` naming it.
     """
+    if bulk is None and isinstance(store, BulkRunReads):
+        bulk = store
     order = list(dict.fromkeys(run_ids))
     latest: dict[str, RunRecord] = {}
     pending = order
@@ -57,7 +63,7 @@ def wait_for_runs(
     delay = _FIRST_DELAY
     while pending:
         window = pending[:POLL_WINDOW]
-        found = _read_runs(store, window)
+        found = _read_runs(store, bulk, window)
         latest.update(found)
         unsettled = [rid for rid in window if not _settled(store, found[rid], deferred_assets)]
         pending = unsettled + pending[POLL_WINDOW:]
@@ -67,7 +73,7 @@ def wait_for_runs(
                 continue  # the whole window settled: read the next one at once
         if deadline is not None and time.monotonic() >= deadline:
             for start in range(len(unsettled), len(pending), POLL_WINDOW):  # never read yet
-                latest.update(_read_runs(store, pending[start:start + POLL_WINDOW]))
+                latest.update(_read_runs(store, bulk, pending[start:start + POLL_WINDOW]))
             break
         time.sleep(delay)
         delay = min(delay * 1.5, _MAX_DELAY)
@@ -79,10 +85,11 @@ _FIRST_DELAY = 0.01
 _MAX_DELAY = 0.25
 
 
-def _read_runs(store: RunStore, run_ids: Sequence[str]) -> dict[str, RunRecord]:
-    get_runs = getattr(store, "get_runs", None)  # optional: one read for many runs
-    if get_runs is not None:
-        found = {r.run_id: r for r in get_runs(run_ids)}
+def _read_runs(
+    store: RunStore, bulk: BulkRunReads | None, run_ids: Sequence[str]
+) -> dict[str, RunRecord]:
+    if bulk is not None:
+        found = {r.run_id: r for r in bulk.get_runs(run_ids)}
     else:
         found = {rid: r for rid in run_ids if (r := store.get_run(rid)) is not None}
     for rid in run_ids:

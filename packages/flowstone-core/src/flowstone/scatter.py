@@ -7,6 +7,7 @@ item results in item order (failed items as ``None``), or what ``gather`` return
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ __all__ = [
     "Scatter",
     "ScatterCounts",
     "ScatterProgress",
+    "item_key",
     "parse_rate",
 ]
 
@@ -281,3 +283,26 @@ class Scatter:
         if count is not None and failed > count:
             return True
         return share is not None and total is not None and total > 0 and failed / total > share
+
+
+def item_key(scatter: Scatter, item: Any, index: int, asset: str) -> str:
+    """The normalised, size-limited key of one item (seed: scatter keys were unbounded)."""
+    if scatter.key is not None:
+        key = scatter.key(item)
+        if not isinstance(key, str):
+            raise UsageError(f"Scatter(key=...) of asset {asset!r} must return a str, got {key!r}")
+    else:
+        try:
+            key = json.dumps(item, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(
+                f"scatter item {index} of asset {asset!r} is not JSON-serialisable ({exc}); "
+                "pass Scatter(key=lambda item: ...) returning a unique string per item"
+            ) from exc
+    if len(key) > MAX_ITEM_KEY_LENGTH:
+        raise UsageError(
+            f"scatter item {index} of asset {asset!r} has a key of {len(key)} characters; the "
+            f"limit is {MAX_ITEM_KEY_LENGTH}. Pass Scatter(key=lambda item: item['id']) "
+            "or scatter over ids and load the payload in the asset"
+        )
+    return key

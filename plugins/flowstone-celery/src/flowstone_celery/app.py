@@ -77,17 +77,16 @@ class FlowstoneCelery(Celery):  # type: ignore[misc]
                 f"two pipelines are named {pipeline.name!r}; a worker needs unique names "
                 "(rename one with Pipeline(name=...))"
             )
-        if pipeline.executor is not self.executor:
-            old = pipeline.executor
-            pipeline.executor = self.executor
+        old = pipeline.executor
+        lease = self.flowstone_settings.lease_seconds
+        if old is not self.executor or lease is not None:
+            pipeline.use_executor(self.executor, lease_seconds=lease)
+        if old is not self.executor:
             try:
                 old.close()
             except Exception:  # the replaced executor was never used; do not fail startup
                 log.debug("closing the replaced executor of %s failed", pipeline.name,
                           exc_info=True)
-        lease = self.flowstone_settings.lease_seconds
-        if lease is not None:
-            pipeline.lease_seconds = lease
         self.pipelines[pipeline.name] = pipeline
 
     def load_pipelines(self, specs: list[str]) -> None:

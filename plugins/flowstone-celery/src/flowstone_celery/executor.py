@@ -19,6 +19,7 @@ from flowstone_celery.messages import StepMessage
 from flowstone_celery.settings import CelerySettings, load_settings, safe_url
 
 if TYPE_CHECKING:
+    from flowstone.engine import StepRunner
     from flowstone_celery.app import FlowstoneCelery
 
 __all__ = ["CeleryExecutor"]
@@ -103,16 +104,18 @@ class CeleryExecutor:
             out.append((StepMessage.for_step(pipeline_name, step, run_id).to_json(), countdown))
         return out
 
-    def dispatch(self, pipeline: Any, run_id: str, steps: Sequence[StepRecord]) -> None:
+    def dispatch(self, runner: StepRunner, run_id: str, steps: Sequence[StepRecord]) -> None:
         """Publish ``steps`` of ``run_id``; raise ``StorageError`` if the broker refuses.
 
         A step lost here (broker down) stays ``ready`` in the store and the sweeper sends it
         again, so a failed dispatch never loses work.
         """
-        self._publish(self.messages(pipeline.name, run_id, steps), what=f"of run {run_id}")
+        self._publish(
+            self.messages(runner.runtime.name, run_id, steps), what=f"of run {run_id}"
+        )
 
     def dispatch_many(
-        self, pipeline: Any, runs: Sequence[tuple[str, Sequence[StepRecord]]]
+        self, runner: StepRunner, batches: Sequence[tuple[str, Sequence[StepRecord]]]
     ) -> None:
         """Publish the ready steps of many runs (``Pipeline.run_many``), up to
         ``FLOWSTONE_BATCH_STEPS`` steps of *different* runs per message: the i-th ready
@@ -121,8 +124,9 @@ class CeleryExecutor:
         (retries) go alone, with their countdown."""
         lanes: list[list[dict[str, Any]]] = []
         batch: list[tuple[object, float | None]] = []
-        for run_id, steps in runs:
-            for i, (body, countdown) in enumerate(self.messages(pipeline.name, run_id, steps)):
+        name = runner.runtime.name
+        for run_id, steps in batches:
+            for i, (body, countdown) in enumerate(self.messages(name, run_id, steps)):
                 if countdown is not None:
                     batch.append((body, countdown))
                     continue
@@ -134,7 +138,7 @@ class CeleryExecutor:
             for start in range(0, len(lane), size):
                 chunk = lane[start : start + size]
                 batch.append((chunk if len(chunk) > 1 else chunk[0], None))
-        self._publish(batch, what=f"of {len(runs)} runs")
+        self._publish(batch, what=f"of {len(batches)} runs")
 
     def _publish(self, batch: Sequence[tuple[object, float | None]], *, what: str) -> None:
         if not batch:

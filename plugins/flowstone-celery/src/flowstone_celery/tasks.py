@@ -17,16 +17,16 @@ transaction that made it runnable, and the sweeper re-dispatches it if the worke
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from flowstone.engine.runner import split_claimed
+from flowstone.engine import StepRunner, run_chain
+from flowstone.records import StepRecord
 from flowstone_celery.messages import MessageError, StepMessage, parse_batch, parse_message
 
 if TYPE_CHECKING:
     from celery import Task
 
+    from flowstone.pipeline import Pipeline
     from flowstone_celery.app import FlowstoneCelery
 
 __all__ = ["handle_step", "register", "run_steps"]
@@ -35,7 +35,7 @@ log = logging.getLogger("flowstone.celery")
 MAX_BACKOFF_SECONDS = 60.0
 
 
-def resolve(app: FlowstoneCelery, body: object) -> tuple[Any, StepMessage] | None:
+def resolve(app: FlowstoneCelery, body: object) -> tuple[Pipeline, StepMessage] | None:
     """Validate ``body`` and find its pipeline; log and return None if it cannot run here."""
     try:
         message = parse_message(body)
@@ -75,53 +75,32 @@ def handle_step(app: FlowstoneCelery, body: object) -> int:
         if found is None:
             continue
         pipeline, message = found
+        assert pipeline.runner is not None  # built with the pipeline
         published += run_steps(
-            pipeline, message.run_id, message.asset, message.partition,
+            pipeline.runner, message.run_id, message.asset, message.partition,
             inline=app.flowstone_settings.inline_steps,
         )
     return published
 
 
-def run_steps(pipeline: Any, run_id: str, asset: str, partition: str, *, inline: int) -> int:
-    """Run one step, then up to ``inline`` of the steps it made ready, one after the other.
-
-    Each finish also claims, in its own transaction, the first step it made ready (see
-    :class:`~flowstone.records.Continuation`); that one runs here next, every other one is
-    published. Returns how many steps were published. If a continuation cannot be run
-    (the store failed), it is put back to ``ready`` and published before the error
+def run_steps(runner: StepRunner, run_id: str, asset: str, partition: str, *, inline: int) -> int:
+    """Run one step, then up to ``inline`` of the steps it made ready, one after the other
+    (see :func:`flowstone.engine.run_chain`): each finish also claims, in its own
+    transaction, the first step it made ready; that one runs here next, every other one is
+    published at once. Returns how many steps were published. A continuation that cannot
+    run here (the store failed) is put back to ``ready`` and published before the error
     propagates, so it does not wait for its lease to expire.
     """
-    runner = pipeline.runner
     published = 0
-    ready = runner.run_step(run_id, asset, partition, claim_next=inline > 0)
-    while ready:
-        nxt, rest = split_claimed(ready)
-        if rest:
-            pipeline.dispatch(run_id, rest)
-            published += len(rest)
-        if nxt is None:
-            break
-        inline -= 1
-        try:
-            ready = runner.run_claimed(nxt, claim_next=inline > 0)
-        except Exception as exc:
-            _hand_back(pipeline, nxt, exc)
-            raise
+
+    def publish(steps: tuple[StepRecord, ...]) -> None:
+        nonlocal published
+        runner.dispatch(run_id, steps)
+        published += len(steps)
+
+    step = StepRecord(run_id, asset, partition, "ready", 0)
+    run_chain(runner, step, budget=inline, hand_off=publish, hand_back=True)
     return published
-
-
-def _hand_back(pipeline: Any, step: Any, exc: Exception) -> None:
-    """Best effort: make a continuation that failed to run ready again and publish it."""
-    try:
-        now = datetime.now(UTC)
-        if pipeline.store.retry_step(
-            step.run_id, step.asset, step.partition, not_before=now,
-            error=f"continuation could not run here: {type(exc).__name__}: {exc}",
-        ):
-            pipeline.dispatch(step.run_id, [replace(step, state="ready", not_before=None)])
-    except Exception:  # the store or broker is down too: the lease expires, the sweeper acts
-        log.warning("could not hand back step %s[%s] of run %s; the sweeper will re-send it "
-                    "once its lease expires", step.asset, step.partition, step.run_id)
 
 
 def register(app: FlowstoneCelery) -> None:

@@ -18,7 +18,9 @@ import functools
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
-from flowstone.errors import RunNotFoundError, StorageError, UsageError
+from flowstone import store_rules as rules
+from flowstone.errors import StorageError
+from flowstone.protocols import ClaimedReads
 from flowstone.records import (
     Continuation,
     RunRecord,
@@ -29,8 +31,10 @@ from flowstone.records import (
     StepSpec,
     StepTransition,
 )
+from flowstone_io_postgres._records import append_audit
 from flowstone_io_postgres._rows import STEP_COLS, to_materialization, to_step
-from flowstone_io_postgres._sql import PARAM, Db, Sql, dump_json
+from flowstone_io_postgres._sql import PARAM, Db, Sql
+from flowstone_io_postgres._values_table import StagedWrite
 
 __all__ = [
     "cancel_run",
@@ -78,36 +82,23 @@ SELECT run_id FROM r
 async def create_run(
     conn: Db, q: Sql, run: RunRecord, steps: Sequence[StepSpec], now: datetime
 ) -> tuple[StepRecord, ...]:
-    """Insert run, steps and edges in one statement; return the ready steps."""
-    keys = {(s.asset, s.partition): s for s in steps}
-    if len(keys) != len(steps):
-        raise UsageError(f"run {run.run_id!r}: the plan lists the same (asset, partition) twice")
-    assets, partitions, states, remaining, mats = [], [], [], [], []
-    edges: set[tuple[str, str, str, str]] = set()
-    ready: list[StepRecord] = []
-    for spec in steps:
-        deps = set(spec.deps)
-        missing = sorted(d for d in deps if d not in keys)
-        if missing:
-            raise UsageError(
-                f"run {run.run_id!r}: step {spec.asset!r} depends on "
-                + ", ".join(f"{a!r} (partition {p!r})" for a, p in missing)
-                + ", which the plan does not contain. Add the dependency to the plan "
-                "(as a reused 'succeeded' step if its value already exists)."
-            )
-        edges.update((da, dp, spec.asset, spec.partition) for da, dp in deps)
-        waiting_on = sum(1 for d in deps if keys[d].state != "succeeded")
-        state: str = spec.state
-        if state == "pending" and waiting_on == 0:
-            state = "ready"
-        assets.append(spec.asset)
-        partitions.append(spec.partition)
-        states.append(state)
-        remaining.append(0 if spec.state == "succeeded" else waiting_on)
-        mats.append(spec.reused_materialization_id)
-        if state == "ready":
-            ready.append(StepRecord(run.run_id, spec.asset, spec.partition, "ready", 0,
-                                    updated_at=now))  # fmt: skip
+    """Insert run, steps and edges in one statement; return the ready steps.
+
+    The plan is validated, and each step's first state counted, by
+    :func:`flowstone.store_rules.plan_steps`, as in every store.
+    """
+    planned = rules.plan_steps(run.run_id, steps)
+    assets = [p.spec.asset for p in planned]
+    partitions = [p.spec.partition for p in planned]
+    states = [p.state for p in planned]
+    remaining = [p.remaining_deps for p in planned]
+    mats = [p.spec.reused_materialization_id for p in planned]
+    edges = {(da, dp, p.spec.asset, p.spec.partition) for p in planned for da, dp in p.deps}
+    ready = [
+        StepRecord(run.run_id, p.spec.asset, p.spec.partition, "ready", 0, updated_at=now)
+        for p in planned
+        if p.state == "ready"
+    ]
     runnable = any(s == "pending" for s in states) or bool(ready)
     ordered = sorted(edges)
     await q(_CREATE).execute(
@@ -121,9 +112,9 @@ async def create_run(
             "created_at": run.created_at,
             "updated_at": run.updated_at,
             "error": run.error,
-            "tags": dump_json(dict(run.tags), what="run tags"),
+            "tags": rules.to_json(dict(run.tags), "run tags"),
             "now": now,
-            "audit": dump_json({"steps": len(assets), "ready": len(ready)}, what="audit detail"),
+            "audit": rules.to_json({"steps": len(assets), "ready": len(ready)}, "audit detail"),
             "assets": assets,
             "partitions": partitions,
             "ordinals": list(range(len(assets))),
@@ -142,7 +133,7 @@ async def create_run(
 async def cancel_run(conn: Db, q: Sql, run_id: str, now: datetime) -> bool:
     status = await q("SELECT status FROM {s}.runs WHERE run_id = :r").fetchval(conn, {"r": run_id})
     if status is None:
-        raise RunNotFoundError(f"no run {run_id!r} in the run store; check the run id")
+        raise rules.run_not_found(run_id, "Postgres run store")
     if status in ("succeeded", "failed", "cancelled"):
         return False
     # Steps first (in key order), then the run row: the same order finish_step locks in.
@@ -158,6 +149,8 @@ async def cancel_run(conn: Db, q: Sql, run_id: str, now: datetime) -> bool:
         "UPDATE {s}.runs SET status = 'cancelled', updated_at = :now WHERE run_id = :r "
         "AND status NOT IN ('succeeded','failed','cancelled') RETURNING run_id"
     ).fetchval(conn, {"r": run_id, "now": now})
+    if done is not None:
+        await append_audit(conn, q, run_id, "run_cancelled", None, None, {}, now)
     return done is not None
 
 
@@ -168,16 +161,16 @@ async def reopen_run(
         conn, {"r": run_id}
     )
     if status is None:
-        raise RunNotFoundError(f"no run {run_id!r} in the run store; check the run id")
+        raise rules.run_not_found(run_id, "Postgres run store")
     if status not in ("failed", "cancelled"):
         return ()
     p = {"r": run_id, "now": now}
-    await q(
+    reopened = await q(
         "UPDATE {s}.steps SET state = 'pending', attempt = 0, owner = NULL, "
         "lease_expires_at = NULL, not_before = NULL, error = NULL, materialization_id = NULL, "
         "updated_at = :now WHERE run_id = :r "
-        "AND state IN ('failed','upstream_failed','cancelled')"
-    ).execute(conn, p)
+        "AND state IN ('failed','upstream_failed','cancelled') RETURNING 1"
+    ).fetch(conn, p)
     await q(
         "UPDATE {s}.steps s SET remaining_deps = (SELECT count(*) FROM {s}.edges e "
         "JOIN {s}.steps d ON d.run_id = e.run_id AND d.asset = e.dep_asset "
@@ -190,10 +183,11 @@ async def reopen_run(
         "AND state = 'pending' AND remaining_deps = 0 RETURNING " + STEP_COLS
     ).fetch(conn, p)
     ready = tuple(sorted((to_step(r) for r in rows), key=lambda s: (s.asset, s.partition)))
+    states = await q("SELECT DISTINCT state FROM {s}.steps WHERE run_id = :r").fetch(conn, p)
     await q(
-        "UPDATE {s}.runs SET status = 'running', error = NULL, updated_at = :now "
-        "WHERE run_id = :r"
-    ).execute(conn, p)
+        "UPDATE {s}.runs SET status = :st, error = NULL, updated_at = :now WHERE run_id = :r"
+    ).execute(conn, {**p, "st": rules.run_status_from({r["state"] for r in states})})
+    await append_audit(conn, q, run_id, "run_reopened", None, None, {"steps": len(reopened)}, now)
     return ready
 
 
@@ -243,12 +237,20 @@ async def retry_step(
     error: str,
     now: datetime,
 ) -> bool:
-    row = await q(
-        "UPDATE {s}.steps SET state = 'ready', not_before = :nb, error = :err, "
+    not_before = rules.require_utc(not_before, "not_before")
+    # one statement: the audit entry (rules.retry_detail, built here) commits with the retry
+    attempt = await q(
+        "WITH u AS (UPDATE {s}.steps SET state = 'ready', not_before = :nb, error = :err, "
         "owner = NULL, lease_expires_at = NULL, updated_at = :now WHERE run_id = :r "
-        "AND asset = :a AND partition = :p AND state = 'running' RETURNING 1"
-    ).fetchrow(conn, {**key, "nb": not_before, "err": error, "now": now})
-    return row is not None
+        "AND asset = :a AND partition = :p AND state = 'running' RETURNING attempt), "
+        "au AS (INSERT INTO {s}.audit (run_id, at, kind, asset, partition, detail) "
+        "SELECT :r, :now, 'step_retry', :a, :p, jsonb_build_object('attempt', attempt, "
+        "'error', CAST(:err AS text), 'not_before', CAST(:nbs AS text)) FROM u) "
+        "SELECT attempt FROM u"
+    ).fetchval(conn, {**key, "nb": not_before, "nbs": not_before.isoformat(), "err": error,
+                      "now": now})  # fmt: skip
+    return attempt is not None
+
 
 
 _STALE = (
@@ -286,9 +288,6 @@ _PREFETCH = (
     "FROM unnest(f.claimed_input_mats) AS m WHERE m.state = 'succeeded' "
     "AND m.io_manager = ANY(CAST(:pf_{i} AS text[])))) AS r"
 )
-# A 'waiting' outcome is accepted only once: a redelivered one must not wait twice.
-_FROM_WAITING = ["ready", "queued", "running"]
-_FROM_TERMINAL = ["ready", "queued", "running", "waiting"]
 _NO_MAT = dict.fromkeys(
     ("mat_id", "m_pipeline", "m_state", "m_io", "m_loc", "m_attempt", "m_started",
      "m_finished", "m_error", "m_up", "m_meta")
@@ -302,49 +301,42 @@ _NO_GATE = dict.fromkeys(
 )
 
 
-def _check_outcome(key: dict[str, str], outcome: StepOutcome) -> None:
-    if outcome.state == "waiting" and (outcome.approval is None) == (outcome.gate is None):
-        raise UsageError(
-            f"step {key['a']!r} of run {key['r']!r}: a 'waiting' outcome needs exactly one of "
-            "approval=... or gate=... (what is the step waiting for?)"
-        )
-
-
 def finish_params(
     key: dict[str, str], outcome: StepOutcome, now: datetime, then: Continuation | None = None
 ) -> dict[str, object]:
-    """Every argument of the ``finish_step`` function for ``outcome`` (validated, encoded)."""
-    _check_outcome(key, outcome)
-    detail = {"error": outcome.error} if outcome.error else {}
+    """Every argument of the ``finish_step`` function for ``outcome``: checked, bound to the
+    step and encoded by :func:`flowstone.store_rules.bind_outcome`, as in every store."""
+    where = f"finish_step(run {key['r']!r}, asset {key['a']!r}, partition {key['p']!r})"
+    bound = rules.bind_outcome(key["r"], key["a"], key["p"], outcome, where)
     params: dict[str, object] = {
         **key, **_NO_MAT, **_NO_APPROVAL, **_NO_GATE,
         "state": outcome.state,
         "error": outcome.error,
-        "from": _FROM_WAITING if outcome.state == "waiting" else _FROM_TERMINAL,
-        "detail": dump_json(detail, what="audit detail"),
+        "from": sorted(rules.accepted_states(outcome)),
+        "detail": rules.to_json(rules.finish_detail(None, outcome), "audit detail"),
         "now": now,
         "claim_owner": None if then is None else then.owner,
         "claim_lease": None if then is None else now + timedelta(seconds=then.lease_seconds),
     }  # fmt: skip
-    if (mat := outcome.materialization) is not None:
+    if (mat := bound.materialization) is not None:
         params.update(
             mat_id=mat.id, m_pipeline=mat.pipeline, m_state=mat.state, m_io=mat.io_manager,
             m_loc=mat.location, m_attempt=mat.attempt, m_started=mat.started_at,
             m_finished=mat.finished_at, m_error=mat.error, m_up=list(mat.upstream),
-            m_meta=dump_json(dict(mat.metadata), what="materialization metadata"),
+            m_meta=bound.materialization_metadata_json,
         )  # fmt: skip
-    if outcome.state == "waiting" and (a := outcome.approval) is not None:
+    if (a := bound.approval) is not None:
         params.update(
             ap_pipeline=a.pipeline, ap_message=a.message, ap_status=a.status,
             ap_created=a.created_at, ap_expires=a.expires_at, ap_io=a.io_manager,
-            ap_loc=a.location, ap_meta=dump_json(dict(a.metadata), what="approval metadata"),
+            ap_loc=a.location, ap_meta=bound.approval_metadata_json,
         )  # fmt: skip
-    if outcome.state == "waiting" and (g := outcome.gate) is not None:
+    if (g := bound.gate) is not None:
         params.update(
             g_token=g.token_hash, g_pipeline=g.pipeline, g_status=g.status,
             g_created=g.created_at, g_expires=g.expires_at,
-            g_payload=None if g.payload is None else dump_json(g.payload, what="gate payload"),
-            g_meta=dump_json(dict(g.metadata), what="gate metadata"),
+            g_payload=None if g.payload is None else bound.gate_payload_json,
+            g_meta=bound.gate_metadata_json,
         )  # fmt: skip
     return params
 
@@ -356,7 +348,7 @@ async def finish_step(
     params: dict[str, object],
     staged: Sequence[StagedValue] = (),
     prefetch: Mapping[str, Sequence[str]] | None = None,
-) -> StepTransition:
+) -> tuple[StepTransition, ClaimedReads | None]:
     """See :meth:`flowstone.protocols.RunStore.finish_step`; one statement, one transaction.
 
     ``params`` comes from :func:`finish_params`. Each staged value's write runs in the same
@@ -370,8 +362,14 @@ async def finish_step(
     params = dict(params)
     parts = []
     for i, value in enumerate(staged):
-        parts.append(f"staged_{i} AS ({_renamed(value.statement, f'v{i}_')})")
-        params.update((f"v{i}_{k}", v) for k, v in value.params.items())
+        write = value.payload
+        if not isinstance(write, StagedWrite):
+            raise StorageError(
+                f"the value staged at {value.location} was not staged by a PostgresIOManager "
+                f"({type(write).__name__}); store it with its own IO manager instead"
+            )
+        parts.append(f"staged_{i} AS ({_renamed(write.statement, f'v{i}_')})")
+        params.update((f"v{i}_{k}", v) for k, v in write.params.items())
     template = _FINISH
     if prefetch:
         reads = []
@@ -386,23 +384,23 @@ async def finish_step(
     row = await q(template).fetchrow(conn, params)
     if row is None or not row["applied"]:
         _explain_not_applied(key, None if row is None else row["step_state"])
-        return StepTransition(applied=False)
+        return StepTransition(applied=False), None
     ready = tuple(
         sorted((to_step(s) for s in row["ready_steps"]), key=lambda s: (s.asset, s.partition))
     )
     status: RunStatus | None = row["run_status"]
     if row["claimed"] is None:
-        return StepTransition(applied=True, ready=ready, run_status=status)
+        return StepTransition(applied=True, ready=ready, run_status=status), None
     mats = {m["id"]: to_materialization(m) for m in row["claimed_input_mats"] or ()}
     inputs = tuple(
         (dep, mats.get(dep.materialization_id) if dep.materialization_id else None)
         for dep in (to_step(d) for d in row["claimed_inputs"] or ())
     )
-    values = {v[0]: tuple(v[1:]) for v in row["claimed_values"]} if prefetch else None
-    return StepTransition(
-        applied=True, ready=ready, run_status=status, claimed=to_step(row["claimed"]),
-        claimed_inputs=inputs, claimed_values=values,
+    values = {v[0]: tuple(v[1:]) for v in row["claimed_values"]} if prefetch else {}
+    transition = StepTransition(
+        applied=True, ready=ready, run_status=status, claimed=to_step(row["claimed"])
     )
+    return transition, ClaimedReads(inputs=inputs, values=values)
 
 
 @functools.lru_cache(maxsize=64)
@@ -413,11 +411,4 @@ def _renamed(statement: str, prefix: str) -> str:
 
 def _explain_not_applied(key: dict[str, str], state: str | None) -> None:
     """Raise for a step that does not exist or cannot finish yet; return if it is done."""
-    where = f"step {key['a']!r} (partition {key['p']!r}) of run {key['r']!r}"
-    if state is None:
-        raise StorageError(f"no {where} in the run store; check the run id and the plan")
-    if state == "pending":
-        raise UsageError(
-            f"{where} is still pending: its dependencies have not finished, so it cannot "
-            "finish. Only ready, running or waiting steps can finish."
-        )
+    rules.check_finishable(state, key["r"], key["a"], key["p"])

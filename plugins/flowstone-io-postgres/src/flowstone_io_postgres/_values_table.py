@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
-__all__ = ["PREFETCH_PREFIX", "asset_values_ddl"]
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["PREFETCH_PREFIX", "StagedWrite", "asset_values_ddl"]
+
+
+@dataclass(frozen=True, slots=True)
+class StagedWrite:
+    """The payload of a value a ``PostgresIOManager`` staged
+    (:attr:`flowstone.records.StagedValue.payload`): its upsert, with named ``:params``,
+    which a ``PostgresRunStore`` on the same database runs inside ``finish_step``."""
+
+    statement: str
+    params: Mapping[str, Any]
 
 PREFETCH_PREFIX = "flowstone-io-postgres:"
 """How a ``PostgresIOManager.prefetch_source`` starts (then ``schema.table``): the tables

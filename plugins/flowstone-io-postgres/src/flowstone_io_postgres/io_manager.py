@@ -33,7 +33,7 @@ from flowstone.protocols import StorageKey
 from flowstone.records import StagedValue
 from flowstone_io_postgres._runtime import AsyncRuntime, Connections, PoolOptions
 from flowstone_io_postgres._sql import call, compile_named
-from flowstone_io_postgres._values_table import PREFETCH_PREFIX, asset_values_ddl
+from flowstone_io_postgres._values_table import PREFETCH_PREFIX, StagedWrite, asset_values_ddl
 from flowstone_io_postgres.identifiers import parse_qualified_name
 from flowstone_io_postgres.urls import database_identity, resolve_url, safe_url
 
@@ -174,11 +174,9 @@ class PostgresIOManager:
             EncodingError: the value cannot be encoded (nothing is written).
             StorageError: the database failed.
         """
-        staged = self.stage(key, value)
-        self._execute(
-            self._upsert, dict(staged.params), action=f"storing the value of asset {key.asset!r}"
-        )
-        return staged.location
+        location, params, _ = self._encode(key, value)
+        self._execute(self._upsert, params, action=f"storing the value of asset {key.asset!r}")
+        return location
 
     def stage(self, key: StorageKey, value: object) -> StagedValue:
         """Encode ``value`` without writing it: the write, for a run store on the same
@@ -187,6 +185,18 @@ class PostgresIOManager:
         Raises:
             EncodingError: the value cannot be encoded.
         """
+        location, params, encoded = self._encode(key, value)
+        return StagedValue(
+            location=location,
+            target=self.staging_target,
+            payload=StagedWrite(self._upsert_sql, params),
+            encoded=encoded,
+        )
+
+    def _encode(
+        self, key: StorageKey, value: object
+    ) -> tuple[str, dict[str, object], tuple[str, str | None, bytes | None]]:
+        """``(location, upsert parameters, (format, value_json, data))`` of ``value``."""
         self._ensure_table()
         encoded = _encode_arrow(value) or encode_for_storage(
             value, asset=key.asset, allow_pickle=self.allow_pickle
@@ -195,23 +205,18 @@ class PostgresIOManager:
         is_json = encoded.format == "json"
         value_json = encoded.data.decode("utf-8") if is_json else None
         data = None if is_json else encoded.data
-        return StagedValue(
-            location=location,
-            target=self.staging_target,
-            statement=self._upsert_sql,
-            encoded=(encoded.format, value_json, data),
-            params={
-                "loc": location,
-                "pipeline": _readable(key.pipeline),
-                "asset": _readable(key.asset),
-                "partition": _readable(key.partition),
-                "run_id": _readable(key.run_id),
-                "item": key.item,
-                "format": encoded.format,
-                "value_json": value_json,
-                "data": data,
-            },
-        )
+        params: dict[str, object] = {
+            "loc": location,
+            "pipeline": _readable(key.pipeline),
+            "asset": _readable(key.asset),
+            "partition": _readable(key.partition),
+            "run_id": _readable(key.run_id),
+            "item": key.item,
+            "format": encoded.format,
+            "value_json": value_json,
+            "data": data,
+        }
+        return location, params, (encoded.format, value_json, data)
 
     @property
     def prefetch_source(self) -> str | None:

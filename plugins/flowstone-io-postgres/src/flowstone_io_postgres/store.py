@@ -21,7 +21,9 @@ from typing import Any, Literal, TypeVar
 import asyncpg
 from sqlalchemy.engine import URL
 
-from flowstone.errors import RunNotFoundError, StorageError, UsageError
+from flowstone import store_rules as rules
+from flowstone.errors import StorageError, UsageError
+from flowstone.protocols import ClaimedReads
 from flowstone.records import (
     Approval,
     AuditEntry,
@@ -65,6 +67,7 @@ from flowstone_io_postgres._sql import (
 )
 from flowstone_io_postgres._values_table import PREFETCH_PREFIX
 from flowstone_io_postgres.identifiers import parse_qualified_name, quote_ident, validate_ident
+from flowstone_io_postgres.io_manager import PostgresIOManager
 from flowstone_io_postgres.urls import database_identity, resolve_url, safe_url
 
 __all__ = ["PostgresRunStore", "from_url"]
@@ -241,6 +244,12 @@ class PostgresRunStore:
         """Close the store's connections and its event loop (a later call reopens them)."""
         self._runtime.close()
 
+    def default_io_manager(self) -> PostgresIOManager:
+        """Values in the same database, in this schema's ``asset_values`` table (created by
+        the migrations), so a staged value commits with its record."""
+        url = self._url.render_as_string(hide_password=False)
+        return PostgresIOManager(url, table=f"{self.schema}.asset_values")
+
     # --- runs ----------------------------------------------------------------------------
     def create_run(self, run: RunRecord, steps: Sequence[StepSpec]) -> tuple[StepRecord, ...]:
         return self._auto(
@@ -286,7 +295,7 @@ class PostgresRunStore:
             {"r": run_id, "st": status, "err": error, "now": _now()},
         )
         if not rows:
-            raise RunNotFoundError(f"no run {run_id!r} in the run store; check the run id")
+            raise rules.run_not_found(run_id, "Postgres run store")
 
     def cancel_run(self, run_id: str) -> bool:
         return self._tx(
@@ -377,6 +386,32 @@ class PostgresRunStore:
     ) -> StepTransition:
         """See the protocol. Staged values (:meth:`accepts_staging`) are written by the same
         statement, so value and record commit together; so is the claim of ``then``."""
+        return self._finish(run_id, asset, partition, outcome, then, {})[0]
+
+    def finish_step_reading(
+        self,
+        run_id: str,
+        asset: str,
+        partition: str,
+        outcome: StepOutcome,
+        *,
+        then: Continuation,
+        sources: Mapping[str, str],
+    ) -> tuple[StepTransition, ClaimedReads | None]:
+        """``finish_step`` that also reads, in the same statement, the claimed
+        continuation's dependency records and its input values stored in the value tables
+        of ``sources`` (see :class:`~flowstone.protocols.ContinuationReads`)."""
+        return self._finish(run_id, asset, partition, outcome, then, sources)
+
+    def _finish(
+        self,
+        run_id: str,
+        asset: str,
+        partition: str,
+        outcome: StepOutcome,
+        then: Continuation | None,
+        sources: Mapping[str, str],
+    ) -> tuple[StepTransition, ClaimedReads | None]:
         key = self._key(run_id, asset, partition)
         params = sched.finish_params(key, outcome, _now(), then)
         for staged in outcome.staged:
@@ -385,18 +420,18 @@ class PostgresRunStore:
                     f"a value staged for {staged.target} cannot be written by the run store "
                     f"at {self._where}; store it with its IO manager instead"
                 )
-        prefetch = self._prefetch(then)
+        prefetch = self._prefetch(sources) if then is not None else {}
         return self._auto(
             f"finishing step {asset!r} of run {run_id!r}",
             lambda c: sched.finish_step(c, self._q, key, params, outcome.staged, prefetch),
         )
 
-    def _prefetch(self, then: Continuation | None) -> dict[str, list[str]]:
-        """``then.prefetch`` as {quoted value table: IO manager names}. Only sources of
+    def _prefetch(self, sources: Mapping[str, str]) -> dict[str, list[str]]:
+        """``sources`` as {quoted value table: IO manager names}. Only sources of
         :class:`~flowstone_io_postgres.PostgresIOManager` (``PREFETCH_PREFIX`` and its
         ``schema.table``) are read; the engine loads any other value as usual."""
         tables: dict[str, list[str]] = {}
-        for manager, source in (then.prefetch.items() if then is not None else ()):
+        for manager, source in sources.items():
             table = _value_table(source)
             if table is not None:
                 tables.setdefault(table, []).append(manager)
@@ -410,7 +445,9 @@ class PostgresRunStore:
     def stale_steps(self, now: datetime, *, ready_for_seconds: float) -> list[StepRecord]:
         return self._auto(
             "finding stale steps",
-            lambda c: sched.stale_steps(c, self._q, now, ready_for_seconds),
+            lambda c: sched.stale_steps(
+                c, self._q, rules.require_utc(now, "now"), ready_for_seconds
+            ),
         )
 
     # --- materializations & lineage ----------------------------------------------------------
@@ -521,7 +558,7 @@ class PostgresRunStore:
             "finding due approvals",
             "SELECT " + APPROVAL_COLS + " FROM {s}.approvals WHERE status = 'pending' "
             "AND expires_at <= :now ORDER BY expires_at, id",
-            {"now": now},
+            {"now": rules.require_utc(now, "now")},
         )
         return [to_approval(r) for r in rows]
 
@@ -550,7 +587,7 @@ class PostgresRunStore:
                 c, self._q,
                 "SELECT " + GATE_COLS + " FROM {s}.gates WHERE status = 'pending' "
                 "AND expires_at <= :now ORDER BY expires_at, token_hash",
-                now=now,
+                now=rules.require_utc(now, "now"),
             ),
         )  # fmt: skip
 
@@ -575,7 +612,7 @@ class PostgresRunStore:
         rows = self._rows(
             "pruning route decisions",
             "DELETE FROM {s}.route_decisions WHERE decided_at < :t RETURNING 1",
-            {"t": older_than},
+            {"t": rules.require_utc(older_than, "older_than")},
         )
         return len(rows)
 
@@ -628,6 +665,21 @@ class PostgresRunStore:
     def load_item_results(self, run_id: str, asset: str, partition: str) -> list[ItemResult]:
         key = self._key(run_id, asset, partition)
         return self._auto("loading item results", lambda c: rec.load_item_results(c, self._q, key))
+
+    # --- step notes --------------------------------------------------------------------------
+    def add_step_note(self, run_id: str, asset: str, partition: str, kind: str, value: str) -> str:
+        rules.check_note(kind, value)
+        key = self._key(run_id, asset, partition)
+        return self._auto(
+            "adding a step note",
+            lambda c: rec.add_step_note(c, self._q, key, kind, value, _now()),
+        )
+
+    def get_step_note(self, run_id: str, asset: str, partition: str, kind: str) -> str | None:
+        key = self._key(run_id, asset, partition)
+        return self._auto(
+            "reading a step note", lambda c: rec.get_step_note(c, self._q, key, kind)
+        )
 
 
 async def _on_connection(db: Connections, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:

@@ -9,23 +9,23 @@ automatically once this distribution is installed. Read a join's record with
 from __future__ import annotations
 
 from flowstone_parallel._version import __version__
-from flowstone_parallel.coordinator import CeleryParallelCoordinator
+from flowstone_parallel.coordinator import DurableParallelCoordinator
 from flowstone_parallel.records import (
+    JOIN_NOTE,
     METADATA_KEY,
     REPEATED_KIND,
     BranchRecord,
     JoinRecord,
-    join_key,
     join_record,
 )
 
 __all__ = [
+    "JOIN_NOTE",
     "METADATA_KEY",
     "REPEATED_KIND",
     "BranchRecord",
-    "CeleryParallelCoordinator",
+    "DurableParallelCoordinator",
     "JoinRecord",
     "__version__",
-    "join_key",
     "join_record",
 ]

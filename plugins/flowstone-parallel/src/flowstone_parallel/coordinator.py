@@ -1,4 +1,6 @@
-"""CeleryParallelCoordinator: the in-process join semantics plus a durable join record.
+"""DurableParallelCoordinator: the in-process join semantics plus a durable join record in
+the run store (it talks only to the RunStore protocol; registered as ``celery`` because the
+Celery executor prefers it).
 
 What is durable is already durable in the core, and this coordinator relies on it: the
 branches are ordinary steps of the run, created with their edges in the one
@@ -10,7 +12,7 @@ under a lease. What this coordinator adds is the record of the join itself (see
 of every branch final (failed ones too). A join that ran is recorded in its own
 materialization's metadata, so the record commits with the joined value in the same
 ``finish_step``, exactly once; a join that failed because a required branch failed has no
-value, and its record is written once as a store cursor. A join step attempted more than
+value, and its record is written once as a store step note. A join step attempted more than
 once (its worker died mid-join, or its retry policy ran it again) is noted in the run's
 audit log.
 """
@@ -21,23 +23,23 @@ import logging
 from datetime import UTC, datetime
 from typing import Literal
 
-from flowstone.defaults.thread_parallel import ThreadParallelCoordinator
-from flowstone.engine.requests import ParallelRequest
+from flowstone.defaults.inline_parallel import InlineParallelCoordinator
+from flowstone.engine import ParallelRequest
 from flowstone.errors import ExecutionError
 from flowstone_parallel.records import (
+    JOIN_NOTE,
     METADATA_KEY,
     REPEATED_KIND,
     BranchRecord,
     JoinRecord,
-    join_key,
 )
 
-__all__ = ["CeleryParallelCoordinator"]
+__all__ = ["DurableParallelCoordinator"]
 
 log = logging.getLogger("flowstone.parallel")
 
 
-class CeleryParallelCoordinator(ThreadParallelCoordinator):
+class DurableParallelCoordinator(InlineParallelCoordinator):
     """Joins parallel branches exactly as the in-process ``thread`` coordinator does and
     records each join once in the run store.
 
@@ -68,7 +70,7 @@ class CeleryParallelCoordinator(ThreadParallelCoordinator):
     ) -> None:
         parallel = request.asset.parallel
         assert parallel is not None  # checked by super().branch_results
-        store = request.pipeline.store
+        store = request.runtime.store
         record = JoinRecord(
             run_id=request.run_id,
             asset=request.asset.name,
@@ -97,8 +99,9 @@ class CeleryParallelCoordinator(ThreadParallelCoordinator):
             # recorded by finish_step with the joined value: once, whoever runs it
             request.metadata[METADATA_KEY] = record.to_dict()
             return
-        key = join_key(request.run_id, request.asset.name, request.partition)
-        store.set_cursor(key, record.to_json(), expected=None)  # first failure wins
+        store.add_step_note(  # first failure wins
+            request.run_id, request.asset.name, request.partition, JOIN_NOTE, record.to_json()
+        )
 
     @staticmethod
     def _branch(request: ParallelRequest, branch: str, final: str) -> BranchRecord:

@@ -1,4 +1,4 @@
-"""The in-process parallel coordinator.
+"""The in-process parallel coordinator (registered as ``thread``: it needs no threads of its own).
 
 Branches are ordinary steps of the run, so the executor already runs them concurrently
 and the store makes the join step ready exactly once, when the last branch final
@@ -14,10 +14,12 @@ from flowstone.engine.requests import ParallelRequest
 from flowstone.errors import ExecutionError
 from flowstone.parallel import BranchFailed, BranchSkipped
 
-__all__ = ["ThreadParallelCoordinator"]
+__all__ = ["InlineParallelCoordinator"]
 
 
-class ThreadParallelCoordinator:
+class InlineParallelCoordinator:
+    """Collects branch outcomes for the join in the process that runs it; no durable record."""
+
     name = "thread"
 
     def branch_results(self, request: ParallelRequest) -> dict[str, object]:

@@ -27,39 +27,15 @@ from flowstone.defaults.scatter_units import (
     threshold_message,
 )
 from flowstone.engine.requests import ScatterRequest
-from flowstone.errors import EncodingError, ScatterThresholdError, UsageError
-from flowstone.events import Event
+from flowstone.errors import EncodingError, ScatterThresholdError
 from flowstone.records import ItemResult
-from flowstone.scatter import MAX_ITEM_KEY_LENGTH, Batch, Scatter
+from flowstone.scatter import Batch, Scatter, item_key
 
 __all__ = ["InlineScatterCoordinator", "item_key"]
 
 _MIN_SAMPLE = 100  # a share threshold over an unknown total is judged after this many items
 
 Unit = list[tuple[int, str, Any]]
-
-
-def item_key(scatter: Scatter, item: Any, index: int, asset: str) -> str:
-    """The normalised, size-limited key of one item (seed: scatter keys were unbounded)."""
-    if scatter.key is not None:
-        key = scatter.key(item)
-        if not isinstance(key, str):
-            raise UsageError(f"Scatter(key=...) of asset {asset!r} must return a str, got {key!r}")
-    else:
-        try:
-            key = json.dumps(item, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(
-                f"scatter item {index} of asset {asset!r} is not JSON-serialisable ({exc}); "
-                "pass Scatter(key=lambda item: ...) returning a unique string per item"
-            ) from exc
-    if len(key) > MAX_ITEM_KEY_LENGTH:
-        raise UsageError(
-            f"scatter item {index} of asset {asset!r} has a key of {len(key)} characters; the "
-            f"limit is {MAX_ITEM_KEY_LENGTH}. Pass Scatter(key=lambda item: item['id']) "
-            "or scatter over ids and load the payload in the asset"
-        )
-    return key
 
 
 class _RateLimiter:
@@ -92,7 +68,7 @@ class _ScatterRun:
         scatter = req.asset.scatter
         assert scatter is not None
         self.sc: Scatter = scatter
-        self.store = req.pipeline.store
+        self.store = req.runner.runtime.store
         self.cursor = f"scatter:{req.run_id}:{req.asset.name}:{req.partition}"
         prior = self.store.load_item_results(req.run_id, req.asset.name, req.partition)
         self.done: dict[int, ItemResult] = {r.index: r for r in prior if r.state == "succeeded"}
@@ -266,16 +242,10 @@ class _ScatterRun:
 
     def _progress(self) -> None:
         r = self.req
-        r.pipeline.emit(
-            Event(
-                "scatter.progress",
-                r.pipeline.name,
-                r.run_id,
-                r.asset.name,
-                r.partition,
-                {"succeeded": len(self.done), "failed": len(self.failed), "total": self.total},
-            )
-        )
+        r.runner.runtime.events.emit(
+            "scatter.progress", r.run_id, r.asset.name, r.partition,
+            {"succeeded": len(self.done), "failed": len(self.failed), "total": self.total},
+        )  # fmt: skip
 
     def _cancelled(self) -> bool:
         """Whether the run was cancelled; asks the store at most every 0.25 s."""

@@ -10,9 +10,9 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
-from typing import Any
 
-from flowstone.engine.runner import split_claimed
+from flowstone.engine.chain import run_chain
+from flowstone.engine.runner import StepRunner
 from flowstone.engine.timeouts import enforce_parallel_timeouts
 from flowstone.errors import UsageError
 from flowstone.records import StepRecord
@@ -40,8 +40,10 @@ class InProcessExecutor:
             raise UsageError(f"InProcessExecutor(max_workers={max_workers!r}) must be an int >= 1")
         self.max_workers = max_workers or min(32, (os.cpu_count() or 1) + 4)
 
-    def dispatch(self, pipeline: Any, run_id: str, steps: Sequence[StepRecord]) -> None:
-        runner = pipeline.runner
+    def dispatch(self, runner: StepRunner, run_id: str, steps: Sequence[StepRecord]) -> None:
+        """Run ``steps`` and everything they make ready, on the pool; return when nothing
+        more of the run can progress here (a chain of single successors runs on in one
+        thread, see :func:`~flowstone.engine.run_chain`)."""
         ready: deque[StepRecord] = deque(steps)
         delayed: list[tuple[float, int, StepRecord]] = []
         seq = itertools.count()
@@ -59,7 +61,7 @@ class InProcessExecutor:
                     if wait_s > 0:
                         heapq.heappush(delayed, (now + wait_s, next(seq), step))
                         continue
-                    fut = pool.submit(_run_chain, runner, step, run_id)
+                    fut = pool.submit(run_chain, runner, step)
                     running[fut] = step
                 timeout = max(0.0, delayed[0][0] - time.monotonic()) if delayed else None
                 if not running:
@@ -71,14 +73,14 @@ class InProcessExecutor:
                 for fut in done:
                     running.pop(fut)
                     ready.extend(fut.result())
-                if not done and pipeline.branch_index:
-                    more, timed_out = enforce_parallel_timeouts(pipeline, run_id)
+                if not done and runner.runtime.branch_index:
+                    more, timed_out = enforce_parallel_timeouts(runner, run_id)
                     ready.extend(more)
                     for fut, step in list(running.items()):
                         if (step.asset, step.partition) in timed_out:
                             running.pop(fut)  # its thread finishes unrecorded
                             abandoned = True
-                if not done and _cancelled(pipeline, run_id):
+                if not done and _cancelled(runner, run_id):
                     # a cancelled (or timed-out) run returns now: Python cannot stop the
                     # running assets, so they finish in the background, unrecorded
                     abandoned = True
@@ -93,29 +95,8 @@ class InProcessExecutor:
         return "ok"
 
 
-def _run_chain(runner: Any, step: StepRecord, run_id: str) -> tuple[StepRecord, ...]:
-    """Run ``step``, then go on in this thread while each step makes exactly one other
-    ready (claimed for this thread by its ``finish_step``: no claim, no hand-off).
-
-    When several become ready they all go back to the dispatcher (a claimed one as
-    ``running``, run with ``run_claimed``), so siblings never wait for a chain.
-    """
-    ready: tuple[StepRecord, ...]
-    if step.state == "running":  # claimed for us by the finish that made it ready
-        ready = runner.run_claimed(step, claim_next=True)
-    else:
-        ready = runner.run_step(
-            step.run_id or run_id, step.asset, step.partition, claim_next=True
-        )
-    while True:
-        claimed, rest = split_claimed(ready)
-        if claimed is None or rest:
-            return ready
-        ready = runner.run_claimed(claimed, claim_next=True)
-
-
-def _cancelled(pipeline: Any, run_id: str) -> bool:
-    run = pipeline.store.get_run(run_id)
+def _cancelled(runner: StepRunner, run_id: str) -> bool:
+    run = runner.runtime.store.get_run(run_id)
     return run is not None and run.status == "cancelled"
 
 

@@ -11,14 +11,16 @@ the other records beside them are in :mod:`flowstone.defaults.memory_records`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
 
-from flowstone.defaults import _run_store_rules as rules
+from flowstone import store_rules as rules
+from flowstone.defaults.memory_io import MemoryIOManager
 from flowstone.defaults.memory_records import MemoryRecords
-from flowstone.errors import RunNotFoundError, StorageError
+from flowstone.errors import StorageError
+from flowstone.protocols import ClaimedReads
 from flowstone.records import (
     TERMINAL_STEP_STATES,
     Approval,
@@ -75,41 +77,39 @@ class MemoryRunStore(MemoryRecords):
     def close(self) -> None:
         """Nothing to release; the data stays readable until the store is dropped."""
 
+    def default_io_manager(self) -> MemoryIOManager:
+        """Values live in memory too: a new :class:`~flowstone.defaults.memory_io.
+        MemoryIOManager`."""
+        return MemoryIOManager()
+
     # --- runs ------------------------------------------------------------------------
     def create_run(self, run: RunRecord, steps: Sequence[StepSpec]) -> tuple[StepRecord, ...]:
-        remaining = rules.plan_remaining(run.run_id, steps)
+        planned = rules.plan_steps(run.run_id, steps)
         tags = rules.json_copy(dict(run.tags), f"tags of run {run.run_id!r}")
         now = rules.utc_now()
         plan = _RunState()
         ready: list[StepRecord] = []
-        for spec, count in zip(steps, remaining, strict=True):
-            key = (spec.asset, spec.partition)
-            if spec.state == "succeeded":
-                state: Any = "succeeded"
-            else:
-                state = "ready" if count == 0 else "pending"
+        for p in planned:
+            key = (p.spec.asset, p.spec.partition)
             step = StepRecord(
                 run_id=run.run_id,
-                asset=spec.asset,
-                partition=spec.partition,
-                state=state,
-                remaining_deps=count,
-                materialization_id=spec.reused_materialization_id,
+                asset=p.spec.asset,
+                partition=p.spec.partition,
+                state=p.state,
+                remaining_deps=p.remaining_deps,
+                materialization_id=p.spec.reused_materialization_id,
                 updated_at=now,
             )
             plan.steps[key] = step
-            plan.deps[key] = tuple(dict.fromkeys(spec.deps))
-            for dep in plan.deps[key]:
+            plan.deps[key] = p.deps
+            for dep in p.deps:
                 plan.dependents.setdefault(dep, []).append(key)
-            if state == "ready":
+            if p.state == "ready":
                 ready.append(step)
         status = rules.run_status_from({s.state for s in plan.steps.values()})
         with self._lock:
             if run.run_id in self._runs:
-                raise StorageError(
-                    f"run {run.run_id!r} already exists; run ids must be unique "
-                    "(generate a new one for a new run)"
-                )
+                raise rules.duplicate_run(run.run_id)
             self._runs[run.run_id] = replace(
                 run,
                 status=status,
@@ -299,7 +299,7 @@ class MemoryRunStore(MemoryRecords):
                 error=error,
                 updated_at=now,
             )
-            detail = {"attempt": step.attempt, "error": error, "not_before": not_before.isoformat()}
+            detail = rules.retry_detail(step.attempt, error, not_before)
             self._append(run_id, "step_retry", asset, partition, detail, now)
             return True
 
@@ -312,25 +312,46 @@ class MemoryRunStore(MemoryRecords):
         *,
         then: Continuation | None = None,
     ) -> StepTransition:
+        return self._finish(run_id, asset, partition, outcome, then)[0]
+
+    def finish_step_reading(
+        self,
+        run_id: str,
+        asset: str,
+        partition: str,
+        outcome: StepOutcome,
+        *,
+        then: Continuation,
+        sources: Mapping[str, str],
+    ) -> tuple[StepTransition, ClaimedReads | None]:
+        """``finish_step``, returning the claimed continuation's dependency records too
+        (:class:`~flowstone.protocols.ContinuationReads`; values stay in their IO
+        managers: ``sources`` is not read)."""
+        return self._finish(run_id, asset, partition, outcome, then)
+
+    def _finish(
+        self,
+        run_id: str,
+        asset: str,
+        partition: str,
+        outcome: StepOutcome,
+        then: Continuation | None,
+    ) -> tuple[StepTransition, ClaimedReads | None]:
         where = f"finish_step(run {run_id!r}, asset {asset!r}, partition {partition!r})"
-        rules.check_outcome(outcome, where)
+        bound = rules.bind_outcome(run_id, asset, partition, outcome, where)
         with self._lock:
             step = self.get_step(run_id, asset, partition)
-            if step is None:
-                raise rules.step_not_found(run_id, asset, partition)
-            if rules.is_unchanged(step.state, outcome):
-                return StepTransition(applied=False)
-            if step.state not in rules.FINISHABLE_STEP_STATES:
-                raise rules.not_finishable(run_id, asset, partition, step.state)
-            mat, approval, gate = self._prepare(run_id, asset, partition, outcome, where)
+            if not rules.finish_applies(
+                None if step is None else step.state, outcome, run_id, asset, partition
+            ):
+                return StepTransition(applied=False), None
+            assert step is not None  # finish_applies raised otherwise
+            mat, approval, gate = self._records(bound, where)
             now = rules.utc_now()
-            detail: dict[str, Any] = {"attempt": step.attempt}
-            if outcome.error is not None:
-                detail["error"] = outcome.error
+            detail = rules.finish_detail(step.attempt, outcome)
             mat_id = step.materialization_id
             if mat is not None:
                 mat_id = self._upsert_materialization(mat)
-                detail["materialization_id"] = mat_id
             if approval is not None:
                 self._next_approval += 1
                 approval = replace(approval, id=self._next_approval)
@@ -364,20 +385,21 @@ class MemoryRunStore(MemoryRecords):
                     if count == 0:
                         ready.append(dependent)
             self._append(run_id, f"step_{outcome.state}", asset, partition, detail, now)
-            claimed = inputs = None
+            claimed = reads = None
             pick = rules.continuation_key(ready, now) if then is not None else None
             if then is not None and pick is not None:
                 claimed = self._claim(run_id, *pick, then.owner, then.lease_seconds)
                 ready = [r for r in ready if (r.asset, r.partition) != pick]
                 if claimed is not None:
                     inputs = tuple(self._step_results(run_id, plan.deps.get(pick, ())))
-            return StepTransition(
+                    reads = ClaimedReads(inputs=inputs)
+            transition = StepTransition(
                 applied=True,
                 ready=tuple(ready),
                 run_status=self._recompute(run_id, now),
                 claimed=claimed,
-                claimed_inputs=inputs,
             )
+            return transition, reads
 
     def stale_steps(self, now: datetime, *, ready_for_seconds: float) -> list[StepRecord]:
         now = rules.require_utc(now, "now")
@@ -407,9 +429,7 @@ class MemoryRunStore(MemoryRecords):
     def _run(self, run_id: str) -> RunRecord:
         run = self._runs.get(run_id)
         if run is None:
-            raise RunNotFoundError(
-                f"no run {run_id!r} in the memory run store; list runs with `flowstone runs`"
-            )
+            raise rules.run_not_found(run_id, "memory run store")
         return run
 
     def _recompute(self, run_id: str, now: datetime) -> RunStatus | None:
@@ -418,58 +438,34 @@ class MemoryRunStore(MemoryRecords):
         if status != run.status:
             self._runs[run_id] = replace(run, status=status, updated_at=now)
             self._append(run_id, f"run_{status}", None, None, {}, now)
-        return status if status != run.status or status != "running" else None
+        return rules.reported_status(run.status, status)
 
-    def _prepare(
-        self, run_id: str, asset: str, partition: str, outcome: StepOutcome, where: str
+    def _records(
+        self, bound: rules.BoundOutcome, where: str
     ) -> tuple[MaterializationRecord | None, Approval | None, Gate | None]:
-        """Bind the outcome's records to the step and JSON-check them before any write."""
-        mat = approval = gate = None
-        if outcome.materialization is not None:
-            given = outcome.materialization
-            mat = replace(
-                given,
-                run_id=run_id,
-                asset=asset,
-                partition=partition,
-                upstream=tuple(dict.fromkeys(given.upstream)),
-                metadata=rules.json_copy(
-                    dict(given.metadata), f"metadata of materialization {given.id!r}"
-                ),
-            )
+        """The outcome's records as this store keeps them (JSON copied), checked against
+        the ids already taken before any write."""
+        mat, approval, gate = bound.materialization, bound.approval, bound.gate
+        if mat is not None:
+            mat = replace(mat, metadata=json.loads(bound.materialization_metadata_json or "{}"))
             clash = self._mats.get(mat.id)
             if clash is not None and (clash.run_id, clash.asset, clash.partition) != (
-                run_id,
-                asset,
-                partition,
+                mat.run_id,
+                mat.asset,
+                mat.partition,
             ):
                 raise StorageError(
                     f"{where}: materialization id {mat.id!r} is already used by run "
                     f"{clash.run_id!r} asset {clash.asset!r}; ids must be unique"
                 )
-        if outcome.approval is not None:
-            approval = replace(
-                outcome.approval,
-                run_id=run_id,
-                asset=asset,
-                partition=partition,
-                status="pending",
-                metadata=rules.json_copy(
-                    dict(outcome.approval.metadata), f"metadata of approval for {asset!r}"
-                ),
-            )
-        if outcome.gate is not None:
-            if outcome.gate.token_hash in self._gates:
+        if approval is not None:
+            approval = replace(approval, metadata=json.loads(bound.approval_metadata_json or "{}"))
+        if gate is not None:
+            if gate.token_hash in self._gates:
                 raise StorageError(f"{where}: a gate with this token hash already exists")
             gate = replace(
-                outcome.gate,
-                run_id=run_id,
-                asset=asset,
-                partition=partition,
-                status="pending",
-                payload=rules.json_copy(outcome.gate.payload, f"payload of gate for {asset!r}"),
-                metadata=rules.json_copy(
-                    dict(outcome.gate.metadata), f"metadata of gate for {asset!r}"
-                ),
+                gate,
+                payload=json.loads(bound.gate_payload_json or "null"),
+                metadata=json.loads(bound.gate_metadata_json or "{}"),
             )
         return mat, approval, gate

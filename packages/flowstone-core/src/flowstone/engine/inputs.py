@@ -4,7 +4,7 @@ Readiness and values come from this run's steps (or the records they reuse), nev
 "a value exists in storage". A step's inputs are read in batches, not one dependency at a
 time: one ``get_step_results`` (steps with their records) for every dependency step this
 process did not finish itself, one ``load_many`` per IO manager (see
-:meth:`~flowstone.pipeline.Pipeline.load_materializations`). A join over three branches
+:meth:`~flowstone.engine.values.ValueLayer.load_many`). A join over three branches
 costs at most two round trips, not nine; none for records a continuation's ``finish_step``
 sent along (the runner keeps them with the ones it recorded itself), and no load for the
 values it sent along or staged itself (see :mod:`flowstone.engine.prefetch`).
@@ -20,7 +20,7 @@ from flowstone.partitions import AllPartitions, PartitionKey, encode_partition
 
 if TYPE_CHECKING:
     from flowstone.asset import AssetDef
-    from flowstone.pipeline import Pipeline
+    from flowstone.engine.runner import StepRunner
     from flowstone.records import MaterializationRecord, StepRecord
 
 __all__ = ["DepOutcome", "Inputs", "resolve_inputs"]
@@ -49,15 +49,16 @@ class Inputs:
 
 
 def resolve_inputs(
-    pipeline: Pipeline, run_id: str, a: AssetDef, key: PartitionKey | None
+    runner: StepRunner, run_id: str, a: AssetDef, key: PartitionKey | None
 ) -> Inputs:
     """Load every upstream value ``a`` needs at ``key`` (deps, router, branch finals)."""
+    graph = runner.runtime.graph
     plan = [
-        (dep, [(uk, encode_partition(uk)) for uk in dep_partitions(pipeline.dag, a, dep, key)])
+        (dep, [(uk, encode_partition(uk)) for uk in dep_partitions(graph, a, dep, key)])
         for dep in a.upstream
     ]
-    mats = _materializations(pipeline, run_id, plan)
-    values = _values(pipeline, run_id, mats)
+    mats = _materializations(runner, run_id, plan)
+    values = _values(runner, mats)
     inputs = Inputs()
     for dep, keys in plan:
         multi = isinstance(a.partition_mappings.get(dep), AllPartitions) or len(keys) > 1
@@ -106,14 +107,13 @@ _Found = tuple["StepRecord | None", "MaterializationRecord | None"] | str
 
 
 def _materializations(
-    pipeline: Pipeline, run_id: str, plan: list[tuple[str, list[tuple[Any, str]]]]
+    runner: StepRunner, run_id: str, plan: list[tuple[str, list[tuple[Any, str]]]]
 ) -> dict[tuple[str, str], _Found]:
     """``{(dep, partition): (step, succeeded record) | reason it cannot be read}``.
 
     Steps this process saw succeed come from its cache; the rest in one
     ``get_step_results``.
     """
-    runner = pipeline.runner
     found: dict[tuple[str, str], _Found] = {}
     missing: list[tuple[str, str]] = []
     for dep, keys in plan:
@@ -125,7 +125,7 @@ def _materializations(
                 missing.append((dep, enc))
     if not missing:
         return found
-    results = pipeline.store.get_step_results(run_id, missing)
+    results = runner.runtime.store.get_step_results(run_id, missing)
     steps = {(s.asset, s.partition): (s, m) for s, m in results}
     for k in missing:
         step, mat = steps.get(k, (None, None))
@@ -141,13 +141,12 @@ def _materializations(
     return found
 
 
-def _values(
-    pipeline: Pipeline, run_id: str, found: dict[tuple[str, str], _Found]
-) -> dict[str, Any]:
+def _values(runner: StepRunner, found: dict[tuple[str, str], _Found]) -> dict[str, Any]:
     """The stored value of every succeeded record in ``found``, keyed by record id."""
+    layer = runner.runtime.values
     mats = {f[1].id: f[1] for f in found.values() if not isinstance(f, str) and f[1] is not None}
-    values = pipeline.runner.prefetched.take(pipeline, list(mats.values()))  # a continuation's
+    values = runner.prefetched.take(layer, list(mats.values()))  # a continuation's
     rest = [m for m in mats.values() if m.id not in values]
-    loaded = pipeline.load_materializations(rest, run_id=run_id)
+    loaded = layer.load_many(rest)
     values.update(zip((m.id for m in rest), loaded, strict=True))
     return values

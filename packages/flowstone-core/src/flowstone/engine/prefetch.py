@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from flowstone.pipeline import Pipeline
+    from flowstone.engine.values import ValueLayer
     from flowstone.records import MaterializationRecord
 
 __all__ = ["PrefetchCache"]
@@ -45,9 +45,7 @@ class PrefetchCache:
             while len(self._values) > _MAX_ENTRIES:
                 self._values.popitem(last=False)
 
-    def take(
-        self, pipeline: Pipeline, mats: Sequence[MaterializationRecord]
-    ) -> dict[str, Any]:
+    def take(self, values: ValueLayer, mats: Sequence[MaterializationRecord]) -> dict[str, Any]:
         """The decoded values of ``mats`` found here, by record id (the others: not here)."""
         if not self._values:
             return {}
@@ -59,8 +57,7 @@ class PrefetchCache:
                     found.append((mat, self._values.pop(location)))
         out: dict[str, Any] = {}
         for mat, encoded in found:
-            manager = pipeline.io_manager(str(mat.io_manager))
-            decode = getattr(manager, "decode_prefetched", None)
-            if decode is not None:
-                out[mat.id] = decode(mat.location, encoded)
+            decoded, value = values.decode_prefetched(mat, encoded)
+            if decoded:
+                out[mat.id] = value
         return out

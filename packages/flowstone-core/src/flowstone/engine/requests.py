@@ -10,7 +10,8 @@ if TYPE_CHECKING:
     from flowstone.asset import AssetDef
     from flowstone.context import Context
     from flowstone.engine.inputs import DepOutcome
-    from flowstone.pipeline import Pipeline
+    from flowstone.engine.runner import StepRunner
+    from flowstone.runtime import Runtime
     from flowstone.scatter import Batch
 
 __all__ = ["ParallelRequest", "ScatterRequest"]
@@ -19,12 +20,13 @@ __all__ = ["ParallelRequest", "ScatterRequest"]
 @dataclass(frozen=True, slots=True)
 class ScatterRequest:
     """One scatter step to execute: the asset, its resolved deps, and a context factory
-    (``make_context(item, batch)``) for each item or batch.
+    (``make_context(item, batch)``) for each item or batch. ``runner`` runs the pipeline
+    (``runner.runtime`` holds its store, values, events and executor).
 
     ``previous_run_id`` is set for a ``pipeline.retry_failed_items`` run: the coordinator
     reuses that run's succeeded item results and runs only the other items."""
 
-    pipeline: Pipeline
+    runner: StepRunner
     asset: AssetDef
     run_id: str
     partition: str
@@ -45,7 +47,7 @@ class ParallelRequest:
     to the join's materialization metadata, written once with its value by
     ``finish_step`` (also when the join function then fails)."""
 
-    pipeline: Pipeline
+    runtime: Runtime
     asset: AssetDef
     run_id: str
     partition: str

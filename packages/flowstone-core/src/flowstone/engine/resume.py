@@ -18,13 +18,12 @@ from flowstone.engine.plan import dep_partitions
 from flowstone.engine.runner import describe_error, hash_token
 from flowstone.engine.timeouts import enforce_parallel_timeouts
 from flowstone.errors import ApprovalError, ExecutionError, SignalError, UsageError
-from flowstone.events import Event
 from flowstone.partitions import PartitionKey, decode_partition, encode_partition
 from flowstone.protocols import StorageKey
 from flowstone.records import Approval, Gate, StepOutcome, StepRecord
 
 if TYPE_CHECKING:
-    from flowstone.pipeline import Pipeline
+    from flowstone.engine.runner import StepRunner
 
 __all__ = ["complete_deferred", "decide", "expire_due", "find_approval", "recover", "signal"]
 
@@ -32,18 +31,19 @@ log = logging.getLogger("flowstone.engine")
 
 
 def find_approval(
-    p: Pipeline,
+    runner: StepRunner,
     approval_id: int | None,
     run_id: str | None,
     asset: str | None,
     partition: PartitionKey | None,
 ) -> Approval:
+    p = runner.runtime
     if approval_id is not None:
         if isinstance(approval_id, bool) or not isinstance(approval_id, int):
             raise UsageError(f"approval id must be an int, got {approval_id!r}")
         found = p.store.get_approval(approval_id)
     elif run_id is not None and asset is not None:
-        found = p.store.find_approval(run_id, p.dag[asset].name, encode_partition(partition))
+        found = p.store.find_approval(run_id, p.graph[asset].name, encode_partition(partition))
     else:
         raise UsageError("pass an approval id, or run_id= and asset= (and partition=)")
     if found is None or found.pipeline != p.name:
@@ -54,15 +54,15 @@ def find_approval(
     return found
 
 
-def _step(p: Pipeline, run_id: str, asset: str, partition: str) -> StepRecord:
-    step = p.store.get_step(run_id, asset, partition)
+def _step(runner: StepRunner, run_id: str, asset: str, partition: str) -> StepRecord:
+    step = runner.runtime.store.get_step(run_id, asset, partition)
     if step is None:
         raise UsageError(f"run {run_id} has no step {asset}[{partition}]")
     return step
 
 
 def decide(
-    p: Pipeline,
+    runner: StepRunner,
     approval: Approval,
     status: Literal["approved", "rejected", "expired"],
     *,
@@ -70,31 +70,27 @@ def decide(
     reason: str | None = None,
 ) -> None:
     """Decide ``approval`` (exactly once, by the store) and finish its step accordingly."""
+    p = runner.runtime
     decided = p.store.decide_approval(approval.id, status, by=by, reason=reason)
-    p.emit(
-        Event(
-            "approval.decided",
-            p.name,
-            approval.run_id,
-            approval.asset,
-            approval.partition,
-            {"approval_id": approval.id, "status": decided.status, "by": by},
-        )
-    )
-    _finish_decided(p, decided)
+    p.events.emit(
+        "approval.decided", approval.run_id, approval.asset, approval.partition,
+        {"approval_id": approval.id, "status": decided.status, "by": by},
+    )  # fmt: skip
+    _finish_decided(runner, decided)
 
 
-def _finish_decided(p: Pipeline, approval: Approval) -> None:
-    step = _step(p, approval.run_id, approval.asset, approval.partition)
-    a = p.dag[approval.asset]
+def _finish_decided(runner: StepRunner, approval: Approval) -> None:
+    p = runner.runtime
+    step = _step(runner, approval.run_id, approval.asset, approval.partition)
+    a = p.graph[approval.asset]
     if approval.status == "approved":
-        mat = p.runner.record(
+        mat = runner.build_record(
             a,
             step,
             "succeeded",
             io_name=approval.io_manager,
             location=approval.location,
-            upstream=_upstream_ids(p, step),
+            upstream=_upstream_ids(runner, step),
             metadata={"approved_by": approval.decided_by},
         )
         outcome = StepOutcome("succeeded", materialization=mat)
@@ -102,31 +98,38 @@ def _finish_decided(p: Pipeline, approval: Approval) -> None:
         who = f" by {approval.decided_by}" if approval.decided_by else ""
         why = f": {approval.reason}" if approval.reason else ""
         error = f"approval {approval.id} {approval.status}{who}{why}"
-        mat = p.runner.record(a, step, "failed", error=error)
+        mat = runner.build_record(a, step, "failed", error=error)
         outcome = StepOutcome("failed", materialization=mat, error=error)
-    p.dispatch(step.run_id, p.runner.complete(step.run_id, step.asset, step.partition, outcome))
+    runner.dispatch(step.run_id, runner.complete(step, outcome).ready)
 
 
-def _upstream_ids(p: Pipeline, step: StepRecord) -> list[str]:
+def _upstream_ids(runner: StepRunner, step: StepRecord) -> list[str]:
     """Lineage of a resumed step: this run's materializations of its deps."""
-    ids = []
-    a = p.dag[step.asset]
+    p = runner.runtime
+    a = p.graph[step.asset]
     key = decode_partition(step.partition)
-    for dep in a.upstream:
-        for uk in dep_partitions(p.dag, a, dep, key):
-            s = p.store.get_step(step.run_id, dep, encode_partition(uk))
-            if s is not None and s.materialization_id and s.state == "succeeded":
-                ids.append(s.materialization_id)
+    keys = [
+        (dep, encode_partition(uk))
+        for dep in a.upstream
+        for uk in dep_partitions(p.graph, a, dep, key)
+    ]
+    found = {(s.asset, s.partition): s for s, _ in p.store.get_step_results(step.run_id, keys)}
+    ids = []
+    for k in keys:
+        s = found.get(k)
+        if s is not None and s.materialization_id and s.state == "succeeded":
+            ids.append(s.materialization_id)
     return ids
 
 
-def signal(p: Pipeline, token: str, payload: Any) -> str:
+def signal(runner: StepRunner, token: str, payload: Any) -> str:
     if not isinstance(token, str) or not token.startswith("fsg_") or len(token) > 200:
         raise SignalError("that is not a FlowStone signal token (they start with 'fsg_')")
     try:
         json.dumps(payload)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"signal payload must be JSON-serialisable: {exc}") from exc
+    p = runner.runtime
     digest = hash_token(token)
     gate = p.store.get_gate(digest)
     if gate is None or gate.pipeline != p.name or not hmac.compare_digest(gate.token_hash, digest):
@@ -136,95 +139,102 @@ def signal(p: Pipeline, token: str, payload: Any) -> str:
     if gate.status != "pending":
         raise SignalError(f"this signal token was already used ({gate.status}); tokens work once")
     if gate.expires_at is not None and gate.expires_at <= datetime.now(gate.expires_at.tzinfo):
-        _expire_gate(p, gate)
+        _expire_gate(runner, gate)
         raise SignalError(f"this signal token expired at {gate.expires_at.isoformat()}")
     consumed = p.store.consume_gate(digest, payload=payload, status="signaled")
-    p.emit(Event("gate.signaled", p.name, gate.run_id, gate.asset, gate.partition))
-    _finish_gate(p, consumed, payload, expired=False)
+    p.events.emit("gate.signaled", gate.run_id, gate.asset, gate.partition)
+    _finish_gate(runner, consumed, payload, expired=False)
     return gate.run_id
 
 
-def _finish_gate(p: Pipeline, gate: Gate, payload: Any, *, expired: bool) -> None:
-    step = _step(p, gate.run_id, gate.asset, gate.partition)
-    a = p.dag[gate.asset]
+def _finish_gate(runner: StepRunner, gate: Gate, payload: Any, *, expired: bool) -> None:
+    step = _step(runner, gate.run_id, gate.asset, gate.partition)
+    a = runner.runtime.graph[gate.asset]
     hook = a.on_timeout if expired else a.on_signal
-    context = p.runner.context_for(a, gate.run_id, gate.partition, max(step.attempt, 1))
+    context = runner.context_for(a, gate.run_id, gate.partition, max(step.attempt, 1))
 
     def compute() -> Any:
         if expired and hook is None:
             raise SignalError(f"signal gate of {a.name!r} expired before anyone signalled it")
         return (hook(context) if expired else hook(context, payload)) if hook else payload
 
-    _resume_with(p, step, compute, context.metadata)
+    _resume_with(runner, step, compute, context.metadata)
 
 
 def _resume_with(
-    p: Pipeline, step: StepRecord, compute: Callable[[], Any], metadata: Mapping[str, Any]
+    runner: StepRunner,
+    step: StepRecord,
+    compute: Callable[[], Any],
+    metadata: Mapping[str, Any],
 ) -> None:
-    """Finish a waiting step with the value ``compute`` returns (stored through the
-    asset's IO manager), or as failed if computing or storing it raises."""
-    a = p.dag[step.asset]
+    """Finish a waiting step with the value ``compute`` returns (through the value layer:
+    stored at the attempt's own location, or staged with the finish), or as failed if
+    computing or storing it raises."""
+    p = runner.runtime
+    a = p.graph[step.asset]
+    upstream = _upstream_ids(runner, step)
     try:
         value = compute()
-        io_name = a.io_manager or p.default_io_manager
-        location = p.io_manager(io_name).store(
-            StorageKey(p.name, a.name, step.partition, step.run_id), value
-        )
-        mat = p.runner.record(
+        key = StorageKey(p.name, a.name, step.partition, step.run_id, attempt=step.attempt)
+        stored = p.values.store(a.io_manager, key, value)
+        mat = runner.build_record(
             a,
             step,
             "succeeded",
-            io_name=io_name,
-            location=location,
-            upstream=_upstream_ids(p, step),
+            io_name=stored.io_manager,
+            location=stored.location,
+            upstream=upstream,
             metadata=dict(metadata),
         )
-        outcome = StepOutcome("succeeded", materialization=mat)
+        outcome = StepOutcome("succeeded", materialization=mat, staged=stored.staged)
     except Exception as exc:
         error = describe_error(exc)
-        mat = p.runner.record(a, step, "failed", error=error, upstream=_upstream_ids(p, step))
+        mat = runner.build_record(a, step, "failed", error=error, upstream=upstream)
         outcome = StepOutcome("failed", materialization=mat, error=error)
-    p.dispatch(step.run_id, p.runner.complete(step.run_id, step.asset, step.partition, outcome))
+    runner.dispatch(step.run_id, runner.complete(step, outcome).ready)
 
 
-def _expire_gate(p: Pipeline, gate: Gate) -> bool:
+def _expire_gate(runner: StepRunner, gate: Gate) -> bool:
+    p = runner.runtime
     try:
         consumed = p.store.consume_gate(gate.token_hash, payload=None, status="expired")
     except SignalError:
         return False  # someone else signalled or expired it first
-    p.emit(Event("gate.expired", p.name, gate.run_id, gate.asset, gate.partition))
-    _finish_gate(p, consumed, None, expired=True)
+    p.events.emit("gate.expired", gate.run_id, gate.asset, gate.partition)
+    _finish_gate(runner, consumed, None, expired=True)
     return True
 
 
-def expire_due(p: Pipeline, now: datetime) -> int:
+def expire_due(runner: StepRunner, now: datetime) -> int:
+    p = runner.runtime
     count = 0
     for approval in p.store.due_approvals(now):
         if approval.pipeline != p.name:
             continue
         try:
-            decide(p, approval, "expired", reason="timed out")
+            decide(runner, approval, "expired", reason="timed out")
         except ApprovalError:
             continue  # decided by someone else meanwhile
         count += 1
     for gate in p.store.due_gates(now):
-        if gate.pipeline == p.name and _expire_gate(p, gate):
+        if gate.pipeline == p.name and _expire_gate(runner, gate):
             count += 1
     if p.branch_index:
         for run in p.store.list_runs(pipeline=p.name, status="running", limit=1000):
-            ready, failed = enforce_parallel_timeouts(p, run.run_id, now)
-            p.dispatch(run.run_id, ready)
+            ready, failed = enforce_parallel_timeouts(runner, run.run_id, now)
+            runner.dispatch(run.run_id, ready)
             count += len(failed)
     return count
 
 
-def recover(p: Pipeline, now: datetime, ready_for_seconds: float) -> int:
+def recover(runner: StepRunner, now: datetime, ready_for_seconds: float) -> int:
+    p = runner.runtime
     count = 0
     for step in p.store.stale_steps(now, ready_for_seconds=ready_for_seconds):
         run = p.store.get_run(step.run_id)
         if run is None or run.pipeline != p.name:
             continue
-        p.dispatch(step.run_id, (step,))
+        runner.dispatch(step.run_id, (step,))
         count += 1
     for run in p.store.list_runs(pipeline=p.name, status="waiting", limit=1000):
         for step in p.store.list_steps(run.run_id):
@@ -233,7 +243,7 @@ def recover(p: Pipeline, now: datetime, ready_for_seconds: float) -> int:
             approval = p.store.find_approval(run.run_id, step.asset, step.partition)
             if approval is not None and approval.status != "pending":
                 try:
-                    _finish_decided(p, approval)
+                    _finish_decided(runner, approval)
                     count += 1
                 except Exception:  # keep sweeping the others
                     log.exception("recovering decided approval %s failed", approval.id)
@@ -241,7 +251,7 @@ def recover(p: Pipeline, now: datetime, ready_for_seconds: float) -> int:
 
 
 def complete_deferred(
-    p: Pipeline, token: str, *, value: Any = None, error: str | None = None
+    runner: StepRunner, token: str, *, value: Any = None, error: str | None = None
 ) -> tuple[str, bool]:
     """Finish a step a coordinator deferred (see :class:`flowstone.scatter.Deferred`).
 
@@ -249,6 +259,7 @@ def complete_deferred(
     its dependents. Returns ``(run_id, applied)``; ``applied`` is False when another
     process completed it first (a redelivered barrier completion).
     """
+    p = runner.runtime
     digest = hash_token(token)
     gate = p.store.get_gate(digest)
     if gate is None or gate.metadata.get("kind") != "deferred" or gate.pipeline != p.name:
@@ -257,12 +268,12 @@ def complete_deferred(
         p.store.consume_gate(digest, payload=None, status="signaled")
     except SignalError:
         return gate.run_id, False
-    step = _step(p, gate.run_id, gate.asset, gate.partition)
+    step = _step(runner, gate.run_id, gate.asset, gate.partition)
 
     def compute() -> Any:
         if error is not None:
             raise ExecutionError(error)
         return value
 
-    _resume_with(p, step, compute, {})
+    _resume_with(runner, step, compute, {})
     return gate.run_id, True

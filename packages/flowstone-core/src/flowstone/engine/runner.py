@@ -20,7 +20,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flowstone.asset import AssetDef
 from flowstone.context import Context
@@ -31,26 +31,25 @@ from flowstone.engine.prefetch import PrefetchCache
 from flowstone.engine.requests import ParallelRequest, ScatterRequest
 from flowstone.engine.scatter_retry import RETRY_TAG
 from flowstone.engine.timeouts import mark_branch_started
+from flowstone.engine.values import StoredValue
 from flowstone.errors import EncodingError, ExecutionError
-from flowstone.events import Event
+from flowstone.events import EventKind
 from flowstone.outcomes import Retry, SignalGate, Skip, WaitForApproval, to_seconds
 from flowstone.partitions import decode_partition
-from flowstone.protocols import StorageKey
+from flowstone.protocols import ClaimedReads, StorageKey
 from flowstone.records import (
     Approval,
     Continuation,
     Gate,
     MaterializationRecord,
-    StagedValue,
     StepOutcome,
     StepRecord,
+    StepTransition,
 )
+from flowstone.runtime import Runtime
 from flowstone.scatter import Batch, Deferred
 
-if TYPE_CHECKING:
-    from flowstone.pipeline import Pipeline
-
-__all__ = ["StepRunner", "hash_token", "split_claimed"]
+__all__ = ["StepResult", "StepRunner", "describe_error", "hash_token"]
 
 log = logging.getLogger("flowstone.engine")
 MAX_SOFT_RETRIES = 1000
@@ -65,16 +64,26 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def split_claimed(
-    ready: tuple[StepRecord, ...],
-) -> tuple[StepRecord | None, tuple[StepRecord, ...]]:
-    """``(the continuation claimed for the caller, the other ready steps)`` of what
-    :meth:`StepRunner.run_claimed` returned with ``claim_next`` (the claimed one is the
-    step in state ``running``)."""
-    claimed = next((s for s in ready if s.state == "running"), None)
-    if claimed is None:
-        return None, ready
-    return claimed, tuple(s for s in ready if s is not claimed)
+@dataclasses.dataclass(frozen=True, slots=True)
+class StepResult:
+    """What running (or finishing) one step left to do.
+
+    ``ready``: steps to dispatch (a step the retry policy sent back is among them, itself,
+    with ``not_before`` set). ``next``: the step the finish claimed for this caller (a
+    :class:`~flowstone.records.Continuation`), to run here with
+    :meth:`StepRunner.run_claimed` or hand back (see :func:`flowstone.engine.run_chain`).
+    """
+
+    ready: tuple[StepRecord, ...] = ()
+    next: StepRecord | None = None
+
+    @property
+    def steps(self) -> tuple[StepRecord, ...]:
+        """Everything left: ``ready`` and ``next`` (which is already claimed, ``running``)."""
+        return self.ready if self.next is None else (*self.ready, self.next)
+
+
+_NOTHING = StepResult()
 
 
 def describe_error(exc: BaseException) -> str:
@@ -97,23 +106,19 @@ class _Deferring:
 
 
 class StepRunner:
-    """Runs steps of one pipeline. Thread-safe; one per pipeline per process."""
+    """Runs steps of one pipeline's :class:`~flowstone.runtime.Runtime`. Thread-safe; one
+    per pipeline per process."""
 
-    __slots__ = (
-        "_leases", "_mats", "_mats_lock", "_owner_prefix", "_p", "_prefetch_from", "_staging",
-        "prefetched",
-    )  # fmt: skip
+    __slots__ = ("_leases", "_mats", "_mats_lock", "_owner_prefix", "prefetched", "runtime")
 
-    def __init__(self, pipeline: Pipeline) -> None:
-        self._p = pipeline
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
         self._owner_prefix = f"{socket.gethostname()}:{os.getpid()}"
-        self._leases = LeaseKeeper(pipeline.store)
+        self._leases = LeaseKeeper(runtime.store)
         # succeeded materializations this process recorded: immutable once committed, and
         # read again by each dependent (saves two store queries per dependency edge)
         self._mats: OrderedDict[object, MaterializationRecord] = OrderedDict()
         self._mats_lock = threading.Lock()
-        self._staging: dict[str, bool] = {}  # io manager name -> values ride on finish_step
-        self._prefetch_from: list[tuple[str, object]] | None = None  # prefetch_sources()
         # values a claimed continuation reads that are already here (engine/prefetch.py)
         self.prefetched = PrefetchCache()
 
@@ -136,7 +141,19 @@ class StepRunner:
     def close(self) -> None:
         self._leases.close()
 
+    def dispatch(self, run_id: str, steps: tuple[StepRecord, ...] | list[StepRecord]) -> None:
+        """Hand ``steps`` to the runtime's executor (resume paths, sweepers)."""
+        if steps:
+            self.runtime.executor.dispatch(self, run_id, steps)
+
     # ------------------------------------------------------------------------------
+    def run(self, step: StepRecord, *, claim_next: bool = False) -> StepResult:
+        """Run a ready ``step`` (claiming it first) or one already claimed for this
+        caller (state ``running``, a continuation); see :meth:`run_claimed`."""
+        if step.state == "running":
+            return self.run_claimed(step, claim_next=claim_next)
+        return self.run_step(step.run_id, step.asset, step.partition, claim_next=claim_next)
+
     def run_step(
         self,
         run_id: str,
@@ -146,133 +163,152 @@ class StepRunner:
         owner: str | None = None,
         lease_seconds: float | None = None,
         claim_next: bool = False,
-    ) -> tuple[StepRecord, ...]:
-        """Claim and execute one step; return the steps that became ready.
+    ) -> StepResult:
+        """Claim and execute one step; return what it left to do.
 
-        Returns ``()`` when the step is not claimable (a duplicate delivery, a cancelled
-        run). Asset failures are recorded, never raised; only infrastructure errors (the
-        store is unreachable) propagate, so a queue can redeliver the message.
-        A step the retry policy sends back is returned itself with ``not_before`` set.
+        Returns an empty result when the step is not claimable (a duplicate delivery, a
+        cancelled run). Asset failures are recorded, never raised; only infrastructure
+        errors (the store is unreachable) propagate, so a queue can redeliver the message.
         With ``claim_next`` see :meth:`run_claimed`.
         """
-        p = self._p
+        rt = self.runtime
         owner = owner or self.owner()
-        lease = lease_seconds or p.lease_seconds
-        step = p.store.claim_step(run_id, asset, partition, owner=owner, lease_seconds=lease)
+        lease = lease_seconds or rt.policies.lease_seconds
+        step = rt.store.claim_step(run_id, asset, partition, owner=owner, lease_seconds=lease)
         if step is None:
-            return ()
+            return _NOTHING
         return self.run_claimed(step, lease_seconds=lease, claim_next=claim_next)
 
     def run_claimed(
         self, step: StepRecord, *, lease_seconds: float | None = None, claim_next: bool = False
-    ) -> tuple[StepRecord, ...]:
-        """Execute ``step``, already claimed for ``step.owner``; return what became ready.
+    ) -> StepResult:
+        """Execute ``step``, already claimed for ``step.owner``; return what it left to do.
 
         With ``claim_next`` the step's ``finish_step`` also claims the first dependent
         that became ready for the same owner (a :class:`~flowstone.records.Continuation`):
-        it comes back among the returned steps in state ``running``, for the caller to
-        run next with this method, without a claim round trip.
+        it comes back as :attr:`StepResult.next`, for the caller to run next with this
+        method, without a claim round trip.
         """
-        p = self._p
+        rt = self.runtime
         run_id, asset, partition = step.run_id, step.asset, step.partition
         owner = step.owner or self.owner()
-        lease = lease_seconds or p.lease_seconds
-        then = Continuation(owner, lease, self.prefetch_sources()) if claim_next else None
-        a = p.dag[asset]
-        if asset in p.branch_index:
-            mark_branch_started(p, run_id, asset)
+        lease = lease_seconds or rt.policies.lease_seconds
+        then = Continuation(owner, lease) if claim_next else None
+        a = rt.graph[asset]
+        if asset in rt.branch_index:
+            mark_branch_started(self, run_id, asset)
         started_at = _now()
-        p.emit(Event("asset.started", p.name, run_id, asset, partition, {"attempt": step.attempt}))
+        rt.events.emit("asset.started", run_id, asset, partition, {"attempt": step.attempt})
         with self._leases.keep(run_id, asset, partition, owner, lease):
             result = self._execute(step, a, owner, started_at)
         if isinstance(result, _Deferring):
             return self.complete(
-                run_id,
-                asset,
-                partition,
-                result.outcome,
-                started_at=started_at,
-                on_applied=result.start,
+                step, result.outcome, started_at=started_at, on_applied=result.start
             )
         if isinstance(result, _RetryLater):
             not_before = _now() + timedelta(seconds=result.delay)
-            if not p.store.retry_step(
+            if not rt.store.retry_step(
                 run_id, asset, partition, not_before=not_before, error=result.error
             ):
-                return ()
-            p.emit(
-                Event(
-                    "asset.retrying",
-                    p.name,
-                    run_id,
-                    asset,
-                    partition,
-                    {"attempt": step.attempt, "delay_s": result.delay, "error": result.error},
-                )
-            )
-            return (dataclasses.replace(step, state="ready", not_before=not_before),)
-        return self.complete(run_id, asset, partition, result, started_at=started_at, then=then)
+                return _NOTHING
+            rt.events.emit(
+                "asset.retrying", run_id, asset, partition,
+                {"attempt": step.attempt, "delay_s": result.delay, "error": result.error},
+            )  # fmt: skip
+            return StepResult((dataclasses.replace(step, state="ready", not_before=not_before),))
+        return self.complete(step, result, started_at=started_at, then=then)
 
     def complete(
         self,
-        run_id: str,
-        asset: str,
-        partition: str,
+        step: StepRecord,
         outcome: StepOutcome,
         *,
         started_at: datetime | None = None,
         on_applied: Callable[[], None] | None = None,
         then: Continuation | None = None,
-    ) -> tuple[StepRecord, ...]:
-        """Record ``outcome`` for a step (also used to resume waiting steps).
+    ) -> StepResult:
+        """Record ``outcome`` for ``step`` (also used to resume waiting steps).
 
         ``on_applied`` runs only if this call changed the step (not for a duplicate).
-        With ``then``, a dependent claimed for it is returned too (state ``running``)."""
-        p = self._p
-        transition = p.store.finish_step(run_id, asset, partition, outcome, then=then)
+        With ``then``, a dependent claimed for it comes back as :attr:`StepResult.next`."""
+        rt = self.runtime
+        transition, reads = self._finish(step, outcome, then)
         if not transition.applied:
-            return ()
+            return _NOTHING
         if outcome.materialization is not None and outcome.state == "succeeded":
             self._remember(outcome.materialization)
         if on_applied is not None:
             on_applied()
+        if rt.events:
+            self._announce(step, outcome, started_at, transition.run_status)
+        if transition.claimed is None:
+            return StepResult(transition.ready)
+        # what the continuation reads first, if the store sent it along: succeeded records
+        # are terminal, so they can stand in for the store (see succeeded()); so can the
+        # values: this step's own, and those the store read with them
+        if reads is not None:
+            for dep, mat in reads.inputs:
+                if dep.state == "succeeded" and mat is not None and mat.state == "succeeded":
+                    self._remember(mat)
+            self.prefetched.put(reads.values)
+        self.prefetched.put((v.location, v.encoded) for v in outcome.staged)
+        return StepResult(transition.ready, transition.claimed)
+
+    def _finish(
+        self, step: StepRecord, outcome: StepOutcome, then: Continuation | None
+    ) -> tuple[StepTransition, ClaimedReads | None]:
+        rt = self.runtime
+        reader = rt.capabilities.continuation_reads
+        if then is not None and reader is not None:
+            return reader.finish_step_reading(
+                step.run_id, step.asset, step.partition, outcome,
+                then=then, sources=rt.values.prefetch_sources(),
+            )  # fmt: skip
+        transition = rt.store.finish_step(
+            step.run_id, step.asset, step.partition, outcome, then=then
+        )
+        return transition, None
+
+    def _announce(
+        self,
+        step: StepRecord,
+        outcome: StepOutcome,
+        started_at: datetime | None,
+        run_status: str | None,
+    ) -> None:
+        events = self.runtime.events
+        run_id, asset, partition = step.run_id, step.asset, step.partition
         data: dict[str, Any] = {}
         if started_at is not None:
             data["duration_s"] = round((_now() - started_at).total_seconds(), 6)
         if outcome.error:
             data["error"] = outcome.error
         if outcome.state == "waiting":
-            kind = "gate.opened" if outcome.gate else "approval.requested"
-            p.emit(Event(kind, p.name, run_id, asset, partition, data))
+            on = "approval" if outcome.approval else "gate"
+            if outcome.gate is not None and outcome.gate.metadata.get("kind") == "deferred":
+                on = "deferred"
+            events.emit("asset.waiting", run_id, asset, partition, {"on": on})
+            if on != "deferred":
+                kind: EventKind = "approval.requested" if on == "approval" else "gate.opened"
+                events.emit(kind, run_id, asset, partition, data)
         else:
-            kind = {"succeeded": "asset.succeeded", "skipped": "asset.skipped"}.get(
+            done: EventKind = {"succeeded": "asset.succeeded", "skipped": "asset.skipped"}.get(
                 outcome.state, "asset.failed"
-            )
+            )  # type: ignore[assignment]
             if outcome.materialization is not None:
                 data["materialization_id"] = outcome.materialization.id
-            p.emit(Event(kind, p.name, run_id, asset, partition, data))
-        if transition.run_status in ("succeeded", "failed", "cancelled"):
-            p.emit(Event("run.finished", p.name, run_id, data={"status": transition.run_status}))
-        if transition.claimed is not None:
-            # what the continuation reads first, if the store sent it along: succeeded
-            # records are terminal, so they can stand in for the store (see succeeded());
-            # so can the values: this step's own, and those the store read with them
-            for dep, mat in transition.claimed_inputs or ():
-                if dep.state == "succeeded" and mat is not None and mat.state == "succeeded":
-                    self._remember(mat)
-            self.prefetched.put((v.location, v.encoded) for v in outcome.staged)
-            self.prefetched.put(transition.claimed_values or {})
-            return (*transition.ready, transition.claimed)
-        return transition.ready
+            events.emit(done, run_id, asset, partition, data)
+        if run_status in ("succeeded", "failed", "cancelled"):
+            events.emit("run.finished", run_id, data={"status": run_status})
 
     # ------------------------------------------------------------------------------
     def _execute(
         self, step: StepRecord, a: AssetDef, owner: str, started_at: datetime
     ) -> StepOutcome | _RetryLater | _Deferring:
-        p = self._p
+        rt = self.runtime
         run_id, enc = step.run_id, step.partition
         key = decode_partition(enc)
-        inputs = resolve_inputs(p, run_id, a, key)
+        inputs = resolve_inputs(self, run_id, a, key)
         values: dict[str, Any] = {}
         branch_outcomes: dict[str, DepOutcome] = {}
         for dep, out in inputs.outcomes.items():
@@ -318,7 +354,7 @@ class StepRunner:
             if isinstance(value, Deferred):
                 gate = Gate(
                     token_hash=hash_token(value.token),
-                    pipeline=p.name,
+                    pipeline=rt.name,
                     run_id=run_id,
                     asset=a.name,
                     partition=enc,
@@ -366,17 +402,17 @@ class StepRunner:
         key: Any,
         recorded: dict[str, Any],
     ) -> Any:
-        p = self._p
+        rt = self.runtime
         if a.is_router:
-            decided = p.store.get_route_decision(step.run_id, a.name, step.partition)
+            decided = rt.store.get_route_decision(step.run_id, a.name, step.partition)
             if decided is not None:  # replayed, never re-evaluated
                 return decided
         if a.scatter is not None:
             # one read of the run record: a retry_failed_items run names the earlier run
-            run = p.store.get_run(step.run_id)
+            run = rt.store.get_run(step.run_id)
             previous = run.tags.get(RETRY_TAG) if run is not None else None
             request = ScatterRequest(
-                pipeline=p,
+                runner=self,
                 asset=a,
                 run_id=step.run_id,
                 partition=step.partition,
@@ -389,13 +425,13 @@ class StepRunner:
                 ),
                 previous_run_id=previous,
             )
-            return p.scatter_coordinator.execute(request)
+            return rt.scatter_coordinator.execute(request)
         extra: dict[str, Any] | None = None
         if a.parallel is not None:
             try:
-                branches = p.parallel_coordinator.branch_results(
+                branches = rt.parallel_coordinator.branch_results(
                     ParallelRequest(
-                        p, a, step.run_id, step.partition, branch_outcomes,
+                        rt, a, step.run_id, step.partition, branch_outcomes,
                         attempt=max(step.attempt, 1), metadata=recorded,
                     )
                 )
@@ -419,15 +455,15 @@ class StepRunner:
         started_at: datetime,
         recorded: Mapping[str, Any],
     ) -> StepOutcome:
-        p = self._p
+        rt = self.runtime
         if isinstance(value, Skip):
             return self._skip(a, step, started_at, value.reason or "asset returned Skip")
         if isinstance(value, WaitForApproval):
-            io_name, location, staged = self._store_value(a, step, value.value)
+            held = self._store_value(a, step, value.value)
             seconds = to_seconds(value.timeout, what="WaitForApproval timeout")
             approval = Approval(
                 id=0,
-                pipeline=p.name,
+                pipeline=rt.name,
                 run_id=step.run_id,
                 asset=a.name,
                 partition=step.partition,
@@ -435,11 +471,11 @@ class StepRunner:
                 status="pending",
                 created_at=_now(),
                 expires_at=_now() + timedelta(seconds=seconds) if seconds is not None else None,
-                io_manager=io_name,
-                location=location,
+                io_manager=held.io_manager,
+                location=held.location,
                 metadata=dict(value.metadata),
             )
-            return StepOutcome("waiting", approval=approval, staged=staged)
+            return StepOutcome("waiting", approval=approval, staged=held.staged)
         if isinstance(value, SignalGate):
             if context.gate is None or context.gate.token != value.token:
                 raise ExecutionError(
@@ -448,7 +484,7 @@ class StepRunner:
                 )
             gate = Gate(
                 token_hash=hash_token(value.token),
-                pipeline=p.name,
+                pipeline=rt.name,
                 run_id=step.run_id,
                 asset=a.name,
                 partition=step.partition,
@@ -464,24 +500,18 @@ class StepRunner:
                 raise ExecutionError(
                     f"router {a.name!r} returned {value!r}; it must return one of {list(branches)}"
                 )
-            replayed = p.store.get_route_decision(step.run_id, a.name, step.partition)
-            value = p.store.record_route_decision(step.run_id, a.name, step.partition, value)
+            replayed = rt.store.get_route_decision(step.run_id, a.name, step.partition)
+            value = rt.store.record_route_decision(step.run_id, a.name, step.partition, value)
             if replayed is None:  # a replayed decision was announced when it was made
-                p.emit(
-                    Event(
-                        "route.decided",
-                        p.name,
-                        step.run_id,
-                        a.name,
-                        step.partition,
-                        {"branch": value},
-                    )
+                rt.events.emit(
+                    "route.decided", step.run_id, a.name, step.partition, {"branch": value}
                 )
-        io_name, location, staged = self._store_value(a, step, value)
+        stored = self._store_value(a, step, value)
         metadata = {**a.metadata, **context.metadata, **recorded}
-        lineage_error = p.emit_lineage(step.run_id, a.name, step.partition, upstream)
-        if lineage_error is not None and p.on_lineage_error == "fail":
-            p.io_manager(io_name).delete(location)
+        lineage_error = rt.events.lineage(step.run_id, a.name, step.partition, upstream)
+        if lineage_error is not None and rt.policies.on_lineage_error == "fail":
+            if not stored.staged:  # a staged value was never written
+                rt.values.delete(stored.io_manager, stored.location)
             raise ExecutionError(f"lineage emission failed: {lineage_error}")
         if lineage_error is not None:
             metadata["lineage_error"] = lineage_error
@@ -490,64 +520,20 @@ class StepRunner:
             step,
             "succeeded",
             started_at,
-            io_name=io_name,
-            location=location,
+            io_name=stored.io_manager,
+            location=stored.location,
             upstream=upstream,
             metadata=metadata,
         )
-        return StepOutcome("succeeded", materialization=mat, staged=staged)
+        return StepOutcome("succeeded", materialization=mat, staged=stored.staged)
 
     # --- helpers ----------------------------------------------------------------------
-    def _store_value(
-        self, a: AssetDef, step: StepRecord, value: Any
-    ) -> tuple[str, str, tuple[StagedValue, ...]]:
-        """Store ``value`` with the asset's IO manager, or stage it for ``finish_step`` when
-        the store can write it in the step's own transaction (see :class:`StagedValue`)."""
-        p = self._p
-        io_name = a.io_manager or p.default_io_manager
-        key = StorageKey(p.name, a.name, step.partition, step.run_id)
-        manager = p.io_manager(io_name)
-        staged: tuple[StagedValue, ...] = ()
-        if self._stages(io_name, manager):
-            staged = (manager.stage(key, value),)  # type: ignore[attr-defined]
-            location = staged[0].location
-        else:
-            location = manager.store(key, value)
-        p.emit(
-            Event("io.stored", p.name, step.run_id, a.name, step.partition, {"io_manager": io_name})
-        )
-        return io_name, location, staged
-
-    def prefetch_sources(self) -> dict[str, str]:
-        """``Continuation.prefetch``: the ``prefetch_source`` of every IO manager whose
-        values ride on ``finish_step`` (same database as the store) and that can decode
-        what the store reads back (a manager may offer none yet, e.g. before its table
-        exists)."""
-        if self._prefetch_from is None:
-            p = self._p
-            self._prefetch_from = [
-                (name, manager)
-                for name in p.io_manager_names
-                if self._stages(name, manager := p.io_manager(name))
-                and callable(getattr(manager, "decode_prefetched", None))
-            ]
-        return {
-            name: str(source)
-            for name, manager in self._prefetch_from
-            if (source := getattr(manager, "prefetch_source", None))
-        }
-
-    def _stages(self, io_name: str, manager: object) -> bool:
-        """Whether values of ``manager`` are written by the store's ``finish_step``."""
-        known = self._staging.get(io_name)
-        if known is None:
-            target = getattr(manager, "staging_target", None)
-            accepts = getattr(self._p.store, "accepts_staging", None)
-            known = bool(
-                target and callable(getattr(manager, "stage", None)) and accepts and accepts(target)
-            )
-            self._staging[io_name] = known
-        return known
+    def _store_value(self, a: AssetDef, step: StepRecord, value: Any) -> StoredValue:
+        """Store ``value`` at this attempt's own location (staged for ``finish_step`` when
+        the store writes it in the step's transaction)."""
+        rt = self.runtime
+        key = StorageKey(rt.name, a.name, step.partition, step.run_id, attempt=step.attempt)
+        return rt.values.store(a.io_manager, key, value)
 
     def _skip(
         self, a: AssetDef, step: StepRecord, started_at: datetime, reason: str
@@ -570,7 +556,7 @@ class StepRunner:
     ) -> MaterializationRecord:
         return MaterializationRecord(
             id=uuid.uuid4().hex,
-            pipeline=self._p.name,
+            pipeline=self.runtime.name,
             run_id=step.run_id,
             asset=a.name,
             partition=step.partition,
@@ -598,11 +584,11 @@ class StepRunner:
     ) -> Context:
         return Context(
             run_id=run_id,
-            pipeline=self._p.name,
+            pipeline=self.runtime.name,
             asset=a.name,
             partition=key,
             partition_key=enc,
-            resources=self._p.resources.for_asset(a.requires),
+            resources=self.runtime.resources.for_asset(a.requires),
             attempt=max(attempt, 1),
             scatter_item=item,
             batch=batch,
@@ -612,10 +598,11 @@ class StepRunner:
         """A context for hooks that run outside a claimed step (on_signal, on_timeout)."""
         return self._context(a, run_id, enc, decode_partition(enc), attempt)
 
-    def record(
+    def build_record(
         self, a: AssetDef, step: StepRecord, state: Any, **kwargs: Any
     ) -> MaterializationRecord:
-        """Build a materialization record for ``step`` (used by resume paths)."""
+        """Build (not store) a materialization record for ``step``, finished now (resume
+        paths hand it to :meth:`complete`)."""
         return self._record(a, step, state, _now(), **kwargs)
 
 

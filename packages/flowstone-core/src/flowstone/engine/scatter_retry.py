@@ -15,14 +15,14 @@ from flowstone.errors import RunNotFoundError, UsageError
 from flowstone.partitions import PartitionKey, encode_partition
 
 if TYPE_CHECKING:
-    from flowstone.pipeline import Pipeline
+    from flowstone.runtime import Runtime
 
 __all__ = ["RETRY_TAG", "check_retry"]
 
 RETRY_TAG = "retry_failed_items_of"
 
 
-def check_retry(pipeline: Pipeline, run_id: str, asset: str, partition: PartitionKey | None) -> str:
+def check_retry(runtime: Runtime, run_id: str, asset: str, partition: PartitionKey | None) -> str:
     """Validate a retry of ``asset``'s failed items from ``run_id``; return the asset name.
 
     Raises:
@@ -30,13 +30,13 @@ def check_retry(pipeline: Pipeline, run_id: str, asset: str, partition: Partitio
         UsageError: the asset is not a scatter asset, the run is still going, the run did
             not execute that scatter step itself, or ``partition`` is not the run's.
     """
-    run = pipeline.store.get_run(run_id)
-    if run is None or run.pipeline != pipeline.name:
+    run = runtime.store.get_run(run_id)
+    if run is None or run.pipeline != runtime.name:
         raise RunNotFoundError(
-            f"no run {run_id!r} in the store of pipeline {pipeline.name!r}; list runs with "
+            f"no run {run_id!r} in the store of pipeline {runtime.name!r}; list runs with "
             "pipeline.runs() or `flowstone runs`"
         )
-    a = pipeline.dag[asset]
+    a = runtime.graph[asset]
     if a.scatter is None:
         raise UsageError(
             f"asset {a.name!r} is not a scatter asset, so it has no items to retry; "
@@ -48,9 +48,9 @@ def check_retry(pipeline: Pipeline, run_id: str, asset: str, partition: Partitio
             "its failed scatter items"
         )
     enc = encode_partition(validate_key(a, partition) if partition is not None else None)
-    step = pipeline.store.get_step(run_id, a.name, enc)
+    step = runtime.store.get_step(run_id, a.name, enc)
     if step is None:
-        others = sorted(s.partition for s in pipeline.store.list_steps(run_id) if s.asset == a.name)
+        others = sorted(s.partition for s in runtime.store.list_steps(run_id) if s.asset == a.name)
         if others:
             raise UsageError(
                 f"run {run_id!r} ran scatter asset {a.name!r} for partition "
@@ -67,7 +67,7 @@ def check_retry(pipeline: Pipeline, run_id: str, asset: str, partition: Partitio
             "not finished; nothing to retry (pipeline.resume() continues an unfinished run)"
         )
     if step.materialization_id is not None:
-        mat = pipeline.store.get_materialization(step.materialization_id)
+        mat = runtime.store.get_materialization(step.materialization_id)
         if mat is not None and mat.run_id != run_id:
             raise UsageError(
                 f"run {run_id!r} has no scatter results for asset {a.name!r}: it reused the "

@@ -1,7 +1,8 @@
 """Parallel branch timeouts, enforced without holding a worker.
 
 A parallel asset's clock starts when the first step of any of its branches is claimed
-(recorded once, first write wins, as a store cursor). The sweeper (``expire_due``) and
+(recorded once, first write wins, as a store step note of kind :data:`CLOCK_NOTE` on
+the parallel asset). The sweeper (``expire_due``) and
 the in-process dispatcher then fail the still-unfinished steps of every branch past its
 limit; the failure flows to the join like any other: a required branch fails it, an
 optional one reaches it as ``BranchFailed``. A worker still running a timed-out step
@@ -18,7 +19,7 @@ from flowstone.dag import AssetGraph
 from flowstone.records import StepOutcome, StepRecord
 
 if TYPE_CHECKING:
-    from flowstone.pipeline import Pipeline
+    from flowstone.engine.runner import StepRunner
 
 __all__ = ["branch_index", "enforce_parallel_timeouts", "mark_branch_started"]
 
@@ -45,40 +46,43 @@ def branch_index(dag: AssetGraph) -> dict[str, tuple[tuple[str, str], ...]]:
     return {k: tuple(v) for k, v in index.items()}
 
 
-def _clock_key(run_id: str, parallel: str) -> str:
-    return f"parallel-start:{run_id}:{parallel}"
+CLOCK_NOTE = "parallel.started"
+"""The step note (:class:`~flowstone.protocols.StepNotes`) holding when a timed parallel
+asset's first branch step was claimed, ISO 8601 UTC, on the parallel asset at partition
+``""``."""
 
 
-def mark_branch_started(p: Pipeline, run_id: str, asset: str) -> None:
+def mark_branch_started(runner: StepRunner, run_id: str, asset: str) -> None:
     """Start the clock of every timed parallel ``asset`` belongs to (first write wins)."""
-    for parallel, _ in p.branch_index.get(asset, ()):
-        key = _clock_key(run_id, parallel)
-        if p.store.get_cursor(key) is None:
-            p.store.set_cursor(key, datetime.now(UTC).isoformat(), expected=None)
+    rt = runner.runtime
+    for parallel, _ in rt.branch_index.get(asset, ()):
+        if rt.store.get_step_note(run_id, parallel, "", CLOCK_NOTE) is None:
+            rt.store.add_step_note(run_id, parallel, "", CLOCK_NOTE, datetime.now(UTC).isoformat())
 
 
 def enforce_parallel_timeouts(
-    p: Pipeline, run_id: str, now: datetime | None = None
+    runner: StepRunner, run_id: str, now: datetime | None = None
 ) -> tuple[list[StepRecord], set[tuple[str, str]]]:
     """Fail the live steps of timed-out branches in ``run_id``.
 
     Returns the steps that became ready and the (asset, partition) of the steps it failed.
     """
-    index: Mapping[str, tuple[tuple[str, str], ...]] = p.branch_index
+    rt = runner.runtime
+    index: Mapping[str, tuple[tuple[str, str], ...]] = rt.branch_index
     if not index:
         return [], set()
     now = now or datetime.now(UTC)
     timed = {parallel for pairs in index.values() for parallel, _ in pairs}
-    steps = p.store.list_steps(run_id)
+    steps = rt.store.list_steps(run_id)
     ready: list[StepRecord] = []
     failed: set[tuple[str, str]] = set()
     for parallel in sorted(timed):
         joins = [s for s in steps if s.asset == parallel and s.state == "pending"]
-        raw = p.store.get_cursor(_clock_key(run_id, parallel)) if joins else None
+        raw = rt.store.get_step_note(run_id, parallel, "", CLOCK_NOTE) if joins else None
         if raw is None:
             continue
         elapsed = (now - datetime.fromisoformat(raw)).total_seconds()
-        spec = p.dag[parallel].parallel
+        spec = rt.graph[parallel].parallel
         assert spec is not None
         for branch in spec.branches:
             limit = spec.limit(branch)
@@ -87,8 +91,8 @@ def enforce_parallel_timeouts(
             error = f"branch {branch!r} of {parallel!r} timed out after {limit:g}s"
             for s in steps:
                 if s.state in _LIVE and (parallel, branch) in index.get(s.asset, ()):
-                    mat = p.runner.record(p.dag[s.asset], s, "failed", error=error)
+                    mat = runner.build_record(rt.graph[s.asset], s, "failed", error=error)
                     outcome = StepOutcome("failed", materialization=mat, error=error)
-                    ready.extend(p.runner.complete(run_id, s.asset, s.partition, outcome))
+                    ready.extend(runner.complete(s, outcome).ready)
                     failed.add((s.asset, s.partition))
     return ready, failed

@@ -4,7 +4,7 @@ that plugins subclass.
 * :func:`materialize` — run one asset with given dependency values through the real engine.
 * :func:`memory_pipeline` — a Pipeline on the memory store and memory IO manager.
 * :class:`ParkedExecutor` — a queue-like executor that keeps the steps it is handed, so a
-  test delivers them itself (``pipeline.runner.run_step``), in the order it wants.
+  test delivers them itself (``pipeline.runner.run_step(...).steps``), in the order it wants.
 * ``IOManagerContract`` (:mod:`flowstone.testing.io_contract`), ``RunStoreContract``
   (:mod:`flowstone.testing.store_contract`), ``ItemReaderContract``
   (:mod:`flowstone.testing.reader_contract`) — pytest suites; imported lazily because they
@@ -16,13 +16,16 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowstone.asset import AssetDef, asset
 from flowstone.errors import UsageError
 from flowstone.partitions import PartitionKey
 from flowstone.pipeline import Pipeline
 from flowstone.records import StepRecord
+
+if TYPE_CHECKING:
+    from flowstone.engine import StepRunner
 
 __all__ = [
     "IOManagerContract",
@@ -55,7 +58,7 @@ class ParkedExecutor:
     def __init__(self) -> None:
         self.sent: list[StepRecord] = []
 
-    def dispatch(self, pipeline: Any, run_id: str, steps: Iterable[StepRecord]) -> None:
+    def dispatch(self, runner: StepRunner, run_id: str, steps: Iterable[StepRecord]) -> None:
         self.sent.extend(steps)
 
     def take(self) -> list[StepRecord]:

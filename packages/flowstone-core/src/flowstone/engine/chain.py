@@ -1,0 +1,93 @@
+"""``run_chain``: run a step, then the continuations its finishes claim for this caller.
+
+Both executors follow a chain of steps in one place without a claim or a hand-off per
+step (``finish_step`` claims the next step in its own transaction, see
+:class:`~flowstone.records.Continuation`). They differ only in what they do with the
+other ready steps and how far they go, which are this function's parameters:
+
+* in-process: ``hand_off=None``: the chain stops as soon as a step makes more than one
+  step ready and returns them all (the claimed one ``running``), so siblings run in
+  parallel on the dispatcher's pool; no budget.
+* Celery: ``hand_off`` publishes the other ready steps at once, ``budget`` is
+  ``FLOWSTONE_INLINE_STEPS`` (then the chain goes back to the broker), and a continuation
+  that cannot run here is handed back (made ready and published) before the error
+  propagates, so it never waits for its lease to expire.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from flowstone.engine.runner import StepRunner
+from flowstone.records import StepRecord
+
+__all__ = ["run_chain"]
+
+log = logging.getLogger("flowstone.engine")
+
+
+def run_chain(
+    runner: StepRunner,
+    step: StepRecord,
+    *,
+    budget: int | None = None,
+    hand_off: Callable[[tuple[StepRecord, ...]], None] | None = None,
+    hand_back: bool = False,
+) -> tuple[StepRecord, ...]:
+    """Run ``step`` (ready, or already claimed for this caller) and follow its chain.
+
+    Args:
+        budget: at most this many continuations after ``step`` (None: no limit); the
+            last one runs without claiming a next one.
+        hand_off: called with the other ready steps as they appear; without it the chain
+            stops at the first step that makes more than one step ready.
+        hand_back: put a continuation that raised back to ``ready`` and hand it off
+            before re-raising (needs ``hand_off``).
+
+    Returns:
+        The steps left for the caller to dispatch (empty with ``hand_off``). A claimed
+        continuation among them is in state ``running``: run it with
+        :meth:`StepRunner.run` (or :func:`run_chain`), never dispatch it elsewhere.
+    """
+    left = budget
+    result = runner.run(step, claim_next=left is None or left > 0)
+    while True:
+        if hand_off is None:
+            if result.ready or result.next is None:
+                return result.steps
+        elif result.ready:
+            hand_off(result.ready)
+        following = result.next
+        if following is None:
+            return ()
+        if left is not None:
+            left -= 1
+        try:
+            result = runner.run_claimed(following, claim_next=left is None or left > 0)
+        except Exception as exc:
+            if hand_back and hand_off is not None:
+                _hand_back(runner, following, exc, hand_off)
+            raise
+
+
+def _hand_back(
+    runner: StepRunner,
+    step: StepRecord,
+    exc: Exception,
+    hand_off: Callable[[tuple[StepRecord, ...]], None],
+) -> None:
+    """Best effort: make a continuation that failed to run ready again and hand it off."""
+    try:
+        if runner.runtime.store.retry_step(
+            step.run_id, step.asset, step.partition, not_before=datetime.now(UTC),
+            error=f"continuation could not run here: {type(exc).__name__}: {exc}",
+        ):  # fmt: skip
+            hand_off((dataclasses.replace(step, state="ready", not_before=None),))
+    except Exception:  # the store or broker is down too: the lease expires, the sweeper acts
+        log.warning(
+            "could not hand back step %s[%s] of run %s; the sweeper will re-send it once its "
+            "lease expires", step.asset, step.partition, step.run_id,
+        )  # fmt: skip
