@@ -5,8 +5,9 @@ A join that ran (the join function was called with the branches) is recorded und
 ``finish_step`` writes once, in the transaction that records the joined value: a join
 executed twice (its worker died mid-join) cannot leave two records, or a record without
 a value. A join that failed because a required branch failed has no value; its record is
-a run store cursor named by :func:`join_key`, written with compare-and-set against
-"absent" (``set_cursor(..., expected=None)``), so the first failure's record stands.
+a run store step note of kind :data:`JOIN_NOTE` on the join step
+(:class:`~flowstone.protocols.StepNotes`: first write wins), so the first failure's
+record stands.
 Every join step attempted more than once gets a ``parallel.join_repeated`` audit entry.
 Both work on every :class:`~flowstone.protocols.RunStore` (memory, SQLite, Postgres).
 """
@@ -17,17 +18,17 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from flowstone.errors import StorageError
-from flowstone.protocols import RunStore
+from flowstone.protocols import AuditLog, RunScheduling, StepNotes
 
 __all__ = [
+    "JOIN_NOTE",
     "METADATA_KEY",
     "REPEATED_KIND",
     "BranchRecord",
     "JoinRecord",
-    "join_key",
     "join_record",
 ]
 
@@ -37,14 +38,8 @@ REPEATED_KIND = "parallel.join_repeated"
 METADATA_KEY = "flowstone.parallel.join"
 """The materialization metadata entry holding the record of a join that ran."""
 
-_PREFIX = "flowstone.parallel.join"
-
-
-def join_key(run_id: str, asset: str, partition: str) -> str:
-    """The cursor name of the join record of ``asset`` at ``partition`` in ``run_id``."""
-    # run ids and asset names cannot contain ':'; the partition comes last so its own
-    # ':' characters cannot make two keys collide
-    return f"{_PREFIX}:{run_id}:{asset}:{partition}"
+JOIN_NOTE = "flowstone.parallel.join"
+"""The kind of the step note holding the record of a join that failed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +115,13 @@ class JoinRecord:
         }
 
     def to_json(self) -> str:
-        """:meth:`to_dict` as compact JSON (the cursor form)."""
+        """:meth:`to_dict` as compact JSON (the step note form)."""
         return json.dumps(self.to_dict(), separators=(",", ":"))
+
+
+class JoinRecordSource(StepNotes, RunScheduling, AuditLog, Protocol):
+    """The roles of a run store :func:`join_record` reads: step notes (a failed join), the
+    join step's materialization (a join that ran) and the audit log (repeats)."""
 
 
 def _parse(
@@ -151,14 +151,16 @@ def _parse(
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise StorageError(
-            f"join record {join_key(run_id, asset, partition)!r} is not a valid "
-            f"flowstone-parallel record ({type(exc).__name__}: {exc}); it was written by "
-            "something else. Fix: do not write cursors under 'flowstone.parallel.join:' or "
+            f"the join record of {asset!r} partition {partition!r} in run {run_id!r} is not a "
+            f"valid flowstone-parallel record ({type(exc).__name__}: {exc}); it was written by "
+            f"something else. Fix: do not write step notes of kind {JOIN_NOTE!r} or "
             f"materialization metadata under {METADATA_KEY!r}"
         ) from exc
 
 
-def join_record(store: RunStore, run_id: str, asset: str, partition: str = "") -> JoinRecord | None:
+def join_record(
+    store: JoinRecordSource, run_id: str, asset: str, partition: str = ""
+) -> JoinRecord | None:
     """Read the join record of a parallel ``asset`` in ``run_id``, or None if it has not joined.
 
     Args:
@@ -172,7 +174,7 @@ def join_record(store: RunStore, run_id: str, asset: str, partition: str = "") -
         >>> record.outcome, [b.state for b in record.branches]
         ('joined', ['succeeded', 'failed', 'succeeded'])
     """
-    raw: str | Mapping[str, Any] | None = store.get_cursor(join_key(run_id, asset, partition))
+    raw: str | Mapping[str, Any] | None = store.get_step_note(run_id, asset, partition, JOIN_NOTE)
     if raw is None:
         for _, mat in store.get_step_results(run_id, [(asset, partition)]):
             if mat is not None and mat.run_id == run_id:
