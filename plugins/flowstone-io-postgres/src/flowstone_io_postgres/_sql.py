@@ -1,6 +1,7 @@
 """Shared plumbing for the SQL layer: named-parameter statements, JSON columns, transactions
 and error translation, on asyncpg.
 
+JSON columns are encoded by :func:`flowstone.store_rules.to_json`, as in every store.
 Statements are written with ``:name`` placeholders (readable, order-free) and compiled once
 per schema to asyncpg's ``$n`` form; asyncpg then prepares each distinct text once per
 connection and reuses it (its statement cache), so a hot call is Bind + Execute only.
@@ -27,7 +28,6 @@ __all__ = [
     "Stmt",
     "call",
     "compile_named",
-    "dump_json",
     "is_db_error",
     "load_json",
     "run_tx",
@@ -121,21 +121,6 @@ class Sql:
             stmt = compile_named(template.replace("{s}", self.schema_sql))
             self._cache[template] = stmt
         return stmt
-
-
-def dump_json(value: Mapping[str, Any] | Any, *, what: str) -> str:
-    """JSON text for a jsonb parameter; strict (no NaN), so the database accepts it.
-
-    Raises:
-        StorageError: naming ``what`` (e.g. "materialization metadata") when not JSON-able.
-    """
-    try:
-        return json.dumps(value, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise StorageError(
-            f"cannot store the {what}: {exc}. It must be JSON-able (str keys; str, int, finite "
-            "float, bool, None, list, dict); convert other values (dates, objects) to strings."
-        ) from exc
 
 
 def load_json(value: Any) -> Any:
