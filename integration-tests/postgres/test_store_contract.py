@@ -13,6 +13,9 @@ pytestmark = pytest.mark.integration
 
 
 class TestPostgresRunStore(RunStoreContract):
+    supports_get_runs = True
+    supports_continuation_reads = True
+
     @pytest.fixture
     def store(self, shared_store: PostgresRunStore) -> Iterator[PostgresRunStore]:
         # One store (one pool) for the whole session: the suite uses unique ids per test.

@@ -9,21 +9,27 @@ from pathlib import Path
 
 import pytest
 
+from flowstone.defaults.memory_io import MemoryIOManager
 from flowstone.defaults.memory_store import MemoryRunStore
 from flowstone.defaults.sqlite_schema import MIGRATIONS, migrate
 from flowstone.defaults.sqlite_store import SQLiteRunStore
 from flowstone.errors import StorageError, UsageError
-from flowstone.protocols import RunStore
+from flowstone.protocols import RunStore, StorageKey
 from flowstone.records import RunRecord, StepOutcome, StepSpec
 from flowstone.testing.store_contract import RunStoreContract
 
 
 class TestMemoryRunStore(RunStoreContract):
+    supports_get_runs = True
+    supports_continuation_reads = True
+
     def make_store(self, tmp_path: Path) -> RunStore:
         return MemoryRunStore()
 
 
 class TestSQLiteRunStore(RunStoreContract):
+    supports_get_runs = True
+
     def make_store(self, tmp_path: Path) -> RunStore:
         return SQLiteRunStore(tmp_path / "state" / "flowstone.db")
 
@@ -122,3 +128,36 @@ def test_close_then_reuse_reopens(tmp_path: Path) -> None:
     store.create_run(_run("r1"), [StepSpec("orders", "")])
     store.close()
     assert store.get_run("r1") is not None
+
+
+def test_schema_v2_moves_parallel_cursors_to_step_notes(tmp_path: Path) -> None:
+    path = tmp_path / "f.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert migrate(conn, MIGRATIONS[:1]) == 1  # a file written before step notes existed
+    conn.executemany(
+        "INSERT INTO cursors VALUES (?, ?, 0)",
+        [
+            ("parallel-start:run-1:enrich", "2024-03-01T10:00:00+00:00"),
+            ("flowstone.parallel.join:run-1:briefing:2024-03-01:eu", '{"v": 1}'),
+            ("sensor:news:inbox", "offset=7"),
+        ],
+    )
+    conn.close()
+    store = SQLiteRunStore(path)
+    assert store.get_step_note("run-1", "enrich", "", "parallel.started") == (
+        "2024-03-01T10:00:00+00:00"
+    )
+    assert store.get_step_note("run-1", "briefing", "2024-03-01:eu", "flowstone.parallel.join") == (
+        '{"v": 1}'
+    )
+    assert store.get_cursor("sensor:news:inbox") == "offset=7"
+    assert store.get_cursor("parallel-start:run-1:enrich") is None
+    store.close()
+
+
+def test_default_io_manager_keeps_values_beside_the_file(tmp_path: Path) -> None:
+    store = SQLiteRunStore(tmp_path / "state" / "runs.db")
+    manager = store.default_io_manager()
+    manager.store(StorageKey("sales", "orders", "", "r1"), [1, 2])
+    assert (tmp_path / "state" / "runs.values.db").exists()
+    assert isinstance(MemoryRunStore().default_io_manager(), MemoryIOManager)
