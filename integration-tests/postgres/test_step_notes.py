@@ -7,9 +7,7 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 
-import asyncpg
 import pytest
-from sqlalchemy.engine import make_url
 
 from flowstone_io_postgres import PostgresRunStore, migrate
 from flowstone_io_postgres.urls import normalize_url
@@ -21,38 +19,29 @@ JOIN = '{"v":1,"mode":"all_or_nothing","outcome":"failed","error":"branch maps f
     '"recorded_at":"2024-03-01T10:00:00+00:00","branches":[]}'
 
 
-def _dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def _sql(url: str, sql: str, *args: object) -> list[tuple[object, ...]]:
-    async def go() -> list[tuple[object, ...]]:
-        conn = await asyncpg.connect(_dsn(url))
-        try:
-            return [tuple(r) for r in await conn.fetch(sql, *args)]
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
-
-
 @pytest.fixture
-def schema(migrated_url: str) -> Iterator[str]:
+def schema(shared_store: PostgresRunStore) -> Iterator[str]:
     name = f"notes_{uuid.uuid4().hex[:10]}"
     yield name
-    _sql(migrated_url, f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    shared_store.run_on_connection(
+        lambda conn: conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'), action="cleanup"
+    )
 
 
-def test_0005_moves_parallel_cursors_to_step_notes(migrated_url: str, schema: str) -> None:
+def test_0005_moves_parallel_cursors_to_step_notes(
+    migrated_url: str, shared_store: PostgresRunStore, schema: str
+) -> None:
     url = normalize_url(migrated_url)
     asyncio.run(migrate.upgrade(url, schema, "0004", plugins=False))
-    _sql(
-        migrated_url,
-        f'INSERT INTO "{schema}".cursors (name, value, updated_at) VALUES '
-        "('parallel-start:run-1:enrich', '2024-03-01T10:00:00+00:00', now()), "
-        "('flowstone.parallel.join:run-1:briefing:2024-03-01:eu', $1, now()), "
-        "('sensor:news:inbox', 'offset=7', now())",
-        JOIN,
+    shared_store.run_on_connection(  # cursors as a FlowStone before step notes wrote them
+        lambda conn: conn.execute(
+            f'INSERT INTO "{schema}".cursors (name, value, updated_at) VALUES '
+            "('parallel-start:run-1:enrich', '2024-03-01T10:00:00+00:00', now()), "
+            "('flowstone.parallel.join:run-1:briefing:2024-03-01:eu', $1, now()), "
+            "('sensor:news:inbox', 'offset=7', now())",
+            JOIN,
+        ),
+        action="writing old cursors",
     )
     asyncio.run(migrate.upgrade(url, schema))
     store = PostgresRunStore(migrated_url, schema=schema, pool_size=1, max_overflow=0)
