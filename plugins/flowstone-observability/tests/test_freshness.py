@@ -137,3 +137,15 @@ def test_the_sqlite_store_answers_with_the_capability_like_the_fallback(
     assert fast["daily"].newest_partition == datetime(2024, 1, 2, tzinfo=UTC)
     assert fast["total"].last_materialized is not None
     pipeline.close()
+
+
+def test_steps_waiting_for_a_worker_are_read_from_the_store() -> None:
+    """Queue lag as the store sees it: a parked executor never runs the ready steps."""
+    from flowstone.testing import ParkedExecutor
+
+    pipeline = etl([], executor=ParkedExecutor())
+    pipeline.run("total", wait=False)
+    registry = _scrape([pipeline])
+    assert value(registry, "flowstone_steps_ready", pipeline="etl") == 1  # source is ready
+    assert value(registry, "flowstone_steps_ready_oldest_seconds", pipeline="etl") >= 0
+    assert value(registry, "flowstone_leases_expired", pipeline="etl") == 0

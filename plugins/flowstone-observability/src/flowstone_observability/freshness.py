@@ -25,10 +25,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from flowstone.partitions import decode_partition, encode_partition
+from flowstone.protocols import BulkRunReads
 from flowstone_observability.metrics import METRICS
 
-__all__ = ["FALLBACK_LIMIT", "AssetFreshness", "FreshnessCollector", "FreshnessReads",
-           "read_freshness"]
+__all__ = ["BACKLOG_RUNS", "FALLBACK_LIMIT", "AssetFreshness", "Backlog", "FreshnessCollector",
+           "FreshnessReads", "read_backlog", "read_freshness"]
 
 log = logging.getLogger("flowstone.observability")
 
@@ -103,6 +104,47 @@ def read_freshness(pipeline: Any, now: datetime | None = None) -> list[AssetFres
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """Steps waiting for a worker, per pipeline (from ``RunStore.stale_steps``)."""
+
+    ready: int
+    oldest_ready_seconds: float
+    expired_leases: int
+
+
+BACKLOG_RUNS: Final = 1000
+"""At most this many distinct runs are looked up to attribute waiting steps to pipelines."""
+
+
+def read_backlog(store: Any, now: datetime | None = None) -> dict[str, Backlog]:
+    """``{pipeline: Backlog}`` for every pipeline with waiting steps in ``store``."""
+    at = now or datetime.now(UTC)
+    steps = store.stale_steps(at, ready_for_seconds=0.0)
+    run_ids = list(dict.fromkeys(s.run_id for s in steps))[:BACKLOG_RUNS]
+    if isinstance(store, BulkRunReads):
+        runs = {r.run_id: r.pipeline for r in store.get_runs(run_ids)}
+    else:
+        runs = {i: r.pipeline for i in run_ids if (r := store.get_run(i)) is not None}
+    ready: dict[str, list[float]] = {}
+    expired: dict[str, int] = {}
+    for step in steps:
+        pipeline = runs.get(step.run_id)
+        if pipeline is None:
+            continue
+        if step.state == "ready":
+            since = step.not_before or step.updated_at
+            age = (at - since).total_seconds() if since is not None else 0.0
+            ready.setdefault(pipeline, []).append(max(0.0, age))
+        else:
+            expired[pipeline] = expired.get(pipeline, 0) + 1
+    return {
+        name: Backlog(len(ready.get(name, [])), max(ready.get(name, [0.0])),
+                      expired.get(name, 0))
+        for name in set(ready) | set(expired)
+    }
+
+
 def _summarise(asset: str, declared: Any, latest: datetime | None,
                keys: Sequence[str] | None, now: datetime) -> AssetFreshness:
     if keys is None:
@@ -170,11 +212,19 @@ class FreshnessCollector(Collector):
         missing = self._family("flowstone_asset_missing_partitions")
         pending = self._family("flowstone_approvals_pending")
         up = self._family("flowstone_store_up")
+        ready = self._family("flowstone_steps_ready")
+        oldest = self._family("flowstone_steps_ready_oldest_seconds")
+        expired = self._family("flowstone_leases_expired")
+        backlogs: dict[int, dict[str, Backlog]] = {}  # one read per store
         for pipeline in self._pipelines:
             try:
                 rows = read_freshness(pipeline)
                 waiting = len(pipeline.store.list_approvals(pipeline=pipeline.name,
                                                             status="pending"))
+                key = id(pipeline.store)
+                if key not in backlogs:
+                    backlogs[key] = read_backlog(pipeline.store)
+                backlog = backlogs[key].get(pipeline.name, Backlog(0, 0.0, 0))
             except Exception as exc:
                 log.warning("reading freshness of pipeline %s failed: %s: %s", pipeline.name,
                             type(exc).__name__, exc)
@@ -182,6 +232,9 @@ class FreshnessCollector(Collector):
                 continue
             up.add_metric([pipeline.name], 1.0)
             pending.add_metric([pipeline.name], float(waiting))
+            ready.add_metric([pipeline.name], float(backlog.ready))
+            oldest.add_metric([pipeline.name], backlog.oldest_ready_seconds)
+            expired.add_metric([pipeline.name], float(backlog.expired_leases))
             for row in rows:
                 labels = [pipeline.name, row.asset]
                 if row.last_materialized is not None:
@@ -192,4 +245,4 @@ class FreshnessCollector(Collector):
                     have.add_metric(labels, float(row.materialized))
                 if row.missing is not None:
                     missing.add_metric(labels, float(row.missing))
-        return [last, newest, have, missing, pending, up]
+        return [last, newest, have, missing, pending, ready, oldest, expired, up]
