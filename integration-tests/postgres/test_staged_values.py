@@ -26,6 +26,7 @@ from flowstone.protocols import StorageKey
 from flowstone.records import MaterializationRecord, RunRecord, StepOutcome, StepSpec
 from flowstone.testing import ParkedExecutor
 from flowstone_io_postgres import PostgresIOManager, PostgresRunStore
+from flowstone_io_postgres._values_table import StagedWrite
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +108,11 @@ def test_value_and_record_commit_together_or_not_at_all(
         state="succeeded", io_manager="postgres", location=staged.location, finished_at=now,
     )
     # a write the database refuses (it breaks the table's CHECK): nothing of the step lands
-    broken = replace(staged, params={**staged.params, "value_json": None, "data": None})
+    write = staged.payload
+    assert isinstance(write, StagedWrite)  # the Postgres payload: its upsert and parameters
+    broken = replace(
+        staged, payload=replace(write, params={**write.params, "value_json": None, "data": None})
+    )
     with pytest.raises(StorageError, match="finishing step 'orders'"):
         store.finish_step(run.run_id, "orders", "", StepOutcome("succeeded", mat, staged=(broken,)))
     step = store.get_step(run.run_id, "orders", "")
