@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+import flowstone as fs
 from flowstone.defaults.memory_io import MemoryIOManager
 from flowstone.defaults.memory_store import MemoryRunStore
 from flowstone.defaults.sqlite_schema import MIGRATIONS, migrate
 from flowstone.defaults.sqlite_store import SQLiteRunStore
-from flowstone.errors import StorageError, UsageError
+from flowstone.errors import DefinitionError, StorageError, UsageError
 from flowstone.protocols import RunStore, StorageKey
 from flowstone.records import RunRecord, StepOutcome, StepSpec
 from flowstone.testing.store_contract import RunStoreContract
@@ -161,3 +162,12 @@ def test_default_io_manager_keeps_values_beside_the_file(tmp_path: Path) -> None
     manager.store(StorageKey("sales", "orders", "", "r1"), [1, 2])
     assert (tmp_path / "state" / "runs.values.db").exists()
     assert isinstance(MemoryRunStore().default_io_manager(), MemoryIOManager)
+
+
+def test_a_store_missing_a_role_is_refused_naming_what_is_missing() -> None:
+    class WithoutNotes(MemoryRunStore):
+        add_step_note = None  # type: ignore[assignment]  # a store from before StepNotes
+
+    with pytest.raises(DefinitionError, match="missing methods add_step_note") as info:
+        fs.Pipeline("sales", [], store=WithoutNotes())
+    assert "flowstone.protocols.RunStore" in str(info.value)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flowstone.errors import DefinitionError
+from flowstone.errors import DefinitionError, PluginLoadError
 from flowstone.protocols import (
     Executor,
     IOManager,
@@ -54,6 +54,12 @@ def resolve_store(
     if isinstance(store, str):
         return store, store_from_url(store, registry)
     if not isinstance(store, RunStore):
+        try:  # names the missing members (e.g. a store written before a role was added)
+            registry.check("flowstone.run_stores", store, plugin="store=")
+        except PluginLoadError as exc:
+            raise DefinitionError(
+                f"store= must be a RunStore or a URL, got {type(store).__name__}: {exc}"
+            ) from exc
         raise DefinitionError(f"store= must be a RunStore or a URL, got {type(store).__name__}")
     return None, store
 
