@@ -204,7 +204,7 @@ _CLAIM = (
     "lease_expires_at = :lease, not_before = NULL, updated_at = :now " + _RELAXED +
     "WHERE run_id = :r AND asset = :a AND partition = :p AND ("
     "(state = 'ready' AND (not_before IS NULL OR not_before <= :now)) "
-    "OR (state = 'running' AND lease_expires_at < :now)) "
+    "OR (state = 'running' AND lease_expires_at <= :now)) "
     "AND EXISTS (SELECT 1 FROM {s}.runs WHERE run_id = :r AND status <> 'cancelled') "
     "RETURNING " + STEP_COLS
 )
@@ -258,7 +258,7 @@ _STALE = (
     "JOIN {s}.runs r ON r.run_id = s.run_id AND r.status = 'running' "
     "WHERE (s.state = 'ready' AND GREATEST(s.updated_at, COALESCE(s.not_before, s.updated_at)) "
     "<= :cutoff AND (s.not_before IS NULL OR s.not_before <= :now)) "
-    "OR (s.state = 'running' AND s.lease_expires_at < :now) ORDER BY s.updated_at"
+    "OR (s.state = 'running' AND s.lease_expires_at <= :now) ORDER BY s.updated_at"
 )
 
 
