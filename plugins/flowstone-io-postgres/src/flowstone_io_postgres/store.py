@@ -493,6 +493,28 @@ class PostgresRunStore:
                                                 limit),
         )  # fmt: skip
 
+    # freshness reads (the optional FreshnessReads capability of flowstone-observability,
+    # read at most every scrape interval): one statement each
+    def last_materialized(self, pipeline: str) -> dict[str, datetime]:
+        """``{asset: finished_at}`` of each asset's newest valid succeeded materialization."""
+        rows = self._rows(
+            "reading the newest materializations",
+            "SELECT asset, max(finished_at) AS at FROM {s}.materializations "
+            "WHERE pipeline = :pl AND state = 'succeeded' AND NOT invalidated GROUP BY asset",
+            {"pl": pipeline},
+        )
+        return {str(r["asset"]): r["at"] for r in rows if r["at"] is not None}
+
+    def materialized_partitions(self, pipeline: str, asset: str) -> list[str]:
+        """The distinct partitions of ``asset`` with a valid succeeded materialization."""
+        rows = self._rows(
+            "reading materialized partitions",
+            "SELECT DISTINCT partition FROM {s}.materializations WHERE pipeline = :pl "
+            "AND asset = :a AND state = 'succeeded' AND NOT invalidated",
+            {"pl": pipeline, "a": asset},
+        )
+        return [str(r["partition"]) for r in rows]
+
     def invalidate(self, pipeline: str, asset: str, partition: str | None = None) -> int:
         rows = self._rows(
             "invalidating materializations",
