@@ -215,12 +215,17 @@ def test_approval_rejected_trade_is_not_booked(load: Any) -> None:
     assert not ex.pipeline.exists("booking", "T-1002")
 
 
-def test_signal_gate_resumes_with_the_callback_payload(load: Any) -> None:
+def test_signal_gate_resumes_with_the_callback_payload(load: Any, home: Path) -> None:
     ex = load("signal_gate")
     run = ex.pipeline.run("index_entry", partition="doc-2")
     assert run.status == "waiting"
-    [(doc_id, token)] = ex.module.embedder.submitted
-    assert doc_id == "doc-2" and token.startswith("fsg_")
+    # the job reached the "service" through a file another process could read
+    job_file = home / "embedding-outbox" / "doc-2.json"
+    assert job_file.stat().st_mode & 0o077 == 0  # the token is for its owner only
+    job = ex.module.take_job("doc-2")
+    token = job["callback_token"]
+    assert job["document"]["id"] == "doc-2" and token.startswith("fsg_")
+    assert not job_file.exists()
     resumed = ex.pipeline.signal(token, {"vector": [0.5, 0.25, 0.125, 1]})
     assert resumed.run_id == run.run_id
     assert resumed.value == {
