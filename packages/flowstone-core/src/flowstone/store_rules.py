@@ -60,6 +60,7 @@ __all__ = [
     "gate_not_consumable",
     "is_unchanged",
     "json_copy",
+    "next_run_status",
     "not_finishable",
     "plan_steps",
     "reported_status",
@@ -201,6 +202,13 @@ def run_status_from(states: Collection[str]) -> RunStatus:
     if "cancelled" in states:
         return "cancelled"
     return "succeeded"
+
+
+def next_run_status(before: str, computed: RunStatus) -> RunStatus:
+    """The run's status after a ``finish_step`` that computed ``computed`` from the steps:
+    a cancelled run stays cancelled (a late completion is recorded, the run is not
+    revived; only ``reopen_run`` does that)."""
+    return "cancelled" if before == "cancelled" else computed
 
 
 def reported_status(before: str, after: RunStatus) -> RunStatus | None:

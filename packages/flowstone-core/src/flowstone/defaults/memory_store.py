@@ -434,7 +434,9 @@ class MemoryRunStore(MemoryRecords):
 
     def _recompute(self, run_id: str, now: datetime) -> RunStatus | None:
         run = self._runs[run_id]
-        status = rules.run_status_from({s.state for s in self._plans[run_id].steps.values()})
+        status = rules.next_run_status(
+            run.status, rules.run_status_from({s.state for s in self._plans[run_id].steps.values()})
+        )
         if status != run.status:
             self._runs[run_id] = replace(run, status=status, updated_at=now)
             self._append(run_id, f"run_{status}", None, None, {}, now)

@@ -385,8 +385,10 @@ class SQLiteRunStore(SQLiteRecords):
             if then is not None and pick is not None:
                 claimed = _claim(c, (run_id, *pick), then.owner, then.lease_seconds, now_dt)
                 ready = [r for r in ready if (r.asset, r.partition) != pick]
-            status = "running" if ready or claimed else _compute_status(c, run_id)
             previous = _run_status(c, run_id)
+            status = rules.next_run_status(
+                previous, "running" if ready or claimed else _compute_status(c, run_id)
+            )
             if status != previous:
                 c.execute(
                     "UPDATE runs SET status = ?, updated_at = ? WHERE run_id = ?",

@@ -152,6 +152,20 @@ class StoreRulesContract:
         saved = store.get_run(run.run_id)
         assert saved is not None and saved.status == "waiting"
 
+    def test_a_cancelled_run_stays_cancelled_when_a_late_step_finishes(
+        self, store: RunStore
+    ) -> None:
+        run, _ = _create(store, _diamond())
+        store.claim_step(run.run_id, "orders", DAY, owner="w1", lease_seconds=60)
+        store.set_run_status(run.run_id, "cancelled", error="stopped by hand")
+        late = store.finish_step(
+            run.run_id, "orders", DAY, StepOutcome("succeeded", _mat(run, "orders"))
+        )
+        assert late.applied and late.run_status is None
+        saved = store.get_run(run.run_id)
+        assert saved is not None and (saved.status, saved.error) == ("cancelled", "stopped by hand")
+        assert store.claim_step(run.run_id, "clean", DAY, owner="w1", lease_seconds=60) is None
+
     def test_reopen_with_nothing_to_reopen_takes_the_status_of_its_steps(
         self, store: RunStore
     ) -> None:
