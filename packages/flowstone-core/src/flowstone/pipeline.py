@@ -13,11 +13,13 @@ import dataclasses
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, Literal
 
 from flowstone import configuration as config
 from flowstone import running
+from flowstone._pipeline_values import ValueReads
+from flowstone._pipeline_waits import Waits
 from flowstone.asset import AssetDef
 from flowstone.backfill import (
     DEFAULT_PARTITION_TIMEOUT,
@@ -27,19 +29,17 @@ from flowstone.backfill import (
 )
 from flowstone.configuration import flowstone_home
 from flowstone.dag import AssetGraph
-from flowstone.engine import resume
-from flowstone.engine.plan import validate_key
 from flowstone.engine.runner import StepRunner
 from flowstone.engine.scatter_retry import RETRY_TAG, check_retry
 from flowstone.engine.timeouts import branch_index
 from flowstone.engine.values import ValueLayer
-from flowstone.errors import DefinitionError, RunNotFoundError, UsageError, ValueNotFoundError
+from flowstone.errors import DefinitionError, RunNotFoundError, UsageError
 from flowstone.events import Emitter, Event
 from flowstone.lineage import Lineage
 from flowstone.outcomes import to_seconds
-from flowstone.partitions import PartitionKey, PartitionSet, encode_partition
+from flowstone.partitions import PartitionKey, PartitionSet
 from flowstone.protocols import Closeable, Executor, IOManager, Observer, RunStore
-from flowstone.records import Approval, MaterializationRecord, RunRecord
+from flowstone.records import RunRecord
 from flowstone.registry import PluginRegistry
 from flowstone.resources import ResourceManager
 from flowstone.runs import RunResult, wait_for_runs
@@ -51,7 +51,7 @@ log = logging.getLogger("flowstone")
 _PIPELINE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 
 
-class Pipeline:
+class Pipeline(ValueReads, Waits):
     """A named, validated DAG of assets and the services that run it.
 
     Args:
@@ -138,8 +138,7 @@ class Pipeline:
             route_retention=to_seconds(route_retention, what="route_retention") or 0.0,
         )
         self.branch_index = branch_index(self.dag)
-        self.runner: StepRunner | None = None
-        self.use_executor(config.resolve_executor(executor, self.registry))
+        self.runner = self._build(config.resolve_executor(executor, self.registry))
         self.lineage = Lineage(self)
 
     # --- configuration -------------------------------------------------------------
@@ -148,12 +147,17 @@ class Pipeline:
     ) -> None:
         """Switch the executor (object or plugin name, e.g. ``"celery"``) and optionally
         the lease; the scatter and parallel coordinators follow the executor unless they
-        were given explicitly. Rebuilds the :attr:`runtime`."""
+        were given explicitly. Rebuilds the :attr:`runtime` and the runner."""
+        if lease_seconds is not None:
+            self._policies = dataclasses.replace(self._policies, lease_seconds=float(lease_seconds))
+        old, self.runner = self.runner, self._build(executor)
+        old.close()
+
+    def _build(self, executor: Executor | str) -> StepRunner:
+        """Build :attr:`runtime` around ``executor`` and a runner for it."""
         chosen = config.resolve_executor(executor, self.registry)
         scatter, parallel = self._coordinators
         coordinators = config.resolve_coordinators(chosen, scatter, parallel, self.registry)
-        if lease_seconds is not None:
-            self._policies = dataclasses.replace(self._policies, lease_seconds=float(lease_seconds))
         capabilities = Capabilities.detect(self.store, self._io, chosen)
         self.runtime = Runtime(
             name=self.name,
@@ -170,9 +174,7 @@ class Pipeline:
             branch_index=self.branch_index,
             store_url=self.store_url,
         )
-        if self.runner is not None:
-            self.runner.close()
-        self.runner = StepRunner(self.runtime)
+        return StepRunner(self.runtime)
 
     @property
     def executor(self) -> Executor:
@@ -219,11 +221,6 @@ class Pipeline:
         """The names of this pipeline's IO managers (``io_manager(name)`` gets one)."""
         return self.runtime.values.names
 
-    @property
-    def _runner(self) -> StepRunner:
-        assert self.runner is not None  # built in __init__
-        return self.runner
-
     # --- running ---------------------------------------------------------------------
     def run(
         self,
@@ -250,7 +247,7 @@ class Pipeline:
             self.runtime, names, partition,
             force=force, with_deps=with_deps, run_id=run_id, tags=tags,
         )  # fmt: skip
-        running.dispatch(self._runner, record.run_id, ready, seconds)
+        running.dispatch(self.runner, record.run_id, ready, seconds)
         if not self.executor.blocking:
             if not wait and ready:  # started, and nothing ran here: no need to read it back
                 return RunResult(self, record)
@@ -292,14 +289,14 @@ class Pipeline:
         for key in keys:  # every key checked before any run starts: all or nothing
             running.run_key(self.runtime, names, key)
         started = [running.start(self.runtime, names, k, force=force, tags=tags) for k in keys]
-        running.dispatch_many(self._runner, started, seconds)
+        running.dispatch_many(self.runner, started, seconds)
         if wait or self.executor.blocking:
             return self.wait([record.run_id for record, _ in started], timeout=seconds)
         return [RunResult(self, record) for record, _ in started]
 
     def dispatch(self, run_id: str, ready: Sequence[Any]) -> None:
         """Hand ready steps to the executor (used by resume paths and sweepers)."""
-        self._runner.dispatch(run_id, tuple(ready))
+        self.runner.dispatch(run_id, tuple(ready))
 
     def result(self, run_id: str) -> RunResult:
         run = self.store.get_run(run_id)
@@ -399,103 +396,6 @@ class Pipeline:
             timeout=timeout, skip_existing=skip_existing, force=force, progress=progress,
         )  # fmt: skip
 
-    # --- reading values & state ----------------------------------------------------------
-    def _latest(self, asset: str, partition: PartitionKey | None) -> MaterializationRecord | None:
-        a = self.dag[asset]
-        enc = encode_partition(validate_key(a, partition) if partition is not None else None)
-        return self.store.find_materialization(self.name, a.name, enc)
-
-    def get(self, asset: str, partition: PartitionKey | None = None) -> Any:
-        """The latest value of ``asset`` for ``partition``."""
-        mat = self._latest(asset, partition)
-        if mat is None:
-            raise ValueNotFoundError(
-                f"asset {asset!r} has no materialization for partition "
-                f"{encode_partition(partition) or 'none'}; run it first: pipeline.run({asset!r})"
-            )
-        return self.load_materialization(mat)
-
-    def exists(self, asset: str, partition: PartitionKey | None = None) -> bool:
-        return self._latest(asset, partition) is not None
-
-    def status(self, asset: str, partition: PartitionKey | None = None) -> str | None:
-        """State of the newest materialization (``succeeded``, ``failed``, ...) or None."""
-        a = self.dag[asset]
-        enc = encode_partition(partition)
-        recs = self.store.list_materializations(self.name, asset=a.name, partition=enc, limit=1)
-        return recs[0].state if recs else None
-
-    def invalidate(
-        self, asset: str, partition: PartitionKey | None = None, *, all_partitions: bool = False
-    ) -> int:
-        """Stop reusing ``asset``'s values (one partition, or every one); returns how many."""
-        a = self.dag[asset]
-        enc = None if all_partitions else encode_partition(partition)
-        return self.store.invalidate(self.name, a.name, enc)
-
-    def load_materialization(self, mat: MaterializationRecord) -> Any:
-        """The value ``mat`` points at (see :meth:`ValueLayer.load`)."""
-        return self.runtime.values.load(mat)
-
-    def load_materializations(self, mats: Sequence[MaterializationRecord]) -> list[Any]:
-        """The values of ``mats``, in order, batched per IO manager where it can."""
-        return self.runtime.values.load_many(mats)
-
-    def graph(self, format: Literal["ascii", "mermaid", "dot"] = "ascii") -> str:
-        return self.dag.render(format)
-
-    # --- approvals & signals ------------------------------------------------------------
-    def approvals(self, status: str | None = "pending") -> list[Approval]:
-        return self.store.list_approvals(pipeline=self.name, status=status)
-
-    def approve(
-        self,
-        approval_id: int | None = None,
-        *,
-        run_id: str | None = None,
-        asset: str | None = None,
-        partition: PartitionKey | None = None,
-        by: str | None = None,
-    ) -> RunResult:
-        """Approve a pending approval (by id or by run/asset/partition) and resume the run."""
-        approval = resume.find_approval(self._runner, approval_id, run_id, asset, partition)
-        resume.decide(self._runner, approval, "approved", by=by)
-        return self.result(approval.run_id)
-
-    def reject(
-        self,
-        approval_id: int | None = None,
-        *,
-        run_id: str | None = None,
-        asset: str | None = None,
-        partition: PartitionKey | None = None,
-        by: str | None = None,
-        reason: str | None = None,
-    ) -> RunResult:
-        """Reject a pending approval: the asset fails, the run finishes as failed."""
-        approval = resume.find_approval(self._runner, approval_id, run_id, asset, partition)
-        resume.decide(self._runner, approval, "rejected", by=by, reason=reason)
-        return self.result(approval.run_id)
-
-    def signal(self, token: str, payload: Any = None) -> RunResult:
-        """Resume the asset waiting on the gate with ``token``; a token works once."""
-        return self.result(resume.signal(self._runner, token, payload))
-
-    # --- housekeeping (daemon / sweeper) ---------------------------------------------------
-    def expire_due(self, now: datetime | None = None) -> int:
-        """Fail expired approvals and expire gates (running ``on_timeout``)."""
-        return resume.expire_due(self._runner, now or datetime.now(UTC))
-
-    def prune(self, now: datetime | None = None) -> int:
-        """Delete route decisions older than ``route_retention``."""
-        cutoff = (now or datetime.now(UTC)) - timedelta(seconds=self.route_retention)
-        return self.store.prune_route_decisions(cutoff)
-
-    def recover(self, now: datetime | None = None, *, ready_for_seconds: float = 30.0) -> int:
-        """Re-dispatch steps whose message was lost or whose worker died; finish waiting
-        steps whose approval was decided by a process that died before resuming them."""
-        return resume.recover(self._runner, now or datetime.now(UTC), ready_for_seconds)
-
     def health(self) -> dict[str, Any]:
         """``{"ok": bool, "store": ..., "executor": ..., "resources": {...}}``."""
         report: dict[str, Any] = {}
@@ -522,7 +422,7 @@ class Pipeline:
     def close(self) -> None:
         """Stop lease renewal, tear down resources, close the IO managers, the executor,
         the coordinators and the store (each at most once; errors are logged)."""
-        self._runner.close()
+        self.runner.close()
         errors = list(self.resources.close())
         closed: set[int] = set()
         rt = self.runtime

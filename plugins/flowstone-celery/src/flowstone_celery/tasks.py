@@ -75,7 +75,6 @@ def handle_step(app: FlowstoneCelery, body: object) -> int:
         if found is None:
             continue
         pipeline, message = found
-        assert pipeline.runner is not None  # built with the pipeline
         published += run_steps(
             pipeline.runner, message.run_id, message.asset, message.partition,
             inline=app.flowstone_settings.inline_steps,

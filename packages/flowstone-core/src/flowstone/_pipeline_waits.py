@@ -1,0 +1,86 @@
+"""The part of :class:`~flowstone.Pipeline` that acts on waits: approvals, signal gates,
+their expiry, and the housekeeping a daemon or sweeper runs (expire, prune, recover)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from flowstone.engine import resume
+from flowstone.partitions import PartitionKey
+from flowstone.records import Approval
+
+if TYPE_CHECKING:
+    from flowstone.engine.runner import StepRunner
+    from flowstone.protocols import RunStore
+    from flowstone.runs import RunResult
+    from flowstone.runtime import Runtime
+
+__all__ = ["Waits"]
+
+
+class Waits:
+    """``approvals``, ``approve``, ``reject``, ``signal``; ``expire_due``, ``prune``,
+    ``recover``."""
+
+    name: str
+    store: RunStore
+    runtime: Runtime
+    runner: StepRunner
+
+    if TYPE_CHECKING:
+
+        def result(self, run_id: str) -> RunResult: ...
+
+    def approvals(self, status: str | None = "pending") -> list[Approval]:
+        return self.store.list_approvals(pipeline=self.name, status=status)
+
+    def approve(
+        self,
+        approval_id: int | None = None,
+        *,
+        run_id: str | None = None,
+        asset: str | None = None,
+        partition: PartitionKey | None = None,
+        by: str | None = None,
+    ) -> RunResult:
+        """Approve a pending approval (by id or by run/asset/partition) and resume the run."""
+        approval = resume.find_approval(self.runner, approval_id, run_id, asset, partition)
+        resume.decide(self.runner, approval, "approved", by=by)
+        return self.result(approval.run_id)
+
+    def reject(
+        self,
+        approval_id: int | None = None,
+        *,
+        run_id: str | None = None,
+        asset: str | None = None,
+        partition: PartitionKey | None = None,
+        by: str | None = None,
+        reason: str | None = None,
+    ) -> RunResult:
+        """Reject a pending approval: the asset fails, the run finishes as failed."""
+        approval = resume.find_approval(self.runner, approval_id, run_id, asset, partition)
+        resume.decide(self.runner, approval, "rejected", by=by, reason=reason)
+        return self.result(approval.run_id)
+
+    def signal(self, token: str, payload: Any = None) -> RunResult:
+        """Resume the asset waiting on the gate with ``token``; a token works once."""
+        return self.result(resume.signal(self.runner, token, payload))
+
+    # --- housekeeping (daemon / sweeper) ---------------------------------------------------
+    def expire_due(self, now: datetime | None = None) -> int:
+        """Fail expired approvals and expire gates (running ``on_timeout``)."""
+        return resume.expire_due(self.runner, now or datetime.now(UTC))
+
+    def prune(self, now: datetime | None = None) -> int:
+        """Delete route decisions older than ``route_retention``."""
+        retention = timedelta(seconds=self.runtime.policies.route_retention)
+        cutoff = (now or datetime.now(UTC)) - retention
+        return self.store.prune_route_decisions(cutoff)
+
+    def recover(self, now: datetime | None = None, *, ready_for_seconds: float = 30.0) -> int:
+        """Re-dispatch steps whose message was lost or whose worker died; finish waiting
+        steps whose approval was decided by a process that died before resuming them."""
+        return resume.recover(self.runner, now or datetime.now(UTC), ready_for_seconds)
+
