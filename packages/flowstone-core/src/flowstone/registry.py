@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Final, Literal, overload
 
+from flowstone._internal.versions import declared_requirement, satisfies
+from flowstone._version import __version__
 from flowstone.errors import FlowStoneError, PluginLoadError, PluginNotFoundError, UsageError
 from flowstone.protocols import (
     Executor,
@@ -102,6 +104,28 @@ _KNOWN_PLUGINS: Final = (
 def known_provider(group: str, name: str) -> str | None:
     """The distribution that provides the well-known plugin ``name`` of ``group``, if any."""
     return next((dist for g, n, dist in _KNOWN_PLUGINS if n == name and g in (group, "*")), None)
+
+
+def _check_core_version(
+    group: str, name: str, info: PluginInfo, point: metadata.EntryPoint
+) -> None:
+    """Refuse a plugin whose distribution declares a flowstone-core range this core is not in.
+
+    Read from the distribution's ``Requires-Dist``, before anything of the plugin is
+    imported, so a plugin built for another core fails with the versions named instead of
+    with whatever its first incompatible call would raise.
+    """
+    dist = point.dist
+    if dist is None:
+        return  # a built-in, or an entry point without a distribution
+    wanted = declared_requirement(dist.requires, "flowstone-core")
+    if not wanted or satisfies(__version__, wanted):
+        return
+    raise PluginLoadError(
+        f"{group} plugin {name!r} ({info.source()}) needs flowstone-core{wanted}, but "
+        f"flowstone-core {__version__} is installed. Fix: install a {dist.name} release made "
+        f"for flowstone-core {__version__}, or pip install 'flowstone-core{wanted}'."
+    )
 
 
 # What calling a plugin of each group must return (cli plugins return nothing).
@@ -269,6 +293,7 @@ class PluginRegistry:
                     "Fix: uninstall one of these distributions."
                 )
             info, point = sources[0]
+            _check_core_version(group, name, info, point)
             try:
                 obj = point.load()
             except Exception as exc:
