@@ -130,6 +130,8 @@ def test_health_reports_each_failing_dependency(
     code, doc = wait_for(lambda: (lambda r: r if r[0] == 0 else None)(health(base)),
                          timeout=60, what="a healthy report")
     assert doc["ok"] is True and checks(doc)["heartbeat"]["ok"]
+    served = checks(doc)["workers"]["data"]["workers"]
+    assert any("obs_it" in (w["pipelines"] or []) for w in served), served
     assert checks(doc)["migrations"]["data"]["revision"] == checks(doc)["migrations"][
         "data"]["head"]
 
