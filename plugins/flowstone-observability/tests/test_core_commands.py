@@ -70,3 +70,32 @@ def test_daemon_serves_metrics_and_writes_its_heartbeat(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log.read_text()
+
+
+def test_metrics_serve_exports_store_freshness_until_sigterm(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    subprocess.run([sys.executable, "-m", "flowstone", "run", SIMPLE, "total"], check=True,
+                   capture_output=True, timeout=120, env=_env(db))
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flowstone", "metrics", "serve", SIMPLE, "--port", "0"],
+            stdout=out, stderr=subprocess.STDOUT, env=_env(db))
+    try:
+        deadline = time.monotonic() + 60
+        url = ""
+        while not url:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            url = next((w.split("/metrics")[0] for w in log.read_text().split()
+                        if w.startswith("http://127.0.0.1:")), "")
+            time.sleep(0.1)
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+        assert "flowstone_asset_last_materialized_timestamp_seconds" in names
+        assert "flowstone_store_up" in names
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    assert "metrics server stopped" in log.read_text()
