@@ -25,6 +25,8 @@ def user_table_manager(postgres_url: str) -> Iterator[PostgresIOManager]:
 
 
 class TestPostgresIOManager(IOManagerContract):
+    supports_batch_loading = True
+
     @pytest.fixture
     def io_manager(self, user_table_manager: PostgresIOManager) -> Iterator[PostgresIOManager]:
         yield user_table_manager

@@ -13,6 +13,8 @@ from flowstone.testing.io_contract import IOManagerContract
 
 
 class TestSQLiteIOManagerContract(IOManagerContract):
+    supports_batch_loading = True
+
     def make_io_manager(self, tmp_path: Path) -> SQLiteIOManager:
         return SQLiteIOManager(tmp_path / "values.db")
 

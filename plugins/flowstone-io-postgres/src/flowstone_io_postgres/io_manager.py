@@ -163,7 +163,10 @@ class PostgresIOManager:
     @staticmethod
     def location_for(key: StorageKey) -> str:
         """The location :meth:`store` uses for ``key`` (deterministic, collision-free)."""
-        ident = json.dumps([key.pipeline, key.asset, key.partition, key.run_id, key.item])
+        parts: list[object] = [key.pipeline, key.asset, key.partition, key.run_id, key.item]
+        if key.attempt:  # every attempt writes its own place (see StorageKey)
+            parts.append(int(key.attempt))
+        ident = json.dumps(parts)
         return "postgres:" + uuid.uuid5(_NAMESPACE, ident).hex
 
     # --- IOManager ---------------------------------------------------------------------

@@ -32,7 +32,8 @@ _WINDOWS_RESERVED = frozenset(
     ["con", "prn", "aux", "nul"] + [f"{dev}{n}" for dev in ("com", "lpt") for n in range(10)]
 )
 _LOCATION = re.compile(
-    r"(?:[A-Za-z0-9_%~@-]+/){3}[A-Za-z0-9_%~@-]+(?:\.item-(?:0|[1-9][0-9]{0,18}))?"
+    r"(?:[A-Za-z0-9_%~@-]+/){3}[A-Za-z0-9_%~@-]+(?:\.a[1-9][0-9]{0,8})?"
+    r"(?:\.item-(?:0|[1-9][0-9]{0,18}))?"
     r"\.(bin|json|pickle)"
 )
 
@@ -40,7 +41,7 @@ _LOCATION = re.compile(
 class FilesystemIOManager:
     """Stores each value as one file under ``root``; durable across processes on one machine.
 
-    Layout: ``<root>/<pipeline>/<asset>/<partition>/<run_id>[.item-N].<ext>``. Every part is
+    Layout: ``<root>/<pipeline>/<asset>/<partition>/<run_id>[.aN][.item-N].<ext>``. Every part is
     made filesystem-safe: bytes outside ``a-z 0-9 _ -`` are percent-encoded (uppercase
     letters too, so names differing only by case stay apart on case-insensitive
     filesystems), an empty part (an unpartitioned asset) is written ``@``, Windows device
@@ -190,9 +191,12 @@ class FilesystemIOManager:
 
 
 def _stem(key: StorageKey) -> str:
-    """``<pipeline>/<asset>/<partition>/<run_id>[.item-N]`` with every part made safe."""
+    """``<pipeline>/<asset>/<partition>/<run_id>[.aN][.item-N]`` with every part made safe
+    (``aN``: the attempt, so every attempt writes its own file)."""
     parts = [key.pipeline, key.asset, key.partition, key.run_id]
     stem = "/".join(_segment(part, key) for part in parts)
+    if key.attempt:
+        stem += f".a{int(key.attempt)}"
     if key.item is None:
         return stem
     if type(key.item) is not int or key.item < 0:

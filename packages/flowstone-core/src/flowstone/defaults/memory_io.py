@@ -28,7 +28,7 @@ class MemoryIOManager:
     for large in-process values, at the price of aliasing (mutating a loaded value changes
     the stored one) and of not catching values a durable IO manager would reject.
 
-    Locations look like ``memory:<pipeline>/<asset>/<partition>/<run_id>[/item-N]`` with
+    Locations look like ``memory:<pipeline>/<asset>/<partition>/<run_id>[/aN][/item-N]`` with
     each part percent-encoded, and are only meaningful to the instance that returned them.
     The manager is thread-safe.
 
@@ -102,6 +102,8 @@ class MemoryIOManager:
 def _location(key: StorageKey) -> str:
     parts = [key.pipeline, key.asset, key.partition, key.run_id]
     location = _SCHEME + "/".join(quote(part, safe="", errors="surrogatepass") for part in parts)
+    if key.attempt:  # every attempt writes its own place (see StorageKey)
+        location += f"/a{int(key.attempt)}"
     if key.item is None:
         return location
     if type(key.item) is not int or key.item < 0:

@@ -43,7 +43,7 @@ class SQLiteIOManager:
         allow_pickle: also accept values JSON cannot encode, pickled (opt-in; loading a
             pickled value without the opt-in fails).
 
-    Locations look like ``sqlite:<pipeline>/<asset>/<partition>/<run_id>[/item-N]``. They
+    Locations look like ``sqlite:<pipeline>/<asset>/<partition>/<run_id>[/aN][/item-N]``. They
     are table keys, never paths, so no name or partition can reach outside the table.
     """
 
@@ -82,6 +82,8 @@ class SQLiteIOManager:
     @staticmethod
     def _location(key: StorageKey) -> str:
         parts = [key.pipeline, key.asset, key.partition, key.run_id]
+        if key.attempt:  # every attempt writes its own place (see StorageKey)
+            parts.append(f"a{int(key.attempt)}")
         if key.item is not None:
             parts.append(f"item-{key.item}")
         return _PREFIX + "/".join(quote(p, safe="", errors="surrogatepass") for p in parts)

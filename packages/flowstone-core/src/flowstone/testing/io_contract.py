@@ -21,7 +21,8 @@ or, when building the manager needs other fixtures (a database, a server), overr
             yield manager
             manager.close()
 
-The class name must start with ``Test`` for pytest to collect it. The suite expects the
+Capabilities are explicit flags (``supports_batch_loading = True``), checked against what
+the manager declares. The class name must start with ``Test`` for pytest to collect it. The suite expects the
 manager in its default configuration (pickle *not* allowed) and a fresh, empty store per
 test. This module imports pytest, so import it from tests only.
 """
@@ -42,7 +43,7 @@ from typing import Any
 import pytest
 
 from flowstone.errors import EncodingError, UnsafeKeyError, ValueNotFoundError
-from flowstone.protocols import IOManager, StorageKey
+from flowstone.protocols import BatchLoading, IOManager, StorageKey
 
 __all__ = ["IOManagerContract", "assert_same_value", "rich_values"]
 
@@ -143,7 +144,14 @@ _HOSTILE = [
 
 
 class IOManagerContract:
-    """The IO manager contract suite; see the module docstring for how to subclass it."""
+    """The IO manager contract suite; see the module docstring for how to subclass it.
+
+    Capability flags: set ``supports_batch_loading = True`` on the subclass for a manager
+    that declares :class:`~flowstone.protocols.BatchLoading`; the suite checks the flag
+    matches what the manager declares, then tests the capability.
+    """
+
+    supports_batch_loading: bool = False
 
     def make_io_manager(self, tmp_path: Path) -> IOManager:
         """Return a fresh, empty IO manager for one test (``tmp_path`` is pytest's)."""
@@ -269,11 +277,28 @@ class IOManagerContract:
             io_manager.load(location)
         assert location in str(caught.value)
 
-    def test_load_many_if_offered_matches_load(self, io_manager: IOManager) -> None:
-        """``load_many`` is optional; a manager that offers it must agree with ``load``."""
-        load_many = getattr(io_manager, "load_many", None)
-        if load_many is None:
-            pytest.skip(f"{type(io_manager).__name__} has no load_many (optional)")
+    def test_every_attempt_writes_its_own_location(self, io_manager: IOManager) -> None:
+        """A losing duplicate attempt can never replace the value under a committed record:
+        the same key with another attempt is another location, and writing it leaves the
+        first value as it was."""
+        first = io_manager.store(dataclasses.replace(_key("fenced"), attempt=1), {"by": 1})
+        second = io_manager.store(dataclasses.replace(_key("fenced"), attempt=2), {"by": 2})
+        assert first != second
+        assert io_manager.load(first) == {"by": 1}
+        assert io_manager.load(second) == {"by": 2}
+        io_manager.delete(second)  # pruning the loser's orphan leaves the winner
+        assert io_manager.load(first) == {"by": 1}
+
+    def test_load_many_matches_load(self, io_manager: IOManager) -> None:
+        """``load_many`` (the optional BatchLoading capability, ``supports_batch_loading``)
+        must agree with ``load``."""
+        assert isinstance(io_manager, BatchLoading) == self.supports_batch_loading, (
+            f"{type(io_manager).__name__}: set supports_batch_loading = "
+            f"{isinstance(io_manager, BatchLoading)} on the contract subclass"
+        )
+        if not isinstance(io_manager, BatchLoading):
+            pytest.skip(f"{type(io_manager).__name__} does not declare BatchLoading")
+        load_many = io_manager.load_many
         values = [{"n": i, "tags": ["a", i]} for i in range(5)]
         locations = [io_manager.store(_key(f"batch-{i}"), v) for i, v in enumerate(values)]
         order = [3, 0, 4, 0, 1]
