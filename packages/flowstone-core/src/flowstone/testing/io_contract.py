@@ -22,9 +22,9 @@ or, when building the manager needs other fixtures (a database, a server), overr
             manager.close()
 
 Capabilities are explicit flags (``supports_batch_loading = True``), checked against what
-the manager declares. The class name must start with ``Test`` for pytest to collect it. The suite expects the
-manager in its default configuration (pickle *not* allowed) and a fresh, empty store per
-test. This module imports pytest, so import it from tests only.
+the manager declares. The class name must start with ``Test`` for pytest to collect it. The
+suite expects the manager in its default configuration (pickle *not* allowed) and a fresh,
+empty store per test. This module imports pytest, so import it from tests only.
 """
 
 from __future__ import annotations
