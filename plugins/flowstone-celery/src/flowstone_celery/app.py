@@ -22,6 +22,7 @@ from flowstone_celery.settings import CelerySettings, load_settings, safe_url
 if TYPE_CHECKING:
     from flowstone.pipeline import Pipeline
     from flowstone_celery.executor import CeleryExecutor
+    from flowstone_celery.sweeper import SweepReport
 
 __all__ = ["RUN_STEP_TASK", "SWEEP_TASK", "TASKS_GROUP", "FlowstoneCelery", "make_app",
            "register_plugin_tasks"]
@@ -40,6 +41,8 @@ class FlowstoneCelery(Celery):  # type: ignore[misc]
         pipelines: ``{name: Pipeline}`` served by this process (empty on a pure client).
         sweep_hooks: ``hook(pipeline, now) -> int`` callables the sweeper runs for each
             pipeline whose interval it won (plugins add theirs in ``register(app)``).
+        sweep_listeners: ``listener(report)`` callables told each
+            :class:`~flowstone_celery.sweeper.SweepReport` (e.g. to count recoveries).
     """
 
     flowstone_settings: CelerySettings
@@ -50,6 +53,7 @@ class FlowstoneCelery(Celery):  # type: ignore[misc]
         self.flowstone_settings = settings
         self.pipelines = {}
         self.sweep_hooks: list[Callable[[Pipeline, datetime], int]] = []
+        self.sweep_listeners: list[Callable[[SweepReport], None]] = []
         self._flowstone_executor: CeleryExecutor | None = None
 
     @property

@@ -124,7 +124,13 @@ class Sweeper:
         if recovered or fired or expired or errors:
             log.info("sweep: recovered %d steps, fired %d runs, expired %d waits, %d errors",
                      recovered, fired, expired, errors)
-        return SweepReport(tuple(swept), recovered, fired, expired, errors)
+        result = SweepReport(tuple(swept), recovered, fired, expired, errors)
+        for listener in self._app.sweep_listeners:  # plugin metrics (observability, ...)
+            try:
+                listener(result)
+            except Exception:
+                log.exception("sweep listener %r failed", listener)
+        return result
 
 
 class SweeperThread:

@@ -58,7 +58,8 @@ def read_heartbeats(store: Any, pipeline: str) -> dict[str, datetime]:
 
 def register_sweep_hook(app: Any) -> None:
     """``flowstone.celery_tasks`` entry point: every sweep writes the sweeper heartbeat and
-    counts itself; workers answer ``flowstone_pipelines`` with the pipelines they serve."""
+    counts itself and the steps it recovered; workers answer ``flowstone_pipelines`` with
+    the pipelines they serve."""
 
     def heartbeat(pipeline: Any, now: datetime) -> int:
         write_heartbeat(pipeline.store, pipeline.name, "sweeper", now)
@@ -70,8 +71,15 @@ def register_sweep_hook(app: Any) -> None:
             now.timestamp())
         return 0  # recovers nothing itself
 
-    if heartbeat not in app.sweep_hooks:
-        app.sweep_hooks.append(heartbeat)
+    def recoveries(report: Any) -> None:
+        if report.recovered:
+            from flowstone_observability.metrics import Metrics
+
+            Metrics.shared().counter("flowstone_recoveries").labels("sweeper").inc(
+                report.recovered)
+
+    app.sweep_hooks.append(heartbeat)
+    app.sweep_listeners.append(recoveries)
     _register_control_command()
 
 

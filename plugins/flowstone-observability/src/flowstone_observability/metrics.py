@@ -107,8 +107,9 @@ METRICS: Final[tuple[MetricSpec, ...]] = (
                "OpenLineage events waiting in the buffer.", "process"),
     MetricSpec("flowstone_sweeps", "counter", ("pipeline", "role"),
                "Daemon ticks and sweeper passes (role: daemon, sweeper).", "process"),
-    MetricSpec("flowstone_recoveries", "counter", ("pipeline", "role"),
-               "Steps re-dispatched by recovery (lost messages, dead workers).", "process"),
+    MetricSpec("flowstone_recoveries", "counter", ("role",),
+               "Steps re-dispatched by recovery (lost messages, dead workers), by the daemon "
+               "or a sweeper.", "process"),
     MetricSpec("flowstone_heartbeat_timestamp_seconds", "gauge", ("role",),
                "When this daemon or sweeper last completed a pass (Unix time).", "process",
                mode="mostrecent"),

@@ -112,11 +112,8 @@ class Serving:
             except Exception as exc:
                 log.warning("writing the daemon heartbeat of %s failed: %s", p.name, exc)
             metrics.counter("flowstone_sweeps").labels(p.name, "daemon").inc()
-        if report.recovered:
-            # the tick reports one total; it is counted against the first pipeline when
-            # the daemon serves several (the per-pipeline split is not in the report)
-            name = self._pipelines[0].name if self._pipelines else ""
-            metrics.counter("flowstone_recoveries").labels(name, "daemon").inc(report.recovered)
+        if report.recovered:  # one total per tick, whatever the pipelines
+            metrics.counter("flowstone_recoveries").labels("daemon").inc(report.recovered)
         metrics.gauge("flowstone_heartbeat_timestamp_seconds").labels("daemon").set(
             report.now.timestamp())
 
