@@ -5,6 +5,10 @@ implement them on real services and register through entry points (see
 :mod:`flowstone.registry`). The contract test suites in :mod:`flowstone.testing` pin the
 behaviour every implementation must have.
 
+:class:`RunStore` and the roles it is made of (:class:`RunScheduling`,
+:class:`MaterializationLog`, :class:`Waits`, ...) are defined in :mod:`flowstone.run_store`
+and re-exported here; the rules every store applies are :mod:`flowstone.store_rules`.
+
 Conventions shared by all protocols:
 
 * partitions are *encoded* strings (:func:`flowstone.partitions.encode_partition`);
