@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 
 import pytest
@@ -253,11 +253,19 @@ class StoreRulesContract:
             partial(store.prune_route_decisions, naive),
             partial(store.retry_step, run.run_id, "orders", DAY, not_before=naive, error="x"),
         ]
+        calls.append(partial(_create, store, [StepSpec("orders", DAY)], created_at=naive))
         for call in calls:
             with pytest.raises(UsageError, match="timezone-aware"):
                 call()
         step = store.get_step(run.run_id, "orders", DAY)
         assert step is not None and step.state == "running"
+
+    def test_a_new_run_is_updated_when_written(self, store: RunStore) -> None:
+        before = _now()
+        run, _ = _create(store, [StepSpec("orders", DAY)], created_at=before - timedelta(days=1))
+        saved = store.get_run(run.run_id)
+        assert saved is not None and saved.created_at == run.created_at
+        assert saved.updated_at >= before
 
     # --- step notes -----------------------------------------------------------------------
     def test_step_notes_are_written_once(self, store: RunStore) -> None:
