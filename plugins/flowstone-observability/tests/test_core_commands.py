@@ -21,6 +21,24 @@ def _env(db: Path) -> dict[str, str]:
     return {**os.environ, "FLOWSTONE_DATABASE_URL": f"sqlite:///{db}"}
 
 
+def _start(log: Path, db: Path, *args: str) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``flowstone *args`` and return it with the metrics URL it printed."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "flowstone", *args], stdout=out,
+                                stderr=subprocess.STDOUT, env=_env(db))
+    deadline = time.monotonic() + 60
+    while True:
+        url = next((w.split("/metrics")[0] for w in log.read_text().split()
+                    if w.startswith("http://127.0.0.1:")), "")
+        if url:
+            return proc, url
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(log.read_text())
+        time.sleep(0.1)
+
+
 def test_core_health_gives_the_plugin_report(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "flowstone", "health", SIMPLE, "--json"],
                           capture_output=True, text=True, timeout=120, env=_env(tmp_path / "a.db"))
@@ -36,20 +54,9 @@ def test_daemon_serves_metrics_and_writes_its_heartbeat(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "flowstone", "run", SIMPLE, "total"], check=True,
                    capture_output=True, timeout=120, env=_env(db))
     log = tmp_path / "daemon.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "flowstone", "daemon", SIMPLE, "--interval", "0.2",
-             "--metrics-port", "0"], stdout=out, stderr=subprocess.STDOUT, env=_env(db))
+    proc, url = _start(log, db, "daemon", SIMPLE, "--interval", "0.2", "--metrics-port", "0")
+    deadline = time.monotonic() + 60
     try:
-        url = ""
-        deadline = time.monotonic() + 60
-        while not url:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            for word in log.read_text().split():
-                if word.startswith("http://127.0.0.1:"):
-                    url = word.split("/metrics")[0]
-            time.sleep(0.1)
         text = ""
         while "flowstone_sweeps_total" not in text:
             assert time.monotonic() < deadline, text
@@ -77,19 +84,8 @@ def test_metrics_serve_exports_store_freshness_until_sigterm(tmp_path: Path) -> 
     subprocess.run([sys.executable, "-m", "flowstone", "run", SIMPLE, "total"], check=True,
                    capture_output=True, timeout=120, env=_env(db))
     log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "flowstone", "metrics", "serve", SIMPLE, "--port", "0"],
-            stdout=out, stderr=subprocess.STDOUT, env=_env(db))
+    proc, url = _start(log, db, "metrics", "serve", SIMPLE, "--port", "0")
     try:
-        deadline = time.monotonic() + 60
-        url = ""
-        while not url:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            url = next((w.split("/metrics")[0] for w in log.read_text().split()
-                        if w.startswith("http://127.0.0.1:")), "")
-            time.sleep(0.1)
         with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
             text = response.read().decode()
         names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
