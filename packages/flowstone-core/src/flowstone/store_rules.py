@@ -10,8 +10,9 @@ the memory, SQLite and Postgres stores (and a store you write) cannot drift apar
   :func:`bind_outcome` binds its records to the step and encodes their JSON before any
   write, :func:`finish_applies` / :func:`accepted_states` say whether ``finish_step``
   applies, and :func:`finish_detail` is the audit detail it writes;
-* the run status: :func:`run_status_from` and :func:`reported_status`;
-* continuations: :func:`continuation_key`;
+* the run status: :func:`run_status_from`, :func:`next_run_status` (a cancelled run stays
+  cancelled) and :func:`reported_status`;
+* continuations: :func:`continuation_key`; step notes: :func:`check_note`;
 * values: :func:`to_json` / :func:`json_copy` (JSON columns) and :func:`require_utc`;
 * errors: the messages a user sees for the same mistake on every store.
 
