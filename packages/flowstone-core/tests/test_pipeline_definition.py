@@ -159,3 +159,10 @@ def test_retry_must_be_a_policy_object() -> None:
 def test_invalid_asset_name_rejected() -> None:
     with pytest.raises(fs.DefinitionError, match="not valid"):
         fs.asset(name="bad name")(lambda: 1)
+
+
+def test_an_unknown_asset_option_is_refused_with_the_closest_name() -> None:
+    """@asset's options are declared once (AssetOptions); a typo is an error, not ignored."""
+    expected = r"unknown option 'retyr' \(did you mean 'retry'\?\)"
+    with pytest.raises(fs.DefinitionError, match=expected):
+        fs.asset(retyr=fs.RetryPolicy(max_attempts=2))(lambda: 1)  # type: ignore[call-overload]

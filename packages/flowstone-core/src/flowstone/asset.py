@@ -8,13 +8,14 @@ tests can call ``doubled([1, 2])`` directly.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import keyword
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Final, overload
+from typing import Any, Final, TypedDict, Unpack, overload
 
 from flowstone.errors import DefinitionError, DependencyError
 from flowstone.outcomes import to_seconds
@@ -22,7 +23,7 @@ from flowstone.parallel import Parallel
 from flowstone.retry import RetryPolicy
 from flowstone.scatter import Scatter
 
-__all__ = ["AssetDef", "asset", "router"]
+__all__ = ["AssetDef", "AssetOptions", "asset", "router"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 NO_RETRY: Final = RetryPolicy()
@@ -102,27 +103,63 @@ def _is_context_param(param: inspect.Parameter) -> bool:
     return ann == "Context" or getattr(ann, "__name__", None) == "Context"
 
 
+class AssetOptions(TypedDict, total=False):
+    """Every option ``@asset(...)`` takes, written once (see :func:`asset` for each)."""
+
+    name: str | None
+    deps: Iterable[str] | None
+    optional_deps: Collection[str]
+    requires: Iterable[str]
+    io_manager: str | None
+    partitions: Any
+    partition_mappings: Mapping[str, Any] | None
+    retry: RetryPolicy | None
+    timeout: float | timedelta | None
+    description: str | None
+    routed_from: str | None
+    scatter: Scatter | None
+    parallel: Parallel | None
+    on_signal: Callable[..., Any] | None
+    on_timeout: Callable[..., Any] | None
+    metadata: Mapping[str, Any] | None
+
+
+_OPTIONS: Final = frozenset(AssetOptions.__annotations__)
+
+
+def _check_options(options: Mapping[str, Any], allowed: Collection[str], what: str) -> None:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(allowed), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise DefinitionError(
+            f"{what} got unknown option {unknown[0]!r}{hint}; it takes {sorted(allowed)}"
+        )
+
+
 def _build(
     fn: Callable[..., Any],
+    options: AssetOptions,
     *,
-    name: str | None = None,
-    deps: Iterable[str] | None = None,
-    optional_deps: Collection[str] = (),
-    requires: Iterable[str] = (),
-    io_manager: str | None = None,
-    partitions: Any = None,
-    partition_mappings: Mapping[str, Any] | None = None,
-    retry: RetryPolicy | None = None,
-    timeout: float | timedelta | None = None,
-    description: str | None = None,
     router_branches: Iterable[str] | None = None,
-    routed_from: str | None = None,
-    scatter: Scatter | None = None,
-    parallel: Parallel | None = None,
-    on_signal: Callable[..., Any] | None = None,
-    on_timeout: Callable[..., Any] | None = None,
-    metadata: Mapping[str, Any] | None = None,
 ) -> AssetDef:
+    _check_options(options, _OPTIONS, "@asset")
+    name = options.get("name")
+    deps = options.get("deps")
+    optional_deps = options.get("optional_deps", ())
+    requires = options.get("requires", ())
+    io_manager = options.get("io_manager")
+    partitions = options.get("partitions")
+    partition_mappings = options.get("partition_mappings")
+    retry = options.get("retry")
+    timeout = options.get("timeout")
+    description = options.get("description")
+    routed_from = options.get("routed_from")
+    scatter = options.get("scatter")
+    parallel = options.get("parallel")
+    on_signal = options.get("on_signal")
+    on_timeout = options.get("on_timeout")
+    metadata = options.get("metadata")
     if not callable(fn):
         raise DefinitionError(f"@asset must decorate a function, got {type(fn).__name__}")
     asset_name = validate_name(name or str(getattr(fn, "__name__", "")), what="asset")
@@ -267,48 +304,12 @@ def asset(fn: Callable[..., Any], /) -> AssetDef: ...
 
 @overload
 def asset(
-    fn: None = None,
-    /,
-    *,
-    name: str | None = None,
-    deps: Iterable[str] | None = None,
-    optional_deps: Collection[str] = (),
-    requires: Iterable[str] = (),
-    io_manager: str | None = None,
-    partitions: Any = None,
-    partition_mappings: Mapping[str, Any] | None = None,
-    retry: RetryPolicy | None = None,
-    timeout: float | timedelta | None = None,
-    description: str | None = None,
-    routed_from: str | None = None,
-    scatter: Scatter | None = None,
-    parallel: Parallel | None = None,
-    on_signal: Callable[..., Any] | None = None,
-    on_timeout: Callable[..., Any] | None = None,
-    metadata: Mapping[str, Any] | None = None,
+    fn: None = None, /, **options: Unpack[AssetOptions]
 ) -> Callable[[Callable[..., Any]], AssetDef]: ...
 
 
 def asset(
-    fn: Callable[..., Any] | None = None,
-    /,
-    *,
-    name: str | None = None,
-    deps: Iterable[str] | None = None,
-    optional_deps: Collection[str] = (),
-    requires: Iterable[str] = (),
-    io_manager: str | None = None,
-    partitions: Any = None,
-    partition_mappings: Mapping[str, Any] | None = None,
-    retry: RetryPolicy | None = None,
-    timeout: float | timedelta | None = None,
-    description: str | None = None,
-    routed_from: str | None = None,
-    scatter: Scatter | None = None,
-    parallel: Parallel | None = None,
-    on_signal: Callable[..., Any] | None = None,
-    on_timeout: Callable[..., Any] | None = None,
-    metadata: Mapping[str, Any] | None = None,
+    fn: Callable[..., Any] | None = None, /, **options: Unpack[AssetOptions]
 ) -> AssetDef | Callable[[Callable[..., Any]], AssetDef]:
     """Declare an asset. Works bare (``@asset``) and called (``@asset(retry=...)``).
 
@@ -338,25 +339,7 @@ def asset(
     """
 
     def wrap(f: Callable[..., Any]) -> AssetDef:
-        return _build(
-            f,
-            name=name,
-            deps=deps,
-            optional_deps=optional_deps,
-            requires=requires,
-            io_manager=io_manager,
-            partitions=partitions,
-            partition_mappings=partition_mappings,
-            retry=retry,
-            timeout=timeout,
-            description=description,
-            routed_from=routed_from,
-            scatter=scatter,
-            parallel=parallel,
-            on_signal=on_signal,
-            on_timeout=on_timeout,
-            metadata=metadata,
-        )
+        return _build(f, options)
 
     if fn is not None:
         return wrap(fn)
@@ -387,17 +370,12 @@ def router(
     """
     branch_list = tuple(branches) if not isinstance(branches, str) else (branches,)
 
+    options: AssetOptions = {
+        "name": name, "deps": deps, "requires": requires, "partitions": partitions,
+        "retry": retry, "timeout": timeout, "description": description,
+    }  # fmt: skip
+
     def wrap(f: Callable[..., Any]) -> AssetDef:
-        return _build(
-            f,
-            name=name,
-            deps=deps,
-            requires=requires,
-            partitions=partitions,
-            retry=retry,
-            timeout=timeout,
-            description=description,
-            router_branches=branch_list,
-        )
+        return _build(f, options, router_branches=branch_list)
 
     return wrap

@@ -19,7 +19,7 @@ class AssetGraph:
     names a missing asset, or an asset requires a resource the pipeline does not declare.
     """
 
-    __slots__ = ("_assets", "_downstream", "_order")
+    __slots__ = ("_assets", "_order")
 
     def __init__(self, assets: Iterable[AssetDef], *, resources: Iterable[str] = ()) -> None:
         by_name: dict[str, AssetDef] = {}
@@ -38,11 +38,6 @@ class AssetGraph:
         self._assets: dict[str, AssetDef] = by_name
         self._check_references(set(resources))
         self._order: tuple[str, ...] = self._toposort()
-        down: dict[str, list[str]] = {n: [] for n in by_name}
-        for a in by_name.values():
-            for d in a.upstream:
-                down[d].append(a.name)
-        self._downstream = {k: tuple(v) for k, v in down.items()}
 
     # --- validation ----------------------------------------------------------------
     def _check_references(self, resources: set[str]) -> None:
@@ -153,9 +148,6 @@ class AssetGraph:
         """Topological order: every asset after all it depends on."""
         return self._order
 
-    def downstream_of(self, name: str) -> tuple[str, ...]:
-        return self._downstream[name]
-
     def upstream_closure(self, targets: Sequence[str]) -> list[str]:
         """``targets`` and everything they transitively depend on, in topological order."""
         needed: set[str] = set()
@@ -167,16 +159,6 @@ class AssetGraph:
             needed.add(n)
             todo.extend(self._assets[n].upstream)
         return [n for n in self._order if n in needed]
-
-    def downstream_closure(self, name: str) -> list[str]:
-        seen: set[str] = set()
-        todo = list(self._downstream[self[name].name])
-        while todo:
-            n = todo.pop()
-            if n not in seen:
-                seen.add(n)
-                todo.extend(self._downstream[n])
-        return [n for n in self._order if n in seen]
 
     # --- rendering -------------------------------------------------------------------
     def render(self, fmt: Literal["ascii", "mermaid", "dot"] = "ascii") -> str:
