@@ -162,7 +162,7 @@ class MemoryRunStore(MemoryRecords):
             for key, step in steps.items():
                 if step.state not in TERMINAL_STEP_STATES:
                     steps[key] = replace(
-                        step, state="cancelled", lease_expires_at=None, updated_at=now
+                        step, state="cancelled", owner=None, lease_expires_at=None, updated_at=now
                     )
             self._runs[run_id] = replace(run, status="cancelled", updated_at=now)
             self._append(run_id, "run_cancelled", None, None, {}, now)
@@ -263,6 +263,7 @@ class MemoryRunStore(MemoryRecords):
                 attempt=step.attempt + 1,
                 owner=owner,
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
+                not_before=None,
                 updated_at=now,
             )
             self._plans[run_id].steps[(asset, partition)] = claimed
@@ -365,6 +366,7 @@ class MemoryRunStore(MemoryRecords):
                 state=outcome.state,
                 materialization_id=mat_id,
                 error=outcome.error,
+                owner=None,
                 lease_expires_at=None,
                 updated_at=now,
             )

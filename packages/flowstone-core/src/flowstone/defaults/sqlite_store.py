@@ -190,7 +190,8 @@ class SQLiteRunStore(SQLiteRecords):
             if _run_status(c, run_id) in rules.TERMINAL_RUN_STATUSES:
                 return False
             c.execute(
-                "UPDATE steps SET state = 'cancelled', lease_expires_at = NULL, updated_at = ?"
+                "UPDATE steps SET state = 'cancelled', owner = NULL, lease_expires_at = NULL,"
+                " updated_at = ?"
                 f" WHERE run_id = ? AND state NOT IN ({_TERMINAL_SQL})",
                 (now, run_id),
             )
@@ -361,7 +362,8 @@ class SQLiteRunStore(SQLiteRecords):
                 )  # fmt: skip
             c.execute(
                 "UPDATE steps SET state = ?, materialization_id = COALESCE(?, materialization_id),"
-                f" error = ?, lease_expires_at = NULL, updated_at = ? WHERE {STEP_KEY}",
+                " error = ?, owner = NULL, lease_expires_at = NULL, updated_at = ?"
+                f" WHERE {STEP_KEY}",
                 (outcome.state, None if mat is None else mat.id, outcome.error, now, *key),
             )
             ready: list[StepRecord] = []
@@ -427,7 +429,7 @@ def _claim(
     now = us(now_dt)
     row = c.execute(
         "UPDATE steps SET state = 'running', attempt = attempt + 1, owner = ?,"
-        " lease_expires_at = ?, updated_at = ?"
+        " lease_expires_at = ?, not_before = NULL, updated_at = ?"
         f" WHERE {STEP_KEY}"
         " AND ((state = 'ready' AND (not_before IS NULL OR not_before <= ?))"
         "  OR (state = 'running' AND lease_expires_at <= ?))"

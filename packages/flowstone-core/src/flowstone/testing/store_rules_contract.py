@@ -98,6 +98,24 @@ class StoreRulesContract:
         with pytest.raises(StorageError, match="part of the run's plan"):
             store.finish_step(run.run_id, "nope", DAY, StepOutcome("succeeded"))
 
+    def test_what_a_step_keeps_after_each_transition(self, store: RunStore) -> None:
+        """A claim clears ``not_before`` (it has been honoured); finishing and cancelling
+        clear the owner and the lease (nobody holds the step any more)."""
+        run, _ = _create(store, _diamond())
+        store.claim_step(run.run_id, "orders", DAY, owner="w1", lease_seconds=60)
+        store.retry_step(run.run_id, "orders", DAY, not_before=_now(), error="HTTP 503")
+        claimed = store.claim_step(run.run_id, "orders", DAY, owner="w2", lease_seconds=60)
+        assert claimed is not None and claimed.not_before is None
+        assert store.get_step(run.run_id, "orders", DAY) == claimed
+        store.finish_step(run.run_id, "orders", DAY, StepOutcome("succeeded", _mat(run, "orders")))
+        done = store.get_step(run.run_id, "orders", DAY)
+        assert done is not None and (done.owner, done.lease_expires_at) == (None, None)
+        store.claim_step(run.run_id, "clean", DAY, owner="w3", lease_seconds=60)
+        store.cancel_run(run.run_id)
+        cancelled = store.get_step(run.run_id, "clean", DAY)
+        assert cancelled is not None and (cancelled.state, cancelled.owner) == ("cancelled", None)
+        assert cancelled.lease_expires_at is None
+
     # --- plans ----------------------------------------------------------------------------
     def test_plan_rules(self, store: RunStore) -> None:
         twice = [StepSpec("orders", DAY), StepSpec("orders", DAY)]
