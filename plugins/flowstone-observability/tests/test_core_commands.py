@@ -95,3 +95,16 @@ def test_metrics_serve_exports_store_freshness_until_sigterm(tmp_path: Path) -> 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log.read_text()
     assert "metrics server stopped" in log.read_text()
+
+
+def test_daemon_logs_json_with_the_variable(tmp_path: Path) -> None:
+    db = tmp_path / "j.db"
+    env = {**_env(db), "FLOWSTONE_LOG_FORMAT": "json"}
+    done = subprocess.run(
+        [sys.executable, "-m", "flowstone", "-v", "daemon", SIMPLE, "--once",
+         "--metrics-port", "0"], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert lines, done.stderr
+    assert all({"run_id", "pipeline", "asset", "partition", "attempt"} <= set(doc)
+               for doc in lines)

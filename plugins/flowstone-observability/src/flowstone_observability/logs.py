@@ -5,8 +5,10 @@ fields ``run_id``, ``pipeline``, ``asset``, ``partition`` and ``attempt`` (null 
 is not about a step). ``context.log`` lines carry them from the context's logger adapter;
 FlowStone's own lines get them from :class:`StepLogContext`, an observer that remembers, per
 thread, the step that thread is running (the engine emits a step's events in the thread
-that runs it). ``flowstone worker`` and ``flowstone daemon --metrics-port`` set it all up
-when the variable says ``json``; other processes call :func:`configure_logging`.
+that runs it). ``flowstone worker``, ``flowstone daemon --metrics-port`` and
+``flowstone metrics serve`` set it all up when the variable says ``json``
+(:func:`use_json_logs`); other processes call :func:`configure_logging` and add the
+observer.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import contextvars
 import json
 import logging
 import os
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from flowstone.events import Event
 
 __all__ = ["FIELDS", "LOG_FORMAT_ENV", "JsonFormatter", "StepContextFilter", "StepLogContext",
-           "configure_logging", "json_logs_requested"]
+           "configure_logging", "json_logs_requested", "use_json_logs"]
 
 LOG_FORMAT_ENV: Final = "FLOWSTONE_LOG_FORMAT"
 FIELDS: Final = ("run_id", "pipeline", "asset", "partition", "attempt")
@@ -90,6 +93,25 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
         return json.dumps(doc, default=str)
+
+
+def use_json_logs(pipelines: Iterable[Any]) -> bool:
+    """With ``FLOWSTONE_LOG_FORMAT=json``: attach :class:`StepLogContext` to ``pipelines``
+    and make the handlers already on the root and ``flowstone`` loggers write JSON (a
+    stderr handler is added when there are none). Returns whether it did."""
+    if not json_logs_requested():
+        return False
+    from flowstone_observability.observer import attach
+
+    context = StepLogContext()
+    for pipeline in pipelines:
+        attach(pipeline, context)
+    handlers = [*logging.getLogger().handlers, *logging.getLogger("flowstone").handlers]
+    for handler in handlers:
+        configure_logging(handler)
+    if not handlers:
+        configure_logging()
+    return True
 
 
 def configure_logging(handler: logging.Handler | None = None, *, level: int | None = None,

@@ -25,6 +25,7 @@ from flowstone.errors import UsageError
 from flowstone_observability.freshness import FreshnessCollector
 from flowstone_observability.health import DEFAULT_HEARTBEAT_MAX_AGE, check
 from flowstone_observability.heartbeat import write_heartbeat
+from flowstone_observability.logs import use_json_logs
 from flowstone_observability.metrics import Metrics
 from flowstone_observability.observer import PrometheusObserver, attach
 from flowstone_observability.server import DEFAULT_HOST, MetricsServer
@@ -154,6 +155,8 @@ def serve(
             attach(p, observer)
     else:
         Metrics.shared()  # the process metrics exist even before their first event
+
+    use_json_logs(pipelines)  # FLOWSTONE_LOG_FORMAT=json
 
     def health() -> tuple[bool, dict[str, Any]]:
         report = check(pipelines, heartbeat_max_age=heartbeat_max_age)

@@ -14,7 +14,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from flowstone_observability.logs import StepLogContext, json_logs_requested
 from flowstone_observability.serving import Serving, prepare_multiprocess_dir
 
 __all__ = ["WorkerMetrics", "use_json_logs"]
@@ -64,17 +63,13 @@ class WorkerMetrics:
 
 
 def use_json_logs(app: Any) -> bool:
-    """With ``FLOWSTONE_LOG_FORMAT=json``: attach the step log context to the served
-    pipelines and format Celery's log handlers as JSON. Returns whether it did."""
-    if not json_logs_requested():
-        return False
-    from flowstone_observability.observer import attach
+    """With ``FLOWSTONE_LOG_FORMAT=json``: the step log context on the served pipelines,
+    and Celery's log handlers (now and when Celery sets them up) writing JSON."""
+    from flowstone_observability.logs import use_json_logs as use
 
-    context = StepLogContext()
-    for pipeline in app.pipelines.values():
-        attach(pipeline, context)
+    if not use(app.pipelines.values()):
+        return False
     _connect_json_logging()
-    _json_handlers(logging.getLogger())  # handlers Celery set up already
     return True
 
 
