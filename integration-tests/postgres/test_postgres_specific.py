@@ -253,11 +253,13 @@ def test_a_continuation_comes_with_what_it_reads(shared_store: PostgresRunStore)
     assert [(s.asset, s.state) for s, _ in got] == [("clean", "succeeded"), ("enrich", "succeeded")]
     assert [m for _, m in got] == [m for _, m in expected]
     assert all(m is not None and m.asset == s.asset for s, m in got)
-    # nothing claimed: nothing sent along
+    # nothing claimed (report still waits for enrich): nothing sent along
     again = _run(shared_store, DIAMOND)
     shared_store.claim_step(again.run_id, "orders", DAY, owner="w", lease_seconds=60)
+    shared_store.finish_step(again.run_id, "orders", DAY, _outcome(again, "orders"))
+    shared_store.claim_step(again.run_id, "clean", DAY, owner="w", lease_seconds=60)
     plain, nothing = shared_store.finish_step_reading(
-        again.run_id, "orders", DAY, _outcome(again, "orders"),
+        again.run_id, "clean", DAY, _outcome(again, "clean"),
         then=Continuation("w", 60), sources={},
     )
     assert plain.claimed is None and nothing is None

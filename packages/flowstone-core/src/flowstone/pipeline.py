@@ -153,11 +153,15 @@ class Pipeline(ValueReads, Waits):
         old, self.runner = self.runner, self._build(executor)
         old.close()
 
-    def _build(self, executor: Executor | str) -> StepRunner:
-        """Build :attr:`runtime` around ``executor`` and a runner for it."""
+    def _build(
+        self, executor: Executor | str, coordinators: config.Coordinators | None = None
+    ) -> StepRunner:
+        """Build :attr:`runtime` around ``executor`` (and the coordinators it prefers,
+        unless given) and a runner for it."""
         chosen = config.resolve_executor(executor, self.registry)
-        scatter, parallel = self._coordinators
-        coordinators = config.resolve_coordinators(chosen, scatter, parallel, self.registry)
+        if coordinators is None:
+            scatter, parallel = self._coordinators
+            coordinators = config.resolve_coordinators(chosen, scatter, parallel, self.registry)
         capabilities = Capabilities.detect(self.store, self._io, chosen)
         self.runtime = Runtime(
             name=self.name,
@@ -179,6 +183,14 @@ class Pipeline(ValueReads, Waits):
     @property
     def executor(self) -> Executor:
         return self.runtime.executor
+
+    @executor.setter
+    def executor(self, executor: Executor) -> None:
+        """Swap the executor alone, keeping the coordinators (see :meth:`use_executor`)."""
+        rt = self.runtime
+        keep = config.Coordinators(rt.scatter_coordinator, rt.parallel_coordinator)
+        old, self.runner = self.runner, self._build(executor, keep)
+        old.close()
 
     @property
     def scatter_coordinator(self) -> Any:
