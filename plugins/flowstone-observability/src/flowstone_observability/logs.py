@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from flowstone.errors import UsageError
 from flowstone.events import Event
 
 __all__ = ["FIELDS", "LOG_FORMAT_ENV", "JsonFormatter", "StepContextFilter", "StepLogContext",
@@ -39,11 +40,11 @@ def json_logs_requested() -> bool:
     """Whether ``FLOWSTONE_LOG_FORMAT`` asks for JSON.
 
     Raises:
-        ValueError: the variable holds something other than ``json`` or ``text``.
+        UsageError: the variable holds something other than ``json`` or ``text``.
     """
     value = os.environ.get(LOG_FORMAT_ENV, "text").strip().lower()
     if value not in ("json", "text", ""):
-        raise ValueError(f"{LOG_FORMAT_ENV} must be 'json' or 'text', got {value[:20]!r}")
+        raise UsageError(f"{LOG_FORMAT_ENV} must be 'json' or 'text', got {value[:20]!r}")
     return value == "json"
 
 
