@@ -61,21 +61,17 @@ class MemoryRecords:
                 mat_id = self._mat_ids.get((run_id, asset, partition))
                 mat = None if mat_id is None else self._mats[mat_id]
                 return mat if mat is not None and mat.pipeline == pipeline else None
-            best: MaterializationRecord | None = None
-            best_key: tuple[datetime | None, int] | None = None
-            for mat in self._mats.values():
-                if (
-                    mat.pipeline != pipeline
-                    or mat.asset != asset
-                    or mat.partition != partition
-                    or mat.state != "succeeded"
-                    or mat.invalidated
-                ):
-                    continue
-                key = (mat.finished_at, self._mat_seq[mat.id])
-                if best_key is None or _newer(key, best_key):
-                    best, best_key = mat, key
-            return best
+            # the newest is the last written (the store's order, not a worker's clock)
+            found = [
+                m
+                for m in self._mats.values()
+                if m.pipeline == pipeline
+                and m.asset == asset
+                and m.partition == partition
+                and m.state == "succeeded"
+                and not m.invalidated
+            ]
+            return max(found, key=lambda m: self._mat_seq[m.id], default=None)
 
     def list_materializations(
         self,
@@ -317,7 +313,7 @@ class MemoryRecords:
             old = self._mats.pop(old_id)
             for up in old.upstream:
                 self._downstream[up].remove(old_id)
-            self._mat_seq[mat.id] = self._mat_seq.pop(old_id)
+            del self._mat_seq[old_id]  # a rewrite is the newest record again
             if old_id != mat.id:
                 # last write wins: records that named the old id as input now name the new one
                 for down_id in self._downstream.pop(old_id, []):
@@ -326,21 +322,10 @@ class MemoryRecords:
                         down, upstream=tuple(mat.id if u == old_id else u for u in down.upstream)
                     )
                     self._downstream.setdefault(mat.id, []).append(down_id)
-        else:
-            self._mat_seq[mat.id] = self._next()
+        self._mat_seq[mat.id] = self._next()
         self._mats[mat.id] = mat
         self._mat_ids[key] = mat.id
         for up in mat.upstream:
             self._downstream.setdefault(up, []).append(mat.id)
         return mat.id
 
-
-def _newer(a: tuple[datetime | None, int], b: tuple[datetime | None, int]) -> bool:
-    """Order by finished_at (missing counts as oldest), then by insertion."""
-    if a[0] != b[0]:
-        if a[0] is None:
-            return False
-        if b[0] is None:
-            return True
-        return a[0] > b[0]
-    return a[1] > b[1]

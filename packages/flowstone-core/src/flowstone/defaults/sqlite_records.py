@@ -93,7 +93,7 @@ class SQLiteRecords(SQLiteConnection):
             found = self._materializations(
                 f"SELECT {MAT_COLS} FROM materializations WHERE pipeline = ? AND asset = ?"
                 " AND partition = ? AND state = 'succeeded' AND invalidated = 0"
-                " ORDER BY finished_at DESC, rowid DESC LIMIT 1",
+                " ORDER BY rowid DESC LIMIT 1",  # the last written (the store's order)
                 (pipeline, asset, partition),
             )
         return found[0] if found else None
@@ -392,7 +392,8 @@ def _at(value: int) -> datetime:
 def upsert_materialization(
     c: sqlite3.Connection, mat: MaterializationRecord, metadata_json: str | None, where: str
 ) -> None:
-    """One record per (run, asset, partition); the last write wins, including its id.
+    """One record per (run, asset, partition); the last write wins, including its id, and
+    is the newest record again (a new rowid, as Postgres gives it a new ``seq``).
 
     ``mat`` is bound to its step (:func:`flowstone.store_rules.bind_outcome`) and
     ``metadata_json`` its encoded metadata.
@@ -414,19 +415,12 @@ def upsert_materialization(
             f"{where}: materialization id {mat_id!r} is already used by run {clash[0]!r} "
             f"asset {clash[1]!r}; ids must be unique"
         )
-    if old is None:
-        c.execute(f"INSERT INTO materializations ({MAT_COLS}) VALUES ({marks(14)})", values)
-    else:
+    if old is not None:
         c.execute("DELETE FROM lineage WHERE downstream_id = ?", (old[0],))
-        c.execute(
-            "UPDATE materializations SET id = ?, pipeline = ?, run_id = ?, asset = ?,"
-            " partition = ?, state = ?, io_manager = ?, location = ?, attempt = ?,"
-            " started_at = ?, finished_at = ?, error = ?, metadata = ?, invalidated = ?"
-            " WHERE id = ?",
-            (*values, old[0]),
-        )
+        c.execute("DELETE FROM materializations WHERE id = ?", (old[0],))
         if old[0] != mat_id:
             c.execute("UPDATE lineage SET upstream_id = ? WHERE upstream_id = ?", (mat_id, old[0]))
+    c.execute(f"INSERT INTO materializations ({MAT_COLS}) VALUES ({marks(14)})", values)
     c.executemany(
         "INSERT INTO lineage VALUES (?, ?, ?)",
         [(mat_id, i, up) for i, up in enumerate(mat.upstream)],

@@ -91,6 +91,23 @@ class StoreRulesContract:
         assert clean is not None and clean.upstream == (up.id,)
         assert [m.asset for m in store.downstream(up.id)] == ["clean"]
 
+    def test_the_newest_record_is_the_last_written(self, store: RunStore) -> None:
+        """Not the latest ``finished_at``: that is a worker's clock; the store's own order
+        decides. A record written again (waiting -> succeeded) is the newest again."""
+        pipeline = _uid("sales")
+        first, _ = _create(store, [StepSpec("trade", DAY)], pipeline=pipeline)
+        store.finish_step(first.run_id, "trade", DAY, StepOutcome(
+            "waiting", _mat(first, "trade", state="waiting"), approval=_approval(first, "trade")))
+        second, _ = _create(store, [StepSpec("trade", DAY)], pipeline=pipeline)
+        _succeed(store, second, "trade")
+        behind = _now() - timedelta(hours=1)  # a skewed worker clock
+        done = _mat(first, "trade", finished_at=behind)
+        store.finish_step(first.run_id, "trade", DAY, StepOutcome("succeeded", done))
+        newest = store.find_materialization(pipeline, "trade", DAY)
+        assert newest is not None and newest.id == done.id
+        listed = store.list_materializations(pipeline, asset="trade")
+        assert [m.run_id for m in listed] == [first.run_id, second.run_id]
+
     def test_finish_errors_say_what_to_do(self, store: RunStore) -> None:
         run, _ = _create(store, _diamond())
         with pytest.raises(UsageError, match="only ready, running or waiting"):
