@@ -108,3 +108,12 @@ def test_daemon_logs_json_with_the_variable(tmp_path: Path) -> None:
     assert lines, done.stderr
     assert all({"run_id", "pipeline", "asset", "partition", "attempt"} <= set(doc)
                for doc in lines)
+
+
+def test_worker_rejects_a_bad_metrics_port(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "flowstone", "worker", "--pipeline", SIMPLE,
+         "--metrics-port", "70000"], capture_output=True, text=True, timeout=120,
+        env=_env(tmp_path / "w.db"))
+    assert done.returncode == 2, done.stderr
+    assert "FLOWSTONE_METRICS_PORT" in done.stderr
