@@ -30,7 +30,7 @@ def item_rows(pipeline: Any, run_id: str, asset: str, key: str) -> list[Any]:
             "flowstone.scatter_barriers b ON b.id = i.barrier_id WHERE b.run_id = $1 AND "
             "b.asset = $2 AND b.partition = $3", run_id, asset, partition))
 
-    return coord.database(pipeline).run(q)
+    return coord.database(pipeline.runner).run(q)
 
 
 def executions(run_id: str) -> int:

@@ -63,8 +63,11 @@ def test_without_the_celery_executor_the_error_says_how_to_fix() -> None:
     class Plain:
         pass
 
-    class P:
+    class Runtime:
         executor = Plain()
 
+    class Runner:  # what the engine hands over: a runner whose runtime has the executor
+        runtime = Runtime()
+
     with pytest.raises(UsageError, match="needs the Celery executor"):
-        CeleryScatterCoordinator().send(P(), "t", [{"v": 1}])  # type: ignore[arg-type]
+        CeleryScatterCoordinator().send(Runner(), "t", [{"v": 1}])  # type: ignore[arg-type]

@@ -23,14 +23,18 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from flowstone.codec import decode_value, encode_value
-from flowstone.defaults.inline_scatter import item_key
 from flowstone.defaults.scatter_units import FIRST_ERRORS, threshold_message
-from flowstone.engine.inputs import resolve_inputs
-from flowstone.engine.requests import ScatterRequest
-from flowstone.engine.resume import complete_deferred
+from flowstone.engine import (
+    ScatterRequest,
+    StepRunner,
+    complete_deferred,
+    item_key,
+    resolve_inputs,
+)
 from flowstone.errors import UsageError
 from flowstone.partitions import decode_partition
 from flowstone.scatter import Deferred, Scatter, ScatterCounts
+from flowstone_celery import CeleryExecutor
 from flowstone_io_postgres import PostgresRunStore
 from flowstone_scatter import barrier
 from flowstone_scatter.db import Database
@@ -38,7 +42,6 @@ from flowstone_scatter.messages import CHUNK_TASK, READ_TASK, ChunkMessage
 
 if TYPE_CHECKING:
     from flowstone.asset import AssetDef
-    from flowstone.pipeline import Pipeline
 
 __all__ = ["CeleryScatterCoordinator", "build_rows", "item_size"]
 
@@ -119,13 +122,13 @@ class CeleryScatterCoordinator:
             OrderedDict())
 
     # --- plumbing -------------------------------------------------------------------------
-    def database(self, pipeline: Pipeline) -> Database:
+    def database(self, runner: StepRunner) -> Database:
         """The barrier tables of this process: on the pipeline's Postgres run store (its
         connections and schema), checked to be at their head revision once."""
         if self._db is None:
             with self._lock:
                 if self._db is None:
-                    self._db = self._open(pipeline.store)
+                    self._db = self._open(runner.runtime.store)
         return self._db
 
     def _open(self, store: object) -> Database:
@@ -149,14 +152,14 @@ class CeleryScatterCoordinator:
         if self._db is not None:
             self._db.close()
 
-    def progress(self, pipeline: Pipeline, run_id: str, asset: str,
+    def progress(self, pipeline: Any, run_id: str, asset: str,
                  partition: str) -> ScatterCounts | None:
         """How far the scatter of ``asset`` in ``run_id`` has got (``partition`` encoded),
         read from the barrier; None when there is no such scatter
         (:class:`~flowstone.scatter.ScatterProgress`, shown by ``flowstone runs``)."""
         from flowstone_scatter.status import read_counts
 
-        b, counts = read_counts(self.database(pipeline), run_id, asset, partition)
+        b, counts = read_counts(self.database(pipeline.runner), run_id, asset, partition)
         return None if b is None else counts
 
     def chunk_units(self, sc: Scatter) -> int:
@@ -167,37 +170,37 @@ class CeleryScatterCoordinator:
             return max(1, int(given))
         return min(100, max(1, sc.max_concurrent // 4))
 
-    def send(self, pipeline: Pipeline, task: str, bodies: Sequence[dict[str, Any]]) -> None:
+    def send(self, runner: StepRunner, task: str, bodies: Sequence[dict[str, Any]]) -> None:
         """Publish scatter messages with the pipeline's Celery executor."""
         if not bodies:
             return
-        executor = pipeline.executor
-        app = getattr(executor, "app", None)
-        if app is None:
+        executor = runner.runtime.executor
+        if not isinstance(executor, CeleryExecutor):
             raise UsageError(
                 "CeleryScatterCoordinator needs the Celery executor: build the pipeline with "
                 "executor='celery' (or FLOWSTONE_EXECUTOR=celery), or use the 'inline' "
                 "scatter coordinator")
-        queue = getattr(executor, "settings").queue  # noqa: B009 - checked above via app
+        app, queue = executor.app, executor.settings.queue
         with app.producer_or_acquire() as producer:
             for body in bodies:
                 app.send_task(task, args=(body,), queue=queue, producer=producer,
                               ignore_result=True, add_to_parent=False)
 
-    def after(self, pipeline: Pipeline, barrier_id: int, claim: barrier.Claim) -> None:
+    def after(self, runner: StepRunner, barrier_id: int, claim: barrier.Claim) -> None:
         """Act on a transaction's decision: enqueue claimed chunks, run a won finish."""
-        self.send(pipeline, CHUNK_TASK, [
-            ChunkMessage(pipeline.name, barrier_id, s, e).to_json() for s, e in claim.ranges])
+        name = runner.runtime.name
+        self.send(runner, CHUNK_TASK, [
+            ChunkMessage(name, barrier_id, s, e).to_json() for s, e in claim.ranges])
         if claim.finishing:
-            self.finalize(pipeline, barrier_id)
+            self.finalize(runner, barrier_id)
 
-    def kick(self, pipeline: Pipeline, barrier_id: int, sc: Scatter) -> None:
+    def kick(self, runner: StepRunner, barrier_id: int, sc: Scatter) -> None:
         """Top the window up (or finish) from the barrier's current state."""
-        db = self.database(pipeline)
+        db = self.database(runner)
         claim = db.run(lambda c: barrier.lock_and_decide(c, db.t, barrier_id, sc))
-        self.after(pipeline, barrier_id, claim)
+        self.after(runner, barrier_id, claim)
 
-    def inputs(self, pipeline: Pipeline, a: AssetDef, run_id: str,
+    def inputs(self, runner: StepRunner, a: AssetDef, run_id: str,
                partition: str) -> tuple[dict[str, Any], Any]:
         """The asset's dep values and shared batch input, cached per process."""
         key = (run_id, a.name, partition)
@@ -206,7 +209,7 @@ class CeleryScatterCoordinator:
             if hit is not None:
                 self._inputs.move_to_end(key)
                 return hit
-        got = resolve_inputs(pipeline, run_id, a, decode_partition(partition))
+        got = resolve_inputs(runner, run_id, a, decode_partition(partition))
         deps = {d: o.value for d, o in got.outcomes.items()
                 if d in a.deps and o.state == "succeeded"}
         shared = None
@@ -227,8 +230,8 @@ class CeleryScatterCoordinator:
         sc = req.asset.scatter
         if sc is None:
             raise UsageError(f"asset {req.asset.name!r} has no Scatter")
-        p, name = req.pipeline, req.asset.name
-        db = self.database(p)
+        runner, name = req.runner, req.asset.name
+        db = self.database(runner)
         token = secrets.token_urlsafe(32)
         existing = db.run(lambda c: barrier.find(c, db.t, req.run_id, name, req.partition))
         if existing is not None:
@@ -237,7 +240,7 @@ class CeleryScatterCoordinator:
                 token = existing["token"]
             else:  # failed or cancelled before: run only what did not succeed
                 db.run(lambda c: barrier.reopen(c, db.t, bid, token))
-            return Deferred(token, start=lambda: self._start(p, bid, sc))
+            return Deferred(token, start=lambda: self._start(runner, bid, sc))
         units_total, expected = 0, None
         rows: list[tuple[int, int, str, str]] = []
         if sc.items is not None:
@@ -246,25 +249,27 @@ class CeleryScatterCoordinator:
             rows, units_total = build_rows(sc, name, items, 0, 0, set())
             expected = len(rows)
         bid, _ = db.run(lambda c: barrier.create(
-            c, db.t, pipeline=p.name, run_id=req.run_id, asset=name, partition=req.partition,
+            c, db.t, pipeline=runner.runtime.name, run_id=req.run_id, asset=name,
+            partition=req.partition,
             token=token, rows=rows, units_total=units_total,
             max_concurrent=sc.max_concurrent, chunk_units=self.chunk_units(sc),
             reader_done=sc.reader is None, expected_total=expected,
             previous_run_id=req.previous_run_id))
-        return Deferred(token, start=lambda: self._start(p, bid, sc))
+        return Deferred(token, start=lambda: self._start(runner, bid, sc))
 
-    def _start(self, pipeline: Pipeline, barrier_id: int, sc: Scatter) -> None:
+    def _start(self, runner: StepRunner, barrier_id: int, sc: Scatter) -> None:
         if sc.reader is not None:
-            self.send(pipeline, READ_TASK, [ChunkMessage(pipeline.name, barrier_id).read_json()])
-        self.kick(pipeline, barrier_id, sc)
+            message = ChunkMessage(runner.runtime.name, barrier_id).read_json()
+            self.send(runner, READ_TASK, [message])
+        self.kick(runner, barrier_id, sc)
 
     # --- the end ----------------------------------------------------------------------------
-    def finalize(self, pipeline: Pipeline, barrier_id: int) -> None:
+    def finalize(self, runner: StepRunner, barrier_id: int) -> None:
         """Finish a barrier that won ``finishing``: gather (or fail) and complete the step.
 
         ``complete_deferred`` records the step exactly once; if this process dies first the
         sweeper calls this again."""
-        db = self.database(pipeline)
+        db = self.database(runner)
 
         async def load(conn: Any) -> Any:
             return await conn.fetchrow(
@@ -274,7 +279,7 @@ class CeleryScatterCoordinator:
         b = db.run(load)
         if b is None:
             return
-        a = pipeline.dag[b["asset"]]
+        a = runner.runtime.graph[b["asset"]]
         sc = a.scatter
         assert sc is not None
         value: Any = None
@@ -287,7 +292,7 @@ class CeleryScatterCoordinator:
                 value = sc.gather(values) if sc.gather is not None else values
             except Exception as exc:
                 error = f"gather of scatter asset {a.name!r} failed: {type(exc).__name__}: {exc}"
-        complete_deferred(pipeline, b["token"], value=value, error=error)
+        complete_deferred(runner, b["token"], value=value, error=error)
         final = "failed" if error is not None else "succeeded"
 
         async def close(conn: Any) -> None:

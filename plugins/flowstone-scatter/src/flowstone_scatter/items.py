@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from flowstone.codec import decode_value, encode_value
 from flowstone.defaults.scatter_units import ItemOutcome, item_error, run_unit
-from flowstone.engine.runner import describe_error
+from flowstone.engine import StepRunner, describe_error
 from flowstone.errors import UsageError
-from flowstone.events import Event
 from flowstone.scatter import Batch, Scatter
 from flowstone_scatter import barrier
 from flowstone_scatter.coordinator import CeleryScatterCoordinator, build_rows
@@ -31,7 +30,6 @@ from flowstone_scatter.messages import ChunkMessage
 if TYPE_CHECKING:
     from flowstone.asset import AssetDef
     from flowstone.context import Context
-    from flowstone.pipeline import Pipeline
 
 __all__ = ["run_chunk", "run_reader"]
 
@@ -39,35 +37,36 @@ log = logging.getLogger("flowstone.scatter")
 Result = tuple[int, str, str | None, str | None]
 
 
-def coordinator_of(pipeline: Pipeline) -> CeleryScatterCoordinator:
-    coord = pipeline.scatter_coordinator
+def coordinator_of(runner: StepRunner) -> CeleryScatterCoordinator:
+    coord = runner.runtime.scatter_coordinator
     if not isinstance(coord, CeleryScatterCoordinator):
         raise UsageError(
-            f"pipeline {pipeline.name!r} on this worker does not use the Celery scatter "
+            f"pipeline {runner.runtime.name!r} on this worker does not use the Celery scatter "
             "coordinator; start workers with FLOWSTONE_EXECUTOR=celery")
     return coord
 
 
-def run_chunk(pipeline: Pipeline, msg: ChunkMessage) -> int:
+def run_chunk(runner: StepRunner, msg: ChunkMessage) -> int:
     """Run the still-queued items of one chunk message; return how many were recorded."""
-    coord = coordinator_of(pipeline)
-    db = coord.database(pipeline)
+    coord = coordinator_of(runner)
+    db = coord.database(runner)
     b, rows = db.run(lambda c: barrier.load_chunk(c, db.t, msg.barrier, msg.start, msg.end))
     if not rows:
         return 0
-    run = pipeline.store.get_run(b["run_id"])
+    runtime = runner.runtime
+    run = runtime.store.get_run(b["run_id"])
     if run is None or run.status == "cancelled":
         db.run(lambda c: c.execute(f"UPDATE {db.t.barriers} SET state = 'cancelled', "
                                    "updated_at = now() WHERE id = $1 AND state = 'running'",
                                    msg.barrier))
         return 0
-    a = pipeline.dag[b["asset"]]
+    a = runtime.graph[b["asset"]]
     sc = a.scatter
     assert sc is not None
-    deps, shared = coord.inputs(pipeline, a, b["run_id"], b["partition"])
+    deps, shared = coord.inputs(runner, a, b["run_id"], b["partition"])
     units = [list(g) for _, g in groupby(rows, key=lambda r: r.unit)]
-    starts = _rate_slots(coord, pipeline, b, sc, len(units))
-    lease = pipeline.lease_seconds
+    starts = _rate_slots(db, b, sc, len(units))
+    lease = runtime.policies.lease_seconds
     touched = time.monotonic()
     results: list[Result] = []
     count = int(b["units_total"]) if b["reader_done"] and sc.batching is not None else None
@@ -79,24 +78,22 @@ def run_chunk(pipeline: Pipeline, msg: ChunkMessage) -> int:
             left = [r.idx for u in units[i:] for r in u]
             db.run(_touch(db, msg.barrier, left))
             touched = time.monotonic()
-        results.extend(_run_unit(pipeline, a, sc, b, deps, shared, unit, count))
+        results.extend(_run_unit(runner, a, sc, b, deps, shared, unit, count))
     claim = db.run(lambda c: barrier.record(c, db.t, msg.barrier, sc, results))
     ok = sum(1 for r in results if r[1] == "succeeded")
-    pipeline.emit(Event("scatter.progress", pipeline.name, b["run_id"], a.name, b["partition"],
-                        {"succeeded": ok, "failed": len(results) - ok, "chunk": True}))
-    coord.after(pipeline, msg.barrier, claim)
+    runtime.events.emit("scatter.progress", b["run_id"], a.name, b["partition"],
+                        {"succeeded": ok, "failed": len(results) - ok, "chunk": True})
+    coord.after(runner, msg.barrier, claim)
     return len(results)
 
 
-def _rate_slots(coord: CeleryScatterCoordinator, pipeline: Pipeline, b: Any, sc: Scatter,
-                n: int) -> float | None:
+def _rate_slots(db: Database, b: Any, sc: Scatter, n: int) -> float | None:
     """Reserve ``n`` start slots in the barrier's shared token bucket (one statement per
     chunk, shared by every worker); return the epoch second of the first slot."""
     rate = sc.rate_per_second
     if rate is None:
         return None
     span = n / rate
-    db = coord.database(pipeline)
 
     async def reserve(conn: Any) -> float:
         nxt = await conn.fetchval(
@@ -108,12 +105,12 @@ def _rate_slots(coord: CeleryScatterCoordinator, pipeline: Pipeline, b: Any, sc:
     return db.run(reserve)
 
 
-def _run_unit(pipeline: Pipeline, a: AssetDef, sc: Scatter, b: Any, deps: dict[str, Any],
+def _run_unit(runner: StepRunner, a: AssetDef, sc: Scatter, b: Any, deps: dict[str, Any],
               shared: Any, unit: Sequence[barrier.ItemRow], count: int | None) -> list[Result]:
     items = [decode_value(r.item.encode()) for r in unit]
 
     def context_for(attempt: int) -> Context:
-        context = pipeline.runner.context_for(a, b["run_id"], b["partition"], attempt)
+        context = runner.context_for(a, b["run_id"], b["partition"], attempt)
         if sc.batching is None:
             context.scatter_item = items[0]
         else:
@@ -134,22 +131,22 @@ def _encode(a: AssetDef, idx: int, outcome: ItemOutcome) -> Result:
         return (idx, "failed", None, item_error(exc))
 
 
-def run_reader(pipeline: Pipeline, msg: ChunkMessage,
+def run_reader(runner: StepRunner, msg: ChunkMessage,
                on_page: Callable[[int], None] | None = None) -> int:
     """Stream the barrier's reader, one transaction (rows + checkpoint) per page.
 
     Returns the number of pages appended (0 if another reader holds this barrier)."""
-    coord = coordinator_of(pipeline)
-    db = coord.database(pipeline)
+    coord = coordinator_of(runner)
+    db = coord.database(runner)
     owner = uuid.uuid4().hex
     b = db.run(lambda c: barrier.claim_reader(c, db.t, msg.barrier, owner,
-                                              pipeline.lease_seconds))
+                                              runner.runtime.policies.lease_seconds))
     if b is None:
         return 0
-    a = pipeline.dag[b["asset"]]
+    a = runner.runtime.graph[b["asset"]]
     sc = a.scatter
     assert sc is not None and sc.reader is not None
-    deps, _ = coord.inputs(pipeline, a, b["run_id"], b["partition"])
+    deps, _ = coord.inputs(runner, a, b["run_id"], b["partition"])
     reader = copy.copy(sc.reader)
     pages = 0
     try:
@@ -162,7 +159,7 @@ def run_reader(pipeline: Pipeline, msg: ChunkMessage,
                 next_index, units = int(state["next_index"]), int(state["units"])
             expected = reader.count()
         except Exception as exc:
-            _fail_reader(coord, pipeline, b, f"reader of scatter asset {a.name!r} failed to "
+            _fail_reader(coord, runner, b, f"reader of scatter asset {a.name!r} failed to "
                          f"start: {describe_error(exc)}")
             return pages
         seen: set[str] = set()  # duplicates across pages are dropped by the unique key index
@@ -173,7 +170,7 @@ def run_reader(pipeline: Pipeline, msg: ChunkMessage,
                 checkpoint = json.dumps({"reader": reader.checkpoint(),
                                          "next_index": next_index + len(page), "units": units})
             except Exception as exc:
-                _fail_reader(coord, pipeline, b, f"reader of scatter asset {a.name!r} failed "
+                _fail_reader(coord, runner, b, f"reader of scatter asset {a.name!r} failed "
                              f"at item {next_index}: {describe_error(exc)}")
                 return pages
             seen.clear()
@@ -187,7 +184,7 @@ def run_reader(pipeline: Pipeline, msg: ChunkMessage,
             pages += 1
             if on_page is not None:
                 on_page(pages)
-            coord.after(pipeline, msg.barrier, claim)
+            coord.after(runner, msg.barrier, claim)
             if done:
                 return pages
     finally:
@@ -213,9 +210,9 @@ def _page(db: Database, barrier_id: int, owner: str, sc: Scatter,
     return go
 
 
-def _fail_reader(coord: CeleryScatterCoordinator, pipeline: Pipeline, b: Any,
+def _fail_reader(coord: CeleryScatterCoordinator, runner: StepRunner, b: Any,
                  error: str) -> None:
-    db = coord.database(pipeline)
+    db = coord.database(runner)
 
     async def fail(conn: Any) -> Any:
         return await conn.fetchval(
@@ -224,4 +221,4 @@ def _fail_reader(coord: CeleryScatterCoordinator, pipeline: Pipeline, b: Any,
             b["id"], error)
 
     if db.run(fail) is not None:
-        coord.finalize(pipeline, int(b["id"]))
+        coord.finalize(runner, int(b["id"]))

@@ -53,7 +53,7 @@ def scatter_status(pipeline: Pipeline, run_id: str, asset: str,
     from flowstone_scatter.items import coordinator_of
 
     enc = encode_partition(partition)
-    db = coordinator_of(pipeline).database(pipeline)
+    db = coordinator_of(pipeline.runner).database(pipeline.runner)
     b, counts = read_counts(db, run_id, pipeline.dag[asset].name, enc)
     if b is None:
         raise UsageError(f"run {run_id} has no scatter of asset {asset!r} [{enc}] (check the "

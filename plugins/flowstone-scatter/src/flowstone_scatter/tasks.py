@@ -27,6 +27,7 @@ from flowstone_scatter.messages import (
 if TYPE_CHECKING:
     from celery import Task
 
+    from flowstone.engine import StepRunner
     from flowstone.pipeline import Pipeline
 
 __all__ = ["register", "sweep"]
@@ -36,7 +37,7 @@ MAX_BACKOFF_SECONDS = 60.0
 
 
 def _resolve(app: Any, body: object,
-             parse: Callable[[object], ChunkMessage]) -> tuple[Pipeline, ChunkMessage] | None:
+             parse: Callable[[object], ChunkMessage]) -> tuple[StepRunner, ChunkMessage] | None:
     try:
         msg = parse(body)
     except ScatterMessageError as exc:
@@ -47,7 +48,7 @@ def _resolve(app: Any, body: object,
         log.error("dropping scatter message for unknown pipeline %r (this worker serves %s)",
                   msg.pipeline, sorted(app.pipelines) or "none")
         return None
-    return pipeline, msg
+    return pipeline.runner, msg
 
 
 def register(app: Any) -> None:
@@ -66,7 +67,7 @@ def register(app: Any) -> None:
         raise task.retry(exc=exc, countdown=delay) from exc
 
     def add(name: str, parse: Callable[[object], ChunkMessage],
-            run: Callable[[Pipeline, ChunkMessage], int]) -> None:
+            run: Callable[[StepRunner, ChunkMessage], int]) -> None:
         def task(self: Task, body: object) -> int:
             found = _resolve(app, body, parse)
             if found is None:
@@ -80,7 +81,7 @@ def register(app: Any) -> None:
                  reject_on_worker_lost=True, ignore_result=True, max_retries=None)(task)
 
     add(CHUNK_TASK, parse_chunk, run_chunk)
-    add(READ_TASK, parse_read, lambda pipeline, msg: run_reader(pipeline, msg))
+    add(READ_TASK, parse_read, lambda runner, msg: run_reader(runner, msg))
 
     hooks = getattr(app, "sweep_hooks", None)
     if isinstance(hooks, list):
@@ -100,34 +101,37 @@ def sweep(pipeline: Pipeline, now: datetime) -> int:
     """
     from flowstone_scatter.items import coordinator_of
 
-    if pipeline.dag is None or not any(a.scatter for a in pipeline.dag.assets.values()):
+    runner = pipeline.runner
+    runtime = runner.runtime
+    if not any(a.scatter for a in runtime.graph.assets.values()):
         return 0
-    coord = coordinator_of(pipeline)
-    db = coord.database(pipeline)
-    lease = float(pipeline.lease_seconds)
+    coord = coordinator_of(runner)
+    db = coord.database(runner)
+    lease = float(runtime.policies.lease_seconds)
+    name = runtime.name
 
     async def scan(conn: Any) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
         finishing = await conn.fetch(
             f"SELECT id FROM {db.t.barriers} WHERE pipeline = $1 AND state = 'finishing' AND "
-            "updated_at < now() - make_interval(secs => $2)", pipeline.name, lease)
+            "updated_at < now() - make_interval(secs => $2)", name, lease)
         stale = await conn.fetch(
             f"UPDATE {db.t.items} AS i SET queued_at = now() FROM {db.t.barriers} AS b "
             "WHERE i.barrier_id = b.id AND b.pipeline = $1 AND b.state = 'running' AND "
             "i.state = 'queued' AND i.queued_at < now() - make_interval(secs => $2) "
-            "RETURNING i.barrier_id, i.unit, b.chunk_units", pipeline.name, lease)
+            "RETURNING i.barrier_id, i.unit, b.chunk_units", name, lease)
         idle = await conn.fetch(
             f"SELECT id, asset FROM {db.t.barriers} WHERE pipeline = $1 AND state = 'running' AND "
-            "updated_at < now() - make_interval(secs => $2)", pipeline.name, lease)
+            "updated_at < now() - make_interval(secs => $2)", name, lease)
         readers = await conn.fetch(
             f"SELECT id FROM {db.t.barriers} WHERE pipeline = $1 AND state = 'running' AND NOT "
             "reader_done AND coalesce(reader_beat, created_at) < now() - "
-            "make_interval(secs => $2)", pipeline.name, lease)
+            "make_interval(secs => $2)", name, lease)
         return finishing, stale, idle, readers
 
     finishing, stale, idle, readers = db.run(scan)
     count = 0
     for r in finishing:
-        coord.finalize(pipeline, int(r["id"]))
+        coord.finalize(runner, int(r["id"]))
         count += 1
     by_barrier: dict[int, list[int]] = defaultdict(list)
     sizes: dict[int, int] = {}
@@ -136,17 +140,17 @@ def sweep(pipeline: Pipeline, now: datetime) -> int:
         sizes[int(r["barrier_id"])] = int(r["chunk_units"])
     for bid, units in by_barrier.items():
         ranges = barrier.unit_ranges(units, sizes[bid])
-        coord.send(pipeline, CHUNK_TASK,
-                   [ChunkMessage(pipeline.name, bid, s, e).to_json() for s, e in ranges])
+        coord.send(runner, CHUNK_TASK,
+                   [ChunkMessage(name, bid, s, e).to_json() for s, e in ranges])
         count += len(ranges)
     for r in idle:
-        sc = pipeline.dag[r["asset"]].scatter
+        sc = runtime.graph[r["asset"]].scatter
         if sc is not None:
-            coord.kick(pipeline, int(r["id"]), sc)
+            coord.kick(runner, int(r["id"]), sc)
     for r in readers:
-        coord.send(pipeline, READ_TASK, [ChunkMessage(pipeline.name, int(r["id"])).read_json()])
+        coord.send(runner, READ_TASK, [ChunkMessage(name, int(r["id"])).read_json()])
         count += 1
     if count:
-        log.info("scatter sweep of %s: %d chunks/readers re-sent or finished", pipeline.name,
+        log.info("scatter sweep of %s: %d chunks/readers re-sent or finished", name,
                  count)
     return count
