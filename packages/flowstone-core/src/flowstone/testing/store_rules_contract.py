@@ -239,6 +239,7 @@ class StoreRulesContract:
             "step_waiting", "gate_signaled", "run_cancelled", "run_reopened",
         ]  # fmt: skip
         by_kind = {e.kind: e for e in entries}
+        assert by_kind["run_created"].detail["steps"] == 4
         retry = by_kind["step_retry"]
         assert (retry.asset, retry.detail["attempt"], retry.detail["error"]) == (
             "orders", 1, "HTTP 503")  # fmt: skip
