@@ -1,6 +1,8 @@
 """Every session CI and developers run.
 
     nox -s tests          lint + typecheck + every package's unit tests + integration tests (CI)
+    nox -s build          sdist + wheel of every package, twine check, each installed from
+                          the wheels alone into a fresh venv and smoke-tested (also in tests)
     nox -s core_isolated  core alone in a bare venv: zero third-party packages, quickstart runs
     nox -s lint           ruff
     nox -s typecheck      mypy --strict
@@ -14,6 +16,10 @@ CI=true a missing service fails the run instead of skipping.
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -96,11 +102,12 @@ def tests(session: nox.Session) -> None:
             *session.posargs,
             env={"CI": os.environ.get("CI", "")},
         )
+    build_and_smoke(session, failed)
     fail_if_any(session, failed)
 
 
 PYTEST = ("pytest", "-q", "-p", "no:cacheprovider")
-LINTED = (*PACKAGES, "integration-tests", "examples", "bench", "noxfile.py")
+LINTED = (*PACKAGES, "integration-tests", "examples", "bench", "noxfile.py", ".ci")
 
 
 def integration_suites() -> list[str]:
@@ -125,6 +132,114 @@ def fail_if_any(session: nox.Session, failed: list[str]) -> None:
     """Fail the session naming every step that failed (nothing when all passed)."""
     if failed:
         session.error(f"{len(failed)} step(s) failed: " + "; ".join(failed))
+
+
+BUILD_TOOLS = ["hatch>=1.9", "twine>=5"]
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """Build every package, check the metadata, install each from the wheels alone, smoke it.
+
+    Also run by ``tests``. For each package: an sdist and a wheel with hatch, ``twine check``
+    of all of them, then a fresh venv per package with ``flowstone-core`` and that package
+    (and the FlowStone packages it depends on) installed from the built wheels only -- their
+    third-party dependencies from the package index -- and ``.ci/smoke.py`` run in it from
+    outside the repository: the quickstart for the core, ``flowstone db upgrade --create``
+    for Postgres, a worker round trip for Celery, and every plugin's entry points loaded.
+    """
+    failed: list[str] = []
+    build_and_smoke(session, failed)
+    fail_if_any(session, failed)
+
+
+def build_and_smoke(session: nox.Session, failed: list[str]) -> None:
+    """The ``build`` session's steps, noting failures in ``failed``."""
+    session.install(*BUILD_TOOLS)
+    tmp = Path(session.create_tmp()).resolve()
+    dist = tmp / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    dist.mkdir(parents=True)
+    built: list[str] = []
+    for pkg in PACKAGES:
+        with session.chdir(ROOT / pkg):
+            before = set(dist.iterdir())
+            _step(
+                session,
+                failed,
+                f"build {pkg}",
+                "hatch",
+                "build",
+                "-t",
+                "sdist",
+                "-t",
+                "wheel",
+                str(dist),
+            )
+            if len(set(dist.iterdir()) - before) == 2:
+                built.append(pkg)
+    _step(
+        session,
+        failed,
+        "twine check",
+        "twine",
+        "check",
+        "--strict",
+        *map(str, sorted(dist.iterdir())),
+    )
+    names = {pkg: _project_name(pkg) for pkg in built}
+    for pkg in built:
+        _step_call(session, failed, f"smoke {names[pkg]}", _smoke, session, tmp, dist, names[pkg])
+
+
+def _project_name(pkg: str) -> str:
+    text = (ROOT / pkg / "pyproject.toml").read_text(encoding="utf-8")
+    return str(tomllib.loads(text)["project"]["name"])
+
+
+def _ours(name: str) -> list[str]:
+    """``name`` and the FlowStone distributions it depends on, recursively."""
+    by_name = {_project_name(pkg): pkg for pkg in PACKAGES}
+    order, todo = [], [name]
+    while todo:
+        current = todo.pop()
+        if current in order:
+            continue
+        order.append(current)
+        project = tomllib.loads((ROOT / by_name[current] / "pyproject.toml").read_text("utf-8"))
+        for requirement in project["project"].get("dependencies", []):
+            dep = re.split(r"[\s<>=!~;\[(]", requirement, maxsplit=1)[0]
+            if dep in by_name:
+                todo.append(dep)
+    return order
+
+
+def _smoke(session: nox.Session, tmp: Path, dist: Path, name: str) -> None:
+    venv = tmp / f"venv-{name}"
+    session.run(sys.executable, "-m", "venv", "--clear", str(venv), external=True)
+    py = str(venv / "bin" / "python")
+    wheels = [str(next(dist.glob(f"{n.replace('-', '_')}-*.whl"))) for n in _ours(name)]
+    # ours from the wheels only (no index can substitute one), then their dependencies
+    session.run(py, "-m", "pip", "install", "--quiet", "--no-deps", *wheels, external=True)
+    session.run(py, "-m", "pip", "install", "--quiet", *wheels, external=True)
+    with session.chdir(tmp):
+        session.run(
+            py,
+            str(ROOT / ".ci" / "smoke.py"),
+            name,
+            str(ROOT / "examples"),
+            external=True,
+            env={"PYTHONPATH": ""},
+        )
+
+
+def _step_call(session: nox.Session, failed: list[str], what: str, fn: Any, *args: Any) -> None:
+    """Like :func:`_step` for a Python function that runs commands."""
+    try:
+        fn(*args)
+    except nox.command.CommandFailed:
+        session.log(f"FAILED: {what} (carrying on; the session fails at the end)")
+        failed.append(what)
 
 
 @nox.session(python=False)
