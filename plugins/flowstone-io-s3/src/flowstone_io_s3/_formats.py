@@ -12,8 +12,9 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import json.scanner
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any, Protocol
 
 from flowstone.errors import StorageError
@@ -86,6 +87,17 @@ class LineSplitter:
             return [line]
         return None
 
+    def close(self) -> None:
+        """Stop the chunk stream now (its background fetch ends with it), not whenever
+        the garbage collector gets to it."""
+        _close(self._chunks)
+        self._tail = []
+
+
+def _close(chunks: Iterator[bytes]) -> None:
+    if isinstance(chunks, Generator):
+        chunks.close()
+
 
 class _LineParser:
     """Shared position keeping of the line-based parsers."""
@@ -109,17 +121,41 @@ class _LineParser:
 
     def close(self) -> None:
         self._batch = []
+        self._split.close()
 
 
 class JsonLinesParser(_LineParser):
-    """One JSON value per line; blank lines are skipped."""
+    """One JSON value per line; blank lines are skipped.
 
-    __slots__ = ()
+    Lines are decoded as UTF-8 and parsed with the json module's scanner directly, which
+    is about twice as fast as ``json.loads`` per line (that re-detects the encoding and
+    re-checks whitespace for every call); anything unusual (a BOM, blank or padded lines,
+    another encoding, an error) takes the ``json.loads`` path, so the accepted input is
+    exactly what ``json.loads`` accepts.
+    """
+
+    __slots__ = ("_scan",)
+
+    def __init__(self, chunks: Iterator[bytes], ref: ObjectRef, offset: int, line: int) -> None:
+        super().__init__(chunks, ref, offset, line)
+        # typeshed declares make_scanner's argument as the scanner class itself.
+        self._scan: Any = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+
+    def _fast(self, lines: Sequence[bytes]) -> list[Any]:
+        scan = self._scan
+        values: list[Any] = []
+        append = values.append
+        for raw in lines:
+            text = raw.decode()
+            value, end = scan(text, 0)
+            if end != len(text) and not text[end:].isspace():
+                raise ValueError("trailing data")
+            append(value)
+        return values
 
     def read(self, max_items: int) -> list[Any]:
         self._failing.check()
         page: list[Any] = []
-        loads = json.loads
         while len(page) < max_items:
             if self._i >= len(self._batch):
                 batch = self._split.batch()
@@ -128,8 +164,8 @@ class JsonLinesParser(_LineParser):
                 self._batch, self._i = batch, 0
             lines = self._batch[self._i : self._i + max_items - len(page)]
             try:
-                page.extend(list(map(loads, lines)))  # the fast path: a page of good lines
-            except (ValueError, RecursionError):
+                page.extend(self._fast(lines))  # a page of good lines
+            except (ValueError, RecursionError, StopIteration):
                 done = self._slow(lines, page)
                 if done < len(lines):
                     return self._failing.fail(self._bad(lines[done]), page)
@@ -312,6 +348,7 @@ class JsonArrayParser:
 
     def close(self) -> None:
         self._buf = ""
+        _close(self._chunks)
 
     def _more(self) -> bool:
         if self._eof:

@@ -1,7 +1,8 @@
-"""Rows of one Parquet object, one row group in memory at a time."""
+"""Rows of one Parquet object, a row group at a time."""
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from flowstone.errors import StorageError
@@ -11,9 +12,17 @@ __all__ = ["ParquetParser"]
 
 
 class ParquetParser:
-    """Rows of a Parquet object as dicts, one row group in memory at a time."""
+    """Rows of a Parquet object as dicts, a row group at a time.
 
-    __slots__ = ("_error", "_file", "_group", "_groups", "_pf", "_ref", "_row", "_rows")
+    The next row group is fetched and decoded in a background thread while the rows of
+    the current one are handed out (Arrow decodes without the interpreter lock), so
+    network, decoding and the conversion to Python overlap; memory holds at most two row
+    groups, whatever the object size.
+    """
+
+    __slots__ = (
+        "_error", "_file", "_group", "_groups", "_next", "_pf", "_pool", "_ref", "_row", "_rows",
+    )  # fmt: skip
 
     def __init__(self, file: RangedFile, position: dict[str, Any]) -> None:
         import pyarrow as pa
@@ -34,6 +43,8 @@ class ParquetParser:
         self._row = int(position.get("row", 0))
         self._rows: list[dict[str, Any]] | None = None
         self._error: StorageError | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._next: tuple[int, Future[Any]] | None = None
 
     def num_rows(self) -> int:
         return int(self._pf.metadata.num_rows)
@@ -43,13 +54,29 @@ class ParquetParser:
 
     def close(self) -> None:
         self._rows = None
+        if self._next is not None:
+            self._next[1].cancel()
+            self._next = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         self._file.close()
 
     def _load(self) -> list[dict[str, Any]]:
         import pyarrow as pa
 
         try:
-            rows: list[dict[str, Any]] = self._pf.read_row_group(self._group).to_pylist()
+            if self._next is not None and self._next[0] == self._group:
+                table = self._next[1].result()
+            else:
+                table = self._pf.read_row_group(self._group)
+            self._next = None
+            if self._group + 1 < self._groups:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(1, thread_name_prefix="flowstone-parquet")
+                following = self._group + 1
+                self._next = (following, self._pool.submit(self._pf.read_row_group, following))
+            rows: list[dict[str, Any]] = table.to_pylist()
         except (pa.ArrowException, OSError) as exc:
             column = self._pf.metadata.row_group(self._group).column(0)
             start = (

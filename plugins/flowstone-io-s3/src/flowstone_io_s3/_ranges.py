@@ -123,9 +123,9 @@ def raw_chunks(connection: Connection, ref: ObjectRef, start: int, size: int) ->
             )
             yield data
     finally:
-        if pending is not None:
-            pending.cancel()
-        pool.shutdown(wait=True)
+        # Not waiting: this may run in the garbage collector, on any thread (even the
+        # pool's own); a fetch still in flight finishes on its own and the thread ends.
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def byte_chunks(

@@ -89,7 +89,8 @@ class DynamoDBItemReader:
         self._pool: ThreadPoolExecutor | None = None
 
     def __copy__(self) -> DynamoDBItemReader:
-        return DynamoDBItemReader(**self._args)
+        # A fresh, un-initialised reader with the same configuration (of a subclass too).
+        return type(self)(**self._args)
 
     def __repr__(self) -> str:
         return f"DynamoDBItemReader({self._table!r}, {self._operation.lower()})"

@@ -60,7 +60,9 @@ class S3IOManager:
         formats: asset name -> ``"auto"``, ``"json"``, ``"bin"`` or ``"parquet"``.
         default_format: the format of assets not in ``formats``.
         parquet_compression: Parquet codec (``"zstd"``, ``"snappy"``, ``"none"``...).
-        multipart_threshold: values at least this many bytes go up in parts (>= 5 MiB).
+        multipart_threshold: values at least this many bytes go up in parts (>= 5 MiB;
+            default 128 MiB: below it one PUT was as fast or faster in our measurements,
+            see docs/s3.md; lower it for more parallel bandwidth to AWS).
         part_size: bytes per part (>= 5 MiB, S3's minimum).
         concurrency: parallel part uploads and parallel loads in :meth:`load_many`.
         client: a ready boto3 S3 client (endpoint/region then ignored).
@@ -85,7 +87,7 @@ class S3IOManager:
         formats: Mapping[str, ValueFormat] | None = None,
         default_format: ValueFormat = "auto",
         parquet_compression: str = "zstd",
-        multipart_threshold: int = 64 * _MIB,
+        multipart_threshold: int = 128 * _MIB,
         part_size: int = 16 * _MIB,
         concurrency: int = 8,
         client: Any = None,

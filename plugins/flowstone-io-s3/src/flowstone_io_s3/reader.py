@@ -164,7 +164,8 @@ class S3ItemReader:
         self._index = 0  # objects finished before the current one
 
     def __copy__(self) -> S3ItemReader:
-        return S3ItemReader(**self._args)
+        # A fresh, un-initialised reader with the same configuration (of a subclass too).
+        return type(self)(**self._args)
 
     def __repr__(self) -> str:
         what = {
