@@ -38,7 +38,15 @@ from flowstone.events import Emitter, Event
 from flowstone.lineage import Lineage
 from flowstone.outcomes import to_seconds
 from flowstone.partitions import PartitionKey, PartitionSet
-from flowstone.protocols import Closeable, Executor, IOManager, Observer, RunStore
+from flowstone.protocols import (
+    Closeable,
+    Executor,
+    IOManager,
+    Observer,
+    ParallelCoordinator,
+    RunStore,
+    ScatterCoordinator,
+)
 from flowstone.records import RunRecord
 from flowstone.registry import PluginRegistry
 from flowstone.resources import ResourceManager
@@ -95,8 +103,8 @@ class Pipeline(ValueReads, Waits):
         observers: Sequence[Observer | str] = (),
         schedules: Sequence[Any] = (),
         sensors: Sequence[Any] = (),
-        scatter_coordinator: Any = None,
-        parallel_coordinator: Any = None,
+        scatter_coordinator: ScatterCoordinator | str | None = None,
+        parallel_coordinator: ParallelCoordinator | str | None = None,
         route_retention: timedelta | float = timedelta(days=30),
         on_lineage_error: Literal["log", "fail"] = "log",
         lease_seconds: float = 300.0,
@@ -193,11 +201,11 @@ class Pipeline(ValueReads, Waits):
         old.close()
 
     @property
-    def scatter_coordinator(self) -> Any:
+    def scatter_coordinator(self) -> ScatterCoordinator:
         return self.runtime.scatter_coordinator
 
     @property
-    def parallel_coordinator(self) -> Any:
+    def parallel_coordinator(self) -> ParallelCoordinator:
         return self.runtime.parallel_coordinator
 
     @property
