@@ -225,3 +225,16 @@ def test_run_many_refuses_what_is_not_a_list_of_partitions(
         p.run_many("revenue", ["1", "not-a-shop"])
     assert p.runs() == []  # nothing was started by the refused calls
     assert p.run_many("revenue", []) == []
+
+
+def test_run_timeout_cancels_on_a_queue_executor(
+    make_pipeline: PipelineFactory, worker: ThreadWorker
+) -> None:
+    """``run(timeout=)`` cancels a run nobody picked up, as it does in-process (issue: the
+    Celery run returned ``running`` and later succeeded)."""
+    p = _pipeline(make_pipeline, worker)  # the worker is never released: no one runs it
+    result = p.run("revenue", "1", timeout=0.2)
+    assert result.status == "cancelled"
+    assert "timed out after 0.2s" in (result.error or "")
+    worker.started.set()  # a worker that shows up late runs nothing of it
+    assert p.wait(result, timeout=5)[0].status == "cancelled"

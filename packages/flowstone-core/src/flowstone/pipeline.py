@@ -258,7 +258,9 @@ class Pipeline(ValueReads, Waits):
 
         Existing materializations are reused unless ``force``. With the in-process
         executor the run executes in this call; with a queue-based executor ``wait``
-        polls the store until the run settles (``timeout`` seconds at most).
+        polls the store until the run settles. With ``timeout`` a run still running after
+        that many seconds is cancelled (status ``cancelled``, error "timed out"), on any
+        executor; a run waiting for an approval or a signal is left waiting.
         Returns a :class:`RunResult` (never raises for asset failures: check ``.status``).
         """
         names = running.targets(self.runtime, target)
@@ -272,7 +274,11 @@ class Pipeline(ValueReads, Waits):
             if not wait and ready:  # started, and nothing ran here: no need to read it back
                 return RunResult(self, record)
             if wait:
-                return self.wait(record.run_id, timeout=seconds)[0]
+                result = self.wait(record.run_id, timeout=seconds)[0]
+                if seconds is None or result.status != "running":
+                    return result
+                # as in-process: a run still going at the timeout is cancelled, not left
+                running.time_out(self.runner, record.run_id, seconds)
         return self.result(record.run_id)
 
     def run_many(
