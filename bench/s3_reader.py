@@ -8,7 +8,8 @@ share the measuring process's interpreter lock); everything goes through boto3 o
 * **Parquet**: the same rows as Parquet (row groups of 65,536 rows), items/s and peak RSS
   of ``S3ItemReader`` (one row group in memory at a time) vs ``get_object`` +
   ``pyarrow.parquet.read_table`` of the whole object + ``to_pylist`` (the same Python dicts
-  a scatter consumes); ``read_table`` alone is reported too.
+  a scatter consumes); ``read_table`` alone is reported too. Both readers run once more on
+  an object of a quarter of the rows: equal peak RSS means memory flat in object size.
 * **IO manager**: ``S3IOManager.store``/``load`` of 1 MB and 100 MB ``bytes`` values vs
   ``put_object``/``get_object`` (defaults: one PUT below 128 MiB), and 100 MB once more
   forced into a multipart upload of 16 MiB parts.
@@ -56,6 +57,12 @@ def _client(endpoint: str) -> Any:
 
 
 def _rss_mb() -> float:
+    """Peak RSS of this process (VmHWM). Not ``ru_maxrss``: Linux carries that over from
+    the parent across fork and exec, so a child would report the parent's peak."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -98,8 +105,9 @@ def measure(kind: str, endpoint: str, key: str) -> dict[str, Any]:
         capture_output=True, text=True, check=True, env={**os.environ, **CREDENTIALS},
     )  # fmt: skip
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    log(f"  {kind:22s} {result['items'] / result['seconds']:>12,.0f} items/s  "
-        f"peak RSS {result['rss_mb']:7.1f} MB")  # fmt: skip
+    speed = result["items"] / result["seconds"]
+    log(f"  {kind:22s} {speed:>12,.0f} items/s  peak RSS {result['rss_mb']:7.1f} MB "
+        f"(before reading {result['start_rss_mb']:.1f})")  # fmt: skip
     return result
 
 
@@ -125,7 +133,7 @@ def start_server() -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.2)
 
 
-def upload_rows(s3: Any, rows: int) -> tuple[str, str]:
+def upload_rows(s3: Any, rows: int, name: str = "rows") -> tuple[str, str]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -133,14 +141,14 @@ def upload_rows(s3: Any, rows: int) -> tuple[str, str]:
         return {"id": i, "name": f"user-{i}", "score": i * 0.5, "active": i % 3 == 0}
 
     lines = b"".join(json.dumps(row(i)).encode() + b"\n" for i in range(rows))
-    s3.put_object(Bucket=BUCKET, Key="rows.jsonl", Body=lines)
+    s3.put_object(Bucket=BUCKET, Key=f"{name}.jsonl", Body=lines)
     log(f"JSON lines object: {rows:,} rows, {len(lines) / 1e6:.1f} MB")
     table = pa.Table.from_pylist([row(i) for i in range(rows)])
     sink = io.BytesIO()
     pq.write_table(table, sink, row_group_size=65536)
-    s3.put_object(Bucket=BUCKET, Key="rows.parquet", Body=sink.getvalue())
+    s3.put_object(Bucket=BUCKET, Key=f"{name}.parquet", Body=sink.getvalue())
     log(f"Parquet object: {len(sink.getvalue()) / 1e6:.1f} MB, row groups of 65,536 rows")
-    return "rows.jsonl", "rows.parquet"
+    return f"{name}.jsonl", f"{name}.parquet"
 
 
 def rate(results: list[dict[str, Any]]) -> float:
@@ -222,6 +230,12 @@ def main() -> None:
                 runs.setdefault(kind, []).append(measure(kind, endpoint, jsonl_key))
             for kind in parquet if n % 2 == 0 else parquet[::-1]:
                 runs.setdefault(kind, []).append(measure(kind, endpoint, parquet_key))
+        log(f"memory flat in object size: the readers on {rows // 4:,} rows")
+        small_jsonl, small_parquet = upload_rows(s3, rows // 4, "quarter")
+        quarter = {
+            "jsonl": measure("reader-jsonl", endpoint, small_jsonl),
+            "parquet": measure("reader-parquet", endpoint, small_parquet),
+        }
         log("S3IOManager vs put_object/get_object")
         small = io_rounds(endpoint, s3, 1_000_000, max(3, rounds * 3))
         large = io_rounds(endpoint, s3, 100_000_000, rounds)
@@ -249,6 +263,10 @@ def main() -> None:
         ),
         "parquet_reader_rss_mb": peak("reader-parquet"),
         "parquet_read_table_to_pylist_rss_mb": peak("read-table-to-pylist"),
+        "jsonl_reader_rss_mb": peak("reader-jsonl"),
+        "jsonl_reader_rss_mb_quarter_rows": round(quarter["jsonl"]["rss_mb"], 1),
+        "parquet_reader_rss_mb_quarter_rows": round(quarter["parquet"]["rss_mb"], 1),
+        "jsonl_iter_lines_rss_mb": peak("boto3-iter-lines"),
         "io_1mb": small,
         "io_100mb": large,
         "io_100mb_multipart": parts,
