@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -15,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+import flowstone as fs
 from flowstone.daemon import Daemon, install_signal_handlers
 from flowstone.defaults.memory_store import MemoryRunStore
 from flowstone.defaults.sqlite_store import SQLiteRunStore
@@ -517,3 +519,23 @@ class TestWithARealPipeline:
         assert run is not None and run.tags["schedule"] == "nightly"
         assert pipeline.get("daily_report", date(2024, 1, 1)) == "report for 2024-01-01"
         assert pipeline.get("ingest", "a.csv") == "ingested a.csv"
+
+
+def test_the_tick_log_names_its_pipelines(caplog: pytest.LogCaptureFixture) -> None:
+    """A worker serving several pipelines logs one tick per pipeline: each line must say which
+    (issue: ``daemon tick`` repeated with no pipeline name)."""
+
+    @fs.asset
+    def one() -> int:
+        return 1
+
+    first = fs.Pipeline("tick_first", [one], store="memory://")
+    second = fs.Pipeline("tick_second", [one], store="memory://")
+    with caplog.at_level(logging.INFO, logger="flowstone"):
+        fs.Daemon([first]).tick()
+        fs.Daemon([second]).tick()
+    ticks = [r.getMessage() for r in caplog.records if "daemon tick" in r.getMessage()]
+    assert len(ticks) == 2
+    assert "tick_first" in ticks[0] and "tick_second" in ticks[1]
+    first.close()
+    second.close()

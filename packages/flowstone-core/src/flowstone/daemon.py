@@ -322,7 +322,8 @@ class Daemon:
             out.pruned,
             out.recovered,
         )
-        _log.info("daemon tick %s", report.summary())
+        names = ", ".join(pipeline.name for pipeline in self._pipelines)
+        _log.info("daemon tick of %s %s", names or "no pipeline", report.summary())
         return report
 
     def run(self, interval: float = 30.0, stop: threading.Event | None = None) -> None:
