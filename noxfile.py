@@ -52,7 +52,8 @@ nox.options.default_venv_backend = "venv"
 def _install_all(session: nox.Session, *extra: str) -> None:
     args: list[str] = []
     for pkg in PACKAGES:
-        extras = "[arrow]" if pkg.endswith("io-postgres") else ""
+        # optional extras whose code paths the package's tests cover
+        extras = {"io-postgres": "[arrow]", "io-s3": "[pandas]"}.get(pkg.split("-", 1)[-1], "")
         args += ["-e", f"{pkg}{extras}"]
     session.install(*args, *extra)
 

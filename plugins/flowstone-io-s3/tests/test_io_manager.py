@@ -197,3 +197,39 @@ def test_registered_by_entry_point(endpoint: str, bucket: str) -> None:
         "flowstone.io_managers", "s3", bucket=bucket, endpoint_url=endpoint
     )
     assert isinstance(io, S3IOManager)
+
+
+def test_pandas_frames_are_parquet_with_index_and_dtypes(io: S3IOManager) -> None:
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(
+        {"qty": [1, 2, 3], "price": [0.5, 1.25, None], "sku": ["a", "b", "c"]},
+        index=pd.Index(["x", "y", "z"], name="row"),
+    )
+    location = io.store(dataclasses.replace(KEY, asset="frame"), frame)
+    assert location.endswith(".pandas.parquet")
+    loaded = io.load(location)
+    pd.testing.assert_frame_equal(loaded, frame)
+
+
+def test_service_errors_name_the_operation_and_the_fix() -> None:
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    from flowstone_io_s3.connection import Connection, service_error
+
+    connection = Connection("s3", endpoint_url="http://127.0.0.1:9")
+    denied = ClientError(
+        {"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "PutObject"
+    )
+    error = service_error(denied, operation="PutObject", target="s3://b/k", connection=connection)
+    assert str(error).startswith(
+        "access denied: PutObject on s3://b/k (endpoint http://127.0.0.1:9)"
+    )
+    assert "allow s3:PutObject" in str(error)
+    unreachable = EndpointConnectionError(endpoint_url="http://127.0.0.1:9/b")
+    error = service_error(
+        unreachable, operation="GetObject", target="s3://b/k", connection=connection
+    )
+    assert "cannot talk to endpoint http://127.0.0.1:9" in str(error)
+    missing = ClientError({"Error": {"Code": "NoSuchBucket", "Message": "nope"}}, "GetObject")
+    error = service_error(missing, operation="GetObject", target="s3://b/k", connection=connection)
+    assert "bucket 'b' does not exist at endpoint http://127.0.0.1:9" in str(error)
