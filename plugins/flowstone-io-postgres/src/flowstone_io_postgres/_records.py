@@ -48,14 +48,14 @@ _MAT_M = ", ".join("m." + c.strip() for c in MAT_COLS.split(","))
 
 async def list_materializations(
     conn: Db,
-    q: Sql,
+    sql: Sql,
     pipeline: str,
     asset: str | None,
     partition: str | None,
     run_id: str | None,
     limit: int,
 ) -> list[MaterializationRecord]:
-    rows = await q(
+    rows = await sql(
         "SELECT " + MAT_COLS + " FROM {s}.materializations WHERE pipeline = :pl "
         "AND (CAST(:a AS text) IS NULL OR asset = :a) "
         "AND (CAST(:p AS text) IS NULL OR partition = :p) "
@@ -86,7 +86,7 @@ _AUDITED = (
 
 async def decide_approval(
     conn: Db,
-    q: Sql,
+    sql: Sql,
     approval_id: int,
     status: str,
     by: str | None,
@@ -94,14 +94,14 @@ async def decide_approval(
     now: datetime,
 ) -> Approval:
     kind, detail = rules.decision_audit(approval_id, status, by, reason)
-    row = await q(
+    row = await sql(
         "WITH d AS (UPDATE {s}.approvals SET status = :st, decided_by = :by, reason = :reason, "
         "decided_at = :now WHERE id = :id AND status = 'pending' RETURNING " + APPROVAL_COLS + ")"
         + _AUDITED.format(cols=APPROVAL_COLS)
     ).fetchrow(conn, {"id": approval_id, "st": status, "by": by, "reason": reason, "now": now,
                       "kind": kind, "detail": rules.to_json(detail, "audit detail")})  # fmt: skip
     if row is None:
-        old = await q("SELECT status, decided_by FROM {s}.approvals WHERE id = :id").fetchrow(
+        old = await sql("SELECT status, decided_by FROM {s}.approvals WHERE id = :id").fetchrow(
             conn, {"id": approval_id}
         )
         raise rules.approval_not_decidable(
@@ -111,17 +111,17 @@ async def decide_approval(
 
 
 async def consume_gate(
-    conn: Db, q: Sql, token_hash: str, payload: Any, status: str, now: datetime
+    conn: Db, sql: Sql, token_hash: str, payload: Any, status: str, now: datetime
 ) -> Gate:
     payload_json = None if payload is None else rules.to_json(payload, "signal payload")
-    row = await q(
+    row = await sql(
         "WITH d AS (UPDATE {s}.gates SET status = :st, payload = CAST(:payload AS jsonb), "
         "signaled_at = :now WHERE token_hash = :th AND status = 'pending' RETURNING "
         + GATE_COLS + ")" + _AUDITED.format(cols=GATE_COLS)
     ).fetchrow(conn, {"th": token_hash, "st": status, "payload": payload_json, "now": now,
                       "kind": f"gate_{status}", "detail": "{}"})  # fmt: skip
     if row is None:
-        old = await q(
+        old = await sql(
             "SELECT status, run_id, asset FROM {s}.gates WHERE token_hash = :th"
         ).fetchrow(conn, {"th": token_hash})
         raise rules.gate_not_consumable(*(tuple(old) if old is not None else (None,)))
@@ -129,16 +129,16 @@ async def consume_gate(
 
 
 async def record_route_decision(
-    conn: Db, q: Sql, key: dict[str, str], branch: str, now: datetime
+    conn: Db, sql: Sql, key: dict[str, str], branch: str, now: datetime
 ) -> str:
-    inserted = await q(
+    inserted = await sql(
         "INSERT INTO {s}.route_decisions (run_id, router, partition, branch, decided_at) "
         "VALUES (:r, :router, :p, :b, :now) ON CONFLICT DO NOTHING RETURNING branch"
     ).fetchval(conn, {**key, "b": branch, "now": now})
     if inserted is not None:
         return str(inserted)
     # Lost the race (or a replay): a fresh statement sees the committed winner.
-    existing = await q(
+    existing = await sql(
         "SELECT branch FROM {s}.route_decisions WHERE run_id = :r AND router = :router "
         "AND partition = :p"
     ).fetchval(conn, key)
@@ -146,26 +146,26 @@ async def record_route_decision(
 
 
 async def set_cursor(
-    conn: Db, q: Sql, name: str, value: str, expected: str | None, now: datetime
+    conn: Db, sql: Sql, name: str, value: str, expected: str | None, now: datetime
 ) -> bool:
     if expected is None:
-        sql = (
+        template = (
             "INSERT INTO {s}.cursors (name, value, updated_at) VALUES (:n, :v, :now) "
             "ON CONFLICT DO NOTHING RETURNING 1"
         )
     else:
-        sql = (
+        template = (
             "UPDATE {s}.cursors SET value = :v, updated_at = :now WHERE name = :n "
             "AND value = :e RETURNING 1"
         )
     params: dict[str, Any] = {"n": name, "v": value, "now": now}
     if expected is not None:
         params["e"] = expected
-    return await q(sql).fetchrow(conn, params) is not None
+    return await sql(template).fetchrow(conn, params) is not None
 
 
-async def claim_tick(conn: Db, q: Sql, name: str, tick: str, now: datetime) -> bool:
-    row = await q(
+async def claim_tick(conn: Db, sql: Sql, name: str, tick: str, now: datetime) -> bool:
+    row = await sql(
         "INSERT INTO {s}.ticks (name, tick, claimed_at) VALUES (:n, :t, :now) "
         "ON CONFLICT DO NOTHING RETURNING 1"
     ).fetchrow(conn, {"n": name, "t": tick, "now": now})
@@ -174,7 +174,7 @@ async def claim_tick(conn: Db, q: Sql, name: str, tick: str, now: datetime) -> b
 
 async def append_audit(
     conn: Db,
-    q: Sql,
+    sql: Sql,
     run_id: str,
     kind: str,
     asset: str | None,
@@ -182,7 +182,7 @@ async def append_audit(
     detail: Mapping[str, Any] | None,
     now: datetime,
 ) -> None:
-    await q(
+    await sql(
         "INSERT INTO {s}.audit (run_id, at, kind, asset, partition, detail) "
         "VALUES (:r, :now, :k, :a, :p, CAST(:d AS jsonb))"
     ).execute(
@@ -192,8 +192,8 @@ async def append_audit(
     )  # fmt: skip
 
 
-async def list_audit(conn: Db, q: Sql, run_id: str) -> list[AuditEntry]:
-    rows = await q(
+async def list_audit(conn: Db, sql: Sql, run_id: str) -> list[AuditEntry]:
+    rows = await sql(
         "SELECT id, run_id, at, kind, asset, partition, detail FROM {s}.audit "
         "WHERE run_id = :r ORDER BY id"
     ).fetch(conn, {"r": run_id})
@@ -201,12 +201,12 @@ async def list_audit(conn: Db, q: Sql, run_id: str) -> list[AuditEntry]:
 
 
 async def save_item_results(
-    conn: Db, q: Sql, key: dict[str, str], results: Sequence[ItemResult]
+    conn: Db, sql: Sql, key: dict[str, str], results: Sequence[ItemResult]
 ) -> None:
     # Last write wins for an index repeated within one call, as a loop of upserts would.
     latest = {r.index: r for r in results}
     items = [latest[i] for i in sorted(latest)]
-    await q(
+    await sql(
         "INSERT INTO {s}.item_results (run_id, asset, partition, idx, key, state, value_json, "
         "error) SELECT :r, :a, :p, u.idx, u.key, u.state, u.value_json, u.error FROM "
         "unnest(CAST(:idx AS integer[]), CAST(:keys AS text[]), CAST(:states AS text[]), "
@@ -227,35 +227,35 @@ async def save_item_results(
     )
 
 
-async def load_item_results(conn: Db, q: Sql, key: dict[str, str]) -> list[ItemResult]:
-    rows = await q(
+async def load_item_results(conn: Db, sql: Sql, key: dict[str, str]) -> list[ItemResult]:
+    rows = await sql(
         "SELECT idx AS index, key, state, value_json, error FROM {s}.item_results "
         "WHERE run_id = :r AND asset = :a AND partition = :p ORDER BY idx"
     ).fetch(conn, key)
     return [to_item(r) for r in rows]
 
 
-async def fetch_gates(conn: Db, q: Sql, sql: str, **params: Any) -> list[Gate]:
-    return [to_gate(r) for r in await q(sql).fetch(conn, params)]
+async def fetch_gates(conn: Db, sql: Sql, template: str, **params: Any) -> list[Gate]:
+    return [to_gate(r) for r in await sql(template).fetch(conn, params)]
 
 
 async def add_step_note(
-    conn: Db, q: Sql, key: dict[str, str], kind: str, value: str, now: datetime
+    conn: Db, sql: Sql, key: dict[str, str], kind: str, value: str, now: datetime
 ) -> str:
     """Insert-if-absent, then the note that stands (a fresh statement sees a racing
     writer's committed row)."""
     params = {**key, "k": kind, "v": value, "now": now}
-    inserted = await q(
+    inserted = await sql(
         "INSERT INTO {s}.step_notes (run_id, asset, partition, kind, value, created_at) "
         "VALUES (:r, :a, :p, :k, :v, :now) ON CONFLICT DO NOTHING RETURNING value"
     ).fetchval(conn, params)
     if inserted is not None:
         return str(inserted)
-    return str(await get_step_note(conn, q, key, kind))
+    return str(await get_step_note(conn, sql, key, kind))
 
 
-async def get_step_note(conn: Db, q: Sql, key: dict[str, str], kind: str) -> str | None:
-    found = await q(
+async def get_step_note(conn: Db, sql: Sql, key: dict[str, str], kind: str) -> str | None:
+    found = await sql(
         "SELECT value FROM {s}.step_notes WHERE run_id = :r AND asset = :a "
         "AND partition = :p AND kind = :k"
     ).fetchval(conn, {**key, "k": kind})

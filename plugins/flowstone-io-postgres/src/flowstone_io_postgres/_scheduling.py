@@ -80,7 +80,7 @@ SELECT run_id FROM r
 
 
 async def create_run(
-    conn: Db, q: Sql, run: RunRecord, steps: Sequence[StepSpec], now: datetime
+    conn: Db, sql: Sql, run: RunRecord, steps: Sequence[StepSpec], now: datetime
 ) -> tuple[StepRecord, ...]:
     """Insert run, steps and edges in one statement; return the ready steps.
 
@@ -101,7 +101,7 @@ async def create_run(
     ]
     runnable = any(s == "pending" for s in states) or bool(ready)
     ordered = sorted(edges)
-    await q(_CREATE).execute(
+    await sql(_CREATE).execute(
         conn,
         {
             "run_id": run.run_id,
@@ -130,14 +130,16 @@ async def create_run(
     return tuple(ready)
 
 
-async def cancel_run(conn: Db, q: Sql, run_id: str, now: datetime) -> bool:
-    status = await q("SELECT status FROM {s}.runs WHERE run_id = :r").fetchval(conn, {"r": run_id})
+async def cancel_run(conn: Db, sql: Sql, run_id: str, now: datetime) -> bool:
+    status = await sql("SELECT status FROM {s}.runs WHERE run_id = :r").fetchval(
+        conn, {"r": run_id}
+    )
     if status is None:
         raise rules.run_not_found(run_id, "Postgres run store")
     if status in ("succeeded", "failed", "cancelled"):
         return False
     # Steps first (in key order), then the run row: the same order finish_step locks in.
-    await q(
+    await sql(
         "WITH l AS (SELECT asset, partition FROM {s}.steps WHERE run_id = :r AND state NOT IN "
         + _TERMINAL
         + " ORDER BY asset, partition FOR UPDATE) "
@@ -145,19 +147,19 @@ async def cancel_run(conn: Db, q: Sql, run_id: str, now: datetime) -> bool:
         "updated_at = :now FROM l WHERE s.run_id = :r AND s.asset = l.asset "
         "AND s.partition = l.partition AND s.state NOT IN " + _TERMINAL
     ).execute(conn, {"r": run_id, "now": now})
-    done = await q(
+    done = await sql(
         "UPDATE {s}.runs SET status = 'cancelled', updated_at = :now WHERE run_id = :r "
         "AND status NOT IN ('succeeded','failed','cancelled') RETURNING run_id"
     ).fetchval(conn, {"r": run_id, "now": now})
     if done is not None:
-        await append_audit(conn, q, run_id, "run_cancelled", None, None, {}, now)
+        await append_audit(conn, sql, run_id, "run_cancelled", None, None, {}, now)
     return done is not None
 
 
 async def reopen_run(
-    conn: Db, q: Sql, run_id: str, now: datetime
+    conn: Db, sql: Sql, run_id: str, now: datetime
 ) -> tuple[StepRecord, ...]:
-    status = await q("SELECT status FROM {s}.runs WHERE run_id = :r FOR UPDATE").fetchval(
+    status = await sql("SELECT status FROM {s}.runs WHERE run_id = :r FOR UPDATE").fetchval(
         conn, {"r": run_id}
     )
     if status is None:
@@ -165,29 +167,29 @@ async def reopen_run(
     if status not in ("failed", "cancelled"):
         return ()
     p = {"r": run_id, "now": now}
-    reopened = await q(
+    reopened = await sql(
         "UPDATE {s}.steps SET state = 'pending', attempt = 0, owner = NULL, "
         "lease_expires_at = NULL, not_before = NULL, error = NULL, materialization_id = NULL, "
         "updated_at = :now WHERE run_id = :r "
         "AND state IN ('failed','upstream_failed','cancelled') RETURNING 1"
     ).fetch(conn, p)
-    await q(
+    await sql(
         "UPDATE {s}.steps s SET remaining_deps = (SELECT count(*) FROM {s}.edges e "
         "JOIN {s}.steps d ON d.run_id = e.run_id AND d.asset = e.dep_asset "
         "AND d.partition = e.dep_partition WHERE e.run_id = s.run_id AND e.asset = s.asset "
         "AND e.partition = s.partition AND d.state NOT IN " + _TERMINAL + ") "
         "WHERE s.run_id = :r AND s.state = 'pending'"
     ).execute(conn, {"r": run_id})
-    rows = await q(
+    rows = await sql(
         "UPDATE {s}.steps SET state = 'ready', updated_at = :now WHERE run_id = :r "
         "AND state = 'pending' AND remaining_deps = 0 RETURNING " + STEP_COLS
     ).fetch(conn, p)
     ready = tuple(sorted((to_step(r) for r in rows), key=lambda s: (s.asset, s.partition)))
-    states = await q("SELECT DISTINCT state FROM {s}.steps WHERE run_id = :r").fetch(conn, p)
-    await q(
+    states = await sql("SELECT DISTINCT state FROM {s}.steps WHERE run_id = :r").fetch(conn, p)
+    await sql(
         "UPDATE {s}.runs SET status = :st, error = NULL, updated_at = :now WHERE run_id = :r"
     ).execute(conn, {**p, "st": rules.run_status_from({r["state"] for r in states})})
-    await append_audit(conn, q, run_id, "run_reopened", None, None, {"steps": len(reopened)}, now)
+    await append_audit(conn, sql, run_id, "run_reopened", None, None, {"steps": len(reopened)}, now)
     return ready
 
 
@@ -211,18 +213,18 @@ _CLAIM = (
 
 
 async def claim_step(
-    conn: Db, q: Sql, key: dict[str, str], owner: str, lease: float, now: datetime
+    conn: Db, sql: Sql, key: dict[str, str], owner: str, lease: float, now: datetime
 ) -> StepRecord | None:
-    row = await q(_CLAIM).fetchrow(
+    row = await sql(_CLAIM).fetchrow(
         conn, {**key, "owner": owner, "lease": now + timedelta(seconds=lease), "now": now}
     )
     return None if row is None else to_step(row)
 
 
 async def renew_lease(
-    conn: Db, q: Sql, key: dict[str, str], owner: str, lease: float, now: datetime
+    conn: Db, sql: Sql, key: dict[str, str], owner: str, lease: float, now: datetime
 ) -> bool:
-    row = await q(
+    row = await sql(
         "UPDATE {s}.steps SET lease_expires_at = :lease " + _RELAXED + "WHERE run_id = :r "
         "AND asset = :a AND partition = :p AND state = 'running' AND owner = :owner RETURNING 1"
     ).fetchrow(conn, {**key, "owner": owner, "lease": now + timedelta(seconds=lease)})
@@ -231,7 +233,7 @@ async def renew_lease(
 
 async def retry_step(
     conn: Db,
-    q: Sql,
+    sql: Sql,
     key: dict[str, str],
     not_before: datetime,
     error: str,
@@ -239,7 +241,7 @@ async def retry_step(
 ) -> bool:
     not_before = rules.require_utc(not_before, "not_before")
     # one statement: the audit entry (rules.retry_detail, built here) commits with the retry
-    attempt = await q(
+    attempt = await sql(
         "WITH u AS (UPDATE {s}.steps SET state = 'ready', not_before = :nb, error = :err, "
         "owner = NULL, lease_expires_at = NULL, updated_at = :now WHERE run_id = :r "
         "AND asset = :a AND partition = :p AND state = 'running' RETURNING attempt), "
@@ -263,9 +265,9 @@ _STALE = (
 
 
 async def stale_steps(
-    conn: Db, q: Sql, now: datetime, ready_for: float
+    conn: Db, sql: Sql, now: datetime, ready_for: float
 ) -> list[StepRecord]:
-    rows = await q(_STALE).fetch(conn, {"now": now, "cutoff": now - timedelta(seconds=ready_for)})
+    rows = await sql(_STALE).fetch(conn, {"now": now, "cutoff": now - timedelta(seconds=ready_for)})
     return [to_step(r) for r in rows]
 
 
@@ -343,7 +345,7 @@ def finish_params(
 
 async def finish_step(
     conn: Db,
-    q: Sql,
+    sql: Sql,
     key: dict[str, str],
     params: dict[str, object],
     staged: Sequence[StagedValue] = (),
@@ -381,7 +383,7 @@ async def finish_step(
         template = "SELECT f.*, ARRAY(" + " UNION ALL ".join(reads) + ") AS claimed_values FROM f"
     if parts:
         template = "WITH " + ", ".join(parts) + " " + template
-    row = await q(template).fetchrow(conn, params)
+    row = await sql(template).fetchrow(conn, params)
     if row is None or not row["applied"]:
         _explain_not_applied(key, None if row is None else row["step_state"])
         return StepTransition(applied=False), None

@@ -38,8 +38,8 @@ from flowstone.records import (
     StepSpec,
     StepTransition,
 )
-from flowstone_io_postgres import _records as rec
-from flowstone_io_postgres import _scheduling as sched
+from flowstone_io_postgres import _records as records
+from flowstone_io_postgres import _scheduling as scheduling
 from flowstone_io_postgres import migrate
 from flowstone_io_postgres._rows import (
     APPROVAL_COLS,
@@ -119,7 +119,7 @@ class PostgresRunStore:
         self._url = resolve_url(url)
         self.schema = validate_ident(schema, what="schema")
         self._where = safe_url(self._url)
-        self._q = Sql(quote_ident(self.schema, what="schema"))
+        self._sql = Sql(quote_ident(self.schema, what="schema"))
         self._auto_migrate = auto_migrate
         self._runtime = AsyncRuntime(
             self._url,
@@ -184,7 +184,7 @@ class PostgresRunStore:
         return self._bridge(go, action=action)
 
     def _rows(self, action: str, sql: str, params: Mapping[str, Any]) -> list[Any]:
-        stmt = self._q(sql)
+        stmt = self._sql(sql)
         return self._auto(action, lambda db: stmt.fetch(db, params))
 
     @staticmethod
@@ -254,7 +254,7 @@ class PostgresRunStore:
     def create_run(self, run: RunRecord, steps: Sequence[StepSpec]) -> tuple[StepRecord, ...]:
         return self._auto(
             f"creating run {run.run_id!r}",
-            lambda c: sched.create_run(c, self._q, run, steps, _now()),
+            lambda c: scheduling.create_run(c, self._sql, run, steps, _now()),
         )
 
     def get_run(self, run_id: str) -> RunRecord | None:
@@ -299,12 +299,14 @@ class PostgresRunStore:
 
     def cancel_run(self, run_id: str) -> bool:
         return self._tx(
-            f"cancelling run {run_id!r}", lambda c: sched.cancel_run(c, self._q, run_id, _now())
+            f"cancelling run {run_id!r}",
+            lambda c: scheduling.cancel_run(c, self._sql, run_id, _now()),
         )
 
     def reopen_run(self, run_id: str) -> tuple[StepRecord, ...]:
         return self._tx(
-            f"reopening run {run_id!r}", lambda c: sched.reopen_run(c, self._q, run_id, _now())
+            f"reopening run {run_id!r}",
+            lambda c: scheduling.reopen_run(c, self._sql, run_id, _now()),
         )
 
     # --- steps ---------------------------------------------------------------------------
@@ -354,7 +356,7 @@ class PostgresRunStore:
         key = self._key(run_id, asset, partition)
         return self._auto(
             "claiming a step",
-            lambda c: sched.claim_step(c, self._q, key, owner, lease_seconds, _now()),
+            lambda c: scheduling.claim_step(c, self._sql, key, owner, lease_seconds, _now()),
         )
 
     def renew_lease(
@@ -363,7 +365,7 @@ class PostgresRunStore:
         key = self._key(run_id, asset, partition)
         return self._auto(
             "renewing a lease",
-            lambda c: sched.renew_lease(c, self._q, key, owner, lease_seconds, _now()),
+            lambda c: scheduling.renew_lease(c, self._sql, key, owner, lease_seconds, _now()),
         )
 
     def retry_step(
@@ -372,7 +374,7 @@ class PostgresRunStore:
         key = self._key(run_id, asset, partition)
         return self._auto(
             "scheduling a retry",
-            lambda c: sched.retry_step(c, self._q, key, not_before, error, _now()),
+            lambda c: scheduling.retry_step(c, self._sql, key, not_before, error, _now()),
         )
 
     def finish_step(
@@ -413,7 +415,7 @@ class PostgresRunStore:
         sources: Mapping[str, str],
     ) -> tuple[StepTransition, ClaimedReads | None]:
         key = self._key(run_id, asset, partition)
-        params = sched.finish_params(key, outcome, _now(), then)
+        params = scheduling.finish_params(key, outcome, _now(), then)
         for staged in outcome.staged:
             if not self.accepts_staging(staged.target):
                 raise StorageError(
@@ -423,7 +425,7 @@ class PostgresRunStore:
         prefetch = self._prefetch(sources) if then is not None else {}
         return self._auto(
             f"finishing step {asset!r} of run {run_id!r}",
-            lambda c: sched.finish_step(c, self._q, key, params, outcome.staged, prefetch),
+            lambda c: scheduling.finish_step(c, self._sql, key, params, outcome.staged, prefetch),
         )
 
     def _prefetch(self, sources: Mapping[str, str]) -> dict[str, list[str]]:
@@ -445,8 +447,8 @@ class PostgresRunStore:
     def stale_steps(self, now: datetime, *, ready_for_seconds: float) -> list[StepRecord]:
         return self._auto(
             "finding stale steps",
-            lambda c: sched.stale_steps(
-                c, self._q, rules.require_utc(now, "now"), ready_for_seconds
+            lambda c: scheduling.stale_steps(
+                c, self._sql, rules.require_utc(now, "now"), ready_for_seconds
             ),
         )
 
@@ -489,9 +491,10 @@ class PostgresRunStore:
     ) -> list[MaterializationRecord]:
         return self._auto(
             "listing materializations",
-            lambda c: rec.list_materializations(c, self._q, pipeline, asset, partition, run_id,
-                                                limit),
-        )  # fmt: skip
+            lambda c: records.list_materializations(
+                c, self._sql, pipeline, asset, partition, run_id, limit
+            ),
+        )
 
     # freshness reads (the optional FreshnessReads capability of flowstone-observability,
     # read at most every scrape interval): one statement each
@@ -526,11 +529,11 @@ class PostgresRunStore:
         return len(rows)
 
     def upstream(self, materialization_id: str) -> list[MaterializationRecord]:
-        rows = self._rows("reading lineage", rec.UPSTREAM, {"id": materialization_id})
+        rows = self._rows("reading lineage", records.UPSTREAM, {"id": materialization_id})
         return [to_materialization(r) for r in rows]
 
     def downstream(self, materialization_id: str) -> list[MaterializationRecord]:
-        rows = self._rows("reading lineage", rec.DOWNSTREAM, {"id": materialization_id})
+        rows = self._rows("reading lineage", records.DOWNSTREAM, {"id": materialization_id})
         return [to_materialization(r) for r in rows]
 
     # --- approvals & gates ---------------------------------------------------------------------
@@ -572,7 +575,9 @@ class PostgresRunStore:
     ) -> Approval:
         return self._auto(
             f"deciding approval {approval_id}",
-            lambda c: rec.decide_approval(c, self._q, approval_id, status, by, reason, _now()),
+            lambda c: records.decide_approval(
+                c, self._sql, approval_id, status, by, reason, _now()
+            ),
         )
 
     def due_approvals(self, now: datetime) -> list[Approval]:
@@ -587,8 +592,8 @@ class PostgresRunStore:
     def get_gate(self, token_hash: str) -> Gate | None:
         gates = self._auto(
             "reading a gate",
-            lambda c: rec.fetch_gates(
-                c, self._q, "SELECT " + GATE_COLS + " FROM {s}.gates WHERE token_hash = :th",
+            lambda c: records.fetch_gates(
+                c, self._sql, "SELECT " + GATE_COLS + " FROM {s}.gates WHERE token_hash = :th",
                 th=token_hash,
             ),
         )  # fmt: skip
@@ -599,14 +604,14 @@ class PostgresRunStore:
     ) -> Gate:
         return self._auto(
             "consuming a signal gate",
-            lambda c: rec.consume_gate(c, self._q, token_hash, payload, status, _now()),
+            lambda c: records.consume_gate(c, self._sql, token_hash, payload, status, _now()),
         )
 
     def due_gates(self, now: datetime) -> list[Gate]:
         return self._auto(
             "finding due gates",
-            lambda c: rec.fetch_gates(
-                c, self._q,
+            lambda c: records.fetch_gates(
+                c, self._sql,
                 "SELECT " + GATE_COLS + " FROM {s}.gates WHERE status = 'pending' "
                 "AND expires_at <= :now ORDER BY expires_at, token_hash",
                 now=rules.require_utc(now, "now"),
@@ -618,7 +623,7 @@ class PostgresRunStore:
         key = {"r": run_id, "router": router, "p": partition}
         return self._auto(
             "recording a route decision",
-            lambda c: rec.record_route_decision(c, self._q, key, branch, _now()),
+            lambda c: records.record_route_decision(c, self._sql, key, branch, _now()),
         )
 
     def get_route_decision(self, run_id: str, router: str, partition: str) -> str | None:
@@ -648,12 +653,12 @@ class PostgresRunStore:
     def set_cursor(self, name: str, value: str, *, expected: str | None = None) -> bool:
         return self._auto(
             "setting a cursor",
-            lambda c: rec.set_cursor(c, self._q, name, value, expected, _now()),
+            lambda c: records.set_cursor(c, self._sql, name, value, expected, _now()),
         )
 
     def claim_tick(self, name: str, tick: str) -> bool:
         return self._auto(
-            "claiming a tick", lambda c: rec.claim_tick(c, self._q, name, tick, _now())
+            "claiming a tick", lambda c: records.claim_tick(c, self._sql, name, tick, _now())
         )
 
     # --- audit ---------------------------------------------------------------------------------
@@ -668,12 +673,14 @@ class PostgresRunStore:
     ) -> None:
         self._auto(
             "appending to the audit log",
-            lambda c: rec.append_audit(c, self._q, run_id, kind, asset, partition, detail,
+            lambda c: records.append_audit(c, self._sql, run_id, kind, asset, partition, detail,
                                        _now()),
         )  # fmt: skip
 
     def list_audit(self, run_id: str) -> list[AuditEntry]:
-        return self._auto("reading the audit log", lambda c: rec.list_audit(c, self._q, run_id))
+        return self._auto(
+            "reading the audit log", lambda c: records.list_audit(c, self._sql, run_id)
+        )
 
     # --- scatter item results ----------------------------------------------------------------
     def save_item_results(
@@ -682,11 +689,16 @@ class PostgresRunStore:
         if not results:
             return
         key = self._key(run_id, asset, partition)
-        self._auto("saving item results", lambda c: rec.save_item_results(c, self._q, key, results))
+        self._auto(
+            "saving item results",
+            lambda c: records.save_item_results(c, self._sql, key, results),
+        )
 
     def load_item_results(self, run_id: str, asset: str, partition: str) -> list[ItemResult]:
         key = self._key(run_id, asset, partition)
-        return self._auto("loading item results", lambda c: rec.load_item_results(c, self._q, key))
+        return self._auto(
+            "loading item results", lambda c: records.load_item_results(c, self._sql, key)
+        )
 
     # --- step notes --------------------------------------------------------------------------
     def add_step_note(self, run_id: str, asset: str, partition: str, kind: str, value: str) -> str:
@@ -694,13 +706,13 @@ class PostgresRunStore:
         key = self._key(run_id, asset, partition)
         return self._auto(
             "adding a step note",
-            lambda c: rec.add_step_note(c, self._q, key, kind, value, _now()),
+            lambda c: records.add_step_note(c, self._sql, key, kind, value, _now()),
         )
 
     def get_step_note(self, run_id: str, asset: str, partition: str, kind: str) -> str | None:
         key = self._key(run_id, asset, partition)
         return self._auto(
-            "reading a step note", lambda c: rec.get_step_note(c, self._q, key, kind)
+            "reading a step note", lambda c: records.get_step_note(c, self._sql, key, kind)
         )
 
 

@@ -26,10 +26,10 @@ from flowstone.defaults.sqlite_schema import (
     GATE_COLS,
     MAT_COLS,
     approval_row,
-    dt,
+    from_micros,
     gate_row,
     mat_row,
-    us,
+    to_micros,
 )
 from flowstone.errors import StorageError
 from flowstone.records import Approval, AuditEntry, Gate, ItemResult, MaterializationRecord
@@ -122,7 +122,7 @@ class SQLiteRecords(SQLiteConnection):
             " AND state = 'succeeded' AND invalidated = 0 GROUP BY asset",
             (pipeline,),
         )
-        return {asset: at for asset, value in rows if (at := dt(value)) is not None}
+        return {asset: at for asset, value in rows if (at := from_micros(value)) is not None}
 
     def materialized_partitions(self, pipeline: str, asset: str) -> list[str]:
         """The distinct partitions of ``asset`` with a valid succeeded materialization."""
@@ -185,7 +185,7 @@ class SQLiteRecords(SQLiteConnection):
         by: str | None = None,
         reason: str | None = None,
     ) -> Approval:
-        now = us(rules.utc_now())
+        now = to_micros(rules.utc_now())
         with self._write() as c:
             row = c.execute(
                 "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ?, reason = ?"
@@ -208,7 +208,7 @@ class SQLiteRecords(SQLiteConnection):
         rows = self._read(
             f"SELECT {APPROVAL_COLS} FROM approvals"
             " WHERE status = 'pending' AND expires_at <= ? ORDER BY id",
-            (us(rules.require_utc(now, "now")),),
+            (to_micros(rules.require_utc(now, "now")),),
         )
         return [approval_row(r) for r in rows]
 
@@ -220,7 +220,7 @@ class SQLiteRecords(SQLiteConnection):
         self, token_hash: str, *, payload: Any, status: Literal["signaled", "expired"]
     ) -> Gate:
         encoded = rules.to_json(payload, "signal payload")
-        now = us(rules.utc_now())
+        now = to_micros(rules.utc_now())
         with self._write() as c:
             row = c.execute(
                 "UPDATE gates SET status = ?, payload = ?, signaled_at = ?"
@@ -239,7 +239,7 @@ class SQLiteRecords(SQLiteConnection):
     def due_gates(self, now: datetime) -> list[Gate]:
         rows = self._read(
             f"SELECT {GATE_COLS} FROM gates WHERE status = 'pending' AND expires_at <= ?",
-            (us(rules.require_utc(now, "now")),),
+            (to_micros(rules.require_utc(now, "now")),),
         )
         return [gate_row(r) for r in rows]
 
@@ -248,7 +248,7 @@ class SQLiteRecords(SQLiteConnection):
         with self._write() as c:
             c.execute(
                 "INSERT OR IGNORE INTO route_decisions VALUES (?, ?, ?, ?, ?)",
-                (run_id, router, partition, branch, us(rules.utc_now())),
+                (run_id, router, partition, branch, to_micros(rules.utc_now())),
             )
             row = c.execute(
                 "SELECT branch FROM route_decisions WHERE run_id = ? AND router = ?"
@@ -265,7 +265,7 @@ class SQLiteRecords(SQLiteConnection):
         return str(rows[0][0]) if rows else None
 
     def prune_route_decisions(self, older_than: datetime) -> int:
-        cutoff = us(rules.require_utc(older_than, "older_than"))
+        cutoff = to_micros(rules.require_utc(older_than, "older_than"))
         with self._write() as c:
             return c.execute("DELETE FROM route_decisions WHERE decided_at < ?", (cutoff,)).rowcount
 
@@ -275,7 +275,7 @@ class SQLiteRecords(SQLiteConnection):
         return str(rows[0][0]) if rows else None
 
     def set_cursor(self, name: str, value: str, *, expected: str | None = None) -> bool:
-        now = us(rules.utc_now())
+        now = to_micros(rules.utc_now())
         with self._write() as c:
             if expected is None:
                 cur = c.execute(
@@ -291,7 +291,8 @@ class SQLiteRecords(SQLiteConnection):
     def claim_tick(self, name: str, tick: str) -> bool:
         with self._write() as c:
             cur = c.execute(
-                "INSERT OR IGNORE INTO ticks VALUES (?, ?, ?)", (name, tick, us(rules.utc_now()))
+                "INSERT OR IGNORE INTO ticks VALUES (?, ?, ?)",
+                (name, tick, to_micros(rules.utc_now())),
             )
             return cur.rowcount == 1
 
@@ -307,7 +308,7 @@ class SQLiteRecords(SQLiteConnection):
     ) -> None:
         encoded = dict(detail or {})
         rules.to_json(encoded, f"audit detail of {kind!r}")
-        now = us(rules.utc_now())
+        now = to_micros(rules.utc_now())
         with self._write() as c:
             self._audit(c, run_id, kind, asset, partition, encoded, now)
 
@@ -366,7 +367,7 @@ class SQLiteRecords(SQLiteConnection):
         with self._write() as c:
             c.execute(
                 "INSERT OR IGNORE INTO step_notes VALUES (?, ?, ?, ?, ?, ?)",
-                (run_id, asset, partition, kind, value, us(rules.utc_now())),
+                (run_id, asset, partition, kind, value, to_micros(rules.utc_now())),
             )
             row = c.execute(
                 f"SELECT value FROM step_notes WHERE {STEP_KEY} AND kind = ?",
@@ -384,7 +385,7 @@ class SQLiteRecords(SQLiteConnection):
 
 # --- helpers (run inside a transaction) ---------------------------------------------------
 def _at(value: int) -> datetime:
-    found = dt(value)
+    found = from_micros(value)
     assert found is not None
     return found
 
@@ -401,7 +402,7 @@ def upsert_materialization(
     mat_id, key = mat.id, (mat.run_id, mat.asset, mat.partition)
     values = (
         mat.id, mat.pipeline, mat.run_id, mat.asset, mat.partition, mat.state, mat.io_manager,
-        mat.location, mat.attempt, us(mat.started_at), us(mat.finished_at), mat.error,
+        mat.location, mat.attempt, to_micros(mat.started_at), to_micros(mat.finished_at), mat.error,
         metadata_json or "{}", int(mat.invalidated),
     )  # fmt: skip
     old = c.execute(

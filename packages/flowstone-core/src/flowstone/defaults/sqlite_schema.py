@@ -198,18 +198,7 @@ _V2 = (
     " OR name LIKE 'flowstone.parallel.join:%'",
 )
 
-# v3: indexes for flowstone-ui's keyset pages (runs newest first per pipeline and status,
-# an asset's records newest first by rowid, pending waits per pipeline)
-_V3 = (
-    "CREATE INDEX runs_ui_by_pipeline ON runs (pipeline, created_at, run_id)",
-    "CREATE INDEX runs_ui_by_status ON runs (pipeline, status, created_at, run_id)",
-    "CREATE INDEX materializations_ui_by_asset ON materializations (pipeline, asset)",
-    "CREATE INDEX approvals_ui_pending ON approvals (pipeline, id) WHERE status = 'pending'",
-    """CREATE INDEX gates_ui_pending ON gates (pipeline, created_at, token_hash)
-        WHERE status = 'pending'""",
-)
-
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
 """Ordered migrations; entry ``i`` upgrades a file from version ``i`` to ``i + 1``."""
 
 
@@ -274,12 +263,12 @@ GATE_COLS = (
 )
 
 
-def us(value: datetime | None) -> int | None:
+def to_micros(value: datetime | None) -> int | None:
     """Aware datetime -> integer microseconds since the epoch (exact)."""
     return None if value is None else (value - _EPOCH) // _MICRO
 
 
-def dt(value: int | None) -> datetime | None:
+def from_micros(value: int | None) -> datetime | None:
     """Integer microseconds since the epoch -> aware UTC datetime."""
     return None if value is None else _EPOCH + timedelta(microseconds=value)
 
@@ -300,7 +289,8 @@ def run_row(r: Sequence[Any]) -> RunRecord:
 
 def step_row(r: Sequence[Any]) -> StepRecord:
     return StepRecord(
-        r[0], r[1], r[2], r[3], r[4], r[5], r[6], dt(r[7]), dt(r[8]), r[9], r[10], dt(r[11])
+        r[0], r[1], r[2], r[3], r[4], r[5], r[6], from_micros(r[7]), from_micros(r[8]), r[9],
+        r[10], from_micros(r[11]),
     )
 
 
@@ -315,8 +305,8 @@ def mat_row(r: Sequence[Any], upstream: tuple[str, ...]) -> MaterializationRecor
         r[6],
         r[7],
         r[8],
-        dt(r[9]),
-        dt(r[10]),
+        from_micros(r[9]),
+        from_micros(r[10]),
         r[11],
         upstream,
         json.loads(r[12]),
@@ -334,11 +324,11 @@ def approval_row(r: Sequence[Any]) -> Approval:
         r[5],
         r[6],
         _dt(r[7]),
-        dt(r[8]),
+        from_micros(r[8]),
         r[9],
         r[10],
         r[11],
-        dt(r[12]),
+        from_micros(r[12]),
         r[13],
         json.loads(r[14]),
     )
@@ -353,9 +343,9 @@ def gate_row(r: Sequence[Any]) -> Gate:
         r[4],
         r[5],
         _dt(r[6]),
-        dt(r[7]),
+        from_micros(r[7]),
         json.loads(r[8]),
-        dt(r[9]),
+        from_micros(r[9]),
         json.loads(r[10]),
     )
 

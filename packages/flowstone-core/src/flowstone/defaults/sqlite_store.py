@@ -29,7 +29,7 @@ from flowstone.defaults.sqlite_schema import (
     STEP_COLS,
     run_row,
     step_row,
-    us,
+    to_micros,
 )
 from flowstone.errors import RunNotFoundError, StorageError, UsageError
 from flowstone.records import (
@@ -99,9 +99,9 @@ class SQLiteRunStore(SQLiteRecords):
         run_id = run.run_id
         planned = rules.plan_steps(run_id, steps)
         tags = rules.to_json(dict(run.tags), f"tags of run {run_id!r}")
-        created = us(rules.require_utc(run.created_at, "RunRecord.created_at"))
+        created = to_micros(rules.require_utc(run.created_at, "RunRecord.created_at"))
         now_dt = rules.utc_now()
-        now = us(now_dt)
+        now = to_micros(now_dt)
         step_rows: list[tuple[Any, ...]] = []
         dep_rows: list[tuple[str, ...]] = []
         ready: list[StepRecord] = []
@@ -179,13 +179,13 @@ class SQLiteRunStore(SQLiteRecords):
         with self._write() as c:
             cur = c.execute(
                 "UPDATE runs SET status = ?, error = ?, updated_at = ? WHERE run_id = ?",
-                (status, error, us(rules.utc_now()), run_id),
+                (status, error, to_micros(rules.utc_now()), run_id),
             )
             if cur.rowcount == 0:
                 raise _run_not_found(run_id)
 
     def cancel_run(self, run_id: str) -> bool:
-        now = us(rules.utc_now())
+        now = to_micros(rules.utc_now())
         with self._write() as c:
             if _run_status(c, run_id) in rules.TERMINAL_RUN_STATUSES:
                 return False
@@ -203,7 +203,7 @@ class SQLiteRunStore(SQLiteRecords):
             return True
 
     def reopen_run(self, run_id: str) -> tuple[StepRecord, ...]:
-        now = us(rules.utc_now())
+        now = to_micros(rules.utc_now())
         with self._write() as c:
             if _run_status(c, run_id) not in ("failed", "cancelled"):
                 return ()
@@ -289,8 +289,8 @@ class SQLiteRunStore(SQLiteRecords):
                 "UPDATE steps SET lease_expires_at = ?, updated_at = ?"
                 f" WHERE {STEP_KEY} AND state = 'running' AND owner = ?",
                 (
-                    us(now_dt + timedelta(seconds=lease_seconds)),
-                    us(now_dt),
+                    to_micros(now_dt + timedelta(seconds=lease_seconds)),
+                    to_micros(now_dt),
                     run_id,
                     asset,
                     partition,
@@ -303,13 +303,13 @@ class SQLiteRunStore(SQLiteRecords):
         self, run_id: str, asset: str, partition: str, *, not_before: datetime, error: str
     ) -> bool:
         not_before = rules.require_utc(not_before, "not_before")
-        now = us(rules.utc_now())
+        now = to_micros(rules.utc_now())
         with self._write() as c:
             row = c.execute(
                 "UPDATE steps SET state = 'ready', owner = NULL, lease_expires_at = NULL,"
                 " not_before = ?, error = ?, updated_at = ?"
                 f" WHERE {STEP_KEY} AND state = 'running' RETURNING attempt",
-                (us(not_before), error, now, run_id, asset, partition),
+                (to_micros(not_before), error, now, run_id, asset, partition),
             ).fetchone()
             if row is None:
                 return False
@@ -331,7 +331,7 @@ class SQLiteRunStore(SQLiteRecords):
         bound = rules.bind_outcome(run_id, asset, partition, outcome, where)
         mat = bound.materialization
         now_dt = rules.utc_now()
-        now = us(now_dt)
+        now = to_micros(now_dt)
         key = (run_id, asset, partition)
         claimed = None
         with self._write() as c:
@@ -347,7 +347,7 @@ class SQLiteRunStore(SQLiteRecords):
                     " created_at, expires_at, io_manager, location, metadata)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (a.pipeline, run_id, asset, partition, a.message, a.status,
-                     us(a.created_at), us(a.expires_at), a.io_manager, a.location,
+                     to_micros(a.created_at), to_micros(a.expires_at), a.io_manager, a.location,
                      bound.approval_metadata_json),
                 ).lastrowid  # fmt: skip
             if (g := bound.gate) is not None:
@@ -357,8 +357,8 @@ class SQLiteRunStore(SQLiteRecords):
                 c.execute(
                     f"INSERT INTO gates ({GATE_COLS}) VALUES ({marks(11)})",
                     (g.token_hash, g.pipeline, run_id, asset, partition, g.status,
-                     us(g.created_at), us(g.expires_at), bound.gate_payload_json, None,
-                     bound.gate_metadata_json),
+                     to_micros(g.created_at), to_micros(g.expires_at), bound.gate_payload_json,
+                     None, bound.gate_metadata_json),
                 )  # fmt: skip
             c.execute(
                 "UPDATE steps SET state = ?, materialization_id = COALESCE(?, materialization_id),"
@@ -408,7 +408,7 @@ class SQLiteRunStore(SQLiteRecords):
 
     def stale_steps(self, now: datetime, *, ready_for_seconds: float) -> list[StepRecord]:
         now = rules.require_utc(now, "now")
-        cutoff = us(now - timedelta(seconds=ready_for_seconds))
+        cutoff = to_micros(now - timedelta(seconds=ready_for_seconds))
         cols = ", ".join(f"s.{c.strip()}" for c in STEP_COLS.split(","))
         rows = self._read(
             f"SELECT {cols} FROM steps s JOIN runs r ON r.run_id = s.run_id"
@@ -416,7 +416,7 @@ class SQLiteRunStore(SQLiteRecords):
             " AND (s.not_before IS NULL OR s.not_before <= ?) AND r.status = 'running'"
             f" UNION ALL SELECT {cols} FROM steps s JOIN runs r ON r.run_id = s.run_id"
             " WHERE s.state = 'running' AND s.lease_expires_at <= ? AND r.status = 'running'",
-            (cutoff, cutoff, us(now)),
+            (cutoff, cutoff, to_micros(now)),
         )
         return [step_row(r) for r in rows]
 
@@ -426,7 +426,7 @@ def _claim(
     c: sqlite3.Connection, key: tuple[str, str, str], owner: str, lease_seconds: float,
     now_dt: datetime,
 ) -> StepRecord | None:
-    now = us(now_dt)
+    now = to_micros(now_dt)
     row = c.execute(
         "UPDATE steps SET state = 'running', attempt = attempt + 1, owner = ?,"
         " lease_expires_at = ?, not_before = NULL, updated_at = ?"
@@ -435,7 +435,7 @@ def _claim(
         "  OR (state = 'running' AND lease_expires_at <= ?))"
         " AND (SELECT status FROM runs WHERE run_id = steps.run_id) != 'cancelled'"
         f" RETURNING {STEP_COLS}",
-        (owner, us(now_dt + timedelta(seconds=lease_seconds)), now, *key, now, now),
+        (owner, to_micros(now_dt + timedelta(seconds=lease_seconds)), now, *key, now, now),
     ).fetchone()
     return None if row is None else step_row(row)
 
