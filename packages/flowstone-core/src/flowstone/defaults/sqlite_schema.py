@@ -198,7 +198,18 @@ _V2 = (
     " OR name LIKE 'flowstone.parallel.join:%'",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+# v3: indexes for flowstone-ui's keyset pages (runs newest first per pipeline and status,
+# an asset's records newest first by rowid, pending waits per pipeline)
+_V3 = (
+    "CREATE INDEX runs_ui_by_pipeline ON runs (pipeline, created_at, run_id)",
+    "CREATE INDEX runs_ui_by_status ON runs (pipeline, status, created_at, run_id)",
+    "CREATE INDEX materializations_ui_by_asset ON materializations (pipeline, asset)",
+    "CREATE INDEX approvals_ui_pending ON approvals (pipeline, id) WHERE status = 'pending'",
+    """CREATE INDEX gates_ui_pending ON gates (pipeline, created_at, token_hash)
+        WHERE status = 'pending'""",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
 """Ordered migrations; entry ``i`` upgrades a file from version ``i`` to ``i + 1``."""
 
 
