@@ -8,9 +8,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-TOKEN = "unit-test-token-0123456789abcdef"
-
-
 @pytest.fixture
 def pipeline(tmp_path: Path) -> Iterator[object]:
     from ui_pipelines import ASSETS

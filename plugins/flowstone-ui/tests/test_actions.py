@@ -6,8 +6,7 @@ import re
 from typing import Any
 
 import pytest
-from conftest import TOKEN
-from helpers import bearer, client_for, sign_in
+from ui_helpers import TOKEN, bearer, client_for, sign_in
 
 ACTIONS = [
     ("/api/approvals/1/approve", {"by": "ann"}),

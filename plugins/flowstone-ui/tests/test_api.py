@@ -6,8 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import TOKEN
-from helpers import bearer, client_for, wait_for
+from ui_helpers import TOKEN, bearer, client_for, wait_for
 
 
 def test_graph_marks_kinds_and_colours_by_latest_state(pipeline: Any) -> None:

@@ -6,8 +6,9 @@ import re
 import time
 from typing import Any
 
-from conftest import TOKEN
 from fastapi.testclient import TestClient
+
+TOKEN = "unit-test-token-0123456789abcdef"
 
 
 def client_for(*pipelines: Any, protect_reads: bool = False) -> TestClient:
