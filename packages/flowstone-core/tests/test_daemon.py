@@ -42,7 +42,10 @@ class FakePipeline:
     expire_calls: list[datetime] = field(default_factory=list)
     expire_error: Exception | None = None
 
-    def run(self, targets: str | Sequence[str], *, partition: Any = None, tags: Any = None) -> Any:
+    def run(
+        self, targets: str | Sequence[str], *, partition: Any = None, tags: Any = None,
+        force: bool = False,
+    ) -> Any:
         with self.lock:
             self.calls.append((targets, partition, dict(tags or {})))
             run_id = f"run-{len(self.calls)}"
@@ -539,3 +542,34 @@ def test_the_tick_log_names_its_pipelines(caplog: pytest.LogCaptureFixture) -> N
     assert "tick_first" in ticks[0] and "tick_second" in ticks[1]
     first.close()
     second.close()
+
+
+def test_a_sensor_can_ask_to_recompute_an_existing_partition(tmp_path: Path) -> None:
+    """RunRequest(force=True): an object overwritten with new content is read again, not
+    answered with the partition's earlier value."""
+    contents = {"a.csv": "v1"}
+
+    @fs.asset
+    def loaded(context: fs.Context) -> str:
+        return contents[str(context.partition)]
+
+    seen: list[str] = []
+
+    def arrivals(context: Any) -> Any:
+        version = contents["a.csv"]
+        if version in seen:
+            return fs.SensorResult()
+        seen.append(version)
+        return fs.SensorResult([fs.RunRequest(f"a.csv@{version}", partition="a.csv", force=True)])
+
+    p = fs.Pipeline(
+        "overwrites", [loaded], store=f"sqlite:///{tmp_path / 'fs.db'}",
+        sensors=[fs.Sensor("arrivals", arrivals, target="loaded")],
+    )
+    first = datetime.now(UTC)
+    Daemon([p]).tick(first)
+    assert p.get("loaded", "a.csv") == "v1"
+    contents["a.csv"] = "v2"
+    Daemon([p]).tick(first + timedelta(hours=1))  # past the sensor's minimum interval
+    assert p.get("loaded", "a.csv") == "v2"
+    p.close()

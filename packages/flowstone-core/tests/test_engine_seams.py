@@ -258,3 +258,33 @@ def test_every_advertised_event_kind_is_emitted_by_some_path(tmp_path: Path) -> 
     assert missing == set(), f"advertised but never emitted: {sorted(missing)}"
     assert p.stats["observer_errors"] >= 1
     p.close()
+
+
+class _Describing(_Loads):
+    """An IO manager with DescribedStorage: it says what it wrote, and honours the asset's
+    ``format`` metadata, which reaches it through the StorageKey."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.formats: list[object] = []
+
+    def store_described(self, key: StorageKey, value: object) -> tuple[str, dict[str, Any]]:
+        self.formats.append(key.metadata.get("format"))
+        location = self.store(key, value)
+        return location, {"size": len(repr(value)), "format": key.metadata.get("format", "json")}
+
+
+def test_an_io_manager_can_describe_what_it_stored() -> None:
+    io = _Describing()
+
+    @fs.asset(metadata={"format": "parquet"})
+    def table() -> list[int]:
+        return [1, 2, 3]
+
+    p = fs.Pipeline("described", [table], store="memory://", io_managers={"default": io})
+    result = p.run("table")
+    (mat,) = [m for m in result.materializations if m.asset == "table"]
+    assert mat.metadata["value"] == {"size": 9, "format": "parquet"}
+    assert io.formats == ["parquet"]
+    assert result.value == [1, 2, 3]
+    p.close()

@@ -75,6 +75,7 @@ class PipelineLike(Protocol):
         *,
         partition: PartitionKey | None = None,
         tags: dict[str, str] | None = None,
+        force: bool = False,
     ) -> object:
         """Start a run (in-process: run it to completion or until it waits)."""
         ...
@@ -209,10 +210,12 @@ class _Scope:
         targets: tuple[str, ...],
         partition: PartitionKey | None,
         tags: dict[str, str],
+        *,
+        force: bool = False,
     ) -> None:
         target = targets[0] if len(targets) == 1 else targets
         try:
-            result = self.pipeline.run(target, partition=partition, tags=tags)
+            result = self.pipeline.run(target, partition=partition, tags=tags, force=force)
         except Exception as exc:
             self.error(key, exc)
             return
@@ -413,7 +416,7 @@ class Daemon:
                 continue
             tags = {**(sensor.tags or {}), **(request.tags or {})}
             tags.update(sensor=sensor.name, run_key=request.run_key)
-            scope.fire(request.run_key, targets, request.partition, tags)
+            scope.fire(request.run_key, targets, request.partition, tags, force=request.force)
         if result.cursor is not None and result.cursor != cursor:
             saved = _encode_sensor_state(result.cursor, now)
             if not store.set_cursor(key, saved, expected=claimed):

@@ -60,6 +60,7 @@ __all__ = [
     "Closeable",
     "ContinuationReads",
     "DefaultIOManager",
+    "DescribedStorage",
     "Executor",
     "HealthCheck",
     "IOManager",
@@ -92,7 +93,8 @@ class StorageKey:
     wrote).
 
     ``attempt`` is the step's attempt (0 for values stored outside a claimed step);
-    ``item`` is set for per-item values (scatter item results).
+    ``item`` is set for per-item values (scatter item results); ``metadata`` is the
+    asset's own ``@asset(metadata=...)`` (e.g. a ``format`` an IO manager honours).
     """
 
     pipeline: str
@@ -101,6 +103,7 @@ class StorageKey:
     run_id: str
     item: int | None = None
     attempt: int = 0
+    metadata: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
 @runtime_checkable
@@ -224,6 +227,19 @@ class BatchLoading(Protocol):
     """
 
     def load_many(self, locations: Sequence[str]) -> list[object]: ...
+
+
+@runtime_checkable
+class DescribedStorage(Protocol):
+    """IO manager: store a value and say what it wrote (size, format, checksum...).
+
+    Buys: those facts in the materialization's metadata (under ``"value"``) with no
+    second round trip to ask for them. Otherwise exactly ``store``.
+    """
+
+    def store_described(self, key: StorageKey, value: object) -> tuple[str, Mapping[str, Any]]:
+        """``(location, JSON-able facts about the stored value)``."""
+        ...
 
 
 @runtime_checkable

@@ -18,6 +18,7 @@ from flowstone.protocols import (
     BatchLoading,
     BulkRunReads,
     ContinuationReads,
+    DescribedStorage,
     Executor,
     HealthCheck,
     IOManager,
@@ -57,6 +58,7 @@ class Capabilities:
     """
 
     batch_loading: Mapping[str, BatchLoading] = field(default_factory=dict)
+    described: Mapping[str, DescribedStorage] = field(default_factory=dict)
     staging: Mapping[str, ValueStaging] = field(default_factory=dict)
     prefetch: Mapping[str, PrefetchDecoding] = field(default_factory=dict)
     continuation_reads: ContinuationReads | None = None
@@ -79,6 +81,9 @@ class Capabilities:
         return cls(
             batch_loading={
                 n: m for n, m in io_managers.items() if isinstance(m, BatchLoading)
+            },
+            described={
+                n: m for n, m in io_managers.items() if isinstance(m, DescribedStorage)
             },
             staging=staging,
             prefetch={n: m for n, m in staging.items() if isinstance(m, PrefetchDecoding)},

@@ -53,6 +53,8 @@ class RunRequest:
         partition: the run's partition, or ``None`` for an unpartitioned run.
         targets: assets to materialize; ``None`` means the sensor's own target.
         tags: added to the run.
+        force: recompute the targets even where a value for the partition exists (e.g. a
+            sensor that sees an object overwritten with new content).
 
     Raises:
         UsageError: an empty ``run_key`` or malformed ``targets``/``tags``.
@@ -62,8 +64,11 @@ class RunRequest:
     partition: PartitionKey | None = None
     targets: Sequence[str] | None = None
     tags: Mapping[str, str] | None = field(default=None, hash=False)
+    force: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.force, bool):
+            raise UsageError(f"RunRequest force= must be True or False, got {self.force!r}")
         if not isinstance(self.run_key, str) or not self.run_key:
             raise UsageError(
                 f"RunRequest run_key must be a non-empty string, got {self.run_key!r}; "

@@ -72,8 +72,8 @@ class _NonWaiting:
         return self._p.sensors
 
     def run(self, targets: str | Sequence[str], /, *, partition: Any = None,
-            tags: dict[str, str] | None = None) -> object:
-        return self._p.run(targets, partition, tags=tags, wait=False)
+            tags: dict[str, str] | None = None, force: bool = False) -> object:
+        return self._p.run(targets, partition, tags=tags, force=force, wait=False)
 
     def expire_due(self, now: datetime) -> int:
         return int(self._p.expire_due(now))

@@ -175,8 +175,11 @@ def _resume_with(
     upstream = _upstream_ids(runner, step)
     try:
         value = compute()
-        key = StorageKey(p.name, a.name, step.partition, step.run_id, attempt=step.attempt)
+        key = StorageKey(
+            p.name, a.name, step.partition, step.run_id, attempt=step.attempt, metadata=a.metadata
+        )
         stored = p.values.store(a.io_manager, key, value)
+        facts = {"value": dict(stored.described)} if stored.described else {}
         mat = runner.build_record(
             a,
             step,
@@ -184,7 +187,7 @@ def _resume_with(
             io_name=stored.io_manager,
             location=stored.location,
             upstream=upstream,
-            metadata=dict(metadata),
+            metadata={**metadata, **facts},
         )
         outcome = StepOutcome("succeeded", materialization=mat, staged=stored.staged)
     except Exception as exc:

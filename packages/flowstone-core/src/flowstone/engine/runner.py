@@ -508,6 +508,8 @@ class StepRunner:
                 )
         stored = self._store_value(a, step, value)
         metadata = {**a.metadata, **context.metadata, **recorded}
+        if stored.described:
+            metadata["value"] = dict(stored.described)
         lineage_error = rt.events.lineage(step.run_id, a.name, step.partition, upstream)
         if lineage_error is not None and rt.policies.on_lineage_error == "fail":
             if not stored.staged:  # a staged value was never written
@@ -532,7 +534,9 @@ class StepRunner:
         """Store ``value`` at this attempt's own location (staged for ``finish_step`` when
         the store writes it in the step's transaction)."""
         rt = self.runtime
-        key = StorageKey(rt.name, a.name, step.partition, step.run_id, attempt=step.attempt)
+        key = StorageKey(
+            rt.name, a.name, step.partition, step.run_id, attempt=step.attempt, metadata=a.metadata
+        )
         return rt.values.store(a.io_manager, key, value)
 
     def _skip(

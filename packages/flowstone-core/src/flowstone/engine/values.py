@@ -28,11 +28,14 @@ __all__ = ["StoredValue", "ValueLayer"]
 @dataclass(frozen=True, slots=True)
 class StoredValue:
     """Where a value went: its IO manager's name and location; ``staged`` holds it when
-    the store writes it with the step's record (nothing is written yet then)."""
+    the store writes it with the step's record (nothing is written yet then);
+    ``described``: what a :class:`~flowstone.protocols.DescribedStorage` manager said about
+    it (recorded in the materialization's metadata)."""
 
     io_manager: str
     location: str
     staged: tuple[StagedValue, ...] = ()
+    described: Mapping[str, Any] | None = None
 
 
 class ValueLayer:
@@ -78,9 +81,13 @@ class ValueLayer:
         """
         name = io_name or self.default
         stager = self._caps.staging.get(name) if stage else None
+        describer = self._caps.described.get(name)
         if stager is not None:
             staged = stager.stage(key, value)
             result = StoredValue(name, staged.location, (staged,))
+        elif describer is not None:
+            location, described = describer.store_described(key, value)
+            result = StoredValue(name, location, described=dict(described))
         else:
             result = StoredValue(name, self.manager(name).store(key, value))
         if self._events:
