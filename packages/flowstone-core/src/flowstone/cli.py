@@ -8,10 +8,12 @@ run failed (or a health check), 2 a usage or definition error. Errors print as
 
 Plugins add subcommands through the ``flowstone.cli`` entry-point group: each entry point
 is a callable ``register(subparsers) -> None`` that adds parsers with
-``set_defaults(func=handler)``, ``handler(args) -> int`` returning the exit code. They
-are loaded only when the command line does not name a core command (``flowstone worker``,
-``flowstone --help``), and a plugin that fails to load is reported on stderr without
-taking the other commands down.
+``set_defaults(func=handler)``, ``handler(args) -> int`` returning the exit code; a
+command that sets up logging itself (``flowstone worker``: Celery's handlers) also sets
+``own_logging=True``, so its lines are not printed a second time by the CLI's stderr
+handler. They are loaded only when the command line does not name a core command
+(``flowstone worker``, ``flowstone --help``), and a plugin that fails to load is reported
+on stderr without taking the other commands down.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import os
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import TracebackType
 
 from flowstone._cli import backfill_cmd, ops_cmds, run_cmds, state_cmds, wait_cmds
@@ -129,7 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     verbose = args.verbose + getattr(args, "sub_verbose", 0)
     quiet = args.quiet or getattr(args, "sub_quiet", False)
-    with _logging(verbose, quiet, args.debug, asset_logs=getattr(args, "asset_logs", False)):
+    logs: AbstractContextManager[None] = (
+        nullcontext()
+        if getattr(args, "own_logging", False)
+        else _logging(verbose, quiet, args.debug, asset_logs=getattr(args, "asset_logs", False))
+    )
+    with logs:
         try:
             return int(func(args))
         except BrokenPipeError:

@@ -45,7 +45,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("celery_args", nargs=argparse.REMAINDER, metavar="-- CELERY_ARGS",
                         help="anything after -- goes to `celery worker` unchanged "
                         "(e.g. -- --without-mingle --max-tasks-per-child=100)")
-    parser.set_defaults(func=handle)
+    # Celery's handlers log the worker's lines (flowstone's included): the CLI adds none
+    parser.set_defaults(func=handle, own_logging=True)
 
 
 def handle(args: argparse.Namespace) -> int:
