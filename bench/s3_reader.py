@@ -9,7 +9,7 @@ share the measuring process's interpreter lock); everything goes through boto3 o
   of ``S3ItemReader`` (one row group in memory at a time) vs ``get_object`` +
   ``pyarrow.parquet.read_table`` of the whole object + ``to_pylist`` (the same Python dicts
   a scatter consumes); ``read_table`` alone is reported too. Both readers run once more on
-  an object of a quarter of the rows: equal peak RSS means memory flat in object size.
+  an object of half the rows: equal peak RSS means memory flat in object size.
 * **IO manager**: ``S3IOManager.store``/``load`` of 1 MB and 100 MB ``bytes`` values vs
   ``put_object``/``get_object`` (defaults: one PUT below 128 MiB), and 100 MB once more
   forced into a multipart upload of 16 MiB parts.
@@ -230,17 +230,17 @@ def main() -> None:
                 runs.setdefault(kind, []).append(measure(kind, endpoint, jsonl_key))
             for kind in parquet if n % 2 == 0 else parquet[::-1]:
                 runs.setdefault(kind, []).append(measure(kind, endpoint, parquet_key))
-        log(f"memory flat in object size: the readers on {rows // 4:,} rows")
-        small_jsonl, small_parquet = upload_rows(s3, rows // 4, "quarter")
-        quarter = {
+        log(f"memory flat in object size: the readers on {rows // 2:,} rows")
+        small_jsonl, small_parquet = upload_rows(s3, rows // 2, "half")
+        half = {
             "jsonl": measure("reader-jsonl", endpoint, small_jsonl),
             "parquet": measure("reader-parquet", endpoint, small_parquet),
         }
         log("S3IOManager vs put_object/get_object")
-        small = io_rounds(endpoint, s3, 1_000_000, max(3, rounds * 3))
-        large = io_rounds(endpoint, s3, 100_000_000, rounds)
+        small = io_rounds(endpoint, s3, 1_000_000, max(5, rounds * 5))
+        large = io_rounds(endpoint, s3, 100_000_000, max(5, rounds))
         log("  (100 MB again, forced into 16 MiB parts: multipart_threshold=64 MiB)")
-        parts = io_rounds(endpoint, s3, 100_000_000, rounds, multipart_threshold=64 * 2**20)
+        parts = io_rounds(endpoint, s3, 100_000_000, max(5, rounds), multipart_threshold=64 * 2**20)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -264,8 +264,8 @@ def main() -> None:
         "parquet_reader_rss_mb": peak("reader-parquet"),
         "parquet_read_table_to_pylist_rss_mb": peak("read-table-to-pylist"),
         "jsonl_reader_rss_mb": peak("reader-jsonl"),
-        "jsonl_reader_rss_mb_quarter_rows": round(quarter["jsonl"]["rss_mb"], 1),
-        "parquet_reader_rss_mb_quarter_rows": round(quarter["parquet"]["rss_mb"], 1),
+        "jsonl_reader_rss_mb_half_rows": round(half["jsonl"]["rss_mb"], 1),
+        "parquet_reader_rss_mb_half_rows": round(half["parquet"]["rss_mb"], 1),
         "jsonl_iter_lines_rss_mb": peak("boto3-iter-lines"),
         "io_1mb": small,
         "io_100mb": large,

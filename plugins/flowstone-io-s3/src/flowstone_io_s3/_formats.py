@@ -1,4 +1,5 @@
-"""Item parsers for one text object: JSON lines, JSON array and CSV (Parquet: ``_parquet``).
+"""Item parsers for one text object: JSON lines and JSON array (CSV: ``_csv``; Parquet:
+``_parquet``).
 
 Each parser starts at a *position* (a small JSON-able dict it produced earlier, ``{}`` for
 the beginning), returns items page by page, and reports the position right after the last
@@ -10,7 +11,6 @@ last good record: ``read`` returns the good part of the page, the next ``read`` 
 from __future__ import annotations
 
 import codecs
-import csv
 import json
 import json.scanner
 import re
@@ -20,9 +20,9 @@ from typing import Any, Protocol
 from flowstone.errors import StorageError
 from flowstone_io_s3._ranges import ObjectRef
 
-__all__ = ["CsvParser", "JsonArrayParser", "JsonLinesParser", "Parser"]
+__all__ = ["BOM", "JsonArrayParser", "JsonLinesParser", "LineParser", "Parser"]
 
-_BOM = codecs.BOM_UTF8
+BOM = codecs.BOM_UTF8
 _WS = re.compile(r"[ \t\r\n]*")
 
 
@@ -99,7 +99,7 @@ def _close(chunks: Iterator[bytes]) -> None:
         chunks.close()
 
 
-class _LineParser:
+class LineParser:
     """Shared position keeping of the line-based parsers."""
 
     __slots__ = ("_batch", "_failing", "_i", "_line", "_offset", "_ref", "_split")
@@ -124,7 +124,7 @@ class _LineParser:
         self._split.close()
 
 
-class JsonLinesParser(_LineParser):
+class JsonLinesParser(LineParser):
     """One JSON value per line; blank lines are skipped.
 
     Lines are decoded as UTF-8 and parsed with the json module's scanner directly, which
@@ -178,7 +178,7 @@ class JsonLinesParser(_LineParser):
     def _slow(self, lines: Sequence[bytes], page: list[Any]) -> int:
         """Parse ``lines`` one by one (skipping blanks); return how many were consumed."""
         for done, raw in enumerate(lines):
-            if raw.strip() in (b"", _BOM):
+            if raw.strip() in (b"", BOM):
                 pass
             else:
                 try:
@@ -203,112 +203,6 @@ class JsonLinesParser(_LineParser):
         return self._error(
             self._line + 1, self._offset, problem, "make every line one complete JSON value"
         )
-
-
-class CsvParser(_LineParser):
-    """Rows as dicts keyed by the header (read from the object, or given)."""
-
-    __slots__ = ("_dialect", "_encoding", "_eof", "_header", "_rows", "_scan_line", "_scan_off")
-
-    def __init__(
-        self,
-        chunks: Iterator[bytes],
-        ref: ObjectRef,
-        position: dict[str, Any],
-        *,
-        dialect: Any,
-        fieldnames: Sequence[str] | None,
-        encoding: str,
-    ) -> None:
-        super().__init__(chunks, ref, position.get("offset", 0), position.get("line", 0))
-        self._dialect = dialect
-        self._encoding = encoding
-        self._scan_off, self._scan_line = self._offset, self._line
-        self._eof = False
-        self._rows = csv.reader(self._lines(), dialect)
-        header = position.get("header", fieldnames)
-        if header is None:
-            header = self._next_record() or []
-            duplicates = sorted({n for n in header if header.count(n) > 1})
-            if duplicates:
-                raise self._error(
-                    1, 0, f"duplicate column names {duplicates}",
-                    "rename the columns, or pass fieldnames= with unique names",
-                )  # fmt: skip
-            self._offset, self._line = self._scan_off, self._scan_line
-        self._header: tuple[str, ...] = tuple(header)
-
-    def position(self) -> dict[str, Any]:
-        return {"offset": self._offset, "line": self._line, "header": list(self._header)}
-
-    def _lines(self) -> Iterator[str]:
-        while (batch := self._split.batch()) is not None:
-            for raw in batch:
-                # A byte-order mark is dropped at the start of the object only.
-                bom = self._scan_off == 0 and raw.startswith(_BOM)
-                text_raw = raw[len(_BOM) :] if bom else raw
-                try:
-                    text = text_raw.decode(self._encoding)
-                except UnicodeDecodeError as exc:
-                    raise self._error(
-                        self._scan_line + 1, self._scan_off,
-                        f"cannot decode as {self._encoding}: {exc.reason}",
-                        "set encoding= to the object's encoding",
-                    ) from exc  # fmt: skip
-                self._scan_line += 1
-                self._scan_off += len(raw)
-                yield text
-        self._eof = True
-
-    def _next_record(self) -> list[str] | None:
-        while True:
-            start, start_off = self._scan_line, self._scan_off
-            self._eof = False
-            try:
-                row = next(self._rows, None)
-            except StorageError:
-                raise
-            except csv.Error as exc:
-                raise self._error(
-                    start + 1, start_off, f"invalid CSV: {exc}",
-                    "fix the record or choose the matching dialect=",
-                ) from exc  # fmt: skip
-            except Exception as exc:
-                raise self._error(
-                    start + 1, start_off, f"unreadable CSV record: {type(exc).__name__}: {exc}",
-                    "fix the record",
-                ) from exc  # fmt: skip
-            if row is not None and self._eof:
-                raise self._error(
-                    start + 1, start_off, "quoted field is never closed",
-                    "close the quote, or check the object is complete",
-                )  # fmt: skip
-            if row != []:
-                return row
-
-    def read(self, max_items: int) -> list[Any]:
-        self._failing.check()
-        page: list[dict[str, str | None]] = []
-        header, width = self._header, len(self._header)
-        try:
-            while len(page) < max_items:
-                start, start_off = self._scan_line, self._scan_off
-                row = self._next_record()
-                if row is None:
-                    break
-                if len(row) > width:
-                    raise self._error(
-                        start + 1, start_off, f"{len(row)} fields but {width} columns",
-                        "quote fields that contain the delimiter, or fix the header",
-                    )  # fmt: skip
-                values: list[str | None] = list(row)
-                if len(row) < width:
-                    values += [None] * (width - len(row))
-                page.append(dict(zip(header, values, strict=True)))
-                self._offset, self._line = self._scan_off, self._scan_line
-        except StorageError as exc:
-            return self._failing.fail(exc, page)
-        return page
 
 
 class JsonArrayParser:

@@ -7,12 +7,8 @@ import csv
 from typing import Any, Literal, TypeAlias
 
 from flowstone.errors import StorageError, UsageError
-from flowstone_io_s3._formats import (
-    CsvParser,
-    JsonArrayParser,
-    JsonLinesParser,
-    Parser,
-)
+from flowstone_io_s3._csv import CsvParser
+from flowstone_io_s3._formats import JsonArrayParser, JsonLinesParser, Parser
 from flowstone_io_s3._listing import ObjectSource, Selection, list_objects
 from flowstone_io_s3._parquet import ParquetParser
 from flowstone_io_s3._ranges import ObjectRef, RangedFile, byte_chunks, head_object
