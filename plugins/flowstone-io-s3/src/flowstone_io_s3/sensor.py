@@ -20,7 +20,8 @@ PartitionFromKey = Callable[[str], PartitionKey | None]
 class S3ArrivalSensor:
     """The sensor function: lists a prefix and asks for one run per new object.
 
-    Every new key gets its own run, and so does an overwritten one: the run key is
+    Every new key gets its own run (at the first evaluation, every object already under
+    the prefix counts as new), and so does an overwritten one: the run key is
     ``"<key>@<etag>"``, and FlowStone fires a run key once, ever, however many daemons or
     Celery sweepers evaluate the sensor. The partition of each run comes from the key
     through ``partition`` (e.g. ``lambda key: key.rsplit("/", 1)[-1].removesuffix(".csv")``);
