@@ -38,13 +38,14 @@ class Cluster:
         }
         self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
 
-    def start(self, name: str, *, concurrency: int = 2, **env: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, *, concurrency: int = 2, worker_args: tuple[str, ...] = (),
+              **env: str) -> subprocess.Popen[bytes]:
         log = self.state_dir / f"{self.queue}-{name}.log"
         cmd = [sys.executable, "-m", "flowstone", "worker"]
         for spec in self.specs:
             cmd += ["--pipeline", spec]
         cmd += ["--concurrency", str(concurrency), "--hostname", f"{name}-{self.queue}@%h",
-                "--", "--without-mingle", "--without-gossip"]
+                *worker_args, "--", "--without-mingle", "--without-gossip"]
         with log.open("wb") as out:
             proc = subprocess.Popen(cmd, env={**self.env, **env}, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)

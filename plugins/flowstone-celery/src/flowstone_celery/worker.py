@@ -5,12 +5,16 @@ flowstone_celery.worker_app worker`` gets the same behaviour through :class:`Flo
 a worker bootstep that
 
 * loads the pipelines (``FLOWSTONE_PIPELINES``) if none were added yet, in the main process
-  before the pool forks, so a bad spec fails the worker at once;
+  before the pool forks, and checks every served pipeline's run store (reachable, schema
+  current), so a bad spec, an unreachable database or a missing or old schema stops the
+  worker with a message (exit code 2) before it consumes anything;
 * runs the sweeper in a thread of the main process (``FLOWSTONE_SWEEPER``);
 * with ``FLOWSTONE_METRICS_PORT`` (``--metrics-port``) serves ``/metrics`` and ``/healthz``
   from the main process, summing the pool processes' metrics (flowstone-observability's
   ``WorkerMetrics``, prepared before the pool forks); with ``FLOWSTONE_LOG_FORMAT=json``
   logs JSON lines carrying the step fields (when flowstone-observability is installed);
+* closes the served pipelines when the worker shuts down (after in-flight steps finished),
+  in the main process and in every pool process, so resources are torn down;
 * makes a *second* SIGTERM stop immediately: the first one is Celery's warm shutdown (no new
   messages, in-flight steps finish), the second turns it into a cold shutdown that abandons
   the running steps (their messages return to the queue; leases expire and the sweeper
@@ -20,17 +24,18 @@ a worker bootstep that
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from celery import bootsteps
 
-from flowstone.errors import UsageError
+from flowstone.errors import FlowStoneError, StorageError, UsageError
 from flowstone_celery.app import FlowstoneCelery, make_app
 from flowstone_celery.settings import CelerySettings, safe_url
 from flowstone_celery.sweeper import SweeperThread
 
-__all__ = ["FlowstoneStep", "install_step", "run_worker"]
+__all__ = ["FlowstoneStep", "check_pipelines", "install_step", "run_worker"]
 
 log = logging.getLogger("flowstone.celery")
 
@@ -43,9 +48,15 @@ class FlowstoneStep(bootsteps.StartStopStep):  # type: ignore[misc]
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
         app: FlowstoneCelery = worker.app
-        if not app.pipelines:
-            app.load_pipelines(app.flowstone_settings.pipeline_specs)
+        try:
+            if not app.pipelines:
+                app.load_pipelines(app.flowstone_settings.pipeline_specs)
+            check_pipelines(app)
+        except FlowStoneError as exc:  # before any consumer or pool process exists
+            print(f"flowstone worker: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         self._sweeper: SweeperThread | None = None
+        _close_pipelines_on_shutdown(app)
         # before the pool forks: pool processes inherit the observers and the metric mode
         self._metrics = _worker_metrics(app)
 
@@ -88,9 +99,19 @@ def _worker_metrics(app: FlowstoneCelery) -> Any:
         return None
     return WorkerMetrics(app, port=settings.metrics_port, host=settings.metrics_host)
 
-    def shutdown(self, worker: Any) -> None:
-        self.stop(worker)
-        worker.app.close_pipelines()
+
+def _close_pipelines_on_shutdown(app: FlowstoneCelery) -> None:
+    """Close the served pipelines (their resources' teardown, stores, IO managers) once the
+    work is done: in the main process after the pool drained (``worker_shutdown``), and in
+    each pool process as it exits (``worker_process_shutdown``), where the resources its
+    steps used were built."""
+    from celery.signals import worker_process_shutdown, worker_shutdown
+
+    def close(**_: Any) -> None:
+        app.close_pipelines()
+
+    for signal in (worker_shutdown, worker_process_shutdown):
+        signal.connect(close, weak=False, dispatch_uid=f"flowstone-close-{id(app)}")
 
 
 def _install_escalating_sigterm(worker: Any) -> None:
@@ -106,6 +127,26 @@ def _install_escalating_sigterm(worker: Any) -> None:
         celery_worker.install_worker_term_hard_handler(w, sig="SIGTERM")
 
     celery_worker.install_worker_term_handler(worker, callback=escalate)
+
+
+def check_pipelines(app: FlowstoneCelery) -> None:
+    """Make sure every served pipeline's run store is reachable and its schema current.
+
+    Runs in the main process before the pool forks and before anything is consumed; the
+    connection it opens is released again (pool processes open their own).
+
+    Raises:
+        StorageError: a store is unreachable, or its schema is missing or behind (the
+            message names the pipeline and what to run).
+    """
+    for name, pipeline in sorted(app.pipelines.items()):
+        store = pipeline.store
+        try:
+            store.ping()
+        except FlowStoneError as exc:
+            raise StorageError(f"pipeline {name!r} cannot use its run store: {exc}") from exc
+        finally:
+            store.close()
 
 
 def install_step(app: FlowstoneCelery) -> FlowstoneCelery:
@@ -132,6 +173,7 @@ def run_worker(
     """
     app = install_step(make_app(settings))
     app.load_pipelines(list(pipelines))
+    check_pipelines(app)
     argv = ["worker", f"--loglevel={loglevel}", "-Q", ",".join(queues or [settings.queue])]
     if concurrency is not None:
         argv.append(f"--concurrency={concurrency}")
