@@ -119,7 +119,9 @@ def client_env(database_url: str, redis_url: str, state_dir: Path) -> Iterator[s
     from celery_it import purge_redis, redis_leftovers
 
     r = redis.Redis.from_url(redis_url)
-    purge_redis(r, keys)
+    # everything named after this session: the test pipelines' keys (FLOWSTONE_IT_KEYS) and
+    # any queue a worker of this session declared for itself (presence, replies)
+    purge_redis(r, SESSION)
     left = redis_leftovers(r, SESSION)
     assert not left, f"this session left Redis keys behind: {left[:10]}"
 
