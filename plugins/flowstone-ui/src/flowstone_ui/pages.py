@@ -7,6 +7,7 @@ the CSRF token and redirect back (303) with a message.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +31,8 @@ __all__ = ["router"]
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+templates.env.filters["json_text"] = lambda value: json.dumps(value, ensure_ascii=False,
+                                                              default=str)
 _MAX_FORM = 64 * 1024
 
 

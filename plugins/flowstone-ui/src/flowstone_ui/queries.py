@@ -130,7 +130,8 @@ class UIQueries(Protocol):
     def pending_gates(
         self, pipelines: Sequence[str], *, cursor: str | None, limit: int
     ) -> tuple[list[Gate], str | None]:
-        """Pending signal gates, oldest first."""
+        """Pending signal gates, oldest first (not the engine's own ``deferred`` gates, which
+        stand for a scatter or parallel step under way, not for an outside signal)."""
         ...
 
     def audit(self, run_id: str, *, after: int | None, limit: int) -> list[AuditEntry]:

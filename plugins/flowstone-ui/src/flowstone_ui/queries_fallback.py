@@ -155,7 +155,7 @@ class StoreUIQueries:
         names = set(pipelines)
         gates = [
             g for g in self._store.due_gates(datetime.max.replace(tzinfo=UTC))
-            if g.pipeline in names
+            if g.pipeline in names and g.metadata.get("kind") != "deferred"
         ]
         gates.sort(key=lambda g: (g.created_at, g.token_hash))
         if cursor is not None:

@@ -214,6 +214,7 @@ class PostgresUIQueries:
         for pipeline in pipelines:
             rows = self._fetch(
                 f"SELECT {_GATE} FROM {{s}}.gates WHERE pipeline = $1 AND status = 'pending' "
+                "AND coalesce(metadata->>'kind', '') <> 'deferred' "
                 "AND (created_at, token_hash) > (to_timestamp($2::bigint / 1e6), $3) "
                 f"ORDER BY created_at, token_hash LIMIT {n + 1}",
                 pipeline, int(at), str(token_hash),

@@ -250,6 +250,7 @@ class SQLiteUIQueries:
         for pipeline in pipelines:
             rows = self._read(
                 f"SELECT {GATE_COLS} FROM gates WHERE pipeline = ? AND status = 'pending' "
+                "AND json_extract(metadata, '$.kind') IS NOT 'deferred' "
                 "AND (created_at, token_hash) > (?, ?) ORDER BY created_at, token_hash LIMIT ?",
                 (pipeline, at, token_hash, n + 1),
             )

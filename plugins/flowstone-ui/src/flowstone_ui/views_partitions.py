@@ -87,8 +87,8 @@ def partition_grid(
         )  # fmt: skip
     _, encoded = state.keys.keys(parts)
     limit = max(1, min(limit, MAX_KEYS))
-    group = max(1, group, -(-limit // MAX_CELLS))
     page = encoded[start : start + limit]
+    group = max(1, group, -(-len(page) // MAX_CELLS))
     states = _states(state, pipeline.name, a.name, page)
     return GridOut(
         pipeline=pipeline.name, asset=a.name, mode="keys", total=len(encoded), start=start,
