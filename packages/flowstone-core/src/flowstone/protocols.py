@@ -82,6 +82,7 @@ __all__ = [
     "TicksAndCursors",
     "ValueStaging",
     "Waits",
+    "WorkerPresence",
 ]
 
 
@@ -356,6 +357,20 @@ class HealthCheck(Protocol):
     """
 
     def health(self) -> str | Mapping[str, Any]: ...
+
+
+@runtime_checkable
+class WorkerPresence(Protocol):
+    """Non-blocking executor: how many live workers serve a pipeline right now.
+
+    ``flowstone run`` asks when a run has not settled after a few seconds, so a user
+    whose steps sit in a queue nobody consumes is told to start a worker instead of
+    waiting silently. ``serving`` answers within about a second: the number of workers
+    that said they serve ``pipeline`` (0: none does), or None when the executor cannot
+    tell (e.g. the broker is unreachable, or workers answer but not which pipelines).
+    """
+
+    def serving(self, pipeline: str) -> int | None: ...
 
 
 @runtime_checkable

@@ -28,6 +28,7 @@ from flowstone.protocols import (
     ScatterCoordinator,
     StagingStore,
     ValueStaging,
+    WorkerPresence,
 )
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class Capabilities:
     bulk_run_reads: BulkRunReads | None = None
     batch_dispatch: BatchDispatch | None = None
     executor_health: HealthCheck | None = None
+    worker_presence: WorkerPresence | None = None
 
     @classmethod
     def detect(
@@ -91,6 +93,7 @@ class Capabilities:
             bulk_run_reads=store if isinstance(store, BulkRunReads) else None,
             batch_dispatch=executor if isinstance(executor, BatchDispatch) else None,
             executor_health=executor if isinstance(executor, HealthCheck) else None,
+            worker_presence=executor if isinstance(executor, WorkerPresence) else None,
         )
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery
 
 from flowstone.errors import UsageError
+from flowstone_celery.presence import register_control_command
 from flowstone_celery.settings import CelerySettings, load_settings, safe_url
 
 if TYPE_CHECKING:
@@ -119,7 +120,8 @@ def make_app(settings: CelerySettings | None = None) -> FlowstoneCelery:
 
     The app accepts JSON only, acknowledges late, re-queues the messages of a worker that
     died, stores no results, and registers the ``flowstone.run_step`` and
-    ``flowstone.sweep`` tasks (the latter scheduled for Celery beat).
+    ``flowstone.sweep`` tasks (the latter scheduled for Celery beat) and the
+    ``flowstone_pipelines`` control command (:mod:`flowstone_celery.presence`).
     """
     from flowstone_celery import tasks
 
@@ -155,6 +157,7 @@ def make_app(settings: CelerySettings | None = None) -> FlowstoneCelery:
         enable_utc=True,
     )
     tasks.register(app)
+    register_control_command()
     register_plugin_tasks(app)
     log.debug("FlowStone Celery app for broker %s, queue %s", safe_url(settings.broker_url),
               settings.queue)

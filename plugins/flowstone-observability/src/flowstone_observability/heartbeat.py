@@ -20,7 +20,6 @@ log = logging.getLogger("flowstone.observability")
 
 HEARTBEAT_ROLES: Final = ("daemon", "sweeper")
 _PREFIX: Final = "flowstone.heartbeat"
-_CONTROL_COMMAND: Final = "flowstone_pipelines"
 
 
 def _cursor(role: str, pipeline: str) -> str:
@@ -84,15 +83,7 @@ def register_sweep_hook(app: Any) -> None:
 
 
 def _register_control_command() -> None:
-    from celery.worker.control import Panel, control_command
+    # the command lives in flowstone-celery (every worker answers it; `flowstone run` asks it)
+    from flowstone_celery.presence import register_control_command
 
-    if _CONTROL_COMMAND in Panel.data:
-        return
-
-    def flowstone_pipelines(state: Any) -> dict[str, list[str]]:
-        """The FlowStone pipelines this worker serves."""
-        pipelines = getattr(state.consumer.app, "pipelines", {}) or {}
-        return {"pipelines": sorted(pipelines)}
-
-    flowstone_pipelines.__name__ = _CONTROL_COMMAND
-    control_command()(flowstone_pipelines)
+    register_control_command()

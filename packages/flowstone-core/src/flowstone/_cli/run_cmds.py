@@ -4,6 +4,7 @@ following them."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from flowstone._cli.common import (
     EXIT_FAILURE,
@@ -17,6 +18,7 @@ from flowstone._cli.common import (
 )
 from flowstone._cli.output import print_json
 from flowstone._cli.results import print_result, result_exit_code, result_json, steps_json
+from flowstone._cli.run_watch import follow
 from flowstone.errors import UsageError
 from flowstone.pipeline import Pipeline
 
@@ -128,17 +130,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.executor:
             pipeline.use_executor(args.executor)
         try:
+            # workers run it: follow it here (progress line, no-worker notice)
+            follow_here = not args.detach and not pipeline.executor.blocking
             result = pipeline.run(
                 args.assets or None,
                 partition,
                 force=args.force,
                 with_deps=not args.no_deps,
                 tags=tags,
-                wait=not args.detach,
+                wait=not args.detach and not follow_here,
                 timeout=args.timeout,
             )
             if args.detach:
                 return _print_detached(result.run_id, result.status, args)
+            if follow_here:
+                quiet = bool(args.quiet or getattr(args, "sub_quiet", False))
+                result = follow(pipeline, result, spec=args.spec, timeout=args.timeout,
+                                stream=sys.stderr, quiet=quiet)
             print_result(result, args.spec, as_json=args.json)
             return result_exit_code(result)
         finally:
