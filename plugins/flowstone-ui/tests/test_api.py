@@ -58,7 +58,7 @@ def test_runs_filter_by_status_asset_and_time(pipeline: Any) -> None:
     future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     assert client.get("/api/runs", params={"since": future}).json()["runs"] == []
     assert len(client.get("/api/runs", params={"until": future}).json()["runs"]) == 2
-    assert client.get("/api/runs", params={"status": "exploded"}).status_code == 400
+    assert client.get("/api/runs", params={"status": "exploded"}).status_code == 422
     assert client.get("/api/runs", params={"cursor": "not-a-cursor"}).status_code == 400
     assert client.get("/api/runs", params={"pipeline": "nope"}).status_code == 404
     assert client.get("/api/runs", params={"since": "2026-01-01T00:00:00"}).status_code == 400

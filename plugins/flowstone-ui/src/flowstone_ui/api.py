@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel
@@ -80,7 +80,7 @@ def pipelines(request: Request) -> list[PipelineOut]:
 def runs(
     request: Request,
     pipeline: Annotated[str | None, Query(max_length=128)] = None,
-    status: Annotated[str | None, Query(max_length=20)] = None,
+    status: Literal["running", "waiting", "succeeded", "failed", "cancelled"] | None = None,
     asset: Annotated[str | None, Query(max_length=128)] = None,
     since: datetime | None = None,
     until: datetime | None = None,
