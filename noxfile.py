@@ -40,6 +40,9 @@ TEST_TOOLS = [
     "moto[server]>=5",
     "pytest-timeout>=2",
     "nox>=2024.3",  # integration-tests/ci drives nox sessions
+    "httpx>=0.27",  # FastAPI's TestClient (flowstone-ui unit tests)
+    "schemathesis>=4",  # flowstone-ui's JSON API against its OpenAPI document
+    "playwright>=1.40",  # flowstone-ui browser tests; drives Debian's chromium, no download
 ]
 LINT_TOOLS = ["ruff>=0.6"]
 TYPE_TOOLS = ["mypy>=1.10"]
