@@ -54,6 +54,8 @@ QUERY_SECONDS = 5.0
 """The time limit of one UI statement (Postgres ``statement_timeout``, SQLite progress
 handler): a read the indexes cannot answer fails instead of loading the database."""
 ACTIVE_STEP_STATES = ("ready", "queued", "running", "waiting")
+RANGE_READ_MIN = 50
+"""Partition pages longer than this are read as one key range (see the Postgres reads)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,3 +210,4 @@ def clamp(limit: int) -> int:
 def to_us(at: datetime) -> int:
     """Microseconds since the epoch of an aware datetime (the runs cursor's unit)."""
     return round(at.timestamp() * 1e6)
+
