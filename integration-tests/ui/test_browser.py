@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -109,6 +110,18 @@ def test_scatter_progress_bar_advances_to_100(pipeline: Any, page: Any, shoot: A
     shoot(page, "ui-scatter")
     assert _wait_status(pipeline, run.run_id, {"succeeded", "failed"}) == "succeeded"
     assert pipeline.get("revenue", "300") == 3 * 300 * 301 // 2
+
+
+def test_failed_scatter_items_are_listed_with_their_errors(pipeline: Any, page: Any) -> None:
+    run = pipeline.run("checked", "9", wait=False)
+    assert _wait_status(pipeline, run.run_id, {"succeeded", "failed"}) == "succeeded"
+    page.goto(f"/runs/{run.run_id}")
+    counts = page.locator(".scatter .counts").inner_text()
+    assert "7 succeeded" in counts and "2 failed" in counts
+    page.locator("a", has_text="failed items").click()
+    listed = json.loads(page.locator("body").inner_text())
+    assert [i["index"] for i in listed["items"]] == [3, 7]
+    assert "order 4 looks wrong" in listed["items"][0]["error"]
 
 
 def test_partition_grid_and_a_backfill_with_a_live_progress_bar(pipeline: Any, page: Any,

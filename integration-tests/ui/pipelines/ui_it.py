@@ -21,6 +21,14 @@ def priced(context: fs.Context, orders: list[int]) -> int:
     return item * 3
 
 
+@fs.asset(scatter=fs.Scatter(items=lambda orders: orders, failure_threshold=0.5))
+def checked(context: fs.Context, orders: list[int]) -> int:
+    item: int = context.scatter_item
+    if item % 4 == 0:
+        raise ValueError(f"order {item} looks wrong")
+    return item
+
+
 @fs.asset
 def revenue(priced: list[int]) -> int:
     return sum(priced)
@@ -61,5 +69,5 @@ def daily_sales(context: fs.Context) -> int:
     return int(context.partition.day)
 
 
-pipeline = fs.Pipeline("ui_it", [orders, priced, revenue, size, small_order, large_order,
+pipeline = fs.Pipeline("ui_it", [orders, priced, checked, revenue, size, small_order, large_order,
                                  report, payout, paid, daily_sales])

@@ -262,6 +262,21 @@ class PostgresUIQueries:
         self, run_id: str, asset: str, partition: str, *, state: str | None,
         after: int | None, limit: int,
     ) -> list[ItemResult]:
+        # a Celery scatter (flowstone-scatter) keeps its items in its own table of this
+        # schema, beside its barrier; the inline scatter saves them as item results
+        scattered = self._fetch(
+            "SELECT to_regclass($1) IS NOT NULL AS ok", f"{self._s}.scatter_barriers"
+        )
+        if scattered and scattered[0]["ok"]:
+            rows = self._fetch(
+                "SELECT i.idx, i.key, i.state, i.result, i.error FROM {s}.scatter_barriers b "
+                "JOIN {s}.scatter_items i ON i.barrier_id = b.id WHERE b.run_id = $1 "
+                "AND b.asset = $2 AND b.partition = $3 AND i.idx > $4 "
+                f"AND ($5::text IS NULL OR i.state = $5) ORDER BY i.idx LIMIT {clamp(limit)}",
+                run_id, asset, partition, after if after is not None else -1, state,
+            )  # fmt: skip
+            if rows:
+                return [ItemResult(int(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
         rows = self._fetch(
             "SELECT idx, key, state, value_json, error FROM {s}.item_results WHERE run_id = $1 "
             "AND asset = $2 AND partition = $3 AND idx > $4 AND ($5::text IS NULL OR state = $5) "
