@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from flowstone.errors import EncodingError, StorageError, UnsafeKeyError, UsageError
-from flowstone.protocols import BatchLoading, StorageKey
+from flowstone.protocols import BatchLoading, DescribedStorage, StorageKey
 from flowstone_io_s3 import S3IOManager
 
 KEY = StorageKey("pipe", "orders", "2024-01-01", "run-1")
@@ -233,3 +233,28 @@ def test_service_errors_name_the_operation_and_the_fix() -> None:
     missing = ClientError({"Error": {"Code": "NoSuchBucket", "Message": "nope"}}, "GetObject")
     error = service_error(missing, operation="GetObject", target="s3://b/k", connection=connection)
     assert "bucket 'b' does not exist at endpoint http://127.0.0.1:9" in str(error)
+
+
+def test_store_described_reports_what_the_put_returned(
+    io: S3IOManager, s3: Any, bucket: str
+) -> None:
+    assert isinstance(io, DescribedStorage)
+    location, facts = io.store_described(dataclasses.replace(KEY, asset="rows"), [{"a": 1}])
+    head = s3.head_object(Bucket=bucket, Key=location.removeprefix(f"s3://{bucket}/"))
+    assert facts == {
+        "size": head["ContentLength"],
+        "etag": head["ETag"].strip('"'),
+        "format": "rows.parquet",
+    }
+
+
+def test_an_asset_declares_its_own_format_in_metadata(io: S3IOManager) -> None:
+    rows = [{"a": 1}, {"a": 2}]
+    declared = dataclasses.replace(KEY, asset="declared", metadata={"format": "parquet"})
+    location = io.store(declared, rows)
+    assert location.endswith(".rows.parquet") and io.load(location) == rows
+    # The manager's own formats= wins over the asset's metadata.
+    overridden = dataclasses.replace(KEY, asset="rows", metadata={"format": "json"})
+    assert io.store(overridden, rows).endswith(".rows.parquet")
+    with pytest.raises(UsageError, match="asset 'bad' metadata: unknown format 'pickle'"):
+        io.store(dataclasses.replace(KEY, asset="bad", metadata={"format": "pickle"}), rows)

@@ -95,6 +95,13 @@ def test_one_run_per_new_or_overwritten_object(endpoint: str, bucket: str, s3: A
     assert rerun.run_id is not None and rerun.status == "succeeded"
     assert rerun.key.startswith("incoming/2024-01-02.csv@")
     assert rerun.key not in {r.key for r in first.fired}  # a new run key: the new etag
+    # The run was forced: the overwritten object's rows were read and scored again.
+    mat = pipeline.store.find_materialization("s3_arrivals", "total", "2024-01-02")
+    assert mat is not None and mat.run_id == rerun.run_id
+    assert pipeline.io_manager("default").load(mat.location) == 10 * (100 + 101 + 102)
+    scored = pipeline.store.find_materialization("s3_arrivals", "scored", "2024-01-02")
+    assert scored is not None and scored.metadata["value"]["format"] == "rows.parquet"
+    assert scored.metadata["value"]["size"] > 0 and scored.metadata["value"]["etag"]
     new = pipeline.store.find_materialization("s3_arrivals", "total", "2024-01-04")
     assert new is not None and pipeline.io_manager("default").load(new.location) == 70
 

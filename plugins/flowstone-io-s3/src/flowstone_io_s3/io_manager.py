@@ -44,12 +44,14 @@ class S3IOManager:
     name that would escape the prefix raises :class:`~flowstone.errors.UnsafeKeyError`.
 
     Formats (see :mod:`flowstone_io_s3.values`): bytes raw, ``pyarrow.Table`` and pandas
-    DataFrames as Parquet, everything else as the core's lossless JSON; ``formats`` chooses
-    per asset (``{"orders": "parquet"}`` stores a list of dicts as Parquet). Nothing is
-    pickled. A value of ``multipart_threshold`` bytes or more is uploaded in parts of
-    ``part_size`` bytes, ``concurrency`` at a time; a failed upload is aborted, so a store
-    either writes the whole object or nothing. :meth:`load_many` loads several values
-    concurrently.
+    DataFrames as Parquet, everything else as the core's lossless JSON; ``formats`` (or the
+    asset's ``metadata={"format": ...}``) chooses per asset: ``"parquet"`` stores a list of
+    dicts as Parquet. Nothing is pickled. A value of ``multipart_threshold`` bytes or more
+    is uploaded in parts of ``part_size`` bytes, ``concurrency`` at a time; a failed upload
+    is aborted, so a store either writes the whole object or nothing. :meth:`load_many`
+    loads several values concurrently (``BatchLoading``), and :meth:`store_described`
+    reports size, ETag and format of what it wrote (``DescribedStorage``: the engine
+    records them in the materialization).
 
     Args:
         bucket: the bucket; None reads ``FLOWSTONE_S3_BUCKET`` (at construction).
@@ -57,8 +59,9 @@ class S3IOManager:
         endpoint_url: an S3-compatible server; None for AWS (or boto3's own settings).
         region_name: the region; None uses boto3's configuration.
         name: the name the manager is registered under.
-        formats: asset name -> ``"auto"``, ``"json"``, ``"bin"`` or ``"parquet"``.
-        default_format: the format of assets not in ``formats``.
+        formats: asset name -> ``"auto"``, ``"json"``, ``"bin"`` or ``"parquet"``; an asset
+            not named here may declare its own, ``@asset(metadata={"format": "parquet"})``.
+        default_format: the format of assets that choose none.
         parquet_compression: Parquet codec (``"zstd"``, ``"snappy"``, ``"none"``...).
         multipart_threshold: values at least this many bytes go up in parts (>= 5 MiB;
             default 128 MiB: below it one PUT was as fast or faster in our measurements,
@@ -132,17 +135,25 @@ class S3IOManager:
         Raises:
             EncodingError: the value cannot be stored in its format; nothing is written.
             UnsafeKeyError: a name part would escape the prefix.
+            UsageError: the asset's ``metadata["format"]`` is not a format.
             StorageError: S3 refused the write (names operation, object and endpoint).
         """
-        fmt = self._formats.get(key.asset, self._default)
+        return self.store_described(key, value)[0]
+
+    def store_described(self, key: StorageKey, value: object) -> tuple[str, dict[str, Any]]:
+        """:meth:`store`, also returning ``{"size", "etag", "format"}`` of the object
+        written (``DescribedStorage``: the engine records them in the materialization's
+        metadata under ``"value"``, with no extra request)."""
+        fmt = self._format_of(key)
         ext, data = values.encode(value, asset=key.asset, fmt=fmt, compression=self._compression)
         object_key = object_name(self.prefix, key, key.attempt, ext)
         self._check_bucket()
         if len(data) >= self._threshold:
-            self._upload_parts(object_key, data)
+            response = self._upload_parts(object_key, data)
         else:
-            self._call("PutObject", object_key, Key=object_key, Body=data)
-        return self._uri(object_key)
+            response = self._call("PutObject", object_key, Key=object_key, Body=data)
+        etag = str(response.get("ETag", "")).strip('"')
+        return self._uri(object_key), {"size": len(data), "etag": etag, "format": ext}
 
     def load(self, location: str) -> object:
         """Return the value at ``location`` (as :meth:`store` returned it).
@@ -206,6 +217,16 @@ class S3IOManager:
         return ObjectInfo(location, int(head["ContentLength"]), str(head["ETag"]).strip('"'), ext)
 
     # --- helpers ---------------------------------------------------------------------------
+    def _format_of(self, key: StorageKey) -> ValueFormat:
+        """The asset's format: ``formats=`` of this manager, else the asset's own
+        ``@asset(metadata={"format": ...})``, else ``default_format``."""
+        if key.asset in self._formats:
+            return self._formats[key.asset]
+        declared = key.metadata.get("format") if key.metadata else None
+        if declared is None:
+            return self._default
+        return values.check_format(declared, f"asset {key.asset!r} metadata")
+
     def _uri(self, object_key: str) -> str:
         return f"s3://{self.bucket}/{object_key}"
 
@@ -265,7 +286,7 @@ class S3IOManager:
                 )
             raise error from exc
 
-    def _upload_parts(self, object_key: str, data: bytes) -> None:
+    def _upload_parts(self, object_key: str, data: bytes) -> Any:
         client = self._s3.get()
         upload = self._call("CreateMultipartUpload", object_key, Key=object_key)
         upload_id = upload["UploadId"]
@@ -284,7 +305,7 @@ class S3IOManager:
         try:
             with ThreadPoolExecutor(min(self._concurrency, len(starts))) as pool:
                 parts = list(pool.map(put, enumerate(starts, start=1)))
-            self._call(
+            return self._call(
                 "CompleteMultipartUpload", object_key, Key=object_key, UploadId=upload_id,
                 MultipartUpload={"Parts": parts},
             )  # fmt: skip

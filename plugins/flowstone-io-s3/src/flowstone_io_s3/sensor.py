@@ -44,6 +44,8 @@ class S3ArrivalSensor:
         partition: key -> partition of the run (None: unpartitioned runs).
         lookback: see above (default 15 minutes).
         max_per_tick: most runs requested per evaluation.
+        force: each run recomputes its targets even where the partition has values (so
+            an overwritten object is processed again); False reuses existing values.
         endpoint_url, region_name, client, session: as for ``S3IOManager``.
     """
 
@@ -56,6 +58,7 @@ class S3ArrivalSensor:
         partition: PartitionFromKey | None = None,
         lookback: timedelta = timedelta(minutes=15),
         max_per_tick: int = 1000,
+        force: bool = True,
         endpoint_url: str | None = None,
         region_name: str | None = None,
         client: Any = None,
@@ -83,6 +86,9 @@ class S3ArrivalSensor:
         self._partition = partition
         self._lookback = lookback
         self._max = max_per_tick
+        if not isinstance(force, bool):
+            raise UsageError(f"S3ArrivalSensor: force must be True or False, got {force!r}.")
+        self._force = force
         self._connection = Connection("s3", endpoint_url, region_name, client, session)
 
     def __repr__(self) -> str:
@@ -126,6 +132,7 @@ class S3ArrivalSensor:
             run_key=f"{key}@{etag}",
             partition=partition,
             tags={"s3_bucket": self.bucket, "s3_key": key, "s3_etag": etag},
+            force=self._force,
         )
 
     def _list(self) -> Sequence[tuple[str, str, datetime]]:
