@@ -138,3 +138,23 @@ def test_backfill_form_starts_a_job_the_page_polls(pipeline: Any) -> None:
                       data={"by": "erin", "start": "k0005", "end": "zzz", "csrf_token": csrf})
     assert bad.status_code == 303 and "error" in bad.headers["location"]
     client.app.state.flowstone.backfills.join()  # type: ignore[attr-defined]
+
+
+def test_sign_in_form_and_redirects_stay_on_this_server(pipeline: Any) -> None:
+    client = client_for(pipeline, protect_reads=True)
+    shown = client.get("/runs")
+    assert shown.status_code == 401 and 'name="token"' in shown.text
+    assert client.post("/login", data={"token": "nope-nope-nope-nope"}).status_code == 403
+    signed = client.post("/login", data={"token": TOKEN})
+    assert signed.status_code == 303 and "HttpOnly" in signed.headers["set-cookie"]
+    assert "SameSite=strict" in signed.headers["set-cookie"]
+    assert client.get("/runs").status_code == 200
+    run = pipeline.run("shipped")
+    approval = pipeline.store.find_approval(run.run_id, "review", "")
+    csrf = client.app.state.flowstone.auth.csrf  # type: ignore[attr-defined]
+    for evil in ("https://evil.example/", "//evil.example/", "/\\evil.example"):
+        out = client.post(f"/actions/approvals/{approval.id}/reject",
+                          data={"by": "x", "csrf_token": csrf, "next": evil})
+        assert out.headers["location"].startswith("/waits?"), evil
+        run = pipeline.run("shipped", force=True)
+        approval = pipeline.store.find_approval(run.run_id, "review", "")

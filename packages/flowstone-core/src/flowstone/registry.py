@@ -93,6 +93,7 @@ _KNOWN_PLUGINS: Final = (
     ("*", "celery", "flowstone-celery"),
     ("flowstone.cli", "worker", "flowstone-celery"),
     ("flowstone.cli", "db", "flowstone-io-postgres"),
+    ("flowstone.cli", "ui", "flowstone-ui"),
     ("*", "postgres", "flowstone-io-postgres"),
     ("*", "s3", "flowstone-io-s3"),
     ("*", "dynamodb", "flowstone-io-s3"),

@@ -8,6 +8,7 @@ the CSRF token and redirect back (303) with a message.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -34,12 +35,16 @@ templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 templates.env.filters["json_text"] = lambda value: json.dumps(value, ensure_ascii=False,
                                                               default=str)
 _MAX_FORM = 64 * 1024
+_LOCAL_PAGE = re.compile(r"/(?:waits|runs/[A-Za-z0-9_.%-]{1,600})")
 
 
 def _page(request: Request, name: str, **context: Any) -> HTMLResponse:
-    if state_of(request).auth.protect_reads and credentials(request, acting=False) != "ok":
-        raise HTTPException(401, "open the URL the server printed (it holds the token)")
     state = state_of(request)
+    if state.auth.protect_reads and credentials(request, acting=False) != "ok":
+        return templates.TemplateResponse(request, "login.html", {
+            "pipelines": state.names, "csrf": "", "signed_in": False,
+            "msg": "this server needs its token to show anything: paste it, or open the URL "
+            "it printed"}, status_code=401)  # fmt: skip
     return templates.TemplateResponse(request, name, {
         "pipelines": state.names, "csrf": state.auth.csrf,
         "signed_in": credentials(request, acting=False) == "ok",
@@ -206,7 +211,8 @@ async def decide(request: Request, approval_id: int, verdict: str) -> RedirectRe
     if verdict not in ("approve", "reject"):
         raise HTTPException(404, "approve or reject")
     to = form.get("next", "/waits")
-    to = to if to.startswith("/") and not to.startswith("//") else "/waits"
+    if not _LOCAL_PAGE.fullmatch(to):  # back to one of our pages only, never elsewhere
+        to = "/waits"
     state = state_of(request)
     return _act(to, lambda: actions.decide(
         state, approval_id, approve=verdict == "approve", by=form["by"],
