@@ -149,3 +149,11 @@ def test_partition_grid_and_a_backfill_with_a_live_progress_bar(pipeline: Any, p
     page.reload()
     assert page.locator("#partition-grid a.cell.st-succeeded").count() >= 10
     shoot(page, "ui-partitions")
+
+
+def test_health_names_the_store_and_the_workers(pipeline: Any, page: Any) -> None:
+    response = page.request.get("/api/health")
+    assert response.ok
+    [report] = response.json()
+    assert report["pipeline"] == "ui_it" and report["detail"]["store"] == "ok"
+    assert report["ok"] is True, report

@@ -203,3 +203,9 @@ def test_protected_reads_need_the_token(pipeline: Any, path: str) -> None:
     assert client.get("/runs").status_code == 401
     client.get(f"/?token={TOKEN}")
     assert client.get("/runs").status_code == 200
+
+
+def test_health_reports_each_pipeline(pipeline: Any) -> None:
+    [report] = client_for(pipeline).get("/api/health").json()
+    assert report["pipeline"] == "ui_unit" and report["ok"] is True
+    assert report["detail"]["store"] == "ok"

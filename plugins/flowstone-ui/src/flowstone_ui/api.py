@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -19,6 +20,7 @@ from flowstone_ui.models import (
     DecisionIn,
     GraphOut,
     GridOut,
+    HealthOut,
     InboxOut,
     ItemPageOut,
     PipelineOut,
@@ -74,6 +76,16 @@ def pipelines(request: Request) -> list[PipelineOut]:
                     executor=type(p.executor).__name__)
         for p in state_of(request).pipelines.values()
     ]  # fmt: skip
+
+
+@router.get("/health", response_model=list[HealthOut])
+def health(request: Request) -> list[HealthOut]:
+    """Each pipeline's health check (store, executor (workers), resources)."""
+    out = []
+    for p in state_of(request).pipelines.values():
+        report = json.loads(json.dumps(p.health(), default=str))  # JSON-safe detail
+        out.append(HealthOut(pipeline=p.name, ok=bool(report.get("ok")), detail=report))
+    return out
 
 
 @router.get("/runs", response_model=RunPageOut)

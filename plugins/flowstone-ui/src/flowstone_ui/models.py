@@ -22,6 +22,7 @@ __all__ = [
     "GateOut",
     "GraphOut",
     "GridOut",
+    "HealthOut",
     "InboxOut",
     "ItemOut",
     "ItemPageOut",
@@ -43,6 +44,12 @@ __all__ = [
 
 class _Out(BaseModel):
     model_config = ConfigDict(frozen=True)
+
+
+class HealthOut(_Out):
+    pipeline: str
+    ok: bool
+    detail: dict[str, Any] = Field(description="store, executor and resources checks")
 
 
 class PipelineOut(_Out):
