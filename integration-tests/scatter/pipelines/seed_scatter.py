@@ -65,4 +65,12 @@ def bulk(context: fs.Context, seed_numbers: list[int]) -> int:
     return int(context.scatter_item)
 
 
-pipeline = fs.Pipeline("scatter_seed", [seed_numbers, atomic, windowed, bulk])
+@fs.asset(scatter=fs.Scatter(
+    items=lambda: [{"id": "small", "body": "x"}, {"id": "big", "body": "x" * (2 << 20)}],
+    key=lambda item: item["id"]))
+def big_items(context: fs.Context) -> int:
+    """One item of 2 MiB: over the payload limit, with a key well under the key limit."""
+    return len(context.scatter_item["body"])
+
+
+pipeline = fs.Pipeline("scatter_seed", [seed_numbers, atomic, windowed, bulk, big_items])

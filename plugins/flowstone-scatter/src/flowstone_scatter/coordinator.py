@@ -20,7 +20,7 @@ import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from flowstone.codec import decode_value, encode_value
 from flowstone.defaults.scatter_units import FIRST_ERRORS, threshold_message
@@ -43,15 +43,31 @@ from flowstone_scatter.messages import CHUNK_TASK, READ_TASK, ChunkMessage
 if TYPE_CHECKING:
     from flowstone.asset import AssetDef
 
-__all__ = ["CeleryScatterCoordinator", "build_rows", "item_size"]
+__all__ = ["MAX_ITEM_BYTES", "CeleryScatterCoordinator", "build_rows", "item_size"]
 
 log = logging.getLogger("flowstone.scatter")
 _DEPS_CACHE = 16
+MAX_ITEM_BYTES: Final = 1 << 20
+"""The most bytes one scatter item may take encoded (1 MiB): items are stored in the barrier's
+items table and read back for every attempt, so bigger payloads belong in the asset (scatter
+over ids or object-store keys and load them there), like keys over
+:data:`~flowstone.scatter.MAX_ITEM_KEY_LENGTH`."""
 
 
 def item_size(item: Any) -> int:
     """Bytes of an item as :class:`~flowstone.scatter.Batching` ``max_bytes`` counts them."""
     return len(json.dumps(item, default=str).encode())
+
+
+def _payload(item: Any, index: int, asset: str) -> str:
+    """``item`` encoded for its row; UsageError if it is over :data:`MAX_ITEM_BYTES`."""
+    data = encode_value(item, asset=asset)
+    if len(data) > MAX_ITEM_BYTES:
+        raise UsageError(
+            f"scatter item {index} of asset {asset!r} is {len(data)} bytes encoded; the limit "
+            f"is {MAX_ITEM_BYTES}. Scatter over ids or object-store keys (with "
+            "Scatter(key=...)) and load the payload in the asset")
+    return data.decode()
 
 
 def build_rows(
@@ -60,7 +76,8 @@ def build_rows(
 ) -> tuple[list[tuple[int, int, str, str]], int]:
     """``(idx, unit, key, encoded item)`` rows for ``items``; returns them and the next unit.
 
-    Keys are normalised and size-checked (:func:`item_key`); an item whose key is in
+    Keys are normalised and size-checked (:func:`item_key`), payloads size-checked
+    (:data:`MAX_ITEM_BYTES`); an item whose key is in
     ``seen`` is dropped (equal keys run once). A unit is one item, or one batch cut by
     ``max_items`` / ``max_bytes``.
     """
@@ -74,7 +91,7 @@ def build_rows(
             continue
         seen.add(key)
         if b is None:
-            rows.append((index, unit, key, encode_value(item, asset=asset).decode()))
+            rows.append((index, unit, key, _payload(item, index, asset)))
             unit += 1
             continue
         n = item_size(item)
@@ -82,7 +99,7 @@ def build_rows(
             b.max_bytes is not None and in_unit > 0 and size + n > b.max_bytes)
         if full:
             unit, in_unit, size = unit + 1, 0, 0
-        rows.append((index, unit, key, encode_value(item, asset=asset).decode()))
+        rows.append((index, unit, key, _payload(item, index, asset)))
         in_unit, size = in_unit + 1, size + n
     if b is not None and in_unit:
         unit += 1
