@@ -116,3 +116,13 @@ def test_waits_inbox_pages_and_approve(pg_pipeline: Any, client: Any) -> None:
                       json={"by": "pat"})
     assert out.json()["status"] == "succeeded"
     assert approval["id"] not in [a["id"] for a in client.get("/api/waits").json()["approvals"]]
+
+
+def test_a_postgres_read_that_runs_too_long_is_cancelled(pg_pipeline: Any) -> None:
+    from flowstone.errors import StorageError
+    from flowstone_ui.queries_postgres import PostgresUIQueries
+
+    reads = PostgresUIQueries(pg_pipeline.store, seconds=0.2)
+    with pytest.raises(StorageError, match=r"statement timeout|canceling statement"):
+        reads._fetch("SELECT pg_sleep(5)")
+    assert reads._fetch("SELECT 1 AS one")[0]["one"] == 1

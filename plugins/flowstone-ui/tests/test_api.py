@@ -209,3 +209,14 @@ def test_health_reports_each_pipeline(pipeline: Any) -> None:
     [report] = client_for(pipeline).get("/api/health").json()
     assert report["pipeline"] == "ui_unit" and report["ok"] is True
     assert report["detail"]["store"] == "ok"
+
+
+def test_a_sqlite_read_that_runs_too_long_is_interrupted(pipeline: Any) -> None:
+    from flowstone.errors import StorageError
+    from flowstone_ui.queries_sqlite import SQLiteUIQueries
+
+    reads = SQLiteUIQueries(pipeline.store, seconds=0.2)
+    endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT max(x) FROM c"
+    with pytest.raises(StorageError, match=r"time limit 0\.2 s"):
+        reads._read(endless)
+    assert reads._read("SELECT 1") == [(1,)]

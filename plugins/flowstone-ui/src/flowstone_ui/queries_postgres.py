@@ -58,18 +58,19 @@ _GATE = "token_hash, pipeline, run_id, asset, partition, status, created_at, exp
 class PostgresUIQueries:
     """:class:`~flowstone_ui.queries.UIQueries` for a :class:`PostgresRunStore`."""
 
-    __slots__ = ("_s", "_store")
+    __slots__ = ("_s", "_seconds", "_store")
 
-    def __init__(self, store: PostgresRunStore) -> None:
+    def __init__(self, store: PostgresRunStore, *, seconds: float = QUERY_SECONDS) -> None:
         self._store = store
         self._s = quote_ident(store.schema, what="schema")
+        self._seconds = seconds
 
     def _fetch(self, sql: str, *args: Any) -> list[Any]:
         text = sql.replace("{s}", self._s)
 
         async def work(conn: Any) -> list[Any]:
             async with conn.transaction(readonly=True):
-                await conn.execute(f"SET LOCAL statement_timeout = {int(QUERY_SECONDS * 1000)}")
+                await conn.execute(f"SET LOCAL statement_timeout = {int(self._seconds * 1000)}")
                 return list(await conn.fetch(text, *args))
 
         run: Callable[..., Awaitable[Any]] = work

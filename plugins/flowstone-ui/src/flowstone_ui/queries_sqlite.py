@@ -61,18 +61,19 @@ _CHUNK = 400  # bound parameters per IN list
 class SQLiteUIQueries:
     """:class:`~flowstone_ui.queries.UIQueries` for a :class:`SQLiteRunStore` file."""
 
-    __slots__ = ("_path", "_store")
+    __slots__ = ("_path", "_seconds", "_store")
 
-    def __init__(self, store: SQLiteRunStore) -> None:
+    def __init__(self, store: SQLiteRunStore, *, seconds: float = QUERY_SECONDS) -> None:
         self._store = store
         self._path = Path(store.path).resolve()
+        self._seconds = seconds
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         self._store.ping()  # the store creates / upgrades the file and its indexes
-        deadline = time.monotonic() + QUERY_SECONDS
+        deadline = time.monotonic() + self._seconds
         try:
             conn = sqlite3.connect(
-                f"{self._path.as_uri()}?mode=ro", uri=True, timeout=QUERY_SECONDS
+                f"{self._path.as_uri()}?mode=ro", uri=True, timeout=self._seconds
             )
         except sqlite3.Error as exc:
             raise StorageError(
@@ -84,7 +85,7 @@ class SQLiteUIQueries:
         except sqlite3.Error as exc:
             raise StorageError(
                 f"reading the SQLite run store {str(self._path)!r} for the UI failed "
-                f"(time limit {QUERY_SECONDS:g} s): {exc}"
+                f"(time limit {self._seconds:g} s): {exc}"
             ) from exc
         finally:
             conn.close()
