@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import flowstone as fs
 import flowstone.engine as engine
 from flowstone.events import EVENT_KINDS, Event
@@ -287,4 +289,44 @@ def test_an_io_manager_can_describe_what_it_stored() -> None:
     assert mat.metadata["value"] == {"size": 9, "format": "parquet"}
     assert io.formats == ["parquet"]
     assert result.value == [1, 2, 3]
+    p.close()
+
+
+class _FlakyValues(_Loads):
+    """An IO manager whose first write fails the way a dropped connection does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    def store(self, key: StorageKey, value: object) -> str:
+        if self.failures:
+            self.failures -= 1
+            raise fs.StorageError("connection to the value store was lost")
+        return super().store(key, value)
+
+
+@pytest.mark.parametrize("store_url", ["memory://", "sqlite"])
+def test_an_infrastructure_error_is_retried_not_the_assets_failure(
+    store_url: str, tmp_path: Path
+) -> None:
+    """The engine's own write failing (the store or the value write) is not the asset's
+    failure: the claim is released and the step runs again, with no lease to wait out."""
+    calls: list[int] = []
+
+    @fs.asset
+    def report(context: fs.Context) -> int:
+        calls.append(context.attempt)
+        return 42
+
+    url = store_url if store_url != "sqlite" else f"sqlite:///{tmp_path / 'fs.db'}"
+    io = _FlakyValues()
+    p = fs.Pipeline("infra", [report], store=url, io_managers={"default": io}, lease_seconds=600)
+    result = p.run("report")
+    assert result.status == "succeeded" and result.value == 42
+    assert calls == [1, 2]  # user code ran again (at-least-once), recorded once
+    mats = p.store.list_materializations("infra", asset="report")
+    assert [m.state for m in mats] == ["succeeded"]
+    audit = [e.kind for e in p.store.list_audit(result.run_id)]
+    assert "step_failed" not in audit
     p.close()

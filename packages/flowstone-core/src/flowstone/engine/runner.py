@@ -32,7 +32,13 @@ from flowstone.engine.requests import ParallelRequest, ScatterRequest
 from flowstone.engine.scatter_retry import RETRY_TAG
 from flowstone.engine.timeouts import mark_branch_started
 from flowstone.engine.values import StoredValue
-from flowstone.errors import EncodingError, ExecutionError
+from flowstone.errors import (
+    EncodingError,
+    ExecutionError,
+    StorageError,
+    UnsafeKeyError,
+    ValueNotFoundError,
+)
 from flowstone.events import EventKind
 from flowstone.outcomes import Retry, SignalGate, Skip, WaitForApproval, to_seconds
 from flowstone.partitions import decode_partition
@@ -199,24 +205,62 @@ class StepRunner:
             mark_branch_started(self, run_id, asset)
         started_at = _now()
         rt.events.emit("asset.started", run_id, asset, partition, {"attempt": step.attempt})
-        with self._leases.keep(run_id, asset, partition, owner, lease):
-            result = self._execute(step, a, owner, started_at)
-        if isinstance(result, _Deferring):
-            return self.complete(
-                step, result.outcome, started_at=started_at, on_applied=result.start
-            )
-        if isinstance(result, _RetryLater):
-            not_before = _now() + timedelta(seconds=result.delay)
-            if not rt.store.retry_step(
-                run_id, asset, partition, not_before=not_before, error=result.error
-            ):
-                return _NOTHING
-            rt.events.emit(
-                "asset.retrying", run_id, asset, partition,
-                {"attempt": step.attempt, "delay_s": result.delay, "error": result.error},
-            )  # fmt: skip
-            return StepResult((dataclasses.replace(step, state="ready", not_before=not_before),))
-        return self.complete(step, result, started_at=started_at, then=then)
+        try:
+            with self._leases.keep(run_id, asset, partition, owner, lease):
+                result = self._execute(step, a, owner, started_at)
+            if isinstance(result, _Deferring):
+                return self.complete(
+                    step, result.outcome, started_at=started_at, on_applied=result.start
+                )
+            if isinstance(result, _RetryLater):
+                return self._retry_later(step, result)
+            return self.complete(step, result, started_at=started_at, then=then)
+        except (_Bookkeeping, StorageError) as failed:
+            # the engine's own read or write failed (store, value write), not the asset:
+            # release the claim so the step runs again soon instead of waiting out its lease
+            cause = failed.__cause__ or failed if isinstance(failed, _Bookkeeping) else failed
+            if isinstance(cause, StorageError) and not _is_infrastructure(cause):
+                raise
+            if step.attempt >= _MAX_INFRA_ATTEMPTS:  # persistent (disk full...): say so
+                return self._infra_failed(step, a, started_at, cause)
+            error = f"infrastructure error (not the asset's): {describe_error(cause)}"
+            # at once the first time (a fresh connection usually does it), then backing off
+            delay = 0.0 if step.attempt <= 1 else _INFRA_RETRY_S * 2 ** (step.attempt - 2)
+            delay = min(delay, _MAX_INFRA_DELAY_S)
+            log.warning("asset %s [%s]: %s; it runs again in %gs", asset, partition, error, delay)
+            try:
+                return self._retry_later(step, _RetryLater(delay, error))
+            except Exception:
+                raise cause from None  # the store is down: the lease expires, the sweeper acts
+
+    def _infra_failed(
+        self, step: StepRecord, a: AssetDef, started_at: datetime, cause: BaseException
+    ) -> StepResult:
+        """Record a step whose bookkeeping failed ``_MAX_INFRA_ATTEMPTS`` times as failed,
+        naming the error; if even that cannot be recorded, raise it."""
+        error = (
+            f"{describe_error(cause)} (an infrastructure error, {step.attempt} attempts); "
+            "fix the store or IO manager and resume the run"
+        )
+        mat = self._record(a, step, "failed", started_at, error=error)
+        try:
+            return self.complete(step, StepOutcome("failed", materialization=mat, error=error))
+        except Exception:
+            raise cause from None
+
+    def _retry_later(self, step: StepRecord, later: _RetryLater) -> StepResult:
+        """Put a running ``step`` back to ready after ``later.delay`` seconds."""
+        rt = self.runtime
+        not_before = _now() + timedelta(seconds=later.delay)
+        if not rt.store.retry_step(
+            step.run_id, step.asset, step.partition, not_before=not_before, error=later.error
+        ):
+            return _NOTHING
+        rt.events.emit(
+            "asset.retrying", step.run_id, step.asset, step.partition,
+            {"attempt": step.attempt, "delay_s": later.delay, "error": later.error},
+        )  # fmt: skip
+        return StepResult((dataclasses.replace(step, state="ready", not_before=not_before),))
 
     def complete(
         self,
@@ -374,6 +418,8 @@ class StepRunner:
             )
         except _UpstreamFailed as exc:
             return StepOutcome("upstream_failed", error=str(exc))
+        except _Bookkeeping:
+            raise
         except Exception as exc:
             error = describe_error(exc)
             if not isinstance(exc, EncodingError) and a.retry.should_retry(step.attempt, exc):
@@ -537,7 +583,12 @@ class StepRunner:
         key = StorageKey(
             rt.name, a.name, step.partition, step.run_id, attempt=step.attempt, metadata=a.metadata
         )
-        return rt.values.store(a.io_manager, key, value)
+        try:
+            return rt.values.store(a.io_manager, key, value)
+        except StorageError as exc:
+            if _is_infrastructure(exc):
+                raise _Bookkeeping(str(exc)) from exc
+            raise
 
     def _skip(
         self, a: AssetDef, step: StepRecord, started_at: datetime, reason: str
@@ -612,3 +663,19 @@ class StepRunner:
 
 class _UpstreamFailed(Exception):
     pass
+
+
+class _Bookkeeping(Exception):
+    """The engine's own write failed (``__cause__``): retried, never the asset's failure."""
+
+
+_INFRA_RETRY_S = 0.5  # delay after a second infrastructure error, doubled per attempt
+_MAX_INFRA_DELAY_S = 30.0
+_MAX_INFRA_ATTEMPTS = 3
+_NOT_INFRASTRUCTURE = (EncodingError, UnsafeKeyError, ValueNotFoundError)
+
+
+def _is_infrastructure(exc: StorageError) -> bool:
+    """A store or IO failure (connection lost, lock timeout...), as opposed to a value
+    that cannot be encoded or a key that would escape its prefix."""
+    return not isinstance(exc, _NOT_INFRASTRUCTURE)
