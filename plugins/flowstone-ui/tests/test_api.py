@@ -220,3 +220,14 @@ def test_a_sqlite_read_that_runs_too_long_is_interrupted(pipeline: Any) -> None:
     with pytest.raises(StorageError, match=r"time limit 0\.2 s"):
         reads._read(endless)
     assert reads._read("SELECT 1") == [(1,)]
+
+
+def test_a_step_that_waited_starts_on_the_timeline_when_it_began_waiting(pipeline: Any) -> None:
+    run = pipeline.run("shipped")
+    [approval] = pipeline.approvals()
+    pipeline.approve(approval.id, by="ann")
+    detail = client_for(pipeline).get(f"/api/runs/{run.run_id}").json()
+    waited = next(e for e in detail["audit"] if e["kind"] == "step_waiting")
+    review = next(s for s in detail["steps"] if s["asset"] == "review")
+    assert review["started_at"] == waited["at"]
+    assert review["duration_s"] > 0 and review["width_pct"] > 0

@@ -38,6 +38,7 @@ __all__ = [
 
 RUN_STATUSES = ("running", "waiting", "succeeded", "failed", "cancelled")
 AUDIT_PAGE = 200
+_WAITED = frozenset({"step_waiting"})
 
 
 def run_out(r: RunRecord) -> RunOut:
@@ -98,6 +99,13 @@ def run_detail(state: UIState, run_id: str, *, audit_after: int | None = None) -
         (m.asset, m.partition): m
         for m in store.list_materializations(pipeline.name, run_id=run_id, limit=len(steps) + 1)
     }
+    audit = state.queries.audit(run_id, after=audit_after, limit=AUDIT_PAGE)
+    # a step that waited (approval, gate, deferred scatter) started when it began waiting;
+    # its record's started_at is the attempt that finished it
+    waited: dict[tuple[str, str], datetime] = {}
+    for e in audit if audit_after is None else ():
+        if e.kind in _WAITED and e.asset is not None:
+            waited.setdefault((e.asset, e.partition or ""), e.at)
     times = [t for m in mats.values() for t in (m.started_at, m.finished_at) if t is not None]
     t0 = min([run.created_at, *times])
     span = max((max([run.updated_at, *times]) - t0).total_seconds(), 1e-6)
@@ -110,7 +118,8 @@ def run_detail(state: UIState, run_id: str, *, audit_after: int | None = None) -
         a = pipeline.dag.assets.get(s.asset)
         m = mats.get((s.asset, s.partition))
         step = _step_out(s.asset, s.partition, asset_kind(a) if a else "asset", s.state,
-                         s.attempt, s.error, m, t0, span)  # fmt: skip
+                         s.attempt, s.error, m, t0, span,
+                         waited.get((s.asset, s.partition)))  # fmt: skip
         out_steps.append(step)
         if a is not None and a.is_router:
             branch = store.get_route_decision(run_id, s.asset, s.partition)
@@ -125,7 +134,6 @@ def run_detail(state: UIState, run_id: str, *, audit_after: int | None = None) -
             scatters.append(progress)
             if progress.failed and run.status not in ("running", "waiting"):
                 retry.append(step)
-    audit = state.queries.audit(run_id, after=audit_after, limit=AUDIT_PAGE)
     return RunDetailOut(
         run=run_out(run), steps=out_steps, routes=routes, approvals=approvals,
         scatters=scatters,
@@ -140,9 +148,11 @@ def run_detail(state: UIState, run_id: str, *, audit_after: int | None = None) -
 
 def _step_out(
     asset: str, partition: str, kind: str, step_state: str, attempt: int, error: str | None,
-    m: MaterializationRecord | None, t0: datetime, span: float,
+    m: MaterializationRecord | None, t0: datetime, span: float, waited: datetime | None,
 ) -> StepOut:
     started = m.started_at if m else None
+    if waited is not None and (started is None or waited < started):
+        started = waited
     finished = m.finished_at if m else None
     duration = (finished - started).total_seconds() if started and finished else None
     offset = width = 0.0
