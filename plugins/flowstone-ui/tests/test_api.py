@@ -224,6 +224,10 @@ def test_a_sqlite_read_that_runs_too_long_is_interrupted(pipeline: Any) -> None:
 
 def test_a_step_that_waited_starts_on_the_timeline_when_it_began_waiting(pipeline: Any) -> None:
     run = pipeline.run("shipped")
+    waiting = client_for(pipeline).get(f"/api/runs/{run.run_id}").json()
+    review = next(s for s in waiting["steps"] if s["asset"] == "review")
+    assert review["finished_at"] is None  # still waiting: its bar reaches the latest update
+    assert review["offset_pct"] + review["width_pct"] == pytest.approx(100.0, abs=0.02)
     [approval] = pipeline.approvals()
     pipeline.approve(approval.id, by="ann")
     detail = client_for(pipeline).get(f"/api/runs/{run.run_id}").json()

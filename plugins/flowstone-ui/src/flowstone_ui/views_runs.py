@@ -158,8 +158,11 @@ def _step_out(
     offset = width = 0.0
     if started is not None:
         offset = 100.0 * (started - t0).total_seconds() / span
-        end = finished or started
-        width = max(100.0 * (end - started).total_seconds() / span, 0.5)
+        if finished is None and step_state in ("running", "waiting"):
+            width = 100.0 - offset  # under way: the bar reaches the run's latest update
+        else:
+            end = finished or started
+            width = max(100.0 * (end - started).total_seconds() / span, 0.5)
     traceback = m.metadata.get("traceback") if m else None
     return StepOut(
         asset=asset, partition=partition, kind=kind, state=step_state,
