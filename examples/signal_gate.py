@@ -93,10 +93,15 @@ def accept_embedding(context: fs.Context, payload: dict[str, Any]) -> dict[str, 
 
 @fs.asset(on_signal=accept_embedding, requires=["embedder"])
 def embedding(context: fs.Context, document: dict[str, Any]) -> fs.SignalGate:
-    """Ask the service for an embedding; the run waits for its callback."""
-    gate = context.signal_gate(timeout=timedelta(hours=1))
-    context.resources["embedder"].submit(document, callback_token=gate.token)
-    return gate
+    """Ask the service for an embedding; the run waits for its callback.
+
+    The token goes out through ``on_token``, called once the gate is recorded: a service
+    that calls back at once finds the gate waiting for it."""
+    embedder = context.resources["embedder"]
+    return context.signal_gate(
+        timeout=timedelta(hours=1),
+        on_token=lambda token: embedder.submit(document, callback_token=token),
+    )
 
 
 @fs.asset

@@ -205,3 +205,60 @@ def test_recover_finishes_an_approval_whose_approver_died(
     assert done.status == "succeeded" and done.value == "booked 5000 ACME"
     assert counter.calls == {"trade": 1, "confirmation": 1}
     assert p.recover() == 0  # nothing left to finish
+
+
+def test_on_token_delivers_the_token_once_the_gate_is_recorded(
+    make_pipeline: PipelineFactory,
+) -> None:
+    """An external system that calls back at once must find the gate (handing the token
+    out from inside the asset raced with the gate's record: "unknown token")."""
+    import threading
+
+    answers: list[str] = []
+    callers: list[threading.Thread] = []
+    holder: dict[str, fs.Pipeline] = {}
+
+    def submit(token: str) -> None:  # the "external service": answers immediately
+        def call_back() -> None:
+            answers.append(holder["p"].signal(token, {"rows": 7}).status)
+
+        callers.append(threading.Thread(target=call_back))
+        callers[-1].start()
+
+    @fs.asset(on_signal=lambda context, payload: payload["rows"])
+    def export(context: fs.Context) -> Any:
+        return context.signal_gate(timedelta(minutes=5), on_token=submit)
+
+    p = holder["p"] = make_pipeline([export])
+    p.run("export")
+    for caller in callers:
+        caller.join(10)
+    assert answers == ["succeeded"]
+    assert p.get("export") == 7
+
+
+def test_a_failing_on_token_expires_the_gate_naming_the_error(
+    make_pipeline: PipelineFactory,
+) -> None:
+    def submit(token: str) -> None:
+        raise ConnectionError("job queue unreachable")
+
+    @fs.asset(on_signal=lambda context, payload: payload)
+    def export(context: fs.Context) -> Any:
+        return context.signal_gate(on_token=submit)
+
+    p = make_pipeline([export])
+    result = p.run("export")
+    assert result.status == "failed"
+    assert "on_token failed" in (result.error or "")
+    assert "job queue unreachable" in (result.error or "")
+
+
+def test_on_token_must_be_callable(make_pipeline: PipelineFactory) -> None:
+    @fs.asset
+    def bad(context: fs.Context) -> Any:
+        return context.signal_gate(on_token="not a function")  # type: ignore[arg-type]
+
+    result = make_pipeline([bad]).run("bad")
+    assert result.status == "failed"
+    assert "signal_gate(on_token=...) must be callable" in (result.error or "")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from flowstone.errors import UsageError
 from flowstone.outcomes import SignalGate, to_seconds
 from flowstone.resources import Resources
 from flowstone.scatter import Batch
@@ -108,20 +109,37 @@ class Context:
         self._gate: SignalGate | None = None
 
     def signal_gate(
-        self, timeout: float | timedelta | None = None, *, metadata: Mapping[str, Any] | None = None
+        self,
+        timeout: float | timedelta | None = None,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        on_token: Callable[[str], None] | None = None,
     ) -> SignalGate:
         """Create the signal gate for this run/asset/partition; return it from the asset.
 
         The token is 256 random bits, bound to exactly this run, asset and partition,
         single-use, and expires after ``timeout``. Calling twice returns the same gate.
+
+        ``on_token(token)`` is how to hand the token to the external system: it is called
+        once the gate is recorded, so a callback that comes back at once finds it (handing
+        the token out from the asset itself races with the record). If it raises, the gate
+        expires (``on_timeout``, or the asset fails naming the error).
+
+        Example:
+            >>> gate = context.signal_gate(timedelta(hours=1), on_token=lambda t: submit(job, t))
         """
+        if on_token is not None and not callable(on_token):
+            raise UsageError(f"signal_gate(on_token=...) must be callable, got {on_token!r}")
         if self._gate is None:
             seconds = to_seconds(timeout, what="signal_gate timeout")
             expires = (
                 datetime.now(UTC) + timedelta(seconds=seconds) if seconds is not None else None
             )
             self._gate = SignalGate(
-                token=new_gate_token(), expires_at=expires, metadata=dict(metadata or {})
+                token=new_gate_token(),
+                expires_at=expires,
+                metadata=dict(metadata or {}),
+                deliver=on_token,
             )
         return self._gate
 

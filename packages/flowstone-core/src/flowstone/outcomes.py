@@ -12,7 +12,7 @@ Raising an exception is failure. No worker is held while an asset waits.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -68,12 +68,14 @@ class SignalGate:
     """A pending external callback. Create with ``context.signal_gate(timeout=...)``.
 
     ``token`` is the secret to hand to the external system; it resumes exactly this
-    run/asset/partition, once, before ``expires_at``.
+    run/asset/partition, once, before ``expires_at``. ``deliver`` (``on_token=`` of
+    ``context.signal_gate``) is called with it once the gate is recorded.
     """
 
     token: str
     expires_at: datetime | None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    deliver: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:  # never print the secret in logs
         return f"SignalGate(token='{self.token[:8]}…', expires_at={self.expires_at!r})"

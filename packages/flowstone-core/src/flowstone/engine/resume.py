@@ -25,7 +25,15 @@ from flowstone.records import Approval, Gate, StepOutcome, StepRecord
 if TYPE_CHECKING:
     from flowstone.engine.runner import StepRunner
 
-__all__ = ["complete_deferred", "decide", "expire_due", "find_approval", "recover", "signal"]
+__all__ = [
+    "complete_deferred",
+    "decide",
+    "expire_due",
+    "expire_gate",
+    "find_approval",
+    "recover",
+    "signal",
+]
 
 log = logging.getLogger("flowstone.engine")
 
@@ -139,7 +147,7 @@ def signal(runner: StepRunner, token: str, payload: Any) -> str:
     if gate.status != "pending":
         raise SignalError(f"this signal token was already used ({gate.status}); tokens work once")
     if gate.expires_at is not None and gate.expires_at <= datetime.now(gate.expires_at.tzinfo):
-        _expire_gate(runner, gate)
+        expire_gate(runner, gate)
         raise SignalError(f"this signal token expired at {gate.expires_at.isoformat()}")
     consumed = p.store.consume_gate(digest, payload=payload, status="signaled")
     p.events.emit("gate.signaled", gate.run_id, gate.asset, gate.partition)
@@ -147,7 +155,9 @@ def signal(runner: StepRunner, token: str, payload: Any) -> str:
     return gate.run_id
 
 
-def _finish_gate(runner: StepRunner, gate: Gate, payload: Any, *, expired: bool) -> None:
+def _finish_gate(
+    runner: StepRunner, gate: Gate, payload: Any, *, expired: bool, reason: str = ""
+) -> None:
     step = _step(runner, gate.run_id, gate.asset, gate.partition)
     a = runner.runtime.graph[gate.asset]
     hook = a.on_timeout if expired else a.on_signal
@@ -155,7 +165,8 @@ def _finish_gate(runner: StepRunner, gate: Gate, payload: Any, *, expired: bool)
 
     def compute() -> Any:
         if expired and hook is None:
-            raise SignalError(f"signal gate of {a.name!r} expired before anyone signalled it")
+            why = reason or "it expired before anyone signalled it"
+            raise SignalError(f"signal gate of {a.name!r}: {why}")
         return (hook(context) if expired else hook(context, payload)) if hook else payload
 
     _resume_with(runner, step, compute, context.metadata)
@@ -197,14 +208,16 @@ def _resume_with(
     runner.dispatch(step.run_id, runner.complete(step, outcome).ready)
 
 
-def _expire_gate(runner: StepRunner, gate: Gate) -> bool:
+def expire_gate(runner: StepRunner, gate: Gate, *, reason: str = "") -> bool:
+    """Expire ``gate`` now (exactly once, by the store) and finish its step with
+    ``on_timeout``, or as failed naming ``reason``; False if it was already used."""
     p = runner.runtime
     try:
         consumed = p.store.consume_gate(gate.token_hash, payload=None, status="expired")
     except SignalError:
         return False  # someone else signalled or expired it first
     p.events.emit("gate.expired", gate.run_id, gate.asset, gate.partition)
-    _finish_gate(runner, consumed, None, expired=True)
+    _finish_gate(runner, consumed, None, expired=True, reason=reason)
     return True
 
 
@@ -220,7 +233,7 @@ def expire_due(runner: StepRunner, now: datetime) -> int:
             continue  # decided by someone else meanwhile
         count += 1
     for gate in p.store.due_gates(now):
-        if gate.pipeline == p.name and _expire_gate(runner, gate):
+        if gate.pipeline == p.name and expire_gate(runner, gate):
             count += 1
     if p.branch_index:
         for run in p.store.list_runs(pipeline=p.name, status="running", limit=1000):

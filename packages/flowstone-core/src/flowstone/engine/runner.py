@@ -248,6 +248,21 @@ class StepRunner:
         except Exception:
             raise cause from None
 
+    def _deliver(self, value: SignalGate, gate: Gate) -> None:
+        """Hand a recorded gate's token to its ``on_token``; if that fails, the gate
+        expires (``on_timeout`` runs, or the asset fails naming the error)."""
+        assert value.deliver is not None  # checked by the caller
+        try:
+            value.deliver(value.token)
+        except Exception as exc:
+            log.warning(
+                "delivering the signal token of %s [%s] failed (%s); the gate expires",
+                gate.asset, gate.partition, describe_error(exc),
+            )  # fmt: skip
+            from flowstone.engine.resume import expire_gate  # resume builds on this module
+
+            expire_gate(self, gate, reason=f"on_token failed: {describe_error(exc)}")
+
     def _retry_later(self, step: StepRecord, later: _RetryLater) -> StepResult:
         """Put a running ``step`` back to ready after ``later.delay`` seconds."""
         rt = self.runtime
@@ -500,7 +515,7 @@ class StepRunner:
         upstream: list[str],
         started_at: datetime,
         recorded: Mapping[str, Any],
-    ) -> StepOutcome:
+    ) -> StepOutcome | _Deferring:
         rt = self.runtime
         if isinstance(value, Skip):
             return self._skip(a, step, started_at, value.reason or "asset returned Skip")
@@ -539,7 +554,12 @@ class StepRunner:
                 expires_at=value.expires_at,
                 metadata=dict(value.metadata),
             )
-            return StepOutcome("waiting", gate=gate)
+            waiting = StepOutcome("waiting", gate=gate)
+            if value.deliver is None:
+                return waiting
+            # the token goes out only once the gate is recorded: a callback that comes back
+            # at once finds it (handing it out from the asset raced with the record)
+            return _Deferring(waiting, lambda: self._deliver(value, gate))
         if a.is_router:
             branches = a.router_branches or ()
             if not isinstance(value, str) or value not in branches:
