@@ -8,7 +8,7 @@ from typing import Literal
 from flowstone.asset import AssetDef
 from flowstone.errors import CycleError, DefinitionError, DependencyError, ResourceError
 
-__all__ = ["AssetGraph"]
+__all__ = ["AssetGraph", "edge_label"]
 
 
 class AssetGraph:
@@ -162,7 +162,7 @@ class AssetGraph:
 
     # --- rendering -------------------------------------------------------------------
     def render(self, fmt: Literal["ascii", "mermaid", "dot"] = "ascii") -> str:
-        edges = [(d, a.name, _edge_label(a, d)) for a in self._ordered() for d in a.upstream]
+        edges = [(d, a.name, edge_label(a, d)) for a in self._ordered() for d in a.upstream]
         if fmt == "mermaid":
             lines = ["graph TD"]
             lines += [f"    {n}[{n}]" for n in self._order]
@@ -187,7 +187,7 @@ class AssetGraph:
                 ups = ", ".join(
                     d + (f" ({lbl})" if lbl else "")
                     for d in a.upstream
-                    for lbl in [_edge_label(a, d)]
+                    for lbl in [edge_label(a, d)]
                 )
                 out.append(
                     f"{a.name:<{width}}  {kind:<8} <- {ups}"
@@ -211,7 +211,9 @@ def _kind(a: AssetDef) -> str:
     return "asset"
 
 
-def _edge_label(a: AssetDef, dep: str) -> str:
+def edge_label(a: AssetDef, dep: str) -> str:
+    """What the edge ``dep -> a`` is, for drawing: ``route``, ``branch NAME``, ``optional``
+    or ``""`` (a plain dependency)."""
     if a.routed_from == dep:
         return "route"
     if a.parallel is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flowstone.asset import AssetDef
-from flowstone.dag import AssetGraph
+from flowstone.dag import AssetGraph, edge_label
 
 __all__ = ["GraphEdge", "GraphLayout", "GraphNode", "asset_kind", "layout"]
 
@@ -67,18 +67,6 @@ def asset_kind(a: AssetDef) -> str:
     if a.routed_from is not None:
         return "branch"
     return "asset"
-
-
-def edge_label(a: AssetDef, dep: str) -> str:
-    if a.routed_from == dep:
-        return "route"
-    if a.parallel is not None:
-        branch = a.parallel.branch_of(dep)
-        if branch is not None:
-            return f"branch {branch}"
-    if dep in a.optional_deps:
-        return "optional"
-    return ""
 
 
 def layout(graph: AssetGraph, states: dict[str, str] | None = None) -> GraphLayout:
