@@ -121,3 +121,14 @@ def test_layout_puts_each_asset_after_its_deepest_dependency(pipeline: Any) -> N
     places = {(n.x, n.y) for n in g.nodes}
     assert len(places) == len(g.nodes), "no two assets drawn on top of each other"
     assert all(0 <= n.x < g.width and 0 <= n.y < g.height for n in g.nodes)
+
+
+def test_only_our_own_scripts_are_served(pipeline: Any) -> None:
+    from ui_helpers import client_for
+
+    client = client_for(pipeline)
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+    assert client.get("/openapi.json").json()["info"]["title"] == "FlowStone UI"
+    page = client.get("/pipelines/ui_unit/graph").text
+    assert page.count("<script") == 1 and 'src="/static/ui.js"' in page
+    assert "http://" not in page and "https://" not in page

@@ -59,6 +59,9 @@ def create_app(
     secret, _ = resolve_token(token)
     state = UIState.build(pipelines, Auth(secret, protect_reads))
     app = FastAPI(
+        # no Swagger / ReDoc pages: they load third-party JavaScript from a CDN
+        docs_url=None,
+        redoc_url=None,
         title="FlowStone UI",
         version=__version__,
         description="Assets, runs, partitions, scatter progress and waits of FlowStone "
