@@ -98,6 +98,10 @@ def test_scatter_progress_bar_advances_to_100(pipeline: Any, page: Any, shoot: A
     page.goto(f"/runs/{run.run_id}")
     bar = page.locator("svg.scatter-bar").first
     bar.wait_for(timeout=60_000)
+    listed = page.request.get("/api/scatters").json()
+    partition = pipeline.store.get_run(run.run_id).partition
+    if pipeline.store.get_step(run.run_id, "priced", partition).state == "waiting":
+        assert run.run_id in [s["run_id"] for s in listed]  # under way during the request
     seen: list[float] = []
     for _ in range(600):
         seen.append(float(bar.get_attribute("aria-valuenow") or 0))

@@ -235,3 +235,10 @@ def test_a_step_that_waited_starts_on_the_timeline_when_it_began_waiting(pipelin
     review = next(s for s in detail["steps"] if s["asset"] == "review")
     assert review["started_at"] == waited["at"]
     assert review["duration_s"] > 0 and review["width_pct"] > 0
+
+
+def test_no_scatter_under_way_lists_none(pipeline: Any) -> None:
+    pipeline.run("squares")  # the inline scatter finishes inside run()
+    client = client_for(pipeline)
+    assert client.get("/api/scatters").json() == []
+    assert "No scatter is under way" in client.get("/scatters").text

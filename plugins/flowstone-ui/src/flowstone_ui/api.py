@@ -31,7 +31,13 @@ from flowstone_ui.models import (
 )
 from flowstone_ui.views_assets import asset_detail, asset_graph
 from flowstone_ui.views_partitions import partition_grid
-from flowstone_ui.views_runs import failed_items, list_runs, run_detail, scatter_progress
+from flowstone_ui.views_runs import (
+    failed_items,
+    list_runs,
+    run_detail,
+    running_scatters,
+    scatter_progress,
+)
 from flowstone_ui.views_waits import inbox
 
 __all__ = ["router"]
@@ -118,6 +124,12 @@ def run(
 ) -> RunDetailOut:
     """One run: steps (timeline, attempts, errors), route decisions, waits, audit trail."""
     return run_detail(state_of(request), run_id, audit_after=audit_after)
+
+
+@router.get("/scatters", response_model=list[ScatterOut])
+def scatters(request: Request, limit: Limit = 50) -> list[ScatterOut]:
+    """Every scatter under way, with its progress."""
+    return running_scatters(state_of(request), limit=limit)
 
 
 @router.get("/runs/{run_id}/scatter/{asset}", response_model=ScatterOut)

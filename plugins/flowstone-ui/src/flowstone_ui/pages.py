@@ -25,7 +25,7 @@ from flowstone_ui.app import credentials, require, state_of, status_for
 from flowstone_ui.auth import COOKIE, CSRF_FIELD
 from flowstone_ui.views_assets import asset_detail, asset_graph
 from flowstone_ui.views_partitions import partition_grid
-from flowstone_ui.views_runs import RUN_STATUSES, list_runs, run_detail
+from flowstone_ui.views_runs import RUN_STATUSES, list_runs, run_detail, running_scatters
 from flowstone_ui.views_waits import inbox
 
 __all__ = ["router"]
@@ -159,6 +159,12 @@ def _when(text: str | None) -> datetime | None:
 def run_page(request: Request, run_id: str) -> HTMLResponse:
     state = state_of(request)
     return _safe(request, "run.html", lambda: run_detail(state, run_id))
+
+
+@router.get("/scatters")
+def scatters_page(request: Request) -> HTMLResponse:
+    state = state_of(request)
+    return _safe(request, "scatters.html", lambda: running_scatters(state))
 
 
 @router.get("/waits")

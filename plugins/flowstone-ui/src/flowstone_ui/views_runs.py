@@ -33,6 +33,7 @@ __all__ = [
     "list_runs",
     "run_detail",
     "run_out",
+    "running_scatters",
     "scatter_progress",
 ]
 
@@ -226,3 +227,17 @@ def failed_items(
         items=[ItemOut(index=i.index, key=i.key, state=i.state, error=i.error) for i in items],
         next_after=items[-1].index if len(items) == max(1, min(limit, 500)) else None,
     )
+
+
+def running_scatters(state: UIState, *, limit: int = 50) -> list[ScatterOut]:
+    """Every scatter under way in the pipelines shown (at most ``limit``), newest runs'
+    first as the store lists them."""
+    out: list[ScatterOut] = []
+    for pipeline in state.pipelines.values():
+        for a in pipeline.dag.assets.values():
+            if a.scatter is None:
+                continue
+            for step in state.queries.active_steps(pipeline.name, asset=a.name, limit=limit):
+                if step.state in ("running", "waiting") and len(out) < limit:
+                    out.append(scatter_progress(state, step.run_id, a.name, step.partition))
+    return out
