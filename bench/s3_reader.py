@@ -174,6 +174,7 @@ def io_rounds(endpoint: str, s3: Any, size: int, rounds: int, **options: Any) ->
                 stored = time.perf_counter()
                 assert manager.load(location) == payload
                 loaded = time.perf_counter()
+                manager.delete(location)  # the server keeps memory flat between rounds
                 if n:
                     times["store"].append(stored - t)
                     times["load"].append(loaded - stored)
@@ -183,6 +184,7 @@ def io_rounds(endpoint: str, s3: Any, size: int, rounds: int, **options: Any) ->
                 put = time.perf_counter()
                 assert s3.get_object(Bucket=BUCKET, Key=plain_key)["Body"].read() == payload
                 got = time.perf_counter()
+                s3.delete_object(Bucket=BUCKET, Key=plain_key)
                 if n:
                     times["put"].append(put - t)
                     times["get"].append(got - put)
@@ -237,7 +239,7 @@ def main() -> None:
             "parquet": measure("reader-parquet", endpoint, small_parquet),
         }
         log("S3IOManager vs put_object/get_object")
-        small = io_rounds(endpoint, s3, 1_000_000, max(5, rounds * 5))
+        small = io_rounds(endpoint, s3, 1_000_000, max(15, rounds * 5))  # cheap, noisy: many
         large = io_rounds(endpoint, s3, 100_000_000, max(5, rounds))
         log("  (100 MB again, forced into 16 MiB parts: multipart_threshold=64 MiB)")
         parts = io_rounds(endpoint, s3, 100_000_000, max(5, rounds), multipart_threshold=64 * 2**20)
