@@ -127,6 +127,8 @@ class Pipeline(ValueReads, Waits):
         self.registry = registry or PluginRegistry()
         self.resources = ResourceManager(resources or {})
         self.store_url, self.store = config.resolve_store(store, self.registry)
+        self._owns_store = True
+        self._derived_io = "default" not in (io_managers or {})  # the store's own
         self._io = config.resolve_io_managers(
             io_managers or {}, self.store, self.store_url, self.registry
         )
@@ -187,6 +189,34 @@ class Pipeline(ValueReads, Waits):
             store_url=self.store_url,
         )
         return StepRunner(self.runtime)
+
+    def use_store(self, store: RunStore, *, owned: bool = True) -> None:
+        """Switch the run store, e.g. to one the pipelines of a worker share (one
+        connection budget: ``FlowstoneCelery.add_pipeline`` does this for pipelines built
+        from the same URL). The default IO manager, when it came from the old store, is
+        taken from the new one. With ``owned=False`` :meth:`close` leaves the store open:
+        whoever shares it closes it. Rebuilds the :attr:`runtime` and the runner."""
+        if not isinstance(store, RunStore):
+            raise UsageError(f"use_store() takes a RunStore, got {type(store).__name__}")
+        if store is self.store:
+            self._owns_store = owned
+            return
+        old_store, old_io = (self.store if self._owns_store else None), self._io
+        self.store, self._owns_store = store, owned
+        if self._derived_io:
+            given = {k: v for k, v in old_io.items() if k != "default"}
+            self._io = config.resolve_io_managers(given, store, self.store_url, self.registry)
+        rt = self.runtime
+        keep = config.Coordinators(rt.scatter_coordinator, rt.parallel_coordinator)
+        old, self.runner = self.runner, self._build(rt.executor, keep)
+        old.close()
+        replaced = [old_io["default"]] if self._derived_io else []
+        for part in (*replaced, old_store):
+            if isinstance(part, Closeable):
+                try:
+                    part.close()
+                except Exception as exc:  # never used; do not fail the switch
+                    log.warning("closing the replaced %s failed: %s", type(part).__name__, exc)
 
     @property
     def executor(self) -> Executor:
@@ -454,7 +484,7 @@ class Pipeline(ValueReads, Waits):
         rt = self.runtime
         parts: list[object] = [
             *self._io.values(), rt.scatter_coordinator, rt.parallel_coordinator, rt.executor,
-            self.store,
+            *([self.store] if self._owns_store else []),
         ]  # fmt: skip
         for part in parts:
             if id(part) in closed or not isinstance(part, Closeable):

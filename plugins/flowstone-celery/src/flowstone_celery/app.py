@@ -22,6 +22,7 @@ from flowstone_celery.settings import CelerySettings, load_settings, safe_url
 
 if TYPE_CHECKING:
     from flowstone.pipeline import Pipeline
+    from flowstone.protocols import RunStore
     from flowstone_celery.executor import CeleryExecutor
     from flowstone_celery.sweeper import SweepReport
 
@@ -55,6 +56,8 @@ class FlowstoneCelery(Celery):  # type: ignore[misc]
         self.pipelines = {}
         self.sweep_hooks: list[Callable[[Pipeline, datetime], int]] = []
         self.sweep_listeners: list[Callable[[SweepReport], None]] = []
+        # {store URL: the store} shared by the served pipelines built from that URL
+        self._stores: dict[str, RunStore] = {}
         self._flowstone_executor: CeleryExecutor | None = None
 
     @property
@@ -71,7 +74,10 @@ class FlowstoneCelery(Celery):  # type: ignore[misc]
 
         Its executor is replaced by this app's :class:`CeleryExecutor`, so everything the
         worker does for it (follow-up steps, recovery, resumed approvals) goes back to the
-        queue instead of running in the worker's own process.
+        queue instead of running in the worker's own process. Pipelines whose store was
+        built from the same URL share one store (and so one connection budget per
+        process); the app closes it in :meth:`close_pipelines`. A store object passed to
+        ``Pipeline(store=...)`` is left as it is (pass the same object to share it).
 
         Raises:
             UsageError: another pipeline with the same name is already served.
@@ -92,6 +98,9 @@ class FlowstoneCelery(Celery):  # type: ignore[misc]
             except Exception:  # the replaced executor was never used; do not fail startup
                 log.debug("closing the replaced executor of %s failed", pipeline.name,
                           exc_info=True)
+        if pipeline.store_url is not None:
+            shared = self._stores.setdefault(pipeline.store_url, pipeline.store)
+            pipeline.use_store(shared, owned=False)
         self.pipelines[pipeline.name] = pipeline
 
     def load_pipelines(self, specs: list[str]) -> None:
@@ -107,12 +116,18 @@ class FlowstoneCelery(Celery):  # type: ignore[misc]
             self.add_pipeline(load_pipeline(spec))
 
     def close_pipelines(self) -> None:
-        """Close every served pipeline (stores, resources, lease renewal)."""
+        """Close every served pipeline (resources, lease renewal, ...), then the stores
+        they share."""
         for pipeline in list(self.pipelines.values()):
             try:
                 pipeline.close()
             except Exception:
                 log.exception("closing pipeline %s failed", pipeline.name)
+        for url, store in self._stores.items():
+            try:
+                store.close()
+            except Exception:
+                log.exception("closing the run store %s failed", safe_url(url))
 
 
 def make_app(settings: CelerySettings | None = None) -> FlowstoneCelery:

@@ -61,6 +61,9 @@ class PostgresIOManager:
         allow_pickle: pickle values the JSON codec cannot represent, and unpickle them on
             load. Unpickling runs arbitrary code: enable only for data you trust.
         pool_size: connections kept open per process.
+        runtime: run on these connections instead of opening its own (a run store's
+            :attr:`~flowstone_io_postgres.PostgresRunStore.runtime`: one connection budget
+            for both); :meth:`close` then leaves them to their owner.
 
     Example::
 
@@ -77,13 +80,15 @@ class PostgresIOManager:
         name: str = "postgres",
         allow_pickle: bool = False,
         pool_size: int = 4,
+        runtime: AsyncRuntime | None = None,
     ) -> None:
         self.name = name
         self.allow_pickle = allow_pickle
         self.table = parse_qualified_name(table)
         self._url = resolve_url(url)
         self._where = safe_url(self._url)
-        self._runtime = AsyncRuntime(
+        self._owns_runtime = runtime is None
+        self._runtime = runtime or AsyncRuntime(
             self._url,
             PoolOptions(max_size=max(1, 2 * pool_size), application_name="flowstone-io-manager"),
             name="flowstone-postgres-io",
@@ -297,8 +302,10 @@ class PostgresIOManager:
         self._execute(self._delete, {"loc": self._check(location)}, action="deleting a value")
 
     def close(self) -> None:
-        """Close the manager's connections and its event loop (a later call reopens them)."""
-        self._runtime.close()
+        """Close the manager's connections and its event loop (a later call reopens them);
+        connections it shares with a run store are left to the store."""
+        if self._owns_runtime:
+            self._runtime.close()
 
 
 def _encode_arrow(value: object) -> EncodedValue | None:

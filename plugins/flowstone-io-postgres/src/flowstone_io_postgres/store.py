@@ -246,9 +246,10 @@ class PostgresRunStore:
 
     def default_io_manager(self) -> PostgresIOManager:
         """Values in the same database, in this schema's ``asset_values`` table (created by
-        the migrations), so a staged value commits with its record."""
+        the migrations), so a staged value commits with its record. It runs on this
+        store's connections: one connection budget for the run state and the values."""
         url = self._url.render_as_string(hide_password=False)
-        return PostgresIOManager(url, table=f"{self.schema}.asset_values")
+        return PostgresIOManager(url, table=f"{self.schema}.asset_values", runtime=self._runtime)
 
     # --- runs ----------------------------------------------------------------------------
     def create_run(self, run: RunRecord, steps: Sequence[StepSpec]) -> tuple[StepRecord, ...]:
