@@ -99,8 +99,8 @@ if __name__ == "__main__":
         elapsed = time.perf_counter() - started
         b = result.value
         news = b["headlines"] or f"unavailable ({b['news_error']})"
-        # A tolerated branch failure still marks the run failed (something did fail),
-        # while the briefing itself succeeded and has a value.
+        # A tolerated branch failure: the run succeeded (the briefing has a value) and
+        # result.partial_failures names the branch that failed.
         print(f"{b['city']}: {b['forecast']['high_c']} C, rain={b['forecast']['rain']}, "
               f"map={b['map']}\n    news: {news}\n    run {result.status} in {elapsed:.2f}s "
               f"(three {LATENCY:.2f}s calls in parallel); "

@@ -10,6 +10,7 @@ from flowstone.errors import AssetFailedError, ExecutionError, RunNotFoundError
 from flowstone.partitions import decode_partition
 from flowstone.protocols import BulkRunReads
 from flowstone.records import Approval, MaterializationRecord, RunRecord, StepRecord
+from flowstone.run_outcome import PartialFailure, partial_failures, target_steps, tolerated
 
 if TYPE_CHECKING:
     from flowstone.pipeline import Pipeline
@@ -113,6 +114,8 @@ class RunResult:
     Attributes:
         run_id, status, targets, partition (typed), error.
         materializations: records of this run plus the reused ones its targets read.
+        partial_failures: what failed although the run succeeded (an optional parallel
+            branch, scatter items under the threshold); see :mod:`flowstone.run_outcome`.
     """
 
     __slots__ = ("_cache", "_pipeline", "_steps", "run")
@@ -129,11 +132,35 @@ class RunResult:
 
     @property
     def status(self) -> str:
+        """The stored status, except that a run stored ``failed`` whose targets all
+        succeeded (its failures were tolerated) is ``succeeded``: see
+        :attr:`partial_failures`."""
+        if self.run.status == "failed" and tolerated(self.run, self.steps):
+            return "succeeded"
+        return self.run.status
+
+    @property
+    def stored_status(self) -> str:
+        """The status as the run store holds it."""
         return self.run.status
 
     @property
     def ok(self) -> bool:
-        return self.run.status == "succeeded"
+        return self.status == "succeeded"
+
+    @property
+    def partial_failures(self) -> tuple[PartialFailure, ...]:
+        """The tolerated failures of a succeeded run (empty when there were none or the run
+        did not succeed): failed optional branches, scatters with failed items."""
+        if "partial" not in self._cache:
+            self._cache["partial"] = partial_failures(self._pipeline, self.run, self.steps)
+        found: tuple[PartialFailure, ...] = self._cache["partial"]
+        return found
+
+    @property
+    def partial(self) -> bool:
+        """Whether the run succeeded with tolerated failures."""
+        return bool(self.partial_failures)
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -153,6 +180,8 @@ class RunResult:
     def error(self) -> str | None:
         if self.run.error:
             return self.run.error
+        if self.status == "succeeded":  # tolerated failures: see partial_failures
+            return None
         failed = [s for s in self.steps if s.state == "failed"]
         if failed:
             return "; ".join(f"asset {s.asset!r} failed: {s.error}" for s in failed)
@@ -191,12 +220,7 @@ class RunResult:
         """
         if "value" in self._cache:
             return self._cache["value"]
-        by_asset: dict[str, StepRecord] = {}
-        for s in self.steps:
-            if s.asset in self.targets and (
-                s.asset not in by_asset or s.partition == self.run.partition
-            ):
-                by_asset[s.asset] = s
+        by_asset = target_steps(self.run, self.steps)
         # a tolerated failure (a partial-mode branch) fails the run but not the target
         if self.status in ("running", "waiting") or any(
             by_asset.get(t) is None or by_asset[t].state != "succeeded" for t in self.targets
@@ -264,6 +288,7 @@ class RunResult:
                 out["value"] = self.value
             except ExecutionError:
                 out["value"] = None
+        out["partial_failures"] = [f.to_dict() for f in self.partial_failures]
         if self.status == "waiting":
             out["approvals"] = [
                 {"id": a.id, "asset": a.asset, "message": a.message} for a in self.approvals()

@@ -81,6 +81,11 @@ def print_result(
         headers = ("ASSET", "PARTITION", "STATE") + (("ERROR",) if with_errors else ())
         if rows:
             print(_indent(table(headers, rows)))
+    if result.partial_failures:
+        print(f"succeeded with {len(result.partial_failures)} tolerated failure(s):")
+        for f in result.partial_failures:
+            where = f"[{f.partition}]" if f.partition else ""
+            print(f"  {f.asset}{where}: {preview(f.error, 200)}")
     if result.status == "waiting":
         _print_waits(result, spec)
     elif result.status in _FAILED and result.error:

@@ -24,6 +24,7 @@ from flowstone._cli.run_progress import RunView, list_run_views
 from flowstone.errors import UsageError
 from flowstone.partitions import encode_partition
 from flowstone.records import MaterializationRecord, RunRecord
+from flowstone.runs import RunResult
 
 __all__ = [
     "duration_text",
@@ -168,6 +169,8 @@ def run_json(r: RunRecord, view: RunView | None = None) -> dict[str, Any]:
             }
             for asset, partition, counts in view.scatters
         ]
+    if view is not None:
+        extra["partial_failures"] = [f.to_dict() for f in view.partial_failures]
     return {
         "run_id": r.run_id,
         "pipeline": r.pipeline,
@@ -205,6 +208,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             pipeline.name, asset=name, partition=encode_partition(key), limit=1
         )
         latest = newest[0] if newest else None
+        # what the run that made it tolerated (a failed optional branch, failed items)
+        made_by = pipeline.store.get_run(latest.run_id) if latest else None
+        partial = RunResult(pipeline, made_by).partial_failures if made_by else ()
         if args.json:
             print_json(
                 {
@@ -212,6 +218,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "partition": key_text(key),
                     "status": latest.state if latest else None,
                     "materialization": materialization_json(latest) if latest else None,
+                    "partial_failures": [f.to_dict() for f in partial],
                 }
             )
         elif latest is None:
@@ -223,6 +230,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"{name}: {latest.state}{note} (run {latest.run_id}{at})")
             if latest.error:
                 print(f"error: {latest.error}")
+            for f in partial:
+                print(f"tolerated failure in run {latest.run_id}: {f.asset}: {f.error}")
         return EXIT_OK
 
 
