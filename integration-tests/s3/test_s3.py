@@ -59,6 +59,7 @@ def test_sensor_runs_a_scatter_per_new_object_and_parquet_comes_back(
             "rows": count, "total": expected, "first": 0}
         mat = pipeline.store.find_materialization("s3_it", "scored", name)
         assert mat is not None and mat.location.endswith(".rows.parquet")
+        assert mat.metadata["value"]["format"] == "rows.parquet"  # recorded from the PUT
         key = mat.location.removeprefix(f"s3://{bucket}/")
         table = pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
         assert table.num_rows == count
