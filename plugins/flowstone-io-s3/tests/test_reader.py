@@ -183,3 +183,42 @@ def test_bad_arguments_are_refused(endpoint: str, bucket: str, s3: Any) -> None:
         _reader(endpoint, bucket, key="data.xml").read(1)
     with pytest.raises(StorageError, match="does not exist"):
         _reader(endpoint, bucket + "-missing", key="data.jsonl").read(1)
+
+
+_MEASURE = """
+import sys, tracemalloc
+from flowstone_io_s3 import S3ItemReader
+endpoint, bucket, key = sys.argv[1:4]
+reader = S3ItemReader(bucket, key=key, endpoint_url=endpoint, chunk_size=256 * 1024)
+reader.init({})
+count = len(reader.read(500))  # the client (and botocore's service model) set up first
+tracemalloc.start()
+while page := reader.read(500):
+    count += len(page)
+print(count, tracemalloc.get_traced_memory()[1])
+reader.close()
+"""
+
+
+@pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
+def test_memory_stays_flat_in_the_object_size(
+    endpoint: str, bucket: str, s3: Any, gzip: bool
+) -> None:
+    """A 16 MB object read in 256 KiB ranges never holds more than a few ranges' worth of
+    Python objects. Measured in a child process: the S3 server runs in this one, and
+    tracemalloc would count its allocations too."""
+    import subprocess
+    import sys
+
+    rows = [{"n": i, "pad": "m" * 60} for i in range(200_000)]
+    data = _objects.jsonl(rows)
+    assert len(data) > 15_000_000
+    key = "flat.jsonl.gz" if gzip else "flat.jsonl"
+    s3.put_object(Bucket=bucket, Key=key, Body=_objects.gz(data) if gzip else data)
+    out = subprocess.run(
+        [sys.executable, "-c", _MEASURE, endpoint, bucket, key],
+        capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    count, peak = map(int, out.stdout.split())
+    assert count == 200_000
+    assert peak < 4_000_000, f"peak {peak / 1e6:.1f} MB of Python objects for a 16 MB object"
