@@ -417,6 +417,30 @@ def test_unknown_or_malformed_messages_are_logged_and_dropped(
     assert drain(app) == []
 
 
+def test_a_message_naming_another_pipelines_run_is_rejected(
+    app: FlowstoneCelery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One store, two pipelines with the same asset names: a message
+    {"pipeline": "billing", "run_id": <a reports run>, ...} must not run billing's asset
+    inside the reports run (the claim checks the run's pipeline)."""
+    reports = quickstart("reports")
+    billing = quickstart("billing", like=reports)
+    app.add_pipeline(reports)
+    app.add_pipeline(billing)
+    run = reports.run("numbers", wait=False)
+    (body, _, _), = drain(app)
+    forged = {**body, "pipeline": "billing"}
+    with caplog.at_level(logging.WARNING, logger="flowstone.engine"):
+        assert handle_step(app, forged) == 0
+    assert "rejected a message" in caplog.text and "belongs to pipeline 'reports'" in caplog.text
+    step = reports.store.get_step(run.run_id, "numbers", "")
+    assert step is not None and (step.state, step.attempt) == ("ready", 0)
+    assert reports.store.list_materializations("reports", run_id=run.run_id) == []
+    assert drain(app) == []
+    assert handle_step(app, body) == 0  # the genuine message runs it
+    assert len(reports.store.list_materializations("reports", run_id=run.run_id)) == 1
+
+
 def test_two_pipelines_with_one_name_are_refused(app: FlowstoneCelery) -> None:
     app.add_pipeline(quickstart())
     other = quickstart()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
+from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -34,6 +36,29 @@ def new_gate_token() -> str:
     return _TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
+class StepLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """``context.log``: a logger that also keeps the step's last lines (INFO and above,
+    at most :data:`KEPT_LOG_LINES`, each cut to :data:`KEPT_LOG_CHARS`), which the engine
+    records with the materialization (metadata ``logs``) for ``flowstone show`` and the UI."""
+
+    def __init__(self, logger: logging.Logger, extra: Mapping[str, object]) -> None:
+        super().__init__(logger, extra)
+        self.lines: deque[str] = deque(maxlen=KEPT_LOG_LINES)
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if level >= logging.INFO:
+            try:
+                text = str(msg) % args if args else str(msg)
+            except (TypeError, ValueError):
+                text = f"{msg} {args}"
+            self.lines.append(f"{logging.getLevelName(level)} {text}"[:KEPT_LOG_CHARS])
+        super().log(level, msg, *args, **kwargs)
+
+
+KEPT_LOG_LINES = 50
+KEPT_LOG_CHARS = 500
+
+
 class Context:
     """Everything an asset may want to know about the run it is part of.
 
@@ -52,6 +77,10 @@ class Context:
         batch: the current :class:`~flowstone.scatter.Batch` in a batched scatter.
         metadata: a dict the asset may add JSON-able entries to; recorded with the
             materialization.
+        lease_lost: a :class:`threading.Event` set when this attempt lost its claim on
+            the step (its lease expired and another runner claimed it again): nothing this
+            attempt returns will be committed, so a long asset may check
+            ``context.lease_lost.is_set()`` and stop early.
     """
 
     __slots__ = (
@@ -59,6 +88,7 @@ class Context:
         "asset",
         "attempt",
         "batch",
+        "lease_lost",
         "log",
         "metadata",
         "partition",
@@ -82,6 +112,7 @@ class Context:
         scatter_item: Any = None,
         batch: Batch | None = None,
         logger: logging.Logger | None = None,
+        lease_lost: threading.Event | None = None,
     ) -> None:
         self.run_id = run_id
         self.pipeline = pipeline
@@ -95,8 +126,9 @@ class Context:
         self.scatter_item = scatter_item
         self.batch = batch
         self.metadata: dict[str, Any] = {}
+        self.lease_lost = lease_lost if lease_lost is not None else threading.Event()
         base = logger or logging.getLogger(f"flowstone.asset.{asset}")
-        self.log = logging.LoggerAdapter(
+        self.log = StepLog(
             base,
             {
                 "run_id": run_id,

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from flowstone.records import (
     Continuation,
+    Fence,
     MaterializationRecord,
     RunRecord,
     StagedValue,
@@ -322,6 +323,7 @@ class ContinuationReads(Protocol):
         *,
         then: Continuation,
         sources: Mapping[str, str],
+        fence: Fence | None = None,
     ) -> tuple[StepTransition, ClaimedReads | None]: ...
 
 

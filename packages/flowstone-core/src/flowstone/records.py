@@ -19,6 +19,7 @@ __all__ = [
     "ApprovalStatus",
     "AuditEntry",
     "Continuation",
+    "Fence",
     "Gate",
     "GateStatus",
     "ItemResult",
@@ -225,6 +226,20 @@ class StepTransition:
     ready: tuple[StepRecord, ...] = ()
     run_status: RunStatus | None = None
     claimed: StepRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """The claim a runner holds on a step: the ``owner`` and ``attempt`` its
+    ``claim_step`` returned (a fencing token).
+
+    Given to ``finish_step`` and ``renew_lease``, it makes them apply only while the step
+    is still ``running`` under this very claim: a runner whose lease expired and whose
+    step another owner claimed again (attempt + 1) can neither renew nor commit.
+    """
+
+    owner: str
+    attempt: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from flowstone.records import (
     Approval,
     AuditEntry,
     Continuation,
+    Fence,
     Gate,
     ItemResult,
     MaterializationRecord,
@@ -148,18 +149,42 @@ class RunScheduling(Protocol):
         ...
 
     def claim_step(
-        self, run_id: str, asset: str, partition: str, *, owner: str, lease_seconds: float
+        self,
+        run_id: str,
+        asset: str,
+        partition: str,
+        *,
+        owner: str,
+        lease_seconds: float,
+        pipeline: str | None = None,
     ) -> StepRecord | None:
         """ready -> running (attempt + 1), also running-with-expired-lease -> running.
 
+        The returned step's ``owner`` and ``attempt`` are the claim's fencing token
+        (:class:`~flowstone.records.Fence`): ``renew_lease`` and ``finish_step`` given it
+        apply only while the step is still running under this claim.
+
         Returns None if the step is not claimable now (pending, already running under a
-        live lease, waiting, terminal, ``not_before`` in the future, or the run cancelled).
+        live lease, waiting, terminal, ``not_before`` in the future, or the run cancelled),
+        or if ``pipeline`` is given and the run belongs to another pipeline (checked in
+        the same statement; :func:`~flowstone.store_rules.claimable_by`).
         """
         ...
 
     def renew_lease(
-        self, run_id: str, asset: str, partition: str, *, owner: str, lease_seconds: float
-    ) -> bool: ...
+        self,
+        run_id: str,
+        asset: str,
+        partition: str,
+        *,
+        owner: str,
+        lease_seconds: float,
+        attempt: int | None = None,
+    ) -> bool:
+        """Extend a running step's lease; False (nothing changed) unless it is running
+        for ``owner`` (and, when given, at ``attempt``): a runner that gets False has
+        lost its claim and cannot commit."""
+        ...
 
     def retry_step(
         self, run_id: str, asset: str, partition: str, *, not_before: datetime, error: str
@@ -176,8 +201,15 @@ class RunScheduling(Protocol):
         outcome: StepOutcome,
         *,
         then: Continuation | None = None,
+        fence: Fence | None = None,
     ) -> StepTransition:
         """Record a step's outcome and schedule its dependents (see the class docstring).
+
+        With ``fence`` (the claim of the runner finishing), the finish applies only
+        while the step is ``running`` under that owner and attempt
+        (:func:`~flowstone.store_rules.fence_holds`); otherwise nothing is written and
+        ``applied`` is False: a stale runner's value stays an orphan. Without it (resume
+        paths finishing a waiting step) the state alone decides.
 
         With ``then``, the first dependent that became ready (by asset, then partition)
         is claimed for ``then.owner`` in the same transaction and returned as

@@ -31,6 +31,7 @@ from flowstone.errors import ApprovalError, RunNotFoundError, SignalError, Stora
 from flowstone.records import (
     TERMINAL_STEP_STATES,
     Approval,
+    Fence,
     Gate,
     MaterializationRecord,
     RunStatus,
@@ -53,9 +54,11 @@ __all__ = [
     "check_finishable",
     "check_note",
     "check_outcome",
+    "claimable_by",
     "continuation_key",
     "decision_audit",
     "duplicate_run",
+    "fence_holds",
     "finish_applies",
     "finish_detail",
     "gate_not_consumable",
@@ -266,18 +269,49 @@ def check_finishable(state: str | None, run_id: str, asset: str, partition: str)
 
 
 def finish_applies(
-    state: str | None, outcome: StepOutcome, run_id: str, asset: str, partition: str
+    state: str | None,
+    outcome: StepOutcome,
+    run_id: str,
+    asset: str,
+    partition: str,
+    *,
+    fence: Fence | None = None,
+    owner: str | None = None,
+    attempt: int = 0,
 ) -> bool:
-    """Whether ``finish_step`` applies ``outcome`` to a step in ``state`` (None: no step).
+    """Whether ``finish_step`` applies ``outcome`` to a step in ``state`` (None: no step)
+    held by ``owner`` at ``attempt``.
 
-    Returns False for a redelivered completion (:func:`is_unchanged`): nothing changes.
+    Returns False for a redelivered completion (:func:`is_unchanged`) and for a fenced
+    finish whose claim no longer holds (:func:`fence_holds`): nothing changes.
 
     Raises:
         StorageError | UsageError: as :func:`check_finishable`.
     """
     check_finishable(state, run_id, asset, partition)
     assert state is not None
-    return not is_unchanged(state, outcome)
+    return fence_holds(fence, state, owner, attempt) and not is_unchanged(state, outcome)
+
+
+def fence_holds(fence: Fence | None, state: str, owner: str | None, attempt: int) -> bool:
+    """Whether a ``finish_step`` or ``renew_lease`` under ``fence`` may act on a step in
+    ``state`` held by ``owner`` at ``attempt``: only while it is ``running`` under that
+    very claim (same owner, same attempt). A runner whose lease expired and whose step was
+    claimed again by someone else (attempt + 1), finished, or released is refused.
+
+    Without a fence (None: resume paths finishing a waiting step, which nobody holds)
+    the step's state alone decides.
+    """
+    if fence is None:
+        return True
+    return state == "running" and owner == fence.owner and attempt == fence.attempt
+
+
+def claimable_by(pipeline: str | None, run_pipeline: str) -> bool:
+    """Whether a ``claim_step`` from ``pipeline`` may claim a step of a run of
+    ``run_pipeline``: a message naming one pipeline must never run its asset inside
+    another pipeline's run (one store can serve several pipelines). None: not checked."""
+    return pipeline is None or pipeline == run_pipeline
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from flowstone.errors import StorageError
 from flowstone.protocols import ClaimedReads
 from flowstone.records import (
     Continuation,
+    Fence,
     RunRecord,
     RunStatus,
     StagedValue,
@@ -196,8 +197,8 @@ async def reopen_run(
 # Claims and lease renewals commit without waiting for the WAL flush (the transaction-local
 # ``synchronous_commit = off``; every later synchronous commit flushes them too). Losing one
 # to a server crash is harmless: the step is ``ready`` (or running under an older lease)
-# again, ``finish_step`` still accepts the worker's result, and the sweeper re-dispatches
-# it -- the same as a lease taken over. What must survive a crash (runs, completions,
+# again, the worker's ``finish_step`` (fenced by the lost claim) is refused, and the sweeper
+# re-dispatches it -- the same as a lease taken over. What must survive a crash (runs, completions,
 # values, decisions) is committed synchronously. Saves ~45 us of server CPU and ~100 us of
 # latency per claim.
 _RELAXED = "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed "
@@ -207,27 +208,47 @@ _CLAIM = (
     "WHERE run_id = :r AND asset = :a AND partition = :p AND ("
     "(state = 'ready' AND (not_before IS NULL OR not_before <= :now)) "
     "OR (state = 'running' AND lease_expires_at <= :now)) "
-    "AND EXISTS (SELECT 1 FROM {s}.runs WHERE run_id = :r AND status <> 'cancelled') "
+    # not in a cancelled run, nor in a run of another pipeline (store_rules.claimable_by)
+    "AND EXISTS (SELECT 1 FROM {s}.runs WHERE run_id = :r AND status <> 'cancelled' "
+    "AND (CAST(:pipeline AS text) IS NULL OR pipeline = :pipeline)) "
     "RETURNING " + STEP_COLS
 )
 
 
 async def claim_step(
-    conn: Db, sql: Sql, key: dict[str, str], owner: str, lease: float, now: datetime
+    conn: Db,
+    sql: Sql,
+    key: dict[str, str],
+    owner: str,
+    lease: float,
+    now: datetime,
+    pipeline: str | None = None,
 ) -> StepRecord | None:
     row = await sql(_CLAIM).fetchrow(
-        conn, {**key, "owner": owner, "lease": now + timedelta(seconds=lease), "now": now}
-    )
+        conn,
+        {**key, "owner": owner, "lease": now + timedelta(seconds=lease), "now": now,
+         "pipeline": pipeline},
+    )  # fmt: skip
     return None if row is None else to_step(row)
 
 
 async def renew_lease(
-    conn: Db, sql: Sql, key: dict[str, str], owner: str, lease: float, now: datetime
+    conn: Db,
+    sql: Sql,
+    key: dict[str, str],
+    owner: str,
+    lease: float,
+    now: datetime,
+    attempt: int | None = None,
 ) -> bool:
+    # the fence (store_rules.fence_holds) in the write itself
     row = await sql(
         "UPDATE {s}.steps SET lease_expires_at = :lease " + _RELAXED + "WHERE run_id = :r "
-        "AND asset = :a AND partition = :p AND state = 'running' AND owner = :owner RETURNING 1"
-    ).fetchrow(conn, {**key, "owner": owner, "lease": now + timedelta(seconds=lease)})
+        "AND asset = :a AND partition = :p AND state = 'running' AND owner = :owner "
+        "AND (CAST(:attempt AS integer) IS NULL OR attempt = :attempt) RETURNING 1"
+    ).fetchrow(
+        conn, {**key, "owner": owner, "lease": now + timedelta(seconds=lease), "attempt": attempt}
+    )
     return row is not None
 
 
@@ -280,7 +301,7 @@ _FINISH = (
     ":m_error, :m_up, :m_meta, "
     ":ap_pipeline, :ap_message, :ap_status, :ap_created, :ap_expires, :ap_io, :ap_loc, :ap_meta, "
     ":g_token, :g_pipeline, :g_status, :g_created, :g_expires, :g_payload, :g_meta, "
-    ":claim_owner, :claim_lease)"
+    ":claim_owner, :claim_lease, :fence_owner, :fence_attempt)"
 )
 # The claimed step's inputs stored in one value table: (location, format, value_json, data),
 # read by the VOLATILE function of migration 0004 (a snapshot taken after the claim).
@@ -304,10 +325,15 @@ _NO_GATE = dict.fromkeys(
 
 
 def finish_params(
-    key: dict[str, str], outcome: StepOutcome, now: datetime, then: Continuation | None = None
+    key: dict[str, str],
+    outcome: StepOutcome,
+    now: datetime,
+    then: Continuation | None = None,
+    fence: Fence | None = None,
 ) -> dict[str, object]:
     """Every argument of the ``finish_step`` function for ``outcome``: checked, bound to the
-    step and encoded by :func:`flowstone.store_rules.bind_outcome`, as in every store."""
+    step and encoded by :func:`flowstone.store_rules.bind_outcome`, as in every store; the
+    ``fence`` is checked by the function (:func:`flowstone.store_rules.fence_holds`)."""
     where = f"finish_step(run {key['r']!r}, asset {key['a']!r}, partition {key['p']!r})"
     bound = rules.bind_outcome(key["r"], key["a"], key["p"], outcome, where)
     params: dict[str, object] = {
@@ -319,6 +345,8 @@ def finish_params(
         "now": now,
         "claim_owner": None if then is None else then.owner,
         "claim_lease": None if then is None else now + timedelta(seconds=then.lease_seconds),
+        "fence_owner": None if fence is None else fence.owner,
+        "fence_attempt": None if fence is None else fence.attempt,
     }  # fmt: skip
     if (mat := bound.materialization) is not None:
         params.update(

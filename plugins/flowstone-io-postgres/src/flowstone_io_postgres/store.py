@@ -28,6 +28,7 @@ from flowstone.records import (
     Approval,
     AuditEntry,
     Continuation,
+    Fence,
     Gate,
     ItemResult,
     MaterializationRecord,
@@ -352,21 +353,39 @@ class PostgresRunStore:
         return [to_step(r) for r in rows]
 
     def claim_step(
-        self, run_id: str, asset: str, partition: str, *, owner: str, lease_seconds: float
+        self,
+        run_id: str,
+        asset: str,
+        partition: str,
+        *,
+        owner: str,
+        lease_seconds: float,
+        pipeline: str | None = None,
     ) -> StepRecord | None:
         key = self._key(run_id, asset, partition)
         return self._auto(
             "claiming a step",
-            lambda c: scheduling.claim_step(c, self._sql, key, owner, lease_seconds, _now()),
+            lambda c: scheduling.claim_step(
+                c, self._sql, key, owner, lease_seconds, _now(), pipeline
+            ),
         )
 
     def renew_lease(
-        self, run_id: str, asset: str, partition: str, *, owner: str, lease_seconds: float
+        self,
+        run_id: str,
+        asset: str,
+        partition: str,
+        *,
+        owner: str,
+        lease_seconds: float,
+        attempt: int | None = None,
     ) -> bool:
         key = self._key(run_id, asset, partition)
         return self._auto(
             "renewing a lease",
-            lambda c: scheduling.renew_lease(c, self._sql, key, owner, lease_seconds, _now()),
+            lambda c: scheduling.renew_lease(
+                c, self._sql, key, owner, lease_seconds, _now(), attempt
+            ),
         )
 
     def retry_step(
@@ -386,10 +405,11 @@ class PostgresRunStore:
         outcome: StepOutcome,
         *,
         then: Continuation | None = None,
+        fence: Fence | None = None,
     ) -> StepTransition:
         """See the protocol. Staged values (:meth:`accepts_staging`) are written by the same
         statement, so value and record commit together; so is the claim of ``then``."""
-        return self._finish(run_id, asset, partition, outcome, then, {})[0]
+        return self._finish(run_id, asset, partition, outcome, then, {}, fence)[0]
 
     def finish_step_reading(
         self,
@@ -400,11 +420,12 @@ class PostgresRunStore:
         *,
         then: Continuation,
         sources: Mapping[str, str],
+        fence: Fence | None = None,
     ) -> tuple[StepTransition, ClaimedReads | None]:
         """``finish_step`` that also reads, in the same statement, the claimed
         continuation's dependency records and its input values stored in the value tables
         of ``sources`` (see :class:`~flowstone.protocols.ContinuationReads`)."""
-        return self._finish(run_id, asset, partition, outcome, then, sources)
+        return self._finish(run_id, asset, partition, outcome, then, sources, fence)
 
     def _finish(
         self,
@@ -414,9 +435,10 @@ class PostgresRunStore:
         outcome: StepOutcome,
         then: Continuation | None,
         sources: Mapping[str, str],
+        fence: Fence | None = None,
     ) -> tuple[StepTransition, ClaimedReads | None]:
         key = self._key(run_id, asset, partition)
-        params = scheduling.finish_params(key, outcome, _now(), then)
+        params = scheduling.finish_params(key, outcome, _now(), then, fence)
         for staged in outcome.staged:
             if not self.accepts_staging(staged.target):
                 raise StorageError(

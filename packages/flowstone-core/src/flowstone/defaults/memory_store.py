@@ -25,6 +25,7 @@ from flowstone.records import (
     TERMINAL_STEP_STATES,
     Approval,
     Continuation,
+    Fence,
     Gate,
     MaterializationRecord,
     RunRecord,
@@ -236,16 +237,31 @@ class MemoryRunStore(MemoryRecords):
             return [] if plan is None else list(plan.steps.values())
 
     def claim_step(
-        self, run_id: str, asset: str, partition: str, *, owner: str, lease_seconds: float
+        self,
+        run_id: str,
+        asset: str,
+        partition: str,
+        *,
+        owner: str,
+        lease_seconds: float,
+        pipeline: str | None = None,
     ) -> StepRecord | None:
-        return self._claim(run_id, asset, partition, owner, lease_seconds)
+        return self._claim(run_id, asset, partition, owner, lease_seconds, pipeline)
 
     def _claim(
-        self, run_id: str, asset: str, partition: str, owner: str, lease_seconds: float
+        self,
+        run_id: str,
+        asset: str,
+        partition: str,
+        owner: str,
+        lease_seconds: float,
+        pipeline: str | None = None,
     ) -> StepRecord | None:
         with self._lock:
             step = self.get_step(run_id, asset, partition)
             if step is None or self._runs[run_id].status == "cancelled":
+                return None
+            if not rules.claimable_by(pipeline, self._runs[run_id].pipeline):
                 return None
             now = rules.utc_now()
             if step.state == "ready":
@@ -270,11 +286,21 @@ class MemoryRunStore(MemoryRecords):
             return claimed
 
     def renew_lease(
-        self, run_id: str, asset: str, partition: str, *, owner: str, lease_seconds: float
+        self,
+        run_id: str,
+        asset: str,
+        partition: str,
+        *,
+        owner: str,
+        lease_seconds: float,
+        attempt: int | None = None,
     ) -> bool:
         with self._lock:
             step = self.get_step(run_id, asset, partition)
-            if step is None or step.state != "running" or step.owner != owner:
+            if step is None:
+                return False
+            fence = Fence(owner, step.attempt if attempt is None else attempt)
+            if not rules.fence_holds(fence, step.state, step.owner, step.attempt):
                 return False
             now = rules.utc_now()
             self._plans[run_id].steps[(asset, partition)] = replace(
@@ -312,8 +338,9 @@ class MemoryRunStore(MemoryRecords):
         outcome: StepOutcome,
         *,
         then: Continuation | None = None,
+        fence: Fence | None = None,
     ) -> StepTransition:
-        return self._finish(run_id, asset, partition, outcome, then)[0]
+        return self._finish(run_id, asset, partition, outcome, then, fence)[0]
 
     def finish_step_reading(
         self,
@@ -324,11 +351,12 @@ class MemoryRunStore(MemoryRecords):
         *,
         then: Continuation,
         sources: Mapping[str, str],
+        fence: Fence | None = None,
     ) -> tuple[StepTransition, ClaimedReads | None]:
         """``finish_step``, returning the claimed continuation's dependency records too
         (:class:`~flowstone.protocols.ContinuationReads`; values stay in their IO
         managers: ``sources`` is not read)."""
-        return self._finish(run_id, asset, partition, outcome, then)
+        return self._finish(run_id, asset, partition, outcome, then, fence)
 
     def _finish(
         self,
@@ -337,14 +365,18 @@ class MemoryRunStore(MemoryRecords):
         partition: str,
         outcome: StepOutcome,
         then: Continuation | None,
+        fence: Fence | None,
     ) -> tuple[StepTransition, ClaimedReads | None]:
         where = f"finish_step(run {run_id!r}, asset {asset!r}, partition {partition!r})"
         bound = rules.bind_outcome(run_id, asset, partition, outcome, where)
         with self._lock:
             step = self.get_step(run_id, asset, partition)
             if not rules.finish_applies(
-                None if step is None else step.state, outcome, run_id, asset, partition
-            ):
+                None if step is None else step.state, outcome, run_id, asset, partition,
+                fence=fence,
+                owner=None if step is None else step.owner,
+                attempt=0 if step is None else step.attempt,
+            ):  # fmt: skip
                 return StepTransition(applied=False), None
             assert step is not None  # finish_applies raised otherwise
             mat, approval, gate = self._records(bound, where)

@@ -35,6 +35,7 @@ from flowstone.errors import RunNotFoundError, StorageError, UsageError
 from flowstone.records import (
     TERMINAL_STEP_STATES,
     Continuation,
+    Fence,
     MaterializationRecord,
     RunRecord,
     RunStatus,
@@ -275,19 +276,35 @@ class SQLiteRunStore(SQLiteRecords):
         return [step_row(r) for r in rows]
 
     def claim_step(
-        self, run_id: str, asset: str, partition: str, *, owner: str, lease_seconds: float
+        self,
+        run_id: str,
+        asset: str,
+        partition: str,
+        *,
+        owner: str,
+        lease_seconds: float,
+        pipeline: str | None = None,
     ) -> StepRecord | None:
+        key = (run_id, asset, partition)
         with self._write() as c:
-            return _claim(c, (run_id, asset, partition), owner, lease_seconds, rules.utc_now())
+            return _claim(c, key, owner, lease_seconds, rules.utc_now(), pipeline)
 
     def renew_lease(
-        self, run_id: str, asset: str, partition: str, *, owner: str, lease_seconds: float
+        self,
+        run_id: str,
+        asset: str,
+        partition: str,
+        *,
+        owner: str,
+        lease_seconds: float,
+        attempt: int | None = None,
     ) -> bool:
         now_dt = rules.utc_now()
         with self._write() as c:
-            cur = c.execute(
+            cur = c.execute(  # the fence (store_rules.fence_holds) in the write itself
                 "UPDATE steps SET lease_expires_at = ?, updated_at = ?"
-                f" WHERE {STEP_KEY} AND state = 'running' AND owner = ?",
+                f" WHERE {STEP_KEY} AND state = 'running' AND owner = ?"
+                " AND (? IS NULL OR attempt = ?)",
                 (
                     to_micros(now_dt + timedelta(seconds=lease_seconds)),
                     to_micros(now_dt),
@@ -295,6 +312,8 @@ class SQLiteRunStore(SQLiteRecords):
                     asset,
                     partition,
                     owner,
+                    attempt,
+                    attempt,
                 ),
             )
             return cur.rowcount == 1
@@ -325,6 +344,7 @@ class SQLiteRunStore(SQLiteRecords):
         outcome: StepOutcome,
         *,
         then: Continuation | None = None,
+        fence: Fence | None = None,
     ) -> StepTransition:
         where = f"finish_step(run {run_id!r}, asset {asset!r}, partition {partition!r})"
         # bound and JSON-encoded before the transaction: a bad value must not half write
@@ -335,8 +355,13 @@ class SQLiteRunStore(SQLiteRecords):
         key = (run_id, asset, partition)
         claimed = None
         with self._write() as c:
-            row = c.execute(f"SELECT state, attempt FROM steps WHERE {STEP_KEY}", key).fetchone()
-            if not rules.finish_applies(row and row[0], outcome, run_id, asset, partition):
+            row = c.execute(
+                f"SELECT state, attempt, owner FROM steps WHERE {STEP_KEY}", key
+            ).fetchone()
+            if not rules.finish_applies(
+                row and row[0], outcome, run_id, asset, partition,
+                fence=fence, owner=row and row[2], attempt=row[1] if row else 0,
+            ):  # fmt: skip
                 return StepTransition(applied=False)
             detail = rules.finish_detail(row[1], outcome)
             if mat is not None:
@@ -424,18 +449,21 @@ class SQLiteRunStore(SQLiteRecords):
 # --- helpers (run inside a transaction) ---------------------------------------------------
 def _claim(
     c: sqlite3.Connection, key: tuple[str, str, str], owner: str, lease_seconds: float,
-    now_dt: datetime,
+    now_dt: datetime, pipeline: str | None = None,
 ) -> StepRecord | None:
     now = to_micros(now_dt)
+    expires = to_micros(now_dt + timedelta(seconds=lease_seconds))
     row = c.execute(
         "UPDATE steps SET state = 'running', attempt = attempt + 1, owner = ?,"
         " lease_expires_at = ?, not_before = NULL, updated_at = ?"
         f" WHERE {STEP_KEY}"
         " AND ((state = 'ready' AND (not_before IS NULL OR not_before <= ?))"
         "  OR (state = 'running' AND lease_expires_at <= ?))"
-        " AND (SELECT status FROM runs WHERE run_id = steps.run_id) != 'cancelled'"
+        # not in a cancelled run, nor in a run of another pipeline (store_rules.claimable_by)
+        " AND EXISTS (SELECT 1 FROM runs WHERE run_id = steps.run_id"
+        "  AND status != 'cancelled' AND (? IS NULL OR pipeline = ?))"
         f" RETURNING {STEP_COLS}",
-        (owner, to_micros(now_dt + timedelta(seconds=lease_seconds)), now, *key, now, now),
+        (owner, expires, now, *key, now, now, pipeline, pipeline),
     ).fetchone()
     return None if row is None else step_row(row)
 

@@ -46,6 +46,7 @@ from flowstone.protocols import ClaimedReads, StorageKey
 from flowstone.records import (
     Approval,
     Continuation,
+    Fence,
     Gate,
     MaterializationRecord,
     StepOutcome,
@@ -180,10 +181,24 @@ class StepRunner:
         rt = self.runtime
         owner = owner or self.owner()
         lease = lease_seconds or rt.policies.lease_seconds
-        step = rt.store.claim_step(run_id, asset, partition, owner=owner, lease_seconds=lease)
+        step = rt.store.claim_step(
+            run_id, asset, partition, owner=owner, lease_seconds=lease, pipeline=rt.name
+        )
         if step is None:
+            self._refused_claim(run_id, asset, partition)
             return _NOTHING
         return self.run_claimed(step, lease_seconds=lease, claim_next=claim_next)
+
+    def _refused_claim(self, run_id: str, asset: str, partition: str) -> None:
+        """A claim came back None: usually a duplicate delivery (nothing to say); if the
+        run belongs to another pipeline, the message was wrong: log it as rejected."""
+        run = self.runtime.store.get_run(run_id)
+        if run is not None and run.pipeline != self.runtime.name:
+            log.warning(
+                "rejected a message for asset %r [%s] of pipeline %r: run %s belongs to"
+                " pipeline %r; nothing ran",
+                asset, partition, self.runtime.name, run_id, run.pipeline,
+            )  # fmt: skip
 
     def run_claimed(
         self, step: StepRecord, *, lease_seconds: float | None = None, claim_next: bool = False
@@ -206,8 +221,8 @@ class StepRunner:
         started_at = _now()
         rt.events.emit("asset.started", run_id, asset, partition, {"attempt": step.attempt})
         try:
-            with self._leases.keep(run_id, asset, partition, owner, lease):
-                result = self._execute(step, a, owner, started_at)
+            with self._leases.keep(run_id, asset, partition, owner, lease, step.attempt) as lost:
+                result = self._execute(step, a, owner, started_at, lost)
             if isinstance(result, _Deferring):
                 return self.complete(
                     step, result.outcome, started_at=started_at, on_applied=result.start
@@ -291,8 +306,16 @@ class StepRunner:
         ``on_applied`` runs only if this call changed the step (not for a duplicate).
         With ``then``, a dependent claimed for it comes back as :attr:`StepResult.next`."""
         rt = self.runtime
-        transition, reads = self._finish(step, outcome, then)
+        fence = _fence_of(step)
+        transition, reads = self._finish(step, outcome, then, fence)
         if not transition.applied:
+            if fence is not None:
+                log.warning(
+                    "asset %s [%s] of run %s: the finish of attempt %d (owner %s) was refused:"
+                    " the step was claimed again or finished by another runner; its value is"
+                    " left unreferenced",
+                    step.asset, step.partition, step.run_id, fence.attempt, fence.owner,
+                )  # fmt: skip
             return _NOTHING
         if outcome.materialization is not None and outcome.state == "succeeded":
             self._remember(outcome.materialization)
@@ -314,17 +337,21 @@ class StepRunner:
         return StepResult(transition.ready, transition.claimed)
 
     def _finish(
-        self, step: StepRecord, outcome: StepOutcome, then: Continuation | None
+        self,
+        step: StepRecord,
+        outcome: StepOutcome,
+        then: Continuation | None,
+        fence: Fence | None,
     ) -> tuple[StepTransition, ClaimedReads | None]:
         rt = self.runtime
         reader = rt.capabilities.continuation_reads
         if then is not None and reader is not None:
             return reader.finish_step_reading(
                 step.run_id, step.asset, step.partition, outcome,
-                then=then, sources=rt.values.prefetch_sources(),
+                then=then, sources=rt.values.prefetch_sources(), fence=fence,
             )  # fmt: skip
         transition = rt.store.finish_step(
-            step.run_id, step.asset, step.partition, outcome, then=then
+            step.run_id, step.asset, step.partition, outcome, then=then, fence=fence
         )
         return transition, None
 
@@ -362,7 +389,12 @@ class StepRunner:
 
     # ------------------------------------------------------------------------------
     def _execute(
-        self, step: StepRecord, a: AssetDef, owner: str, started_at: datetime
+        self,
+        step: StepRecord,
+        a: AssetDef,
+        owner: str,
+        started_at: datetime,
+        lease_lost: threading.Event | None = None,
     ) -> StepOutcome | _RetryLater | _Deferring:
         rt = self.runtime
         run_id, enc = step.run_id, step.partition
@@ -405,10 +437,11 @@ class StepRunner:
                 )
 
         recorded: dict[str, Any] = {}  # coordinator metadata for the materialization
+        context: Context | None = None
         try:
             # inside the try: a resource that fails to set up fails this asset (recorded,
             # retried by its policy) instead of escaping and leaving the step claimed
-            context = self._context(a, run_id, enc, key, step.attempt)
+            context = self._context(a, run_id, enc, key, step.attempt, lease_lost=lease_lost)
             value = self._call(a, step, context, values, branch_outcomes, owner, key, recorded)
             if isinstance(value, Deferred):
                 gate = Gate(
@@ -448,7 +481,7 @@ class StepRunner:
                 started_at,
                 error=error,
                 upstream=inputs.upstream_ids,
-                metadata={**recorded, "traceback": tb},
+                metadata={**recorded, **_logs(context), "traceback": tb},
             )
             return StepOutcome("failed", materialization=mat, error=error)
 
@@ -482,7 +515,14 @@ class StepRunner:
                 attempt=step.attempt,
                 owner=owner,
                 make_context=lambda item, batch: self._context(
-                    a, step.run_id, step.partition, key, step.attempt, item=item, batch=batch
+                    a,
+                    step.run_id,
+                    step.partition,
+                    key,
+                    step.attempt,
+                    item=item,
+                    batch=batch,
+                    lease_lost=context.lease_lost,
                 ),
                 previous_run_id=previous,
             )
@@ -573,7 +613,7 @@ class StepRunner:
                     "route.decided", step.run_id, a.name, step.partition, {"branch": value}
                 )
         stored = self._store_value(a, step, value)
-        metadata = {**a.metadata, **context.metadata, **recorded}
+        metadata = {**a.metadata, **context.metadata, **recorded, **_logs(context)}
         if stored.described:
             metadata["value"] = dict(stored.described)
         lineage_error = rt.events.lineage(step.run_id, a.name, step.partition, upstream)
@@ -656,6 +696,7 @@ class StepRunner:
         *,
         item: Any = None,
         batch: Batch | None = None,
+        lease_lost: threading.Event | None = None,
     ) -> Context:
         return Context(
             run_id=run_id,
@@ -667,6 +708,7 @@ class StepRunner:
             attempt=max(attempt, 1),
             scatter_item=item,
             batch=batch,
+            lease_lost=lease_lost,
         )
 
     def context_for(self, a: AssetDef, run_id: str, enc: str, attempt: int = 1) -> Context:
@@ -685,6 +727,13 @@ class _UpstreamFailed(Exception):
     pass
 
 
+def _logs(context: Context | None) -> dict[str, Any]:
+    """The step's own ``context.log`` lines, for its materialization's metadata."""
+    if context is None or not context.log.lines:
+        return {}
+    return {"logs": list(context.log.lines)}
+
+
 class _Bookkeeping(Exception):
     """The engine's own write failed (``__cause__``): retried, never the asset's failure."""
 
@@ -699,3 +748,12 @@ def _is_infrastructure(exc: StorageError) -> bool:
     """A store or IO failure (connection lost, lock timeout...), as opposed to a value
     that cannot be encoded or a key that would escape its prefix."""
     return not isinstance(exc, _NOT_INFRASTRUCTURE)
+
+
+def _fence_of(step: StepRecord) -> Fence | None:
+    """The claim a finish of ``step`` is fenced by: its owner and attempt while it is
+    running (a runner finishing what it claimed); None for a step nobody holds (a resume
+    path finishing a waiting step)."""
+    if step.state == "running" and step.owner is not None:
+        return Fence(step.owner, step.attempt)
+    return None

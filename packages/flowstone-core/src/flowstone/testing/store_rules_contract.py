@@ -4,7 +4,9 @@
 RunStoreContract`, so every store's suite runs it; it pins the places where the memory,
 SQLite and Postgres stores once drifted apart (an approval on a non-waiting outcome was
 dropped by one and refused by the others; audit entries, error types, naive datetimes and
-the reported run status differed), plus step notes and the default IO manager.
+the reported run status differed), the fencing of a claim (a stale runner can neither renew
+nor commit) and the pipeline a claim must belong to, plus step notes and the default IO
+manager.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from functools import partial
 import pytest
 
 from flowstone.errors import ApprovalError, SignalError, StorageError, UsageError
-from flowstone.protocols import Closeable, IOManager, RunStore, StorageKey
-from flowstone.records import StepOutcome, StepSpec
+from flowstone.protocols import Closeable, ContinuationReads, IOManager, RunStore, StorageKey
+from flowstone.records import Continuation, Fence, StepOutcome, StepSpec
 from flowstone.testing._store_helpers import (
     DAY,
     THREADS,
@@ -302,6 +304,71 @@ class StoreRulesContract:
         saved = store.get_run(run.run_id)
         assert saved is not None and saved.created_at == run.created_at
         assert saved.updated_at >= before
+
+    # --- fencing ----------------------------------------------------------------------------
+    def test_a_stale_runner_can_neither_renew_nor_commit(self, store: RunStore) -> None:
+        run, _ = _create(store, _diamond())
+        a = store.claim_step(run.run_id, "orders", DAY, owner="wa", lease_seconds=0)
+        assert a is not None and (a.owner, a.attempt) == ("wa", 1)
+        b = store.claim_step(run.run_id, "orders", DAY, owner="wb", lease_seconds=60)
+        assert b is not None and (b.owner, b.attempt) == ("wb", 2)  # A's lease expired
+        renew = partial(store.renew_lease, run.run_id, "orders", DAY, lease_seconds=60)
+        assert not renew(owner="wa", attempt=1)
+        assert not renew(owner="wb", attempt=1)  # the attempt is checked, not only the owner
+        assert renew(owner="wb", attempt=2)
+        mine, theirs = _mat(run, "orders"), _mat(run, "orders")
+        lost = store.finish_step(
+            run.run_id, "orders", DAY, StepOutcome("succeeded", mine), fence=Fence("wa", 1)
+        )
+        assert not lost.applied and lost.ready == ()  # refused: nothing written, nothing ready
+        step = store.get_step(run.run_id, "orders", DAY)
+        assert step is not None and (step.state, step.owner, step.attempt) == ("running", "wb", 2)
+        assert store.find_materialization(run.pipeline, "orders", DAY, run_id=run.run_id) is None
+        assert "step_succeeded" not in _kinds(store, run.run_id)
+        won = store.finish_step(
+            run.run_id, "orders", DAY, StepOutcome("succeeded", theirs), fence=Fence("wb", 2)
+        )
+        assert won.applied and {r.asset for r in won.ready} == {"clean", "enrich"}
+        saved = store.find_materialization(run.pipeline, "orders", DAY, run_id=run.run_id)
+        assert saved is not None and (saved.id, saved.location) == (theirs.id, theirs.location)
+        # once finished, no fence holds any more (a late duplicate changes nothing)
+        again = StepOutcome("failed", _mat(run, "orders", state="failed"), error="late")
+        assert not store.finish_step(run.run_id, "orders", DAY, again, fence=Fence("wb", 2)).applied
+        assert not renew(owner="wb", attempt=2)
+
+    def test_a_fence_refuses_a_released_step(self, store: RunStore) -> None:
+        run, _ = _create(store, _diamond())
+        store.claim_step(run.run_id, "orders", DAY, owner="wa", lease_seconds=60)
+        store.retry_step(run.run_id, "orders", DAY, not_before=_now(), error="retry")
+        outcome = StepOutcome("succeeded", _mat(run, "orders"))
+        stale = store.finish_step(run.run_id, "orders", DAY, outcome, fence=Fence("wa", 1))
+        assert not stale.applied
+        # without a fence (a resume path) the state alone decides, as before
+        assert store.finish_step(run.run_id, "orders", DAY, outcome).applied
+
+    def test_a_stale_continuation_finish_is_fenced(self, store: RunStore) -> None:
+        if not isinstance(store, ContinuationReads):
+            pytest.skip("the store has no finish_step_reading (ContinuationReads)")
+        run, _ = _create(store, _diamond())
+        store.claim_step(run.run_id, "orders", DAY, owner="wa", lease_seconds=0)
+        store.claim_step(run.run_id, "orders", DAY, owner="wb", lease_seconds=60)
+        outcome = StepOutcome("succeeded", _mat(run, "orders"))
+        then = Continuation("wa", 60)
+        lost, reads = store.finish_step_reading(
+            run.run_id, "orders", DAY, outcome, then=then, sources={}, fence=Fence("wa", 1)
+        )
+        assert not lost.applied and lost.claimed is None and reads is None
+        clean = store.get_step(run.run_id, "clean", DAY)
+        assert clean is not None and clean.state == "pending"
+
+    def test_a_claim_for_another_pipeline_is_refused(self, store: RunStore) -> None:
+        run, _ = _create(store, _diamond())
+        claim = partial(store.claim_step, run.run_id, "orders", DAY, lease_seconds=60)
+        assert claim(owner="billing", pipeline=_uid("billing")) is None
+        step = store.get_step(run.run_id, "orders", DAY)
+        assert step is not None and (step.state, step.attempt) == ("ready", 0)
+        claimed = claim(owner="reports", pipeline=run.pipeline)
+        assert claimed is not None and claimed.attempt == 1
 
     # --- step notes -----------------------------------------------------------------------
     def test_step_notes_are_written_once(self, store: RunStore) -> None:
