@@ -204,12 +204,12 @@ class CeleryExecutor:
         return report
 
     def serving(self, pipeline: str) -> int | None:
-        """How many live workers serve ``pipeline`` (they answer the ``flowstone_pipelines``
-        control command within a second); None when that cannot be told. The
-        :class:`~flowstone.protocols.WorkerPresence` capability."""
+        """How many live workers serve ``pipeline`` from this executor's queue (they answer
+        the ``flowstone_pipelines`` control command within a second); None when that
+        cannot be told. The :class:`~flowstone.protocols.WorkerPresence` capability."""
         from flowstone_celery.presence import workers_serving
 
-        return workers_serving(self.app, pipeline, timeout=PING_TIMEOUT)
+        return workers_serving(self.app, pipeline, self.settings.queue, timeout=PING_TIMEOUT)
 
     def close(self) -> None:
         """Release broker connections (only those of an app this executor built)."""

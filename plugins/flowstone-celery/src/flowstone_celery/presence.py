@@ -1,10 +1,12 @@
 """Which live workers serve which pipelines: the ``flowstone_pipelines`` control command.
 
 Every FlowStone worker answers the Celery remote-control command ``flowstone_pipelines``
-with ``{"pipelines": [names]}`` (registered by :func:`register_control_command` when the
-app is built). :func:`workers_serving` broadcasts it and counts the workers that name a
-pipeline; :meth:`CeleryExecutor.serving <flowstone_celery.CeleryExecutor.serving>` (the
-core's :class:`~flowstone.protocols.WorkerPresence` capability) is how ``flowstone run``
+with ``{"pipelines": [names], "queues": [names]}`` (registered by
+:func:`register_control_command` when the app is built). :func:`workers_serving`
+broadcasts it and counts the workers that serve a pipeline *from a given queue* (a worker
+of another queue on the same broker would never see the steps);
+:meth:`CeleryExecutor.serving <flowstone_celery.CeleryExecutor.serving>` (the core's
+:class:`~flowstone.protocols.WorkerPresence` capability) is how ``flowstone run``
 learns within seconds that nobody will take its steps. ``flowstone health`` (with
 flowstone-observability) asks the same command.
 """
@@ -33,27 +35,39 @@ def register_control_command() -> None:
         return
 
     def flowstone_pipelines(state: Any) -> dict[str, list[str]]:
-        """The FlowStone pipelines this worker serves."""
+        """The FlowStone pipelines this worker serves, and the queues it consumes."""
         pipelines = getattr(state.consumer.app, "pipelines", None) or {}
-        return {"pipelines": sorted(pipelines)}
+        consumer = state.consumer.task_consumer
+        queues = sorted(q.name for q in consumer.queues) if consumer is not None else []
+        return {"pipelines": sorted(pipelines), "queues": queues}
 
     flowstone_pipelines.__name__ = CONTROL_COMMAND
     control_command()(flowstone_pipelines)
 
 
-def served_by(replies: list[dict[str, Any]]) -> dict[str, list[str] | None]:
+def served_by(
+    replies: list[dict[str, Any]], queue: str | None = None
+) -> dict[str, list[str] | None]:
     """``{worker: pipeline names}`` from a ``flowstone_pipelines`` broadcast's replies
-    (None for a worker that answered without naming its pipelines)."""
+    (None for a worker that answered without naming its pipelines). With ``queue``, a
+    worker that does not consume it serves nothing from it, and one that does not say
+    which queues it consumes (an older worker) is unknown (None)."""
     out: dict[str, list[str] | None] = {}
     for reply in replies:
         for host, answer in reply.items():
             names = answer.get("pipelines") if isinstance(answer, dict) else None
+            if queue is not None and isinstance(names, list):
+                queues = answer.get("queues")
+                names = (names if queue in queues else []) if isinstance(queues, list) else None
             out[host] = sorted(str(n) for n in names) if isinstance(names, list) else None
     return out
 
 
-def workers_serving(app: Celery, pipeline: str, *, timeout: float = 1.0) -> int | None:
-    """How many workers answering within ``timeout`` seconds serve ``pipeline``.
+def workers_serving(
+    app: Celery, pipeline: str, queue: str | None = None, *, timeout: float = 1.0
+) -> int | None:
+    """How many workers answering within ``timeout`` seconds serve ``pipeline`` (from
+    ``queue``, when given).
 
     None when it cannot be told: the broker is unreachable, or no worker serves it but
     some answered without naming their pipelines (an older worker).
@@ -63,7 +77,7 @@ def workers_serving(app: Celery, pipeline: str, *, timeout: float = 1.0) -> int 
     except Exception as exc:  # the broker is down: the dispatch said so already
         log.debug("asking the workers which pipelines they serve failed: %s", exc)
         return None
-    served = served_by(replies)
+    served = served_by(replies, queue)
     count = sum(1 for names in served.values() if names is not None and pipeline in names)
     if count == 0 and any(names is None for names in served.values()):
         return None
