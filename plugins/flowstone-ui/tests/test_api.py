@@ -79,6 +79,8 @@ def test_run_detail_has_steps_errors_routes_and_audit(pipeline: Any) -> None:
     step = next(s for s in detail["steps"] if s["asset"] == "broken")
     assert "this asset always fails" in step["error"]
     assert "RuntimeError" in step["traceback"]
+    assert step["logs"] == ["INFO checking 4 numbers"]  # the step's context.log lines
+    assert "checking 4 numbers" in client.get(f"/runs/{failed}").text
     assert detail["can_resume"] is True
     assert detail["audit"], "the store's audit trail is shown"
     assert client.get("/api/runs/no-such-run").status_code == 404

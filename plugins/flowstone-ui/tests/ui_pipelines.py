@@ -57,7 +57,8 @@ def shipped(review: dict[str, int]) -> int:
 
 
 @fs.asset
-def broken(numbers: list[int]) -> int:
+def broken(context: fs.Context, numbers: list[int]) -> int:
+    context.log.info("checking %d numbers", len(numbers))
     raise RuntimeError("this asset always fails")
 
 

@@ -88,6 +88,7 @@ class StepOut(_Out):
     materialization_id: str | None = None
     error: str | None = None
     traceback: str | None = None
+    logs: list[str] = Field(default_factory=list, description="the step's context.log lines")
     offset_pct: float = Field(0.0, description="timeline bar start, % of the run's span")
     width_pct: float = Field(0.0, description="timeline bar width, % of the run's span")
 

@@ -165,12 +165,14 @@ def _step_out(
             end = finished or started
             width = max(100.0 * (end - started).total_seconds() / span, 0.5)
     traceback = m.metadata.get("traceback") if m else None
+    logs = m.metadata.get("logs") if m else None
     return StepOut(
         asset=asset, partition=partition, kind=kind, state=step_state,
         attempt=max(attempt, m.attempt if m else 0), started_at=started, finished_at=finished,
         duration_s=duration, materialization_id=m.id if m else None,
         error=error or (m.error if m else None),
         traceback=traceback if isinstance(traceback, str) else None,
+        logs=[str(line) for line in logs] if isinstance(logs, list) else [],
         offset_pct=round(min(offset, 100.0), 2), width_pct=round(min(width, 100.0 - offset), 2),
     )  # fmt: skip
 
