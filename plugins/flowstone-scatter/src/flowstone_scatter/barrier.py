@@ -224,10 +224,14 @@ async def lock_and_decide(
 
 
 async def load_chunk(
-    conn: asyncpg.Connection, t: Tables, barrier_id: int, start: int, end: int
+    conn: asyncpg.Connection, t: Tables, barrier_id: int, start: int, end: int, pipeline: str
 ) -> tuple[Any, list[ItemRow]]:
-    """The barrier and the still-queued items of units ``[start, end)`` (marks them started)."""
-    b = await conn.fetchrow(f"SELECT * FROM {t.barriers} WHERE id = $1", barrier_id)
+    """The barrier and the still-queued items of units ``[start, end)`` (marks them started).
+
+    Only a barrier of ``pipeline`` (the one whose worker task runs the chunk): a message
+    naming another pipeline gets ``(None, [])`` and runs nothing."""
+    b = await conn.fetchrow(
+        f"SELECT * FROM {t.barriers} WHERE id = $1 AND pipeline = $2", barrier_id, pipeline)
     if b is None or b["state"] != "running":
         return b, []
     rows = await conn.fetch(
@@ -266,14 +270,16 @@ async def record(
 
 
 async def claim_reader(
-    conn: asyncpg.Connection, t: Tables, barrier_id: int, owner: str, lease: float
+    conn: asyncpg.Connection, t: Tables, barrier_id: int, owner: str, lease: float,
+    pipeline: str,
 ) -> Any:
-    """Take the reader of a barrier if nobody holds it (or its holder stopped beating)."""
+    """Take the reader of a barrier of ``pipeline`` if nobody holds it (or its holder
+    stopped beating); None otherwise, and for another pipeline's barrier."""
     return await conn.fetchrow(
         f"UPDATE {t.barriers} SET reader_owner = $2, reader_beat = now() WHERE id = $1 "
-        "AND state = 'running' AND NOT reader_done AND (reader_beat IS NULL OR "
-        "reader_beat < now() - make_interval(secs => $3)) RETURNING *",
-        barrier_id, owner, lease,
+        "AND pipeline = $4 AND state = 'running' AND NOT reader_done AND (reader_beat IS NULL "
+        "OR reader_beat < now() - make_interval(secs => $3)) RETURNING *",
+        barrier_id, owner, lease, pipeline,
     )
 
 

@@ -50,10 +50,13 @@ def run_chunk(runner: StepRunner, msg: ChunkMessage) -> int:
     """Run the still-queued items of one chunk message; return how many were recorded."""
     coord = coordinator_of(runner)
     db = coord.database(runner)
-    b, rows = db.run(lambda c: barrier.load_chunk(c, db.t, msg.barrier, msg.start, msg.end))
+    runtime = runner.runtime
+    b, rows = db.run(lambda c: barrier.load_chunk(c, db.t, msg.barrier, msg.start, msg.end,
+                                                  runtime.name))
+    if b is None:
+        _rejected(runner, msg)
     if not rows:
         return 0
-    runtime = runner.runtime
     run = runtime.store.get_run(b["run_id"])
     if run is None or run.status == "cancelled":
         db.run(lambda c: c.execute(f"UPDATE {db.t.barriers} SET state = 'cancelled', "
@@ -85,6 +88,14 @@ def run_chunk(runner: StepRunner, msg: ChunkMessage) -> int:
                         {"succeeded": ok, "failed": len(results) - ok, "chunk": True})
     coord.after(runner, msg.barrier, claim)
     return len(results)
+
+
+def _rejected(runner: StepRunner, msg: ChunkMessage) -> None:
+    """Log a chunk message naming a barrier this pipeline does not have (another
+    pipeline's barrier, or one pruned since): nothing ran."""
+    log.warning("rejected a scatter chunk message for barrier %d: pipeline %r has no such "
+                "barrier (it belongs to another pipeline or was pruned); nothing ran",
+                msg.barrier, runner.runtime.name)
 
 
 def _rate_slots(db: Database, b: Any, sc: Scatter, n: int) -> float | None:
@@ -140,7 +151,8 @@ def run_reader(runner: StepRunner, msg: ChunkMessage,
     db = coord.database(runner)
     owner = uuid.uuid4().hex
     b = db.run(lambda c: barrier.claim_reader(c, db.t, msg.barrier, owner,
-                                              runner.runtime.policies.lease_seconds))
+                                              runner.runtime.policies.lease_seconds,
+                                              runner.runtime.name))
     if b is None:
         return 0
     a = runner.runtime.graph[b["asset"]]
