@@ -126,3 +126,25 @@ def test_a_message_naming_another_pipeline_runs_nothing_in_this_run(
     assert step is not None and (step.state, step.attempt) == ("ready", 0)
     reports.dispatch(run.run_id, (step,))
     assert reports.result(run.run_id).value == "reports" and ran == ["reports"]
+
+
+def test_a_stale_runner_whose_asset_fails_cannot_send_the_step_back(
+    make_pipeline: PipelineFactory,
+) -> None:
+    @fs.asset(retry=fs.RetryPolicy(max_attempts=3, base_delay=0, jitter=0))
+    def summary(context: fs.Context) -> str:
+        if context.attempt == 1:  # runner A, taken over: its retry policy would re-queue it
+            raise ConnectionError("upstream API timed out")
+        return f"written by attempt {context.attempt}"
+
+    p = make_pipeline([summary], name="reports")
+    run = _run(p, [StepSpec("summary", "")])
+    store = p.store
+    a = store.claim_step(run.run_id, "summary", "", owner="runner-a", lease_seconds=0)
+    b = store.claim_step(run.run_id, "summary", "", owner="runner-b", lease_seconds=60)
+    assert a is not None and b is not None
+    assert p.runner.run_claimed(a, lease_seconds=60).steps == ()  # its retry is refused
+    step = store.get_step(run.run_id, "summary", "")
+    assert step is not None and (step.state, step.owner, step.attempt) == ("running", "runner-b", 2)
+    p.runner.run_claimed(b, lease_seconds=60)
+    assert p.result(run.run_id).value == "written by attempt 2"

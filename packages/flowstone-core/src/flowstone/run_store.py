@@ -187,10 +187,18 @@ class RunScheduling(Protocol):
         ...
 
     def retry_step(
-        self, run_id: str, asset: str, partition: str, *, not_before: datetime, error: str
+        self,
+        run_id: str,
+        asset: str,
+        partition: str,
+        *,
+        not_before: datetime,
+        error: str,
+        fence: Fence | None = None,
     ) -> bool:
-        """running -> ready, runnable again from ``not_before``. False if not running.
-        Appends ``step_retry`` to the audit log."""
+        """running -> ready, runnable again from ``not_before``. False if not running (or,
+        with ``fence``, not running under that claim: a stale runner cannot send back a
+        step another runner holds). Appends ``step_retry`` to the audit log."""
         ...
 
     def finish_step(

@@ -259,19 +259,23 @@ async def retry_step(
     not_before: datetime,
     error: str,
     now: datetime,
+    fence: Fence | None = None,
 ) -> bool:
     not_before = rules.require_utc(not_before, "not_before")
     # one statement: the audit entry (rules.retry_detail, built here) commits with the retry
     attempt = await sql(
         "WITH u AS (UPDATE {s}.steps SET state = 'ready', not_before = :nb, error = :err, "
         "owner = NULL, lease_expires_at = NULL, updated_at = :now WHERE run_id = :r "
-        "AND asset = :a AND partition = :p AND state = 'running' RETURNING attempt), "
+        "AND asset = :a AND partition = :p AND state = 'running' "
+        "AND (CAST(:f_owner AS text) IS NULL OR (owner = :f_owner AND attempt = :f_attempt)) "
+        "RETURNING attempt), "
         "au AS (INSERT INTO {s}.audit (run_id, at, kind, asset, partition, detail) "
         "SELECT :r, :now, 'step_retry', :a, :p, jsonb_build_object('attempt', attempt, "
         "'error', CAST(:err AS text), 'not_before', CAST(:nbs AS text)) FROM u) "
         "SELECT attempt FROM u"
     ).fetchval(conn, {**key, "nb": not_before, "nbs": not_before.isoformat(), "err": error,
-                      "now": now})  # fmt: skip
+                      "now": now, "f_owner": None if fence is None else fence.owner,
+                      "f_attempt": None if fence is None else fence.attempt})  # fmt: skip
     return attempt is not None
 
 

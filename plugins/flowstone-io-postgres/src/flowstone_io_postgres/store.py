@@ -389,12 +389,19 @@ class PostgresRunStore:
         )
 
     def retry_step(
-        self, run_id: str, asset: str, partition: str, *, not_before: datetime, error: str
+        self,
+        run_id: str,
+        asset: str,
+        partition: str,
+        *,
+        not_before: datetime,
+        error: str,
+        fence: Fence | None = None,
     ) -> bool:
         key = self._key(run_id, asset, partition)
         return self._auto(
             "scheduling a retry",
-            lambda c: scheduling.retry_step(c, self._sql, key, not_before, error, _now()),
+            lambda c: scheduling.retry_step(c, self._sql, key, not_before, error, _now(), fence),
         )
 
     def finish_step(

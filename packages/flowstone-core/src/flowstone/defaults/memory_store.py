@@ -309,12 +309,21 @@ class MemoryRunStore(MemoryRecords):
             return True
 
     def retry_step(
-        self, run_id: str, asset: str, partition: str, *, not_before: datetime, error: str
+        self,
+        run_id: str,
+        asset: str,
+        partition: str,
+        *,
+        not_before: datetime,
+        error: str,
+        fence: Fence | None = None,
     ) -> bool:
         not_before = rules.require_utc(not_before, "not_before")
         with self._lock:
             step = self.get_step(run_id, asset, partition)
             if step is None or step.state != "running":
+                return False
+            if not rules.fence_holds(fence, step.state, step.owner, step.attempt):
                 return False
             now = rules.utc_now()
             self._plans[run_id].steps[(asset, partition)] = replace(

@@ -319,16 +319,27 @@ class SQLiteRunStore(SQLiteRecords):
             return cur.rowcount == 1
 
     def retry_step(
-        self, run_id: str, asset: str, partition: str, *, not_before: datetime, error: str
+        self,
+        run_id: str,
+        asset: str,
+        partition: str,
+        *,
+        not_before: datetime,
+        error: str,
+        fence: Fence | None = None,
     ) -> bool:
         not_before = rules.require_utc(not_before, "not_before")
         now = to_micros(rules.utc_now())
+        # the fence (store_rules.fence_holds) in the write itself
+        owner = None if fence is None else fence.owner
+        held = (owner, owner, None if fence is None else fence.attempt)
         with self._write() as c:
             row = c.execute(
                 "UPDATE steps SET state = 'ready', owner = NULL, lease_expires_at = NULL,"
                 " not_before = ?, error = ?, updated_at = ?"
-                f" WHERE {STEP_KEY} AND state = 'running' RETURNING attempt",
-                (to_micros(not_before), error, now, run_id, asset, partition),
+                f" WHERE {STEP_KEY} AND state = 'running'"
+                " AND (? IS NULL OR (owner = ? AND attempt = ?)) RETURNING attempt",
+                (to_micros(not_before), error, now, run_id, asset, partition, *held),
             ).fetchone()
             if row is None:
                 return False

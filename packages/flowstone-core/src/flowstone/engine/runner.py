@@ -283,8 +283,9 @@ class StepRunner:
         rt = self.runtime
         not_before = _now() + timedelta(seconds=later.delay)
         if not rt.store.retry_step(
-            step.run_id, step.asset, step.partition, not_before=not_before, error=later.error
-        ):
+            step.run_id, step.asset, step.partition,
+            not_before=not_before, error=later.error, fence=_fence_of(step),
+        ):  # fmt: skip
             return _NOTHING
         rt.events.emit(
             "asset.retrying", step.run_id, step.asset, step.partition,

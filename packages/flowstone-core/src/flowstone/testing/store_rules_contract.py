@@ -346,6 +346,19 @@ class StoreRulesContract:
         # without a fence (a resume path) the state alone decides, as before
         assert store.finish_step(run.run_id, "orders", DAY, outcome).applied
 
+    def test_a_stale_runner_cannot_send_the_step_back(self, store: RunStore) -> None:
+        run, _ = _create(store, _diamond())
+        store.claim_step(run.run_id, "orders", DAY, owner="wa", lease_seconds=0)
+        store.claim_step(run.run_id, "orders", DAY, owner="wb", lease_seconds=60)
+        retry = partial(store.retry_step, run.run_id, "orders", DAY, not_before=_now())
+        assert not retry(error="a's retry policy", fence=Fence("wa", 1))
+        step = store.get_step(run.run_id, "orders", DAY)
+        assert step is not None and (step.state, step.owner, step.attempt) == ("running", "wb", 2)
+        assert "step_retry" not in _kinds(store, run.run_id)
+        assert retry(error="b's retry policy", fence=Fence("wb", 2))
+        step = store.get_step(run.run_id, "orders", DAY)
+        assert step is not None and step.state == "ready"
+
     def test_a_stale_continuation_finish_is_fenced(self, store: RunStore) -> None:
         if not isinstance(store, ContinuationReads):
             pytest.skip("the store has no finish_step_reading (ContinuationReads)")
