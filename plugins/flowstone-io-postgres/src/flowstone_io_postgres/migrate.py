@@ -110,6 +110,16 @@ def function_sql(name: str, schema: str) -> str:
     return "".join(lines).replace("{schema}", quote_ident(schema, what="schema"))
 
 
+def replace_function(function: str, sql_file: str) -> None:
+    """In a revision: drop ``function`` (its one version there is) from the migrated schema
+    and create it from ``migrations/sql/<sql_file>`` (see :func:`function_sql`)."""
+    from alembic import context, op
+
+    schema = context.config.attributes["flowstone_schema"]
+    op.execute(f"DROP FUNCTION IF EXISTS {quote_ident(schema, what='schema')}.{function}")
+    op.execute(function_sql(sql_file, schema))
+
+
 def installed_sets() -> tuple[MigrationSet, ...]:
     """The :class:`MigrationSet` of every installed plugin (entry point group
     ``flowstone.postgres_migrations``), by name.

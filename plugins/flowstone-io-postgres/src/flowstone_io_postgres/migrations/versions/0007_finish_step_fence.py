@@ -17,10 +17,7 @@ Revises: 0006
 
 from __future__ import annotations
 
-from alembic import context, op
-
-from flowstone_io_postgres.identifiers import quote_ident
-from flowstone_io_postgres.migrate import function_sql
+from flowstone_io_postgres.migrate import replace_function
 
 revision = "0007"
 down_revision = "0006"
@@ -28,16 +25,9 @@ branch_labels = None
 depends_on = None
 
 
-def _replace(new: str) -> None:
-    schema = context.config.attributes["flowstone_schema"]
-    s = quote_ident(schema, what="schema")
-    op.execute(f"DROP FUNCTION IF EXISTS {s}.finish_step")  # the one version there is
-    op.execute(function_sql(new, schema))
-
-
 def upgrade() -> None:
-    _replace("0007_finish_step.sql")
+    replace_function("finish_step", "0007_finish_step.sql")
 
 
 def downgrade() -> None:
-    _replace("0003_finish_step.sql")
+    replace_function("finish_step", "0003_finish_step.sql")
