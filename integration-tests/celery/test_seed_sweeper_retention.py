@@ -58,8 +58,11 @@ def swept(database_url: str, redis_url: str) -> Iterator[tuple[Any, Any, dict[st
         return gate
 
     tag = uuid.uuid4().hex[:8]
+    # in-process runs: the suite's client env (FLOWSTONE_EXECUTOR=celery, its own queue) must
+    # not send these runs to workers that do not serve this pipeline (they would wait forever)
     pipeline = fs.Pipeline(f"seed_retention_{tag}", [order, size, small, large, trade, transcode],
-                           store=database_url, route_retention=RETENTION.total_seconds())
+                           store=database_url, route_retention=RETENTION.total_seconds(),
+                           executor="inprocess")
     app = make_app(load_settings(broker_url=redis_url, queue=f"fs-it-seed-ret-{tag}"))
     try:
         yield pipeline, (app, Sweeper(app)), tokens
