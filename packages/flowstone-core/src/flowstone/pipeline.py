@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from flowstone import configuration as config
 from flowstone import running
+from flowstone._pipeline_config import RuntimeView
 from flowstone._pipeline_values import ValueReads
 from flowstone._pipeline_waits import Waits
 from flowstone.asset import AssetDef
@@ -59,7 +60,7 @@ log = logging.getLogger("flowstone")
 _PIPELINE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 
 
-class Pipeline(ValueReads, Waits):
+class Pipeline(RuntimeView, ValueReads, Waits):
     """A named, validated DAG of assets and the services that run it.
 
     Args:
@@ -229,47 +230,6 @@ class Pipeline(ValueReads, Waits):
         keep = config.Coordinators(rt.scatter_coordinator, rt.parallel_coordinator)
         old, self.runner = self.runner, self._build(executor, keep)
         old.close()
-
-    @property
-    def scatter_coordinator(self) -> ScatterCoordinator:
-        return self.runtime.scatter_coordinator
-
-    @property
-    def parallel_coordinator(self) -> ParallelCoordinator:
-        return self.runtime.parallel_coordinator
-
-    @property
-    def lease_seconds(self) -> float:
-        return self.runtime.policies.lease_seconds
-
-    @property
-    def route_retention(self) -> float:
-        return self.runtime.policies.route_retention
-
-    @property
-    def on_lineage_error(self) -> str:
-        return self.runtime.policies.on_lineage_error
-
-    @property
-    def observers(self) -> tuple[Observer, ...]:
-        return self.events.observers
-
-    @property
-    def stats(self) -> dict[str, int]:
-        """``observer_errors`` and ``lineage_errors`` counted by the emitter."""
-        return self.events.stats
-
-    @property
-    def default_io_manager(self) -> str:
-        return self.runtime.values.default
-
-    def io_manager(self, name: str) -> IOManager:
-        return self.runtime.values.manager(name)
-
-    @property
-    def io_manager_names(self) -> tuple[str, ...]:
-        """The names of this pipeline's IO managers (``io_manager(name)`` gets one)."""
-        return self.runtime.values.names
 
     # --- running ---------------------------------------------------------------------
     def run(
@@ -452,24 +412,6 @@ class Pipeline(ValueReads, Waits):
             timeout=timeout, skip_existing=skip_existing, force=force, progress=progress,
         )  # fmt: skip
 
-    def health(self) -> dict[str, Any]:
-        """``{"ok": bool, "store": ..., "executor": ..., "resources": {...}}``."""
-        report: dict[str, Any] = {}
-        try:
-            self.store.ping()
-            report["store"] = "ok"
-        except Exception as exc:
-            report["store"] = f"error: {exc}"
-        check = self.runtime.capabilities.executor_health
-        report["executor"] = check.health() if check is not None else "ok"
-        report["resources"] = self.resources.health()
-        report["ok"] = (
-            report["store"] == "ok"
-            and _healthy(report["executor"])
-            and all(v in ("ok", "not built") for v in report["resources"].values())
-        )
-        return report
-
     # --- events ---------------------------------------------------------------------------
     def emit(self, event: Event) -> str | None:
         """Hand ``event`` to every observer (see :class:`~flowstone.events.Emitter`)."""
@@ -499,9 +441,3 @@ class Pipeline(ValueReads, Waits):
 
     def __repr__(self) -> str:
         return f"<Pipeline {self.name} assets={len(self.dag.order)}>"
-
-
-def _healthy(value: Any) -> bool:
-    if isinstance(value, Mapping):
-        return bool(value.get("ok", True))
-    return bool(value == "ok")
