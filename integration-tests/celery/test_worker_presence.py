@@ -44,7 +44,7 @@ def quickstart_only(client_env: str, database_url: str, redis_url: str,
 
 def test_a_worker_logs_each_engine_warning_once(quickstart_only: Cluster) -> None:
     proc = quickstart_only.procs[0][0]
-    done = cli("run", NOT_SERVED, "daily_revenue", "-p", "2024-01-05", "--timeout", "6",
+    done = cli("run", NOT_SERVED, "daily_revenue", "-p", "2024-01-05", "--force", "--timeout", "6",
                env=_client(quickstart_only))
     assert done.returncode == 1, done.stderr  # cancelled at the timeout: nobody ran it
     marker = "dropping step message for unknown pipeline 'it_etl'"
@@ -56,7 +56,7 @@ def test_a_worker_logs_each_engine_warning_once(quickstart_only: Cluster) -> Non
 def test_run_says_within_seconds_that_no_worker_serves_the_pipeline(
     quickstart_only: Cluster,
 ) -> None:
-    done = cli("run", NOT_SERVED, "daily_revenue", "-p", "2024-01-06", "--timeout", "8",
+    done = cli("run", NOT_SERVED, "daily_revenue", "-p", "2024-01-06", "--force", "--timeout", "8",
                env=_client(quickstart_only))
     assert done.returncode == 1  # nobody ran it: cancelled at the timeout
     assert "no live worker serves pipeline 'it_etl'" in done.stderr, done.stderr
