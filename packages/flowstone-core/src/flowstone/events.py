@@ -21,7 +21,8 @@ Every event has ``kind`` (an :data:`EventKind`), ``at`` (UTC), ``pipeline``, ``r
 ``gate.opened``        ``duration_s``
 ``gate.signaled``      (nothing)
 ``gate.expired``       (nothing)
-``scatter.progress``   ``done``, ``total`` (and coordinator-specific counts)
+``scatter.progress``   ``succeeded``, ``failed``; ``total`` (in-process, all so far) or
+                       ``chunk`` (Celery: the counts of one finished chunk)
 ``lineage.recorded``   ``upstream`` (materialization ids)
 ``observer.failed``    ``observer``, ``failed_kind``, ``error``
 =====================  ==============================================================

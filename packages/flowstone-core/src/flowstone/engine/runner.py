@@ -233,7 +233,9 @@ class StepRunner:
         except (_Bookkeeping, StorageError) as failed:
             # the engine's own read or write failed (store, value write), not the asset:
             # release the claim so the step runs again soon instead of waiting out its lease
-            cause = failed.__cause__ or failed if isinstance(failed, _Bookkeeping) else failed
+            cause: BaseException = failed
+            if isinstance(failed, _Bookkeeping) and failed.__cause__ is not None:
+                cause = failed.__cause__
             if isinstance(cause, StorageError) and not _is_infrastructure(cause):
                 raise
             if step.attempt >= _MAX_INFRA_ATTEMPTS:  # persistent (disk full...): say so
