@@ -38,6 +38,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
+import select
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -74,7 +75,8 @@ class Connections:
     A lean stand-in for ``asyncpg.Pool`` (whose acquire/release bookkeeping -- queue,
     timeouts, reset query -- cost more CPU than the statement itself). Lives on one loop.
     A connection that saw anything but a server-reported error (a lost socket, a
-    cancellation mid-statement) is terminated instead of reused.
+    cancellation mid-statement) is terminated instead of reused, and an idle one the server
+    closed meanwhile is noticed before use and replaced (:func:`_idle_and_open`).
     """
 
     def __init__(self, dsn: str, options: PoolOptions) -> None:
@@ -88,8 +90,9 @@ class Connections:
         try:
             while self._idle:
                 conn = self._idle.pop()
-                if not conn.is_closed():  # the server may have closed it while idle
+                if _idle_and_open(conn):
                     return conn
+                conn.terminate()  # closed by the server while idle: open a fresh one
             o = self._options
             return await asyncpg.connect(
                 self._dsn,
@@ -161,6 +164,27 @@ class Connections:
         for conn in idle:
             with contextlib.suppress(Exception):
                 await conn.close(timeout=5)
+
+
+def _idle_and_open(conn: asyncpg.Connection) -> bool:
+    """Whether an idle connection can take a statement: open, and nothing on its socket.
+
+    ``conn.is_closed()`` alone misses a connection the server closed while it sat idle
+    (``pg_terminate_backend``, a server restart, an idle timeout): our loop runs only during
+    calls, so the server's goodbye (an ``ErrorResponse`` then EOF) is still unread in the
+    socket and asyncpg has not noticed it yet. An idle connection has nothing to read, so
+    anything readable (or a hang-up) means it is gone -- or at least not in a state to
+    reuse; one non-blocking ``poll`` of the socket tells, without a round trip.
+    """
+    if conn.is_closed():
+        return False
+    transport = getattr(conn, "_transport", None)  # asyncpg keeps no public handle on it
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return True
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+    return not poller.poll(0)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
