@@ -1,9 +1,11 @@
-"""A loopback HTTP proxy in front of the S3 server that breaks some downloads mid-way.
+"""A loopback HTTP proxy in front of the S3 server that breaks some downloads.
 
 It forwards every request unchanged, but the first ``cuts`` ranged GET responses are sent
 with their full ``Content-Length`` and only half their body before the connection is
 closed: what a flaky network does to a long download (botocore then raises
-``IncompleteReadError`` or a protocol error while the body is read).
+``IncompleteReadError`` or a protocol error while the body is read). The next ``corrupt``
+GET responses with a body (set the attribute at any time) arrive whole, headers unchanged,
+with one byte in the middle of the body inverted: a transfer that damaged the data.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ _HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection"}
 
 
 class FlakyProxy:
-    def __init__(self, upstream: str, cuts: int) -> None:
+    def __init__(self, upstream: str, cuts: int = 0, corrupt: int = 0) -> None:
         self.upstream = urlsplit(upstream)
         self.cuts = cuts
         self.cut_ranges: list[str] = []
+        self.corrupt = corrupt
+        self.corrupted: list[str] = []
         self._lock = threading.Lock()
         proxy = self
 
@@ -50,6 +54,13 @@ class FlakyProxy:
                             proxy.cuts -= 1
                             proxy.cut_ranges.append(self.headers["Range"])
                             cut = True
+                if self.command == "GET" and not cut and data:
+                    with proxy._lock:
+                        if proxy.corrupt > 0:
+                            proxy.corrupt -= 1
+                            proxy.corrupted.append(self.path)
+                            middle = len(data) // 2
+                            data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
                 self.send_response(response.status, response.reason)
                 for name, value in response.getheaders():
                     if name.lower() not in _HOP and name.lower() != "content-length":

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import threading
+import zlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,7 +50,11 @@ class S3IOManager:
     asset's ``metadata={"format": ...}``) chooses per asset: ``"parquet"`` stores a list of
     dicts as Parquet. Nothing is pickled. A value of ``multipart_threshold`` bytes or more
     is uploaded in parts of ``part_size`` bytes, ``concurrency`` at a time; a failed upload
-    is aborted, so a store either writes the whole object or nothing. :meth:`load_many`
+    is aborted, so a store either writes the whole object or nothing. Every object is stored
+    with a CRC32 of its whole content (for parts too: S3's ``FULL_OBJECT`` checksum type),
+    and every load asks for it and checks the bytes it read against it: a value damaged at
+    rest or in transit raises :class:`~flowstone.errors.StorageError` naming the object,
+    and nothing is loaded. :meth:`load_many`
     loads several values concurrently (``BatchLoading``), and :meth:`store_described`
     reports size, ETag and format of what it wrote (``DescribedStorage``: the engine
     records them in the materialization).
@@ -151,24 +157,46 @@ class S3IOManager:
         if len(data) >= self._threshold:
             response = self._upload_parts(object_key, data)
         else:
-            response = self._call("PutObject", object_key, Key=object_key, Body=data)
+            # CRC32 explicitly: S3 keeps it with the object whatever the client's
+            # request_checksum_calculation setting (botocore computes it as it sends).
+            response = self._call(
+                "PutObject", object_key, Key=object_key, Body=data, ChecksumAlgorithm="CRC32"
+            )
         etag = str(response.get("ETag", "")).strip('"')
         return self._uri(object_key), {"size": len(data), "etag": etag, "format": ext}
 
     def load(self, location: str) -> object:
         """Return the value at ``location`` (as :meth:`store` returned it).
 
+        The bytes read are checked against the CRC32 S3 stored with the object (botocore
+        does it as it reads, asked by ``ChecksumMode``, whatever the client's
+        ``response_checksum_validation`` setting). An object stored without a whole-object
+        checksum (by another writer, or in parts before this manager stored one) is read
+        unchecked.
+
         Raises:
             UnsafeKeyError: ``location`` is not a value of this manager's bucket and prefix.
             ValueNotFoundError: no object there.
-            StorageError: S3 failed, or the object is corrupt (names the object).
+            StorageError: S3 failed, the bytes read do not match the object's checksum, or
+                the object is corrupt (names the object).
         """
         object_key, ext = self._parse(location)
-        response = self._call("GetObject", object_key, Key=object_key, missing=location)
+        response = self._call(
+            "GetObject", object_key, Key=object_key, ChecksumMode="ENABLED", missing=location
+        )
         body = response["Body"]
         try:
             data = body.read()
         except Exception as exc:
+            from botocore.exceptions import FlexibleChecksumError
+
+            if isinstance(exc, FlexibleChecksumError):
+                raise StorageError(
+                    f"{location}: the bytes read do not match the CRC32 checksum S3 stored "
+                    f"with the object ({exc}); nothing was loaded. The object or its transfer "
+                    "is damaged. Fix: retry the step; if it fails again, the stored object is "
+                    "corrupt: re-materialize the asset."
+                ) from exc
             raise service_error(
                 exc, operation="GetObject", target=location, connection=self._s3
             ) from exc
@@ -287,8 +315,14 @@ class S3IOManager:
             raise error from exc
 
     def _upload_parts(self, object_key: str, data: bytes) -> Any:
+        """Upload ``data`` in parts, each with its CRC32, and complete the object with the
+        CRC32 of the whole (``FULL_OBJECT``): S3 checks it against the parts' checksums,
+        and a GET of the object is then checked end to end, as a single PUT's is."""
         client = self._s3.get()
-        upload = self._call("CreateMultipartUpload", object_key, Key=object_key)
+        upload = self._call(
+            "CreateMultipartUpload", object_key, Key=object_key,
+            ChecksumAlgorithm="CRC32", ChecksumType="FULL_OBJECT",
+        )  # fmt: skip
         upload_id = upload["UploadId"]
         view = memoryview(data)
         starts = range(0, len(data), self._part_size)
@@ -298,16 +332,21 @@ class S3IOManager:
             part = view[start : start + self._part_size]
             response = self._call(
                 "UploadPart", object_key, Key=object_key, UploadId=upload_id,
-                PartNumber=number, Body=part.tobytes(),
+                PartNumber=number, Body=part.tobytes(), ChecksumAlgorithm="CRC32",
             )  # fmt: skip
-            return {"PartNumber": number, "ETag": response["ETag"]}
+            done = {"PartNumber": number, "ETag": response["ETag"]}
+            if "ChecksumCRC32" in response:  # S3 needs it back; not every server sends it
+                done["ChecksumCRC32"] = response["ChecksumCRC32"]
+            return done
 
         try:
             with ThreadPoolExecutor(min(self._concurrency, len(starts))) as pool:
+                whole = pool.submit(_crc32, data)  # zlib releases the GIL: beside the uploads
                 parts = list(pool.map(put, enumerate(starts, start=1)))
             return self._call(
                 "CompleteMultipartUpload", object_key, Key=object_key, UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
+                MultipartUpload={"Parts": parts}, ChecksumType="FULL_OBJECT",
+                ChecksumCRC32=whole.result(),
             )  # fmt: skip
         except BaseException:
             # Nothing half-written: the parts are discarded and no object appears.
@@ -316,6 +355,11 @@ class S3IOManager:
                     Bucket=self.bucket, Key=object_key, UploadId=upload_id
                 )
             raise
+
+
+def _crc32(data: bytes) -> str:
+    """The CRC32 of ``data`` as S3 writes it: base64 of the 4 big-endian bytes."""
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
 
 
 _METHODS = {
