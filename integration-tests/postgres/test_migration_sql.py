@@ -57,7 +57,7 @@ def empty_db(postgres_url: str) -> Iterator[str]:
 
 def test_functions_at_head_are_the_shipped_sql_files(migrated_url: str) -> None:
     assert _body(migrated_url, "flowstone", "finish_step") == _file_body(
-        "0007_finish_step.sql", "flowstone"
+        "0008_finish_step.sql", "flowstone"
     )
     assert _body(migrated_url, "flowstone", "read_values") == _file_body(
         "0004_read_values.sql", "flowstone"
@@ -73,14 +73,19 @@ def test_each_revision_creates_its_own_file_in_a_custom_schema(empty_db: str) ->
     asyncio.run(migrate.upgrade(url, "tenant_sql", "0003"))
     at_0003 = _body(empty_db, "tenant_sql", "finish_step")
     assert at_0003 == _file_body("0003_finish_step.sql", "tenant_sql")
+    asyncio.run(migrate.upgrade(url, "tenant_sql", "0007"))
+    at_0007 = _body(empty_db, "tenant_sql", "finish_step")
+    assert at_0007 == _file_body("0007_finish_step.sql", "tenant_sql")
     asyncio.run(migrate.upgrade(url, "tenant_sql"))
     assert _body(empty_db, "tenant_sql", "finish_step") == _file_body(
-        "0007_finish_step.sql", "tenant_sql"
+        "0008_finish_step.sql", "tenant_sql"
     )
     # the files differ only by the continuation claim: 0003 is not 0002 patched at run time;
     # and only by the fence: 0007 is not 0003 patched at run time
     assert "p_claim_owner" not in at_0002
     assert "p_fence_owner" not in at_0003
+    # and 0008 anchors time at the database's clock: 0007 wrote the caller's timestamps
+    assert "v_now" not in at_0007
 
 
 def test_downgrade_restores_the_earlier_file(empty_db: str) -> None:

@@ -70,8 +70,9 @@ class Waits:
 
     # --- housekeeping (daemon / sweeper) ---------------------------------------------------
     def expire_due(self, now: datetime | None = None) -> int:
-        """Fail expired approvals and expire gates (running ``on_timeout``)."""
-        return resume.expire_due(self.runner, now or datetime.now(UTC))
+        """Fail expired approvals and expire gates (running ``on_timeout``), judged by the
+        store's clock (the database's for a shared store); ``now`` overrides it (tests)."""
+        return resume.expire_due(self.runner, now)
 
     def prune(self, now: datetime | None = None) -> int:
         """Delete route decisions older than ``route_retention``."""

@@ -80,8 +80,9 @@ class PipelineLike(Protocol):
         """Start a run (in-process: run it to completion or until it waits)."""
         ...
 
-    def expire_due(self, now: datetime) -> int:
-        """Fail approvals and gates whose timeout passed; return how many."""
+    def expire_due(self, now: datetime | None = None) -> int:
+        """Fail approvals and gates whose timeout passed (by the store's clock, or by
+        ``now`` if given); return how many."""
         ...
 
     def prune(self, now: datetime) -> int:
@@ -289,6 +290,7 @@ class Daemon:
             UsageError: ``now`` is naive.
         """
         at = self._clock() if now is None else now
+        own_time = now is not None or self._clock is not _utc_now
         if at.tzinfo is None or at.utcoffset() is None:
             raise UsageError(f"now={at!r} is naive; pass an aware datetime (tzinfo=UTC)")
         at = at.astimezone(UTC)
@@ -305,7 +307,9 @@ class Daemon:
                 except Exception as exc:
                     out.error(pipeline.name, "sensor", sensor.name, None, exc)
             try:
-                out.expired += pipeline.expire_due(at)
+                # expiry is judged by the store's clock (the database's), unless this tick
+                # was given a time or a clock of its own (tests, replays)
+                out.expired += pipeline.expire_due(at if own_time else None)
             except Exception as exc:
                 out.error(pipeline.name, "expire", pipeline.name, None, exc)
             try:

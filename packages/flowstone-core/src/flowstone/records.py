@@ -55,8 +55,8 @@ StepState = Literal[
 TERMINAL_STEP_STATES: frozenset[str] = frozenset(
     {"succeeded", "failed", "skipped", "upstream_failed", "cancelled"}
 )
-ApprovalStatus = Literal["pending", "approved", "rejected", "expired"]
-GateStatus = Literal["pending", "signaled", "expired"]
+ApprovalStatus = Literal["pending", "approved", "rejected", "expired", "cancelled"]
+GateStatus = Literal["pending", "signaled", "expired", "cancelled"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +106,13 @@ class StepRecord:
     materialization_id: str | None = None
     error: str | None = None
     updated_at: datetime | None = None
+    # reported by the claim that returned this record (None/False on every other read),
+    # computed by the store in the claim itself, with the store's (database's) clock:
+    queued_s: float | None = None
+    """Seconds the step had been ``ready`` (since it became ready, or since ``not_before``
+    if later) when this claim took it; None for a take-over and on other reads."""
+    took_over: bool = False
+    """This claim took the step over from another owner whose lease had expired."""
 
 
 @dataclass(frozen=True, slots=True)

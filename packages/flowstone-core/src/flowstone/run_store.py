@@ -43,6 +43,7 @@ from flowstone.records import (
     StepSpec,
     StepTransition,
 )
+from flowstone.store_rules import RESEND_BATCH
 
 if TYPE_CHECKING:
     from flowstone.protocols import IOManager
@@ -114,9 +115,14 @@ class RunScheduling(Protocol):
     def get_run(self, run_id: str) -> RunRecord | None: ...
 
     def list_runs(
-        self, *, pipeline: str | None = None, status: RunStatus | None = None, limit: int = 50
+        self,
+        *,
+        pipeline: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 50,
+        offset: int = 0,
     ) -> list[RunRecord]:
-        """Newest first."""
+        """Newest first; ``offset`` skips that many (the next page)."""
         ...
 
     def set_run_status(
@@ -160,6 +166,14 @@ class RunScheduling(Protocol):
     ) -> StepRecord | None:
         """ready -> running (attempt + 1), also running-with-expired-lease -> running.
 
+        Every comparison (``not_before``, the lease's expiry) and the new lease
+        (``lease_seconds`` from now) use the store's clock -- the database's ``now()`` for
+        a shared store -- never the caller's, so a worker whose clock is off cannot take
+        over a live lease. The returned record also reports, computed in the claim itself
+        (:func:`~flowstone.store_rules.claim_facts`), how long the step had waited
+        (``queued_s``) and whether this claim took over another owner's expired lease
+        (``took_over``).
+
         The returned step's ``owner`` and ``attempt`` are the claim's fencing token
         (:class:`~flowstone.records.Fence`): ``renew_lease`` and ``finish_step`` given it
         apply only while the step is still running under this claim.
@@ -181,7 +195,8 @@ class RunScheduling(Protocol):
         lease_seconds: float,
         attempt: int | None = None,
     ) -> bool:
-        """Extend a running step's lease; False (nothing changed) unless it is running
+        """Extend a running step's lease to ``lease_seconds`` from now (the store's
+        clock); False (nothing changed) unless it is running
         for ``owner`` (and, when given, at ``attempt``): a runner that gets False has
         lost its claim and cannot commit."""
         ...
@@ -192,13 +207,15 @@ class RunScheduling(Protocol):
         asset: str,
         partition: str,
         *,
-        not_before: datetime,
+        delay_seconds: float,
         error: str,
         fence: Fence | None = None,
-    ) -> bool:
-        """running -> ready, runnable again from ``not_before``. False if not running (or,
-        with ``fence``, not running under that claim: a stale runner cannot send back a
-        step another runner holds). Appends ``step_retry`` to the audit log."""
+    ) -> StepRecord | None:
+        """running -> ready, runnable again ``delay_seconds`` from now by the store's clock
+        (the database's ``now()`` for a shared store; the step's ``not_before``). Returns
+        the step as it now is, or None if it was not running (or, with ``fence``, not
+        running under that claim: a stale runner cannot send back a step another runner
+        holds). Appends ``step_retry`` to the audit log."""
         ...
 
     def finish_step(
@@ -232,10 +249,29 @@ class RunScheduling(Protocol):
         """
         ...
 
+    def resend_steps(
+        self,
+        *,
+        ready_for_seconds: float,
+        pipeline: str | None = None,
+        limit: int = RESEND_BATCH,
+    ) -> list[StepRecord]:
+        """The steps a sweeper should send again now, each stamped as re-sent by this
+        call (in the same statement): ``ready`` for at least ``ready_for_seconds`` (since
+        it became ready, or since ``not_before``) or ``running`` under an expired lease,
+        in running runs (of ``pipeline``, when given), by the store's clock. A step
+        already re-sent is due again only after
+        :func:`~flowstone.store_rules.resend_backoff_seconds` (the interval doubled per
+        re-send; a claim resets it), so a backlog no worker takes yet is not re-published
+        every sweep. At most ``limit`` steps, those never re-sent first, then the oldest
+        (:func:`~flowstone.store_rules.resend_due`)."""
+        ...
+
     def stale_steps(self, now: datetime, *, ready_for_seconds: float) -> list[StepRecord]:
-        """Steps a sweeper should re-dispatch: ``ready`` for longer than
+        """A read-only report of the backlog at ``now``: steps ``ready`` for longer than
         ``ready_for_seconds`` (and past ``not_before``), or ``running`` with an expired
-        lease, in runs that are running."""
+        lease, in runs that are running. Nothing is stamped; sweepers use
+        :meth:`resend_steps`."""
         ...
 
 
@@ -304,26 +340,56 @@ class Waits(Protocol):
         by: str | None = None,
         reason: str | None = None,
     ) -> Approval:
-        """pending -> status exactly once; raise ``ApprovalError`` if not pending/unknown.
-        Appends ``approval_<status>`` to the audit log."""
+        """pending -> status exactly once; raise ``ApprovalError`` if not pending/unknown,
+        or (approved/rejected) if its ``expires_at`` has passed by the store's clock (a
+        late decision; the approval stays pending for the sweeper to expire). Appends
+        ``approval_<status>`` to the audit log."""
         ...
 
-    def due_approvals(self, now: datetime) -> list[Approval]:
-        """Pending approvals whose ``expires_at`` is at or before ``now``."""
+    def due_approvals(self, now: datetime | None = None) -> list[Approval]:
+        """Pending approvals whose ``expires_at`` is at or before ``now`` (None: the
+        store's own clock, the database's for a shared store)."""
         ...
 
     def get_gate(self, token_hash: str) -> Gate | None: ...
 
-    def consume_gate(
-        self, token_hash: str, *, payload: Any, status: Literal["signaled", "expired"]
-    ) -> Gate:
-        """pending -> status exactly once; raise ``SignalError`` if unknown or used, and
-        ``StorageError`` (gate left pending) if ``payload`` is not JSON-able. Appends
-        ``gate_<status>`` to the audit log."""
+    def find_gate(self, run_id: str, asset: str, partition: str) -> Gate | None:
+        """The step's newest gate (signal gate or deferred completion)."""
         ...
 
-    def due_gates(self, now: datetime) -> list[Gate]:
-        """Pending gates whose ``expires_at`` is at or before ``now``."""
+    def consume_gate(
+        self,
+        token_hash: str,
+        *,
+        payload: Any,
+        status: Literal["signaled", "expired"],
+        claim: Continuation | None = None,
+    ) -> Gate:
+        """pending -> status exactly once; raise ``SignalError`` if unknown or used, or
+        (``signaled``) if its ``expires_at`` has passed by the store's clock (the gate
+        stays pending), and ``StorageError`` (gate left pending) if ``payload`` is not
+        JSON-able. Appends ``gate_<status>`` to the audit log.
+
+        With ``claim``, the gate's ``waiting`` step is claimed for resolving it in the same
+        transaction: its attempt goes up by one and it is held by ``claim.owner`` for
+        ``claim.lease_seconds`` (it stays ``waiting``). The resolver stores its value at
+        that attempt's location and finishes with that fence; if it dies,
+        :meth:`take_over_wait` lets another process finish the step from the payload
+        recorded here. A gate whose step is not ``waiting`` is not consumed."""
+        ...
+
+    def take_over_wait(
+        self, run_id: str, asset: str, partition: str, *, owner: str, lease_seconds: float
+    ) -> StepRecord | None:
+        """Claim a ``waiting`` step whose wait was resolved (a consumed gate) but not
+        finished, because its resolver's claim lapsed (lease expired by the store's clock)
+        or because ``owner`` is that resolver retrying: attempt + 1, held by ``owner``.
+        None if the step is not waiting under such a claim."""
+        ...
+
+    def due_gates(self, now: datetime | None = None) -> list[Gate]:
+        """Pending gates whose ``expires_at`` is at or before ``now`` (None: the store's
+        own clock)."""
         ...
 
 

@@ -44,6 +44,8 @@ __all__ = [
     "ACTIVE_STEP_STATES",
     "FINISHABLE_STEP_STATES",
     "REOPENABLE_STEP_STATES",
+    "RESEND_BACKOFF_DOUBLINGS",
+    "RESEND_BATCH",
     "TERMINAL_RUN_STATUSES",
     "BoundOutcome",
     "PlannedStep",
@@ -54,6 +56,7 @@ __all__ = [
     "check_finishable",
     "check_note",
     "check_outcome",
+    "claim_facts",
     "claimable_by",
     "continuation_key",
     "decision_audit",
@@ -69,12 +72,16 @@ __all__ = [
     "plan_steps",
     "reported_status",
     "require_utc",
+    "resend_backoff_seconds",
+    "resend_due",
     "retry_detail",
     "run_not_found",
     "run_status_from",
     "step_not_found",
     "to_json",
     "utc_now",
+    "wait_takeable",
+    "wait_too_late",
 ]
 
 StepKey = tuple[str, str]
@@ -299,12 +306,94 @@ def fence_holds(fence: Fence | None, state: str, owner: str | None, attempt: int
     very claim (same owner, same attempt). A runner whose lease expired and whose step was
     claimed again by someone else (attempt + 1), finished, or released is refused.
 
-    Without a fence (None: resume paths finishing a waiting step, which nobody holds)
-    the step's state alone decides.
+    A ``waiting`` step is held the same way while a process resolves its wait (a consumed
+    gate: ``consume_gate(claim=...)``, :func:`wait_takeable`): only that resolver's finish
+    applies. Without a fence (None: an approval's decision, which writes no value) the
+    step's state alone decides.
     """
     if fence is None:
         return True
-    return state == "running" and owner == fence.owner and attempt == fence.attempt
+    return state in _HELD and owner == fence.owner and attempt == fence.attempt
+
+
+_HELD = frozenset(("running", "waiting"))
+
+
+def wait_takeable(
+    state: str, owner: str | None, lease_expires_at: datetime | None, by: str, now: datetime
+) -> bool:
+    """Whether ``take_over_wait`` by ``by`` may claim a step: it is ``waiting`` under a
+    resolver's claim (its wait was consumed, the finish did not happen) that lapsed by
+    ``now`` (the store's clock), or ``by`` is that resolver trying again."""
+    if state != "waiting" or owner is None:
+        return False
+    return owner == by or (lease_expires_at is not None and lease_expires_at <= now)
+
+
+RESEND_BATCH = 500
+"""The most steps one ``resend_steps`` call returns (one sweep): a backlog is re-sent in
+bounded batches, oldest first."""
+RESEND_BACKOFF_DOUBLINGS = 6
+"""A step's n-th re-send waits ``ready_for_seconds * 2**min(n, 6)`` after the previous
+one: with a 60 s recover interval, at most one re-send an hour per step once backed off."""
+
+
+def resend_backoff_seconds(ready_for_seconds: float, resends: int) -> float:
+    """How long after its last re-send a step is re-sent again by ``resend_steps``: the
+    recover interval doubled per re-send already made (capped at
+    :data:`RESEND_BACKOFF_DOUBLINGS` doublings)."""
+    return ready_for_seconds * float(2 ** min(resends, RESEND_BACKOFF_DOUBLINGS))
+
+
+def resend_due(
+    state: str,
+    *,
+    now: datetime,
+    ready_for_seconds: float,
+    updated_at: datetime | None,
+    not_before: datetime | None,
+    lease_expires_at: datetime | None,
+    resent_at: datetime | None,
+    resends: int,
+) -> bool:
+    """Whether a sweeper should re-send a step now (``resend_steps``): ``ready`` for at
+    least ``ready_for_seconds`` since it became ready (or since ``not_before``, if later)
+    and runnable, or ``running`` under an expired lease; and, if it was re-sent before,
+    :func:`resend_backoff_seconds` have passed since. A claim resets the count."""
+    if state == "ready":
+        since = updated_at or now
+        if not_before is not None:
+            if not_before > now:
+                return False
+            since = max(since, not_before)
+        if (now - since).total_seconds() < ready_for_seconds:
+            return False
+    elif state != "running" or lease_expires_at is None or lease_expires_at > now:
+        return False
+    if resent_at is None:
+        return True
+    return (now - resent_at).total_seconds() >= resend_backoff_seconds(ready_for_seconds, resends)
+
+
+def claim_facts(
+    state: str,
+    owner: str | None,
+    updated_at: datetime | None,
+    not_before: datetime | None,
+    *,
+    claimer: str,
+    now: datetime,
+) -> tuple[float | None, bool]:
+    """What a claim reports beside the step (``StepRecord.queued_s`` and ``took_over``),
+    from the step as it was just before the claim: how long a ``ready`` step had waited
+    (since it became ready, or since ``not_before`` if later; None for a take-over), and
+    whether the claim took over another owner's expired lease."""
+    if state == "ready":
+        since = updated_at or now
+        if not_before is not None:
+            since = max(since, not_before)
+        return max(0.0, (now - since).total_seconds()), False
+    return None, owner is not None and owner != claimer
 
 
 def claimable_by(pipeline: str | None, run_pipeline: str) -> bool:
@@ -477,4 +566,13 @@ def gate_not_consumable(status: str | None, run_id: str = "", asset: str = "") -
     return SignalError(
         f"signal gate of run {run_id!r} asset {asset!r} is already {status}; "
         "a token works only once"
+    )
+
+
+def wait_too_late(what: str, expires_at: datetime | None) -> str:
+    """The message for deciding or signalling ``what`` after its ``expires_at``."""
+    when = expires_at.isoformat() if expires_at is not None else "its deadline"
+    return (
+        f"{what} expired at {when} (by the store's clock) and can no longer be decided; "
+        "the sweeper expires it (on_timeout runs); start a new run to ask again"
     )

@@ -75,7 +75,7 @@ class _NonWaiting:
             tags: dict[str, str] | None = None, force: bool = False) -> object:
         return self._p.run(targets, partition, tags=tags, force=force, wait=False)
 
-    def expire_due(self, now: datetime) -> int:
+    def expire_due(self, now: datetime | None = None) -> int:
         return int(self._p.expire_due(now))
 
     def prune(self, now: datetime) -> int:

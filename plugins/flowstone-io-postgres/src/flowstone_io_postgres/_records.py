@@ -11,32 +11,39 @@ from datetime import datetime
 from typing import Any
 
 from flowstone import store_rules as rules
+from flowstone.errors import ApprovalError, SignalError
 from flowstone.records import (
     Approval,
     AuditEntry,
+    Continuation,
     Gate,
     ItemResult,
     MaterializationRecord,
+    StepRecord,
 )
 from flowstone_io_postgres._rows import (
     APPROVAL_COLS,
     GATE_COLS,
     MAT_COLS,
+    STEP_COLS,
     to_approval,
     to_audit,
     to_gate,
     to_item,
     to_materialization,
+    to_step,
 )
 from flowstone_io_postgres._sql import Db, Sql
 
 __all__ = [
     "add_step_note",
     "append_audit",
+    "cancel_waits",
     "claim_tick",
     "consume_gate",
     "decide_approval",
     "get_step_note",
+    "hold_wait",
     "list_materializations",
     "record_route_decision",
     "save_item_results",
@@ -76,12 +83,6 @@ DOWNSTREAM = (
 )
 
 
-_AUDITED = (
-    ", au AS (INSERT INTO {{s}}.audit (run_id, at, kind, asset, partition, detail) "
-    "SELECT run_id, :now, :kind, asset, partition, CAST(:detail AS jsonb) FROM d) "
-    "SELECT {cols} FROM d"
-)
-"""The tail of a one-statement decision: the audit entry commits with the change."""
 
 
 async def decide_approval(
@@ -91,14 +92,17 @@ async def decide_approval(
     status: str,
     by: str | None,
     reason: str | None,
-    now: datetime,
 ) -> Approval:
+    """Decide (in a transaction, database time): a late approve/reject raises and the
+    rollback leaves the approval pending for the sweeper to expire."""
     kind, detail = rules.decision_audit(approval_id, status, by, reason)
     row = await sql(
         "WITH d AS (UPDATE {s}.approvals SET status = :st, decided_by = :by, reason = :reason, "
-        "decided_at = :now WHERE id = :id AND status = 'pending' RETURNING " + APPROVAL_COLS + ")"
-        + _AUDITED.format(cols=APPROVAL_COLS)
-    ).fetchrow(conn, {"id": approval_id, "st": status, "by": by, "reason": reason, "now": now,
+        "decided_at = now() WHERE id = :id AND status = 'pending' RETURNING " + APPROVAL_COLS
+        + "), au AS (INSERT INTO {s}.audit (run_id, at, kind, asset, partition, detail) "
+        "SELECT run_id, now(), :kind, asset, partition, CAST(:detail AS jsonb) FROM d) "
+        "SELECT " + APPROVAL_COLS + ", expires_at <= now() AS late FROM d"
+    ).fetchrow(conn, {"id": approval_id, "st": status, "by": by, "reason": reason,
                       "kind": kind, "detail": rules.to_json(detail, "audit detail")})  # fmt: skip
     if row is None:
         old = await sql("SELECT status, decided_by FROM {s}.approvals WHERE id = :id").fetchrow(
@@ -107,25 +111,60 @@ async def decide_approval(
         raise rules.approval_not_decidable(
             approval_id, None if old is None else old[0], None if old is None else old[1]
         )
-    return to_approval(row)
+    fields = dict(row.items())
+    late = fields.pop("late")
+    approval = to_approval(fields)
+    if late and status != "expired":
+        raise ApprovalError(rules.wait_too_late(f"approval {approval_id}", approval.expires_at))
+    return approval
 
 
 async def consume_gate(
-    conn: Db, sql: Sql, token_hash: str, payload: Any, status: str, now: datetime
+    conn: Db, sql: Sql, token_hash: str, payload: Any, status: str, claim: Continuation | None
 ) -> Gate:
+    """Consume (in a transaction, database time), holding the gate's waiting step for
+    ``claim``; raising rolls everything back and leaves the gate pending."""
     payload_json = None if payload is None else rules.to_json(payload, "signal payload")
     row = await sql(
         "WITH d AS (UPDATE {s}.gates SET status = :st, payload = CAST(:payload AS jsonb), "
-        "signaled_at = :now WHERE token_hash = :th AND status = 'pending' RETURNING "
-        + GATE_COLS + ")" + _AUDITED.format(cols=GATE_COLS)
-    ).fetchrow(conn, {"th": token_hash, "st": status, "payload": payload_json, "now": now,
-                      "kind": f"gate_{status}", "detail": "{}"})  # fmt: skip
+        "signaled_at = now() WHERE token_hash = :th AND status = 'pending' RETURNING "
+        + GATE_COLS + "), au AS (INSERT INTO {s}.audit (run_id, at, kind, asset, partition, "
+        "detail) SELECT run_id, now(), :kind, asset, partition, CAST('{}' AS jsonb) FROM d) "
+        "SELECT " + GATE_COLS + ", expires_at <= now() AS late FROM d"
+    ).fetchrow(conn, {"th": token_hash, "st": status, "payload": payload_json,
+                      "kind": f"gate_{status}"})  # fmt: skip
     if row is None:
         old = await sql(
             "SELECT status, run_id, asset FROM {s}.gates WHERE token_hash = :th"
         ).fetchrow(conn, {"th": token_hash})
         raise rules.gate_not_consumable(*(tuple(old) if old is not None else (None,)))
-    return to_gate(row)
+    fields = dict(row.items())
+    late = fields.pop("late")
+    gate = to_gate(fields)
+    if late and status == "signaled":
+        raise SignalError(rules.wait_too_late("this signal gate", gate.expires_at))
+    if claim is not None:
+        key = {"r": gate.run_id, "a": gate.asset, "p": gate.partition}
+        if await hold_wait(conn, sql, key, claim, waiting_only=True) is None:
+            raise rules.gate_not_consumable("finished", gate.run_id, gate.asset)
+    return gate
+
+
+async def hold_wait(
+    conn: Db, sql: Sql, key: Mapping[str, str], claim: Continuation, *, waiting_only: bool
+) -> StepRecord | None:
+    """Hold a waiting step for the resolver ``claim`` (the next attempt, database time).
+    Unless ``waiting_only``, only a step already held by ``claim.owner`` or under a lapsed
+    resolver's claim (``store_rules.wait_takeable``, in SQL)."""
+    row = await sql(
+        "UPDATE {s}.steps SET attempt = attempt + 1, owner = :owner, "
+        "lease_expires_at = now() + make_interval(secs => :lease), updated_at = now() "
+        "WHERE run_id = :r AND asset = :a AND partition = :p AND state = 'waiting' "
+        "AND (CAST(:any AS boolean) OR (owner IS NOT NULL "
+        "AND (owner = :owner OR lease_expires_at <= now()))) RETURNING " + STEP_COLS
+    ).fetchrow(conn, {**key, "owner": claim.owner, "lease": float(claim.lease_seconds),
+                      "any": waiting_only})  # fmt: skip
+    return None if row is None else to_step(row)
 
 
 async def record_route_decision(
@@ -260,3 +299,13 @@ async def get_step_note(conn: Db, sql: Sql, key: dict[str, str], kind: str) -> s
         "AND partition = :p AND kind = :k"
     ).fetchval(conn, {**key, "k": kind})
     return None if found is None else str(found)
+
+
+async def cancel_waits(conn: Db, sql: Sql, run_id: str) -> None:
+    """A cancelled run's pending approvals and gates end ``cancelled`` (same transaction):
+    an old token or approval id cannot finish a step of the cancelled or resumed run."""
+    for table in ("approvals", "gates"):
+        await sql(
+            "UPDATE {s}." + table + " SET status = 'cancelled' "
+            "WHERE run_id = :r AND status = 'pending'"
+        ).execute(conn, {"r": run_id})

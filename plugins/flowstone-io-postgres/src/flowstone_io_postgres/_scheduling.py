@@ -14,9 +14,10 @@ Concurrency notes (READ COMMITTED throughout):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from flowstone import store_rules as rules
 from flowstone.errors import StorageError
@@ -32,8 +33,8 @@ from flowstone.records import (
     StepSpec,
     StepTransition,
 )
-from flowstone_io_postgres._records import append_audit
-from flowstone_io_postgres._rows import STEP_COLS, to_materialization, to_step
+from flowstone_io_postgres._records import append_audit, cancel_waits
+from flowstone_io_postgres._rows import STEP_COL_COUNT, STEP_COLS, to_materialization, to_step
 from flowstone_io_postgres._sql import PARAM, Db, Sql
 from flowstone_io_postgres._values_table import StagedWrite
 
@@ -44,6 +45,7 @@ __all__ = [
     "finish_step",
     "renew_lease",
     "reopen_run",
+    "resend_steps",
     "retry_step",
     "stale_steps",
 ]
@@ -56,12 +58,12 @@ WITH r AS (
     INSERT INTO {s}.runs (run_id, pipeline, targets, partition, status, created_at,
                           updated_at, error, tags)
     VALUES (:run_id, :pipeline, CAST(:targets AS text[]), :partition, :status, :created_at,
-            :updated_at, :error, CAST(:tags AS jsonb))
+            now(), :error, CAST(:tags AS jsonb))
     RETURNING run_id
 ), st AS (
     INSERT INTO {s}.steps (run_id, asset, partition, ordinal, state, remaining_deps,
                            materialization_id, updated_at)
-    SELECT r.run_id, u.asset, u.partition, u.ordinal, u.state, u.remaining, u.mat, :now
+    SELECT r.run_id, u.asset, u.partition, u.ordinal, u.state, u.remaining, u.mat, now()
     FROM r, unnest(CAST(:assets AS text[]), CAST(:partitions AS text[]),
                    CAST(:ordinals AS integer[]), CAST(:states AS text[]),
                    CAST(:remaining AS integer[]), CAST(:mats AS text[]))
@@ -74,19 +76,20 @@ WITH r AS (
          AS u(dep_asset, dep_partition, asset, partition)
 ), au AS (
     INSERT INTO {s}.audit (run_id, at, kind, detail)
-    SELECT r.run_id, :now, 'run_created', CAST(:audit AS jsonb) FROM r
+    SELECT r.run_id, now(), 'run_created', CAST(:audit AS jsonb) FROM r
 )
-SELECT run_id FROM r
+SELECT now() FROM r
 """
 
 
 async def create_run(
-    conn: Db, sql: Sql, run: RunRecord, steps: Sequence[StepSpec], now: datetime
+    conn: Db, sql: Sql, run: RunRecord, steps: Sequence[StepSpec]
 ) -> tuple[StepRecord, ...]:
     """Insert run, steps and edges in one statement; return the ready steps.
 
     The plan is validated, and each step's first state counted, by
-    :func:`flowstone.store_rules.plan_steps`, as in every store.
+    :func:`flowstone.store_rules.plan_steps`, as in every store. Every timestamp written
+    is the database's ``now()``.
     """
     planned = rules.plan_steps(run.run_id, steps)
     assets = [p.spec.asset for p in planned]
@@ -95,14 +98,10 @@ async def create_run(
     remaining = [p.remaining_deps for p in planned]
     mats = [p.spec.reused_materialization_id for p in planned]
     edges = {(da, dp, p.spec.asset, p.spec.partition) for p in planned for da, dp in p.deps}
-    ready = [
-        StepRecord(run.run_id, p.spec.asset, p.spec.partition, "ready", 0, updated_at=now)
-        for p in planned
-        if p.state == "ready"
-    ]
-    runnable = any(s == "pending" for s in states) or bool(ready)
+    ready_keys = [(p.spec.asset, p.spec.partition) for p in planned if p.state == "ready"]
+    runnable = any(s == "pending" for s in states) or bool(ready_keys)
     ordered = sorted(edges)
-    await sql(_CREATE).execute(
+    now = await sql(_CREATE).fetchval(
         conn,
         {
             "run_id": run.run_id,
@@ -111,11 +110,11 @@ async def create_run(
             "partition": run.partition,
             "status": "running" if runnable else "succeeded",
             "created_at": rules.require_utc(run.created_at, "RunRecord.created_at"),
-            "updated_at": now,
             "error": run.error,
             "tags": rules.to_json(dict(run.tags), "run tags"),
-            "now": now,
-            "audit": rules.to_json({"steps": len(assets), "ready": len(ready)}, "audit detail"),
+            "audit": rules.to_json(
+                {"steps": len(assets), "ready": len(ready_keys)}, "audit detail"
+            ),
             "assets": assets,
             "partitions": partitions,
             "ordinals": list(range(len(assets))),
@@ -128,15 +127,20 @@ async def create_run(
             "e_partitions": [e[3] for e in ordered],
         },
     )
-    return tuple(ready)
+    return tuple(
+        StepRecord(run.run_id, asset, partition, "ready", 0, updated_at=now)
+        for asset, partition in ready_keys
+    )
 
 
-async def cancel_run(conn: Db, sql: Sql, run_id: str, now: datetime) -> bool:
-    status = await sql("SELECT status FROM {s}.runs WHERE run_id = :r").fetchval(
+async def cancel_run(conn: Db, sql: Sql, run_id: str) -> bool:
+    # now(): the transaction's start by the database's clock, the time of every write below
+    found = await sql("SELECT status, now() AS now FROM {s}.runs WHERE run_id = :r").fetchrow(
         conn, {"r": run_id}
     )
-    if status is None:
+    if found is None:
         raise rules.run_not_found(run_id, "Postgres run store")
+    status, now = found["status"], found["now"]
     if status in ("succeeded", "failed", "cancelled"):
         return False
     # Steps first (in key order), then the run row: the same order finish_step locks in.
@@ -153,25 +157,26 @@ async def cancel_run(conn: Db, sql: Sql, run_id: str, now: datetime) -> bool:
         "AND status NOT IN ('succeeded','failed','cancelled') RETURNING run_id"
     ).fetchval(conn, {"r": run_id, "now": now})
     if done is not None:
+        await cancel_waits(conn, sql, run_id)
         await append_audit(conn, sql, run_id, "run_cancelled", None, None, {}, now)
     return done is not None
 
 
-async def reopen_run(
-    conn: Db, sql: Sql, run_id: str, now: datetime
-) -> tuple[StepRecord, ...]:
-    status = await sql("SELECT status FROM {s}.runs WHERE run_id = :r FOR UPDATE").fetchval(
-        conn, {"r": run_id}
-    )
-    if status is None:
+async def reopen_run(conn: Db, sql: Sql, run_id: str) -> tuple[StepRecord, ...]:
+    # now(): the transaction's start by the database's clock, the time of every write below
+    found = await sql(
+        "SELECT status, now() AS now FROM {s}.runs WHERE run_id = :r FOR UPDATE"
+    ).fetchrow(conn, {"r": run_id})
+    if found is None:
         raise rules.run_not_found(run_id, "Postgres run store")
+    status, now = found["status"], found["now"]
     if status not in ("failed", "cancelled"):
         return ()
     p = {"r": run_id, "now": now}
     reopened = await sql(
         "UPDATE {s}.steps SET state = 'pending', attempt = 0, owner = NULL, "
         "lease_expires_at = NULL, not_before = NULL, error = NULL, materialization_id = NULL, "
-        "updated_at = :now WHERE run_id = :r "
+        "resent_at = NULL, resends = 0, updated_at = :now WHERE run_id = :r "
         "AND state IN ('failed','upstream_failed','cancelled') RETURNING 1"
     ).fetch(conn, p)
     await sql(
@@ -202,16 +207,26 @@ async def reopen_run(
 # values, decisions) is committed synchronously. Saves ~45 us of server CPU and ~100 us of
 # latency per claim.
 _RELAXED = "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed "
+# The claim locks the step (``o``, FOR UPDATE) to report what it was before (store_rules.
+# claim_facts: how long it waited, whether this takes over another owner's lease); every
+# comparison and the new lease are the database's now(), never a worker's clock.
 _CLAIM = (
-    "UPDATE {s}.steps SET state = 'running', attempt = attempt + 1, owner = :owner, "
-    "lease_expires_at = :lease, not_before = NULL, updated_at = :now " + _RELAXED +
-    "WHERE run_id = :r AND asset = :a AND partition = :p AND ("
-    "(state = 'ready' AND (not_before IS NULL OR not_before <= :now)) "
-    "OR (state = 'running' AND lease_expires_at <= :now)) "
+    "UPDATE {s}.steps s SET state = 'running', attempt = s.attempt + 1, owner = :owner, "
+    "lease_expires_at = now() + make_interval(secs => :lease_s), not_before = NULL, "
+    "updated_at = now(), resent_at = NULL, resends = 0 "
+    "FROM (SELECT state, owner, updated_at, not_before FROM {s}.steps "
+    "WHERE run_id = :r AND asset = :a AND partition = :p FOR UPDATE) AS o, "
+    "(SELECT set_config('synchronous_commit', 'off', true)) AS relaxed "
+    "WHERE s.run_id = :r AND s.asset = :a AND s.partition = :p AND ("
+    "(s.state = 'ready' AND (s.not_before IS NULL OR s.not_before <= now())) "
+    "OR (s.state = 'running' AND s.lease_expires_at <= now())) "
     # not in a cancelled run, nor in a run of another pipeline (store_rules.claimable_by)
     "AND EXISTS (SELECT 1 FROM {s}.runs WHERE run_id = :r AND status <> 'cancelled' "
     "AND (CAST(:pipeline AS text) IS NULL OR pipeline = :pipeline)) "
-    "RETURNING " + STEP_COLS
+    "RETURNING " + ", ".join("s." + c.strip() for c in STEP_COLS.split(",")) + ", "
+    "CASE WHEN o.state = 'ready' THEN GREATEST(0, extract(epoch FROM now() - "
+    "GREATEST(o.updated_at, COALESCE(o.not_before, o.updated_at))))::float8 END AS queued_s, "
+    "(o.state = 'running' AND o.owner IS NOT NULL AND o.owner <> :owner) AS took_over"
 )
 
 
@@ -221,15 +236,15 @@ async def claim_step(
     key: dict[str, str],
     owner: str,
     lease: float,
-    now: datetime,
     pipeline: str | None = None,
 ) -> StepRecord | None:
     row = await sql(_CLAIM).fetchrow(
-        conn,
-        {**key, "owner": owner, "lease": now + timedelta(seconds=lease), "now": now,
-         "pipeline": pipeline},
-    )  # fmt: skip
-    return None if row is None else to_step(row)
+        conn, {**key, "owner": owner, "lease_s": float(lease), "pipeline": pipeline}
+    )
+    if row is None:
+        return None
+    step = to_step(row, limit=STEP_COL_COUNT)
+    return dataclasses.replace(step, queued_s=row["queued_s"], took_over=bool(row["took_over"]))
 
 
 async def renew_lease(
@@ -238,17 +253,16 @@ async def renew_lease(
     key: dict[str, str],
     owner: str,
     lease: float,
-    now: datetime,
     attempt: int | None = None,
 ) -> bool:
-    # the fence (store_rules.fence_holds) in the write itself
+    # the fence (store_rules.fence_holds) in the write itself; the lease from now()
     row = await sql(
-        "UPDATE {s}.steps SET lease_expires_at = :lease " + _RELAXED + "WHERE run_id = :r "
-        "AND asset = :a AND partition = :p AND state = 'running' AND owner = :owner "
+        "UPDATE {s}.steps SET lease_expires_at = now() + make_interval(secs => :lease_s) "
+        + _RELAXED
+        + "WHERE run_id = :r AND asset = :a AND partition = :p "
+        "AND state = 'running' AND owner = :owner "
         "AND (CAST(:attempt AS integer) IS NULL OR attempt = :attempt) RETURNING 1"
-    ).fetchrow(
-        conn, {**key, "owner": owner, "lease": now + timedelta(seconds=lease), "attempt": attempt}
-    )
+    ).fetchrow(conn, {**key, "owner": owner, "lease_s": float(lease), "attempt": attempt})
     return row is not None
 
 
@@ -256,29 +270,32 @@ async def retry_step(
     conn: Db,
     sql: Sql,
     key: dict[str, str],
-    not_before: datetime,
+    delay: float,
     error: str,
-    now: datetime,
     fence: Fence | None = None,
-) -> bool:
-    not_before = rules.require_utc(not_before, "not_before")
-    # one statement: the audit entry (rules.retry_detail, built here) commits with the retry
-    attempt = await sql(
-        "WITH u AS (UPDATE {s}.steps SET state = 'ready', not_before = :nb, error = :err, "
-        "owner = NULL, lease_expires_at = NULL, updated_at = :now WHERE run_id = :r "
+) -> StepRecord | None:
+    # one statement: the audit entry (rules.retry_detail, built here) commits with the
+    # retry; not_before is the database's now() plus the delay
+    row = await sql(
+        "WITH u AS (UPDATE {s}.steps SET state = 'ready', "
+        "not_before = now() + make_interval(secs => :delay_s), error = :err, "
+        "owner = NULL, lease_expires_at = NULL, updated_at = now() WHERE run_id = :r "
         "AND asset = :a AND partition = :p AND state = 'running' "
         "AND (CAST(:f_owner AS text) IS NULL OR (owner = :f_owner AND attempt = :f_attempt)) "
-        "RETURNING attempt), "
+        "RETURNING " + STEP_COLS + "), "
         "au AS (INSERT INTO {s}.audit (run_id, at, kind, asset, partition, detail) "
-        "SELECT :r, :now, 'step_retry', :a, :p, jsonb_build_object('attempt', attempt, "
-        "'error', CAST(:err AS text), 'not_before', CAST(:nbs AS text)) FROM u) "
-        "SELECT attempt FROM u"
-    ).fetchval(conn, {**key, "nb": not_before, "nbs": not_before.isoformat(), "err": error,
-                      "now": now, "f_owner": None if fence is None else fence.owner,
+        "SELECT :r, now(), 'step_retry', :a, :p, jsonb_build_object('attempt', attempt, "
+        "'error', CAST(:err AS text), 'not_before', "
+        + _ISO_UTC.format(col="not_before") + ") FROM u) "
+        "SELECT " + STEP_COLS + " FROM u"
+    ).fetchrow(conn, {**key, "delay_s": float(delay), "err": error,
+                      "f_owner": None if fence is None else fence.owner,
                       "f_attempt": None if fence is None else fence.attempt})  # fmt: skip
-    return attempt is not None
+    return None if row is None else to_step(row)
 
 
+# a timestamptz as Python's datetime.isoformat() writes it in UTC (rules.retry_detail)
+_ISO_UTC = "to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
 
 _STALE = (
     "SELECT " + ", ".join("s." + c.strip() for c in STEP_COLS.split(",")) + " FROM {s}.steps s "
@@ -289,11 +306,47 @@ _STALE = (
 )
 
 
-async def stale_steps(
-    conn: Db, sql: Sql, now: datetime, ready_for: float
-) -> list[StepRecord]:
+async def stale_steps(conn: Db, sql: Sql, now: datetime, ready_for: float) -> list[StepRecord]:
+    """The read-only backlog report at the caller's ``now`` (see
+    ``RunStore.stale_steps``); the sweeper's selection is :func:`resend_steps`."""
     rows = await sql(_STALE).fetch(conn, {"now": now, "cutoff": now - timedelta(seconds=ready_for)})
     return [to_step(r) for r in rows]
+
+
+# store_rules.resend_due in SQL, by the database's clock: the due steps are locked (SKIP
+# LOCKED: a step being claimed, or taken by a concurrent sweeper, is left to them),
+# stamped and returned in one statement, never-re-sent first, then the oldest, at most
+# :limit. A lost stamp (the commit is relaxed, as a claim's) only allows one early re-send.
+_RESEND = (
+    "WITH due AS (SELECT s.run_id, s.asset, s.partition FROM {s}.steps s "
+    "JOIN {s}.runs r ON r.run_id = s.run_id AND r.status = 'running' "
+    "AND (CAST(:pipeline AS text) IS NULL OR r.pipeline = :pipeline) "
+    "WHERE ((s.state = 'ready' AND GREATEST(s.updated_at, COALESCE(s.not_before, s.updated_at)) "
+    "<= now() - make_interval(secs => :ready_for_s) "
+    "AND (s.not_before IS NULL OR s.not_before <= now())) "
+    "OR (s.state = 'running' AND s.lease_expires_at <= now())) "
+    "AND (s.resent_at IS NULL OR s.resent_at <= now() - make_interval(secs => "
+    ":ready_for_s * power(2, LEAST(s.resends, :doublings)))) "
+    "ORDER BY s.resent_at IS NOT NULL, COALESCE(s.resent_at, s.updated_at) "
+    "LIMIT :limit FOR UPDATE OF s SKIP LOCKED) "
+    "UPDATE {s}.steps s SET resent_at = now(), resends = s.resends + 1 "
+    "FROM due, (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed "
+    "WHERE s.run_id = due.run_id AND s.asset = due.asset AND s.partition = due.partition "
+    "AND s.state IN ('ready', 'running') "
+    "RETURNING " + ", ".join("s." + c.strip() for c in STEP_COLS.split(","))
+)
+
+
+async def resend_steps(
+    conn: Db, sql: Sql, ready_for: float, pipeline: str | None, limit: int
+) -> list[StepRecord]:
+    rows = await sql(_RESEND).fetch(
+        conn,
+        {"ready_for_s": float(ready_for), "pipeline": pipeline,
+         "doublings": rules.RESEND_BACKOFF_DOUBLINGS, "limit": max(0, limit)},
+    )  # fmt: skip
+    steps = (to_step(r) for r in rows)
+    return sorted(steps, key=lambda s: s.updated_at or datetime.min.replace(tzinfo=UTC))
 
 
 # One round trip: the server-side function of migration 0002 runs the whole transaction.

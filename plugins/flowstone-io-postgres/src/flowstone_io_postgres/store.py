@@ -256,7 +256,7 @@ class PostgresRunStore:
     def create_run(self, run: RunRecord, steps: Sequence[StepSpec]) -> tuple[StepRecord, ...]:
         return self._auto(
             f"creating run {run.run_id!r}",
-            lambda c: scheduling.create_run(c, self._sql, run, steps, _now()),
+            lambda c: scheduling.create_run(c, self._sql, run, steps),
         )
 
     def get_run(self, run_id: str) -> RunRecord | None:
@@ -278,23 +278,28 @@ class PostgresRunStore:
         return [to_run(r) for r in rows]
 
     def list_runs(
-        self, *, pipeline: str | None = None, status: RunStatus | None = None, limit: int = 50
+        self,
+        *,
+        pipeline: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 50,
+        offset: int = 0,
     ) -> list[RunRecord]:
         rows = self._rows(
             "listing runs",
             "SELECT " + RUN_COLS + " FROM {s}.runs WHERE (CAST(:pl AS text) IS NULL OR "
             "pipeline = :pl) AND (CAST(:st AS text) IS NULL OR status = :st) "
-            "ORDER BY created_at DESC, run_id DESC LIMIT :n",
-            {"pl": pipeline, "st": status, "n": limit},
+            "ORDER BY created_at DESC, run_id DESC LIMIT :n OFFSET :off",
+            {"pl": pipeline, "st": status, "n": limit, "off": offset},
         )
         return [to_run(r) for r in rows]
 
     def set_run_status(self, run_id: str, status: RunStatus, *, error: str | None = None) -> None:
         rows = self._rows(
             "setting a run's status",
-            "UPDATE {s}.runs SET status = :st, error = :err, updated_at = :now "
+            "UPDATE {s}.runs SET status = :st, error = :err, updated_at = now() "
             "WHERE run_id = :r RETURNING 1",
-            {"r": run_id, "st": status, "err": error, "now": _now()},
+            {"r": run_id, "st": status, "err": error},
         )
         if not rows:
             raise rules.run_not_found(run_id, "Postgres run store")
@@ -302,13 +307,13 @@ class PostgresRunStore:
     def cancel_run(self, run_id: str) -> bool:
         return self._tx(
             f"cancelling run {run_id!r}",
-            lambda c: scheduling.cancel_run(c, self._sql, run_id, _now()),
+            lambda c: scheduling.cancel_run(c, self._sql, run_id),
         )
 
     def reopen_run(self, run_id: str) -> tuple[StepRecord, ...]:
         return self._tx(
             f"reopening run {run_id!r}",
-            lambda c: scheduling.reopen_run(c, self._sql, run_id, _now()),
+            lambda c: scheduling.reopen_run(c, self._sql, run_id),
         )
 
     # --- steps ---------------------------------------------------------------------------
@@ -365,9 +370,7 @@ class PostgresRunStore:
         key = self._key(run_id, asset, partition)
         return self._auto(
             "claiming a step",
-            lambda c: scheduling.claim_step(
-                c, self._sql, key, owner, lease_seconds, _now(), pipeline
-            ),
+            lambda c: scheduling.claim_step(c, self._sql, key, owner, lease_seconds, pipeline),
         )
 
     def renew_lease(
@@ -383,9 +386,7 @@ class PostgresRunStore:
         key = self._key(run_id, asset, partition)
         return self._auto(
             "renewing a lease",
-            lambda c: scheduling.renew_lease(
-                c, self._sql, key, owner, lease_seconds, _now(), attempt
-            ),
+            lambda c: scheduling.renew_lease(c, self._sql, key, owner, lease_seconds, attempt),
         )
 
     def retry_step(
@@ -394,14 +395,14 @@ class PostgresRunStore:
         asset: str,
         partition: str,
         *,
-        not_before: datetime,
+        delay_seconds: float,
         error: str,
         fence: Fence | None = None,
-    ) -> bool:
+    ) -> StepRecord | None:
         key = self._key(run_id, asset, partition)
         return self._auto(
             "scheduling a retry",
-            lambda c: scheduling.retry_step(c, self._sql, key, not_before, error, _now(), fence),
+            lambda c: scheduling.retry_step(c, self._sql, key, delay_seconds, error, fence),
         )
 
     def finish_step(
@@ -473,6 +474,18 @@ class PostgresRunStore:
         """True for values staged for this store's own database (see
         :class:`~flowstone.records.StagedValue`)."""
         return target == self._identity
+
+    def resend_steps(
+        self,
+        *,
+        ready_for_seconds: float,
+        pipeline: str | None = None,
+        limit: int = rules.RESEND_BATCH,
+    ) -> list[StepRecord]:
+        return self._auto(
+            "finding steps to send again",
+            lambda c: scheduling.resend_steps(c, self._sql, ready_for_seconds, pipeline, limit),
+        )
 
     def stale_steps(self, now: datetime, *, ready_for_seconds: float) -> list[StepRecord]:
         return self._auto(
@@ -603,19 +616,18 @@ class PostgresRunStore:
         by: str | None = None,
         reason: str | None = None,
     ) -> Approval:
-        return self._auto(
+        return self._tx(
             f"deciding approval {approval_id}",
-            lambda c: records.decide_approval(
-                c, self._sql, approval_id, status, by, reason, _now()
-            ),
+            lambda c: records.decide_approval(c, self._sql, approval_id, status, by, reason),
         )
 
-    def due_approvals(self, now: datetime) -> list[Approval]:
+    def due_approvals(self, now: datetime | None = None) -> list[Approval]:
         rows = self._rows(
             "finding due approvals",
             "SELECT " + APPROVAL_COLS + " FROM {s}.approvals WHERE status = 'pending' "
-            "AND expires_at <= :now ORDER BY expires_at, id",
-            {"now": rules.require_utc(now, "now")},
+            "AND expires_at <= COALESCE(CAST(:now AS timestamptz), now()) "
+            "ORDER BY expires_at, id",
+            {"now": None if now is None else rules.require_utc(now, "now")},
         )
         return [to_approval(r) for r in rows]
 
@@ -629,22 +641,51 @@ class PostgresRunStore:
         )  # fmt: skip
         return gates[0] if gates else None
 
+    def find_gate(self, run_id: str, asset: str, partition: str) -> Gate | None:
+        gates = self._auto(
+            "finding a gate",
+            lambda c: records.fetch_gates(
+                c, self._sql,
+                "SELECT " + GATE_COLS + " FROM {s}.gates WHERE run_id = :r AND asset = :a "
+                "AND partition = :p ORDER BY created_at DESC LIMIT 1",
+                **self._key(run_id, asset, partition),
+            ),
+        )  # fmt: skip
+        return gates[0] if gates else None
+
     def consume_gate(
-        self, token_hash: str, *, payload: Any, status: Literal["signaled", "expired"]
+        self,
+        token_hash: str,
+        *,
+        payload: Any,
+        status: Literal["signaled", "expired"],
+        claim: Continuation | None = None,
     ) -> Gate:
-        return self._auto(
+        return self._tx(
             "consuming a signal gate",
-            lambda c: records.consume_gate(c, self._sql, token_hash, payload, status, _now()),
+            lambda c: records.consume_gate(c, self._sql, token_hash, payload, status, claim),
         )
 
-    def due_gates(self, now: datetime) -> list[Gate]:
+    def take_over_wait(
+        self, run_id: str, asset: str, partition: str, *, owner: str, lease_seconds: float
+    ) -> StepRecord | None:
+        claim = Continuation(owner, lease_seconds)
+        key = self._key(run_id, asset, partition)
+        return self._auto(
+            "taking over a waiting step",
+            lambda c: records.hold_wait(c, self._sql, key, claim, waiting_only=False),
+        )
+
+    def due_gates(self, now: datetime | None = None) -> list[Gate]:
+        at = None if now is None else rules.require_utc(now, "now")
         return self._auto(
             "finding due gates",
             lambda c: records.fetch_gates(
                 c, self._sql,
                 "SELECT " + GATE_COLS + " FROM {s}.gates WHERE status = 'pending' "
-                "AND expires_at <= :now ORDER BY expires_at, token_hash",
-                now=rules.require_utc(now, "now"),
+                "AND expires_at <= COALESCE(CAST(:now AS timestamptz), now()) "
+                "ORDER BY expires_at, token_hash",
+                now=at,
             ),
         )  # fmt: skip
 

@@ -15,7 +15,15 @@ from datetime import datetime
 from typing import Any, Literal
 
 from flowstone import store_rules as rules
-from flowstone.records import Approval, AuditEntry, Gate, ItemResult, MaterializationRecord
+from flowstone.errors import ApprovalError, SignalError
+from flowstone.records import (
+    Approval,
+    AuditEntry,
+    Continuation,
+    Gate,
+    ItemResult,
+    MaterializationRecord,
+)
 
 __all__ = ["MemoryRecords"]
 
@@ -167,14 +175,18 @@ class MemoryRecords:
                     None if approval is None else approval.decided_by,
                 )
             now = rules.utc_now()
+            if status != "expired" and _past(approval.expires_at, now):
+                raise ApprovalError(
+                    rules.wait_too_late(f"approval {approval_id}", approval.expires_at)
+                )
             decided = replace(approval, status=status, decided_by=by, decided_at=now, reason=reason)
             self._approvals[approval_id] = decided
             kind, detail = rules.decision_audit(approval_id, status, by, reason)
             self._append(approval.run_id, kind, approval.asset, approval.partition, detail, now)
             return decided
 
-    def due_approvals(self, now: datetime) -> list[Approval]:
-        now = rules.require_utc(now, "now")
+    def due_approvals(self, now: datetime | None = None) -> list[Approval]:
+        now = rules.utc_now() if now is None else rules.require_utc(now, "now")
         with self._lock:
             return [
                 a
@@ -186,8 +198,22 @@ class MemoryRecords:
         with self._lock:
             return self._gates.get(token_hash)
 
+    def find_gate(self, run_id: str, asset: str, partition: str) -> Gate | None:
+        with self._lock:
+            found = [
+                g
+                for g in self._gates.values()
+                if (g.run_id, g.asset, g.partition) == (run_id, asset, partition)
+            ]
+            return max(found, key=lambda g: g.created_at) if found else None
+
     def consume_gate(
-        self, token_hash: str, *, payload: Any, status: Literal["signaled", "expired"]
+        self,
+        token_hash: str,
+        *,
+        payload: Any,
+        status: Literal["signaled", "expired"],
+        claim: Continuation | None = None,
     ) -> Gate:
         payload = rules.json_copy(payload, "signal payload")
         with self._lock:
@@ -197,19 +223,37 @@ class MemoryRecords:
             if gate.status != "pending":
                 raise rules.gate_not_consumable(gate.status, gate.run_id, gate.asset)
             now = rules.utc_now()
+            if status == "signaled" and _past(gate.expires_at, now):
+                raise SignalError(rules.wait_too_late("this signal gate", gate.expires_at))
+            if claim is not None and not self._hold_wait(gate, claim, now):
+                raise rules.gate_not_consumable("finished", gate.run_id, gate.asset)
             used = replace(gate, status=status, payload=payload, signaled_at=now)
             self._gates[token_hash] = used
             self._append(gate.run_id, f"gate_{status}", gate.asset, gate.partition, {}, now)
             return used
 
-    def due_gates(self, now: datetime) -> list[Gate]:
-        now = rules.require_utc(now, "now")
+    def due_gates(self, now: datetime | None = None) -> list[Gate]:
+        now = rules.utc_now() if now is None else rules.require_utc(now, "now")
         with self._lock:
             return [
                 g
                 for g in self._gates.values()
                 if g.status == "pending" and g.expires_at is not None and g.expires_at <= now
             ]
+
+    def _cancel_waits(self, run_id: str) -> None:
+        """A cancelled run's pending approvals and gates end ``cancelled``: an old token or
+        approval id cannot finish a step of the cancelled or resumed run."""
+        for aid, approval in list(self._approvals.items()):
+            if approval.run_id == run_id and approval.status == "pending":
+                self._approvals[aid] = replace(approval, status="cancelled")
+        for th, gate in list(self._gates.items()):
+            if gate.run_id == run_id and gate.status == "pending":
+                self._gates[th] = replace(gate, status="cancelled")
+
+    def _hold_wait(self, gate: Gate, claim: Continuation, now: datetime) -> bool:
+        """Hold the gate's step for its resolver (the store's step half implements it)."""
+        raise NotImplementedError
 
     # --- routing -----------------------------------------------------------------------
     def record_route_decision(self, run_id: str, router: str, partition: str, branch: str) -> str:
@@ -307,6 +351,8 @@ class MemoryRecords:
         self._audit.setdefault(run_id, []).append(entry)
 
     def _upsert_materialization(self, mat: MaterializationRecord) -> str:
+        """The last write wins, but the record keeps the id it was first written with (a
+        step finished again: lineage and join records keep naming it); returns that id."""
         key = (mat.run_id, mat.asset, mat.partition)
         old_id = self._mat_ids.get(key)
         if old_id is not None:
@@ -314,14 +360,7 @@ class MemoryRecords:
             for up in old.upstream:
                 self._downstream[up].remove(old_id)
             del self._mat_seq[old_id]  # a rewrite is the newest record again
-            if old_id != mat.id:
-                # last write wins: records that named the old id as input now name the new one
-                for down_id in self._downstream.pop(old_id, []):
-                    down = self._mats[down_id]
-                    self._mats[down_id] = replace(
-                        down, upstream=tuple(mat.id if u == old_id else u for u in down.upstream)
-                    )
-                    self._downstream.setdefault(mat.id, []).append(down_id)
+            mat = replace(mat, id=old_id)
         self._mat_seq[mat.id] = self._next()
         self._mats[mat.id] = mat
         self._mat_ids[key] = mat.id
@@ -329,3 +368,6 @@ class MemoryRecords:
             self._downstream.setdefault(up, []).append(mat.id)
         return mat.id
 
+
+def _past(expires_at: datetime | None, now: datetime) -> bool:
+    return expires_at is not None and expires_at <= now

@@ -12,7 +12,7 @@ the other records beside them are in :mod:`flowstone.defaults.memory_records`.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -70,6 +70,10 @@ class MemoryRunStore(MemoryRecords):
         super().__init__()
         self._runs: dict[str, RunRecord] = {}
         self._plans: dict[str, _RunState] = {}
+        # (run, asset, partition) -> (re-sends since the last claim, the last one's time)
+        self._resent: dict[tuple[str, str, str], tuple[int, datetime]] = {}
+        self.clock: Callable[[], datetime] = rules.utc_now
+        """The store's clock, read by every scheduling method (replace it to test)."""
 
     # --- lifecycle -------------------------------------------------------------------
     def ping(self) -> None:
@@ -87,7 +91,7 @@ class MemoryRunStore(MemoryRecords):
     def create_run(self, run: RunRecord, steps: Sequence[StepSpec]) -> tuple[StepRecord, ...]:
         planned = rules.plan_steps(run.run_id, steps)
         tags = rules.json_copy(dict(run.tags), f"tags of run {run.run_id!r}")
-        now = rules.utc_now()
+        now = self.clock()
         plan = _RunState()
         ready: list[StepRecord] = []
         for p in planned:
@@ -132,7 +136,12 @@ class MemoryRunStore(MemoryRecords):
             return [run for rid in run_ids if (run := self._runs.get(rid)) is not None]
 
     def list_runs(
-        self, *, pipeline: str | None = None, status: RunStatus | None = None, limit: int = 50
+        self,
+        *,
+        pipeline: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 50,
+        offset: int = 0,
     ) -> list[RunRecord]:
         with self._lock:
             runs = [
@@ -144,21 +153,19 @@ class MemoryRunStore(MemoryRecords):
         # dicts keep insertion order, so reversed() breaks created_at ties newest first
         runs.reverse()
         runs.sort(key=lambda r: r.created_at, reverse=True)
-        return runs[:limit]
+        return runs[offset : offset + limit]
 
     def set_run_status(self, run_id: str, status: RunStatus, *, error: str | None = None) -> None:
         with self._lock:
             run = self._run(run_id)
-            self._runs[run_id] = replace(
-                run, status=status, error=error, updated_at=rules.utc_now()
-            )
+            self._runs[run_id] = replace(run, status=status, error=error, updated_at=self.clock())
 
     def cancel_run(self, run_id: str) -> bool:
         with self._lock:
             run = self._run(run_id)
             if run.status in rules.TERMINAL_RUN_STATUSES:
                 return False
-            now = rules.utc_now()
+            now = self.clock()
             steps = self._plans[run_id].steps
             for key, step in steps.items():
                 if step.state not in TERMINAL_STEP_STATES:
@@ -166,6 +173,7 @@ class MemoryRunStore(MemoryRecords):
                         step, state="cancelled", owner=None, lease_expires_at=None, updated_at=now
                     )
             self._runs[run_id] = replace(run, status="cancelled", updated_at=now)
+            self._cancel_waits(run_id)
             self._append(run_id, "run_cancelled", None, None, {}, now)
             return True
 
@@ -174,10 +182,11 @@ class MemoryRunStore(MemoryRecords):
             run = self._run(run_id)
             if run.status not in ("failed", "cancelled"):
                 return ()
-            now = rules.utc_now()
+            now = self.clock()
             plan = self._plans[run_id]
             reopened = [k for k, s in plan.steps.items() if s.state in rules.REOPENABLE_STEP_STATES]
             for key in reopened:
+                self._resent.pop((run_id, *key), None)
                 plan.steps[key] = replace(
                     plan.steps[key],
                     state="pending",
@@ -263,7 +272,7 @@ class MemoryRunStore(MemoryRecords):
                 return None
             if not rules.claimable_by(pipeline, self._runs[run_id].pipeline):
                 return None
-            now = rules.utc_now()
+            now = self.clock()
             if step.state == "ready":
                 if step.not_before is not None and step.not_before > now:
                     return None
@@ -273,6 +282,9 @@ class MemoryRunStore(MemoryRecords):
                 and step.lease_expires_at <= now
             ):
                 return None
+            queued_s, took_over = rules.claim_facts(
+                step.state, step.owner, step.updated_at, step.not_before, claimer=owner, now=now
+            )
             claimed = replace(
                 step,
                 state="running",
@@ -283,7 +295,8 @@ class MemoryRunStore(MemoryRecords):
                 updated_at=now,
             )
             self._plans[run_id].steps[(asset, partition)] = claimed
-            return claimed
+            self._resent.pop((run_id, asset, partition), None)
+            return replace(claimed, queued_s=queued_s, took_over=took_over)
 
     def renew_lease(
         self,
@@ -302,7 +315,7 @@ class MemoryRunStore(MemoryRecords):
             fence = Fence(owner, step.attempt if attempt is None else attempt)
             if not rules.fence_holds(fence, step.state, step.owner, step.attempt):
                 return False
-            now = rules.utc_now()
+            now = self.clock()
             self._plans[run_id].steps[(asset, partition)] = replace(
                 step, lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now
             )
@@ -314,19 +327,19 @@ class MemoryRunStore(MemoryRecords):
         asset: str,
         partition: str,
         *,
-        not_before: datetime,
+        delay_seconds: float,
         error: str,
         fence: Fence | None = None,
-    ) -> bool:
-        not_before = rules.require_utc(not_before, "not_before")
+    ) -> StepRecord | None:
         with self._lock:
             step = self.get_step(run_id, asset, partition)
             if step is None or step.state != "running":
-                return False
+                return None
             if not rules.fence_holds(fence, step.state, step.owner, step.attempt):
-                return False
-            now = rules.utc_now()
-            self._plans[run_id].steps[(asset, partition)] = replace(
+                return None
+            now = self.clock()
+            not_before = now + timedelta(seconds=delay_seconds)
+            retried = replace(
                 step,
                 state="ready",
                 owner=None,
@@ -335,9 +348,10 @@ class MemoryRunStore(MemoryRecords):
                 error=error,
                 updated_at=now,
             )
+            self._plans[run_id].steps[(asset, partition)] = retried
             detail = rules.retry_detail(step.attempt, error, not_before)
             self._append(run_id, "step_retry", asset, partition, detail, now)
-            return True
+            return retried
 
     def finish_step(
         self,
@@ -389,7 +403,7 @@ class MemoryRunStore(MemoryRecords):
                 return StepTransition(applied=False), None
             assert step is not None  # finish_applies raised otherwise
             mat, approval, gate = self._records(bound, where)
-            now = rules.utc_now()
+            now = self.clock()
             detail = rules.finish_detail(step.attempt, outcome)
             mat_id = step.materialization_id
             if mat is not None:
@@ -444,6 +458,38 @@ class MemoryRunStore(MemoryRecords):
             )
             return transition, reads
 
+    def resend_steps(
+        self,
+        *,
+        ready_for_seconds: float,
+        pipeline: str | None = None,
+        limit: int = rules.RESEND_BATCH,
+    ) -> list[StepRecord]:
+        with self._lock:
+            now = self.clock()
+            due: list[tuple[tuple[bool, datetime], StepRecord]] = []
+            for run_id, plan in self._plans.items():
+                run = self._runs[run_id]
+                if run.status != "running" or not rules.claimable_by(pipeline, run.pipeline):
+                    continue
+                for s in plan.steps.values():
+                    resends, resent_at = self._resent.get((run_id, s.asset, s.partition), (0, None))
+                    if rules.resend_due(
+                        s.state, now=now, ready_for_seconds=ready_for_seconds,
+                        updated_at=s.updated_at, not_before=s.not_before,
+                        lease_expires_at=s.lease_expires_at, resent_at=resent_at,
+                        resends=resends,
+                    ):  # fmt: skip
+                        # never re-sent first, then the oldest
+                        order = (resent_at is not None, resent_at or s.updated_at or now)
+                        due.append((order, s))
+            due.sort(key=lambda d: d[0])
+            picked = [s for _, s in due[: max(0, limit)]]
+            for s in picked:
+                key = (s.run_id, s.asset, s.partition)
+                self._resent[key] = (self._resent.get(key, (0, now))[0] + 1, now)
+            return picked
+
     def stale_steps(self, now: datetime, *, ready_for_seconds: float) -> list[StepRecord]:
         now = rules.require_utc(now, "now")
         cutoff = now - timedelta(seconds=ready_for_seconds)
@@ -485,6 +531,27 @@ class MemoryRunStore(MemoryRecords):
             self._append(run_id, f"run_{status}", None, None, {}, now)
         return rules.reported_status(run.status, status)
 
+    def _hold_wait(self, gate: Gate, claim: Continuation, now: datetime) -> bool:
+        step = self.get_step(gate.run_id, gate.asset, gate.partition)
+        if step is None or step.state != "waiting":
+            return False
+        self._plans[gate.run_id].steps[(gate.asset, gate.partition)] = _held(step, claim, now)
+        return True
+
+    def take_over_wait(
+        self, run_id: str, asset: str, partition: str, *, owner: str, lease_seconds: float
+    ) -> StepRecord | None:
+        with self._lock:
+            step = self.get_step(run_id, asset, partition)
+            now = self.clock()
+            if step is None or not rules.wait_takeable(
+                step.state, step.owner, step.lease_expires_at, owner, now
+            ):
+                return None
+            held = _held(step, Continuation(owner, lease_seconds), now)
+            self._plans[run_id].steps[(asset, partition)] = held
+            return held
+
     def _records(
         self, bound: rules.BoundOutcome, where: str
     ) -> tuple[MaterializationRecord | None, Approval | None, Gate | None]:
@@ -514,3 +581,14 @@ class MemoryRunStore(MemoryRecords):
                 metadata=json.loads(bound.gate_metadata_json or "{}"),
             )
         return mat, approval, gate
+
+
+def _held(step: StepRecord, claim: Continuation, now: datetime) -> StepRecord:
+    """``step`` (waiting) held by ``claim`` for resolving its wait: the next attempt."""
+    return replace(
+        step,
+        attempt=step.attempt + 1,
+        owner=claim.owner,
+        lease_expires_at=now + timedelta(seconds=claim.lease_seconds),
+        updated_at=now,
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from flowstone import store_rules as rules
@@ -25,14 +25,24 @@ from flowstone.defaults.sqlite_schema import (
     APPROVAL_COLS,
     GATE_COLS,
     MAT_COLS,
+    STEP_COLS,
     approval_row,
     from_micros,
     gate_row,
     mat_row,
+    step_row,
     to_micros,
 )
-from flowstone.errors import StorageError
-from flowstone.records import Approval, AuditEntry, Gate, ItemResult, MaterializationRecord
+from flowstone.errors import ApprovalError, SignalError, StorageError
+from flowstone.records import (
+    Approval,
+    AuditEntry,
+    Continuation,
+    Gate,
+    ItemResult,
+    MaterializationRecord,
+    StepRecord,
+)
 
 __all__ = ["SQLiteRecords", "upsert_materialization"]
 
@@ -185,7 +195,8 @@ class SQLiteRecords(SQLiteConnection):
         by: str | None = None,
         reason: str | None = None,
     ) -> Approval:
-        now = to_micros(rules.utc_now())
+        now_dt = rules.utc_now()
+        now = to_micros(now_dt)
         with self._write() as c:
             row = c.execute(
                 "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ?, reason = ?"
@@ -200,15 +211,21 @@ class SQLiteRecords(SQLiteConnection):
                     approval_id, old[0] if old else None, old[1] if old else None
                 )
             approval = approval_row(row)
+            if status != "expired" and _past(approval.expires_at, now_dt):
+                # raising rolls the decision back: the sweeper expires it
+                raise ApprovalError(
+                    rules.wait_too_late(f"approval {approval_id}", approval.expires_at)
+                )
             kind, detail = rules.decision_audit(approval_id, status, by, reason)
             self._audit(c, approval.run_id, kind, approval.asset, approval.partition, detail, now)
         return approval
 
-    def due_approvals(self, now: datetime) -> list[Approval]:
+    def due_approvals(self, now: datetime | None = None) -> list[Approval]:
+        at = rules.utc_now() if now is None else rules.require_utc(now, "now")
         rows = self._read(
             f"SELECT {APPROVAL_COLS} FROM approvals"
             " WHERE status = 'pending' AND expires_at <= ? ORDER BY id",
-            (to_micros(rules.require_utc(now, "now")),),
+            (to_micros(at),),
         )
         return [approval_row(r) for r in rows]
 
@@ -216,11 +233,24 @@ class SQLiteRecords(SQLiteConnection):
         rows = self._read(f"SELECT {GATE_COLS} FROM gates WHERE token_hash = ?", (token_hash,))
         return gate_row(rows[0]) if rows else None
 
+    def find_gate(self, run_id: str, asset: str, partition: str) -> Gate | None:
+        rows = self._read(
+            f"SELECT {GATE_COLS} FROM gates WHERE {STEP_KEY} ORDER BY created_at DESC LIMIT 1",
+            (run_id, asset, partition),
+        )
+        return gate_row(rows[0]) if rows else None
+
     def consume_gate(
-        self, token_hash: str, *, payload: Any, status: Literal["signaled", "expired"]
+        self,
+        token_hash: str,
+        *,
+        payload: Any,
+        status: Literal["signaled", "expired"],
+        claim: Continuation | None = None,
     ) -> Gate:
         encoded = rules.to_json(payload, "signal payload")
-        now = to_micros(rules.utc_now())
+        now_dt = rules.utc_now()
+        now = to_micros(now_dt)
         with self._write() as c:
             row = c.execute(
                 "UPDATE gates SET status = ?, payload = ?, signaled_at = ?"
@@ -233,15 +263,36 @@ class SQLiteRecords(SQLiteConnection):
                 ).fetchone()
                 raise rules.gate_not_consumable(*(old or (None,)))
             gate = gate_row(row)
+            if status == "signaled" and _past(gate.expires_at, now_dt):
+                raise SignalError(rules.wait_too_late("this signal gate", gate.expires_at))
+            if claim is not None and not _hold(c, gate, claim, now_dt):
+                raise rules.gate_not_consumable("finished", gate.run_id, gate.asset)
             self._audit(c, gate.run_id, f"gate_{status}", gate.asset, gate.partition, {}, now)
         return gate
 
-    def due_gates(self, now: datetime) -> list[Gate]:
+    def due_gates(self, now: datetime | None = None) -> list[Gate]:
+        at = rules.utc_now() if now is None else rules.require_utc(now, "now")
         rows = self._read(
             f"SELECT {GATE_COLS} FROM gates WHERE status = 'pending' AND expires_at <= ?",
-            (to_micros(rules.require_utc(now, "now")),),
+            (to_micros(at),),
         )
         return [gate_row(r) for r in rows]
+
+    def take_over_wait(
+        self, run_id: str, asset: str, partition: str, *, owner: str, lease_seconds: float
+    ) -> StepRecord | None:
+        now = rules.utc_now()
+        with self._write() as c:
+            row = c.execute(
+                f"SELECT state, owner, lease_expires_at FROM steps WHERE {STEP_KEY}",
+                (run_id, asset, partition),
+            ).fetchone()
+            if row is None or not rules.wait_takeable(
+                row[0], row[1], from_micros(row[2]), owner, now
+            ):
+                return None
+            claim = Continuation(owner, lease_seconds)
+            return _hold_step(c, (run_id, asset, partition), claim, now)
 
     # --- routing -----------------------------------------------------------------------
     def record_route_decision(self, run_id: str, router: str, partition: str, branch: str) -> str:
@@ -392,37 +443,70 @@ def _at(value: int) -> datetime:
 
 def upsert_materialization(
     c: sqlite3.Connection, mat: MaterializationRecord, metadata_json: str | None, where: str
-) -> None:
-    """One record per (run, asset, partition); the last write wins, including its id, and
-    is the newest record again (a new rowid, as Postgres gives it a new ``seq``).
+) -> str:
+    """One record per (run, asset, partition); the last write wins, but the record keeps
+    the id it was first written with (a step finished again, in a resumed run: lineage and
+    join records keep naming it), and is the newest record again (a new rowid, as Postgres
+    gives it a new ``seq``). Returns the id the record has.
 
     ``mat`` is bound to its step (:func:`flowstone.store_rules.bind_outcome`) and
     ``metadata_json`` its encoded metadata.
     """
-    mat_id, key = mat.id, (mat.run_id, mat.asset, mat.partition)
-    values = (
-        mat.id, mat.pipeline, mat.run_id, mat.asset, mat.partition, mat.state, mat.io_manager,
-        mat.location, mat.attempt, to_micros(mat.started_at), to_micros(mat.finished_at), mat.error,
-        metadata_json or "{}", int(mat.invalidated),
-    )  # fmt: skip
+    key = (mat.run_id, mat.asset, mat.partition)
     old = c.execute(
         "SELECT id FROM materializations WHERE run_id = ? AND asset = ? AND partition = ?", key
     ).fetchone()
-    clash = c.execute(
-        "SELECT run_id, asset FROM materializations WHERE id = ?", (mat_id,)
-    ).fetchone()
-    if clash is not None and (old is None or old[0] != mat_id):
-        raise StorageError(
-            f"{where}: materialization id {mat_id!r} is already used by run {clash[0]!r} "
-            f"asset {clash[1]!r}; ids must be unique"
-        )
-    if old is not None:
-        c.execute("DELETE FROM lineage WHERE downstream_id = ?", (old[0],))
-        c.execute("DELETE FROM materializations WHERE id = ?", (old[0],))
-        if old[0] != mat_id:
-            c.execute("UPDATE lineage SET upstream_id = ? WHERE upstream_id = ?", (mat_id, old[0]))
+    mat_id = mat.id if old is None else str(old[0])
+    if old is None:
+        clash = c.execute(
+            "SELECT run_id, asset FROM materializations WHERE id = ?", (mat_id,)
+        ).fetchone()
+        if clash is not None:
+            raise StorageError(
+                f"{where}: materialization id {mat_id!r} is already used by run {clash[0]!r} "
+                f"asset {clash[1]!r}; ids must be unique"
+            )
+    else:
+        c.execute("DELETE FROM lineage WHERE downstream_id = ?", (mat_id,))
+        c.execute("DELETE FROM materializations WHERE id = ?", (mat_id,))
+    values = (
+        mat_id, mat.pipeline, mat.run_id, mat.asset, mat.partition, mat.state, mat.io_manager,
+        mat.location, mat.attempt, to_micros(mat.started_at), to_micros(mat.finished_at), mat.error,
+        metadata_json or "{}", int(mat.invalidated),
+    )  # fmt: skip
     c.execute(f"INSERT INTO materializations ({MAT_COLS}) VALUES ({marks(14)})", values)
     c.executemany(
         "INSERT INTO lineage VALUES (?, ?, ?)",
         [(mat_id, i, up) for i, up in enumerate(mat.upstream)],
     )
+    return mat_id
+
+
+def _past(expires_at: datetime | None, now: datetime) -> bool:
+    return expires_at is not None and expires_at <= now
+
+
+def _hold(c: sqlite3.Connection, gate: Gate, claim: Continuation, now: datetime) -> bool:
+    """Hold the gate's waiting step for its resolver (the next attempt); False if the step
+    is not waiting."""
+    key = (gate.run_id, gate.asset, gate.partition)
+    return _hold_step(c, key, claim, now) is not None
+
+
+def _hold_step(
+    c: sqlite3.Connection,
+    key: tuple[str, str, str],
+    claim: Continuation,
+    now: datetime,
+) -> StepRecord | None:
+    row = c.execute(
+        "UPDATE steps SET attempt = attempt + 1, owner = ?, lease_expires_at = ?,"
+        f" updated_at = ? WHERE {STEP_KEY} AND state = 'waiting' RETURNING {STEP_COLS}",
+        (
+            claim.owner,
+            to_micros(now + timedelta(seconds=claim.lease_seconds)),
+            to_micros(now),
+            *key,
+        ),
+    ).fetchone()
+    return None if row is None else step_row(row)

@@ -13,8 +13,10 @@ approvals, gates and the other records beside runs and steps are in
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from flowstone.defaults.sqlite_schema import (
     GATE_COLS,
     RUN_COLS,
     STEP_COLS,
+    from_micros,
     run_row,
     step_row,
     to_micros,
@@ -68,6 +71,17 @@ class SQLiteRunStore(SQLiteRecords):
 
     name = "sqlite"
 
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = ".flowstone/flowstone.db",
+        *,
+        busy_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(path, busy_timeout=busy_timeout)
+        self.clock: Callable[[], datetime] = rules.utc_now
+        """The store's clock, the one place its scheduling statements read the time
+        (leases, ``not_before``, re-sends, ``updated_at``); replace it to test."""
+
     @classmethod
     def from_url(cls, url: str) -> SQLiteRunStore:
         """Build a store from ``sqlite:///relative/path``, ``sqlite:////absolute/path``
@@ -101,7 +115,7 @@ class SQLiteRunStore(SQLiteRecords):
         planned = rules.plan_steps(run_id, steps)
         tags = rules.to_json(dict(run.tags), f"tags of run {run_id!r}")
         created = to_micros(rules.require_utc(run.created_at, "RunRecord.created_at"))
-        now_dt = rules.utc_now()
+        now_dt = self.clock()
         now = to_micros(now_dt)
         step_rows: list[tuple[Any, ...]] = []
         dep_rows: list[tuple[str, ...]] = []
@@ -167,12 +181,18 @@ class SQLiteRunStore(SQLiteRecords):
         return [run_row(r) for r in rows]
 
     def list_runs(
-        self, *, pipeline: str | None = None, status: RunStatus | None = None, limit: int = 50
+        self,
+        *,
+        pipeline: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 50,
+        offset: int = 0,
     ) -> list[RunRecord]:
         where, params = filters(pipeline=pipeline, status=status)
         rows = self._read(
-            f"SELECT {RUN_COLS} FROM runs {where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
-            [*params, limit],
+            f"SELECT {RUN_COLS} FROM runs {where} ORDER BY created_at DESC, rowid DESC"
+            " LIMIT ? OFFSET ?",
+            [*params, limit, offset],
         )
         return [run_row(r) for r in rows]
 
@@ -180,13 +200,13 @@ class SQLiteRunStore(SQLiteRecords):
         with self._write() as c:
             cur = c.execute(
                 "UPDATE runs SET status = ?, error = ?, updated_at = ? WHERE run_id = ?",
-                (status, error, to_micros(rules.utc_now()), run_id),
+                (status, error, to_micros(self.clock()), run_id),
             )
             if cur.rowcount == 0:
                 raise _run_not_found(run_id)
 
     def cancel_run(self, run_id: str) -> bool:
-        now = to_micros(rules.utc_now())
+        now = to_micros(self.clock())
         with self._write() as c:
             if _run_status(c, run_id) in rules.TERMINAL_RUN_STATUSES:
                 return False
@@ -200,18 +220,24 @@ class SQLiteRunStore(SQLiteRecords):
                 "UPDATE runs SET status = 'cancelled', updated_at = ? WHERE run_id = ?",
                 (now, run_id),
             )
+            for table in ("approvals", "gates"):  # an old token cannot finish a re-run step
+                c.execute(
+                    f"UPDATE {table} SET status = 'cancelled'"
+                    " WHERE run_id = ? AND status = 'pending'",
+                    (run_id,),
+                )
             self._audit(c, run_id, "run_cancelled", None, None, {}, now)
             return True
 
     def reopen_run(self, run_id: str) -> tuple[StepRecord, ...]:
-        now = to_micros(rules.utc_now())
+        now = to_micros(self.clock())
         with self._write() as c:
             if _run_status(c, run_id) not in ("failed", "cancelled"):
                 return ()
             reopened = c.execute(
                 "UPDATE steps SET state = 'pending', attempt = 0, owner = NULL,"
                 " lease_expires_at = NULL, not_before = NULL, materialization_id = NULL,"
-                " error = NULL, updated_at = ?"
+                " error = NULL, updated_at = ?, resent_at = NULL, resends = 0"
                 " WHERE run_id = ? AND state IN ('failed', 'upstream_failed', 'cancelled')",
                 (now, run_id),
             ).rowcount
@@ -287,7 +313,7 @@ class SQLiteRunStore(SQLiteRecords):
     ) -> StepRecord | None:
         key = (run_id, asset, partition)
         with self._write() as c:
-            return _claim(c, key, owner, lease_seconds, rules.utc_now(), pipeline)
+            return _claim(c, key, owner, lease_seconds, self.clock(), pipeline)
 
     def renew_lease(
         self,
@@ -299,7 +325,7 @@ class SQLiteRunStore(SQLiteRecords):
         lease_seconds: float,
         attempt: int | None = None,
     ) -> bool:
-        now_dt = rules.utc_now()
+        now_dt = self.clock()
         with self._write() as c:
             cur = c.execute(  # the fence (store_rules.fence_holds) in the write itself
                 "UPDATE steps SET lease_expires_at = ?, updated_at = ?"
@@ -324,12 +350,13 @@ class SQLiteRunStore(SQLiteRecords):
         asset: str,
         partition: str,
         *,
-        not_before: datetime,
+        delay_seconds: float,
         error: str,
         fence: Fence | None = None,
-    ) -> bool:
-        not_before = rules.require_utc(not_before, "not_before")
-        now = to_micros(rules.utc_now())
+    ) -> StepRecord | None:
+        now_dt = self.clock()
+        now = to_micros(now_dt)
+        not_before = now_dt + timedelta(seconds=delay_seconds)
         # the fence (store_rules.fence_holds) in the write itself
         owner = None if fence is None else fence.owner
         held = (owner, owner, None if fence is None else fence.attempt)
@@ -338,14 +365,15 @@ class SQLiteRunStore(SQLiteRecords):
                 "UPDATE steps SET state = 'ready', owner = NULL, lease_expires_at = NULL,"
                 " not_before = ?, error = ?, updated_at = ?"
                 f" WHERE {STEP_KEY} AND state = 'running'"
-                " AND (? IS NULL OR (owner = ? AND attempt = ?)) RETURNING attempt",
+                f" AND (? IS NULL OR (owner = ? AND attempt = ?)) RETURNING {STEP_COLS}",
                 (to_micros(not_before), error, now, run_id, asset, partition, *held),
             ).fetchone()
             if row is None:
-                return False
-            detail = rules.retry_detail(row[0], error, not_before)
+                return None
+            step = step_row(row)
+            detail = rules.retry_detail(step.attempt, error, not_before)
             self._audit(c, run_id, "step_retry", asset, partition, detail, now)
-            return True
+            return step
 
     def finish_step(
         self,
@@ -361,7 +389,7 @@ class SQLiteRunStore(SQLiteRecords):
         # bound and JSON-encoded before the transaction: a bad value must not half write
         bound = rules.bind_outcome(run_id, asset, partition, outcome, where)
         mat = bound.materialization
-        now_dt = rules.utc_now()
+        now_dt = self.clock()
         now = to_micros(now_dt)
         key = (run_id, asset, partition)
         claimed = None
@@ -375,8 +403,9 @@ class SQLiteRunStore(SQLiteRecords):
             ):  # fmt: skip
                 return StepTransition(applied=False)
             detail = rules.finish_detail(row[1], outcome)
+            mat_id = None
             if mat is not None:
-                upsert_materialization(c, mat, bound.materialization_metadata_json, where)
+                mat_id = upsert_materialization(c, mat, bound.materialization_metadata_json, where)
             if (a := bound.approval) is not None:
                 detail["approval_id"] = c.execute(
                     "INSERT INTO approvals (pipeline, run_id, asset, partition, message, status,"
@@ -400,7 +429,7 @@ class SQLiteRunStore(SQLiteRecords):
                 "UPDATE steps SET state = ?, materialization_id = COALESCE(?, materialization_id),"
                 " error = ?, owner = NULL, lease_expires_at = NULL, updated_at = ?"
                 f" WHERE {STEP_KEY}",
-                (outcome.state, None if mat is None else mat.id, outcome.error, now, *key),
+                (outcome.state, mat_id, outcome.error, now, *key),
             )
             ready: list[StepRecord] = []
             if outcome.state != "waiting":
@@ -442,6 +471,36 @@ class SQLiteRunStore(SQLiteRecords):
             claimed=claimed,
         )
 
+    def resend_steps(
+        self,
+        *,
+        ready_for_seconds: float,
+        pipeline: str | None = None,
+        limit: int = rules.RESEND_BATCH,
+    ) -> list[StepRecord]:
+        now = to_micros(self.clock())
+        ready_for = round(ready_for_seconds * 1_000_000)
+        # store_rules.resend_due, selected and stamped in one write
+        with self._write() as c:
+            rows = c.execute(
+                "UPDATE steps SET resent_at = ?, resends = resends + 1"
+                " WHERE (run_id, asset, partition) IN (SELECT s.run_id, s.asset, s.partition"
+                "  FROM steps s JOIN runs r ON r.run_id = s.run_id AND r.status = 'running'"
+                "   AND (? IS NULL OR r.pipeline = ?)"
+                "  WHERE ((s.state = 'ready'"
+                "    AND MAX(s.updated_at, COALESCE(s.not_before, s.updated_at)) <= ? - ?"
+                "    AND (s.not_before IS NULL OR s.not_before <= ?))"
+                "   OR (s.state = 'running' AND s.lease_expires_at <= ?))"
+                "  AND (s.resent_at IS NULL"
+                "   OR s.resent_at <= ? - ? * (1 << MIN(s.resends, ?)))"
+                "  ORDER BY s.resent_at IS NOT NULL, COALESCE(s.resent_at, s.updated_at)"
+                "  LIMIT ?)"
+                f" RETURNING {STEP_COLS}",
+                (now, pipeline, pipeline, now, ready_for, now, now, now, ready_for,
+                 rules.RESEND_BACKOFF_DOUBLINGS, max(0, limit)),
+            ).fetchall()  # fmt: skip
+        return [step_row(r) for r in rows]
+
     def stale_steps(self, now: datetime, *, ready_for_seconds: float) -> list[StepRecord]:
         now = rules.require_utc(now, "now")
         cutoff = to_micros(now - timedelta(seconds=ready_for_seconds))
@@ -459,14 +518,22 @@ class SQLiteRunStore(SQLiteRecords):
 
 # --- helpers (run inside a transaction) ---------------------------------------------------
 def _claim(
-    c: sqlite3.Connection, key: tuple[str, str, str], owner: str, lease_seconds: float,
-    now_dt: datetime, pipeline: str | None = None,
+    c: sqlite3.Connection,
+    key: tuple[str, str, str],
+    owner: str,
+    lease_seconds: float,
+    now_dt: datetime,
+    pipeline: str | None = None,
 ) -> StepRecord | None:
     now = to_micros(now_dt)
     expires = to_micros(now_dt + timedelta(seconds=lease_seconds))
+    before = c.execute(
+        f"SELECT state, owner, updated_at, not_before FROM steps WHERE {STEP_KEY}", key
+    ).fetchone()
     row = c.execute(
         "UPDATE steps SET state = 'running', attempt = attempt + 1, owner = ?,"
-        " lease_expires_at = ?, not_before = NULL, updated_at = ?"
+        " lease_expires_at = ?, not_before = NULL, updated_at = ?, resent_at = NULL,"
+        " resends = 0"
         f" WHERE {STEP_KEY}"
         " AND ((state = 'ready' AND (not_before IS NULL OR not_before <= ?))"
         "  OR (state = 'running' AND lease_expires_at <= ?))"
@@ -476,7 +543,13 @@ def _claim(
         f" RETURNING {STEP_COLS}",
         (owner, expires, now, *key, now, now, pipeline, pipeline),
     ).fetchone()
-    return None if row is None else step_row(row)
+    if row is None:
+        return None
+    queued_s, took_over = rules.claim_facts(
+        before[0], before[1], from_micros(before[2]), from_micros(before[3]),
+        claimer=owner, now=now_dt,
+    )  # fmt: skip
+    return replace(step_row(row), queued_s=queued_s, took_over=took_over)
 
 
 def _run_not_found(run_id: str) -> RunNotFoundError:

@@ -56,7 +56,14 @@ from flowstone.records import (
 from flowstone.runtime import Runtime
 from flowstone.scatter import Batch, Deferred
 
-__all__ = ["StepResult", "StepRunner", "describe_error", "hash_token"]
+__all__ = [
+    "StepResult",
+    "StepRunner",
+    "describe_error",
+    "hash_token",
+    "is_infrastructure",
+    "materialization_id",
+]
 
 log = logging.getLogger("flowstone.engine")
 MAX_SOFT_RETRIES = 1000
@@ -69,6 +76,16 @@ def hash_token(token: str) -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+_MATERIALIZATIONS = uuid.UUID("6f1c2a52-3d4e-5b8f-9a0c-1e2d3f4a5b6c")
+
+
+def materialization_id(run_id: str, asset: str, partition: str) -> str:
+    """The id of the materialization of ``asset`` [``partition``] in ``run_id``: one record
+    per step, so the id is derived from it and stays the same when the step finishes again
+    (a resumed run), on every store; lineage and join records keep naming it."""
+    return uuid.uuid5(_MATERIALIZATIONS, f"{run_id}\x00{asset}\x00{partition}").hex
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -219,7 +236,10 @@ class StepRunner:
         if asset in rt.branch_index:
             mark_branch_started(self, run_id, asset)
         started_at = _now()
-        rt.events.emit("asset.started", run_id, asset, partition, {"attempt": step.attempt})
+        rt.events.emit(
+            "asset.started", run_id, asset, partition,
+            {"attempt": step.attempt, "queued_s": step.queued_s, "takeover": step.took_over},
+        )  # fmt: skip
         try:
             with self._leases.keep(run_id, asset, partition, owner, lease, step.attempt) as lost:
                 result = self._execute(step, a, owner, started_at, lost)
@@ -236,7 +256,7 @@ class StepRunner:
             cause: BaseException = failed
             if isinstance(failed, _Bookkeeping) and failed.__cause__ is not None:
                 cause = failed.__cause__
-            if isinstance(cause, StorageError) and not _is_infrastructure(cause):
+            if isinstance(cause, StorageError) and not is_infrastructure(cause):
                 raise
             if step.attempt >= _MAX_INFRA_ATTEMPTS:  # persistent (disk full...): say so
                 return self._infra_failed(step, a, started_at, cause)
@@ -283,17 +303,18 @@ class StepRunner:
     def _retry_later(self, step: StepRecord, later: _RetryLater) -> StepResult:
         """Put a running ``step`` back to ready after ``later.delay`` seconds."""
         rt = self.runtime
-        not_before = _now() + timedelta(seconds=later.delay)
-        if not rt.store.retry_step(
+        # the delay, not a time: the store's clock (the database's) sets not_before
+        retried = rt.store.retry_step(
             step.run_id, step.asset, step.partition,
-            not_before=not_before, error=later.error, fence=_fence_of(step),
-        ):  # fmt: skip
+            delay_seconds=later.delay, error=later.error, fence=_fence_of(step),
+        )  # fmt: skip
+        if not retried:
             return _NOTHING
         rt.events.emit(
             "asset.retrying", step.run_id, step.asset, step.partition,
             {"attempt": step.attempt, "delay_s": later.delay, "error": later.error},
         )  # fmt: skip
-        return StepResult((dataclasses.replace(step, state="ready", not_before=not_before),))
+        return StepResult((retried,))
 
     def complete(
         self,
@@ -649,7 +670,7 @@ class StepRunner:
         try:
             return rt.values.store(a.io_manager, key, value)
         except StorageError as exc:
-            if _is_infrastructure(exc):
+            if is_infrastructure(exc):
                 raise _Bookkeeping(str(exc)) from exc
             raise
 
@@ -673,7 +694,7 @@ class StepRunner:
         metadata: Mapping[str, Any] | None = None,
     ) -> MaterializationRecord:
         return MaterializationRecord(
-            id=uuid.uuid4().hex,
+            id=materialization_id(step.run_id, a.name, step.partition),
             pipeline=self.runtime.name,
             run_id=step.run_id,
             asset=a.name,
@@ -747,7 +768,7 @@ _MAX_INFRA_ATTEMPTS = 3
 _NOT_INFRASTRUCTURE = (EncodingError, UnsafeKeyError, ValueNotFoundError)
 
 
-def _is_infrastructure(exc: StorageError) -> bool:
+def is_infrastructure(exc: StorageError) -> bool:
     """A store or IO failure (connection lost, lock timeout...), as opposed to a value
     that cannot be encoded or a key that would escape its prefix."""
     return not isinstance(exc, _NOT_INFRASTRUCTURE)
@@ -755,8 +776,9 @@ def _is_infrastructure(exc: StorageError) -> bool:
 
 def _fence_of(step: StepRecord) -> Fence | None:
     """The claim a finish of ``step`` is fenced by: its owner and attempt while it is
-    running (a runner finishing what it claimed); None for a step nobody holds (a resume
-    path finishing a waiting step)."""
-    if step.state == "running" and step.owner is not None:
+    running (a runner finishing what it claimed) or waiting under a resolver's claim (a
+    consumed gate, ``consume_gate(claim=...)``); None for a step nobody holds (an
+    approval's decision)."""
+    if step.state in ("running", "waiting") and step.owner is not None:
         return Fence(step.owner, step.attempt)
     return None
