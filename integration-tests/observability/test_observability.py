@@ -179,3 +179,45 @@ def test_worker_logs_are_json_lines_with_the_step_fields(cluster: MetricsCluster
     assert engine and all(set(doc) >= {"run_id", "pipeline", "asset", "partition", "attempt"}
                           for doc in engine)
 
+
+
+def test_queue_lag_and_a_worker_take_over_are_scraped(cluster: MetricsCluster) -> None:
+    """The worker's claims report how long steps waited and whether they took over an
+    expired lease: the queue-lag histogram has observations, and a step whose worker died
+    (its lease expired), re-sent by ``recover()``, counts one take-over on the worker that
+    takes it."""
+    from datetime import UTC, datetime
+
+    from flowstone.records import RunRecord, StepSpec
+
+    url = cluster.urls["m1"]
+    before = sample(scrape(url), "flowstone_lease_takeovers_total", pipeline="obs_it",
+                    asset="raw") or 0.0
+    pipeline = load()
+    try:
+        assert pipeline.run("cleaned", force=True).status == "succeeded"
+        now = datetime.now(UTC)
+        run = RunRecord(f"run-takeover-{os.getpid()}-{time.monotonic_ns()}", "obs_it", ("raw",),
+                        "", "running", now, now)
+        pipeline.store.create_run(run, [StepSpec("raw", "")])
+        dead = pipeline.store.claim_step(run.run_id, "raw", "", owner="worker-that-died",
+                                         lease_seconds=0)
+        assert dead is not None and dead.attempt == 1
+        assert pipeline.recover(ready_for_seconds=30) >= 1  # the expired lease is re-sent
+        [done] = pipeline.wait([run.run_id], timeout=120)
+        assert done.status == "succeeded"
+        step = pipeline.store.get_step(run.run_id, "raw", "")
+        assert step is not None and step.attempt == 2
+    finally:
+        pipeline.close()
+
+    def counted() -> Samples | None:
+        got = scrape(url)
+        taken = sample(got, "flowstone_lease_takeovers_total", pipeline="obs_it", asset="raw")
+        return got if taken == before + 1 else None
+
+    samples = wait_for(counted, what="the take-over to be counted")
+    lag = sample(samples, "flowstone_queue_lag_seconds_count", pipeline="obs_it")
+    assert lag is not None and lag >= 1
+    total = sample(samples, "flowstone_queue_lag_seconds_sum", pipeline="obs_it")
+    assert total is not None and total >= 0

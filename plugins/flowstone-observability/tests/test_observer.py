@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from helpers import DAYS, etl, series, value
@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 import flowstone as fs
 from flowstone.events import Event
+from flowstone.records import RunRecord, StepSpec
 from flowstone_observability import PrometheusObserver, attach
 
 
@@ -63,6 +64,47 @@ def test_retries_are_counted(registry: CollectorRegistry) -> None:
                            observers=[PrometheusObserver(registry)])
     assert pipeline.run("flaky").status == "succeeded"
     assert value(registry, "flowstone_retries_total", pipeline="retrying", asset="flaky") == 2
+
+
+def test_queue_lag_and_a_real_take_over_are_observed_from_the_engine(
+    registry: CollectorRegistry,
+) -> None:
+    """The engine's claims report how long each step waited and whether it took over an
+    expired lease (``asset.started``'s ``queued_s`` and ``takeover``), so the two series
+    fill on real runs, not only from hand-made events."""
+    observer = PrometheusObserver(registry)
+
+    @fs.asset
+    def source() -> int:
+        return 1
+
+    @fs.asset
+    def doubled(source: int) -> int:
+        return source * 2
+
+    pipeline = fs.Pipeline("lagging", [source, doubled], store="memory://",
+                           observers=[observer])
+    try:
+        assert pipeline.run("doubled").status == "succeeded"
+        count = value(registry, "flowstone_queue_lag_seconds_count", pipeline="lagging")
+        assert count >= 1  # at least the run's first claim
+        assert value(registry, "flowstone_lease_takeovers_total", pipeline="lagging",
+                     asset="source") == 0
+        # a worker claimed `source` and died: its lease (0 s) expired, another takes over
+        now = datetime.now(UTC)
+        run = RunRecord("run-taken-over", "lagging", ("source",), "", "running", now, now)
+        pipeline.store.create_run(run, [StepSpec("source", "")])
+        dead = pipeline.store.claim_step(run.run_id, "source", "", owner="dead-worker",
+                                         lease_seconds=0)
+        assert dead is not None and not dead.took_over
+        pipeline.runner.run_step(run.run_id, "source", "", owner="live-worker")
+        assert pipeline.result(run.run_id).status == "succeeded"
+        assert value(registry, "flowstone_lease_takeovers_total", pipeline="lagging",
+                     asset="source") == 1
+        assert value(registry, "flowstone_queue_lag_seconds_count",
+                     pipeline="lagging") == count  # a take-over has no queue wait
+    finally:
+        pipeline.close()
 
 
 def test_engine_data_keys_for_lag_takeover_io_and_observer_failures(

@@ -7,7 +7,10 @@ Every event has ``kind`` (an :data:`EventKind`), ``at`` (UTC), ``pipeline``, ``r
 =====================  ==============================================================
 ``run.started``        ``targets``, ``partition``
 ``run.finished``       ``status``
-``asset.started``      ``attempt``
+``asset.started``      ``attempt``; ``queued_s`` (seconds the step waited ``ready`` before
+                       this claim, by the store's clock; None for a take-over or a
+                       step claimed elsewhere) and ``takeover`` (True when the claim
+                       took over another owner's expired lease)
 ``asset.succeeded``    ``duration_s``, ``materialization_id``
 ``asset.failed``       ``duration_s``, ``error``, ``materialization_id``
 ``asset.skipped``      ``duration_s``, ``error`` (the reason), ``materialization_id``

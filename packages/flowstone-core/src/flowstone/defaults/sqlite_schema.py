@@ -209,7 +209,14 @@ _V3 = (
         WHERE status = 'pending'""",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
+# v4: a sweeper's re-sends of a step (``resend_steps``): when the last one was and how many
+# since the step was last claimed, so a backlog is re-sent with backoff, not every sweep
+_V4 = (
+    "ALTER TABLE steps ADD COLUMN resent_at INTEGER",
+    "ALTER TABLE steps ADD COLUMN resends INTEGER NOT NULL DEFAULT 0",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)
 """Ordered migrations; entry ``i`` upgrades a file from version ``i`` to ``i + 1``."""
 
 

@@ -16,13 +16,11 @@ other ready steps and how far they go, which are this function's parameters:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from flowstone.engine.runner import StepRunner
-from flowstone.records import StepRecord
+from flowstone.records import Fence, StepRecord
 
 __all__ = ["run_chain"]
 
@@ -36,6 +34,7 @@ def run_chain(
     budget: int | None = None,
     hand_off: Callable[[tuple[StepRecord, ...]], None] | None = None,
     hand_back: bool = False,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[StepRecord, ...]:
     """Run ``step`` (ready, or already claimed for this caller) and follow its chain.
 
@@ -46,6 +45,9 @@ def run_chain(
             stops at the first step that makes more than one step ready.
         hand_back: put a continuation that raised back to ``ready`` and hand it off
             before re-raising (needs ``hand_off``).
+        stop: asked before each continuation; once it says True (the worker is shutting
+            down) the claimed continuation is put back to ``ready`` and handed off (or
+            returned, without ``hand_off``) instead of run here.
 
     Returns:
         The steps left for the caller to dispatch (empty with ``hand_off``). A claimed
@@ -63,6 +65,8 @@ def run_chain(
         following = result.next
         if following is None:
             return ()
+        if stop is not None and stop():
+            return _release(runner, following, hand_off)
         if left is not None:
             left -= 1
         try:
@@ -73,6 +77,28 @@ def run_chain(
             raise
 
 
+def _release(
+    runner: StepRunner,
+    step: StepRecord,
+    hand_off: Callable[[tuple[StepRecord, ...]], None] | None,
+) -> tuple[StepRecord, ...]:
+    """Give a claimed continuation back (ready, fenced by its claim) instead of running it."""
+    released = runner.runtime.store.retry_step(
+        step.run_id, step.asset, step.partition, delay_seconds=0.0,
+        error="handed back: the worker is shutting down", fence=_fence(step),
+    )  # fmt: skip
+    if not released:
+        return ()
+    if hand_off is None:
+        return (released,)
+    hand_off((released,))
+    return ()
+
+
+def _fence(step: StepRecord) -> Fence | None:
+    return None if step.owner is None else Fence(step.owner, step.attempt)
+
+
 def _hand_back(
     runner: StepRunner,
     step: StepRecord,
@@ -81,11 +107,13 @@ def _hand_back(
 ) -> None:
     """Best effort: make a continuation that failed to run ready again and hand it off."""
     try:
-        if runner.runtime.store.retry_step(
-            step.run_id, step.asset, step.partition, not_before=datetime.now(UTC),
+        retried = runner.runtime.store.retry_step(
+            step.run_id, step.asset, step.partition, delay_seconds=0.0,
             error=f"continuation could not run here: {type(exc).__name__}: {exc}",
-        ):  # fmt: skip
-            hand_off((dataclasses.replace(step, state="ready", not_before=None),))
+            fence=_fence(step),
+        )  # fmt: skip
+        if retried:
+            hand_off((retried,))
     except Exception:  # the store or broker is down too: the lease expires, the sweeper acts
         log.warning(
             "could not hand back step %s[%s] of run %s; the sweeper will re-send it once its "

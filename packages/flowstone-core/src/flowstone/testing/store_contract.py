@@ -29,7 +29,7 @@ between runs of the suite. Importing this module needs pytest (a test dependency
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -90,6 +90,22 @@ class RunStoreContract(StoreRecordsContract, StoreRulesContract):
         created = self.make_store(tmp_path)
         yield created
         created.close()
+
+    def let_time_pass(self, store: RunStore, run_ids: Sequence[str], seconds: float) -> None:
+        """Make ``seconds`` pass for the steps of ``run_ids``, as the store's clock sees
+        them (the hook the re-send and queue-wait tests use instead of sleeping).
+
+        The default moves the store's ``clock`` attribute forward (the memory and SQLite
+        stores read the time there, in one place). A store on a database's clock
+        overrides it, moving those runs' step timestamps back by ``seconds`` instead.
+        """
+        clock = getattr(store, "clock", None)
+        if not callable(clock):
+            pytest.fail(
+                f"{type(store).__name__} has no clock attribute; override "
+                f"{type(self).__name__}.let_time_pass to age the steps of runs"
+            )
+        store.clock = lambda: clock() + timedelta(seconds=seconds)  # type: ignore[attr-defined]
 
     # --- runs and plans ------------------------------------------------------------------
     def test_store_is_named_and_reachable(self, store: RunStore) -> None:
@@ -238,23 +254,22 @@ class RunStoreContract(StoreRecordsContract, StoreRulesContract):
 
     def test_retry_step_waits_for_not_before(self, store: RunStore) -> None:
         run, _ = _create(store, [StepSpec("orders", DAY), StepSpec("refunds", DAY)])
-        assert not store.retry_step(run.run_id, "orders", DAY, not_before=_now(), error="x")
-        later = _now() + timedelta(hours=1)
-        for asset, not_before in (("orders", later), ("refunds", _now() - timedelta(seconds=1))):
+        assert store.retry_step(run.run_id, "orders", DAY, delay_seconds=0, error="x") is None
+        retried = {}
+        for asset, delay in (("orders", 3600.0), ("refunds", 0.0)):
             store.claim_step(run.run_id, asset, DAY, owner="w1", lease_seconds=60)
-            assert store.retry_step(
-                run.run_id, asset, DAY, not_before=not_before, error="HTTP 503 from the API"
+            retried[asset] = store.retry_step(
+                run.run_id, asset, DAY, delay_seconds=delay, error="HTTP 503 from the API"
             )
         step = store.get_step(run.run_id, "orders", DAY)
-        assert step is not None
-        assert (step.state, step.error, step.not_before) == (
-            "ready",
-            "HTTP 503 from the API",
-            later,
-        )
+        assert step is not None and step == retried["orders"]
+        assert (step.state, step.error) == ("ready", "HTTP 503 from the API")
+        # not_before is the store's own now (the retry's updated_at) plus the delay
+        assert step.not_before is not None and step.updated_at is not None
+        assert step.not_before - step.updated_at == timedelta(hours=1)
         assert store.claim_step(run.run_id, "orders", DAY, owner="w1", lease_seconds=60) is None
-        retried = store.claim_step(run.run_id, "refunds", DAY, owner="w2", lease_seconds=60)
-        assert retried is not None and retried.attempt == 2
+        again = store.claim_step(run.run_id, "refunds", DAY, owner="w2", lease_seconds=60)
+        assert again is not None and again.attempt == 2
 
     # --- finishing ------------------------------------------------------------------------
     def test_finish_releases_dependents_and_settles_the_run(self, store: RunStore) -> None:
@@ -525,3 +540,66 @@ class RunStoreContract(StoreRecordsContract, StoreRulesContract):
         assert mine(store.stale_steps(_now(), ready_for_seconds=3600)) == ["refunds"]
         store.claim_step(run.run_id, "refunds", DAY, owner="w2", lease_seconds=7200)
         assert mine(store.stale_steps(later, ready_for_seconds=60)) == ["orders"]
+
+    # --- re-sends (the sweeper) and what a claim reports ------------------------------------
+    def test_a_backlog_is_resent_with_backoff_not_every_sweep(self, store: RunStore) -> None:
+        """200 steps nobody claims, 8 sweeps one recover interval apart: each step is sent
+        again after 1, 3 and 7 intervals (the interval doubled per re-send), 600 messages
+        in all, not 1,600 (issue 11, defect 5)."""
+        steps = [StepSpec(f"a{i:03d}", DAY) for i in range(200)]
+        run, _ = _create(store, steps)
+        other, _ = _create(store, [StepSpec("orders", DAY)])  # another pipeline's step
+        sent: dict[str, list[int]] = {}
+        for sweep in range(1, 9):
+            self.let_time_pass(store, [run.run_id, other.run_id], 30)
+            for step in store.resend_steps(ready_for_seconds=30, pipeline=run.pipeline):
+                assert step.run_id == run.run_id and step.state == "ready"
+                sent.setdefault(step.asset, []).append(sweep)
+        assert sorted(sent) == sorted(s.asset for s in steps)
+        assert {tuple(v) for v in sent.values()} == {(1, 3, 7)}
+        assert sum(len(v) for v in sent.values()) == 600
+        orders = store.get_step(other.run_id, "orders", DAY)
+        assert orders is not None and orders.state == "ready"  # left to its own sweeper
+
+    def test_a_sweep_is_bounded_and_a_claim_resets_the_backoff(self, store: RunStore) -> None:
+        run, _ = _create(store, [StepSpec(f"a{i:02d}", DAY) for i in range(12)])
+        self.let_time_pass(store, [run.run_id], 60)
+        first = store.resend_steps(ready_for_seconds=30, pipeline=run.pipeline, limit=5)
+        second = store.resend_steps(ready_for_seconds=30, pipeline=run.pipeline, limit=5)
+        third = store.resend_steps(ready_for_seconds=30, pipeline=run.pipeline, limit=5)
+        keys = [s.asset for s in first + second + third]
+        assert (len(first), len(second), len(third)) == (5, 5, 2)
+        assert len(set(keys)) == 12  # each batch takes steps not re-sent yet
+        assert store.resend_steps(ready_for_seconds=30, pipeline=run.pipeline) == []
+        # a worker claims one, lets its lease expire: re-sent at once, the count reset
+        store.claim_step(run.run_id, "a00", DAY, owner="w1", lease_seconds=0)
+        again = store.resend_steps(ready_for_seconds=30, pipeline=run.pipeline)
+        assert [(s.asset, s.state) for s in again] == [("a00", "running")]
+        assert store.resend_steps(ready_for_seconds=30, pipeline=run.pipeline) == []
+        # released by a retry, it waits the interval again, not the backed-off time
+        store.claim_step(run.run_id, "a00", DAY, owner="w2", lease_seconds=60)
+        store.retry_step(run.run_id, "a00", DAY, delay_seconds=0, error="HTTP 503")
+        assert store.resend_steps(ready_for_seconds=30, pipeline=run.pipeline) == []
+        self.let_time_pass(store, [run.run_id], 31)
+        due = store.resend_steps(ready_for_seconds=30, pipeline=run.pipeline)
+        assert [s.asset for s in due] == ["a00"]
+
+    def test_a_claim_reports_its_wait_and_take_over(self, store: RunStore) -> None:
+        run, _ = _create(store, [StepSpec("orders", DAY), StepSpec("refunds", DAY)])
+        self.let_time_pass(store, [run.run_id], 120)
+        first = store.claim_step(run.run_id, "orders", DAY, owner="w1", lease_seconds=0)
+        assert first is not None and first.took_over is False
+        assert first.queued_s is not None and 120 <= first.queued_s < 3600
+        taken = store.claim_step(run.run_id, "orders", DAY, owner="w2", lease_seconds=0)
+        assert taken is not None and (taken.took_over, taken.queued_s) == (True, None)
+        mine = store.claim_step(run.run_id, "orders", DAY, owner="w2", lease_seconds=60)
+        assert mine is not None and mine.took_over is False  # its own expired lease
+        plain = store.get_step(run.run_id, "orders", DAY)
+        assert plain is not None and (plain.queued_s, plain.took_over) == (None, False)
+        # a retried step waits from its not_before, not from when it was sent back
+        store.claim_step(run.run_id, "refunds", DAY, owner="w1", lease_seconds=60)
+        store.retry_step(run.run_id, "refunds", DAY, delay_seconds=100, error="HTTP 503")
+        self.let_time_pass(store, [run.run_id], 160)
+        retried = store.claim_step(run.run_id, "refunds", DAY, owner="w1", lease_seconds=60)
+        assert retried is not None and retried.queued_s is not None
+        assert 60 <= retried.queued_s < 100
