@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from flowstone.engine import StepRunner, run_chain
 from flowstone.records import StepRecord
+from flowstone_celery import draining
 from flowstone_celery.messages import MessageError, StepMessage, parse_batch, parse_message
 
 if TYPE_CHECKING:
@@ -98,7 +99,9 @@ def run_steps(runner: StepRunner, run_id: str, asset: str, partition: str, *, in
         published += len(steps)
 
     step = StepRecord(run_id, asset, partition, "ready", 0)
-    run_chain(runner, step, budget=inline, hand_off=publish, hand_back=True)
+    run_chain(
+        runner, step, budget=inline, hand_off=publish, hand_back=True, stop=draining.requested
+    )
     return published
 
 

@@ -13,6 +13,8 @@ a worker bootstep that
   from the main process, summing the pool processes' metrics (flowstone-observability's
   ``WorkerMetrics``, prepared before the pool forks); with ``FLOWSTONE_LOG_FORMAT=json``
   logs JSON lines carrying the step fields (when flowstone-observability is installed);
+* at the first SIGTERM stops following continuations: each pool process finishes the step
+  it runs and publishes the step that finish claimed (:mod:`flowstone_celery.draining`);
 * closes the served pipelines when the worker shuts down (after in-flight steps finished),
   in the main process and in every pool process, so resources are torn down;
 * makes a *second* SIGTERM stop immediately: the first one is Celery's warm shutdown (no new
@@ -31,6 +33,7 @@ from typing import Any
 from celery import bootsteps
 
 from flowstone.errors import FlowStoneError, StorageError, UsageError
+from flowstone_celery import draining
 from flowstone_celery.app import FlowstoneCelery, make_app
 from flowstone_celery.settings import CelerySettings, safe_url
 from flowstone_celery.sweeper import SweeperThread
@@ -57,6 +60,7 @@ class FlowstoneStep(bootsteps.StartStopStep):  # type: ignore[misc]
             raise SystemExit(2) from None
         self._sweeper: SweeperThread | None = None
         _close_pipelines_on_shutdown(app)
+        _drain_on_shutdown(app)
         # before the pool forks: pool processes inherit the observers and the metric mode
         self._metrics = _worker_metrics(app)
 
@@ -112,6 +116,19 @@ def _close_pipelines_on_shutdown(app: FlowstoneCelery) -> None:
 
     for signal in (worker_shutdown, worker_process_shutdown):
         signal.connect(close, weak=False, dispatch_uid=f"flowstone-close-{id(app)}")
+
+
+def _drain_on_shutdown(app: FlowstoneCelery) -> None:
+    """At the first SIGTERM (or SIGINT), before the pool drains: in-flight steps finish but
+    take no continuation; the steps their finishes claim are published instead."""
+    from celery.signals import worker_shutting_down
+
+    draining.reset()
+
+    def drain(**_: Any) -> None:
+        draining.begin()
+
+    worker_shutting_down.connect(drain, weak=False, dispatch_uid=f"flowstone-drain-{id(app)}")
 
 
 def _install_escalating_sigterm(worker: Any) -> None:
