@@ -212,7 +212,7 @@ class Driver:
     state_dir: Path
     approve: bool = True
     signal: bool = True
-    seen: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # what polling met (and survived)
 
     def step(self) -> str:
         run = self.pipeline.store.get_run(self.run_id)
@@ -231,8 +231,12 @@ class Driver:
 
     def until(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         def check() -> Any:
-            self.step()
-            return predicate()
+            try:
+                self.step()
+                return predicate()
+            except Exception as exc:  # this client's own connections may be the fault's
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                return None
 
         return wait_for(check, timeout, what)
 

@@ -204,7 +204,7 @@ def gather_squares(results: list[Any]) -> dict[str, Any]:
 
 
 @fs.asset(scatter=fs.Scatter(items=lambda numbers: numbers["v"], max_concurrent=200,
-                             gather=gather_squares))
+                             gather=gather_squares, options={"chunk_size": 10}))
 def squares(context: fs.Context, numbers: dict[str, Any]) -> list[Any]:
     i: int = context.scatter_item
     partition = str(context.partition)
