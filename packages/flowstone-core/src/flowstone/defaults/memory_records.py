@@ -9,7 +9,7 @@ is the one every method of the store runs under.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, Literal
@@ -36,6 +36,8 @@ class MemoryRecords:
     """
 
     def __init__(self) -> None:
+        self.clock: Callable[[], datetime] = rules.utc_now
+        """The store's clock, the one place its methods read the time (replace it to test)."""
         self._lock = threading.RLock()
         self._mats: dict[str, MaterializationRecord] = {}
         self._mat_ids: dict[_MatKey, str] = {}
@@ -174,7 +176,7 @@ class MemoryRecords:
                     None if approval is None else approval.status,
                     None if approval is None else approval.decided_by,
                 )
-            now = rules.utc_now()
+            now = self.clock()
             if status != "expired" and _past(approval.expires_at, now):
                 raise ApprovalError(
                     rules.wait_too_late(f"approval {approval_id}", approval.expires_at)
@@ -186,7 +188,7 @@ class MemoryRecords:
             return decided
 
     def due_approvals(self, now: datetime | None = None) -> list[Approval]:
-        now = rules.utc_now() if now is None else rules.require_utc(now, "now")
+        now = self.clock() if now is None else rules.require_utc(now, "now")
         with self._lock:
             return [
                 a
@@ -222,7 +224,7 @@ class MemoryRecords:
                 raise rules.gate_not_consumable(None)
             if gate.status != "pending":
                 raise rules.gate_not_consumable(gate.status, gate.run_id, gate.asset)
-            now = rules.utc_now()
+            now = self.clock()
             if status == "signaled" and _past(gate.expires_at, now):
                 raise SignalError(rules.wait_too_late("this signal gate", gate.expires_at))
             if claim is not None and not self._hold_wait(gate, claim, now):
@@ -233,7 +235,7 @@ class MemoryRecords:
             return used
 
     def due_gates(self, now: datetime | None = None) -> list[Gate]:
-        now = rules.utc_now() if now is None else rules.require_utc(now, "now")
+        now = self.clock() if now is None else rules.require_utc(now, "now")
         with self._lock:
             return [
                 g
@@ -260,7 +262,7 @@ class MemoryRecords:
         with self._lock:
             key = (run_id, router, partition)
             if key not in self._routes:
-                self._routes[key] = (branch, rules.utc_now())
+                self._routes[key] = (branch, self.clock())
             return self._routes[key][0]
 
     def get_route_decision(self, run_id: str, router: str, partition: str) -> str | None:
@@ -307,7 +309,7 @@ class MemoryRecords:
     ) -> None:
         copied = rules.json_copy(dict(detail or {}), f"audit detail of {kind!r}")
         with self._lock:
-            self._append(run_id, kind, asset, partition, copied, rules.utc_now())
+            self._append(run_id, kind, asset, partition, copied, self.clock())
 
     def list_audit(self, run_id: str) -> list[AuditEntry]:
         with self._lock:

@@ -12,7 +12,7 @@ the other records beside them are in :mod:`flowstone.defaults.memory_records`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -72,8 +72,6 @@ class MemoryRunStore(MemoryRecords):
         self._plans: dict[str, _RunState] = {}
         # (run, asset, partition) -> (re-sends since the last claim, the last one's time)
         self._resent: dict[tuple[str, str, str], tuple[int, datetime]] = {}
-        self.clock: Callable[[], datetime] = rules.utc_now
-        """The store's clock, read by every scheduling method (replace it to test)."""
 
     # --- lifecycle -------------------------------------------------------------------
     def ping(self) -> None:

@@ -16,11 +16,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from flowstone.defaults.sqlite_schema import migrate
 from flowstone.errors import StorageError
+from flowstone.store_rules import utc_now
 
 __all__ = ["STEP_KEY", "SQLiteConnection", "filters", "marks"]
 
@@ -43,6 +45,9 @@ class SQLiteConnection:
     ) -> None:
         self._path = os.fspath(path)
         self._busy_timeout = busy_timeout
+        self.clock: Callable[[], datetime] = utc_now
+        """The store's clock, the one place its statements read the time (leases,
+        ``not_before``, re-sends, expiries, ``updated_at``); replace it to test."""
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = 0

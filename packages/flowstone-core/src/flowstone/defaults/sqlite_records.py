@@ -195,7 +195,7 @@ class SQLiteRecords(SQLiteConnection):
         by: str | None = None,
         reason: str | None = None,
     ) -> Approval:
-        now_dt = rules.utc_now()
+        now_dt = self.clock()
         now = to_micros(now_dt)
         with self._write() as c:
             row = c.execute(
@@ -221,7 +221,7 @@ class SQLiteRecords(SQLiteConnection):
         return approval
 
     def due_approvals(self, now: datetime | None = None) -> list[Approval]:
-        at = rules.utc_now() if now is None else rules.require_utc(now, "now")
+        at = self.clock() if now is None else rules.require_utc(now, "now")
         rows = self._read(
             f"SELECT {APPROVAL_COLS} FROM approvals"
             " WHERE status = 'pending' AND expires_at <= ? ORDER BY id",
@@ -249,7 +249,7 @@ class SQLiteRecords(SQLiteConnection):
         claim: Continuation | None = None,
     ) -> Gate:
         encoded = rules.to_json(payload, "signal payload")
-        now_dt = rules.utc_now()
+        now_dt = self.clock()
         now = to_micros(now_dt)
         with self._write() as c:
             row = c.execute(
@@ -271,7 +271,7 @@ class SQLiteRecords(SQLiteConnection):
         return gate
 
     def due_gates(self, now: datetime | None = None) -> list[Gate]:
-        at = rules.utc_now() if now is None else rules.require_utc(now, "now")
+        at = self.clock() if now is None else rules.require_utc(now, "now")
         rows = self._read(
             f"SELECT {GATE_COLS} FROM gates WHERE status = 'pending' AND expires_at <= ?",
             (to_micros(at),),
@@ -281,7 +281,7 @@ class SQLiteRecords(SQLiteConnection):
     def take_over_wait(
         self, run_id: str, asset: str, partition: str, *, owner: str, lease_seconds: float
     ) -> StepRecord | None:
-        now = rules.utc_now()
+        now = self.clock()
         with self._write() as c:
             row = c.execute(
                 f"SELECT state, owner, lease_expires_at FROM steps WHERE {STEP_KEY}",
@@ -299,7 +299,7 @@ class SQLiteRecords(SQLiteConnection):
         with self._write() as c:
             c.execute(
                 "INSERT OR IGNORE INTO route_decisions VALUES (?, ?, ?, ?, ?)",
-                (run_id, router, partition, branch, to_micros(rules.utc_now())),
+                (run_id, router, partition, branch, to_micros(self.clock())),
             )
             row = c.execute(
                 "SELECT branch FROM route_decisions WHERE run_id = ? AND router = ?"
@@ -326,7 +326,7 @@ class SQLiteRecords(SQLiteConnection):
         return str(rows[0][0]) if rows else None
 
     def set_cursor(self, name: str, value: str, *, expected: str | None = None) -> bool:
-        now = to_micros(rules.utc_now())
+        now = to_micros(self.clock())
         with self._write() as c:
             if expected is None:
                 cur = c.execute(
@@ -343,7 +343,7 @@ class SQLiteRecords(SQLiteConnection):
         with self._write() as c:
             cur = c.execute(
                 "INSERT OR IGNORE INTO ticks VALUES (?, ?, ?)",
-                (name, tick, to_micros(rules.utc_now())),
+                (name, tick, to_micros(self.clock())),
             )
             return cur.rowcount == 1
 
@@ -359,7 +359,7 @@ class SQLiteRecords(SQLiteConnection):
     ) -> None:
         encoded = dict(detail or {})
         rules.to_json(encoded, f"audit detail of {kind!r}")
-        now = to_micros(rules.utc_now())
+        now = to_micros(self.clock())
         with self._write() as c:
             self._audit(c, run_id, kind, asset, partition, encoded, now)
 
@@ -418,7 +418,7 @@ class SQLiteRecords(SQLiteConnection):
         with self._write() as c:
             c.execute(
                 "INSERT OR IGNORE INTO step_notes VALUES (?, ?, ?, ?, ?, ?)",
-                (run_id, asset, partition, kind, value, to_micros(rules.utc_now())),
+                (run_id, asset, partition, kind, value, to_micros(self.clock())),
             )
             row = c.execute(
                 f"SELECT value FROM step_notes WHERE {STEP_KEY} AND kind = ?",

@@ -13,9 +13,8 @@ approvals, gates and the other records beside runs and steps are in
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -70,17 +69,6 @@ class SQLiteRunStore(SQLiteRecords):
     """
 
     name = "sqlite"
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str] = ".flowstone/flowstone.db",
-        *,
-        busy_timeout: float = 30.0,
-    ) -> None:
-        super().__init__(path, busy_timeout=busy_timeout)
-        self.clock: Callable[[], datetime] = rules.utc_now
-        """The store's clock, the one place its scheduling statements read the time
-        (leases, ``not_before``, re-sends, ``updated_at``); replace it to test."""
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteRunStore:
