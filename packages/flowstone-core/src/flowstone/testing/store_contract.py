@@ -13,6 +13,11 @@ returning a fresh, empty-or-shared store; the suite closes it after each test::
 
 If building the store needs other fixtures, override the ``store`` fixture instead.
 
+Time-dependent rules (re-send backoff, queue waits) are tested without sleeping: the hook
+``let_time_pass(store, run_ids, seconds)`` moves the store's ``clock`` attribute forward by
+default; a store on a database's clock overrides it to move those runs' step timestamps
+back instead (see the Postgres suite in ``integration-tests/postgres``).
+
 Optional capabilities are declared, not guessed: set the class flags your store offers
 (each ``False`` by default; a flag set on a store without the capability fails)::
 
