@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -154,6 +154,29 @@ def test_schema_v2_moves_parallel_cursors_to_step_notes(tmp_path: Path) -> None:
     )
     assert store.get_cursor("sensor:news:inbox") == "offset=7"
     assert store.get_cursor("parallel-start:run-1:enrich") is None
+    store.close()
+
+
+def test_schema_v4_upgrades_a_v3_file_with_a_ready_backlog(tmp_path: Path) -> None:
+    """A file written before re-sends were recorded (v3) upgrades in place: its ready steps
+    count as never re-sent, are re-sent once, then back off."""
+    path = tmp_path / "f.db"
+    old = SQLiteRunStore(path)
+    old.create_run(_run("r-v3"), [StepSpec("orders", "")])
+    old.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("ALTER TABLE steps DROP COLUMN resends")  # back to the v3 table
+    conn.execute("ALTER TABLE steps DROP COLUMN resent_at")
+    conn.execute("PRAGMA user_version = 3")
+    conn.close()
+    store = SQLiteRunStore(path)
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    store.clock = lambda: later
+    assert [s.asset for s in store.resend_steps(ready_for_seconds=60)] == ["orders"]
+    assert store.resend_steps(ready_for_seconds=60) == []  # backing off
+    with sqlite3.connect(path) as check:
+        assert check.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 4
+        assert check.execute("SELECT resends FROM steps").fetchone()[0] == 1
     store.close()
 
 
