@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from flowstone.engine import resume
+from flowstone.engine.pruning import prune_orphan_values
 from flowstone.partitions import PartitionKey
 from flowstone.records import Approval
 
@@ -75,10 +76,13 @@ class Waits:
         return resume.expire_due(self.runner, now)
 
     def prune(self, now: datetime | None = None) -> int:
-        """Delete route decisions older than ``route_retention``."""
+        """Delete route decisions older than ``route_retention`` and values no record
+        points at once older than ``value_retention`` (see
+        :mod:`flowstone.engine.pruning`); return how many."""
+        at = now or datetime.now(UTC)
         retention = timedelta(seconds=self.runtime.policies.route_retention)
-        cutoff = (now or datetime.now(UTC)) - retention
-        return self.store.prune_route_decisions(cutoff)
+        pruned = self.store.prune_route_decisions(at - retention)
+        return pruned + prune_orphan_values(self.runtime, at)
 
     def recover(self, now: datetime | None = None, *, ready_for_seconds: float = 30.0) -> int:
         """Re-dispatch steps whose message was lost or whose worker died; finish waiting

@@ -79,6 +79,9 @@ class Pipeline(RuntimeView, ValueReads, Waits):
         scatter_coordinator / parallel_coordinator: objects or plugin names (default:
             what the executor prefers, else the in-process ones).
         route_retention: how long route decisions are kept (pruned by the daemon).
+        value_retention: how old a value no record points at (a fenced-out attempt's, or
+            one whose runner died before finishing) must be before ``prune()`` deletes it;
+            longer than your longest step (default one day).
         on_lineage_error: ``"log"`` (default: log and count) or ``"fail"`` the asset when an
             observer fails to record lineage.
         lease_seconds: how long a claimed step is owned without renewal before another
@@ -107,6 +110,7 @@ class Pipeline(RuntimeView, ValueReads, Waits):
         scatter_coordinator: ScatterCoordinator | str | None = None,
         parallel_coordinator: ParallelCoordinator | str | None = None,
         route_retention: timedelta | float = timedelta(days=30),
+        value_retention: timedelta | float = timedelta(days=1),
         on_lineage_error: Literal["log", "fail"] = "log",
         lease_seconds: float = 300.0,
         registry: PluginRegistry | None = None,
@@ -147,6 +151,7 @@ class Pipeline(RuntimeView, ValueReads, Waits):
             lease_seconds=float(lease_seconds),
             on_lineage_error=on_lineage_error,
             route_retention=to_seconds(route_retention, what="route_retention") or 0.0,
+            value_retention=to_seconds(value_retention, what="value_retention") or 0.0,
         )
         self.branch_index = branch_index(self.dag)
         self.runner = self._build(config.resolve_executor(executor, self.registry))

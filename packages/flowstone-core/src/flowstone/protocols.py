@@ -19,8 +19,9 @@ Conventions shared by all protocols:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from flowstone.records import (
@@ -72,6 +73,7 @@ __all__ = [
     "ParallelCoordinator",
     "PreferredCoordinators",
     "PrefetchDecoding",
+    "ReferencedValues",
     "RouteDecisions",
     "RunScheduling",
     "RunStore",
@@ -81,6 +83,7 @@ __all__ = [
     "StorageKey",
     "StoreLifecycle",
     "TicksAndCursors",
+    "ValuePruning",
     "ValueStaging",
     "Waits",
     "WorkerPresence",
@@ -262,6 +265,34 @@ class ValueStaging(Protocol):
 
     def stage(self, key: StorageKey, value: object) -> StagedValue:
         """Encode ``value`` (raising ``EncodingError`` as ``store`` would); write nothing."""
+        ...
+
+
+@runtime_checkable
+class ValuePruning(Protocol):
+    """An IO manager that can list the values it keeps.
+
+    Buys: values no record points at are deleted by ``Pipeline.prune()`` (the daemon's and
+    the Celery sweeper's housekeeping) once older than ``value_retention``: a fenced-out
+    attempt's value, or one whose runner died between the value write and the finish.
+    """
+
+    def stored_before(
+        self, cutoff: datetime, *, pipeline: str, since: datetime | None = None
+    ) -> Iterator[str]:
+        """Locations of ``pipeline``'s values written before ``cutoff`` (and at or after
+        ``since``: each pruning pass looks only at what crossed the retention since the
+        last one)."""
+        ...
+
+
+@runtime_checkable
+class ReferencedValues(Protocol):
+    """A run store that says which value locations its records point at (materializations
+    and approvals); needed by orphan-value pruning (:class:`ValuePruning`)."""
+
+    def referenced_locations(self, io_manager: str, locations: Sequence[str]) -> set[str]:
+        """Those of ``locations`` (of IO manager ``io_manager``) some record points at."""
         ...
 
 

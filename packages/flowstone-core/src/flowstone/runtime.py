@@ -24,9 +24,11 @@ from flowstone.protocols import (
     IOManager,
     ParallelCoordinator,
     PrefetchDecoding,
+    ReferencedValues,
     RunStore,
     ScatterCoordinator,
     StagingStore,
+    ValuePruning,
     ValueStaging,
     WorkerPresence,
 )
@@ -47,6 +49,7 @@ class Policies:
     lease_seconds: float = 300.0
     on_lineage_error: Literal["log", "fail"] = "log"
     route_retention: float = 30 * 86400.0
+    value_retention: float = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,8 @@ class Capabilities:
     batch_dispatch: BatchDispatch | None = None
     executor_health: HealthCheck | None = None
     worker_presence: WorkerPresence | None = None
+    value_pruning: Mapping[str, ValuePruning] = field(default_factory=dict)
+    referenced_values: ReferencedValues | None = None
 
     @classmethod
     def detect(
@@ -94,6 +99,10 @@ class Capabilities:
             batch_dispatch=executor if isinstance(executor, BatchDispatch) else None,
             executor_health=executor if isinstance(executor, HealthCheck) else None,
             worker_presence=executor if isinstance(executor, WorkerPresence) else None,
+            value_pruning={
+                n: m for n, m in io_managers.items() if isinstance(m, ValuePruning)
+            },
+            referenced_values=store if isinstance(store, ReferencedValues) else None,
         )
 
 

@@ -24,7 +24,8 @@ import re
 import sys
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 from flowstone.codec import EncodedValue, decode_from_storage, encode_for_storage
@@ -117,6 +118,11 @@ class PostgresIOManager:
         )
         self._exists = compile_named(f"SELECT 1 FROM {t} WHERE location = :loc")
         self._delete = compile_named(f"DELETE FROM {t} WHERE location = :loc")
+        self._written = compile_named(
+            f"SELECT location FROM {t} WHERE pipeline = :p AND created_at < :cutoff "
+            "AND created_at >= COALESCE(CAST(:since AS timestamptz), '-infinity') "
+            "AND location > :after ORDER BY location LIMIT 500"
+        )
         self._ready = False
         self._ready_lock = threading.Lock()
 
@@ -300,6 +306,23 @@ class PostgresIOManager:
     def delete(self, location: str) -> None:
         """Remove the value; deleting a missing value is not an error."""
         self._execute(self._delete, {"loc": self._check(location)}, action="deleting a value")
+
+    def stored_before(
+        self, cutoff: datetime, *, pipeline: str, since: datetime | None = None
+    ) -> Iterator[str]:
+        """Locations of ``pipeline``'s values written in ``[since, cutoff)`` (see
+        :class:`~flowstone.protocols.ValuePruning`), read 500 at a time."""
+        after = ""
+        while True:
+            rows = self._execute(
+                self._written,
+                {"p": pipeline, "cutoff": cutoff, "since": since, "after": after},
+                action="listing values to prune",
+            )
+            yield from (str(r[0]) for r in rows)
+            if len(rows) < 500:
+                return
+            after = str(rows[-1][0])
 
     def close(self) -> None:
         """Close the manager's connections and its event loop (a later call reopens them);

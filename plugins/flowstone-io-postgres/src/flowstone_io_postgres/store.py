@@ -197,6 +197,13 @@ class PostgresRunStore:
         """Raise ``StorageError`` if the database is unreachable or the schema not current."""
         self._rows("ping", "SELECT 1", {})
 
+    def clock(self) -> datetime:
+        """The database's current time (``now()``, aware UTC): the one clock every worker
+        sharing this store agrees on (the memory and SQLite stores' ``clock`` is the
+        process's). Engine code that must compare with a stored time reads this."""
+        rows = self._rows("reading the database clock", "SELECT now()", {})
+        return rules.require_utc(rows[0][0], "now()")
+
     # --- for plugins with tables in this schema (flowstone-scatter) ----------------------
     @property
     def runtime(self) -> AsyncRuntime:
@@ -570,6 +577,16 @@ class PostgresRunStore:
             {"pl": pipeline, "a": asset, "p": partition},
         )
         return len(rows)
+
+    def referenced_locations(self, io_manager: str, locations: Sequence[str]) -> set[str]:
+        rows = self._rows(
+            "finding referenced values",
+            "SELECT location FROM {s}.materializations WHERE io_manager = :io "
+            "AND location = ANY(CAST(:locs AS text[])) UNION SELECT location FROM "
+            "{s}.approvals WHERE io_manager = :io AND location = ANY(CAST(:locs AS text[]))",
+            {"io": io_manager, "locs": list(locations)},
+        )
+        return {str(r[0]) for r in rows}
 
     def upstream(self, materialization_id: str) -> list[MaterializationRecord]:
         rows = self._rows("reading lineage", records.UPSTREAM, {"id": materialization_id})

@@ -7,6 +7,8 @@ import hashlib
 import os
 import re
 import secrets
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import cast
 
@@ -164,6 +166,26 @@ class FilesystemIOManager:
             path.unlink(missing_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot delete {location!r} under {self._root}: {exc}") from exc
+
+    def stored_before(
+        self, cutoff: datetime, *, pipeline: str, since: datetime | None = None
+    ) -> Iterator[str]:
+        """Locations of ``pipeline``'s values last written in ``[since, cutoff)`` (file
+        mtime), found by walking ``<root>/<pipeline>`` (see
+        :class:`~flowstone.protocols.ValuePruning`)."""
+        base = self._root / _segment(pipeline, StorageKey(pipeline, "", "", ""))
+        before, first = cutoff.timestamp(), 0.0 if since is None else since.timestamp()
+        for folder, _, files in os.walk(base):
+            for name in sorted(files):
+                path = Path(folder, name)
+                location = path.relative_to(self._root).as_posix()
+                if _LOCATION.fullmatch(location) is None:
+                    continue  # not a value (an interrupted write's temporary file, say)
+                try:
+                    if first <= path.stat().st_mtime < before:
+                        yield location
+                except FileNotFoundError:
+                    continue
 
     def _resolve(self, location: str) -> tuple[Path, StorageFormat]:
         match = _LOCATION.fullmatch(location) if isinstance(location, str) else None

@@ -119,6 +119,21 @@ class MemoryRecords:
                 self._mats[m.id] = replace(m, invalidated=True)
             return len(hits)
 
+    def referenced_locations(self, io_manager: str, locations: Sequence[str]) -> set[str]:
+        wanted = set(locations)
+        with self._lock:
+            found = {
+                m.location
+                for m in self._mats.values()
+                if m.io_manager == io_manager and m.location in wanted
+            }
+            found |= {
+                a.location
+                for a in self._approvals.values()
+                if a.io_manager == io_manager and a.location in wanted
+            }
+        return {loc for loc in found if loc is not None}
+
     def upstream(self, materialization_id: str) -> list[MaterializationRecord]:
         with self._lock:
             mat = self._mats.get(materialization_id)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -27,11 +29,13 @@ __all__ = ["SQLiteIOManager"]
 _PREFIX = "sqlite:"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS flowstone_values (
-    location TEXT PRIMARY KEY,
-    format   TEXT NOT NULL,
-    data     BLOB NOT NULL
+    location   TEXT PRIMARY KEY,
+    format     TEXT NOT NULL,
+    data       BLOB NOT NULL,
+    written_at INTEGER
 )
 """
+_WRITTEN_AT = "ALTER TABLE flowstone_values ADD COLUMN written_at INTEGER"  # files before it
 
 
 class SQLiteIOManager:
@@ -76,6 +80,9 @@ class SQLiteIOManager:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA wal_autocheckpoint=10000")  # see sqlite_connection
             conn.execute(_SCHEMA)
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(flowstone_values)")}
+            if "written_at" not in columns:
+                conn.execute(_WRITTEN_AT)  # rows written before have none: never pruned
             self._conn, self._pid = conn, os.getpid()
         return self._conn
 
@@ -100,10 +107,11 @@ class SQLiteIOManager:
         try:
             with self._lock:
                 self._db().execute(
-                    "INSERT INTO flowstone_values(location, format, data) VALUES (?, ?, ?) "
-                    "ON CONFLICT(location) DO UPDATE"
-                    " SET format = excluded.format, data = excluded.data",
-                    (location, encoded.format, encoded.data),
+                    "INSERT INTO flowstone_values(location, format, data, written_at)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT(location) DO UPDATE"
+                    " SET format = excluded.format, data = excluded.data,"
+                    " written_at = excluded.written_at",
+                    (location, encoded.format, encoded.data, time.time_ns() // 1000),
                 )
         except sqlite3.Error as exc:
             raise StorageError(f"storing {location} in {self._path} failed: {exc}") from exc
@@ -171,6 +179,27 @@ class SQLiteIOManager:
         self._check(location)
         with self._lock:
             self._db().execute("DELETE FROM flowstone_values WHERE location = ?", (location,))
+
+    def stored_before(
+        self, cutoff: datetime, *, pipeline: str, since: datetime | None = None
+    ) -> Iterator[str]:
+        """Locations of ``pipeline``'s values written in ``[since, cutoff)``, in location
+        order (see :class:`~flowstone.protocols.ValuePruning`), read a page at a time."""
+        prefix = self._location(StorageKey(pipeline, "", "", "")).split("/")[0] + "/"
+        end, before = prefix[:-1] + "0", int(cutoff.timestamp() * 1_000_000)
+        first = 0 if since is None else int(since.timestamp() * 1_000_000)
+        after = prefix
+        while True:
+            with self._lock:
+                rows = self._db().execute(
+                    "SELECT location FROM flowstone_values WHERE location > ? AND location < ?"
+                    " AND written_at < ? AND written_at >= ? ORDER BY location LIMIT ?",
+                    (after, end, before, first, BATCH),
+                ).fetchall()
+            yield from (str(r[0]) for r in rows)
+            if len(rows) < BATCH:
+                return
+            after = str(rows[-1][0])
 
     def close(self) -> None:
         with self._lock:

@@ -152,6 +152,21 @@ class SQLiteRecords(SQLiteConnection):
                 params,
             ).rowcount
 
+    def referenced_locations(self, io_manager: str, locations: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        unique = list(dict.fromkeys(locations))
+        for i in range(0, len(unique), BATCH):
+            chunk = unique[i : i + BATCH]
+            holes = marks(len(chunk))
+            rows = self._read(
+                f"SELECT location FROM materializations WHERE io_manager = ? AND location IN"
+                f" ({holes}) UNION SELECT location FROM approvals WHERE io_manager = ?"
+                f" AND location IN ({holes})",
+                (io_manager, *chunk, io_manager, *chunk),
+            )
+            found.update(str(r[0]) for r in rows)
+        return found
+
     def upstream(self, materialization_id: str) -> list[MaterializationRecord]:
         return self._materializations(
             f"SELECT {', '.join('m.' + c.strip() for c in MAT_COLS.split(','))}"
