@@ -589,6 +589,16 @@ class RunStoreContract(StoreRecordsContract, StoreRulesContract):
         due = store.resend_steps(ready_for_seconds=30, pipeline=run.pipeline)
         assert [s.asset for s in due] == ["a00"]
 
+    def test_concurrent_sweeps_resend_each_step_once(self, store: RunStore) -> None:
+        """Sweepers racing over one backlog split it: each due step is re-sent by exactly
+        one of them (the stamp is taken in the same statement as the selection)."""
+        run, _ = _create(store, [StepSpec(f"a{i:03d}", DAY) for i in range(100)])
+        self.let_time_pass(store, [run.run_id], 60)
+        sweep = partial(store.resend_steps, ready_for_seconds=30, pipeline=run.pipeline, limit=40)
+        sent = [s.asset for found in _all_at_once([sweep] * THREADS) for s in found]
+        assert len(sent) == len(set(sent)) == 100  # each once, none left out
+        assert sweep() == []
+
     def test_a_claim_reports_its_wait_and_take_over(self, store: RunStore) -> None:
         run, _ = _create(store, [StepSpec("orders", DAY), StepSpec("refunds", DAY)])
         self.let_time_pass(store, [run.run_id], 120)
