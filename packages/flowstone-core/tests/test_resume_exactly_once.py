@@ -15,6 +15,7 @@ import pytest
 from conftest import Counter, PipelineFactory
 
 import flowstone as fs
+from flowstone.engine.runner import StepRunner
 from flowstone.errors import StorageError
 from flowstone.records import Continuation, StepOutcome
 
@@ -245,3 +246,39 @@ def test_a_materialization_keeps_its_id_when_a_resumed_step_finishes_again(
     rep = p.store.find_materialization(p.name, "report", "", run_id=run.run_id)
     assert rep is not None and rep.upstream == (first.id,)
     assert [m.id for m in p.store.upstream(rep.id)] == [first.id]
+
+
+def test_a_finish_that_hits_a_dead_connection_is_retried_without_rerunning_the_asset(
+    make_pipeline: PipelineFactory, counter: Counter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The asset ran and its value is stored; only recording it failed: the finish is
+    retried holding the claim, and the asset's code does not run again (a join used to run
+    twice when Postgres backends were terminated)."""
+
+    @fs.asset
+    def left() -> int:
+        return 1
+
+    @fs.asset
+    def right() -> int:
+        return 2
+
+    @fs.asset
+    def join(left: int, right: int) -> int:
+        counter.hit("join")
+        return left + right
+
+    p = make_pipeline([left, right, join])
+    real = StepRunner._finish
+    failed: list[str] = []
+
+    def flaky(self: StepRunner, step: Any, *args: Any, **kwargs: Any) -> Any:
+        if step.asset == "join" and not failed:
+            failed.append(step.asset)
+            raise StorageError("terminating connection due to administrator command")
+        return real(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(StepRunner, "_finish", flaky)
+    result = p.run("join")
+    assert result.status == "succeeded" and result.value == 3 and failed == ["join"]
+    assert counter.calls == {"join": 1}

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import traceback
 import uuid
 from collections import OrderedDict
@@ -249,7 +250,7 @@ class StepRunner:
                 )
             if isinstance(result, _RetryLater):
                 return self._retry_later(step, result)
-            return self.complete(step, result, started_at=started_at, then=then)
+            return self._finish_holding(step, result, started_at, then)
         except (_Bookkeeping, StorageError) as failed:
             # the engine's own read or write failed (store, value write), not the asset:
             # release the claim so the step runs again soon instead of waiting out its lease
@@ -269,6 +270,30 @@ class StepRunner:
                 return self._retry_later(step, _RetryLater(delay, error))
             except Exception:
                 raise cause from None  # the store is down: the lease expires, the sweeper acts
+
+    def _finish_holding(
+        self,
+        step: StepRecord,
+        outcome: StepOutcome,
+        started_at: datetime,
+        then: Continuation | None,
+    ) -> StepResult:
+        """Record ``outcome`` (the asset ran, its value is stored); on an infrastructure
+        error retry the finish itself, keeping the claim, before giving up: the asset's
+        code does not run again because the bookkeeping after it failed (a join used to
+        run twice when backends were terminated)."""
+        for attempt in range(1, _FINISH_TRIES + 1):
+            try:
+                return self.complete(step, outcome, started_at=started_at, then=then)
+            except StorageError as exc:
+                if not is_infrastructure(exc) or attempt == _FINISH_TRIES:
+                    raise
+                log.warning(
+                    "asset %s [%s]: recording its outcome failed (%s); trying again",
+                    step.asset, step.partition, describe_error(exc),
+                )  # fmt: skip
+                time.sleep(_INFRA_RETRY_S * (attempt - 1))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _infra_failed(
         self, step: StepRecord, a: AssetDef, started_at: datetime, cause: BaseException
@@ -765,6 +790,7 @@ class _Bookkeeping(Exception):
 _INFRA_RETRY_S = 0.5  # delay after a second infrastructure error, doubled per attempt
 _MAX_INFRA_DELAY_S = 30.0
 _MAX_INFRA_ATTEMPTS = 3
+_FINISH_TRIES = 3  # the finish of an asset that ran, in place, before the step is retried
 _NOT_INFRASTRUCTURE = (EncodingError, UnsafeKeyError, ValueNotFoundError)
 
 
