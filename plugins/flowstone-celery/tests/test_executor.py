@@ -464,6 +464,25 @@ def test_only_one_sweeper_wins_each_interval(app: FlowstoneCelery) -> None:
     assert later.swept == ("quickstart",)
 
 
+def test_a_sweep_prunes_earlier_intervals_claims(app: FlowstoneCelery) -> None:
+    """The sweeper claims one tick per interval; without pruning that table grows by
+    8,640 rows a day per pipeline at a 10 s interval (issue 11: ticks were never pruned)."""
+    pipeline = quickstart()
+    app.add_pipeline(pipeline)
+    interval = app.flowstone_settings.sweep_interval
+    now = datetime.now(UTC)
+    assert Sweeper(app).sweep(now).swept == ("quickstart",)
+    old_bucket = str(int(now.timestamp() // interval))
+    later = now + timedelta(hours=2)
+    pipeline.store.clock = lambda: later  # type: ignore[attr-defined]
+    assert Sweeper(app).sweep(later).swept == ("quickstart",)
+    # the earlier interval's claim is gone (claimable again), the current one is kept
+    assert pipeline.store.claim_tick("celery-sweep:quickstart", old_bucket)
+    assert not pipeline.store.claim_tick(
+        "celery-sweep:quickstart", str(int(later.timestamp() // interval))
+    )
+
+
 def test_sweeper_redispatches_a_step_whose_message_was_lost(app: FlowstoneCelery) -> None:
     pipeline = quickstart()
     app.add_pipeline(pipeline)

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 __all__ = ["Waits"]
 
 
+_TICK_RETENTION = timedelta(days=7)  # schedule ticks; their cursor is far past them
+
 class Waits:
     """``approvals``, ``approve``, ``reject``, ``signal``; ``expire_due``, ``prune``,
     ``recover``."""
@@ -76,12 +78,14 @@ class Waits:
         return resume.expire_due(self.runner, now)
 
     def prune(self, now: datetime | None = None) -> int:
-        """Delete route decisions older than ``route_retention`` and values no record
-        points at once older than ``value_retention`` (see
-        :mod:`flowstone.engine.pruning`); return how many."""
+        """Delete route decisions older than ``route_retention``, schedule ticks older than
+        a week (the schedule's cursor is past them; sensor run keys are kept, they
+        de-duplicate) and values no record points at once older than ``value_retention``
+        (see :mod:`flowstone.engine.pruning`); return how many."""
         at = now or datetime.now(UTC)
         retention = timedelta(seconds=self.runtime.policies.route_retention)
         pruned = self.store.prune_route_decisions(at - retention)
+        pruned += self.store.prune_ticks(at - _TICK_RETENTION, prefix=f"schedule:{self.name}:")
         return pruned + prune_orphan_values(self.runtime, at)
 
     def recover(self, now: datetime | None = None, *, ready_for_seconds: float = 30.0) -> int:

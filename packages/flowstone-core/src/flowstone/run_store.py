@@ -424,6 +424,11 @@ class TicksAndCursors(Protocol):
         """Insert-if-absent: True for exactly one caller per (name, tick)."""
         ...
 
+    def prune_ticks(self, older_than: datetime, *, prefix: str) -> int:
+        """Delete ticks whose name starts with ``prefix`` claimed before ``older_than``
+        (schedule ticks behind their cursor, old sweeper intervals); return how many."""
+        ...
+
 
 @runtime_checkable
 class AuditLog(Protocol):

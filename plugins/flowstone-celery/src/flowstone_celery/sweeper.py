@@ -20,7 +20,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from flowstone.daemon import Daemon
@@ -44,6 +44,8 @@ class SweepReport:
     expired: int
     errors: int
 
+
+_BUCKET_RETENTION = timedelta(hours=1)  # a sweep interval's claim, once it is over
 
 class _NonWaiting:
     """A pipeline seen by the daemon: starting a run enqueues it and returns at once
@@ -101,13 +103,18 @@ class Sweeper:
         recovered = fired = expired = errors = 0
         for pipeline in list(self._app.pipelines.values()):
             try:
-                if not pipeline.store.claim_tick(f"celery-sweep:{pipeline.name}", bucket):
+                sweep_key = f"celery-sweep:{pipeline.name}"
+                if not pipeline.store.claim_tick(sweep_key, bucket):
                     continue  # another sweeper has this interval
             except Exception:
                 errors += 1
                 log.exception("sweeping pipeline %s failed", pipeline.name)
                 continue
             swept.append(pipeline.name)
+            try:  # earlier intervals' claims are of no use once the interval is over
+                pipeline.store.prune_ticks(at - _BUCKET_RETENTION, prefix=sweep_key)
+            except Exception:
+                log.warning("pruning old sweep intervals of %s failed", pipeline.name)
             # The daemon tick recovers, expires waits, prunes, fires schedules and sensors;
             # it never raises (failures are in its report).
             report = Daemon([_NonWaiting(pipeline, settings.recover_after)]).tick(at)

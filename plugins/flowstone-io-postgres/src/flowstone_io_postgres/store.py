@@ -749,6 +749,16 @@ class PostgresRunStore:
             "claiming a tick", lambda c: records.claim_tick(c, self._sql, name, tick, _now())
         )
 
+    def prune_ticks(self, older_than: datetime, *, prefix: str) -> int:
+        rows = self._rows(
+            "pruning ticks",
+            "WITH d AS (DELETE FROM {s}.ticks WHERE left(name, :n) = :prefix "
+            "AND claimed_at < :cutoff RETURNING 1) SELECT count(*) FROM d",
+            {"n": len(prefix), "prefix": prefix,
+             "cutoff": rules.require_utc(older_than, "older_than")},
+        )  # fmt: skip
+        return int(rows[0][0])
+
     # --- audit ---------------------------------------------------------------------------------
     def append_audit(
         self,

@@ -47,7 +47,7 @@ class MemoryRecords:
         self._gates: dict[str, Gate] = {}
         self._routes: dict[_MatKey, tuple[str, datetime]] = {}
         self._cursors: dict[str, str] = {}
-        self._ticks: set[tuple[str, str]] = set()
+        self._ticks: dict[tuple[str, str], datetime] = {}
         self._audit: dict[str, list[AuditEntry]] = {}
         self._items: dict[_MatKey, dict[int, ItemResult]] = {}
         self._notes: dict[tuple[str, str, str, str], str] = {}
@@ -309,8 +309,18 @@ class MemoryRecords:
         with self._lock:
             if (name, tick) in self._ticks:
                 return False
-            self._ticks.add((name, tick))
+            self._ticks[(name, tick)] = self.clock()
             return True
+
+    def prune_ticks(self, older_than: datetime, *, prefix: str) -> int:
+        older_than = rules.require_utc(older_than, "older_than")
+        with self._lock:
+            old = [
+                k for k, at in self._ticks.items() if k[0].startswith(prefix) and at < older_than
+            ]
+            for key in old:
+                del self._ticks[key]
+            return len(old)
 
     # --- audit -------------------------------------------------------------------------
     def append_audit(

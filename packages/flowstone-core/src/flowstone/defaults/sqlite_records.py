@@ -362,6 +362,14 @@ class SQLiteRecords(SQLiteConnection):
             )
             return cur.rowcount == 1
 
+    def prune_ticks(self, older_than: datetime, *, prefix: str) -> int:
+        cutoff = to_micros(rules.require_utc(older_than, "older_than"))
+        with self._write() as c:
+            return c.execute(
+                "DELETE FROM ticks WHERE substr(name, 1, ?) = ? AND claimed_at < ?",
+                (len(prefix), prefix, cutoff),
+            ).rowcount
+
     # --- audit -------------------------------------------------------------------------
     def append_audit(
         self,

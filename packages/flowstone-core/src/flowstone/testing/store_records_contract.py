@@ -248,6 +248,16 @@ class StoreRecordsContract:
         assert store.prune_route_decisions(_now() + timedelta(seconds=1)) >= 1
         assert store.get_route_decision(run_id, "size", DAY) is None
 
+    def test_old_ticks_are_pruned_by_prefix(self, store: RunStore) -> None:
+        schedule, sweep = _uid("schedule:p:nightly"), _uid("celery-sweep:p")
+        assert store.claim_tick(schedule, "2024-01-01T00:00:00+00:00")
+        assert store.claim_tick(sweep, "100")
+        assert store.prune_ticks(_now() - timedelta(hours=1), prefix=schedule) == 0
+        assert store.prune_ticks(_now() + timedelta(seconds=1), prefix=schedule) == 1
+        assert store.claim_tick(schedule, "2024-01-01T00:00:00+00:00")  # free again
+        assert not store.claim_tick(sweep, "100")  # another prefix: untouched
+        assert store.prune_ticks(_now() + timedelta(seconds=1), prefix=sweep + "x") == 0
+
     def test_cursor_compare_and_set(self, store: RunStore) -> None:
         name = _uid("sensor")
         assert store.get_cursor(name) is None

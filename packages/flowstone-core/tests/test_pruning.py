@@ -1,6 +1,7 @@
-"""Values no record points at are pruned once older than ``value_retention`` (issue 11:
-"a losing attempt's value is an orphan that pruning removes"); committed values and
-values an approval still points at are kept."""
+"""``Pipeline.prune()``: values no record points at are pruned once older than
+``value_retention`` (issue 11: "a losing attempt's value is an orphan that pruning
+removes"), committed values and values an approval still points at are kept; schedule
+ticks are pruned after a week (the ``ticks`` table was never pruned)."""
 
 from __future__ import annotations
 
@@ -73,3 +74,17 @@ def test_a_young_orphan_is_kept(tmp_path: Path) -> None:
 def test_value_retention_is_validated() -> None:
     with pytest.raises(fs.UsageError, match="value_retention"):
         fs.Pipeline("bad", _assets(), store="memory://", value_retention="1 day")  # type: ignore[arg-type]
+
+
+def test_prune_deletes_schedule_ticks_after_a_week_and_keeps_sensor_keys(tmp_path: Path) -> None:
+    p = fs.Pipeline("ticking", _assets(), store=f"sqlite:///{tmp_path}/fs.db")
+    try:
+        schedule, sensor = "schedule:ticking:nightly", "sensor:ticking:arrivals"
+        assert p.store.claim_tick(schedule, "2026-01-01T00:00:00+00:00")
+        assert p.store.claim_tick(sensor, "orders-2026-01-01.csv")
+        assert p.prune(datetime.now(UTC) + timedelta(days=1)) == 0  # younger than a week
+        assert p.prune(datetime.now(UTC) + timedelta(days=8)) == 1
+        assert p.store.claim_tick(schedule, "2026-01-01T00:00:00+00:00")  # pruned
+        assert not p.store.claim_tick(sensor, "orders-2026-01-01.csv")  # still de-duplicates
+    finally:
+        p.close()
