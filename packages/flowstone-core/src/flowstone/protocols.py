@@ -81,6 +81,7 @@ __all__ = [
     "StagingStore",
     "StepNotes",
     "StorageKey",
+    "StoreClock",
     "StoreLifecycle",
     "TicksAndCursors",
     "ValuePruning",
@@ -367,6 +368,19 @@ class BulkRunReads(Protocol):
     """
 
     def get_runs(self, run_ids: Sequence[str]) -> list[RunRecord]: ...
+
+
+@runtime_checkable
+class StoreClock(Protocol):
+    """Run store: the store's own clock, aware UTC.
+
+    Buys: a time the engine compares with a stored time (a parallel branch's start) is
+    read where the state lives, so every worker sharing the store agrees on it: the
+    database's ``now()`` for Postgres, the store's one ``clock`` for SQLite and memory.
+    Without it the engine reads this process's clock.
+    """
+
+    def clock(self) -> datetime: ...
 
 
 @runtime_checkable

@@ -7,6 +7,11 @@ the in-process dispatcher then fail the still-unfinished steps of every branch p
 limit; the failure flows to the join like any other: a required branch fails it, an
 optional one reaches it as ``BranchFailed``. A worker still running a timed-out step
 finds its result discarded (``finish_step`` is applied only once).
+
+Both ends of the clock are read from the run store's clock (:func:`store_clock`: the
+database's ``now()`` for a Postgres store, the store's one ``clock`` for SQLite and
+memory), never from the process's: a worker whose clock runs 400 s fast neither starts a
+branch's clock late nor expires a branch early.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from flowstone.dag import AssetGraph
+from flowstone.protocols import StoreClock
 from flowstone.records import StepOutcome, StepRecord
 
 if TYPE_CHECKING:
     from flowstone.engine.runner import StepRunner
 
-__all__ = ["branch_index", "enforce_parallel_timeouts", "mark_branch_started"]
+__all__ = ["branch_index", "enforce_parallel_timeouts", "mark_branch_started", "store_clock"]
 
 _LIVE = frozenset({"ready", "running", "waiting"})
 
@@ -52,12 +58,22 @@ asset's first branch step was claimed, ISO 8601 UTC, on the parallel asset at pa
 ``""``."""
 
 
+def store_clock(store: object) -> datetime:
+    """The current time by ``store``'s clock (:class:`~flowstone.protocols.StoreClock`); a
+    store without one (a third-party store) falls back to this process's clock."""
+    if isinstance(store, StoreClock):
+        return store.clock()
+    return datetime.now(UTC)
+
+
 def mark_branch_started(runner: StepRunner, run_id: str, asset: str) -> None:
-    """Start the clock of every timed parallel ``asset`` belongs to (first write wins)."""
+    """Start the clock of every timed parallel ``asset`` belongs to (first write wins),
+    at the store's time."""
     rt = runner.runtime
     for parallel, _ in rt.branch_index.get(asset, ()):
         if rt.store.get_step_note(run_id, parallel, "", CLOCK_NOTE) is None:
-            rt.store.add_step_note(run_id, parallel, "", CLOCK_NOTE, datetime.now(UTC).isoformat())
+            started = store_clock(rt.store).isoformat()
+            rt.store.add_step_note(run_id, parallel, "", CLOCK_NOTE, started)
 
 
 def enforce_parallel_timeouts(
@@ -65,13 +81,14 @@ def enforce_parallel_timeouts(
 ) -> tuple[list[StepRecord], set[tuple[str, str]]]:
     """Fail the live steps of timed-out branches in ``run_id``.
 
+    Elapsed time is measured by the store's clock (:func:`store_clock`), the one the
+    branch's start was stamped with; ``now`` overrides it (tests).
     Returns the steps that became ready and the (asset, partition) of the steps it failed.
     """
     rt = runner.runtime
     index: Mapping[str, tuple[tuple[str, str], ...]] = rt.branch_index
     if not index:
         return [], set()
-    now = now or datetime.now(UTC)
     timed = {parallel for pairs in index.values() for parallel, _ in pairs}
     steps = rt.store.list_steps(run_id)
     ready: list[StepRecord] = []
@@ -81,6 +98,7 @@ def enforce_parallel_timeouts(
         raw = rt.store.get_step_note(run_id, parallel, "", CLOCK_NOTE) if joins else None
         if raw is None:
             continue
+        now = now or store_clock(rt.store)
         elapsed = (now - datetime.fromisoformat(raw)).total_seconds()
         spec = rt.graph[parallel].parallel
         assert spec is not None
