@@ -61,8 +61,12 @@ def front_page(branches: dict[str, Any]) -> str:
 @pytest.fixture
 def pipeline(database_url: str) -> Iterator[Any]:
     store = PostgresRunStore(database_url, pool_size=2, max_overflow=0)
-    p = fs.Pipeline(f"par_time_{uuid.uuid4().hex[:8]}", [maps, front_page], store=store,
-                    executor=ParkedExecutor())
+    p = fs.Pipeline(
+        f"par_time_{uuid.uuid4().hex[:8]}",
+        [maps, front_page],
+        store=store,
+        executor=ParkedExecutor(),
+    )
     yield p
     p.close()
     store.close()
@@ -78,7 +82,8 @@ def _started(pipeline: Any) -> str:
 
 
 def test_a_fast_sweeper_does_not_expire_a_branch_early(
-    pipeline: Any, monkeypatch: pytest.MonkeyPatch,
+    pipeline: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     run_id = _started(pipeline)
     mark_branch_started(pipeline.runner, run_id, "maps")  # by a runner with a right clock
@@ -94,14 +99,16 @@ def test_a_fast_sweeper_does_not_expire_a_branch_early(
 
 
 def test_a_fast_runner_stamps_the_branch_start_with_the_database_time(
-    pipeline: Any, monkeypatch: pytest.MonkeyPatch,
+    pipeline: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     run_id = _started(pipeline)
     with monkeypatch.context() as m:
         _skew(m)
         mark_branch_started(pipeline.runner, run_id, "maps")  # the fast runner runs the branch
     started = datetime.fromisoformat(
-        pipeline.store.get_step_note(run_id, "front_page", "", CLOCK_NOTE))
+        pipeline.store.get_step_note(run_id, "front_page", "", CLOCK_NOTE)
+    )
     # the database's time, not 400 s ahead (before the fix: a start in the future, so the
     # branch would have expired 400 s late)
     assert started <= pipeline.store.clock()
