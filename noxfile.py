@@ -283,9 +283,19 @@ def docs(session: nox.Session) -> None:
     session.run("pytest", "-q", "-p", "no:cacheprovider", f"{CORE}/tests/test_docs.py")
 
 
+# The peers the benchmarks measure FlowStone against (never runtime dependencies of ours);
+# their versions and configuration are recorded in docs/performance.md ("Peers").
+BENCH_PEERS = [
+    "dagster>=1.8",  # bench/inprocess.py
+    "prefect>=3,<4",  # bench/inprocess.py, in-process with a temporary PREFECT_HOME
+    "dbos>=2",  # bench/celery_runtime.py and bench/parallel.py, queues on the same Postgres
+]
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run every benchmark; each prints one JSON line with its ratios."""
-    _install_all(session, "dagster>=1.8")
+    _install_all(session, *BENCH_PEERS)
     for script in sorted((ROOT / "bench").glob("*.py")):
-        session.run("python", str(script), *session.posargs)
+        if not script.name.startswith("_"):  # _cluster.py etc. are helpers, not benchmarks
+            session.run("python", str(script), *session.posargs)

@@ -6,7 +6,14 @@ One run, same worker settings for everything (one worker process, prefork pool,
 * raw Celery: ``--tasks`` no-op tasks published in a loop on one producer; each task only
   increments a Redis counter so the bench knows when all ran;
 * FlowStone: a pipeline of ``--independent`` trivial independent assets, and a chain
-  ``--chain`` assets deep, each run with ``force=True`` until the run settles.
+  ``--chain`` assets deep, each run with ``force=True`` until the run settles;
+* DBOS Transact (when the ``dbos`` package is installed; ``--no-dbos`` skips it):
+  ``--independent`` one-step workflows on a DBOS queue, and one workflow of ``--chain``
+  steps run from the queue, on worker processes of their own and a database of their
+  own on the same Postgres server (see ``_dbos_peer.py`` and its ``--dbos-*`` tuning).
+
+Rounds rotate which side goes first; the figures are medians over the rounds and each
+ratio is the median of the per-round ratios.
 
 Needs Postgres, Redis and the two plugins installed::
 
@@ -24,11 +31,13 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import _dbos_peer
 from _cluster import (
     PG_ADMIN,
     REDIS,
@@ -164,19 +173,19 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--independent", type=int, default=2000)
     parser.add_argument("--chain", type=int, default=200)
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="rounds of (raw, FlowStone); figures are medians over rounds")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="rounds of (raw, FlowStone, DBOS), each starting with another "
+                             "side; figures are medians over rounds")
     parser.add_argument("--quick", action="store_true",
                         help="CI smoke: 500 tasks, 500 independent assets, chain of 50, 1 round")
     parser.add_argument("--raw-worker", action="store_true", help=argparse.SUPPRESS)
+    _dbos_peer.add_arguments(parser)
     args = parser.parse_args()
     if args.quick:
         args.tasks, args.independent, args.chain, args.repeat = 500, 500, 50, 1
     if args.raw_worker:
         raw_worker(args.concurrency)
         return 0
-
-    import tempfile
 
     tag = uuid.uuid4().hex[:8]
     db = f"flowstone_bench_{tag}"
@@ -196,27 +205,69 @@ def main() -> int:
         "FLOWSTONE_DATABASE_URL", "FLOWSTONE_BROKER_URL", "FLOWSTONE_QUEUE",
         "FLOWSTONE_BENCH_INDEPENDENT", "FLOWSTONE_BENCH_CHAIN")})
     os.environ["FLOWSTONE_EXECUTOR"] = "celery"
-    rounds: list[tuple[float, float, float]] = []
+    dbos_version = None if args.no_dbos else _dbos_peer.available()
+    tuning = _dbos_peer.tuning_from(args)
+    if dbos_version is None:
+        log("dbos: " + ("skipped (--no-dbos)" if args.no_dbos else
+                        "not installed; skipping it (pip install dbos to compare)"))
+    rounds: list[dict[str, float]] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for round_no in range(1, max(1, args.repeat) + 1):
-                raw = bench_raw(env, args.tasks, args.concurrency, Path(tmp))
-                log(f"round {round_no}: raw celery: {raw:.0f} tasks/s")
-                independent, chain = bench_flowstone(env, args.concurrency, Path(tmp))
-                rounds.append((raw, independent, chain))
-                log(f"round {round_no}: ratio independent/raw = {independent / raw:.3f}")
+            for round_no in range(max(1, args.repeat)):
+                got: dict[str, float] = {}
+
+                def raw_side() -> None:
+                    got["raw"] = bench_raw(env, args.tasks, args.concurrency, Path(tmp))
+
+                def flowstone_side() -> None:
+                    got["independent"], got["chain"] = bench_flowstone(
+                        env, args.concurrency, Path(tmp))
+
+                def dbos_side() -> None:
+                    got["dbos_independent"], got["dbos_chain"] = _dbos_peer.bench_runtime(
+                        tuning, args.independent, args.chain, Path(tmp))
+
+                sides = [raw_side, flowstone_side]
+                if dbos_version is not None:
+                    sides.append(dbos_side)
+                # rotate which side goes first, so a drift of the machine's speed during
+                # a run does not always favour the same side
+                shift = round_no % len(sides)
+                for side in sides[shift:] + sides[:shift]:
+                    side()
+                rounds.append(got)
+                log(f"round {round_no + 1}: raw celery {got['raw']:.0f} tasks/s; "
+                    f"ratio independent/raw = {got['independent'] / got['raw']:.3f}"
+                    + (f"; independent/dbos = {got['independent'] / got['dbos_independent']:.3f}"
+                       f", chain/dbos = {got['chain'] / got['dbos_chain']:.3f}"
+                       if dbos_version is not None else ""))
     finally:
         drop_queue_and_database(queue, db)
-    raw, independent, chain = (statistics.median(r[i] for r in rounds) for i in range(3))
+
+    def median(key: str) -> float | None:
+        if not all(key in r for r in rounds):
+            return None
+        return round(statistics.median(r[key] for r in rounds), 1)
+
+    def ratio(ours: str, theirs: str) -> float | None:
+        # median of the per-round ratios: each compares figures measured side by side
+        if not all(theirs in r for r in rounds):
+            return None
+        return round(statistics.median(r[ours] / r[theirs] for r in rounds), 3)
+
     print(json.dumps({
         "bench": "celery_runtime",
         "concurrency": args.concurrency,
         "rounds": len(rounds),
-        "raw_celery_tasks_per_s": round(raw, 1),
-        "flowstone_independent_assets_per_s": round(independent, 1),
-        "flowstone_chain_assets_per_s": round(chain, 1),
-        # median of the per-round ratios: each compares figures measured side by side
-        "ratio_independent": round(statistics.median(r[1] / r[0] for r in rounds), 3),
+        "raw_celery_tasks_per_s": median("raw"),
+        "flowstone_independent_assets_per_s": median("independent"),
+        "flowstone_chain_assets_per_s": median("chain"),
+        "ratio_independent": ratio("independent", "raw"),
+        "dbos_independent_workflows_per_s": median("dbos_independent"),
+        "dbos_chain_steps_per_s": median("dbos_chain"),
+        "ratio_independent_vs_dbos": ratio("independent", "dbos_independent"),
+        "ratio_chain_vs_dbos": ratio("chain", "dbos_chain"),
+        "dbos": _dbos_peer.describe(tuning) if dbos_version is not None else None,
     }))
     return 0
 
