@@ -12,14 +12,20 @@ share the measuring process's interpreter lock); everything goes through boto3 o
   an object of half the rows: equal peak RSS means memory flat in object size.
 * **IO manager**: ``S3IOManager.store``/``load`` of 1 MB and 100 MB ``bytes`` values vs
   ``put_object``/``get_object`` (defaults: one PUT below 128 MiB), and 100 MB once more
-  forced into a multipart upload of 16 MiB parts.
+  forced into a multipart upload of 16 MiB parts. Both sides have their bytes checked:
+  botocore validates the CRC32 S3 stored with a single PUT on ``get_object`` too.
 
 Reader measurements run in a fresh child process each (peak RSS is per process; the
 import and connection set-up are outside the timer). Rounds alternate which side goes
-first; figures are medians. Progress goes to stderr; the last line is ONE JSON line::
+first; reader figures are medians. An IO ratio is the median of the rounds' own ratios
+(each round times both sides back to back, so a load swing of the shared machine between
+rounds does not land on one side); the per-round ratios and the median rates are reported
+too. The load average before and after goes into the JSON. Progress goes to stderr; the
+last line is ONE JSON line::
 
     python bench/s3_reader.py            # 3 rounds, 1,000,000 rows
     python bench/s3_reader.py --quick    # 1 round, 100,000 rows
+    python bench/s3_reader.py --io-only  # only the IO manager rows
 """
 
 from __future__ import annotations
@@ -156,46 +162,56 @@ def rate(results: list[dict[str, Any]]) -> float:
 
 
 # --- the IO manager -----------------------------------------------------------------------
-def io_rounds(endpoint: str, s3: Any, size: int, rounds: int, **options: Any) -> dict[str, float]:
+def io_rounds(endpoint: str, s3: Any, size: int, rounds: int, **options: Any) -> dict[str, Any]:
     from flowstone.protocols import StorageKey
     from flowstone_io_s3 import S3IOManager
 
     manager = S3IOManager(BUCKET, prefix="bench-io", endpoint_url=endpoint, **options)
     payload = os.urandom(size)
     times: dict[str, list[float]] = {"store": [], "put": [], "load": [], "get": []}
-    for n in range(rounds + 1):  # round 0 warms connections up and is not counted
+
+    def timed(name: str, n: int, call: Any) -> Any:
+        started = time.perf_counter()
+        result = call()
+        if n:  # round 0 warms connections up and is not counted
+            times[name].append(time.perf_counter() - started)
+        return result
+
+    for n in range(rounds + 1):
         key = StorageKey("bench", f"value-{size}", "", uuid.uuid4().hex)
         plain_key = f"bench-plain/{uuid.uuid4().hex}"
-        order = ["ours", "plain"] if n % 2 == 0 else ["plain", "ours"]
-        for side in order:
+        # Writes back to back, then reads back to back, each pair in alternating order: the
+        # two sides of a ratio are timed within a fraction of a second of each other.
+        location = ""
+        for side in ("ours", "plain") if n % 2 == 0 else ("plain", "ours"):
             if side == "ours":
-                t = time.perf_counter()
-                location = manager.store(key, payload)
-                stored = time.perf_counter()
-                assert manager.load(location) == payload
-                loaded = time.perf_counter()
-                manager.delete(location)  # the server keeps memory flat between rounds
-                if n:
-                    times["store"].append(stored - t)
-                    times["load"].append(loaded - stored)
+                location = timed("store", n, lambda: manager.store(key, payload))
             else:
-                t = time.perf_counter()
-                s3.put_object(Bucket=BUCKET, Key=plain_key, Body=payload)
-                put = time.perf_counter()
-                assert s3.get_object(Bucket=BUCKET, Key=plain_key)["Body"].read() == payload
-                got = time.perf_counter()
-                s3.delete_object(Bucket=BUCKET, Key=plain_key)
-                if n:
-                    times["put"].append(put - t)
-                    times["get"].append(got - put)
+                timed("put", n, lambda: s3.put_object(Bucket=BUCKET, Key=plain_key, Body=payload))
+        for side in ("plain", "ours") if n % 2 == 0 else ("ours", "plain"):
+            if side == "ours":
+                assert timed("load", n, lambda: manager.load(location)) == payload
+            else:
+                body = timed(
+                    "get", n, lambda: s3.get_object(Bucket=BUCKET, Key=plain_key)["Body"].read()
+                )
+                assert body == payload
+        manager.delete(location)  # the server keeps memory flat between rounds
+        s3.delete_object(Bucket=BUCKET, Key=plain_key)
     median = {name: statistics.median(values) for name, values in times.items()}
+    # Each round's own ratio (plain time / ours), then their median.
+    store_ratios = [put / store for put, store in zip(times["put"], times["store"], strict=True)]
+    load_ratios = [get / load for get, load in zip(times["get"], times["load"], strict=True)]
     mb = size / 1e6
     log(f"  {mb:5.0f} MB  store {mb / median['store']:7.1f} MB/s vs put_object "
         f"{mb / median['put']:7.1f} MB/s;  load {mb / median['load']:7.1f} MB/s vs "
         f"get_object {mb / median['get']:7.1f} MB/s")  # fmt: skip
+    log(f"           load ratio per round: {' '.join(f'{r:.2f}' for r in load_ratios)}")
     return {
-        "store_ratio": round(median["put"] / median["store"], 2),
-        "load_ratio": round(median["get"] / median["load"], 2),
+        "store_ratio": round(statistics.median(store_ratios), 2),
+        "load_ratio": round(statistics.median(load_ratios), 2),
+        "store_ratios": [round(r, 2) for r in store_ratios],
+        "load_ratios": [round(r, 2) for r in load_ratios],
         "store_mb_s": round(mb / median["store"], 1),
         "put_mb_s": round(mb / median["put"], 1),
         "load_mb_s": round(mb / median["load"], 1),
@@ -203,11 +219,27 @@ def io_rounds(endpoint: str, s3: Any, size: int, rounds: int, **options: Any) ->
     }
 
 
+def io_manager_rows(endpoint: str, s3: Any, rounds: int) -> dict[str, Any]:
+    log("S3IOManager vs put_object/get_object")
+    small = io_rounds(endpoint, s3, 1_000_000, max(15, rounds * 5))  # cheap, noisy: many
+    large = io_rounds(endpoint, s3, 100_000_000, max(15, rounds))  # one GET: noisy
+    log("  (100 MB again, forced into 16 MiB parts: multipart_threshold=64 MiB)")
+    parts = io_rounds(endpoint, s3, 100_000_000, max(5, rounds), multipart_threshold=64 * 2**20)
+    return {"io_1mb": small, "io_100mb": large, "io_100mb_multipart": parts}
+
+
+def load_after() -> float:
+    load = round(os.getloadavg()[0], 2)
+    log(f"load average after: {load}")
+    return load
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 round, 100,000 rows")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--rows", type=int, default=None)
+    parser.add_argument("--io-only", action="store_true", help="only the S3IOManager rows")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--endpoint", help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
@@ -218,10 +250,17 @@ def main() -> None:
     rounds = args.rounds or (1 if args.quick else 3)
     rows = args.rows or (100_000 if args.quick else 1_000_000)
     os.environ.update(CREDENTIALS)
+    load_before = round(os.getloadavg()[0], 2)
+    log(f"load average before: {load_before} on {os.cpu_count()} CPUs")
     server, endpoint = start_server()
     try:
         s3 = _client(endpoint)
         s3.create_bucket(Bucket=BUCKET)
+        if args.io_only:
+            rows_only = io_manager_rows(endpoint, s3, rounds)
+            print(json.dumps({"bench": "s3_reader", "io_only": True, **rows_only,
+                              "load_before": load_before, "load_after": load_after()}))  # fmt: skip
+            return
         jsonl_key, parquet_key = upload_rows(s3, rows)
         runs: dict[str, list[dict[str, Any]]] = {}
         for n in range(rounds):
@@ -238,11 +277,7 @@ def main() -> None:
             "jsonl": measure("reader-jsonl", endpoint, small_jsonl),
             "parquet": measure("reader-parquet", endpoint, small_parquet),
         }
-        log("S3IOManager vs put_object/get_object")
-        small = io_rounds(endpoint, s3, 1_000_000, max(15, rounds * 5))  # cheap, noisy: many
-        large = io_rounds(endpoint, s3, 100_000_000, max(5, rounds))
-        log("  (100 MB again, forced into 16 MiB parts: multipart_threshold=64 MiB)")
-        parts = io_rounds(endpoint, s3, 100_000_000, max(5, rounds), multipart_threshold=64 * 2**20)
+        io_rows = io_manager_rows(endpoint, s3, rounds)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -269,9 +304,9 @@ def main() -> None:
         "jsonl_reader_rss_mb_half_rows": round(half["jsonl"]["rss_mb"], 1),
         "parquet_reader_rss_mb_half_rows": round(half["parquet"]["rss_mb"], 1),
         "jsonl_iter_lines_rss_mb": peak("boto3-iter-lines"),
-        "io_1mb": small,
-        "io_100mb": large,
-        "io_100mb_multipart": parts,
+        **io_rows,
+        "load_before": load_before,
+        "load_after": load_after(),
     }
     print(json.dumps(out))
 
