@@ -56,9 +56,9 @@ class Tuning:
     """How the DBOS side runs: worker processes and the documented queue knobs."""
 
     workers: int = 1  # worker processes (DBOS applications)
-    worker_concurrency: int = 32  # workflows of a queue running at once per process
+    worker_concurrency: int = 128  # workflows of a queue running at once per process
     polling_interval_sec: float = 0.01  # how often a process polls each queue
-    result_polling_sec: float = 0.01  # get_result's poll interval inside a fan-in
+    result_polling_sec: float = 0.1  # get_result's poll interval inside a fan-in
     enqueue_batch: int = 100  # workflows enqueued per transaction by the client
     pool_size: int = 8  # system database connections per worker process
 

@@ -17,11 +17,11 @@ Redis broker):
 
 Wall time from the first publish to the last join, as parents/s, after ``--warmup``
 untimed parents on each side (so neither side's first connections and first-use costs
-are timed). Rounds alternate which side runs first; the ratio is the median of the
+are timed). Rounds rotate which side runs first; each ratio is the median of the
 per-round ratios. Needs Postgres, Redis and
 flowstone-celery + flowstone-io-postgres (+ flowstone-parallel)::
 
-    python bench/parallel.py [--parents 1000] [--concurrency 4] [--repeat 1]
+    python bench/parallel.py [--parents 1000] [--concurrency 4] [--repeat 3]
     python bench/parallel.py --quick       # CI smoke: 100 parents, one round
 
 Ends by printing ONE JSON line (figures and the ratio); progress goes to stderr.
@@ -41,6 +41,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import _dbos_peer
 from _cluster import (
     PG_ADMIN,
     REDIS,
@@ -201,8 +202,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--parents", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="rounds of (chords, FlowStone); figures are medians over rounds")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="rounds of (chords, FlowStone, DBOS), each starting with another "
+                             "side; figures are medians over rounds")
     parser.add_argument("--submit", choices=("bulk", "each"), default="bulk",
                         help="FlowStone starts the parents with one run_many (bulk) or one "
                              "run(wait=False) each")
@@ -210,6 +212,7 @@ def main() -> int:
                         help="untimed parents each side runs first (connections, imports)")
     parser.add_argument("--quick", action="store_true", help="CI smoke: 100 parents, 1 round")
     parser.add_argument("--chord-worker", action="store_true", help=argparse.SUPPRESS)
+    _dbos_peer.add_arguments(parser)
     args = parser.parse_args()
     if args.quick:
         args.parents, args.repeat = 100, 1
@@ -232,32 +235,59 @@ def main() -> int:
     os.environ.update({k: env[k] for k in (
         "FLOWSTONE_DATABASE_URL", "FLOWSTONE_BROKER_URL", "FLOWSTONE_QUEUE", COUNTER_ENV)})
     os.environ["FLOWSTONE_EXECUTOR"] = "celery"
-    rounds: list[tuple[float, float]] = []
+    dbos_version = None if args.no_dbos else _dbos_peer.available()
+    tuning = _dbos_peer.tuning_from(args)
+    if dbos_version is None:
+        log("dbos: " + ("skipped (--no-dbos)" if args.no_dbos else
+                        "not installed; skipping it (pip install dbos to compare)"))
+    rounds: list[dict[str, float]] = []
     coordinator = ""
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for round_no in range(max(1, args.repeat)):
-                def chords_side() -> float:
-                    return bench_chords(env, args.parents, args.concurrency, Path(tmp),
-                                        args.warmup)
+                got: dict[str, float] = {}
 
-                def flowstone_side(n: int = round_no) -> tuple[float, str]:
-                    return bench_flowstone(env, args.parents, args.concurrency, Path(tmp),
-                                           n * args.parents, args.warmup, args.submit)
+                def chords_side() -> None:
+                    got["chords"] = bench_chords(env, args.parents, args.concurrency,
+                                                 Path(tmp), args.warmup)
 
-                # alternate which side goes first, so a drift of the machine's speed
-                # during a run does not always favour the same side
-                if round_no % 2 == 0:
-                    chords = chords_side()
-                    flow, coordinator = flowstone_side()
-                else:
-                    flow, coordinator = flowstone_side()
-                    chords = chords_side()
-                rounds.append((chords, flow))
-                log(f"round {round_no + 1}: flowstone/chords = {flow / chords:.3f}")
+                def flowstone_side(n: int = round_no) -> None:
+                    nonlocal coordinator
+                    got["flowstone"], coordinator = bench_flowstone(
+                        env, args.parents, args.concurrency, Path(tmp), n * args.parents,
+                        args.warmup, args.submit)
+
+                def dbos_side() -> None:
+                    got["dbos"] = _dbos_peer.bench_fan_in(tuning, args.parents, Path(tmp),
+                                                          args.warmup)
+
+                sides = [chords_side, flowstone_side]
+                if dbos_version is not None:
+                    sides.append(dbos_side)
+                # rotate which side goes first, so a drift of the machine's speed during
+                # a run does not always favour the same side
+                shift = round_no % len(sides)
+                for side in sides[shift:] + sides[:shift]:
+                    side()
+                rounds.append(got)
+                log(f"round {round_no + 1}: flowstone/chords = "
+                    f"{got['flowstone'] / got['chords']:.3f}"
+                    + (f", flowstone/dbos = {got['flowstone'] / got['dbos']:.3f}"
+                       if "dbos" in got else ""))
     finally:
         drop_queue_and_database(queue, db)
-    chords, flow = (statistics.median(r[i] for r in rounds) for i in range(2))
+
+    def median(key: str) -> float | None:
+        if not all(key in r for r in rounds):
+            return None
+        return round(statistics.median(r[key] for r in rounds), 1)
+
+    def ratio(theirs: str) -> float | None:
+        # > 1 means FlowStone joined faster; median of the per-round ratios
+        if not all(theirs in r for r in rounds):
+            return None
+        return round(statistics.median(r["flowstone"] / r[theirs] for r in rounds), 3)
+
     print(json.dumps({
         "bench": "parallel",
         "parents": args.parents,
@@ -267,10 +297,12 @@ def main() -> int:
         "submit": args.submit,
         "rounds": len(rounds),
         "coordinator": coordinator,
-        "celery_chords_parents_per_s": round(chords, 1),
-        "flowstone_parents_per_s": round(flow, 1),
-        # > 1 means FlowStone joined faster than the chords; median of per-round ratios
-        "ratio_flowstone_vs_chords": round(statistics.median(r[1] / r[0] for r in rounds), 3),
+        "celery_chords_parents_per_s": median("chords"),
+        "flowstone_parents_per_s": median("flowstone"),
+        "ratio_flowstone_vs_chords": ratio("chords"),
+        "dbos_parents_per_s": median("dbos"),
+        "ratio_flowstone_vs_dbos": ratio("dbos"),
+        "dbos": _dbos_peer.describe(tuning) if dbos_version is not None else None,
     }))
     return 0
 
