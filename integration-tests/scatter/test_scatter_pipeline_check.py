@@ -76,7 +76,8 @@ def test_a_chunk_of_another_pipelines_barrier_runs_nothing(
             f"SELECT reader_owner FROM {db.t.barriers} WHERE id = $1", reading))
         assert held is None
         # the barrier's own pipeline does get its chunk and its reader
-        b, rows = db.run(lambda c: barrier.load_chunk(c, db.t, bid, 0, 1, OTHER))
+        b, rows = db.run(lambda c: barrier.load_chunk(c, db.t, bid, 0, 1, OTHER,
+                                                          "w", 30.0))
         assert b is not None and [r.idx for r in rows] == [0]
         assert db.run(lambda c: barrier.claim_reader(c, db.t, reading, "w", 30.0, OTHER))
     finally:

@@ -22,7 +22,10 @@ from flowstone.retry import RetryPolicy
 
 @functools.cache
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(os.environ["FLOWSTONE_BROKER_URL"])
+    """The Redis holding the tests' counters: the broker's, unless FLOWSTONE_IT_COUNTS names
+    another (a test that flushes its broker keeps its counters elsewhere)."""
+    return redis.Redis.from_url(os.environ.get("FLOWSTONE_IT_COUNTS")
+                                or os.environ["FLOWSTONE_BROKER_URL"])
 
 
 def _key(name: str) -> str:
@@ -137,9 +140,38 @@ def unpartitioned(context: fs.Context) -> str:
     return str(context.scatter_item["sku"]).upper()
 
 
+@fs.asset(scatter=fs.Scatter(items=lambda numbers: numbers, max_concurrent=40,
+                             options={"chunk_size": 2}))
+def slow_items(context: fs.Context, numbers: list[int]) -> int:
+    """Counts every execution; each takes 50 ms, so most of a window's 20 messages wait in
+    the queue (not prefetched by the worker)."""
+    _redis().incr(_key(f"exec:{context.run_id}"))
+    time.sleep(0.05)
+    return int(context.scatter_item) * 3
+
+
+@fs.asset(scatter=fs.Scatter(items=lambda numbers: numbers, rate_limit="1/s",
+                             max_concurrent=4))
+def one_per_second(context: fs.Context, numbers: list[int]) -> int:
+    return int(context.scatter_item)
+
+
+def _slow_gather(values: list[Any]) -> int:
+    """Counts its runs per partition size, then takes FLOWSTONE_IT_GATHER_S seconds."""
+    _redis().incr(_key(f"gather:{len(values)}"))
+    time.sleep(float(os.environ.get("FLOWSTONE_IT_GATHER_S", "0")))
+    return sum(values)
+
+
+@fs.asset(scatter=fs.Scatter(items=lambda numbers: numbers, max_concurrent=20,
+                             gather=_slow_gather))
+def gathered(context: fs.Context, numbers: list[int]) -> int:
+    return int(context.scatter_item) + 1
+
+
 pipeline = fs.Pipeline("scatter_it", [numbers, squares, total, flaky, counted, read_items,
                                       by_bytes, limited, once_flaky, all_fail, guessed_name,
-                                      unpartitioned])
+                                      unpartitioned, slow_items, gathered, one_per_second])
 
 if os.environ.get("FLOWSTONE_IT_DUPLICATE"):
     # Simulated at-least-once delivery: every scatter message is published twice.
@@ -151,3 +183,18 @@ if os.environ.get("FLOWSTONE_IT_DUPLICATE"):
         _send(self, pipeline, task, list(bodies) * 2)
 
     CeleryScatterCoordinator.send = _send_twice  # type: ignore[method-assign]
+
+if os.environ.get("FLOWSTONE_IT_UNAPPLIED_ONCE"):
+    # Fault: the first completion of each scatter step is not applied (as when the finish
+    # of another finalizer was refused, or its store call failed after the gate was taken):
+    # complete_deferred reports applied=False and the step stays waiting.
+    import flowstone_scatter.coordinator as _coordinator
+
+    _complete = _coordinator.complete_deferred
+
+    def _unapplied_once(runner: Any, token: str, **kw: Any) -> tuple[str, bool]:
+        if _redis().incr(_key(f"unapplied:{token[:16]}")) == 1:
+            return "", False
+        return _complete(runner, token, **kw)
+
+    _coordinator.complete_deferred = _unapplied_once  # type: ignore[assignment]

@@ -11,11 +11,18 @@ rules:
   increments plus the window top-up), never once per item; with chunks of ~100 items a
   hot row at ~3k updates/s accounts for ~300k items/s.
 * The transition out of ``running`` is a conditional ``UPDATE ... WHERE state =
-  'running'`` made while holding the row lock, so exactly one transaction wins it.
+  'running'`` made while holding the row lock, so exactly one transaction wins it, and it
+  takes the finishing claim (``finisher``, ``finish_expires``) in the same statement.
+* Items carry a claim (``claimed_by``, ``claimed_at``): a chunk runs only items that no
+  live runner holds, so a duplicated or re-sent message never runs a claimed item twice,
+  and recovery tells a lost message (queued, never claimed) from a dead runner (claimed,
+  claim older than a lease). Every time is the database's ``now()``; leases are passed as
+  durations.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,10 +63,12 @@ class ItemRow:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """What a transaction decided: unit ranges to enqueue, and whether it won the finish."""
+    """What a transaction decided: unit ranges to enqueue, and whether it won the finish
+    (then ``finisher`` is the token of the finishing claim it took)."""
 
     ranges: tuple[tuple[int, int], ...] = ()
     finishing: bool = False
+    finisher: str | None = None
 
 
 def unit_ranges(units: Sequence[int], chunk_units: int) -> tuple[tuple[int, int], ...]:
@@ -148,7 +157,8 @@ async def reopen(conn: asyncpg.Connection, t: Tables, barrier_id: int, token: st
     async with conn.transaction():
         await conn.fetchrow(f"SELECT id FROM {t.barriers} WHERE id = $1 FOR UPDATE", barrier_id)
         reset = await conn.fetch(
-            f"UPDATE {t.items} SET state = 'pending', error = NULL, queued_at = NULL "
+            f"UPDATE {t.items} SET state = 'pending', error = NULL, queued_at = NULL, "
+            "claimed_at = NULL, claimed_by = NULL "
             "WHERE barrier_id = $1 AND state IN ('failed', 'queued') RETURNING state",
             barrier_id,
         )
@@ -162,7 +172,8 @@ async def reopen(conn: asyncpg.Connection, t: Tables, barrier_id: int, token: st
         await conn.execute(
             f"UPDATE {t.barriers} SET state = 'running', outcome = NULL, error = NULL, token = $2, "
             "failed = $3, inflight = 0, next_unit = coalesce($4, units_total), "
-            "reader_owner = NULL, reader_beat = NULL, updated_at = now() WHERE id = $1",
+            "reader_owner = NULL, reader_beat = NULL, finisher = NULL, finish_expires = NULL, "
+            "read_sent_at = NULL, updated_at = now() WHERE id = $1",
             barrier_id, token, failed, low,
         )
         del reset
@@ -181,8 +192,10 @@ def threshold_exceeded(sc: Scatter, b: Any) -> bool:
     return sc.exceeded(failed, None if total is None else int(total))
 
 
-async def decide(conn: asyncpg.Connection, t: Tables, b: Any, sc: Scatter) -> Claim:
-    """With the barrier row locked (``b`` is its fresh state): finish or top up the window."""
+async def decide(conn: asyncpg.Connection, t: Tables, b: Any, sc: Scatter, lease: float) -> Claim:
+    """With the barrier row locked (``b`` is its fresh state): finish or top up the window.
+
+    Winning the finish takes the finishing claim for ``lease`` seconds (database time)."""
     if b["state"] != "running":
         return Claim()
     bid = b["id"]
@@ -193,18 +206,21 @@ async def decide(conn: asyncpg.Connection, t: Tables, b: Any, sc: Scatter) -> Cl
     elif b["reader_done"] and processed >= int(b["total_items"]) and int(b["inflight"]) <= 0:
         outcome = "gather"
     if outcome is not None:
+        finisher = secrets.token_hex(16)
         won = await conn.fetchval(
-            f"UPDATE {t.barriers} SET state = 'finishing', outcome = $2, updated_at = now() "
-            "WHERE id = $1 AND state = 'running' RETURNING id", bid, outcome,
+            f"UPDATE {t.barriers} SET state = 'finishing', outcome = $2, finisher = $3, "
+            "finish_expires = now() + make_interval(secs => $4), updated_at = now() "
+            "WHERE id = $1 AND state = 'running' RETURNING id", bid, outcome, finisher, lease,
         )
-        return Claim(finishing=won is not None)
+        return Claim(finishing=won is not None, finisher=finisher if won is not None else None)
     free = int(b["max_concurrent"]) - int(b["inflight"])
     start, end = int(b["next_unit"]), min(int(b["next_unit"]) + max(free, 0),
                                           int(b["units_total"]))
     if free <= 0 or end <= start:
         return Claim()
     units = await conn.fetch(
-        f"UPDATE {t.items} SET state = 'queued', queued_at = now() WHERE barrier_id = $1 "
+        f"UPDATE {t.items} SET state = 'queued', queued_at = now(), claimed_at = NULL, "
+        "claimed_by = NULL WHERE barrier_id = $1 "
         "AND unit >= $2 AND unit < $3 AND state = 'pending' RETURNING unit", bid, start, end,
     )
     claimed = {int(r["unit"]) for r in units}
@@ -216,17 +232,20 @@ async def decide(conn: asyncpg.Connection, t: Tables, b: Any, sc: Scatter) -> Cl
 
 
 async def lock_and_decide(
-    conn: asyncpg.Connection, t: Tables, barrier_id: int, sc: Scatter
+    conn: asyncpg.Connection, t: Tables, barrier_id: int, sc: Scatter, lease: float
 ) -> Claim:
     async with conn.transaction():
         b = await conn.fetchrow(f"SELECT * FROM {t.barriers} WHERE id = $1 FOR UPDATE", barrier_id)
-        return Claim() if b is None else await decide(conn, t, b, sc)
+        return Claim() if b is None else await decide(conn, t, b, sc, lease)
 
 
 async def load_chunk(
-    conn: asyncpg.Connection, t: Tables, barrier_id: int, start: int, end: int, pipeline: str
+    conn: asyncpg.Connection, t: Tables, barrier_id: int, start: int, end: int, pipeline: str,
+    owner: str, lease: float,
 ) -> tuple[Any, list[ItemRow]]:
-    """The barrier and the still-queued items of units ``[start, end)`` (marks them started).
+    """The barrier and the still-queued items of units ``[start, end)`` that ``owner`` may
+    run: unclaimed, already its own (a retried message), or whose claim is older than
+    ``lease`` seconds (its runner died). Claims them for ``owner``.
 
     Only a barrier of ``pipeline`` (the one whose worker task runs the chunk): a message
     naming another pipeline gets ``(None, [])`` and runs nothing."""
@@ -235,9 +254,10 @@ async def load_chunk(
     if b is None or b["state"] != "running":
         return b, []
     rows = await conn.fetch(
-        f"UPDATE {t.items} SET queued_at = now(), attempts = attempts + 1 WHERE barrier_id = $1 "
-        "AND unit >= $2 AND unit < $3 AND state = 'queued' "
-        "RETURNING idx, unit, key, item, attempts", barrier_id, start, end,
+        f"UPDATE {t.items} SET claimed_at = now(), claimed_by = $4, attempts = attempts + 1 "
+        "WHERE barrier_id = $1 AND unit >= $2 AND unit < $3 AND state = 'queued' AND "
+        "(claimed_by IS NULL OR claimed_by = $4 OR claimed_at < now() - make_interval(secs => $5)) "
+        "RETURNING idx, unit, key, item, attempts", barrier_id, start, end, owner, lease,
     )
     items = sorted((ItemRow(int(r["idx"]), int(r["unit"]), r["key"], r["item"],
                             int(r["attempts"])) for r in rows), key=lambda r: r.idx)
@@ -246,7 +266,7 @@ async def load_chunk(
 
 async def record(
     conn: asyncpg.Connection, t: Tables, barrier_id: int, sc: Scatter,
-    results: Sequence[tuple[int, str, str | None, str | None]],
+    results: Sequence[tuple[int, str, str | None, str | None]], lease: float,
 ) -> Claim:
     """Record ``(idx, state, result_json, error)`` of one chunk; count only real changes."""
     async with conn.transaction():
@@ -266,7 +286,7 @@ async def record(
             "inflight = greatest(inflight - $4, 0), updated_at = now() WHERE id = $1 "
             "RETURNING *", barrier_id, ok, len(changed) - ok, units,
         )
-        return await decide(conn, t, b, sc)
+        return await decide(conn, t, b, sc, lease)
 
 
 async def claim_reader(
@@ -286,7 +306,7 @@ async def claim_reader(
 async def append_page(
     conn: asyncpg.Connection, t: Tables, barrier_id: int, owner: str, sc: Scatter,
     rows: Sequence[tuple[int, int, str, str]], units_total: int, checkpoint: str,
-    next_index: int, done: bool, expected_total: int | None,
+    next_index: int, done: bool, expected_total: int | None, lease: float,
 ) -> Claim | None:
     """Insert one page and its checkpoint in one transaction; None if the reader lost
     ownership (another reader took over after this one stalled)."""
@@ -316,4 +336,4 @@ async def append_page(
             barrier_id, inserted, units_total, checkpoint, next_index, done, expected_total,
             reused,
         )
-        return await decide(conn, t, b, sc)
+        return await decide(conn, t, b, sc, lease)

@@ -13,6 +13,7 @@ items copied in, so only the failed (or never-run) items are enqueued.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ from flowstone.partitions import decode_partition
 from flowstone.scatter import Deferred, Scatter, ScatterCounts
 from flowstone_celery import CeleryExecutor
 from flowstone_io_postgres import PostgresRunStore
-from flowstone_scatter import barrier
+from flowstone_scatter import barrier, finish
 from flowstone_scatter.db import Database
 from flowstone_scatter.messages import CHUNK_TASK, READ_TASK, ChunkMessage
 
@@ -47,6 +48,7 @@ __all__ = ["MAX_ITEM_BYTES", "CeleryScatterCoordinator", "build_rows", "item_siz
 
 log = logging.getLogger("flowstone.scatter")
 _DEPS_CACHE = 16
+_TERMINAL = frozenset({"succeeded", "failed", "skipped", "upstream_failed", "cancelled"})
 MAX_ITEM_BYTES: Final = 1 << 20
 """The most bytes one scatter item may take encoded (1 MiB): items are stored in the barrier's
 items table and read back for every attempt, so bigger payloads belong in the asset (scatter
@@ -209,12 +211,13 @@ class CeleryScatterCoordinator:
         self.send(runner, CHUNK_TASK, [
             ChunkMessage(name, barrier_id, s, e).to_json() for s, e in claim.ranges])
         if claim.finishing:
-            self.finalize(runner, barrier_id)
+            self.finalize(runner, barrier_id, claim.finisher)
 
     def kick(self, runner: StepRunner, barrier_id: int, sc: Scatter) -> None:
         """Top the window up (or finish) from the barrier's current state."""
         db = self.database(runner)
-        claim = db.run(lambda c: barrier.lock_and_decide(c, db.t, barrier_id, sc))
+        lease = float(runner.runtime.policies.lease_seconds)
+        claim = db.run(lambda c: barrier.lock_and_decide(c, db.t, barrier_id, sc, lease))
         self.after(runner, barrier_id, claim)
 
     def inputs(self, runner: StepRunner, a: AssetDef, run_id: str,
@@ -281,43 +284,72 @@ class CeleryScatterCoordinator:
         self.kick(runner, barrier_id, sc)
 
     # --- the end ----------------------------------------------------------------------------
-    def finalize(self, runner: StepRunner, barrier_id: int) -> None:
-        """Finish a barrier that won ``finishing``: gather (or fail) and complete the step.
+    def finalize(self, runner: StepRunner, barrier_id: int,
+                 finisher: str | None = None) -> None:
+        """Finish a ``finishing`` barrier: gather (or fail) and complete the step.
 
-        ``complete_deferred`` records the step exactly once; if this process dies first the
-        sweeper calls this again."""
+        Runs under the barrier's finishing claim (``finisher``: the token the transaction
+        that won ``finishing`` took; None: take it now if it is free or expired, as the
+        sweeper does), renewed while the gather runs (:class:`~flowstone_scatter.finish.
+        FinishLease`), so a live finisher's gather is never started a second time. The
+        barrier is closed only once the step really finished: ``complete_deferred``
+        applied, or the step is already terminal in the run store. Otherwise it stays
+        ``finishing`` and the sweeper finishes it again once the claim expires (or at its
+        next sweep if this attempt failed with an error).
+        """
         db = self.database(runner)
-
-        async def load(conn: Any) -> Any:
-            return await conn.fetchrow(
-                f"UPDATE {db.t.barriers} SET updated_at = now() WHERE id = $1 AND state = "
-                "'finishing' RETURNING *", barrier_id)
-
-        b = db.run(load)
+        lease = float(runner.runtime.policies.lease_seconds)
+        me = finisher or secrets.token_hex(16)
+        b = finish.claim(db, barrier_id, me, lease)
         if b is None:
-            return
+            return  # closed already, or another live finisher holds it
         a = runner.runtime.graph[b["asset"]]
         sc = a.scatter
         assert sc is not None
         value: Any = None
         error: str | None = b["error"]
-        if error is None and b["outcome"] == "failed":
-            error = self._threshold_message(db, b, sc)
-        if error is None:
-            try:
-                values = db.run(lambda c: _stream_results(c, db, barrier_id))
-                value = sc.gather(values) if sc.gather is not None else values
-            except Exception as exc:
-                error = f"gather of scatter asset {a.name!r} failed: {type(exc).__name__}: {exc}"
-        complete_deferred(runner, b["token"], value=value, error=error)
-        final = "failed" if error is not None else "succeeded"
+        try:
+            with finish.FinishLease(db, barrier_id, me, lease) as kept:
+                if error is None and b["outcome"] == "failed":
+                    error = self._threshold_message(db, b, sc)
+                if error is None:
+                    try:
+                        values = db.run(lambda c: _stream_results(c, db, barrier_id))
+                        value = sc.gather(values) if sc.gather is not None else values
+                    except Exception as exc:
+                        error = (f"gather of scatter asset {a.name!r} failed: "
+                                 f"{type(exc).__name__}: {exc}")
+                if kept.lost.is_set():
+                    log.warning("scatter barrier %d of %s: another process took the finish "
+                                "over while this one gathered; leaving it to that one",
+                                barrier_id, a.name)
+                    return
+                _, applied = complete_deferred(runner, b["token"], value=value, error=error)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                finish.release(db, barrier_id, me)  # the next sweep finishes it
+            raise
+        final: str | None = "failed" if error is not None else "succeeded"
+        if not applied:
+            final = self._finished_as(runner, b)
+        if final is None:
+            log.warning(
+                "scatter barrier %d of %s [%s] in run %s: the step did not finish (its deferred "
+                "completion was not applied and the step is not terminal); the barrier stays "
+                "finishing and the sweeper finishes it again when the claim expires",
+                barrier_id, a.name, b["partition"], b["run_id"])
+            return
+        finish.close(db, barrier_id, me, final, error if applied else None)
 
-        async def close(conn: Any) -> None:
-            await conn.execute(
-                f"UPDATE {db.t.barriers} SET state = $2, error = $3, updated_at = now() "
-                "WHERE id = $1 AND state = 'finishing'", barrier_id, final, error)
-
-        db.run(close)
+    @staticmethod
+    def _finished_as(runner: StepRunner, b: Any) -> str | None:
+        """How the scatter step ended if the run store has it terminal, else None."""
+        step = runner.runtime.store.get_step(b["run_id"], b["asset"], b["partition"])
+        if step is None or step.state not in _TERMINAL:
+            return None
+        if step.state == "succeeded":
+            return "succeeded"
+        return "cancelled" if step.state == "cancelled" else "failed"
 
     def _threshold_message(self, db: Database, b: Any, sc: Scatter) -> str:
         async def first(conn: Any) -> Any:

@@ -46,13 +46,20 @@ def coordinator_of(runner: StepRunner) -> CeleryScatterCoordinator:
     return coord
 
 
-def run_chunk(runner: StepRunner, msg: ChunkMessage) -> int:
-    """Run the still-queued items of one chunk message; return how many were recorded."""
+def run_chunk(runner: StepRunner, msg: ChunkMessage, owner: str | None = None) -> int:
+    """Run the still-queued items of one chunk message that no live runner holds; return
+    how many were recorded.
+
+    ``owner`` names this delivery's claim on the items (the Celery task id, which a retry
+    of the same message keeps, so the retry may run them again); a fresh one by default.
+    """
     coord = coordinator_of(runner)
     db = coord.database(runner)
     runtime = runner.runtime
+    lease = float(runtime.policies.lease_seconds)
+    me = owner or uuid.uuid4().hex
     b, rows = db.run(lambda c: barrier.load_chunk(c, db.t, msg.barrier, msg.start, msg.end,
-                                                  runtime.name))
+                                                  runtime.name, me, lease))
     if b is None:
         _rejected(runner, msg)
     if not rows:
@@ -68,21 +75,23 @@ def run_chunk(runner: StepRunner, msg: ChunkMessage) -> int:
     assert sc is not None
     deps, shared = coord.inputs(runner, a, b["run_id"], b["partition"])
     units = [list(g) for _, g in groupby(rows, key=lambda r: r.unit)]
-    starts = _rate_slots(db, b, sc, len(units))
-    lease = runtime.policies.lease_seconds
+    delay = _rate_slots(db, b, sc, len(units))
+    # the slots are measured on this process's monotonic clock from the database's answer
+    # (seconds until the first slot): no wall clock of this process is involved
+    first = time.monotonic() + delay if delay is not None else None
     touched = time.monotonic()
     results: list[Result] = []
     count = int(b["units_total"]) if b["reader_done"] and sc.batching is not None else None
     for i, unit in enumerate(units):
-        if starts is not None and (wait := starts + i / (sc.rate_per_second or 1.0)
-                                   - time.time()) > 0:
+        if first is not None and (wait := first + i / (sc.rate_per_second or 1.0)
+                                  - time.monotonic()) > 0:
             time.sleep(wait)
-        if time.monotonic() - touched > lease / 3:  # keep the sweeper off a long chunk
+        if time.monotonic() - touched > lease / 3:  # renew the claim on a long chunk
             left = [r.idx for u in units[i:] for r in u]
-            db.run(_touch(db, msg.barrier, left))
+            db.run(_touch(db, msg.barrier, left, me))
             touched = time.monotonic()
         results.extend(_run_unit(runner, a, sc, b, deps, shared, unit, count))
-    claim = db.run(lambda c: barrier.record(c, db.t, msg.barrier, sc, results))
+    claim = db.run(lambda c: barrier.record(c, db.t, msg.barrier, sc, results, lease))
     ok = sum(1 for r in results if r[1] == "succeeded")
     runtime.events.emit("scatter.progress", b["run_id"], a.name, b["partition"],
                         {"succeeded": ok, "failed": len(results) - ok, "chunk": True})
@@ -100,18 +109,22 @@ def _rejected(runner: StepRunner, msg: ChunkMessage) -> None:
 
 def _rate_slots(db: Database, b: Any, sc: Scatter, n: int) -> float | None:
     """Reserve ``n`` start slots in the barrier's shared token bucket (one statement per
-    chunk, shared by every worker); return the epoch second of the first slot."""
+    chunk, shared by every worker); return how many seconds from now the first slot is.
+
+    The bucket is kept and compared in database time only (``clock_timestamp()``); the
+    answer is a duration, so a worker whose clock is off still keeps the rate."""
     rate = sc.rate_per_second
     if rate is None:
         return None
     span = n / rate
 
     async def reserve(conn: Any) -> float:
-        nxt = await conn.fetchval(
+        row = await conn.fetchrow(
             f"UPDATE {db.t.barriers} SET rate_next = greatest(coalesce(rate_next, "
             "clock_timestamp()), clock_timestamp()) + make_interval(secs => $2) "
-            "WHERE id = $1 RETURNING extract(epoch FROM rate_next)", b["id"], span)
-        return float(nxt) - span
+            "WHERE id = $1 RETURNING extract(epoch FROM rate_next - clock_timestamp()) AS ahead",
+            b["id"], span)
+        return max(0.0, float(row["ahead"]) - span)
 
     return db.run(reserve)
 
@@ -189,7 +202,8 @@ def run_reader(runner: StepRunner, msg: ChunkMessage,
             next_index += len(page)
             done = not page
             claim = db.run(_page(db, msg.barrier, owner, sc, rows, units, checkpoint,
-                                 next_index, done, expected))
+                                 next_index, done, expected,
+                                 float(runner.runtime.policies.lease_seconds)))
             if claim is None:
                 log.warning("scatter reader of barrier %s lost its lease; stopping", msg.barrier)
                 return pages
@@ -203,21 +217,25 @@ def run_reader(runner: StepRunner, msg: ChunkMessage,
         reader.close()
 
 
-def _touch(db: Database, barrier_id: int, idx: list[int]) -> Callable[[Any], Awaitable[Any]]:
+def _touch(db: Database, barrier_id: int, idx: list[int],
+           owner: str) -> Callable[[Any], Awaitable[Any]]:
+    """Renew ``owner``'s claim on the items it has still to run (database time)."""
     async def go(conn: Any) -> Any:
         return await conn.execute(
-            f"UPDATE {db.t.items} SET queued_at = now() WHERE barrier_id = $1 AND "
-            "idx = ANY($2::bigint[]) AND state = 'queued'", barrier_id, idx)
+            f"UPDATE {db.t.items} SET claimed_at = now() WHERE barrier_id = $1 AND "
+            "idx = ANY($2::bigint[]) AND state = 'queued' AND claimed_by = $3",
+            barrier_id, idx, owner)
 
     return go
 
 
 def _page(db: Database, barrier_id: int, owner: str, sc: Scatter,
           rows: list[tuple[int, int, str, str]], units: int, checkpoint: str, next_index: int,
-          done: bool, expected: int | None) -> Callable[[Any], Awaitable[barrier.Claim | None]]:
+          done: bool, expected: int | None,
+          lease: float) -> Callable[[Any], Awaitable[barrier.Claim | None]]:
     async def go(conn: Any) -> barrier.Claim | None:
         return await barrier.append_page(conn, db.t, barrier_id, owner, sc, rows, units,
-                                         checkpoint, next_index, done, expected)
+                                         checkpoint, next_index, done, expected, lease)
 
     return go
 

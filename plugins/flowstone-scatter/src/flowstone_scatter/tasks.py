@@ -3,7 +3,8 @@
 Registered through the ``flowstone.celery_tasks`` entry point: ``flowstone_celery.make_app``
 calls :func:`register` for every installed plugin. Tasks acknowledge late and are
 idempotent; infrastructure errors are retried with backoff, and whatever is still lost
-(a SIGKILLed worker, a dropped message) is re-sent by :func:`sweep`.
+(a SIGKILLed worker, a dropped message) is re-sent by :func:`sweep`: a lost message
+within the recover interval, a dead runner's work after a lease.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from flowstone_scatter import barrier
+from flowstone_scatter.db import Database
 from flowstone_scatter.messages import (
     CHUNK_TASK,
     READ_TASK,
@@ -34,6 +36,13 @@ __all__ = ["register", "sweep"]
 
 log = logging.getLogger("flowstone.scatter")
 MAX_BACKOFF_SECONDS = 60.0
+DEFAULT_RECOVER_AFTER = 60.0
+"""Seconds a queued scatter message may go unclaimed before it counts as lost (the Celery
+settings' ``recover_after``, ``FLOWSTONE_RECOVER_AFTER``, on workers)."""
+SWEEP_LIMIT = 10_000
+"""The most items one sweep re-sends (the rest wait for the next sweep)."""
+PRUNE_LIMIT = 100
+"""The most finished barriers (with their items) one sweep deletes."""
 
 
 def _resolve(app: Any, body: object,
@@ -52,7 +61,8 @@ def _resolve(app: Any, body: object,
 
 
 def register(app: Any) -> None:
-    """Add ``flowstone.scatter_chunk``, ``flowstone.scatter_read`` and the sweep hook."""
+    """Add ``flowstone.scatter_chunk``, ``flowstone.scatter_read`` and the sweep hook
+    (with the app's ``recover_after``: how long a queued message may go unclaimed)."""
     from flowstone_scatter.items import run_chunk, run_reader
 
     def retrying(task: Task, body: object, exc: Exception) -> int:
@@ -67,13 +77,13 @@ def register(app: Any) -> None:
         raise task.retry(exc=exc, countdown=delay) from exc
 
     def add(name: str, parse: Callable[[object], ChunkMessage],
-            run: Callable[[StepRunner, ChunkMessage], int]) -> None:
+            run: Callable[[StepRunner, ChunkMessage, str | None], int]) -> None:
         def task(self: Task, body: object) -> int:
             found = _resolve(app, body, parse)
             if found is None:
                 return 0
-            try:
-                return run(*found)
+            try:  # the task id names the claim: a retry of this message keeps it
+                return run(*found, self.request.id)
             except Exception as exc:
                 return retrying(self, body, exc)
 
@@ -81,23 +91,39 @@ def register(app: Any) -> None:
                  reject_on_worker_lost=True, ignore_result=True, max_retries=None)(task)
 
     add(CHUNK_TASK, parse_chunk, run_chunk)
-    add(READ_TASK, parse_read, lambda runner, msg: run_reader(runner, msg))
+    add(READ_TASK, parse_read, lambda runner, msg, _owner: run_reader(runner, msg))
+
+    def hook(pipeline: Pipeline, now: datetime) -> int:
+        settings = getattr(app, "flowstone_settings", None)
+        after = float(getattr(settings, "recover_after", DEFAULT_RECOVER_AFTER))
+        return sweep(pipeline, now, recover_after=after)
 
     hooks = getattr(app, "sweep_hooks", None)
     if isinstance(hooks, list):
-        hooks.append(sweep)
+        hooks.append(hook)
 
 
-def sweep(pipeline: Pipeline, now: datetime) -> int:
+def sweep(pipeline: Pipeline, now: datetime, *,
+          recover_after: float = DEFAULT_RECOVER_AFTER) -> int:
     """Recover this pipeline's scatters; return how many things were re-sent or finished.
 
-    * a barrier that won ``finishing`` but whose gather never completed (its worker died);
-    * items ``queued`` for longer than the lease (their chunk's worker died, or the
-      message was lost): their chunks are sent again;
+    * a ``finishing`` barrier whose finishing claim expired or was released (its worker
+      died, or its finish failed): finished again;
+    * items ``queued`` but never claimed by a runner for ``recover_after`` seconds: their
+      message was lost (a broker flush or restart); their chunks are sent again, and
+      stamped, so each is re-sent at most once per ``recover_after``;
+    * items whose runner's claim is older than a lease: the runner died; their chunks are
+      sent again and the next runner takes the claim over;
     * a running barrier idle for a lease: the window is topped up (e.g. ``start`` never
       ran) or the barrier finished;
-    * a reader whose holder stopped beating: the reader task is sent again and resumes
-      from its checkpoint.
+    * a reader never claimed for ``recover_after`` seconds (lost message) or whose holder
+      stopped beating for a lease (dead runner): the reader task is sent again and resumes
+      from its checkpoint;
+    * barriers finished longer ago than the pipeline's retention (``route_retention``,
+      what the sweeper keeps route decisions for) are deleted with their items.
+
+    Every age is measured by the database's ``now()``; ``now`` (the sweeper's clock) is
+    not compared with stored times.
     """
     from flowstone_scatter.items import coordinator_of
 
@@ -108,24 +134,34 @@ def sweep(pipeline: Pipeline, now: datetime) -> int:
     coord = coordinator_of(runner)
     db = coord.database(runner)
     lease = float(runtime.policies.lease_seconds)
+    retention = float(runtime.policies.route_retention)
     name = runtime.name
 
     async def scan(conn: Any) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
         finishing = await conn.fetch(
             f"SELECT id FROM {db.t.barriers} WHERE pipeline = $1 AND state = 'finishing' AND "
-            "updated_at < now() - make_interval(secs => $2)", name, lease)
+            "(finisher IS NULL OR finish_expires IS NULL OR finish_expires < now())", name)
         stale = await conn.fetch(
-            f"UPDATE {db.t.items} AS i SET queued_at = now() FROM {db.t.barriers} AS b "
-            "WHERE i.barrier_id = b.id AND b.pipeline = $1 AND b.state = 'running' AND "
-            "i.state = 'queued' AND i.queued_at < now() - make_interval(secs => $2) "
-            "RETURNING i.barrier_id, i.unit, b.chunk_units", name, lease)
+            f"UPDATE {db.t.items} AS i SET queued_at = now(), claimed_at = NULL, "
+            "claimed_by = NULL FROM (SELECT s.barrier_id, s.idx, s.claimed_by IS NOT NULL AS "
+            f"died, b.chunk_units FROM {db.t.items} AS s JOIN {db.t.barriers} AS b ON "
+            "s.barrier_id = b.id WHERE b.pipeline = $1 AND b.state = 'running' AND "
+            "s.state = 'queued' AND ((s.claimed_by IS NULL AND s.queued_at < now() - "
+            "make_interval(secs => $2)) OR s.claimed_at < now() - make_interval(secs => $3)) "
+            "ORDER BY s.barrier_id, s.idx LIMIT $4 FOR UPDATE OF s SKIP LOCKED) AS v "
+            "WHERE i.barrier_id = v.barrier_id AND i.idx = v.idx "
+            "RETURNING i.barrier_id, i.unit, v.died, v.chunk_units",
+            name, recover_after, lease, SWEEP_LIMIT)
         idle = await conn.fetch(
             f"SELECT id, asset FROM {db.t.barriers} WHERE pipeline = $1 AND state = 'running' AND "
             "updated_at < now() - make_interval(secs => $2)", name, lease)
         readers = await conn.fetch(
-            f"SELECT id FROM {db.t.barriers} WHERE pipeline = $1 AND state = 'running' AND NOT "
-            "reader_done AND coalesce(reader_beat, created_at) < now() - "
-            "make_interval(secs => $2)", name, lease)
+            f"UPDATE {db.t.barriers} SET read_sent_at = now() WHERE pipeline = $1 AND "
+            "state = 'running' AND NOT reader_done AND ((reader_owner IS NULL AND "
+            "coalesce(read_sent_at, created_at) < now() - make_interval(secs => $2)) OR "
+            "(reader_owner IS NOT NULL AND reader_beat < now() - make_interval(secs => $3) AND "
+            "coalesce(read_sent_at, created_at) < now() - make_interval(secs => $3))) "
+            "RETURNING id", name, recover_after, lease)
         return finishing, stale, idle, readers
 
     finishing, stale, idle, readers = db.run(scan)
@@ -135,14 +171,23 @@ def sweep(pipeline: Pipeline, now: datetime) -> int:
         count += 1
     by_barrier: dict[int, list[int]] = defaultdict(list)
     sizes: dict[int, int] = {}
+    lost = died = 0
     for r in stale:
         by_barrier[int(r["barrier_id"])].append(int(r["unit"]))
         sizes[int(r["barrier_id"])] = int(r["chunk_units"])
+        if r["died"]:
+            died += 1
+        else:
+            lost += 1
     for bid, units in by_barrier.items():
         ranges = barrier.unit_ranges(units, sizes[bid])
         coord.send(runner, CHUNK_TASK,
                    [ChunkMessage(name, bid, s, e).to_json() for s, e in ranges])
         count += len(ranges)
+    if stale:
+        log.warning("scatter sweep of %s: re-sent %d lost items (queued, never claimed for "
+                    "%gs) and %d items of dead runners (claim older than the %gs lease)",
+                    name, lost, recover_after, died, lease)
     for r in idle:
         sc = runtime.graph[r["asset"]].scatter
         if sc is not None:
@@ -150,7 +195,32 @@ def sweep(pipeline: Pipeline, now: datetime) -> int:
     for r in readers:
         coord.send(runner, READ_TASK, [ChunkMessage(name, int(r["id"])).read_json()])
         count += 1
-    if count:
-        log.info("scatter sweep of %s: %d chunks/readers re-sent or finished", name,
-                 count)
+    pruned = prune(db, name, retention)
+    if count or pruned:
+        log.info("scatter sweep of %s: %d chunks/readers re-sent or finished, %d finished "
+                 "barriers pruned", name, count, pruned)
     return count
+
+
+def prune(db: Database, pipeline: str, retention: float, limit: int = PRUNE_LIMIT) -> int:
+    """Delete up to ``limit`` barriers of ``pipeline`` (with their items, results included)
+    that finished (``succeeded``, ``failed``, ``cancelled``) more than ``retention`` seconds
+    ago by the database's clock; return how many barriers were deleted."""
+
+    async def go(conn: Any) -> int:
+        async with conn.transaction():
+            ids = await conn.fetch(
+                f"SELECT id FROM {db.t.barriers} WHERE pipeline = $1 AND state IN "
+                "('succeeded', 'failed', 'cancelled') AND updated_at < now() - "
+                "make_interval(secs => $2) ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED",
+                pipeline, retention, limit)
+            gone = [int(r["id"]) for r in ids]
+            if not gone:
+                return 0
+            await conn.execute(f"DELETE FROM {db.t.items} WHERE barrier_id = ANY($1::bigint[])",
+                               gone)
+            await conn.execute(
+                f"DELETE FROM {db.t.barriers} WHERE id = ANY($1::bigint[])", gone)
+            return len(gone)
+
+    return db.run(go)

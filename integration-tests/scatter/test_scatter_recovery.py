@@ -1,0 +1,172 @@
+"""Scatter recovery on real Celery workers and Postgres (issue 11 §1, §7): the barrier closes
+only when the step really finished, a slow gather keeps its claim, lost broker messages are
+re-sent within the recover interval (not after a lease), finished barriers are pruned.
+
+The workers run with the Celery suite's short settings (1 s sweeps, 4 s lease, 10 s
+recover interval) unless a test says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import redis
+from celery_it import wait_for
+from conftest import ScatterCluster, load_pipeline
+
+pytestmark = pytest.mark.integration
+
+FLUSHED_REDIS = os.environ.get("FLOWSTONE_IT_REDIS_SCATTER", "redis://127.0.0.1:6379/15")
+"""A Redis database of this module's own: the lost-message test flushes it."""
+
+
+def _counter(name: str) -> int:
+    r = redis.Redis.from_url(os.environ["FLOWSTONE_BROKER_URL"])
+    return int(r.get(os.environ.get("FLOWSTONE_IT_KEYS", "fs-it:") + name) or 0)
+
+
+def _barrier(pipeline: Any, run_id: str, asset: str) -> Any:
+    db = pipeline.scatter_coordinator.database(pipeline.runner)
+    return db.run(
+        lambda c: c.fetchrow(
+            f"SELECT * FROM {db.t.barriers} WHERE run_id = $1 AND asset = $2", run_id, asset
+        )
+    )
+
+
+def test_a_completion_not_applied_leaves_the_barrier_open_until_the_step_finishes(
+    cluster: ScatterCluster,
+) -> None:
+    # The first completion of the step is not applied. Before the fix finalize closed the
+    # barrier as succeeded anyway: the gathered value was lost and the run stayed waiting.
+    cluster.start("w1", FLOWSTONE_IT_UNAPPLIED_ONCE="1")
+    pipeline = load_pipeline(cluster.queue)
+    try:
+        result = pipeline.run("gathered", partition="30-unapplied", timeout=90)
+        assert result.status == "succeeded", result.error
+        assert result.value == sum(i + 1 for i in range(30))
+        b = _barrier(pipeline, result.run_id, "gathered")
+        assert b["state"] == "succeeded" and b["finisher"] is None
+        step = pipeline.store.get_step(result.run_id, "gathered", b["partition"])
+        assert step is not None and step.state == "succeeded"
+        # the sweeper finished it again: the gather ran once per completion attempt
+        assert _counter("gather:30") == 2
+        log = cluster.log_of(cluster.procs[0][0])
+        assert "the barrier stays finishing" in log
+    finally:
+        pipeline.close()
+
+
+def test_a_gather_longer_than_the_lease_runs_once(cluster: ScatterCluster) -> None:
+    # The gather takes three 4 s leases. Before the fix the sweeper saw the finishing
+    # barrier idle for a lease and ran finalize (and the gather) a second time.
+    cluster.start("w1", FLOWSTONE_IT_GATHER_S="12")
+    cluster.start("w2", FLOWSTONE_IT_GATHER_S="12")
+    pipeline = load_pipeline(cluster.queue)
+    try:
+        result = pipeline.run("gathered", partition="40-slow-gather", timeout=180)
+        assert result.status == "succeeded", result.error
+        assert result.value == sum(i + 1 for i in range(40))
+        assert _counter("gather:40") == 1
+        assert _barrier(pipeline, result.run_id, "gathered")["state"] == "succeeded"
+    finally:
+        pipeline.close()
+
+
+def test_messages_lost_in_a_broker_flush_are_resent_within_the_recover_interval(
+    client_env: str,
+    database_url: str,
+    redis_url: str,
+    state_dir: Any,
+) -> None:
+    """The broker (a Redis database of this test's own) is flushed while a window of
+    messages waits in the queue. The lease is 300 s, the recover interval 2 s: the lost
+    items are re-sent as lost (never claimed), not as dead runners' (claim older than a
+    lease), and the scatter finishes."""
+    from flowstone_celery import CeleryExecutor, load_settings
+
+    broker = redis.Redis.from_url(FLUSHED_REDIS)
+    try:
+        broker.ping()
+    except Exception as exc:  # the same rule as the suite's other services
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis {FLUSHED_REDIS} is not reachable: {exc}")
+        pytest.skip(f"Redis {FLUSHED_REDIS} is not reachable: {exc}")
+    cluster = ScatterCluster(
+        FLUSHED_REDIS, f"fs-it-scatter-lost-{os.getpid()}", database_url, state_dir
+    )
+    pipeline = load_pipeline(cluster.queue)
+    pipeline.use_executor(
+        CeleryExecutor(load_settings(broker_url=FLUSHED_REDIS, queue=cluster.queue))
+    )
+    try:
+        proc = cluster.start(
+            "w1",
+            concurrency=1,
+            FLOWSTONE_LEASE_SECONDS="300",
+            FLOWSTONE_RECOVER_AFTER="2",
+            FLOWSTONE_PREFETCH="1",
+            FLOWSTONE_IT_COUNTS=redis_url,
+        )
+        started = pipeline.run("slow_items", partition="200-lost", wait=False)
+        run_id = started.run_id
+        # one chunk of 2 items runs, a few are prefetched, the rest of the window's 20
+        # messages wait in the broker's queue: flush them away
+        wait_for(lambda: _counter(f"exec:{run_id}") >= 5, timeout=120, what="items to start")
+        broker.flushdb()
+        result = pipeline.wait(run_id, timeout=120)[0]  # the lease is 300 s
+        assert result.status == "succeeded", result.error
+        assert result.value == [i * 3 for i in range(200)]
+        log = cluster.log_of(proc)
+        resent = [line for line in log.splitlines() if "lost items (queued, never claimed" in line]
+        assert resent, log[-3000:]
+        assert all(" and 0 items of dead runners" in line for line in resent)
+        b = _barrier(pipeline, run_id, "slow_items")
+        assert (b["state"], b["succeeded"], b["failed"]) == ("succeeded", 200, 0)
+    finally:
+        pipeline.close()
+        cluster.stop_all()
+        broker.flushdb()
+
+
+def test_barriers_finished_longer_ago_than_the_retention_are_pruned(
+    cluster: ScatterCluster,
+) -> None:
+    from flowstone_scatter.tasks import prune
+
+    cluster.start("w1")
+    pipeline = load_pipeline(cluster.queue)
+    try:
+        old = pipeline.run("squares", partition="20-prune-old", timeout=120)
+        new = pipeline.run("squares", partition="20-prune-new", timeout=120)
+        assert old.status == new.status == "succeeded"
+        db = pipeline.scatter_coordinator.database(pipeline.runner)
+        aged = _barrier(pipeline, old.run_id, "squares")["id"]
+        kept = _barrier(pipeline, new.run_id, "squares")["id"]
+        # the old barrier finished 31 days ago (database time): past the 30-day retention
+        db.run(
+            lambda c: c.execute(
+                f"UPDATE {db.t.barriers} SET updated_at = now() - interval '31 days' WHERE id = $1",
+                aged,
+            )
+        )
+        retention = pipeline.runner.runtime.policies.route_retention
+        assert prune(db, pipeline.name, retention) == 1
+
+        def count(bid: int) -> tuple[int, int]:
+            async def go(conn: Any) -> tuple[int, int]:
+                b = await conn.fetchval(f"SELECT count(*) FROM {db.t.barriers} WHERE id = $1", bid)
+                i = await conn.fetchval(
+                    f"SELECT count(*) FROM {db.t.items} WHERE barrier_id = $1", bid
+                )
+                return int(b), int(i)
+
+            return db.run(go)
+
+        assert count(aged) == (0, 0)  # the barrier and its 20 items (and results) are gone
+        assert count(kept) == (1, 20)
+        assert prune(db, pipeline.name, retention) == 0
+    finally:
+        pipeline.close()
