@@ -170,3 +170,36 @@ def test_barriers_finished_longer_ago_than_the_retention_are_pruned(
         assert prune(db, pipeline.name, retention) == 0
     finally:
         pipeline.close()
+
+
+def test_a_barrier_whose_wait_is_gone_is_closed_as_failed_not_retried_forever(
+    cluster: ScatterCluster,
+) -> None:
+    """A finishing barrier whose step's deferred wait does not exist (pruned, or never
+    made) cannot complete: it is closed as failed with the reason, instead of being
+    released to the next sweep (which would run the gather again every sweep)."""
+    import uuid
+
+    from flowstone_scatter import barrier, finish
+
+    pipeline = load_pipeline(cluster.queue)
+    db = pipeline.scatter_coordinator.database(pipeline.runner)
+    bid, _ = db.run(
+        lambda c: barrier.create(
+            c, db.t, pipeline=pipeline.name, run_id=f"run-{uuid.uuid4().hex[:12]}",
+            asset="gathered", partition="", token=uuid.uuid4().hex, rows=[], units_total=0,
+            max_concurrent=1, chunk_units=1, reader_done=True, expected_total=0,
+        )
+    )  # fmt: skip
+    try:
+        db.run(lambda c: c.execute(
+            f"UPDATE {db.t.barriers} SET state = 'finishing', outcome = 'gather' "
+            "WHERE id = $1", bid))  # fmt: skip
+        pipeline.scatter_coordinator.finalize(pipeline.runner, bid)
+        b = db.run(lambda c: c.fetchrow(f"SELECT * FROM {db.t.barriers} WHERE id = $1", bid))
+        assert b["state"] == "failed" and b["finisher"] is None
+        assert "unknown deferred-step token" in b["error"]
+        assert finish.claim(db, bid, "someone", 10.0) is None  # nothing left to finish
+    finally:
+        db.run(lambda c: c.execute(f"DELETE FROM {db.t.barriers} WHERE id = $1", bid))
+        pipeline.close()

@@ -32,7 +32,7 @@ from flowstone.engine import (
     item_key,
     resolve_inputs,
 )
-from flowstone.errors import UsageError
+from flowstone.errors import SignalError, UsageError
 from flowstone.partitions import decode_partition
 from flowstone.scatter import Deferred, Scatter, ScatterCounts
 from flowstone_celery import CeleryExecutor
@@ -324,7 +324,12 @@ class CeleryScatterCoordinator:
                                 "over while this one gathered; leaving it to that one",
                                 barrier_id, a.name)
                     return
-                _, applied = complete_deferred(runner, b["token"], value=value, error=error)
+                gone: str | None = None
+                try:
+                    _, applied = complete_deferred(runner, b["token"], value=value,
+                                                   error=error)
+                except SignalError as exc:  # the step's deferred wait no longer exists
+                    applied, gone = False, str(exc)
         except BaseException:
             with contextlib.suppress(Exception):
                 finish.release(db, barrier_id, me)  # the next sweep finishes it
@@ -332,6 +337,13 @@ class CeleryScatterCoordinator:
         final: str | None = "failed" if error is not None else "succeeded"
         if not applied:
             final = self._finished_as(runner, b)
+        if final is None and gone is not None:
+            # retrying cannot help (and would run the gather again every sweep)
+            log.error("scatter barrier %d of %s [%s] in run %s cannot complete its step: %s; "
+                      "closing the barrier as failed", barrier_id, a.name, b["partition"],
+                      b["run_id"], gone)
+            finish.close(db, barrier_id, me, "failed", f"cannot complete the step: {gone}")
+            return
         if final is None:
             log.warning(
                 "scatter barrier %d of %s [%s] in run %s: the step did not finish (its deferred "
