@@ -1,4 +1,4 @@
-"""In-process orchestration overhead: FlowStone vs Dagster on the same 500-asset DAG.
+"""In-process orchestration overhead: FlowStone vs Dagster and Prefect on the same 500-asset DAG.
 
 The DAG is ``layers`` x ``width`` trivial assets (default 50 x 10 = 500). Every asset after
 the first layer reads 1-3 assets of the layer before it (chosen by a seeded RNG, so both
@@ -6,7 +6,7 @@ tools see exactly the same graph) and returns ``sum(inputs) + 1``. The work per 
 nanoseconds, so the wall time of a full run is the orchestrator's own overhead:
 planning, state recording, storing and loading every value.
 
-Both tools store every value and record every run durably on local disk:
+Every tool records every run on local disk (Dagster: every value):
 
 * FlowStone: SQLite run store + filesystem IO manager (the embedded defaults), in a
   temporary directory; each measured run is ``pipeline.run(force=True)`` of every asset.
@@ -14,15 +14,23 @@ Both tools store every value and record every run durably on local disk:
   ``DagsterInstance.ephemeral()`` whose default IO manager pickles every value to its
   temporary storage directory (its run and event storage stay in memory, which favours
   Dagster).
+* Prefect 3: every asset a task of one flow, in Prefect's default local setup (its
+  temporary local server with a SQLite database, under a temporary ``PREFECT_HOME``),
+  results neither persisted nor cached (values stay in memory, which favours Prefect);
+  see :func:`prefect_runner`.
 
-Each side gets one warm-up run, then ``--repeat`` measured runs, interleaved (FlowStone,
-Dagster, FlowStone, ...) so load from elsewhere hits both; medians of the wall time, less
-the time the plain function calls take, divided by the asset count are reported (CPU time
-of the process is printed alongside).
+Each side gets one warm-up run, then ``--repeat`` measured rounds running every tool once,
+each round starting with another tool, so load from elsewhere hits all; medians of the
+wall time, less the time the plain function calls take, divided by the asset count are
+reported (CPU time of this process is printed alongside; Prefect's temporary server is
+another process, so its CPU is not in Prefect's figure).
 The last line printed is one JSON object, e.g.::
 
     {"bench": "inprocess", "assets": 500, "flowstone_us_per_asset": 3239.2,
-     "dagster_us_per_asset": 70931.8, "ratio": 21.9}
+     "dagster_us_per_asset": 70931.8, "ratio": 21.9, ...}
+
+with ``prefect_us_per_asset``, ``ratio_vs_prefect`` (Prefect's overhead / FlowStone's) and
+``prefect`` (version, mode) after ``ratio``; a peer that is not installed gets ``null``.
 
 Usage::
 
@@ -155,6 +163,60 @@ def dagster_runner(nodes: list[Node], tmp: Path) -> tuple[Callable[[], None], Ca
     return run, last_value
 
 
+# --- Prefect ---------------------------------------------------------------------------
+def prefect_runner(nodes: list[Node], home: Path, mode: str = "call",
+                   ) -> tuple[Callable[[], None], Callable[[], Any], Callable[[], None]]:
+    """(run once, read the last asset's value, stop) for Prefect 3, or raise ImportError.
+
+    Prefect's default local setup: no API URL configured, so the first flow run starts
+    Prefect's temporary local server (a uvicorn subprocess on 127.0.0.1 with a SQLite
+    database under ``PREFECT_HOME``, here a temporary directory). ``stop`` ends that server.
+    Every asset is a task of one flow; tasks do not persist results and do not cache
+    (``persist_result=False``, ``cache_policy=NO_CACHE``: Prefect's documented way to skip
+    result storage and cache-key hashing). ``mode`` ``submit``: every task ``.submit()``-ed to
+    the flow's ``ThreadPoolTaskRunner`` with its dependencies' futures as arguments (Prefect
+    resolves them); ``call``: tasks called directly in dependency order.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    # settings are read when prefect is imported: set them first
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+    from prefect.futures import wait
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    tasks = {n.name: task(make_function(n), cache_policy=NO_CACHE, persist_result=False)
+             for n in nodes}
+    last = nodes[-1].name
+    holder: dict[str, Any] = {}
+
+    @flow(name="bench_inprocess", task_runner=ThreadPoolTaskRunner(), persist_result=False)
+    def dag() -> Any:
+        if mode == "call":
+            values: dict[str, Any] = {}
+            for n in nodes:
+                values[n.name] = tasks[n.name](**{d: values[d] for d in n.deps})
+            return values[last]
+        futures: dict[str, Any] = {}
+        for n in nodes:
+            futures[n.name] = tasks[n.name].submit(**{d: futures[d] for d in n.deps})
+        wait(list(futures.values()))
+        return futures[last].result()
+
+    def run() -> None:
+        holder["value"] = dag()
+
+    def stop() -> None:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        for server in list(SubprocessASGIServer._instances.values()):
+            server.stop()
+
+    return run, lambda: holder["value"], stop
+
+
 # --- measuring -------------------------------------------------------------------------
 @dataclass(slots=True)
 class Samples:
@@ -171,16 +233,19 @@ class Samples:
 
 
 def measure(runners: dict[str, Callable[[], None]], repeat: int) -> dict[str, Samples]:
-    """One warm-up each, then ``repeat`` rounds running every tool once per round.
+    """One warm-up each, then ``repeat`` rounds running every tool once per round, each
+    round starting with the next tool.
 
     Interleaving keeps the comparison fair on a shared machine: a burst of load from
-    elsewhere hits both tools instead of whichever happened to be running.
+    elsewhere hits every tool instead of whichever happened to be running.
     """
     for run in runners.values():
         run()  # warm-up: imports, caches, first-run schema work
     samples = {name: Samples([], []) for name in runners}
-    for _ in range(repeat):
-        for name, run in runners.items():
+    order = list(runners.items())
+    for round_no in range(repeat):
+        shift = round_no % len(order)
+        for name, run in order[shift:] + order[:shift]:
             wall, cpu = time.perf_counter(), time.process_time()
             run()
             samples[name].wall.append(time.perf_counter() - wall)
@@ -233,13 +298,26 @@ def profile_flowstone(nodes: list[Node], home: Path, top: int) -> str:
     return out.getvalue()
 
 
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--layers", type=int, default=50)
     parser.add_argument("--width", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=5, help="measured runs per tool")
     parser.add_argument("--quick", action="store_true", help="CI smoke: 1 measured run each")
-    parser.add_argument("--no-dagster", action="store_true", help="measure FlowStone only")
+    parser.add_argument("--no-dagster", action="store_true", help="skip Dagster")
+    parser.add_argument("--no-prefect", action="store_true", help="skip Prefect")
+    parser.add_argument("--prefect-mode", choices=("call", "submit"), default="call",
+                        help="Prefect tasks called in dependency order (call, its faster form "
+                             "here) or submitted to the thread-pool task runner with futures")
     parser.add_argument("--profile", action="store_true",
                         help="print a cProfile of one FlowStone run")
     parser.add_argument("--profile-top", type=int, default=40, help="functions to list")
@@ -271,28 +349,48 @@ def main(argv: list[str] | None = None) -> int:
                 runners["dagster"], dagster_last = dagster_runner(nodes, root / "dagster")
             except ImportError:
                 print("dagster: not installed; skipping it (pip install dagster to compare)")
+        prefect_last: Callable[[], Any] | None = None
+        prefect_stop: Callable[[], None] = lambda: None  # noqa: E731
+        if args.no_prefect:
+            print("prefect: skipped (--no-prefect)")
+        else:
+            try:
+                runners["prefect"], prefect_last, prefect_stop = prefect_runner(
+                    nodes, root / "prefect-home", args.prefect_mode)
+            except ImportError:
+                print("prefect: not installed; skipping it (pip install prefect to compare)")
         try:
             samples = measure(runners, repeat)
             check_flowstone(pipeline, expected)
         finally:
             pipeline.close()
+            prefect_stop()  # its temporary server: no process outlives the benchmark
         last = nodes[-1].name
         if dagster_last is not None and dagster_last() != expected[last]:
             raise SystemExit(f"Dagster computed {last}={dagster_last()}, expected {expected[last]}")
+        if prefect_last is not None and prefect_last() != expected[last]:
+            raise SystemExit(f"Prefect computed {last}={prefect_last()}, expected {expected[last]}")
         for name, got in samples.items():
             print(got.line(name + ":", baseline, n))
         fs_us = us_per_asset(samples["flowstone"].wall, baseline, n)
         dg_us = us_per_asset(samples["dagster"].wall, baseline, n) if "dagster" in samples else None
+        pf_us = us_per_asset(samples["prefect"].wall, baseline, n) if "prefect" in samples else None
         if args.profile:
             print(profile_flowstone(nodes, root / "flowstone-profile", args.profile_top))
 
-    ratio = round(dg_us / fs_us, 1) if dg_us is not None and fs_us > 0 else None
+    def ratio(peer_us: float | None) -> float | None:
+        return round(peer_us / fs_us, 1) if peer_us is not None and fs_us > 0 else None
+
     print(json.dumps({
         "bench": "inprocess",
         "assets": n,
         "flowstone_us_per_asset": fs_us,
         "dagster_us_per_asset": dg_us,
-        "ratio": ratio,
+        "ratio": ratio(dg_us),  # Dagster's overhead / FlowStone's
+        "prefect_us_per_asset": pf_us,
+        "ratio_vs_prefect": ratio(pf_us),
+        "prefect": {"version": _version("prefect"), "mode": args.prefect_mode}
+        if pf_us is not None else None,
     }))
     return 0
 
