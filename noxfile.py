@@ -287,7 +287,7 @@ def docs(session: nox.Session) -> None:
 # their versions and configuration are recorded in docs/performance.md ("Peers").
 BENCH_PEERS = [
     "dagster>=1.8",  # bench/inprocess.py
-    "prefect>=3.4,<4",  # bench/inprocess.py, in-process with a temporary PREFECT_HOME
+    "prefect>=3.9,<4",  # bench/inprocess.py, in-process with a temporary PREFECT_HOME
     "dbos>=3.4,<4",  # bench/celery_runtime.py and bench/parallel.py, queues on the same Postgres
 ]
 
