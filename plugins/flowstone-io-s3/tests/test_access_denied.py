@@ -28,6 +28,8 @@ from flowstone.protocols import StorageKey
 from flowstone.sensors import SensorContext
 from flowstone_io_s3 import S3ArrivalSensor, S3IOManager, S3ItemReader
 
+from .conftest import _free_port
+
 
 def _context() -> SensorContext:
     return SensorContext("p", "arrivals", datetime(2024, 1, 1, tzinfo=UTC), cursor=None)
@@ -47,12 +49,6 @@ class Enforcing(NamedTuple):
     bucket: str
     clients: dict[str, Any]
     stored: str  # the location of a value stored before the policies applied
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
