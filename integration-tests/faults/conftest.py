@@ -48,6 +48,16 @@ _celery_conftest.REDIS = REDIS  # its redis_url fixture checks (and yields) the 
 redis_url = _celery_conftest.redis_url
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _audit_connection() -> Iterator[None]:
+    """This process writes audit rows too (``on_signal`` and the approval hook run in the
+    client that signals or approves); its connection is closed at the end."""
+    yield
+    from fault_dag import AUDIT
+
+    AUDIT.close()
+
+
 @pytest.fixture(scope="module")
 def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh database for this test module: FlowStone's schema plus the audit table."""

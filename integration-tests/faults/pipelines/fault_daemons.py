@@ -47,4 +47,14 @@ def make_pipeline() -> fs.Pipeline:
                        sensors=[five_keys])
 
 
-pipeline = make_pipeline()
+_built: list[fs.Pipeline] = []
+
+
+def __getattr__(name: str) -> Any:
+    """``pipeline``, built on first use: workers load it by its spec, while tests build
+    their own with :func:`make_pipeline` (so importing this module opens nothing)."""
+    if name == "pipeline":
+        if not _built:
+            _built.append(make_pipeline())
+        return _built[0]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -129,6 +129,20 @@ class _Audit:
             eid, run_id, asset, partition, kind, attempt, item, os.getpid())
         return eid
 
+    def close(self) -> None:
+        """Close this process's audit connection and stop its loop (if it has one)."""
+        with self._lock:
+            loop, self._loop, self._pid = self._loop, None, -1
+            if loop is None:
+                return
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                asyncio.run_coroutine_threadsafe(conn.close(timeout=5), loop).result()
+            loop.call_soon_threadsafe(loop.stop)
+            while loop.is_running():
+                time.sleep(0.01)
+            loop.close()
+
     def terminate_all(self) -> int:
         return int(self._call(TERMINATE_SQL) or 0)
 
@@ -344,7 +358,17 @@ def make_pipeline() -> fs.Pipeline:
     return fs.Pipeline("faults_dag", ASSETS, observers=[Traps()])
 
 
-pipeline = make_pipeline()
+_built: list[fs.Pipeline] = []
+
+
+def __getattr__(name: str) -> Any:
+    """``pipeline``, built on first use: workers load it by its spec, while tests build
+    their own with :func:`make_pipeline` (so importing this module opens nothing)."""
+    if name == "pipeline":
+        if not _built:
+            _built.append(make_pipeline())
+        return _built[0]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 if os.environ.get("FLOWSTONE_FAULTS_DUPLICATE"):
     from faults_it import publish_twice  # the suite's directory is on PYTHONPATH
