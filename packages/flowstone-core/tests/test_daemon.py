@@ -20,7 +20,8 @@ import flowstone as fs
 from flowstone.daemon import Daemon, install_signal_handlers
 from flowstone.defaults.memory_store import MemoryRunStore
 from flowstone.defaults.sqlite_store import SQLiteRunStore
-from flowstone.errors import DefinitionError, UsageError
+from flowstone.errors import DefinitionError, StorageError, UsageError
+from flowstone.records import RunRecord, StepSpec
 from flowstone.schedules import Schedule, previous_day, previous_hour
 from flowstone.sensors import RunRequest, Sensor, SensorContext, SensorResult
 
@@ -41,18 +42,30 @@ class FakePipeline:
     lock: threading.Lock = field(default_factory=threading.Lock)
     expire_calls: list[datetime] = field(default_factory=list)
     expire_error: Exception | None = None
+    store_down: int = 0  # this many run starts fail on the store before the run exists
 
     def run(
         self, targets: str | Sequence[str], *, partition: Any = None, tags: Any = None,
-        force: bool = False,
+        force: bool = False, run_id: str | None = None,
     ) -> Any:
-        with self.lock:
-            self.calls.append((targets, partition, dict(tags or {})))
-            run_id = f"run-{len(self.calls)}"
+        if self.store_down > 0:
+            self.store_down -= 1
+            raise StorageError("could not connect to the database (connection refused)")
         if targets in self.raising:
+            with self.lock:
+                self.calls.append((targets, partition, dict(tags or {})))
             raise RuntimeError(f"cannot start {targets}")
         status = "failed" if targets in self.failing else "succeeded"
-        return SimpleNamespace(run_id=run_id, status=status)
+        if run_id is not None:  # like a real pipeline: the store creates each run id once
+            now = datetime.now(UTC)
+            self.store.create_run(
+                RunRecord(run_id, self.name, (str(targets),), "", status, now, now),
+                [StepSpec(str(targets) if isinstance(targets, str) else "t", "")],
+            )  # raises StorageError for a run id that exists
+        with self.lock:
+            self.calls.append((targets, partition, dict(tags or {})))
+            run_id = run_id or f"run-{len(self.calls)}"
+        return SimpleNamespace(run_id=f"run-{len(self.calls)}", status=status)
 
     def expire_due(self, now: datetime) -> int:
         self.expire_calls.append(now)
@@ -175,6 +188,22 @@ class TestSchedules:
         # The raising tick is not retried: it was claimed before the run was started.
         assert daemon.tick(at(hours=1, minutes=1)).errors == ()
 
+    def test_a_tick_whose_start_failed_on_the_store_fires_later_once(self) -> None:
+        """The tick's claim used to be taken before the run started: a store error at the
+        start lost the tick for good. Now the run id is derived from the tick, so the
+        retry (the next daemon tick) creates the run once."""
+        pipeline = FakePipeline("p", MemoryRunStore(), schedules=(hourly(),), store_down=1)
+        daemon = Daemon([pipeline])
+        daemon.tick(at())
+        failed = daemon.tick(at(hours=1))
+        assert failed.fired == () and "connection refused" in failed.errors[0].error
+        retried = daemon.tick(at(hours=1, minutes=1))
+        assert [f.key for f in retried.fired] == ["2024-01-01T01:00:00+00:00"]
+        assert daemon.tick(at(hours=1, minutes=2)).fired == ()
+        assert len(pipeline.calls) == 1
+        # the next hour's tick is not held back by it
+        assert [f.key for f in daemon.tick(at(hours=2)).fired] == ["2024-01-01T02:00:00+00:00"]
+
     def test_partition_function_error_is_reported(self) -> None:
         def broken(tick: datetime) -> str:
             raise ValueError("no partition")
@@ -248,6 +277,23 @@ class TestSensors:
         report = Daemon([restarted]).tick(at(minutes=1))
         assert seen == [None, "2024-01-01.csv"]
         assert [f.key for f in report.fired] == ["2024-01-02.csv"]
+
+    def test_a_run_key_whose_start_failed_on_the_store_is_requested_again(self) -> None:
+        seen: list[str | None] = []
+
+        def files(context: SensorContext) -> list[str]:
+            seen.append(context.cursor)
+            return ["orders-1.csv"]
+
+        sensor = listing_sensor(files, cursor=True)
+        pipeline = FakePipeline("p", MemoryRunStore(), sensors=(sensor,), store_down=1)
+        daemon = Daemon([pipeline])
+        first = daemon.tick(at())
+        assert first.fired == () and len(first.errors) == 1
+        second = daemon.tick(at(minutes=5))
+        assert [f.key for f in second.fired] == ["orders-1.csv"]
+        assert seen[0] == seen[1]  # the cursor was not moved past the failed request
+        assert daemon.tick(at(minutes=10)).fired == () and len(pipeline.calls) == 1
 
     def test_raising_sensor_is_reported_keeps_its_cursor_and_others_run(self) -> None:
         calls = {"n": 0}
@@ -465,6 +511,12 @@ class TestTwoDaemons:
             def claim_tick(self, name: str, tick: str) -> bool:
                 self._maybe_interleave("claim_tick")
                 return shared.claim_tick(name, tick)
+
+            def get_run(self, run_id: str) -> Any:
+                return shared.get_run(run_id)
+
+            def create_run(self, run: Any, steps: Any) -> Any:
+                return shared.create_run(run, steps)
 
         store_a = Interleaving()
         a = FakePipeline("p", store_a, schedules=(schedule,))

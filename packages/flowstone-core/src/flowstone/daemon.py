@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import signal
@@ -26,7 +27,8 @@ from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Literal, Protocol
 
-from flowstone.errors import DefinitionError, UsageError
+from flowstone.engine.runner import is_infrastructure
+from flowstone.errors import DefinitionError, StorageError, UsageError
 from flowstone.partitions import PartitionKey
 from flowstone.run_store import TicksAndCursors
 from flowstone.schedules import Schedule
@@ -48,9 +50,11 @@ _log = logging.getLogger(__name__)
 Source = Literal["schedule", "sensor", "expire", "prune", "recover"]
 
 
-TickStore = TicksAndCursors
-"""The role of :class:`~flowstone.protocols.RunStore` the daemon uses
-(:class:`~flowstone.protocols.TicksAndCursors`: cursors and ticks)."""
+class TickStore(TicksAndCursors, Protocol):
+    """The roles of :class:`~flowstone.protocols.RunStore` the daemon uses: cursors and
+    ticks (:class:`~flowstone.protocols.TicksAndCursors`), and whether a run exists."""
+
+    def get_run(self, run_id: str) -> object | None: ...
 
 
 class PipelineLike(Protocol):
@@ -76,6 +80,7 @@ class PipelineLike(Protocol):
         partition: PartitionKey | None = None,
         tags: dict[str, str] | None = None,
         force: bool = False,
+        run_id: str | None = None,
     ) -> object:
         """Start a run (in-process: run it to completion or until it waits)."""
         ...
@@ -205,6 +210,20 @@ class _Scope:
     def error(self, key: str | None, exc: object) -> None:
         self.out.error(self.pipeline.name, self.source, self.name, key, exc)
 
+    def claim(self, claim_name: str, key: str) -> str | None:
+        """The run id of firing ``key`` now, or None if it already fired.
+
+        The run id is derived from the tick (or run key), so creating the run is the
+        exactly-once point: two daemons firing it at once, or a retry of a fire whose
+        start failed, create it once. ``claim_tick`` is the fast path; a claimed key whose
+        run does not exist (its start failed on an infrastructure error) is fired again.
+        """
+        run_id = fire_run_id(self.pipeline.name, claim_name, key)
+        store = self.pipeline.store
+        if not store.claim_tick(claim_name, key) and store.get_run(run_id) is not None:
+            return None
+        return run_id
+
     def fire(
         self,
         key: str,
@@ -212,15 +231,27 @@ class _Scope:
         partition: PartitionKey | None,
         tags: dict[str, str],
         *,
+        run_id: str,
         force: bool = False,
-    ) -> None:
+    ) -> bool:
+        """Start the run; False if it must be tried again (the store failed before the run
+        existed). An error that would fail again (a bad partition, say) is reported and
+        not retried."""
         target = targets[0] if len(targets) == 1 else targets
         try:
-            result = self.pipeline.run(target, partition=partition, tags=tags, force=force)
+            result = self.pipeline.run(
+                target, partition=partition, tags=tags, force=force, run_id=run_id
+            )
+        except StorageError as exc:
+            if self.pipeline.store.get_run(run_id) is None:
+                self.error(key, exc)
+                return not is_infrastructure(exc)  # retried unless the input was at fault
+            self.skip(key, "already fired (its run exists)")  # another daemon, or a retry
+            return True
         except Exception as exc:
             self.error(key, exc)
-            return
-        run_id, status = getattr(result, "run_id", None), getattr(result, "status", None)
+            return True
+        started, status = getattr(result, "run_id", None), getattr(result, "status", None)
         fired = FiredRun(
             self.pipeline.name,
             self.source,
@@ -228,7 +259,7 @@ class _Scope:
             key,
             targets,
             partition,
-            None if run_id is None else str(run_id),
+            None if started is None else str(started),
             None if status is None else str(status),
         )
         _log.info(
@@ -241,6 +272,7 @@ class _Scope:
             fired.status,
         )
         self.out.fired.append(fired)
+        return True
 
 
 class Daemon:
@@ -377,11 +409,15 @@ class Daemon:
             except Exception as exc:
                 scope.error(tick_key, exc)
                 continue
-            if not store.claim_tick(key, tick_key):
+            run_id = scope.claim(key, tick_key)
+            if run_id is None:
                 scope.skip(tick_key, "already fired (claimed by another daemon)")
                 continue
             tags = {**(schedule.tags or {}), "schedule": schedule.name, "tick": tick_key}
-            scope.fire(tick_key, schedule.targets, partition, tags)
+            if not scope.fire(tick_key, schedule.targets, partition, tags, run_id=run_id):
+                # the store failed before the run existed: this tick fires on a later tick
+                _advance(store, key, tick - timedelta(microseconds=1))
+                return
         _advance(store, key, now)
 
     # --- sensors -------------------------------------------------------------------------
@@ -415,12 +451,19 @@ class Daemon:
                     "no target; give Sensor(target=...) or RunRequest(targets=[...])",
                 )
                 continue
-            if not store.claim_tick(key, request.run_key):
+            run_id = scope.claim(key, request.run_key)
+            if run_id is None:
                 scope.skip(request.run_key, "run key already fired")
                 continue
             tags = {**(sensor.tags or {}), **(request.tags or {})}
             tags.update(sensor=sensor.name, run_key=request.run_key)
-            scope.fire(request.run_key, targets, request.partition, tags, force=request.force)
+            if not scope.fire(
+                request.run_key, targets, request.partition, tags,
+                run_id=run_id, force=request.force,
+            ):  # fmt: skip
+                # the store failed before the run existed: keep the old cursor, so the next
+                # evaluation asks for this run key again (the others are de-duplicated)
+                return
         if result.cursor is not None and result.cursor != cursor:
             saved = _encode_sensor_state(result.cursor, now)
             if not store.set_cursor(key, saved, expected=claimed):
@@ -430,6 +473,13 @@ class Daemon:
                     f"{result.cursor!r} was not saved (requests are de-duplicated by run "
                     "key, so the next evaluation is safe)",
                 )
+
+
+def fire_run_id(pipeline: str, claim_name: str, key: str) -> str:
+    """The id of the run a schedule tick or sensor run key starts: derived from them, so
+    the run store's unique run ids make the start exactly-once."""
+    digest = hashlib.sha256(f"{pipeline}\x00{claim_name}\x00{key}".encode()).hexdigest()
+    return f"fire-{digest[:40]}"
 
 
 def _advance(store: TickStore, key: str, now: datetime) -> None:

@@ -74,8 +74,10 @@ class _NonWaiting:
         return self._p.sensors
 
     def run(self, targets: str | Sequence[str], /, *, partition: Any = None,
-            tags: dict[str, str] | None = None, force: bool = False) -> object:
-        return self._p.run(targets, partition, tags=tags, force=force, wait=False)
+            tags: dict[str, str] | None = None, force: bool = False,
+            run_id: str | None = None) -> object:
+        return self._p.run(targets, partition, tags=tags, force=force, wait=False,
+                           run_id=run_id)
 
     def expire_due(self, now: datetime | None = None) -> int:
         return int(self._p.expire_due(now))
