@@ -9,6 +9,7 @@ recover interval) unless a test says otherwise.
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -201,5 +202,62 @@ def test_a_barrier_whose_wait_is_gone_is_closed_as_failed_not_retried_forever(
         assert "unknown deferred-step token" in b["error"]
         assert finish.claim(db, bid, "someone", 10.0) is None  # nothing left to finish
     finally:
+        db.run(lambda c: c.execute(f"DELETE FROM {db.t.barriers} WHERE id = $1", bid))
+        pipeline.close()
+
+
+def test_lost_items_are_resent_with_backoff_and_a_claim_resets_it(
+    cluster: ScatterCluster,
+) -> None:
+    """Items queued and never claimed are re-sent after the recover interval, then after
+    twice that, and so on (a window waiting in a backlogged queue is not re-sent every
+    interval); a claim resets the count. Ages are set in the database, nothing waits."""
+    import uuid
+
+    from flowstone_scatter import barrier
+    from flowstone_scatter.tasks import sweep
+
+    pipeline = load_pipeline(cluster.queue)
+    db = pipeline.scatter_coordinator.database(pipeline.runner)
+    rows = [(i, i, str(i), str(i)) for i in range(2)]
+    bid, _ = db.run(
+        lambda c: barrier.create(
+            c, db.t, pipeline=pipeline.name, run_id=f"run-{uuid.uuid4().hex[:12]}",
+            asset="counted", partition="", token=uuid.uuid4().hex, rows=rows, units_total=2,
+            max_concurrent=2, chunk_units=2, reader_done=True, expected_total=2,
+        )
+    )  # fmt: skip
+
+    def age(seconds: float) -> None:  # the items were (re-)sent that long ago, unclaimed
+        db.run(lambda c: c.execute(
+            f"UPDATE {db.t.items} SET state = 'queued', queued_at = now() - "
+            "make_interval(secs => $2) WHERE barrier_id = $1", bid, seconds))  # fmt: skip
+
+    def resends() -> list[int]:
+        sql = f"SELECT resends FROM {db.t.items} WHERE barrier_id = $1 ORDER BY idx"
+        got = db.run(lambda c: c.fetch(sql, bid))
+        return [int(r["resends"]) for r in got]
+
+    def swept() -> None:
+        sweep(pipeline, datetime.now(UTC), recover_after=10.0)
+
+    try:
+        db.run(lambda c: c.execute(
+            f"UPDATE {db.t.barriers} SET next_unit = 2, inflight = 2, updated_at = now() "
+            "WHERE id = $1", bid))  # fmt: skip
+        age(15)
+        swept()
+        assert resends() == [1, 1]  # lost for 15 s > 10 s: re-sent
+        age(15)
+        swept()
+        assert resends() == [1, 1]  # 15 s < 20 s: the second re-send waits twice as long
+        age(25)
+        swept()
+        assert resends() == [2, 2]
+        lease = float(pipeline.runner.runtime.policies.lease_seconds)
+        db.run(lambda c: barrier.load_chunk(c, db.t, bid, 0, 2, pipeline.name, "r", lease))
+        assert resends() == [0, 0]  # claimed: the count starts again
+    finally:
+        db.run(lambda c: c.execute(f"DELETE FROM {db.t.items} WHERE barrier_id = $1", bid))
         db.run(lambda c: c.execute(f"DELETE FROM {db.t.barriers} WHERE id = $1", bid))
         pipeline.close()

@@ -220,7 +220,7 @@ async def decide(conn: asyncpg.Connection, t: Tables, b: Any, sc: Scatter, lease
         return Claim()
     units = await conn.fetch(
         f"UPDATE {t.items} SET state = 'queued', queued_at = now(), claimed_at = NULL, "
-        "claimed_by = NULL WHERE barrier_id = $1 "
+        "claimed_by = NULL, resends = 0 WHERE barrier_id = $1 "
         "AND unit >= $2 AND unit < $3 AND state = 'pending' RETURNING unit", bid, start, end,
     )
     claimed = {int(r["unit"]) for r in units}
@@ -254,7 +254,8 @@ async def load_chunk(
     if b is None or b["state"] != "running":
         return b, []
     rows = await conn.fetch(
-        f"UPDATE {t.items} SET claimed_at = now(), claimed_by = $4, attempts = attempts + 1 "
+        f"UPDATE {t.items} SET claimed_at = now(), claimed_by = $4, attempts = attempts + 1, "
+        "resends = 0 "
         "WHERE barrier_id = $1 AND unit >= $2 AND unit < $3 AND state = 'queued' AND "
         "(claimed_by IS NULL OR claimed_by = $4 OR claimed_at < now() - make_interval(secs => $5)) "
         "RETURNING idx, unit, key, item, attempts", barrier_id, start, end, owner, lease,

@@ -41,6 +41,10 @@ DEFAULT_RECOVER_AFTER = 60.0
 settings' ``recover_after``, ``FLOWSTONE_RECOVER_AFTER``, on workers)."""
 SWEEP_LIMIT = 10_000
 """The most items one sweep re-sends (the rest wait for the next sweep)."""
+RESEND_BACKOFF_DOUBLINGS = 6
+"""A lost item's n-th re-send waits ``recover_after * 2**min(n, 6)`` after the previous
+one (the run store's rule for steps): a window that waits in a backlogged queue is not
+re-sent every interval."""
 PRUNE_LIMIT = 100
 """The most finished barriers (with their items) one sweep deletes."""
 
@@ -111,7 +115,7 @@ def sweep(pipeline: Pipeline, now: datetime, *,
       died, or its finish failed): finished again;
     * items ``queued`` but never claimed by a runner for ``recover_after`` seconds: their
       message was lost (a broker flush or restart); their chunks are sent again, and
-      stamped, so each is re-sent at most once per ``recover_after``;
+      stamped, each re-send waiting twice as long as the one before (a claim resets it);
     * items whose runner's claim is older than a lease: the runner died; their chunks are
       sent again and the next runner takes the claim over;
     * a running barrier idle for a lease: the window is topped up (e.g. ``start`` never
@@ -143,15 +147,17 @@ def sweep(pipeline: Pipeline, now: datetime, *,
             "(finisher IS NULL OR finish_expires IS NULL OR finish_expires < now())", name)
         stale = await conn.fetch(
             f"UPDATE {db.t.items} AS i SET queued_at = now(), claimed_at = NULL, "
-            "claimed_by = NULL FROM (SELECT s.barrier_id, s.idx, s.claimed_by IS NOT NULL AS "
+            "claimed_by = NULL, resends = CASE WHEN v.died THEN 0 ELSE i.resends + 1 END "
+            "FROM (SELECT s.barrier_id, s.idx, s.claimed_by IS NOT NULL AS "
             f"died, b.chunk_units FROM {db.t.items} AS s JOIN {db.t.barriers} AS b ON "
             "s.barrier_id = b.id WHERE b.pipeline = $1 AND b.state = 'running' AND "
             "s.state = 'queued' AND ((s.claimed_by IS NULL AND s.queued_at < now() - "
-            "make_interval(secs => $2)) OR s.claimed_at < now() - make_interval(secs => $3)) "
-            "ORDER BY s.barrier_id, s.idx LIMIT $4 FOR UPDATE OF s SKIP LOCKED) AS v "
+            "make_interval(secs => $2 * power(2, least(s.resends, $5)))) OR "
+            "s.claimed_at < now() - make_interval(secs => $3)) "
+            "ORDER BY s.resends, s.barrier_id, s.idx LIMIT $4 FOR UPDATE OF s SKIP LOCKED) AS v "
             "WHERE i.barrier_id = v.barrier_id AND i.idx = v.idx "
             "RETURNING i.barrier_id, i.unit, v.died, v.chunk_units",
-            name, recover_after, lease, SWEEP_LIMIT)
+            name, recover_after, lease, SWEEP_LIMIT, RESEND_BACKOFF_DOUBLINGS)
         idle = await conn.fetch(
             f"SELECT id, asset FROM {db.t.barriers} WHERE pipeline = $1 AND state = 'running' AND "
             "updated_at < now() - make_interval(secs => $2)", name, lease)
