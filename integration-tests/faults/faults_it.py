@@ -95,16 +95,18 @@ class Workers(Cluster):
                     raise RuntimeError(f"worker did not start:\n{log.read_text()[-3000:]}")
                 time.sleep(0.1)
 
-    def start_many(self, *names: str, **env: str) -> list[subprocess.Popen[bytes]]:
-        procs = [self.spawn(name, **env) for name in names]
+    def start_many(self, *names: str, concurrency: int = 2,
+                   **env: str) -> list[subprocess.Popen[bytes]]:
+        procs = [self.spawn(name, concurrency=concurrency, **env) for name in names]
         self.ready(*procs)
         return procs
 
     def log_path(self, proc: subprocess.Popen[bytes]) -> Path:
         return next(log for p, log in self.procs if p is proc)
 
-    def logs(self) -> str:
-        return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}"
+    def logs(self, tail: int = 4000) -> str:
+        """The workers' logs (the last ``tail`` characters of each; 0: all of it)."""
+        return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-tail:]}"
                          for _, log in self.procs)
 
     def kill_group(self, pid: int, sig: int = signal.SIGKILL) -> subprocess.Popen[bytes]:
@@ -213,6 +215,7 @@ class Driver:
     approve: bool = True
     signal: bool = True
     errors: list[str] = field(default_factory=list)  # what polling met (and survived)
+    fault_at: float | None = None
 
     def step(self) -> str:
         run = self.pipeline.store.get_run(self.run_id)
@@ -240,9 +243,17 @@ class Driver:
 
         return wait_for(check, timeout, what)
 
+    def fault(self) -> None:
+        """Note that the fault happened now (:meth:`finish` reports the time since)."""
+        self.fault_at = time.monotonic()
+
     def finish(self, timeout: float = SETTLE) -> str:
-        return str(self.until(lambda: self.step() in TERMINAL and self.step(), timeout,
-                              f"run {self.run_id} to finish"))
+        status = str(self.until(lambda: self.step() in TERMINAL and self.step(), timeout,
+                                f"run {self.run_id} to finish"))
+        if self.fault_at is not None:  # shown with pytest -s (docs/reliability.md figures)
+            print(f"\nfault recovery [{self.partition}]: the run {status} "
+                  f"{time.monotonic() - self.fault_at:.1f} s after the fault")
+        return status
 
 
 def audit_rows(url: str, run_id: str) -> list[Any]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from faults_it import (
     ITEMS,
     LEASE,
     SCATTER_ITEMS,
+    TERMINAL,
     WORKER_ENV,
     Driver,
     Workers,
@@ -66,6 +66,9 @@ def test_every_postgres_connection_terminated_mid(where: str, dag: Any, workers:
     pid_files = [arm(state_dir, key, point, "pgkill") for point in PG_POINTS[where]]
     run_id = start(dag, key)
     driver = Driver(dag, run_id, key, state_dir)
+    wait_for(lambda: all(p.exists() for p in pid_files) or driver.step() in TERMINAL, 120,
+             "the traps to fire")
+    driver.fault()
     assert driver.finish() == "succeeded", workers.logs()
     assert all(p.exists() for p in pid_files)  # every trap fired
     checked = check_run(dag, database_url, run_id, n)
@@ -88,11 +91,9 @@ def test_redis_database_flushed_mid_run(dag: Any, workers: Workers, database_url
     broker = redis.Redis.from_url(redis_url)
     queued = broker.llen(workers.queue)
     broker.flushdb()
-    flushed = time.monotonic()
+    driver.fault()
     assert queued > 0, "no message was waiting in the queue when it was flushed"
     assert driver.finish() == "succeeded", workers.logs()
-    print(f"redis flush: {queued} queued messages lost; the run finished "
-          f"{time.monotonic() - flushed:.1f} s after the flush")
     checked = check_run(dag, database_url, run_id, SCATTER_ITEMS)
     assert not ran_once(checked), ran_once(checked)
 
@@ -116,18 +117,23 @@ def test_every_message_delivered_twice(dag: Any, workers: Workers, database_url:
                    "worker's local clock; a worker 400 s ahead takes over live leases")
 def test_one_worker_clock_400_seconds_ahead(dag: Any, workers: Workers, database_url: str,
                                             state_dir: Path) -> None:
-    """w2's wall clock runs 400 s ahead (clock/sitecustomize.py); ``left`` holds its
-    worker 2 leases long. Every comparison is the database's: no live lease is taken over,
-    so every asset runs once."""
-    workers.start_many("w1")
+    """A worker whose wall clock runs 400 s ahead (clock/sitecustomize.py) joins while
+    ``left`` holds the only process of the other worker for two leases. Every lease
+    comparison is the database's, so the live lease is not taken over: every asset runs
+    once."""
+    held = workers.start_many("w1", concurrency=1)[0]
+    key = partition("skew", ITEMS)
+    pid_file = arm(state_dir, key, "left", f"hold:{2 * LEASE}")
+    run_id = start(dag, key)
+    driver = Driver(dag, run_id, key, state_dir)
+    pid = driver.until(lambda: pid_file.exists() and int(pid_file.read_text()), 60,
+                       "left to start")
+    assert os.getpgid(pid) == held.pid
     fast = workers.spawn("fast", FLOWSTONE_FAULTS_CLOCK_SKEW="400",
                          PYTHONPATH=os.pathsep.join([str(CLOCK_DIR), WORKER_ENV["PYTHONPATH"]]))
     workers.ready(fast)
     assert "skewed by +400 s" in workers.log_path(fast).read_text()
-    key = partition("skew", ITEMS)
-    arm(state_dir, key, "left", f"hold:{2 * LEASE}")
-    run_id = start(dag, key)
-    assert Driver(dag, run_id, key, state_dir).finish() == "succeeded", workers.logs()
+    assert driver.finish() == "succeeded", workers.logs()
     checked = check_run(dag, database_url, run_id, ITEMS)
     assert not ran_once(checked), ran_once(checked)
     assert checked.attempts["left"] == 1
@@ -146,6 +152,7 @@ def test_stale_runner_paused_past_its_lease(dag: Any, workers: Workers, database
     pid = driver.until(lambda: pid_file.exists() and int(pid_file.read_text()), 60,
                        "left to start")
     paused = workers.kill_group(pid, signal.SIGSTOP)
+    driver.fault()
     try:
         driver.until(lambda: executions(database_url, run_id, "asset", "left") == 2
                      and dag.store.get_step(run_id, "left", key).state == "succeeded", 60,
@@ -157,7 +164,8 @@ def test_stale_runner_paused_past_its_lease(dag: Any, workers: Workers, database
                         gathers=executions(database_url, run_id, "gather"),
                         joins=executions(database_url, run_id, "join"))
     assert checked.attempts["left"] == 2 and checked.runs[("left", "asset")] == 2
-    wait_for(lambda: "refused" in workers.logs(), 30, "the stale finish to be refused")
+    wait_for(lambda: "the finish of attempt 1" in workers.logs(0), 60,
+             "the stale attempt's finish to be refused and logged")
 
 
 def test_sigterm_to_every_worker_mid_run_then_restart(dag: Any, workers: Workers,
@@ -174,6 +182,7 @@ def test_sigterm_to_every_worker_mid_run_then_restart(dag: Any, workers: Workers
     old = list(workers.by_name.values())
     for proc in old:
         proc.send_signal(signal.SIGTERM)
+    driver.fault()
     assert [proc.wait(timeout=60) for proc in old] == [0, 0]
     workers.start_many("w1", "w2")
     assert driver.finish() == "succeeded", workers.logs()

@@ -74,6 +74,7 @@ def test_worker_sigkilled_mid(where: str, dag: Any, workers: Workers, database_u
     pid = driver.until(lambda: pid_file.exists() and int(pid_file.read_text()), 120,
                        f"{where} to reach its trap")
     killed = workers.kill_group(pid)
+    driver.fault()
     workers.start_many(workers.name_of(killed))  # its supervisor restarts it
     assert driver.finish() == "succeeded", workers.logs()
     if where == "asset":
@@ -110,6 +111,7 @@ def test_client_sigkilled_mid_signal(dag: Any, workers: Workers, database_url: s
     wait_pid(pid_file)
     os.killpg(client.pid, signal.SIGKILL)
     client.wait()
+    driver.fault()
     assert driver.finish() == "succeeded", workers.logs()
     check_run(dag, database_url, run_id, ITEMS, signals=2)
 
@@ -130,6 +132,7 @@ def test_client_sigkilled_mid_approval_resume(dag: Any, workers: Workers, databa
     wait_pid(pid_file)
     os.killpg(client.pid, signal.SIGKILL)
     client.wait()
+    driver.fault()
     assert driver.finish() == "succeeded", workers.logs()
     check_run(dag, database_url, run_id, ITEMS)
     assert executions(database_url, run_id, "approve") == 1
@@ -153,6 +156,7 @@ def test_sigkill_every_3_seconds_five_times(dag: Any, workers: Workers, database
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         workers.spawn(name, **slow)
+        driver.fault()
     workers.ready(*workers.by_name.values())
     assert driver.finish() == "succeeded", workers.logs()
     # crash windows: a gather or join killed mid-way runs again
