@@ -28,6 +28,7 @@ from flowstone.protocols import (
     RunStore,
     ScatterCoordinator,
     StagingStore,
+    StoreClock,
     ValuePruning,
     ValueStaging,
     WorkerPresence,
@@ -72,6 +73,7 @@ class Capabilities:
     worker_presence: WorkerPresence | None = None
     value_pruning: Mapping[str, ValuePruning] = field(default_factory=dict)
     referenced_values: ReferencedValues | None = None
+    store_clock: StoreClock | None = None
 
     @classmethod
     def detect(
@@ -103,6 +105,7 @@ class Capabilities:
                 n: m for n, m in io_managers.items() if isinstance(m, ValuePruning)
             },
             referenced_values=store if isinstance(store, ReferencedValues) else None,
+            store_clock=store if isinstance(store, StoreClock) else None,
         )
 
 

@@ -58,12 +58,11 @@ asset's first branch step was claimed, ISO 8601 UTC, on the parallel asset at pa
 ``""``."""
 
 
-def store_clock(store: object) -> datetime:
-    """The current time by ``store``'s clock (:class:`~flowstone.protocols.StoreClock`); a
+def store_clock(clock: StoreClock | None) -> datetime:
+    """The current time by the run store's clock (the pipeline's detected
+    :class:`~flowstone.protocols.StoreClock`, ``runtime.capabilities.store_clock``); a
     store without one (a third-party store) falls back to this process's clock."""
-    if isinstance(store, StoreClock):
-        return store.clock()
-    return datetime.now(UTC)
+    return clock.clock() if clock is not None else datetime.now(UTC)
 
 
 def mark_branch_started(runner: StepRunner, run_id: str, asset: str) -> None:
@@ -72,7 +71,7 @@ def mark_branch_started(runner: StepRunner, run_id: str, asset: str) -> None:
     rt = runner.runtime
     for parallel, _ in rt.branch_index.get(asset, ()):
         if rt.store.get_step_note(run_id, parallel, "", CLOCK_NOTE) is None:
-            started = store_clock(rt.store).isoformat()
+            started = store_clock(rt.capabilities.store_clock).isoformat()
             rt.store.add_step_note(run_id, parallel, "", CLOCK_NOTE, started)
 
 
@@ -98,7 +97,7 @@ def enforce_parallel_timeouts(
         raw = rt.store.get_step_note(run_id, parallel, "", CLOCK_NOTE) if joins else None
         if raw is None:
             continue
-        now = now or store_clock(rt.store)
+        now = now or store_clock(rt.capabilities.store_clock)
         elapsed = (now - datetime.fromisoformat(raw)).total_seconds()
         spec = rt.graph[parallel].parallel
         assert spec is not None
