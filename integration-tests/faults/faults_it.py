@@ -50,6 +50,9 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 ASSETS = ("source", "left", "right", "diamond", "numbers", "squares", "batched", "sq_total",
           "b_total", "br_a", "br_b", "br_c", "joined", "approved", "after_approval", "gated",
           "after_gate", "merge", "final", "summary")
+# The attempt of each record when nothing failed: 1, but for the steps finished through a
+# deferred wait (the gate's, the scatters'): its resolver claims the step as the next attempt.
+FIRST_ATTEMPTS = {a: 2 if a in ("gated", "squares", "batched") else 1 for a in ASSETS}
 WORKER_ENV = {
     "FLOWSTONE_LEASE_SECONDS": str(LEASE),
     "FLOWSTONE_RECOVER_AFTER": str(RECOVER_AFTER),

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from faults_it import (
     CLOCK_DIR,
+    FIRST_ATTEMPTS,
     ITEMS,
     LEASE,
     SCATTER_ITEMS,
@@ -47,14 +48,7 @@ def ran_once(checked: Any) -> dict[tuple[str, str], int]:
 PG_POINTS = {"scatter": ("item", "gather"), "finish": ("finish",)}
 
 
-@pytest.mark.parametrize("where", [
-    pytest.param("scatter", marks=pytest.mark.xfail(strict=True, reason=(
-        "issue 11 §1/§6: a dead pooled connection fails the bookkeeping after the gather, "
-        "and finalize runs again: the gather runs twice with no worker dying"))),
-    pytest.param("finish", marks=pytest.mark.xfail(strict=True, reason=(
-        "issue 11 §6: finish_step on a dead pooled connection fails the step's bookkeeping; "
-        "the retry runs the asset again instead of finishing it"))),
-])
+@pytest.mark.parametrize("where", list(PG_POINTS))
 def test_every_postgres_connection_terminated_mid(where: str, dag: Any, workers: Workers,
                                                   database_url: str, state_dir: Path) -> None:
     """``pg_terminate_backend`` of every connection to the database, from inside a worker:
@@ -110,11 +104,9 @@ def test_every_message_delivered_twice(dag: Any, workers: Workers, database_url:
         assert driver.finish() == "succeeded", workers.logs()
     checked = check_run(dag, database_url, run_id, ITEMS)
     assert not ran_once(checked), ran_once(checked)
-    assert set(checked.attempts.values()) == {1}
+    assert checked.attempts == FIRST_ATTEMPTS, checked.attempts
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 §3: leases and recovery compare the "
-                   "worker's local clock; a worker 400 s ahead takes over live leases")
 def test_one_worker_clock_400_seconds_ahead(dag: Any, workers: Workers, database_url: str,
                                             state_dir: Path) -> None:
     """A worker whose wall clock runs 400 s ahead (clock/sitecustomize.py) joins while

@@ -355,7 +355,10 @@ ASSETS = [source, left, right, diamond, numbers, squares, batched, sq_total, b_t
 
 def make_pipeline() -> fs.Pipeline:
     """A new pipeline object, configured from the environment as it is now."""
-    return fs.Pipeline("faults_dag", ASSETS, observers=[Traps()])
+    # the suite's short lease in every process, clients too: a client that dies resolving
+    # a wait holds its claim for this long (workers get it from FLOWSTONE_LEASE_SECONDS)
+    lease = float(os.environ.get("FLOWSTONE_FAULTS_LEASE", "5"))
+    return fs.Pipeline("faults_dag", ASSETS, observers=[Traps()], lease_seconds=lease)
 
 
 _built: list[fs.Pipeline] = []
