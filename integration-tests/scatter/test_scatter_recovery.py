@@ -76,6 +76,40 @@ def test_a_gather_longer_than_the_lease_runs_once(cluster: ScatterCluster) -> No
         pipeline.close()
 
 
+def test_an_item_longer_than_the_lease_on_a_live_worker_runs_once(cluster: ScatterCluster) -> None:
+    # Item 0 takes three 4 s leases. Before the fix its claim was renewed only between
+    # units, so the sweeper took it for a dead runner's and another worker ran it again.
+    cluster.start("w1", FLOWSTONE_IT_ITEM_S="12")
+    cluster.start("w2", FLOWSTONE_IT_ITEM_S="12")
+    pipeline = load_pipeline(cluster.queue)
+    try:
+        result = pipeline.run("one_slow_item", partition="3-slow-item", timeout=180)
+        assert result.status == "succeeded", result.error
+        assert result.value == [0, 1, 2]
+        assert _counter(f"exec:{result.run_id}") == 3  # each item ran once
+    finally:
+        pipeline.close()
+
+
+def test_a_page_read_longer_than_the_lease_on_a_live_worker_is_read_once(
+    cluster: ScatterCluster, state_dir: Any,
+) -> None:
+    # Reading page 2 takes three 4 s leases. Before the fix the reader beat only per page,
+    # so the sweeper re-sent the reader and another worker read page 2 again.
+    (state_dir / "slow-items.jsonl").write_text(
+        "".join(f'{{"n": {i}}}\n' for i in range(150)))
+    cluster.start("w1", FLOWSTONE_IT_READ_S="12")
+    cluster.start("w2", FLOWSTONE_IT_READ_S="12")
+    pipeline = load_pipeline(cluster.queue)
+    try:
+        result = pipeline.run("slow_read_items", timeout=180)
+        assert result.status == "succeeded", result.error
+        assert result.value == list(range(150))
+        assert _counter("reads:slow-reader") == 4  # pages of 50, 50, 50 and the empty end
+    finally:
+        pipeline.close()
+
+
 def test_messages_lost_in_a_broker_flush_are_resent_within_the_recover_interval(
     client_env: str,
     database_url: str,

@@ -108,6 +108,27 @@ def read_items(context: fs.Context) -> int:
     return int(context.scatter_item["n"]) * 10
 
 
+class SlowReader(JsonLines):
+    """A JSON-lines reader whose second page takes FLOWSTONE_IT_READ_S seconds; counts its
+    reads."""
+
+    def __copy__(self) -> SlowReader:
+        return SlowReader(self._path)
+
+    def read(self, max_items: int) -> list[Any]:
+        n = _redis().incr(_key("reads:slow-reader"))
+        page = super().read(max_items)
+        if n == 2:
+            time.sleep(float(os.environ.get("FLOWSTONE_IT_READ_S", "0")))
+        return page
+
+
+@fs.asset(scatter=fs.Scatter(reader=SlowReader(lambda deps: _dir() / "slow-items.jsonl"),
+                             page_size=50, max_concurrent=40))
+def slow_read_items(context: fs.Context) -> int:
+    return int(context.scatter_item["n"])
+
+
 @fs.asset(scatter=fs.Scatter(items=lambda numbers: ["x" * (n % 7 + 1) for n in numbers],
                              batching=fs.Batching(max_bytes=40), max_concurrent=8))
 def by_bytes(context: fs.Context, numbers: list[int]) -> list[dict[str, int]]:
@@ -156,6 +177,16 @@ def one_per_second(context: fs.Context, numbers: list[int]) -> int:
     return int(context.scatter_item)
 
 
+@fs.asset(scatter=fs.Scatter(items=lambda numbers: numbers, max_concurrent=4))
+def one_slow_item(context: fs.Context, numbers: list[int]) -> int:
+    """Counts every execution; item 0 takes FLOWSTONE_IT_ITEM_S seconds."""
+    item = int(context.scatter_item)
+    _redis().incr(_key(f"exec:{context.run_id}"))
+    if item == 0:
+        time.sleep(float(os.environ.get("FLOWSTONE_IT_ITEM_S", "0")))
+    return item
+
+
 def _slow_gather(values: list[Any]) -> int:
     """Counts its runs per partition size, then takes FLOWSTONE_IT_GATHER_S seconds."""
     _redis().incr(_key(f"gather:{len(values)}"))
@@ -171,7 +202,8 @@ def gathered(context: fs.Context, numbers: list[int]) -> int:
 
 pipeline = fs.Pipeline("scatter_it", [numbers, squares, total, flaky, counted, read_items,
                                       by_bytes, limited, once_flaky, all_fail, guessed_name,
-                                      unpartitioned, slow_items, gathered, one_per_second])
+                                      unpartitioned, slow_items, gathered, one_per_second,
+                                      one_slow_item, slow_read_items])
 
 if os.environ.get("FLOWSTONE_IT_DUPLICATE"):
     # Simulated at-least-once delivery: every scatter message is published twice.

@@ -290,8 +290,8 @@ class CeleryScatterCoordinator:
 
         Runs under the barrier's finishing claim (``finisher``: the token the transaction
         that won ``finishing`` took; None: take it now if it is free or expired, as the
-        sweeper does), renewed while the gather runs (:class:`~flowstone_scatter.finish.
-        FinishLease`), so a live finisher's gather is never started a second time. The
+        sweeper does), renewed while the gather runs (:func:`~flowstone_scatter.finish.
+        finish_lease`), so a live finisher's gather is never started a second time. The
         barrier is closed only once the step really finished: ``complete_deferred``
         applied, or the step is already terminal in the run store. Otherwise it stays
         ``finishing`` and the sweeper finishes it again once the claim expires (or at its
@@ -309,7 +309,7 @@ class CeleryScatterCoordinator:
         value: Any = None
         error: str | None = b["error"]
         try:
-            with finish.FinishLease(db, barrier_id, me, lease) as kept:
+            with finish.finish_lease(db, barrier_id, me, lease) as kept:
                 if error is None and b["outcome"] == "failed":
                     error = self._threshold_message(db, b, sc)
                 if error is None:

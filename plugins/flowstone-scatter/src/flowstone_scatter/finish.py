@@ -2,23 +2,25 @@
 
 The transaction that moves a barrier to ``finishing`` takes the claim in the same statement
 (``finisher`` = a random token, ``finish_expires`` = the database's ``now()`` plus a lease).
-:class:`FinishLease` renews it at a third of the lease while the gather (the user's
-``gather=``) and the step's completion run, so a gather longer than a lease on a live worker
-is never started a second time by the sweeper; the sweeper takes over only a claim that
-expired (its holder died) or was released. Every comparison is against the database's
-``now()``, with the lease passed as a duration.
+:func:`finish_lease` (a :class:`Heartbeat`) renews it at a third of the lease while the
+gather (the user's ``gather=``) and the step's completion run, so a gather longer than a
+lease on a live worker is never started a second time by the sweeper; the sweeper takes
+over only a claim that expired (its holder died) or was released. Every comparison is
+against the database's ``now()``, with the lease passed as a duration. The same
+:class:`Heartbeat` keeps a chunk's item claims and a reader's lease while they run.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 from flowstone_scatter.db import Database
 
-__all__ = ["FinishLease", "claim", "close", "release"]
+__all__ = ["Heartbeat", "claim", "close", "finish_lease", "release"]
 
 log = logging.getLogger("flowstone.scatter")
 
@@ -72,27 +74,29 @@ def close(db: Database, barrier_id: int, finisher: str, state: str, error: str |
     return db.run(go) is not None
 
 
-class FinishLease:
-    """Renews a finishing claim from a background thread while the block runs.
+class Heartbeat:
+    """Calls ``renew`` every third of ``lease`` seconds from a background thread while the
+    block runs: the finishing claim during a gather, an item claim during a chunk, the
+    reader lease during a page.
 
-    ``lost`` is set when a renewal finds the claim gone (it expired and another process
-    took it over); a transient database error is logged and the renewal tried again.
+    ``renew`` returns False when the claim is gone (it expired and another process took it
+    over); ``lost`` is then set and renewing stops. A transient database error is logged
+    and the renewal tried again at the next beat.
     """
 
-    __slots__ = ("_barrier", "_db", "_finisher", "_lease", "_stop", "_thread", "lost")
+    __slots__ = ("_lease", "_renew", "_stop", "_thread", "_what", "lost")
 
-    def __init__(self, db: Database, barrier_id: int, finisher: str, lease: float) -> None:
-        self._db = db
-        self._barrier = barrier_id
-        self._finisher = finisher
+    def __init__(self, renew: Callable[[], bool], lease: float, what: str) -> None:
+        self._renew = renew
         self._lease = lease
+        self._what = what
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._loop, name="flowstone-scatter-finish", daemon=True
+            target=self._loop, name="flowstone-scatter-heartbeat", daemon=True
         )
         self.lost = threading.Event()
 
-    def __enter__(self) -> FinishLease:
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 
@@ -105,17 +109,18 @@ class FinishLease:
     def _loop(self) -> None:
         while not self._stop.wait(max(self._lease / 3, 0.05)):
             try:
-                row = claim(self._db, self._barrier, self._finisher, self._lease)
+                kept = self._renew()
             except Exception:  # a transient store error must not end the renewals
-                log.exception(
-                    "renewing the finishing claim of scatter barrier %d failed", self._barrier
-                )
+                log.exception("renewing %s failed", self._what)
                 continue
-            if row is None:
+            if not kept:
                 self.lost.set()
-                log.warning(
-                    "scatter barrier %d: the finishing claim was lost (it expired "
-                    "and another process took it over, or the barrier was closed)",
-                    self._barrier,
-                )
+                log.warning("%s was lost (it expired and another process took it over, or "
+                            "it ended)", self._what)
                 return
+
+
+def finish_lease(db: Database, barrier_id: int, finisher: str, lease: float) -> Heartbeat:
+    """The heartbeat of a finishing claim (:func:`claim` again, by its holder)."""
+    return Heartbeat(lambda: claim(db, barrier_id, finisher, lease) is not None, lease,
+                     f"the finishing claim of scatter barrier {barrier_id}")

@@ -22,7 +22,7 @@ from flowstone.defaults.scatter_units import ItemOutcome, item_error, run_unit
 from flowstone.engine import StepRunner, describe_error
 from flowstone.errors import UsageError
 from flowstone.scatter import Batch, Scatter
-from flowstone_scatter import barrier
+from flowstone_scatter import barrier, finish
 from flowstone_scatter.coordinator import CeleryScatterCoordinator, build_rows
 from flowstone_scatter.db import Database
 from flowstone_scatter.messages import ChunkMessage
@@ -79,18 +79,21 @@ def run_chunk(runner: StepRunner, msg: ChunkMessage, owner: str | None = None) -
     # the slots are measured on this process's monotonic clock from the database's answer
     # (seconds until the first slot): no wall clock of this process is involved
     first = time.monotonic() + delay if delay is not None else None
-    touched = time.monotonic()
     results: list[Result] = []
     count = int(b["units_total"]) if b["reader_done"] and sc.batching is not None else None
-    for i, unit in enumerate(units):
-        if first is not None and (wait := first + i / (sc.rate_per_second or 1.0)
-                                  - time.monotonic()) > 0:
-            time.sleep(wait)
-        if time.monotonic() - touched > lease / 3:  # renew the claim on a long chunk
-            left = [r.idx for u in units[i:] for r in u]
-            db.run(_touch(db, msg.barrier, left, me))
-            touched = time.monotonic()
-        results.extend(_run_unit(runner, a, sc, b, deps, shared, unit, count))
+    # the claim on the chunk's items is renewed while it runs (even inside one long item),
+    # so the sweeper never takes a live runner's items for a dead one's
+    claimed = [r.idx for r in rows]
+    with finish.Heartbeat(lambda: _touch(db, msg.barrier, claimed, me), lease,
+                          f"the claim on {len(rows)} items of scatter barrier "
+                          f"{msg.barrier}") as beat:
+        for i, unit in enumerate(units):
+            if beat.lost.is_set():
+                break  # taken over by another runner: record what ran, leave the rest
+            if first is not None and (wait := first + i / (sc.rate_per_second or 1.0)
+                                      - time.monotonic()) > 0:
+                time.sleep(wait)
+            results.extend(_run_unit(runner, a, sc, b, deps, shared, unit, count))
     claim = db.run(lambda c: barrier.record(c, db.t, msg.barrier, sc, results, lease))
     ok = sum(1 for r in results if r[1] == "succeeded")
     runtime.events.emit("scatter.progress", b["run_id"], a.name, b["partition"],
@@ -168,6 +171,16 @@ def run_reader(runner: StepRunner, msg: ChunkMessage,
                                               runner.runtime.name))
     if b is None:
         return 0
+    # the reader lease is renewed while a page is read (a slow source is not a dead reader)
+    with finish.Heartbeat(lambda: _beat(db, msg.barrier, owner),
+                          float(runner.runtime.policies.lease_seconds),
+                          f"the reader lease of scatter barrier {msg.barrier}"):
+        return _read(runner, coord, db, msg, b, owner, on_page)
+
+
+def _read(runner: StepRunner, coord: CeleryScatterCoordinator, db: Database, msg: ChunkMessage,
+          b: Any, owner: str, on_page: Callable[[int], None] | None) -> int:
+    """The reader loop of :func:`run_reader`, under its lease."""
     a = runner.runtime.graph[b["asset"]]
     sc = a.scatter
     assert sc is not None and sc.reader is not None
@@ -217,16 +230,27 @@ def run_reader(runner: StepRunner, msg: ChunkMessage,
         reader.close()
 
 
-def _touch(db: Database, barrier_id: int, idx: list[int],
-           owner: str) -> Callable[[Any], Awaitable[Any]]:
-    """Renew ``owner``'s claim on the items it has still to run (database time)."""
+def _touch(db: Database, barrier_id: int, idx: list[int], owner: str) -> bool:
+    """Renew ``owner``'s claim on its items still queued (database time); False if it
+    holds none of them any more."""
     async def go(conn: Any) -> Any:
-        return await conn.execute(
-            f"UPDATE {db.t.items} SET claimed_at = now() WHERE barrier_id = $1 AND "
-            "idx = ANY($2::bigint[]) AND state = 'queued' AND claimed_by = $3",
-            barrier_id, idx, owner)
+        return await conn.fetchval(
+            f"WITH t AS (UPDATE {db.t.items} SET claimed_at = now() WHERE barrier_id = $1 "
+            "AND idx = ANY($2::bigint[]) AND state = 'queued' AND claimed_by = $3 "
+            "RETURNING 1) SELECT count(*) FROM t", barrier_id, idx, owner)
 
-    return go
+    return bool(db.run(go))
+
+
+def _beat(db: Database, barrier_id: int, owner: str) -> bool:
+    """Renew ``owner``'s reader lease (database time); False if it no longer holds it."""
+    async def go(conn: Any) -> Any:
+        return await conn.fetchval(
+            f"UPDATE {db.t.barriers} SET reader_beat = now() WHERE id = $1 AND "
+            "reader_owner = $2 AND NOT reader_done AND state = 'running' RETURNING id",
+            barrier_id, owner)
+
+    return db.run(go) is not None
 
 
 def _page(db: Database, barrier_id: int, owner: str, sc: Scatter,
