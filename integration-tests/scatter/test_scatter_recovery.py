@@ -60,15 +60,24 @@ def test_a_completion_not_applied_leaves_the_barrier_open_until_the_step_finishe
         pipeline.close()
 
 
-def test_a_gather_longer_than_the_lease_runs_once(cluster: ScatterCluster) -> None:
-    # The gather takes three 4 s leases. Before the fix the sweeper saw the finishing
-    # barrier idle for a lease and ran finalize (and the gather) a second time.
-    cluster.start("w1", FLOWSTONE_IT_GATHER_S="12")
-    cluster.start("w2", FLOWSTONE_IT_GATHER_S="12")
+def _slow_run(cluster: ScatterCluster, slow: dict[str, str], asset: str,
+              partition: str | None) -> tuple[Any, Any]:
+    """Run ``asset`` on two workers whose slow step (``slow``: env) takes three 4 s leases;
+    return the pipeline (close it) and the succeeded result."""
+    cluster.start("w1", **slow)
+    cluster.start("w2", **slow)
     pipeline = load_pipeline(cluster.queue)
+    result = pipeline.run(asset, partition=partition, timeout=180)
+    assert result.status == "succeeded", result.error
+    return pipeline, result
+
+
+def test_a_gather_longer_than_the_lease_runs_once(cluster: ScatterCluster) -> None:
+    # Before the fix the sweeper saw the finishing barrier idle for a lease and ran
+    # finalize (and the gather) again: 3 times.
+    pipeline, result = _slow_run(cluster, {"FLOWSTONE_IT_GATHER_S": "12"}, "gathered",
+                                 "40-slow-gather")
     try:
-        result = pipeline.run("gathered", partition="40-slow-gather", timeout=180)
-        assert result.status == "succeeded", result.error
         assert result.value == sum(i + 1 for i in range(40))
         assert _counter("gather:40") == 1
         assert _barrier(pipeline, result.run_id, "gathered")["state"] == "succeeded"
@@ -77,14 +86,11 @@ def test_a_gather_longer_than_the_lease_runs_once(cluster: ScatterCluster) -> No
 
 
 def test_an_item_longer_than_the_lease_on_a_live_worker_runs_once(cluster: ScatterCluster) -> None:
-    # Item 0 takes three 4 s leases. Before the fix its claim was renewed only between
-    # units, so the sweeper took it for a dead runner's and another worker ran it again.
-    cluster.start("w1", FLOWSTONE_IT_ITEM_S="12")
-    cluster.start("w2", FLOWSTONE_IT_ITEM_S="12")
-    pipeline = load_pipeline(cluster.queue)
+    # Before the fix the item's claim was renewed only between units, so the sweeper took
+    # it for a dead runner's and other workers ran it again: 3 times.
+    pipeline, result = _slow_run(cluster, {"FLOWSTONE_IT_ITEM_S": "12"}, "one_slow_item",
+                                 "3-slow-item")
     try:
-        result = pipeline.run("one_slow_item", partition="3-slow-item", timeout=180)
-        assert result.status == "succeeded", result.error
         assert result.value == [0, 1, 2]
         assert _counter(f"exec:{result.run_id}") == 3  # each item ran once
     finally:
@@ -94,16 +100,12 @@ def test_an_item_longer_than_the_lease_on_a_live_worker_runs_once(cluster: Scatt
 def test_a_page_read_longer_than_the_lease_on_a_live_worker_is_read_once(
     cluster: ScatterCluster, state_dir: Any,
 ) -> None:
-    # Reading page 2 takes three 4 s leases. Before the fix the reader beat only per page,
-    # so the sweeper re-sent the reader and another worker read page 2 again.
-    (state_dir / "slow-items.jsonl").write_text(
-        "".join(f'{{"n": {i}}}\n' for i in range(150)))
-    cluster.start("w1", FLOWSTONE_IT_READ_S="12")
-    cluster.start("w2", FLOWSTONE_IT_READ_S="12")
-    pipeline = load_pipeline(cluster.queue)
+    # Before the fix the reader beat only per page, so the sweeper re-sent the reader and
+    # another worker read page 2 again.
+    (state_dir / "slow-items.jsonl").write_text("".join(f'{{"n": {i}}}\n' for i in range(150)))
+    pipeline, result = _slow_run(cluster, {"FLOWSTONE_IT_READ_S": "12"}, "slow_read_items",
+                                 None)
     try:
-        result = pipeline.run("slow_read_items", timeout=180)
-        assert result.status == "succeeded", result.error
         assert result.value == list(range(150))
         assert _counter("reads:slow-reader") == 4  # pages of 50, 50, 50 and the empty end
     finally:
