@@ -297,3 +297,42 @@ def test_lost_items_are_resent_with_backoff_and_a_claim_resets_it(
         db.run(lambda c: c.execute(f"DELETE FROM {db.t.items} WHERE barrier_id = $1", bid))
         db.run(lambda c: c.execute(f"DELETE FROM {db.t.barriers} WHERE id = $1", bid))
         pipeline.close()
+
+
+def test_a_reader_message_never_claimed_is_resent_after_the_recover_interval(
+    cluster: ScatterCluster,
+) -> None:
+    """A reader nobody ever claimed (its message was lost) is re-sent once the recover
+    interval passed, not after a lease (300 s here), and once per interval only."""
+    import uuid
+
+    from flowstone_scatter import barrier
+    from flowstone_scatter.tasks import sweep
+
+    pipeline = load_pipeline(cluster.queue)
+    db = pipeline.scatter_coordinator.database(pipeline.runner)
+    assert pipeline.runner.runtime.policies.lease_seconds == 300
+    bid, _ = db.run(
+        lambda c: barrier.create(
+            c, db.t, pipeline=pipeline.name, run_id=f"run-{uuid.uuid4().hex[:12]}",
+            asset="read_items", partition="", token=uuid.uuid4().hex, rows=[], units_total=0,
+            max_concurrent=4, chunk_units=1, reader_done=False, expected_total=None,
+        )
+    )  # fmt: skip
+
+    def sent() -> Any:
+        sql = f"SELECT read_sent_at FROM {db.t.barriers} WHERE id = $1"
+        return db.run(lambda c: c.fetchval(sql, bid))
+
+    try:
+        db.run(lambda c: c.execute(
+            f"UPDATE {db.t.barriers} SET created_at = now() - interval '15 seconds', "
+            "updated_at = now() WHERE id = $1", bid))  # fmt: skip
+        sweep(pipeline, datetime.now(UTC), recover_after=10.0)
+        first = sent()
+        assert first is not None  # 15 s unclaimed > 10 s: the reader message was re-sent
+        sweep(pipeline, datetime.now(UTC), recover_after=10.0)
+        assert sent() == first  # not again within the interval
+    finally:
+        db.run(lambda c: c.execute(f"DELETE FROM {db.t.barriers} WHERE id = $1", bid))
+        pipeline.close()
