@@ -23,7 +23,9 @@ Tuning (the documented knobs, recorded in docs/performance.md, "Peers"): worker
 processes, ``worker_concurrency`` per process, the queues' ``polling_interval_sec``
 (default 1 s, which caps a queue at ``worker_concurrency`` workflows per second per
 process), the poll interval of ``get_result`` inside a fan-in, and enqueueing in batches
-of ``enqueue_batch`` workflows per transaction (``DBOSClient.enqueue_in_transaction``).
+of ``enqueue_batch`` workflows per transaction (``DBOSClient.enqueue_in_transaction``),
+and whether a fan-in waits with ``get_result`` or receives its branches' ``DBOS.send``
+(``DBOS.recv``, the docs' pattern for results as soon as they are ready; slower here).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Tuning:
     polling_interval_sec: float = 0.01  # how often a process polls each queue
     result_polling_sec: float = 0.1  # get_result's poll interval inside a fan-in
     enqueue_batch: int = 100  # workflows enqueued per transaction by the client
+    fan_in_wait: str = "get_result"  # a fan-in waits with get_result or DBOS.recv
     pool_size: int = 8  # system database connections per worker process
 
 
@@ -103,6 +106,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.enqueue_batch,
         help="DBOS workflows enqueued per transaction",
     )
+    parser.add_argument(
+        "--dbos-fan-in-wait",
+        choices=("get_result", "recv"),
+        default=d.fan_in_wait,
+        help="a DBOS fan-in waits on its branches' handles or receives their DBOS.send",
+    )
 
 
 def tuning_from(args: argparse.Namespace) -> Tuning:
@@ -112,6 +121,7 @@ def tuning_from(args: argparse.Namespace) -> Tuning:
         polling_interval_sec=args.dbos_polling,
         result_polling_sec=args.dbos_result_polling,
         enqueue_batch=args.dbos_enqueue_batch,
+        fan_in_wait=args.dbos_fan_in_wait,
         pool_size=min(8, args.dbos_concurrency + 2),
     )
 
@@ -174,10 +184,21 @@ def _register() -> dict[str, Any]:
     def branch(parent: int, k: int) -> int:
         return times(parent, k)
 
+    @DBOS.workflow(name="bench_branch_send")
+    def branch_send(parent: int, k: int, parent_id: str) -> None:
+        DBOS.send(parent_id, times(parent, k))
+
     @DBOS.workflow(name="bench_fan_in")
-    def fan_in(parent: int, result_polling_sec: float) -> int:
-        handles = [DBOS.enqueue_workflow(BRANCH_QUEUE, branch, parent, k) for k in FACTORS]
-        total = sum(h.get_result(polling_interval_sec=result_polling_sec) for h in handles)
+    def fan_in(parent: int, result_polling_sec: float, wait: str = "get_result") -> int:
+        if wait == "recv":  # each branch sends its value; the parent receives three
+            me = DBOS.workflow_id
+            assert me is not None
+            for k in FACTORS:
+                DBOS.enqueue_workflow(BRANCH_QUEUE, branch_send, parent, k, me)
+            total = sum(DBOS.recv(timeout_seconds=600) for _ in FACTORS)
+        else:
+            handles = [DBOS.enqueue_workflow(BRANCH_QUEUE, branch, parent, k) for k in FACTORS]
+            total = sum(h.get_result(polling_interval_sec=result_polling_sec) for h in handles)
         if total != sum(parent * k for k in FACTORS):
             raise ValueError(f"parent {parent} joined to {total}")
         return total
@@ -389,14 +410,16 @@ def bench_fan_in(tuning: Tuning, parents: int, tmp: Path, warmup: int) -> float:
     """Parents/s for ``parents`` workflows each enqueueing three and waiting for them."""
     with cluster(tuning, tmp) as c:
         polling = tuning.result_polling_sec
+        how = tuning.fan_in_wait
         if warmup:
-            c.enqueue("bench_fan_in", [(10**9 + i, polling) for i in range(warmup)])
+            c.enqueue("bench_fan_in", [(10**9 + i, polling, how) for i in range(warmup)])
             c.wait("bench_fan_in", warmup)
         start = time.perf_counter()
-        c.enqueue("bench_fan_in", [(i, polling) for i in range(parents)])
+        c.enqueue("bench_fan_in", [(i, polling, how) for i in range(parents)])
         c.wait("bench_fan_in", warmup + parents)
         elapsed = time.perf_counter() - start
-        if c.results("bench_branch") != 3 * (warmup + parents):
+        branch = "bench_branch_send" if how == "recv" else "bench_branch"
+        if c.results(branch) != 3 * (warmup + parents):
             raise RuntimeError("DBOS fan-in: not every branch succeeded")
     log(f"dbos fan-ins: {parents} parents in {elapsed:.2f}s")
     return parents / elapsed
