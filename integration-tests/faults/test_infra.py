@@ -76,7 +76,8 @@ def test_redis_database_flushed_mid_run(dag: Any, workers: Workers, database_url
     import redis
 
     # one message reserved per worker process: the window's other chunks wait in Redis
-    workers.start_many("w1", "w2", FLOWSTONE_FAULTS_ITEM_SLEEP="0.005", FLOWSTONE_PREFETCH="1")
+    workers.start_many("w1", "w2", FLOWSTONE_FAULTS_ITEM_SLEEP=str(10 / SCATTER_ITEMS),
+                       FLOWSTONE_PREFETCH="1")
     key = partition("redis_flush", SCATTER_ITEMS)
     run_id = start(dag, key)
     driver = Driver(dag, run_id, key, state_dir)

@@ -140,8 +140,9 @@ def test_client_sigkilled_mid_approval_resume(dag: Any, workers: Workers, databa
 def test_sigkill_every_3_seconds_five_times(dag: Any, workers: Workers, database_url: str,
                                            state_dir: Path) -> None:
     """The workers are killed in turn every 3 s, five times, each restarted at once; the
-    items take 20 ms each so the run is still going at every kill."""
-    slow = {"FLOWSTONE_FAULTS_ITEM_SLEEP": "0.02"}
+    items take 40 s of work in all (whatever their number) so the run is still going at
+    every kill."""
+    slow = {"FLOWSTONE_FAULTS_ITEM_SLEEP": str(40 / SCATTER_ITEMS)}
     workers.start_many("w1", "w2", **slow)
     key = partition("kill_repeat", SCATTER_ITEMS)
     run_id = start(dag, key)
