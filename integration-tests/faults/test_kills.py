@@ -58,6 +58,7 @@ def test_without_faults_every_user_function_runs_once(dag: Any, workers: Workers
 WORKER_POINTS = {
     "asset": ("left", ITEMS),
     "item": ("item", SCATTER_ITEMS),
+    "reader-page": ("page", SCATTER_ITEMS),
     "gather": ("gather", SCATTER_ITEMS),
     "join": ("join", ITEMS),
 }
@@ -84,6 +85,11 @@ def test_worker_sigkilled_mid(where: str, dag: Any, workers: Workers, database_u
     elif where == "item":
         checked = check_run(dag, database_url, run_id, n)
         assert checked.runs[("squares", "item")] > n  # the killed chunk's items ran again
+    elif where == "reader-page":
+        # the reader resumed from its last checkpoint: every item appended once, each batch
+        # ran (batches of chunks the killed worker held may have run twice)
+        checked = check_run(dag, database_url, run_id, n)
+        assert checked.runs[("batched", "batch")] >= -(-n // 50)
     elif where == "gather":
         # crash window: a gather killed before its value was committed runs again
         check_run(dag, database_url, run_id, n, gathers=2)

@@ -5,7 +5,7 @@ Shape (``summary`` depends on everything)::
     source ─┬─ left ──┐
             ├─ right ─┴─ diamond ──────────────────────────┐
             ├─ numbers ─┬─ squares (scatter, gather) ─ sq_total ─┤
-            │           └─ batched (scatter, batches of 50) ─ b_total ─┤
+            │           └─ batched (scatter read page by page, batches of 50) ─ b_total ─┤
             ├─ br_a, br_b, br_c ── joined (parallel, join) ──────────┴─ merge ─┐
             ├─ approved (approval) ─ after_approval ──────────────────────────┤
             └─ gated (signal gate) ─ after_gate ──────────────────────────────┴─ final ─ summary
@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import flowstone as fs
+from flowstone.readers import JsonLines
 
 AUDIT_DDL = """
 CREATE TABLE IF NOT EXISTS public.fault_audit (
@@ -205,7 +206,31 @@ def diamond(context: fs.Context, left: dict[str, Any], right: dict[str, Any]) ->
 
 @fs.asset
 def numbers(context: fs.Context, source: dict[str, Any]) -> dict[str, Any]:
-    return _asset(context, list(range(source["v"])))
+    """The items: as a list (for ``squares``) and as a JSON-lines file of this attempt
+    (read page by page by ``batched``)."""
+    partition, items = str(context.partition), list(range(source["v"]))
+    path = _dir() / f"items.{context.run_id}.{context.attempt}.jsonl"
+    path.write_text("".join(f"{i}\n" for i in items))
+    return {**_asset(context, items), "file": str(path), "partition": partition}
+
+
+class PageTrap(JsonLines):
+    """Reads ``numbers``'s file; its trap point ``page`` is the third page, after it was
+    read and before it is stored with its checkpoint."""
+
+    def __copy__(self) -> PageTrap:
+        return PageTrap(self._path)
+
+    def init(self, deps: Any) -> None:
+        super().init(deps)
+        self.partition, self.pages = str(deps["numbers"]["partition"]), 0
+
+    def read(self, max_items: int) -> list[Any]:
+        page = super().read(max_items)
+        self.pages += 1
+        if self.pages == 3:
+            trap(self.partition, "page")
+        return page
 
 
 def gather_squares(results: list[Any]) -> dict[str, Any]:
@@ -229,7 +254,8 @@ def squares(context: fs.Context, numbers: dict[str, Any]) -> list[Any]:
     return [i * i, eid, context.run_id, partition] if i == 0 else [i * i, eid]
 
 
-@fs.asset(scatter=fs.Scatter(items=lambda numbers: numbers["v"], max_concurrent=50,
+@fs.asset(scatter=fs.Scatter(reader=PageTrap(lambda deps: deps["numbers"]["file"]),
+                             page_size=2 * BATCH, max_concurrent=50,
                              batching=fs.Batching(max_items=BATCH)))
 def batched(context: fs.Context, numbers: dict[str, Any]) -> list[list[Any]]:
     batch = context.batch
