@@ -222,6 +222,18 @@ def test_filesystem_restore_in_another_format_replaces_the_old_file(tmp_path: Pa
     assert [p.name for p in files_under(tmp_path)] == ["r.bin"]
 
 
+def test_filesystem_another_attempt_in_another_format_leaves_the_committed_file(
+    tmp_path: Path,
+) -> None:
+    """Issue 11: a losing attempt that returned another format deleted the committed
+    attempt's file. Attempts write their own stems, so only a re-store of the very same
+    key (same run, same attempt) replaces a file."""
+    io = FilesystemIOManager(tmp_path, allow_pickle=True)
+    committed = io.store(StorageKey("p", "a", "", "r", attempt=1), {"n": 1})
+    loser = io.store(StorageKey("p", "a", "", "r", attempt=2), b"raw")
+    assert committed != loser and io.exists(committed) and io.load(committed) == {"n": 1}
+
+
 def test_filesystem_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     io = FilesystemIOManager(tmp_path)
     key = StorageKey("p", "a", "", "r")
