@@ -182,13 +182,6 @@ def sql(url: str, query: str, *args: Any) -> list[Any]:
     return asyncio.run(go())
 
 
-def terminate_backends(url: str) -> int:
-    """``pg_terminate_backend`` every other connection to ``url``'s database."""
-    from fault_dag import TERMINATE_SQL
-
-    return int(sql(url, TERMINATE_SQL)[0][0])
-
-
 # --- traps ---------------------------------------------------------------------------------
 def arm(state_dir: Path, partition: str, point: str, action: str = "hold:120") -> Path:
     """Arm the trap of ``point`` for ``partition``; returns the file its pid will be in."""

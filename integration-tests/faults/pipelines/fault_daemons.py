@@ -4,7 +4,9 @@ tick and each sensor ``run_key`` must fire one run.
 * ``every_minute``: ``* * * * *`` with ``catch_up="all"``; a test sets its cursor ten
   minutes back, so ten ticks are due at once. Its partition function (user code, called by
   every evaluator before it claims a tick) audits each call.
-* ``five_keys``: every second returns the same five run keys; each evaluation is audited.
+* ``five_keys``: returns the same five run keys at every evaluation; its 10 ms interval
+  makes it due at every tick of every sweeper and daemon (each ticks once a second), so
+  all of them contend for the keys. Each evaluation is audited.
 * ``fired``: the target; each execution is audited with its run id.
 """
 
@@ -31,7 +33,7 @@ def tick_partition(tick: datetime) -> str:
     return f"tick-{tick:%H%M}"
 
 
-@fs.sensor(target="fired", interval=timedelta(seconds=1))
+@fs.sensor(target="fired", interval=timedelta(milliseconds=10))
 def five_keys(context: Any) -> list[fs.RunRequest]:
     AUDIT.write("-", "five_keys", "", "sensor_eval")
     return [fs.RunRequest(run_key=k, partition=f"sensor-{k}") for k in KEYS]

@@ -27,7 +27,8 @@ Traps: a test arms ``$FLOWSTONE_IT_DIR/trap.<partition>.<point>`` (its text is t
 the first execution reaching that point claims it (an atomic rename), writes its pid to
 ``$FLOWSTONE_IT_DIR/pid.<partition>.<point>`` and then acts: ``hold:<seconds>`` sleeps
 (the test kills, stops or terminates the process meanwhile), ``pgkill`` terminates every
-connection to the run store's database and carries on.
+other connection to the run store's database, waits until the server has closed them,
+and carries on.
 """
 
 from __future__ import annotations
@@ -57,9 +58,10 @@ CREATE TABLE IF NOT EXISTS public.fault_audit (
     at        timestamptz NOT NULL DEFAULT clock_timestamp()
 )"""
 TERMINATE_SQL = (
-    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+    "SELECT array_agg(pid) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
     "WHERE datname = current_database() AND pid <> pg_backend_pid()"
 )
+GONE_SQL = "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = ANY($1::int[]))"
 BATCH = 50
 
 
@@ -145,7 +147,13 @@ class _Audit:
             loop.close()
 
     def terminate_all(self) -> int:
-        return int(self._call(TERMINATE_SQL) or 0)
+        """Terminate every other connection to the database and wait until their backends
+        are gone, so the server has closed them before anyone uses them again."""
+        pids = list(self._call(TERMINATE_SQL) or [])
+        deadline = time.monotonic() + 10
+        while pids and not self._call(GONE_SQL, pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return len(pids)
 
 
 AUDIT = _Audit()
