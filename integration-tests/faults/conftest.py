@@ -68,17 +68,19 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
         unavailable("PostgreSQL", "docker run -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust "
                     "postgres:15", exc)
     url = "postgresql+asyncpg://" + PG_ADMIN.split("://", 1)[1].rsplit("/", 1)[0] + "/" + name
-    from fault_dag import AUDIT_DDL
+    try:
+        from fault_dag import AUDIT_DDL
 
-    from flowstone_io_postgres import PostgresRunStore
+        from flowstone_io_postgres import PostgresRunStore
 
-    store = PostgresRunStore(url, auto_migrate=True)
-    store.ping()
-    store.close()
-    sql(url, AUDIT_DDL)
-    yield url
-    with contextlib.suppress(Exception):
-        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        store = PostgresRunStore(url, auto_migrate=True)
+        store.ping()
+        store.close()
+        sql(url, AUDIT_DDL)
+        yield url
+    finally:  # also when setting it up failed
+        with contextlib.suppress(Exception):
+            _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
