@@ -153,3 +153,36 @@ def test_a_deferred_step_waits_without_a_worker_and_completes_once(
     assert [applied for _, applied in coordinator.completions] == [True, False]
     with pytest.raises(fs.SignalError, match="scatter"):
         p.signal(coordinator.tokens[0], {"forged": True})  # not a signal gate
+
+
+def test_a_store_error_after_the_gather_is_retried_in_place(
+    make_pipeline: PipelineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gathered value is in hand when the completion's first read (the gate) hits a
+    dead connection: it is retried where it is, so the coordinator does not run the
+    gather again (it ran twice in the fault suite when a backend died at that moment)."""
+
+    @fs.asset
+    def urls() -> list[str]:
+        return ["a", "b"]
+
+    @fs.asset(scatter=fs.Scatter(items=lambda urls: [{"u": u} for u in urls]))
+    def pages(context: fs.Context, urls: list[str]) -> str:
+        return context.scatter_item["u"].upper()
+
+    coordinator = ThreadedCoordinator()
+    p = make_pipeline([urls, pages], scatter_coordinator=coordinator)
+    real, failed = p.store.get_gate, []
+
+    def once(token_hash: str) -> Any:
+        if not failed and threading.current_thread() is not threading.main_thread():
+            failed.append(token_hash)
+            raise fs.StorageError("connection was closed in the middle of operation")
+        return real(token_hash)
+
+    monkeypatch.setattr(p.store, "get_gate", once)
+    run = p.run("pages")
+    assert coordinator.done.wait(10)
+    assert failed and p.result(run.run_id).status == "succeeded"
+    assert [applied for _, applied in coordinator.completions] == [True, False]
+    assert p.get("pages") == ["A", "B"]

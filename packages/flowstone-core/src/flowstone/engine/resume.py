@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from flowstone.engine.plan import dep_partitions
 from flowstone.engine.runner import describe_error, hash_token, is_infrastructure
@@ -49,6 +49,7 @@ log = logging.getLogger("flowstone.engine")
 _PAGE = 500  # runs per page when sweeping
 _RESUME_TRIES = 3  # the value write and finish of a resume, on infrastructure errors
 _RESUME_BACKOFF_S = 0.5
+_T = TypeVar("_T")
 
 
 def find_approval(
@@ -427,28 +428,13 @@ def complete_deferred(
     its dependents. Returns ``(run_id, applied)``; ``applied`` is False when another
     process completed it first (a redelivered barrier completion).
     """
-    p = runner.runtime
-    digest = hash_token(token)
-    gate = p.store.get_gate(digest)
-    if gate is None or gate.metadata.get("kind") != "deferred" or gate.pipeline != p.name:
-        raise SignalError("unknown deferred-step token for this pipeline")
-    # the value is in hand: only storing it and the finish remain, so a short claim lets a
-    # re-run finalize take over soon after this process dies (its gather runs again)
-    claim = Continuation(runner.owner(), min(runner.runtime.policies.lease_seconds, 60.0))
-    try:
-        p.store.consume_gate(digest, payload=None, status="signaled", claim=claim)
-    except SignalError:
-        # used: an earlier completion whose process died (or whose bookkeeping failed)
-        # before the finish is taken over; a live one, or a finished step, is left alone
-        held = p.store.take_over_wait(
-            gate.run_id, gate.asset, gate.partition,
-            owner=claim.owner, lease_seconds=claim.lease_seconds,
-        )  # fmt: skip
-        if held is None:
-            return gate.run_id, False
-        step = held
-    else:
-        step = _step(runner, gate.run_id, gate.asset, gate.partition)
+    # the value is in hand (a gather already ran): a store error from here on is retried
+    # in place, never by running the coordinator's gather again
+    gate, step = _in_place(
+        "claiming a deferred step", lambda: _claim_deferred(runner, hash_token(token))
+    )
+    if step is None:
+        return gate.run_id, False
 
     def compute() -> Any:
         if error is not None:
@@ -456,3 +442,41 @@ def complete_deferred(
         return value
 
     return gate.run_id, _resume_with(runner, step, compute, {})
+
+
+def _claim_deferred(runner: StepRunner, digest: str) -> tuple[Gate, StepRecord | None]:
+    """The deferred gate and its step, held for this completion; None for the step when
+    another completion finished it or holds it alive."""
+    p = runner.runtime
+    gate = p.store.get_gate(digest)
+    if gate is None or gate.metadata.get("kind") != "deferred" or gate.pipeline != p.name:
+        raise SignalError("unknown deferred-step token for this pipeline")
+    # only storing the value and the finish remain, so a short claim lets a re-run
+    # finalize take over soon after this process dies (its gather runs again)
+    claim = Continuation(runner.owner(), min(p.policies.lease_seconds, 60.0))
+    try:
+        p.store.consume_gate(digest, payload=None, status="signaled", claim=claim)
+    except SignalError:
+        # used: an earlier completion whose process died (or whose bookkeeping failed, or
+        # this one, whose consume committed but whose answer was lost) is taken over; a
+        # live one, or a finished step, is left alone
+        held = p.store.take_over_wait(
+            gate.run_id, gate.asset, gate.partition,
+            owner=claim.owner, lease_seconds=claim.lease_seconds,
+        )  # fmt: skip
+        return gate, held
+    return gate, _step(runner, gate.run_id, gate.asset, gate.partition)
+
+
+def _in_place(what: str, work: Callable[[], _T]) -> _T:
+    """``work()``, tried again (up to ``_RESUME_TRIES`` times, backing off) when it fails
+    on an infrastructure error: the engine's own bookkeeping, not the user's code."""
+    for attempt in range(1, _RESUME_TRIES + 1):
+        try:
+            return work()
+        except StorageError as exc:
+            if not is_infrastructure(exc) or attempt == _RESUME_TRIES:
+                raise
+            log.warning("%s: infrastructure error: %s; trying again", what, describe_error(exc))
+            time.sleep(_RESUME_BACKOFF_S * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
