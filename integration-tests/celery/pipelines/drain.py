@@ -1,5 +1,6 @@
 """A chain of six slow steps (``s1`` -> ... -> ``s6``) for the warm-drain test: each step
-appends ``<name> <pid>`` to ``$FLOWSTONE_IT_SEED_DIR/ran`` when it starts."""
+appends ``<name> <pid>`` to ``$FLOWSTONE_IT_SEED_DIR/ran`` when it starts; ``s2`` runs
+for three seconds, the others for 0.6."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from pathlib import Path
 import flowstone as fs
 
 
-def _mark(name: str) -> None:
+def _mark(name: str, seconds: float = 0.6) -> None:
     with (Path(os.environ["FLOWSTONE_IT_SEED_DIR"]) / "ran").open("a") as out:
         out.write(f"{name} {os.getpid()}\n")
-    time.sleep(0.6)
+    time.sleep(seconds)
 
 
 @fs.asset
@@ -24,7 +25,7 @@ def s1() -> int:
 
 @fs.asset
 def s2(s1: int) -> int:
-    _mark("s2")
+    _mark("s2", 3.0)  # the test's SIGTERM lands while s2 runs, even on a loaded machine
     return s1 + 1
 
 
