@@ -19,13 +19,17 @@ import contextlib
 import hmac
 import json
 import logging
-import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 from flowstone.engine.plan import dep_partitions
-from flowstone.engine.runner import describe_error, hash_token, is_infrastructure
+from flowstone.engine.runner import (
+    describe_error,
+    hash_token,
+    is_infrastructure,
+    retry_in_place,
+)
 from flowstone.engine.timeouts import enforce_parallel_timeouts
 from flowstone.errors import ApprovalError, ExecutionError, SignalError, StorageError, UsageError
 from flowstone.partitions import PartitionKey, decode_partition, encode_partition
@@ -47,9 +51,6 @@ __all__ = [
 
 log = logging.getLogger("flowstone.engine")
 _PAGE = 500  # runs per page when sweeping
-_RESUME_TRIES = 3  # the value write and finish of a resume, on infrastructure errors
-_RESUME_BACKOFF_S = 0.5
-_T = TypeVar("_T")
 
 
 def find_approval(
@@ -279,40 +280,33 @@ def _resume_with(
         value = compute()
     except Exception as exc:
         return _finish_failed(runner, step, describe_error(exc))
-    for attempt in range(1, _RESUME_TRIES + 1):
+    def store_and_finish() -> bool:
+        upstream = _upstream_ids(runner, step)
+        key = StorageKey(
+            p.name, a.name, step.partition, step.run_id, attempt=step.attempt,
+            metadata=a.metadata,
+        )  # fmt: skip
         try:
-            upstream = _upstream_ids(runner, step)
-            key = StorageKey(
-                p.name, a.name, step.partition, step.run_id, attempt=step.attempt,
-                metadata=a.metadata,
-            )  # fmt: skip
-            try:
-                stored = p.values.store(a.io_manager, key, value)
-            except StorageError as exc:
-                if is_infrastructure(exc):
-                    raise
-                return _finish_failed(runner, step, describe_error(exc), upstream)
-            facts = {"value": dict(stored.described)} if stored.described else {}
-            mat = runner.build_record(
-                a,
-                step,
-                "succeeded",
-                io_name=stored.io_manager,
-                location=stored.location,
-                upstream=upstream,
-                metadata={**metadata, **facts},
-            )
-            outcome = StepOutcome("succeeded", materialization=mat, staged=stored.staged)
-            return _complete(runner, step, outcome)
+            stored = p.values.store(a.io_manager, key, value)
         except StorageError as exc:
-            if not is_infrastructure(exc) or attempt == _RESUME_TRIES:
+            if is_infrastructure(exc):
                 raise
-            log.warning(
-                "finishing %s [%s] of run %s: infrastructure error (not the asset's): %s;"
-                " trying again", step.asset, step.partition, step.run_id, describe_error(exc),
-            )  # fmt: skip
-            time.sleep(_RESUME_BACKOFF_S * (attempt - 1))
-    raise AssertionError("unreachable")  # pragma: no cover
+            return _finish_failed(runner, step, describe_error(exc), upstream)
+        facts = {"value": dict(stored.described)} if stored.described else {}
+        mat = runner.build_record(
+            a,
+            step,
+            "succeeded",
+            io_name=stored.io_manager,
+            location=stored.location,
+            upstream=upstream,
+            metadata={**metadata, **facts},
+        )
+        outcome = StepOutcome("succeeded", materialization=mat, staged=stored.staged)
+        return _complete(runner, step, outcome)
+
+    what = f"finishing {step.asset} [{step.partition}] of run {step.run_id}"
+    return retry_in_place(what, store_and_finish)
 
 
 def _finish_failed(
@@ -430,7 +424,7 @@ def complete_deferred(
     """
     # the value is in hand (a gather already ran): a store error from here on is retried
     # in place, never by running the coordinator's gather again
-    gate, step = _in_place(
+    gate, step = retry_in_place(
         "claiming a deferred step", lambda: _claim_deferred(runner, hash_token(token))
     )
     if step is None:
@@ -467,16 +461,3 @@ def _claim_deferred(runner: StepRunner, digest: str) -> tuple[Gate, StepRecord |
         return gate, held
     return gate, _step(runner, gate.run_id, gate.asset, gate.partition)
 
-
-def _in_place(what: str, work: Callable[[], _T]) -> _T:
-    """``work()``, tried again (up to ``_RESUME_TRIES`` times, backing off) when it fails
-    on an infrastructure error: the engine's own bookkeeping, not the user's code."""
-    for attempt in range(1, _RESUME_TRIES + 1):
-        try:
-            return work()
-        except StorageError as exc:
-            if not is_infrastructure(exc) or attempt == _RESUME_TRIES:
-                raise
-            log.warning("%s: infrastructure error: %s; trying again", what, describe_error(exc))
-            time.sleep(_RESUME_BACKOFF_S * attempt)
-    raise AssertionError("unreachable")  # pragma: no cover

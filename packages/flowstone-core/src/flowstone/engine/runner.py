@@ -21,7 +21,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from flowstone.asset import AssetDef
 from flowstone.context import Context
@@ -64,9 +64,11 @@ __all__ = [
     "hash_token",
     "is_infrastructure",
     "materialization_id",
+    "retry_in_place",
 ]
 
 log = logging.getLogger("flowstone.engine")
+_T = TypeVar("_T")
 MAX_SOFT_RETRIES = 1000
 _CACHED_MATERIALIZATIONS = 4096
 
@@ -282,18 +284,10 @@ class StepRunner:
         error retry the finish itself, keeping the claim, before giving up: the asset's
         code does not run again because the bookkeeping after it failed (a join used to
         run twice when backends were terminated)."""
-        for attempt in range(1, _FINISH_TRIES + 1):
-            try:
-                return self.complete(step, outcome, started_at=started_at, then=then)
-            except StorageError as exc:
-                if not is_infrastructure(exc) or attempt == _FINISH_TRIES:
-                    raise
-                log.warning(
-                    "asset %s [%s]: recording its outcome failed (%s); trying again",
-                    step.asset, step.partition, describe_error(exc),
-                )  # fmt: skip
-                time.sleep(_INFRA_RETRY_S * (attempt - 1))
-        raise AssertionError("unreachable")  # pragma: no cover
+        return retry_in_place(
+            f"recording the outcome of {step.asset} [{step.partition}]",
+            lambda: self.complete(step, outcome, started_at=started_at, then=then),
+        )
 
     def _infra_failed(
         self, step: StepRecord, a: AssetDef, started_at: datetime, cause: BaseException
@@ -792,6 +786,22 @@ _MAX_INFRA_DELAY_S = 30.0
 _MAX_INFRA_ATTEMPTS = 3
 _FINISH_TRIES = 3  # the finish of an asset that ran, in place, before the step is retried
 _NOT_INFRASTRUCTURE = (EncodingError, UnsafeKeyError, ValueNotFoundError)
+
+
+def retry_in_place(what: str, work: Callable[[], _T]) -> _T:
+    """``work()`` (the engine's own bookkeeping, after the user's code ran), tried again in
+    place when it fails on an infrastructure error: at once, then after 0.5 s, up to
+    ``_FINISH_TRIES`` tries, so the user's code does not run again for it."""
+    for attempt in range(1, _FINISH_TRIES + 1):
+        try:
+            return work()
+        except StorageError as exc:
+            if not is_infrastructure(exc) or attempt == _FINISH_TRIES:
+                raise
+            log.warning("%s: infrastructure error (not the asset's): %s; trying again",
+                        what, describe_error(exc))  # fmt: skip
+            time.sleep(_INFRA_RETRY_S * (attempt - 1))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def is_infrastructure(exc: StorageError) -> bool:
