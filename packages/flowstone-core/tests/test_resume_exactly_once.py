@@ -282,24 +282,3 @@ def test_a_finish_that_hits_a_dead_connection_is_retried_without_rerunning_the_a
     result = p.run("join")
     assert result.status == "succeeded" and result.value == 3 and failed == ["join"]
     assert counter.calls == {"join": 1}
-
-
-def test_recover_pages_through_every_waiting_run(
-    make_pipeline: PipelineFactory, counter: Counter, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """recover() used to look at the newest 1,000 waiting runs only; it pages now (the
-    page is made tiny here so a handful of runs spans several pages)."""
-    from flowstone.engine import resume
-
-    monkeypatch.setattr(resume, "_PAGE", 2)
-
-    @fs.asset
-    def trade(context: fs.Context) -> Any:
-        return fs.WaitForApproval(message="big", value=context.partition, timeout=None)
-
-    p = make_pipeline([trade])
-    runs = [p.run("trade", f"p{i}") for i in range(5)]
-    for approval in p.approvals():  # decided by a process that died before resuming
-        p.store.decide_approval(approval.id, "approved", by="ops")
-    assert p.recover() == 5
-    assert {p.result(r.run_id).status for r in runs} == {"succeeded"}

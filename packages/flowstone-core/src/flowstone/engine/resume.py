@@ -19,7 +19,7 @@ import contextlib
 import hmac
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -342,17 +342,17 @@ def expire_gate(runner: StepRunner, gate: Gate, *, reason: str = "") -> bool:
     return True
 
 
-def _runs(runner: StepRunner, status: Any) -> list[RunRecord]:
-    """Every run of this pipeline in ``status``, newest first, read page by page before
-    any is acted on: finishing one moves it out of ``status``, which would shift the pages
-    under a lazy reader and skip runs."""
+def _runs(runner: StepRunner, status: Any) -> Iterator[RunRecord]:
+    """Every run of this pipeline in ``status``, newest first, page by page (a run that
+    changes status meanwhile may be skipped: the next sweep sees it)."""
     p = runner.runtime
-    found: list[RunRecord] = []
+    offset = 0
     while True:
-        page = p.store.list_runs(pipeline=p.name, status=status, limit=_PAGE, offset=len(found))
-        found.extend(page)
+        page = p.store.list_runs(pipeline=p.name, status=status, limit=_PAGE, offset=offset)
+        yield from page
         if len(page) < _PAGE:
-            return found
+            return
+        offset += len(page)
 
 
 def expire_due(runner: StepRunner, now: datetime | None = None) -> int:

@@ -248,16 +248,6 @@ class StoreRecordsContract:
         assert store.prune_route_decisions(_now() + timedelta(seconds=1)) >= 1
         assert store.get_route_decision(run_id, "size", DAY) is None
 
-    def test_list_runs_pages_with_offset(self, store: RunStore) -> None:
-        pipeline = _uid("paged")
-        made = [
-            _create(store, [StepSpec("trade", DAY)], pipeline=pipeline,
-                    created_at=_now() - timedelta(minutes=i))[0].run_id
-            for i in range(5)
-        ]  # fmt: skip
-        pages = [store.list_runs(pipeline=pipeline, limit=2, offset=o) for o in (0, 2, 4, 6)]
-        assert [[r.run_id for r in page] for page in pages] == [made[:2], made[2:4], made[4:], []]
-
     def test_old_ticks_are_pruned_by_prefix(self, store: RunStore) -> None:
         schedule, sweep = _uid("schedule:p:nightly"), _uid("celery-sweep:p")
         assert store.claim_tick(schedule, "2024-01-01T00:00:00+00:00")
