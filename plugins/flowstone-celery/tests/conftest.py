@@ -19,8 +19,11 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def settings() -> CelerySettings:
-    # kombu's in-memory transport: real publishing and consuming, no services
-    return CelerySettings(broker_url="memory://", queue=f"test-{uuid.uuid4().hex[:8]}")
+    # kombu's in-memory transport: real publishing and consuming, no services; a fixed
+    # slot count, so whether a dispatch packs steps does not depend on the machine's CPUs
+    return CelerySettings(
+        broker_url="memory://", queue=f"test-{uuid.uuid4().hex[:8]}", worker_slots=16
+    )
 
 
 @pytest.fixture

@@ -59,6 +59,9 @@ class FlowstoneCelery(Celery):  # type: ignore[misc]
         # {store URL: the store} shared by the served pipelines built from that URL
         self._stores: dict[str, RunStore] = {}
         self._flowstone_executor: CeleryExecutor | None = None
+        # the concurrency of the worker this app runs (set by the worker bootstep before
+        # the pool forks): the slot count packing assumes without FLOWSTONE_WORKER_SLOTS
+        self.worker_slots: int | None = None
 
     @property
     def executor(self) -> CeleryExecutor:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from flowstone.errors import StorageError
 from flowstone.records import StepRecord
 from flowstone_celery.messages import StepMessage
+from flowstone_celery.packing import default_slots, pack, pack_size
 from flowstone_celery.settings import CelerySettings, load_settings, safe_url
 
 if TYPE_CHECKING:
@@ -36,7 +37,9 @@ def _batched(producer: Any) -> contextlib.AbstractContextManager[Any]:
 
 
 class CeleryExecutor:
-    """Publishes each ready step as one ``flowstone.run_step`` message.
+    """Publishes ready steps as ``flowstone.run_step`` messages: one per step while the
+    workers have a slot for each, several steps of the run per message beyond that
+    (``FLOWSTONE_PACK_STEPS``, see :mod:`flowstone_celery.packing`).
 
     Args:
         settings: defaults to the ``FLOWSTONE_*`` environment, read when this is called.
@@ -104,15 +107,41 @@ class CeleryExecutor:
             out.append((StepMessage.for_step(pipeline_name, step, run_id).to_json(), countdown))
         return out
 
+    @property
+    def slots(self) -> int:
+        """How many steps the workers run at once, as far as packing assumes:
+        ``FLOWSTONE_WORKER_SLOTS``, else a worker's own concurrency, else the CPU count."""
+        known = self._app.worker_slots if self._app is not None else None
+        return self.settings.worker_slots or default_slots(known)
+
+    def packed(
+        self, sends: Sequence[tuple[dict[str, Any], float | None]]
+    ) -> list[tuple[object, float | None]]:
+        """The messages for one run's ``(message, countdown)`` pairs: the steps due now in
+        packs of :func:`~flowstone_celery.packing.pack_size` (one step each while there
+        are no more than :attr:`slots`), delayed steps alone with their countdown."""
+        due = [body for body, countdown in sends if countdown is None]
+        size = pack_size(len(due), slots=self.slots, most=self.settings.pack_steps)
+        out: list[tuple[object, float | None]] = [(body, None) for body in pack(due, size)]
+        out.extend((body, countdown) for body, countdown in sends if countdown is not None)
+        return out
+
     def dispatch(self, runner: StepRunner, run_id: str, steps: Sequence[StepRecord]) -> None:
-        """Publish ``steps`` of ``run_id``; raise ``StorageError`` if the broker refuses.
+        """Publish ``steps`` of ``run_id`` (packed when they outnumber the workers' slots,
+        see :meth:`packed`); raise ``StorageError`` if the broker refuses.
 
         A step lost here (broker down) stays ``ready`` in the store and the sweeper sends it
         again, so a failed dispatch never loses work.
         """
         self._publish(
-            self.messages(runner.runtime.name, run_id, steps), what=f"of run {run_id}"
+            self.packed(self.messages(runner.runtime.name, run_id, steps)),
+            what=f"of run {run_id}",
         )
+
+    def send_back(self, bodies: Sequence[dict[str, Any]]) -> None:
+        """Publish step messages one per message: the steps of a pack a worker did not
+        start (draining, or the pack ran out of ``FLOWSTONE_PACK_SECONDS``)."""
+        self._publish([(body, None) for body in bodies], what="handed back from a pack")
 
     def dispatch_many(
         self, runner: StepRunner, batches: Sequence[tuple[str, Sequence[StepRecord]]]

@@ -9,9 +9,10 @@ Every field is a JSON primitive and is validated strictly on the way in; a worke
 ``pipeline`` and ``asset`` against the pipelines it was started with. Nothing from a message
 is ever imported or evaluated.
 
-When many runs start at once (``Pipeline.run_many``), one message may carry a list of up
-to :data:`MAX_BATCH` such objects, steps of different runs, which the worker runs one
-after the other (:func:`parse_batch`).
+One message may carry a list of up to :data:`MAX_BATCH` such objects, which the worker
+runs one after the other (:func:`parse_batch`): steps of different runs when many runs
+start at once (``Pipeline.run_many``), or a pack of one run's ready steps when they
+outnumber the workers' slots (:mod:`flowstone_celery.packing`).
 """
 
 from __future__ import annotations

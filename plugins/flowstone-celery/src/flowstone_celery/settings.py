@@ -65,6 +65,16 @@ class CelerySettings(BaseSettings):
         batch_steps: ``FLOWSTONE_BATCH_STEPS``: how many steps of different runs one
             message may carry when many runs start at once (``Pipeline.run_many``); the
             worker runs them one after the other. ``1`` sends one message per step.
+        pack_steps: ``FLOWSTONE_PACK_STEPS``: how many ready steps of *one* run one message
+            may carry when the run has more ready steps than the workers have slots
+            (``worker_slots``); the worker runs them one after the other, each claimed,
+            fenced, retried and recorded on its own. ``1`` never packs.
+        pack_seconds: ``FLOWSTONE_PACK_SECONDS``: once a worker has spent this long on one
+            message's steps, it publishes the steps it has not started (one message each)
+            instead of running them itself, so slow steps still spread over the workers.
+        worker_slots: ``FLOWSTONE_WORKER_SLOTS``: how many steps all workers run at once
+            (the sum of their ``--concurrency``). Unset: a worker uses its own
+            concurrency, any other process its CPU count. Packing starts only above it.
     """
 
     model_config = SettingsConfigDict(
@@ -84,6 +94,9 @@ class CelerySettings(BaseSettings):
     infra_retries: int = Field(10, ge=0, le=1000)
     inline_steps: int = Field(16, ge=0, le=10_000)
     batch_steps: int = Field(8, ge=1, le=MAX_BATCH)
+    pack_steps: int = Field(8, ge=1, le=MAX_BATCH)
+    pack_seconds: float = Field(0.5, gt=0)
+    worker_slots: int | None = Field(None, ge=1, le=1_000_000)
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
 

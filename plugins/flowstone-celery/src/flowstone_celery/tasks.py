@@ -12,17 +12,25 @@ parallel join continues without a round trip through the broker, and without a c
 round trip to the store (``finish_step`` claims it in the same transaction). The
 continuation is as durable as a published step: it is claimed under a lease in the
 transaction that made it runnable, and the sweeper re-dispatches it if the worker dies.
+
+A message may carry several steps (a pack of one run's steps, or steps of many runs,
+see :mod:`flowstone_celery.packing`); they run one after the other, each claimed and
+recorded on its own. A draining worker, or one that has spent ``FLOWSTONE_PACK_SECONDS``
+on the message, publishes the steps it has not started instead (one message each).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from flowstone.engine import StepRunner, run_chain
+from flowstone.errors import StorageError
 from flowstone.records import StepRecord
 from flowstone_celery import draining
 from flowstone_celery.messages import MessageError, StepMessage, parse_batch, parse_message
+from flowstone_celery.packing import unstarted
 
 if TYPE_CHECKING:
     from celery import Task
@@ -30,7 +38,7 @@ if TYPE_CHECKING:
     from flowstone.pipeline import Pipeline
     from flowstone_celery.app import FlowstoneCelery
 
-__all__ = ["handle_step", "register", "run_steps"]
+__all__ = ["hand_back", "handle_step", "register", "run_steps"]
 
 log = logging.getLogger("flowstone.celery")
 MAX_BACKOFF_SECONDS = 60.0
@@ -61,9 +69,15 @@ def handle_step(app: FlowstoneCelery, body: object) -> int:
     """Run the step ``body`` names (or each step of a batch, one after the other) and
     dispatch the steps that became ready.
 
-    Returns how many follow-up steps were dispatched (0 for a dropped or duplicate message).
-    Infrastructure errors propagate so the caller can retry; a retried batch skips the
-    steps it already ran (their claims fail like any duplicate delivery's).
+    Before each step of a batch after the first, a draining worker (or one that has
+    spent ``FLOWSTONE_PACK_SECONDS`` on this message) publishes the steps it has not
+    started, one message each, and stops: they are still ``ready`` and unclaimed, so any
+    worker can take them (and the sweeper re-sends them if that publish fails).
+
+    Returns how many steps were dispatched (follow-ups and handed-back ones; 0 for a
+    dropped or duplicate message). Infrastructure errors propagate so the caller can
+    retry; a retried batch skips the steps it already ran (their claims fail like any
+    duplicate delivery's).
     """
     try:
         bodies = parse_batch(body)
@@ -71,7 +85,11 @@ def handle_step(app: FlowstoneCelery, body: object) -> int:
         log.error("dropping malformed FlowStone step message: %s", exc)
         return 0
     published = 0
-    for item in bodies:
+    budget = app.flowstone_settings.pack_seconds
+    started = time.monotonic()
+    for index, item in enumerate(bodies):
+        if index and (draining.requested() or time.monotonic() - started >= budget):
+            return published + hand_back(app, bodies[index:])
         found = resolve(app, item)
         if found is None:
             continue
@@ -81,6 +99,24 @@ def handle_step(app: FlowstoneCelery, body: object) -> int:
             inline=app.flowstone_settings.inline_steps,
         )
     return published
+
+
+def hand_back(app: FlowstoneCelery, bodies: list[object]) -> int:
+    """Publish the not-started steps of a batch, one message each; returns how many.
+    If the broker refuses, they stay ``ready`` and the sweeper re-sends them after
+    ``FLOWSTONE_RECOVER_AFTER``."""
+    steps = unstarted(bodies)
+    if not steps:
+        return 0
+    why = "the worker is draining" if draining.requested() else "the message took too long"
+    try:
+        app.executor.send_back(steps)
+    except StorageError as exc:
+        log.warning("could not hand back %d step(s) of a batch (%s): %s; the sweeper re-sends "
+                    "them", len(steps), why, exc)
+        return 0
+    log.info("handed %d step(s) of a batch back to the broker: %s", len(steps), why)
+    return len(steps)
 
 
 def run_steps(runner: StepRunner, run_id: str, asset: str, partition: str, *, inline: int) -> int:

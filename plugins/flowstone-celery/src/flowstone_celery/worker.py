@@ -59,6 +59,8 @@ class FlowstoneStep(bootsteps.StartStopStep):  # type: ignore[misc]
             print(f"flowstone worker: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
         self._sweeper: SweeperThread | None = None
+        concurrency = getattr(worker, "concurrency", None)
+        app.worker_slots = concurrency if isinstance(concurrency, int) and concurrency else None
         _close_pipelines_on_shutdown(app)
         _drain_on_shutdown(app)
         # before the pool forks: pool processes inherit the observers and the metric mode

@@ -1,0 +1,215 @@
+"""Packing several ready steps of one run into one message (``FLOWSTONE_PACK_STEPS``):
+when, in what form, and that each step of a pack is still claimed, recorded and retried on
+its own, a redelivered pack changes nothing, and a draining worker (or a pack that ran
+out of ``FLOWSTONE_PACK_SECONDS``) hands the steps it did not start back to the broker."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from helpers import drain
+
+import flowstone as fs
+from flowstone.records import StepRecord
+from flowstone_celery import CelerySettings, FlowstoneCelery, draining, make_app
+from flowstone_celery.messages import parse_batch, parse_message
+from flowstone_celery.packing import pack, pack_size
+from flowstone_celery.tasks import handle_step
+
+N = 12
+
+
+def independent(n: int = N, *, fail_once: set[str] | None = None) -> fs.Pipeline:
+    """``n`` independent assets ``p00``...; those in ``fail_once`` raise on attempt 1."""
+    flaky = fail_once or set()
+
+    def make(i: int) -> Any:
+        name = f"p{i:02d}"
+
+        @fs.asset(name=name, retry=fs.RetryPolicy(max_attempts=2, base_delay=0))
+        def fn(context: fs.Context) -> int:
+            if name in flaky and context.attempt == 1:
+                raise RuntimeError(f"{name} fails once")
+            return i
+
+        return fn
+
+    return fs.Pipeline(
+        "packs", [make(i) for i in range(n)], store="memory://", executor="inprocess"
+    )
+
+
+@pytest.fixture
+def packing(settings: CelerySettings) -> Iterator[FlowstoneCelery]:
+    """An app that packs: 4 slots, at most 8 steps per message, inline continuations off."""
+    app = make_app(
+        settings.model_copy(
+            update={"worker_slots": 4, "pack_steps": 8, "inline_steps": 0, "pack_seconds": 3600.0}
+        )
+    )
+    yield app
+    app.close_pipelines()
+    app.close()
+    draining.reset()
+
+
+def bodies(published: list[tuple[Any, Any, Any]]) -> list[list[dict[str, Any]]]:
+    return [body if isinstance(body, list) else [body] for body, _, _ in published]
+
+
+@pytest.mark.parametrize(
+    ("ready", "slots", "most", "size"),
+    [
+        (1, 4, 8, 1),  # fewer steps than slots: one step per message
+        (4, 4, 8, 1),  # exactly one step per slot
+        (5, 4, 8, 1),  # 5 // 4: packing would leave a slot without a message
+        (8, 4, 8, 2),  # two per message, still a message per slot
+        (12, 4, 8, 3),
+        (2000, 4, 8, 8),  # capped by FLOWSTONE_PACK_STEPS
+        (2000, 4, 1, 1),  # packing turned off
+        (2000, 1000, 64, 2),
+    ],
+)
+def test_pack_size_keeps_a_message_per_slot(ready: int, slots: int, most: int, size: int) -> None:
+    assert pack_size(ready, slots=slots, most=most) == size
+
+
+def test_pack_cuts_in_order_and_a_lone_step_stays_a_plain_message() -> None:
+    assert pack([1, 2, 3, 4, 5], 2) == [[1, 2], [3, 4], 5]
+    assert pack([1, 2, 3], 1) == [1, 2, 3]
+
+
+def test_a_run_with_more_ready_steps_than_slots_is_packed(
+    packing: FlowstoneCelery,
+) -> None:
+    pipeline = independent()
+    packing.add_pipeline(pipeline)
+    run = pipeline.run(wait=False, force=True)
+    published = drain(packing)
+    # 12 ready steps, 4 slots: 3 per message, 4 messages (one per slot)
+    assert [len(b) for b in bodies(published)] == [3, 3, 3, 3]
+    for batch in bodies(published):
+        # the list body of run_many, read by the same parser; every item a step message
+        assert parse_batch(batch) == batch
+        assert {parse_message(item).run_id for item in batch} == {run.run_id}
+    assert sorted(item["asset"] for b in bodies(published) for item in b) == [
+        f"p{i:02d}" for i in range(N)
+    ]
+    assert {headers["task"] for _, headers, _ in published} == {"flowstone.run_step"}
+
+
+def test_no_packing_while_every_step_has_a_slot_or_when_turned_off(
+    settings: CelerySettings,
+) -> None:
+    for update in ({"worker_slots": N}, {"worker_slots": 2, "pack_steps": 1}):
+        app = make_app(settings.model_copy(update=update))
+        pipeline = independent()
+        app.add_pipeline(pipeline)
+        pipeline.run(wait=False, force=True)
+        published = drain(app)
+        assert len(published) == N and all(isinstance(b, dict) for b, _, _ in published)
+        app.close_pipelines()
+        app.close()
+
+
+def test_delayed_steps_are_never_packed(packing: FlowstoneCelery) -> None:
+    later = datetime.now(UTC) + timedelta(seconds=30)
+    steps = [StepRecord("run1", f"p{i:02d}", "", "ready", 0) for i in range(8)]
+    steps += [
+        StepRecord("run1", f"p{i:02d}", "", "ready", 1, not_before=later) for i in range(8, 10)
+    ]
+    pipeline = independent()
+    packing.executor.dispatch(pipeline.runner, "run1", steps)
+    pipeline.close()
+    published = drain(packing)
+    assert [len(b) for b in bodies(published)] == [2, 2, 2, 2, 1, 1]
+    assert [headers["eta"] is not None for _, headers, _ in published] == [False] * 4 + [True] * 2
+
+
+def test_slots_default_to_the_workers_concurrency(settings: CelerySettings) -> None:
+    app = make_app(settings.model_copy(update={"worker_slots": None}))
+    assert app.executor.slots == (os.cpu_count() or 1)  # a client: its CPU count
+    app.worker_slots = 3  # what the worker bootstep records from --concurrency
+    assert app.executor.slots == 3
+    app.close()
+    app = make_app(settings.model_copy(update={"worker_slots": 40}))
+    app.worker_slots = 3
+    assert app.executor.slots == 40  # FLOWSTONE_WORKER_SLOTS wins
+    app.close()
+
+
+def test_a_packed_run_records_every_step_once_and_redelivery_changes_nothing(
+    packing: FlowstoneCelery,
+) -> None:
+    pipeline = independent(fail_once={"p04"})
+    packing.add_pipeline(pipeline)
+    run = pipeline.run(wait=False, force=True)
+    packs = [body for body, _, _ in drain(packing)]
+    for body in packs:
+        handle_step(packing, body)
+    # p04 failed its first attempt inside a pack: retried on its own, in a message of its own
+    (retry,) = drain(packing)
+    assert retry[0]["asset"] == "p04"
+    handle_step(packing, retry[0])
+    assert pipeline.result(run.run_id).status == "succeeded"
+    steps = {s.asset: (s.state, s.attempt) for s in pipeline.store.list_steps(run.run_id)}
+    expected = {f"p{i:02d}": ("succeeded", 2 if i == 4 else 1) for i in range(N)}
+    assert steps == expected
+    mats = pipeline.store.list_materializations("packs", run_id=run.run_id)
+    assert sorted(m.asset for m in mats) == sorted(expected)
+    for body in packs:  # the broker delivers every pack again
+        assert handle_step(packing, body) == 0
+    assert drain(packing) == []
+    assert {
+        s.asset: (s.state, s.attempt) for s in pipeline.store.list_steps(run.run_id)
+    } == expected
+    assert len(pipeline.store.list_materializations("packs", run_id=run.run_id)) == N
+
+
+def test_a_draining_worker_hands_back_the_steps_of_a_pack_it_did_not_start(
+    packing: FlowstoneCelery,
+) -> None:
+    pipeline = independent()
+    packing.add_pipeline(pipeline)
+    run = pipeline.run(wait=False, force=True)
+    first, *others = [body for body, _, _ in drain(packing)]
+    draining.begin()
+    assert handle_step(packing, first) == 2  # ran the first step, handed back two
+    handed = drain(packing)
+    assert [body for body, _, _ in handed] == first[1:]  # one message each, as they were
+    states = {s.asset: s.state for s in pipeline.store.list_steps(run.run_id)}
+    assert states[first[0]["asset"]] == "succeeded"
+    assert {states[b["asset"]] for b in first[1:]} == {"ready"}  # unclaimed, for anyone
+    draining.reset()
+    for body in [b for b, _, _ in handed] + others:
+        handle_step(packing, body)
+    assert pipeline.result(run.run_id).status == "succeeded"
+    assert {s.attempt for s in pipeline.store.list_steps(run.run_id)} == {1}
+
+
+def test_a_pack_that_ran_out_of_time_hands_back_the_rest(settings: CelerySettings) -> None:
+    app = make_app(
+        settings.model_copy(
+            update={"worker_slots": 2, "pack_steps": 8, "inline_steps": 0, "pack_seconds": 1e-9}
+        )
+    )
+    pipeline = independent(8)
+    app.add_pipeline(pipeline)
+    run = pipeline.run(wait=False, force=True)
+    packs = [body for body, _, _ in drain(app)]
+    assert [len(b) for b in packs] == [4, 4]
+    assert handle_step(app, packs[0]) == 3
+    handed = [body for body, _, _ in drain(app)]
+    assert handed == packs[0][1:]
+    for body in [*handed, packs[1]]:
+        handle_step(app, body)
+    for body in drain(app):  # the second pack handed back its rest too
+        handle_step(app, body[0])
+    assert pipeline.result(run.run_id).status == "succeeded"
+    assert {s.attempt for s in pipeline.store.list_steps(run.run_id)} == {1}
+    app.close_pipelines()
+    app.close()
