@@ -1,0 +1,108 @@
+"""Packs through a real broker and worker: a run with more ready steps than the workers
+have slots travels several steps to a message (``FLOWSTONE_PACK_STEPS``), completes with
+every step recorded once and its user code run once, and the same packs delivered again
+change nothing."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from celery_it import PIPELINES, Cluster, wait_for
+
+pytestmark = pytest.mark.integration
+
+SPEC = f"{PIPELINES / 'pack.py'}:pipeline"
+N = 24
+
+
+@pytest.fixture
+def seed_dir(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = state_dir / f"pack-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    monkeypatch.setenv("FLOWSTONE_IT_SEED_DIR", str(path))
+    return path
+
+
+@pytest.fixture
+def pack_cluster(
+    client_env: str, database_url: str, redis_url: str, state_dir: Path, seed_dir: Path
+) -> Iterator[Cluster]:
+    cluster = Cluster(
+        redis_url, f"fs-it-pack-{uuid.uuid4().hex[:8]}", database_url, state_dir, specs=[SPEC]
+    )
+    cluster.env["FLOWSTONE_IT_SEED_DIR"] = str(seed_dir)
+    try:
+        yield cluster
+    finally:
+        cluster.stop_all()
+        cluster.purge()
+
+
+def tasks(log: str, what: str) -> int:
+    """How many ``flowstone.run_step`` messages the worker log says were ``what``."""
+    return sum(
+        1 for line in log.splitlines() if "flowstone.run_step[" in line and f"] {what}" in line
+    )
+
+
+def test_a_packed_run_records_each_step_once_and_a_redelivered_pack_changes_nothing(
+    pack_cluster: Cluster,
+    seed_dir: Path,
+    redis_url: str,
+) -> None:
+    from flowstone.loading import load_pipeline
+    from flowstone.records import StepRecord
+    from flowstone_celery import CeleryExecutor, load_settings
+
+    worker = pack_cluster.start("w1", concurrency=2)
+    pipeline = load_pipeline(SPEC)
+    # the client knows the workers have 2 slots: 24 ready steps go 8 to a message
+    pipeline.use_executor(
+        CeleryExecutor(
+            load_settings(
+                broker_url=redis_url, queue=pack_cluster.queue, worker_slots=2, pack_steps=8
+            )
+        )
+    )
+    try:
+        result = pipeline.run(force=True, timeout=120)
+        assert result.status == "succeeded", result.error
+        names = [f"p{i:02d}" for i in range(N)]
+        ran = (seed_dir / "ran").read_text().split("\n")[:-1]
+        assert Counter(line.split()[0] for line in ran) == dict.fromkeys(names, 1)
+        assert {line.split()[1] for line in ran} == {"1"}
+        steps = pipeline.store.list_steps(result.run_id)
+        assert sorted((s.asset, s.state, s.attempt) for s in steps) == [
+            (name, "succeeded", 1) for name in names
+        ]
+        mats = pipeline.store.list_materializations("it_pack", run_id=result.run_id, limit=100)
+        assert sorted(m.asset for m in mats) == names
+        log = wait_for(
+            lambda: tasks(text := pack_cluster.log_of(worker), "succeeded") == 3 and text,
+            what="the three packs to be acknowledged",
+        )
+        assert tasks(log, "received") == 3, log[-3000:]  # 3 messages for 24 steps
+
+        # the broker delivers the same three packs again (as after a lost acknowledgement)
+        again = [StepRecord(result.run_id, name, "", "ready", 0) for name in names]
+        pipeline.executor.dispatch(pipeline.runner, result.run_id, again)
+        wait_for(
+            lambda: tasks(pack_cluster.log_of(worker), "succeeded") == 6,
+            what="the redelivered packs to be handled",
+        )
+        assert (seed_dir / "ran").read_text().split("\n")[:-1] == ran  # nothing ran again
+        after = pipeline.store.list_steps(result.run_id)
+        assert sorted((s.asset, s.state, s.attempt) for s in after) == sorted(
+            (s.asset, s.state, s.attempt) for s in steps
+        )
+        assert (
+            len(pipeline.store.list_materializations("it_pack", run_id=result.run_id, limit=100))
+            == N
+        )
+        assert pipeline.result(result.run_id).status == "succeeded"
+    finally:
+        pipeline.close()
