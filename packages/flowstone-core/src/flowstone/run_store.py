@@ -43,7 +43,7 @@ from flowstone.records import (
     StepSpec,
     StepTransition,
 )
-from flowstone.store_rules import RESEND_BATCH
+from flowstone.store_rules import RESEND_BATCH, RunKey
 
 if TYPE_CHECKING:
     from flowstone.protocols import IOManager
@@ -121,8 +121,19 @@ class RunScheduling(Protocol):
         status: RunStatus | None = None,
         limit: int = 50,
         offset: int = 0,
+        after: RunKey | None = None,
     ) -> list[RunRecord]:
-        """Newest first; ``offset`` skips that many (the next page)."""
+        """At most ``limit`` runs, newest first: by ``created_at``, then ``run_id``.
+
+        Pages: ``after`` is the ``(created_at, run_id)``
+        (:func:`~flowstone.store_rules.run_key`) of the last run of the previous page, and
+        the page holds the runs after it in that order. A run that leaves the filter
+        meanwhile (its status changed) does not shift the later pages, so a caller that
+        acts on the runs it pages through (the engine's sweeps) skips none. ``offset``
+        skips that many runs instead (not with ``after``); it is for pages a person asks
+        for, and shifts when runs come or go. See
+        :func:`~flowstone.store_rules.check_run_keyset` for the validation.
+        """
         ...
 
     def set_run_status(

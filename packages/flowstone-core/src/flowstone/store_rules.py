@@ -13,6 +13,7 @@ the memory, SQLite and Postgres stores (and a store you write) cannot drift apar
 * the run status: :func:`run_status_from`, :func:`next_run_status` (a cancelled run stays
   cancelled) and :func:`reported_status`;
 * continuations: :func:`continuation_key`; step notes: :func:`check_note`;
+* paging runs: :func:`run_key` and :func:`check_run_keyset` (``list_runs(after=)``);
 * values: :func:`to_json` / :func:`json_copy` (JSON columns) and :func:`require_utc`;
 * errors: the messages a user sees for the same mistake on every store.
 
@@ -34,6 +35,7 @@ from flowstone.records import (
     Fence,
     Gate,
     MaterializationRecord,
+    RunRecord,
     RunStatus,
     StepOutcome,
     StepRecord,
@@ -49,6 +51,7 @@ __all__ = [
     "TERMINAL_RUN_STATUSES",
     "BoundOutcome",
     "PlannedStep",
+    "RunKey",
     "StepKey",
     "accepted_states",
     "approval_not_decidable",
@@ -56,6 +59,7 @@ __all__ = [
     "check_finishable",
     "check_note",
     "check_outcome",
+    "check_run_keyset",
     "claim_facts",
     "claimable_by",
     "continuation_key",
@@ -75,6 +79,7 @@ __all__ = [
     "resend_backoff_seconds",
     "resend_due",
     "retry_detail",
+    "run_key",
     "run_not_found",
     "run_status_from",
     "step_not_found",
@@ -86,6 +91,8 @@ __all__ = [
 
 StepKey = tuple[str, str]
 """A step of a run: ``(asset, encoded partition)``."""
+RunKey = tuple[datetime, str]
+"""Where a run stands in ``list_runs``' order: ``(created_at, run_id)``, newest first."""
 
 ACTIVE_STEP_STATES: frozenset[str] = frozenset({"ready", "queued", "running"})
 """Steps a worker can make progress on right now (or already is)."""
@@ -94,6 +101,45 @@ FINISHABLE_STEP_STATES: frozenset[str] = frozenset({"ready", "queued", "running"
 TERMINAL_RUN_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 REOPENABLE_STEP_STATES: frozenset[str] = frozenset({"failed", "upstream_failed", "cancelled"})
 """The steps ``reopen_run`` puts back to pending."""
+
+
+# --- paging runs -------------------------------------------------------------------------
+def run_key(run: RunRecord) -> RunKey:
+    """``run``'s place in ``list_runs``' order; pass the last run's of a page as the next
+    page's ``after=``."""
+    return run.created_at, run.run_id
+
+
+def check_run_keyset(after: object, offset: int) -> RunKey | None:
+    """``list_runs(after=)`` validated (``created_at`` in UTC), or None when not given.
+
+    ``after`` is the :func:`run_key` of the last run of the previous page: the page holds
+    the runs listed after it (older, or as old with a smaller ``run_id``). Unlike
+    ``offset``, a run that leaves the filter (its status changed) does not shift the
+    pages after it, so a sweep that acts on the runs it pages through skips none.
+
+    Raises:
+        UsageError: ``after`` is not a ``(datetime, str)`` pair, its datetime is naive, or
+            ``offset`` is given too.
+    """
+    if after is None:
+        return None
+    if (
+        not isinstance(after, tuple)
+        or len(after) != 2
+        or not isinstance(after[0], datetime)
+        or not isinstance(after[1], str)
+    ):
+        raise UsageError(
+            f"list_runs(after=) takes the (created_at, run_id) of the last run of the "
+            f"previous page, e.g. (run.created_at, run.run_id); got {after!r}"
+        )
+    if offset:
+        raise UsageError(
+            f"list_runs: pass after= or offset= (got offset={offset!r}), not both; after= "
+            "already says where the page starts"
+        )
+    return require_utc(after[0], "list_runs(after=) created_at"), after[1]
 
 
 # --- values ----------------------------------------------------------------------------

@@ -291,14 +291,22 @@ class PostgresRunStore:
         status: RunStatus | None = None,
         limit: int = 50,
         offset: int = 0,
+        after: rules.RunKey | None = None,
     ) -> list[RunRecord]:
+        start = rules.check_run_keyset(after, offset)
+        params: dict[str, Any] = {"pl": pipeline, "st": status, "n": limit, "off": offset}
+        # a row comparison of its own (not "IS NULL OR"): the runs_ui_* indexes answer it
+        keyset = ""
+        if start is not None:
+            keyset = "AND (created_at, run_id) < (:at, :rid) "
+            params |= {"at": start[0], "rid": start[1]}
         rows = self._rows(
             "listing runs",
             "SELECT " + RUN_COLS + " FROM {s}.runs WHERE (CAST(:pl AS text) IS NULL OR "
-            "pipeline = :pl) AND (CAST(:st AS text) IS NULL OR status = :st) "
-            "ORDER BY created_at DESC, run_id DESC LIMIT :n OFFSET :off",
-            {"pl": pipeline, "st": status, "n": limit, "off": offset},
-        )
+            "pipeline = :pl) AND (CAST(:st AS text) IS NULL OR status = :st) " + keyset
+            + "ORDER BY created_at DESC, run_id DESC LIMIT :n OFFSET :off",
+            params,
+        )  # fmt: skip
         return [to_run(r) for r in rows]
 
     def set_run_status(self, run_id: str, status: RunStatus, *, error: str | None = None) -> None:

@@ -140,17 +140,18 @@ class MemoryRunStore(MemoryRecords):
         status: RunStatus | None = None,
         limit: int = 50,
         offset: int = 0,
+        after: rules.RunKey | None = None,
     ) -> list[RunRecord]:
+        start = rules.check_run_keyset(after, offset)
         with self._lock:
             runs = [
                 r
                 for r in self._runs.values()
                 if (pipeline is None or r.pipeline == pipeline)
                 and (status is None or r.status == status)
+                and (start is None or rules.run_key(r) < start)
             ]
-        # dicts keep insertion order, so reversed() breaks created_at ties newest first
-        runs.reverse()
-        runs.sort(key=lambda r: r.created_at, reverse=True)
+        runs.sort(key=rules.run_key, reverse=True)
         return runs[offset : offset + limit]
 
     def set_run_status(self, run_id: str, status: RunStatus, *, error: str | None = None) -> None:

@@ -175,12 +175,18 @@ class SQLiteRunStore(SQLiteRecords):
         status: RunStatus | None = None,
         limit: int = 50,
         offset: int = 0,
+        after: rules.RunKey | None = None,
     ) -> list[RunRecord]:
+        start = rules.check_run_keyset(after, offset)
         where, params = filters(pipeline=pipeline, status=status)
+        args: list[Any] = [*params]
+        if start is not None:
+            where += " AND (created_at, run_id) < (?, ?)"
+            args += [to_micros(start[0]), start[1]]
         rows = self._read(
-            f"SELECT {RUN_COLS} FROM runs {where} ORDER BY created_at DESC, rowid DESC"
+            f"SELECT {RUN_COLS} FROM runs {where} ORDER BY created_at DESC, run_id DESC"
             " LIMIT ? OFFSET ?",
-            [*params, limit, offset],
+            [*args, limit, offset],
         )
         return [run_row(r) for r in rows]
 

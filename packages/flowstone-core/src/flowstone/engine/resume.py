@@ -35,6 +35,7 @@ from flowstone.errors import ApprovalError, ExecutionError, SignalError, Storage
 from flowstone.partitions import PartitionKey, decode_partition, encode_partition
 from flowstone.protocols import StorageKey
 from flowstone.records import Approval, Continuation, Gate, RunRecord, StepOutcome, StepRecord
+from flowstone.store_rules import RunKey, run_key
 
 if TYPE_CHECKING:
     from flowstone.engine.runner import StepRunner
@@ -280,6 +281,7 @@ def _resume_with(
         value = compute()
     except Exception as exc:
         return _finish_failed(runner, step, describe_error(exc))
+
     def store_and_finish() -> bool:
         upstream = _upstream_ids(runner, step)
         key = StorageKey(
@@ -343,16 +345,20 @@ def expire_gate(runner: StepRunner, gate: Gate, *, reason: str = "") -> bool:
 
 
 def _runs(runner: StepRunner, status: Any) -> Iterator[RunRecord]:
-    """Every run of this pipeline in ``status``, newest first, page by page (a run that
-    changes status meanwhile may be skipped: the next sweep sees it)."""
+    """The runs of this pipeline in ``status``, newest first, page by page: none that is
+    in ``status`` throughout the sweep is skipped (one that enters it meanwhile is seen
+    by this sweep or the next). Each page starts after the last run seen
+    (``list_runs(after=)``), not at an offset: the sweep moves runs out of ``status`` as
+    it goes (it finishes them), which shifted offset pages and skipped as many runs. A
+    page is read when the previous one is done, so a sweep holds one page of runs."""
     p = runner.runtime
-    offset = 0
+    after: RunKey | None = None
     while True:
-        page = p.store.list_runs(pipeline=p.name, status=status, limit=_PAGE, offset=offset)
+        page = p.store.list_runs(pipeline=p.name, status=status, limit=_PAGE, after=after)
         yield from page
         if len(page) < _PAGE:
             return
-        offset += len(page)
+        after = run_key(page[-1])
 
 
 def expire_due(runner: StepRunner, now: datetime | None = None) -> int:
@@ -460,4 +466,3 @@ def _claim_deferred(runner: StepRunner, digest: str) -> tuple[Gate, StepRecord |
         )  # fmt: skip
         return gate, held
     return gate, _step(runner, gate.run_id, gate.asset, gate.partition)
-

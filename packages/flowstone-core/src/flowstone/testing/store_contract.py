@@ -66,12 +66,13 @@ from flowstone.testing._store_helpers import (
     _succeed,
     _uid,
 )
+from flowstone.testing.store_paging_contract import StorePagingContract
 from flowstone.testing.store_records_contract import StoreRecordsContract
 from flowstone.testing.store_rules_contract import StoreRulesContract
 
 __all__ = ["RunStoreContract"]
 
-class RunStoreContract(StoreRecordsContract, StoreRulesContract):
+class RunStoreContract(StoreRecordsContract, StoreRulesContract, StorePagingContract):
     """Behaviour every run store must have. Subclass and implement :meth:`make_store`.
 
     Attributes:
