@@ -1,10 +1,12 @@
 """Observer overhead: the 500-asset in-process benchmark with and without observability.
 
 The DAG and the pipeline are ``bench/inprocess.py``'s (SQLite store, filesystem values,
-thread-pool executor). Three pipelines on the same DAG, each in its own directory, run in
+thread-pool executor). Five pipelines on the same DAG, each in its own directory, run in
 alternating rounds in the same process (so a burst of load from elsewhere hits all):
 
 * ``off``: no observer;
+* ``off2``: no observer either: the control, whose difference from ``off`` is the noise
+  floor of this invocation;
 * ``noop``: an observer that does nothing (what the engine's event building costs any
   observer, so the plugin's own share can be told apart);
 * ``prometheus``: ``PrometheusObserver`` (what ``--metrics-port`` attaches) and the JSON-log
@@ -12,10 +14,12 @@ alternating rounds in the same process (so a burst of load from elsewhere hits a
 * ``lineage``: the above plus ``OpenLineageObserver`` writing JSON lines to a file from
   its background thread (the measured time includes waiting until all are written).
 
-Medians of the wall time per run, less the plain function calls, per asset; and the
-observers' own CPU per asset measured alone (the five events one asset produces, fed
-directly), which this shared machine's noise does not blur. The last line printed is one
-JSON object::
+Medians of the wall time per run, less the plain function calls, per asset; the overhead
+percentages are medians of the per-round ratios to ``off`` (each compares runs measured
+side by side), of the whole run's wall time and of the process's CPU time. And the
+observers' own CPU per asset measured alone (the events one asset produces, fed directly
+and recorded), which this shared machine's noise does not blur. The last line printed is
+one JSON object::
 
     {"bench": "observability", "assets": 500, "off_us_per_asset": 3100.0,
      "prometheus_us_per_asset": 3150.0, "prometheus_overhead_pct": 1.6, ...}
@@ -72,7 +76,8 @@ def observer_us_per_asset(rounds: int = 20_000) -> float:
     (started, loaded, stored, lineage, succeeded): no engine, no noise from the run."""
     from flowstone.events import Event
 
-    observers = [PrometheusObserver(CollectorRegistry()), StepLogContext()]
+    prometheus = PrometheusObserver(CollectorRegistry())
+    observers = [prometheus, StepLogContext()]
     events = [
         Event("asset.started", "p", "r", "a", "", {"attempt": 1}),
         Event("io.loaded", "p", "r", "a", "", {"io_manager": "default", "count": 2}),
@@ -85,6 +90,7 @@ def observer_us_per_asset(rounds: int = 20_000) -> float:
         for event in events:
             for observer in observers:
                 observer.on_event(event)
+    prometheus.flush()  # what is still buffered is recorded inside the measured time
     return round((time.process_time() - started) / rounds * 1e6, 2)
 
 
@@ -101,13 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     expected = expected_values(nodes)
     with tempfile.TemporaryDirectory(prefix="fs-bench-obs-") as tmp:
         root = Path(tmp)
-        homes = {name: root / name for name in ("off", "noop", "prometheus", "lineage")}
+        homes = {name: root / name for name in ("off", "off2", "noop", "prometheus", "lineage")}
         for home in homes.values():
             home.mkdir()
         lineage = OpenLineageObserver(file_transport(root / "lineage.jsonl"),
                                       registry=CollectorRegistry())
         pipelines = {
             "off": pipeline(nodes, homes["off"], []),
+            "off2": pipeline(nodes, homes["off2"], []),
             "noop": pipeline(nodes, homes["noop"], [Noop()]),
             "prometheus": pipeline(nodes, homes["prometheus"],
                                    [PrometheusObserver(CollectorRegistry()), StepLogContext()]),
@@ -143,17 +150,26 @@ def main(argv: list[str] | None = None) -> int:
     def pct(table: dict[str, float], name: str, base: str) -> float:
         return round((table[name] / table[base] - 1) * 100, 1) if table[base] else 0.0
 
+    def paired(name: str, what: str = "wall") -> float:
+        """Median over rounds of this round's run time against ``off``'s, in percent."""
+        mine, off = getattr(samples[name], what), getattr(samples["off"], what)
+        return round((statistics.median(m / o for m, o in zip(mine, off, strict=True)) - 1)
+                     * 100, 1)
+
     print(json.dumps({
         "bench": "observability", "assets": assets, "rounds": repeat,
         **{f"{n}_us_per_asset": v for n, v in per.items()},
         **{f"{n}_cpu_us_per_asset": v for n, v in cpu.items()},
         "observer_cpu_us_per_asset": direct,
         "observer_cpu_pct_of_off": round(direct / cpu["off"] * 100, 2) if cpu["off"] else 0.0,
-        "prometheus_overhead_pct": pct(per, "prometheus", "off"),
-        "prometheus_cpu_overhead_pct": pct(cpu, "prometheus", "off"),
+        "prometheus_overhead_pct": paired("prometheus"),
+        "prometheus_cpu_overhead_pct": paired("prometheus", "cpu"),
+        "noop_overhead_pct": paired("noop"),
+        "noop_cpu_overhead_pct": paired("noop", "cpu"),
+        "control_overhead_pct": paired("off2"),
+        "control_cpu_overhead_pct": paired("off2", "cpu"),
         "prometheus_vs_noop_cpu_pct": pct(cpu, "prometheus", "noop"),
-        "noop_cpu_overhead_pct": pct(cpu, "noop", "off"),
-        "lineage_overhead_pct": pct(per, "lineage", "off"),
+        "lineage_overhead_pct": paired("lineage"),
         "lineage_events": lines,
         "median_run_s": {n: round(statistics.median(s.wall), 3) for n, s in samples.items()},
     }))

@@ -31,17 +31,20 @@ Every event has ``kind`` (an :data:`EventKind`), ``at`` (UTC), ``pipeline``, ``r
 =====================  ==============================================================
 
 Events are built only when someone listens: a pipeline without observers pays one
-attribute check per event.
+attribute check per event, and an event of a kind no observer asked for (an observer's
+optional ``event_kinds`` attribute, see :class:`~flowstone.protocols.Observer`) one set lookup.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from flowstone.errors import UsageError
 
 if TYPE_CHECKING:
     from flowstone.protocols import Observer
@@ -89,6 +92,23 @@ class Event:
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
+def _kinds_of(observer: Observer) -> frozenset[str] | None:
+    """The event kinds ``observer`` asked for (None: all); a bad ``event_kinds`` is a
+    UsageError."""
+    kinds = getattr(observer, "event_kinds", None)
+    if kinds is None:
+        return None
+    if (isinstance(kinds, str) or not isinstance(kinds, Collection)
+            or not all(isinstance(k, str) for k in kinds)):
+        raise UsageError(f"observer {observer!r}: event_kinds must be a set of event kinds "
+                         f"(or None for all), got {kinds!r}")
+    unknown = sorted(set(kinds) - EVENT_KINDS)
+    if unknown:
+        raise UsageError(f"observer {observer!r} asks for unknown event kinds {unknown}; "
+                         f"known kinds: {sorted(EVENT_KINDS)}")
+    return frozenset(kinds)
+
+
 class Emitter:
     """Hands events of one pipeline to its observers.
 
@@ -97,16 +117,35 @@ class Emitter:
     is reported to the other observers as an ``observer.failed`` event.
     """
 
-    __slots__ = ("_lock", "observers", "pipeline", "stats")
+    __slots__ = ("_listening", "_lock", "pipeline", "stats")
 
     def __init__(self, pipeline: str, observers: Sequence[Observer] = ()) -> None:
         self.pipeline = pipeline
-        self.observers: tuple[Observer, ...] = tuple(observers)
+        self.observers = tuple(observers)
         self.stats: dict[str, int] = {"observer_errors": 0, "lineage_errors": 0}
         self._lock = threading.Lock()
 
+    @property
+    def observers(self) -> tuple[Observer, ...]:
+        """Who receives the events (settable: an observer may be attached later)."""
+        return self._listening[0]
+
+    @observers.setter
+    def observers(self, observers: Sequence[Observer]) -> None:
+        observers = tuple(observers)
+        wanted: set[str] | None = set()
+        for observer in observers:
+            kinds = _kinds_of(observer)
+            if kinds is None or wanted is None:
+                wanted = None  # someone wants every kind
+            else:
+                wanted.update(kinds)
+        # one attribute: an emitting thread sees the old pair or the new one, never a mix
+        self._listening: tuple[tuple[Observer, ...], frozenset[str] | None] = (
+            observers, None if wanted is None else frozenset(wanted))
+
     def __bool__(self) -> bool:
-        return bool(self.observers)
+        return bool(self._listening[0])
 
     def emit(
         self,
@@ -117,14 +156,15 @@ class Emitter:
         data: Mapping[str, Any] | None = None,
     ) -> str | None:
         """Send one event; return the last observer failure as text (None: all fine)."""
-        if not self.observers:
+        observers, wanted = self._listening
+        if not observers or (wanted is not None and kind not in wanted):
             return None
         return self.send(Event(kind, self.pipeline, run_id, asset, partition, dict(data or {})))
 
     def send(self, event: Event) -> str | None:
         """Send a built event (see :meth:`emit`)."""
         error = None
-        for observer in self.observers:
+        for observer in self._listening[0]:
             try:
                 observer.on_event(event)
             except Exception as exc:

@@ -167,7 +167,13 @@ class ItemReader(Protocol):
 @runtime_checkable
 class Observer(Protocol):
     """Receives every :class:`flowstone.events.Event`. Must not raise; if it does, the
-    error is logged and counted and the run goes on (unless the pipeline is strict)."""
+    error is logged and counted and the run goes on (unless the pipeline is strict).
+
+    An observer may have an ``event_kinds`` attribute (a set of :data:`~flowstone.events.EventKind`
+    names): then only events of those kinds are built for it; without one it gets every
+    event. Events another observer asked for may still reach it, so ``on_event`` must
+    ignore kinds it does not handle.
+    """
 
     def on_event(self, event: Event) -> None: ...
 

@@ -106,6 +106,8 @@ class OpenLineageObserver:
         self.transport = transport if transport is not None else _from_env()
         self.names = LineageNames(namespace)
         self.delivery = delivery
+        # background delivery needs only these; sync also turns lineage.recorded into RUNNING
+        self.event_kinds = _BACKGROUND_KINDS if delivery == "background" else None
         self.retries = retries
         self.kind = str(getattr(self.transport, "kind", None) or type(self.transport).__name__)
         self._metrics = Metrics(registry) if registry is not None else Metrics.shared()

@@ -52,6 +52,7 @@ class StepLogContext:
     """Observer that makes the running step's fields available to log records."""
 
     __slots__ = ()
+    event_kinds: Final = frozenset({"asset.started", *_ENDS})
 
     def on_event(self, event: Event) -> None:
         if event.kind == "asset.started":

@@ -9,10 +9,14 @@ ids are never labels: a 10,000-partition backfill adds no series.
 from __future__ import annotations
 
 import threading
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 __all__ = ["METRICS", "MetricSpec", "Metrics", "exported_names"]
 
@@ -152,15 +156,24 @@ class Metrics:
     prometheus-client's default registry (what multiprocess mode aggregates).
     """
 
-    __slots__ = ("by_name", "registry")
+    __slots__ = ("_flush", "by_name", "registry")
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        # registered before the metrics: a registry collects in registration order, so the
+        # observers' buffered events are recorded before any of these metrics is read
+        self._flush = _FlushFirst()
+        self.registry.register(self._flush)
         self.by_name: dict[str, Counter | Gauge | Histogram] = {}
         for spec in METRICS:
             if spec.source == "store":
                 continue
             self.by_name[spec.name] = _build(spec, self.registry)
+
+    def flush_before_collect(self, flush: Callable[[], object]) -> None:
+        """Call ``flush`` (a bound method of an observer, held weakly) whenever the
+        registry is collected."""
+        self._flush.add(flush)
 
     def counter(self, name: str) -> Counter:
         metric = self.by_name[name]
@@ -186,6 +199,29 @@ class Metrics:
 
                 _SHARED.append(cls(REGISTRY))
             return _SHARED[0]
+
+
+class _FlushFirst(Collector):
+    """Exports nothing; collecting it records the observers' buffered events (see
+    :mod:`flowstone_observability.observer`)."""
+
+    def __init__(self) -> None:
+        # weakly: an observer no pipeline uses any more is not kept alive by its metrics
+        self._flushes: list[weakref.WeakMethod[Callable[[], object]]] = []
+
+    def add(self, flush: Callable[[], object]) -> None:
+        self._flushes = [f for f in self._flushes if f() is not None]
+        self._flushes.append(weakref.WeakMethod(flush))
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        for ref in list(self._flushes):
+            flush = ref()
+            if flush is not None:
+                flush()
+        return iter(())
 
 
 def _build(spec: MetricSpec, registry: CollectorRegistry) -> Counter | Gauge | Histogram:

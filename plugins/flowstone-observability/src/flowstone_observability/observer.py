@@ -2,24 +2,52 @@
 
 Add it to a pipeline (``Pipeline(..., observers=["prometheus"])`` or an instance), or let
 ``flowstone worker --metrics-port`` / ``flowstone daemon --metrics-port`` attach it to every
-pipeline they serve. Each event costs a few label lookups and increments; nothing does I/O.
-Per-asset freshness is not derived from events: :mod:`flowstone_observability.freshness`
-reads it from the run store at scrape time.
+pipeline they serve. Per-asset freshness is not derived from events:
+:mod:`flowstone_observability.freshness` reads it from the run store at scrape time.
+
+Events are recorded in batches. ``on_event`` only appends the event to a buffer (the
+engine's step threads pay an append, not prometheus-client's locks and label lookups with
+cold caches between steps); the buffered events are turned into metric updates, in one
+tight loop, when
+
+* the buffer holds ``batch`` events (256 by default),
+* a scrape collects a registry holding these metrics (``/metrics``,
+  ``registry.get_sample_value``): what a scrape returns includes every event emitted before
+  it began,
+* :meth:`PrometheusObserver.flush` is called, and at interpreter exit, and
+* in multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``: a scrape reads files, so it cannot
+  flush this process), at most ``FLUSH_SECONDS`` (1 s) after an event, by one background
+  thread per process, and when a Celery pool process shuts down.
+
+A failing update is logged and counted in ``flowstone_observer_errors``, never dropped
+silently, and never breaks a scrape. A forked child drops the buffer it inherited (the
+parent records those events).
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
 import threading
-from collections import OrderedDict
+import time
+import weakref
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry
 
+from flowstone.errors import UsageError
 from flowstone.events import Event
 from flowstone_observability.metrics import Metrics
 
-__all__ = ["PrometheusObserver", "attach"]
+__all__ = ["BATCH", "FLUSH_SECONDS", "PrometheusObserver", "attach"]
+
+log = logging.getLogger("flowstone.observability")
+
+BATCH: Final = 256  # buffered events recorded together
+FLUSH_SECONDS: Final = 1.0  # multiprocess mode: the longest an event waits to be recorded
 
 # how many (run, asset, partition) scatters' last counts are kept to turn cumulative
 # progress into increments; the oldest is forgotten first, so memory stays bounded
@@ -36,16 +64,31 @@ class PrometheusObserver:
             registry (shared by every observer of the process, and what multiprocess mode
             collects from worker processes).
         pipelines: pipelines to learn parallel branches from (see :meth:`bind`).
+        batch: how many buffered events are recorded together (1: each at once; see the
+            module docstring for when a smaller batch is recorded).
+
+    Raises:
+        UsageError: ``batch`` is not a positive integer.
 
     Example:
         >>> pipeline = Pipeline("etl", assets, observers=[PrometheusObserver()])
     """
 
-    __slots__ = ("_children", "_finals", "_handlers", "_joins", "_lock", "_scatter", "metrics")
+    __slots__ = ("__weakref__", "_batch", "_children", "_finals", "_handlers", "_joins", "_lock",
+                 "_pending", "_scatter", "_timed", "event_kinds", "metrics")
 
     def __init__(
-        self, registry: CollectorRegistry | None = None, *, pipelines: Iterable[Any] = ()
+        self, registry: CollectorRegistry | None = None, *, pipelines: Iterable[Any] = (),
+        batch: int = BATCH,
     ) -> None:
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise UsageError(f"PrometheusObserver(batch={batch!r}): batch must be a positive "
+                             "integer (how many events are recorded together; 1 records "
+                             "each event at once)")
+        self._batch = batch
+        self._pending: deque[Event] = deque()
+        # a scrape in another process cannot flush this one: a timer does
+        self._timed = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.metrics = Metrics(registry) if registry is not None else Metrics.shared()
         self._lock = threading.Lock()
         # bound children by (metric, labels): labels() costs a lock and a few lookups per
@@ -73,8 +116,11 @@ class PrometheusObserver:
             "scatter.progress": self._scatter_progress,
             "observer.failed": self._observer_failed,
         }
+        self.event_kinds = frozenset(self._handlers)  # the engine builds no other events for it
         for pipeline in pipelines:
             self.bind(pipeline)
+        self.metrics.flush_before_collect(self.flush)
+        _LIVE.add(self)
 
     def bind(self, pipeline: Any) -> None:
         """Learn ``pipeline``'s parallel branch finals and joins (for the parallel metrics)."""
@@ -88,9 +134,39 @@ class PrometheusObserver:
                     self._finals[(pipeline.name, final)] = (*known, a.name)
 
     def on_event(self, event: Event) -> None:
-        handler = self._handlers.get(event.kind)
-        if handler is not None:
-            handler(event)
+        pending = self._pending
+        pending.append(event)  # atomic: emitting threads need no lock
+        if len(pending) >= self._batch:
+            self.flush()
+        elif self._timed and not _FLUSHER.running:
+            _FLUSHER.start()
+
+    @property
+    def buffered(self) -> int:
+        """How many events wait to be recorded."""
+        return len(self._pending)
+
+    def flush(self) -> int:
+        """Record every buffered event now (thread-safe); return how many there were."""
+        take = self._pending.popleft
+        handlers = self._handlers
+        count = 0
+        while True:
+            try:
+                event = take()
+            except IndexError:
+                return count
+            count += 1
+            handler = handlers.get(event.kind)
+            if handler is None:
+                continue
+            try:
+                handler(event)
+            except Exception:
+                log.exception("recording %s of %s [%s] as metrics failed", event.kind,
+                              event.asset, event.pipeline)
+                self._child("flowstone_observer_errors", event.pipeline,
+                            type(self).__name__, event.kind).inc()
 
     def _child(self, name: str, *labels: str) -> Any:
         key = (name, labels)
@@ -201,6 +277,58 @@ class PrometheusObserver:
 
     def __repr__(self) -> str:
         return "PrometheusObserver()"
+
+
+# every observer of this process: flushed by the timer, at exit, and emptied after a fork
+_LIVE: weakref.WeakSet[PrometheusObserver] = weakref.WeakSet()
+
+
+def flush_all() -> int:
+    """Flush every observer of this process (what the timer, exit and a Celery pool
+    process's shutdown do); return how many events were recorded."""
+    count = 0
+    for observer in list(_LIVE):
+        try:
+            count += observer.flush()
+        except Exception:  # one observer's metrics must not stop the others'
+            log.exception("flushing %r failed", observer)
+    return count
+
+
+class _Flusher:
+    """The background thread of multiprocess mode: flushes every observer of this process
+    every ``FLUSH_SECONDS`` (a daemon thread, started on the first buffered event)."""
+
+    __slots__ = ("_lock", "running")
+
+    def __init__(self) -> None:
+        self.running = False
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._lock:
+            if self.running:
+                return
+            self.running = True
+        threading.Thread(target=self._loop, name="flowstone-metrics-flush", daemon=True).start()
+
+    def _loop(self) -> None:
+        while self.running:
+            time.sleep(FLUSH_SECONDS)
+            flush_all()
+
+    def forget(self) -> None:
+        """In a forked child: the thread was not copied, and the buffers belong to the
+        parent (which records them)."""
+        self.running = False
+        self._lock = threading.Lock()
+        for observer in list(_LIVE):
+            observer._pending.clear()
+
+
+_FLUSHER = _Flusher()
+os.register_at_fork(after_in_child=_FLUSHER.forget)
+atexit.register(flush_all)
 
 
 def _int(value: object, default: int) -> int:

@@ -4,8 +4,9 @@
 prefork pool forks: it turns on multiprocess mode (a fresh, emptied directory), attaches the
 Prometheus observer (and, with ``FLOWSTONE_LOG_FORMAT=json``, the step log context) to every
 served pipeline so pool processes inherit them, and removes a dead pool process's live
-gauges. :meth:`WorkerMetrics.start` then serves ``/metrics`` (the sum over all processes)
-and ``/healthz`` from the main process; :meth:`WorkerMetrics.stop` stops it.
+gauges (after recording the events it still buffers). :meth:`WorkerMetrics.start` then
+serves ``/metrics`` (the sum over all processes) and ``/healthz`` from the main process;
+:meth:`WorkerMetrics.stop` stops it.
 """
 
 from __future__ import annotations
@@ -80,9 +81,14 @@ def _connect_process_cleanup() -> None:
 
 
 def _mark_dead(pid: int | None = None, **_: Any) -> None:
+    """A pool process is exiting: record its buffered events, then drop its live gauges."""
     import os
 
     from prometheus_client import multiprocess
+
+    from flowstone_observability.observer import flush_all
+
+    flush_all()
 
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]
