@@ -8,8 +8,9 @@ One run, same worker settings for everything (one worker process, prefork pool,
 * a Celery chord of 10,000 no-op tasks (Redis result backend), timed to its callback;
 * FlowStone scatter of 10,000 and 100,000 items, unbatched and batched (100 per batch),
   each timed from ``pipeline.run`` to the gathered value;
-* coordinator memory: peak RSS of a fresh worker's processes while a reader scatter of
-  100k and then 1M items streams through (flat means it does not grow with the count).
+* reader scatter throughput and memory: items/s, and the peak RSS of a fresh worker's
+  processes (their sum, and the largest single process) while a reader scatter of 100k
+  and then 1M items streams through (flat means it does not grow with the count).
 
 Needs Postgres, Redis, flowstone-celery, flowstone-io-postgres and flowstone-scatter::
 
@@ -116,18 +117,19 @@ def raw_worker(concurrency: int) -> None:
 
 
 # --- orchestration ------------------------------------------------------------------------
-def _tree_peak_rss_mb(pid: int) -> float:
-    """Sum of peak RSS (VmHWM) of ``pid`` and its children, in MiB."""
+def _tree_peak_rss_mb(pid: int) -> tuple[float, float]:
+    """Peak RSS (VmHWM) of ``pid`` and its children, in MiB: (their sum, the largest one
+    process reached)."""
     pids = [pid]
     with contextlib.suppress(OSError):
         pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    total = 0
+    peaks = []
     for p in pids:
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
-    return total / 1024
+                    peaks.append(int(line.split()[1]) / 1024)
+    return sum(peaks), max(peaks, default=0.0)
 
 
 def bench_raw(env: dict[str, str], n: int, chord_n: int, concurrency: int,
@@ -229,13 +231,16 @@ def main() -> int:
                 b_large = _run(p, "batched", large)
             finally:
                 stop_worker(proc)
-            rss = []
+            rss, per_process, reader_s = [], [], []
             for n in (reader_small, reader_large):
                 proc = _fs_worker(env, args.concurrency, tmp, f"reader{n}")
                 try:
-                    _run(p, "streamed", n)
-                    rss.append(_tree_peak_rss_mb(proc.pid))
-                    log(f"reader {n}: worker peak RSS {rss[-1]:.0f} MiB")
+                    reader_s.append(_run(p, "streamed", n))
+                    total, largest = _tree_peak_rss_mb(proc.pid)
+                    rss.append(total)
+                    per_process.append(largest)
+                    log(f"reader {n}: {n / reader_s[-1]:.0f} items/s, worker peak RSS "
+                        f"{total:.0f} MiB in all, {largest:.0f} MiB the largest process")
                 finally:
                     stop_worker(proc)
             p.close()
@@ -251,8 +256,12 @@ def main() -> int:
         f"scatter_{large}_unbatched_items_per_s": round(unb, 1),
         f"scatter_{small}_batched_items_per_s": round(small / b_small, 1),
         f"scatter_{large}_batched_items_per_s": round(bat, 1),
+        f"reader_{reader_small}_items_per_s": round(reader_small / reader_s[0], 1),
+        f"reader_{reader_large}_items_per_s": round(reader_large / reader_s[1], 1),
         f"reader_{reader_small}_peak_rss_mb": round(rss[0], 1),
         f"reader_{reader_large}_peak_rss_mb": round(rss[1], 1),
+        f"reader_{reader_small}_process_peak_rss_mb": round(per_process[0], 1),
+        f"reader_{reader_large}_process_peak_rss_mb": round(per_process[1], 1),
         "ratio_unbatched_vs_raw": round(unb / raw, 2),
         "ratio_batched_vs_raw": round(bat / raw, 2),
         "ratio_chord_vs_scatter_10k": round(chord_s / t10k, 2),
