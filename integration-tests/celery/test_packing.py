@@ -106,3 +106,57 @@ def test_a_packed_run_records_each_step_once_and_a_redelivered_pack_changes_noth
         assert pipeline.result(result.run_id).status == "succeeded"
     finally:
         pipeline.close()
+
+
+def test_a_warm_shutdown_mid_pack_hands_the_rest_back_and_nothing_runs_twice(
+    pack_cluster: Cluster,
+    seed_dir: Path,
+    redis_url: str,
+) -> None:
+    """The first SIGTERM lands while a worker runs a pack: it finishes the step in hand,
+    publishes the pack's steps it did not start (one message each) and exits 0; another
+    worker finishes the run, each step run and recorded once, none claimed twice."""
+    import os
+    import signal
+
+    from flowstone.loading import load_pipeline
+    from flowstone_celery import CeleryExecutor, load_settings
+
+    first = pack_cluster.start(
+        "w1",
+        concurrency=1,
+        FLOWSTONE_SWEEPER="0",
+        FLOWSTONE_PACK_SECONDS="600",
+        FLOWSTONE_IT_PACK_SLEEP="0.3",
+    )
+    pipeline = load_pipeline(SPEC)
+    pipeline.use_executor(
+        CeleryExecutor(
+            load_settings(
+                broker_url=redis_url, queue=pack_cluster.queue, worker_slots=2, pack_steps=8
+            )
+        )
+    )
+    ran = seed_dir / "ran"
+    try:
+        run = pipeline.run(force=True, wait=False)
+        wait_for(
+            lambda: ran.exists() and len(ran.read_text().split("\n")) > 2,
+            what="the second step of the first pack to start",
+        )
+        os.kill(first.pid, signal.SIGTERM)  # warm shutdown in the middle of the pack
+        assert first.wait(timeout=60) == 0, pack_cluster.log_of(first)[-3000:]
+        log = pack_cluster.log_of(first)
+        assert "step(s) of a batch back to the broker: the worker is draining" in log, log[-3000:]
+        started = len(ran.read_text().split("\n")[:-1])
+        assert started < N  # it stopped in the middle: the rest is left for others
+        pack_cluster.start("w2", concurrency=2, FLOWSTONE_SWEEPER="0")
+        result = pipeline.wait([run], timeout=120)[0]
+        assert result.status == "succeeded", result.error
+        lines = ran.read_text().split("\n")[:-1]
+        names = [f"p{i:02d}" for i in range(N)]
+        assert Counter(line.split()[0] for line in lines) == dict.fromkeys(names, 1)
+        steps = pipeline.store.list_steps(run.run_id)
+        assert {(s.state, s.attempt) for s in steps} == {("succeeded", 1)}  # none re-claimed
+    finally:
+        pipeline.close()
