@@ -1,8 +1,11 @@
 """``OpenLineageObserver``: FlowStone runs and materializations as OpenLineage run events.
 
 Events go through the OpenLineage client's own transports: ``FileTransport`` (one JSON
-document per line) or ``HttpTransport`` (POST, with the client's retry of 5xx answers).
-By default they are handed to a background thread through a bounded buffer, so a slow or
+document per line; :func:`file_transport` gives its subclass that takes a batch of events
+serialized by :meth:`LineageNames.to_json`, the text ``Serde.to_json`` makes of them) or
+``HttpTransport`` (POST of the client's ``RunEvent``, with the client's retry of 5xx
+answers). By default they are handed to a background thread through a bounded buffer,
+which builds and sends everything that is waiting when it wakes, so a slow or
 unreachable receiver never slows a run: when the buffer is full the event is dropped and
 counted (``flowstone_lineage_dropped_total``); a delivery that still fails after
 ``retries`` attempts is logged and counted (``flowstone_lineage_errors_total``). With
@@ -12,6 +15,7 @@ the engine counts, and which fails the asset when the pipeline has
 the step's datasets before its materialization is recorded).
 """
 
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +23,8 @@ import os
 import queue
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Iterable
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Sequence
 from typing import Any, Final, Literal
 
 from openlineage.client.event_v2 import RunEvent, RunState
@@ -29,7 +33,8 @@ from prometheus_client import CollectorRegistry
 
 from flowstone.errors import UsageError
 from flowstone.events import Event
-from flowstone_observability.lineage_events import LineageNames, ScatterRunFacet
+from flowstone_observability.lineage_events import LineageNames, LineageStep
+from flowstone_observability.lineage_file import JsonLinesFileTransport, LinesNotWritten, LineWriter
 from flowstone_observability.metrics import Metrics
 
 __all__ = ["FILE_ENV", "URL_ENV", "OpenLineageObserver", "file_transport", "http_transport"]
@@ -39,6 +44,7 @@ log = logging.getLogger("flowstone.observability")
 URL_ENV: Final = "FLOWSTONE_OPENLINEAGE_URL"
 FILE_ENV: Final = "FLOWSTONE_OPENLINEAGE_FILE"
 _MEMORY: Final = 4096  # open steps whose attempt / scatter counts are remembered
+_BATCH: Final = 1000  # events the sender thread takes per wake-up, at most
 _FINAL = {"asset.succeeded": RunState.COMPLETE, "asset.failed": RunState.FAIL,
           "asset.skipped": RunState.ABORT}
 # background delivery sends no RUNNING event (it exists so that delivery="sync" can fail
@@ -50,10 +56,14 @@ _RUN_FINAL = {"succeeded": RunState.COMPLETE, "failed": RunState.FAIL,
 
 
 def file_transport(path: str | os.PathLike[str]) -> Transport:
-    """The client's ``FileTransport`` appending JSON lines to ``path``."""
+    """The client's ``FileTransport`` appending JSON lines to ``path``: for a local path its
+    subclass :class:`~flowstone_observability.lineage_file.JsonLinesFileTransport`, which
+    keeps the file open and writes a batch of lines at once."""
     from openlineage.client.transport.file import FileConfig, FileTransport
 
-    return FileTransport(FileConfig(log_file_path=os.fspath(path), append=True))
+    if "://" in os.fspath(path):  # file://, or a remote file system through fsspec
+        return FileTransport(FileConfig(log_file_path=os.fspath(path), append=True))
+    return JsonLinesFileTransport(path)
 
 
 def http_transport(url: str, *, endpoint: str = "api/v1/lineage", timeout: float = 5.0,
@@ -74,7 +84,10 @@ class OpenLineageObserver:
     Args:
         transport: an OpenLineage client ``Transport``; default: :func:`http_transport` of
             ``FLOWSTONE_OPENLINEAGE_URL`` or :func:`file_transport` of
-            ``FLOWSTONE_OPENLINEAGE_FILE`` (one must be set).
+            ``FLOWSTONE_OPENLINEAGE_FILE`` (one must be set). A transport that also has
+            ``write_lines`` (:class:`~flowstone_observability.lineage_file.LineWriter`) is
+            given the events serialized, a batch at a time; any other the client's
+            ``RunEvent``, one ``emit`` each.
         namespace: the OpenLineage job and dataset namespace.
         delivery: ``"background"`` (bounded buffer, sender thread) or ``"sync"``.
         buffer_size: events the background buffer holds before dropping.
@@ -104,13 +117,18 @@ class OpenLineageObserver:
         if not isinstance(retries, int) or retries < 1:
             raise UsageError(f"retries must be an int >= 1, got {retries!r}")
         self.transport = transport if transport is not None else _from_env()
+        self._lines = self.transport if isinstance(self.transport, LineWriter) else None
         self.names = LineageNames(namespace)
         self.delivery = delivery
         # background delivery needs only these; sync also turns lineage.recorded into RUNNING
         self.event_kinds = _BACKGROUND_KINDS if delivery == "background" else None
         self.retries = retries
         self.kind = str(getattr(self.transport, "kind", None) or type(self.transport).__name__)
-        self._metrics = Metrics(registry) if registry is not None else Metrics.shared()
+        metrics = Metrics(registry) if registry is not None else Metrics.shared()
+        self._sent = metrics.counter("flowstone_lineage_events")
+        self._errors = metrics.counter("flowstone_lineage_errors").labels(self.kind)
+        self._dropped = metrics.counter("flowstone_lineage_dropped").labels(self.kind)
+        self._buffered = metrics.gauge("flowstone_lineage_buffer").labels(self.kind)
         self._deps: dict[tuple[str, str], tuple[str, ...]] = {}
         self._open: OrderedDict[tuple[str, str, str, str], dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
@@ -128,21 +146,27 @@ class OpenLineageObserver:
     # --- events -> lineage ---------------------------------------------------------
     def on_event(self, event: Event) -> None:
         if self.delivery == "sync":
-            built = self.build(event)
-            if built is not None:
-                self._send(built, raise_errors=True)
+            step = self.step(event)
+            if step is not None:
+                self._deliver([step], raise_errors=True)
         elif event.kind in _BACKGROUND_KINDS:
             # built in the sender thread: the engine's thread only enqueues
             self._enqueue(event)
 
     def build(self, e: Event) -> RunEvent | None:
-        """The OpenLineage event for ``e``, or None when ``e`` has none."""
-        names = self.names
+        """The OpenLineage event for ``e`` (the client's ``RunEvent``), or None when ``e``
+        has none."""
+        step = self.step(e)
+        return None if step is None else self.names.event(step)
+
+    def step(self, e: Event) -> LineageStep | None:
+        """What OpenLineage event ``e`` is, or None when it is none (``scatter.progress``
+        is remembered for the step's final event)."""
         if e.kind == "run.started":
-            return names.pipeline_event(RunState.START, e.pipeline, e.run_id, e.at)
+            return LineageStep(RunState.START, e.pipeline, e.run_id, e.at)
         if e.kind == "run.finished":
             state = _RUN_FINAL.get(str(e.data.get("status")), RunState.OTHER)
-            return names.pipeline_event(state, e.pipeline, e.run_id, e.at)
+            return LineageStep(state, e.pipeline, e.run_id, e.at)
         key = (e.pipeline, e.run_id, e.asset, e.partition)
         if e.kind == "asset.started":
             attempt = e.data.get("attempt")
@@ -151,26 +175,24 @@ class OpenLineageObserver:
                 self._open[key] = {"attempt": attempt if isinstance(attempt, int) else 1}
                 while len(self._open) > _MEMORY:
                     self._open.popitem(last=False)
-            return names.step_event(RunState.START, e.pipeline, e.run_id, e.asset, e.partition,
-                                    self._attempt(key), e.at, inputs=self._inputs(e))
+            return LineageStep(RunState.START, e.pipeline, e.run_id, e.at, e.asset,
+                               e.partition, self._attempt(key), self._inputs(e))
         if e.kind == "scatter.progress":
             with self._lock:
                 self._open.setdefault(key, {"attempt": 1})["scatter"] = dict(e.data)
             return None
         if e.kind == "lineage.recorded":
-            return names.step_event(RunState.RUNNING, e.pipeline, e.run_id, e.asset,
-                                    e.partition, self._attempt(key), e.at,
-                                    inputs=self._inputs(e), output=True)
+            return LineageStep(RunState.RUNNING, e.pipeline, e.run_id, e.at, e.asset,
+                               e.partition, self._attempt(key), self._inputs(e), output=True)
         final = _FINAL.get(e.kind)
         if final is None:
             return None
-        state = final
         with self._lock:
             step = self._open.pop(key, {})
-        error = e.data.get("error") if state is not RunState.COMPLETE else None
-        return names.step_event(
-            state, e.pipeline, e.run_id, e.asset, e.partition, step.get("attempt"), e.at,
-            inputs=self._inputs(e), output=state is RunState.COMPLETE,
+        error = e.data.get("error") if final is not RunState.COMPLETE else None
+        return LineageStep(
+            final, e.pipeline, e.run_id, e.at, e.asset, e.partition, step.get("attempt"),
+            self._inputs(e), output=final is RunState.COMPLETE,
             error=str(error) if error else None, scatter=_scatter(step.get("scatter")),
         )
 
@@ -191,9 +213,17 @@ class OpenLineageObserver:
         try:
             self._queue.put_nowait(event)
         except queue.Full:
-            self._metrics.counter("flowstone_lineage_dropped").labels(self.kind).inc()
+            self._dropped.inc()
             log.warning("OpenLineage buffer full (%d events): dropped %s of %s %s",
                         self._queue.maxsize, event.kind, event.pipeline, event.asset)
+
+    def _deliver(self, steps: Sequence[LineageStep], *, raise_errors: bool) -> None:
+        if self._lines is None:
+            for step in steps:
+                self._send(self.names.event(step), raise_errors=raise_errors)
+        elif steps:
+            self._write([self.names.to_json(step) for step in steps], steps,
+                        raise_errors=raise_errors)
 
     def _send(self, event: RunEvent, *, raise_errors: bool) -> bool:
         delay = 0.1
@@ -205,16 +235,45 @@ class OpenLineageObserver:
                     time.sleep(delay)
                     delay *= 2
                     continue
-                self._metrics.counter("flowstone_lineage_errors").labels(self.kind).inc()
+                self._errors.inc()
                 log.error("OpenLineage %s of job %s not delivered after %d attempts: %s: %s",
-                          _state(event), event.job.name, self.retries, type(exc).__name__, exc)
+                          _state(event.eventType), event.job.name, self.retries,
+                          type(exc).__name__, exc)
                 if raise_errors:
                     raise
                 return False
-            self._metrics.counter("flowstone_lineage_events").labels(
-                self.kind, _state(event)).inc()
+            self._sent.labels(self.kind, _state(event.eventType)).inc()
             return True
         return False
+
+    def _write(self, lines: list[str], steps: Sequence[LineageStep], *,
+               raise_errors: bool) -> None:
+        """Write ``lines`` (of ``steps``) with retries; a retry writes only what the failed
+        attempt did not (no event is written twice)."""
+        assert self._lines is not None
+        delay, done = 0.1, 0
+        for attempt in range(1, self.retries + 1):
+            try:
+                self._lines.write_lines(lines[done:])
+                done = len(lines)
+                break
+            except Exception as exc:
+                if isinstance(exc, LinesNotWritten):
+                    done += exc.written
+                if attempt < self.retries:
+                    time.sleep(delay)
+                    delay *= 2
+                    continue
+                failed = len(lines) - done
+                self._errors.inc(failed)
+                log.error("%d OpenLineage events (the first: %s of job %s) not delivered "
+                          "after %d attempts: %s: %s", failed, _state(steps[done].state),
+                          steps[done].pipeline, self.retries, type(exc).__name__, exc)
+                if raise_errors:
+                    raise
+                break
+        for state, count in Counter(_state(s.state) for s in steps[:done]).items():
+            self._sent.labels(self.kind, state).inc(count)
 
     def _start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -227,24 +286,39 @@ class OpenLineageObserver:
                     self._thread.start()
 
     def _run(self) -> None:
-        buffered = self._metrics.gauge("flowstone_lineage_buffer").labels(self.kind)
         while True:
-            event = self._queue.get()
-            try:
-                if event is None:
-                    return
+            # everything waiting (up to _BATCH) is built and delivered together
+            batch = [self._queue.get()]
+            while len(batch) < _BATCH and batch[-1] is not None:
                 try:
-                    built = self.build(event)
-                except Exception as exc:
-                    self._metrics.counter("flowstone_lineage_errors").labels(self.kind).inc()
-                    log.error("building the OpenLineage event for %s of %s failed: %s: %s",
-                              event.kind, event.asset, type(exc).__name__, exc)
-                    continue
-                if built is not None:
-                    self._send(built, raise_errors=False)
-                buffered.set(self._queue.qsize())
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                steps: list[LineageStep] = []
+                for event in batch:
+                    if event is None:
+                        break
+                    try:
+                        step = self.step(event)
+                    except Exception as exc:
+                        self._errors.inc()
+                        log.error("building the OpenLineage event for %s of %s failed: %s: %s",
+                                  event.kind, event.asset, type(exc).__name__, exc)
+                        continue
+                    if step is not None:
+                        steps.append(step)
+                self._deliver(steps, raise_errors=False)
+                self._buffered.set(self._queue.qsize())
+            except Exception as exc:  # a bug must not stop the thread (flush would hang)
+                self._errors.inc(len(steps))
+                log.error("delivering %d OpenLineage events failed: %s: %s", len(steps),
+                          type(exc).__name__, exc)
             finally:
-                self._queue.task_done()
+                for _ in batch:
+                    self._queue.task_done()
+            if batch[-1] is None:
+                return
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until the buffer is empty (True) or ``timeout`` passed (False)."""
@@ -270,12 +344,12 @@ class OpenLineageObserver:
         return f"OpenLineageObserver(transport={self.kind!r}, delivery={self.delivery!r})"
 
 
-def _state(event: RunEvent) -> str:
-    state = event.eventType
+def _state(state: RunState | None) -> str:
     return state.value if state is not None else "OTHER"
 
 
-def _scatter(progress: dict[str, Any] | None) -> ScatterRunFacet | None:
+def _scatter(progress: dict[str, Any] | None) -> tuple[int, int, int] | None:
+    """(total, succeeded, failed) of a scatter's last progress."""
     if not progress:
         return None
 
@@ -285,7 +359,7 @@ def _scatter(progress: dict[str, Any] | None) -> ScatterRunFacet | None:
 
     failed = num("failed")
     succeeded = num("succeeded") or max(0, num("done") - failed)
-    return ScatterRunFacet(total=num("total"), succeeded=succeeded, failed=failed)
+    return num("total"), succeeded, failed
 
 
 def _from_env() -> Transport:
@@ -301,4 +375,3 @@ def _from_env() -> Transport:
         f"OpenLineageObserver needs a transport: set {URL_ENV}=http://host:5000 (an "
         f"OpenLineage receiver) or {FILE_ENV}=/path/lineage.jsonl, or pass transport="
     )
-

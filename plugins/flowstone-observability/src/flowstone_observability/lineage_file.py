@@ -1,0 +1,88 @@
+"""``JsonLinesFileTransport``: the OpenLineage client's ``FileTransport`` for one local file in
+append mode, which also takes events already serialized, a batch per write.
+
+The client's ``FileTransport`` opens the file for every event. This one keeps one file
+descriptor open (``O_APPEND``) and writes each batch of JSON lines with one ``write``, so
+lines of other processes appending to the same file never interleave inside a line. Nothing
+is buffered in the process: what ``write_lines`` returned from is in the file (as far as
+the operating system is concerned), and ``close`` only closes the descriptor.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from openlineage.client.serde import Serde
+from openlineage.client.transport.file import FileConfig, FileTransport
+
+if TYPE_CHECKING:
+    from openlineage.client.client import Event
+
+__all__ = ["JsonLinesFileTransport", "LineWriter", "LinesNotWritten"]
+
+
+@runtime_checkable
+class LineWriter(Protocol):
+    """A transport that also takes events already serialized (one JSON document each)."""
+
+    def write_lines(self, lines: Sequence[str]) -> None:
+        """Deliver ``lines`` in order; raise :class:`LinesNotWritten` when it cannot."""
+
+
+class LinesNotWritten(RuntimeError):
+    """A batch was not (completely) written; its first ``written`` lines were."""
+
+    def __init__(self, message: str, written: int) -> None:
+        super().__init__(message)
+        self.written = written
+
+
+class JsonLinesFileTransport(FileTransport):
+    """Appends one JSON document per line to the local file ``path``.
+
+    ``emit`` (the client's interface) writes ``Serde.to_json(event)``, as the client's
+    ``FileTransport`` does; :meth:`write_lines` writes events serialized by the caller.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(FileConfig(log_file_path=os.fspath(path), append=True))
+        self.path = os.fspath(path)
+        self._fd: int | None = None
+        self._torn = False  # a failed write left part of a line at the file's end
+        self._lock = threading.Lock()
+
+    def emit(self, event: Event) -> None:
+        self.write_lines([Serde.to_json(event)])
+
+    def write_lines(self, lines: Sequence[str]) -> None:
+        if not lines:
+            return
+        text = "\n".join(lines) + "\n"
+        with self._lock:
+            if self._torn:
+                text = "\n" + text  # end the torn line: the next event starts a line
+            data = memoryview(text.encode("utf-8"))
+            done = 0
+            try:
+                if self._fd is None:
+                    self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                                       | os.O_CLOEXEC, 0o666)
+                while done < len(data):
+                    done += os.write(self._fd, data[done:])
+                self._torn = False
+            except OSError as exc:
+                head = bytes(data[:done])
+                self._torn = bool(head) and not head.endswith(b"\n")
+                written = head.count(b"\n") - (1 if text.startswith("\n") and head else 0)
+                raise LinesNotWritten(f"Failed to write to log file `{self.path}`: {exc}",
+                                      max(0, written)) from exc
+
+    def close(self, timeout: float = -1) -> bool:
+        with self._lock:
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+        return True
