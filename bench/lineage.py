@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def deliver(delivery: str) -> Callable[[], None]:
             def run() -> None:
+                path.unlink(missing_ok=True)
                 observer = OpenLineageObserver(file_transport(path), delivery=delivery,  # type: ignore[arg-type]
                                                registry=CollectorRegistry())
                 for event in events:

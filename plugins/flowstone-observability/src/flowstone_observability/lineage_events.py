@@ -11,12 +11,13 @@
 One :class:`LineageStep` says what an event is; :meth:`LineageNames.event` builds it as the
 client's ``RunEvent`` (what a client transport such as ``HttpTransport`` is given) and
 :meth:`LineageNames.to_json` as the JSON text ``Serde.to_json`` makes of that ``RunEvent``,
-character for character (a test compares them for every kind of event). The JSON is
-assembled from pieces the client's classes and serde produced once per job, dataset and
-pipeline run, so a step costs a dictionary and one ``json.dumps``: measured
-(``bench/lineage.py``), building and serializing through the client is about 170 µs of
-CPU per event (``attr.asdict`` and ``Serde.remove_nulls_and_enums`` walking every facet,
-the constructors' validators parsing the timestamp and URLs back), this about 10 µs.
+character for character (a test compares them for every kind of event). The JSON text is
+put together from pieces the client's classes and serde produced once per job, dataset and
+pipeline run: measured on a step's COMPLETE event with two inputs and a scatter facet,
+building the ``RunEvent`` and ``Serde.to_json`` of it take about 160 µs of CPU (60 µs the
+constructors and their validators, which parse back the timestamp, URLs and UUIDs we made;
+the rest ``attr.asdict`` and ``Serde.remove_nulls_and_enums`` walking every facet and
+``json.dumps`` sorting them), ``to_json`` about 10 µs.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ PRODUCER: Final = f"urn:flowstone:flowstone-observability:{__version__}"
 _NAMESPACE_UUID: Final = uuid.UUID("6f1c8d2e-5b0a-4e59-9a57-1d0f3c0b7e21")
 _SCATTER_SCHEMA: Final = "urn:flowstone:facets:ScatterRunFacet:1"
 _RUNS: Final = 256  # pipeline runs whose parent facet is kept serialized
+_STEPS: Final = 4096  # step attempts whose runId is remembered
 
 
 def run_uuid(run_id: str, asset: str = "", partition: str = "", attempt: int | None = None) -> str:
@@ -91,8 +93,8 @@ class LineageStep:
 class LineageNames:
     """Builds the events for one job namespace."""
 
-    __slots__ = ("_docs", "_engine", "_inputs", "_jobs", "_lock", "_outputs", "_parents",
-                 "_templates", "namespace")
+    __slots__ = ("_engine", "_inputs", "_jobs", "_lock", "_outputs", "_parents", "_run_ids",
+                 "_templates", "_texts", "namespace")
 
     def __init__(self, namespace: str) -> None:
         if not namespace or len(namespace) > 200:
@@ -105,14 +107,12 @@ class LineageNames:
         self._outputs: dict[tuple[str, str], OutputDataset] = {}
         self._engine = _engine()
         # the same parts as the client's serde writes them, for to_json
-        self._docs: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self._parents: dict[tuple[str, str], dict[str, Any]] = {}
+        self._texts: dict[Any, str] = {"engine": Serde.to_json(self._engine)}
+        self._parents: dict[tuple[str, str], str] = {}
+        self._run_ids: dict[tuple[str, str, str, int | None], str] = {}
         self._lock = threading.Lock()
-        self._templates = {
-            "engine": Serde.to_dict(self._engine),
-            "error": Serde.to_dict(_error("")),
-            "scatter": Serde.to_dict(ScatterRunFacet()),
-        }
+        self._templates = {"error": Serde.to_dict(_error("")),
+                           "scatter": Serde.to_dict(ScatterRunFacet())}
 
     # --- the client's RunEvent -----------------------------------------------------
     def event(self, step: LineageStep) -> RunEvent:
@@ -180,68 +180,80 @@ class LineageNames:
     def _dataset(pipeline: str, asset: str) -> str:
         return f"{pipeline}.{asset}"
 
-    @staticmethod
-    def _run_id(step: LineageStep) -> str:
-        if not step.asset:
-            return run_uuid(step.run_id)
-        return run_uuid(step.run_id, step.asset, step.partition, step.attempt)
+    def _run_id(self, step: LineageStep) -> str:
+        # remembered: a step's START and final event compute one uuid5
+        key = (step.run_id, step.asset, step.partition, step.attempt)
+        found = self._run_ids.get(key)
+        if found is None:
+            found = run_uuid(*key)
+            with self._lock:
+                self._run_ids[key] = found
+                while len(self._run_ids) > _STEPS:
+                    del self._run_ids[next(iter(self._run_ids))]
+        return found
 
     # --- the same event as JSON ----------------------------------------------------
     def to_json(self, step: LineageStep) -> str:
-        """``Serde.to_json(self.event(step))``, without building the event."""
-        return json.dumps(self.document(step), sort_keys=True)
-
-    def document(self, step: LineageStep) -> dict[str, Any]:
-        """``Serde.to_dict(self.event(step))``, from the pieces the client's serde made once
-        (shared between documents: read them, never change them)."""
-        templates = self._templates
-        facets: dict[str, Any] = {}
-        inputs: list[dict[str, Any]] = []
-        outputs: list[dict[str, Any]] = []
+        """``Serde.to_json(self.event(step))``, without building the event: the text of
+        every piece that does not change (a job, a dataset, a pipeline run's parent facet)
+        is what the client's serde made of it once, keys sorted as ``Serde.to_json`` sorts
+        them; only the time, state, runId, error and counts are written per event."""
+        facets: list[tuple[str, str]] = []
+        inputs = outputs = ""
         if step.asset:
-            facets["parent"] = self._parent_doc(step.pipeline, step.run_id)
-            inputs = [self._doc("i", step.pipeline, name) for name in step.inputs]
+            facets.append(("parent", self._parent_json(step.pipeline, step.run_id)))
+            inputs = ", ".join([self._json("i", step.pipeline, name) for name in step.inputs])
             if step.output:
-                outputs.append(self._doc("o", step.pipeline, step.asset))
+                outputs = self._json("o", step.pipeline, step.asset)
         else:
-            facets["processing_engine"] = templates["engine"]
+            facets.append(("processing_engine", self._texts["engine"]))
         if step.error:
-            facets["errorMessage"] = {**templates["error"], "message": step.error}
+            facets.append(("errorMessage", _dumps({**self._templates["error"],
+                                                   "message": step.error})))
         if step.scatter is not None:
             total, succeeded, failed = step.scatter
-            facets["flowstone_scatter"] = {**templates["scatter"], "total": total,
-                                           "succeeded": succeeded, "failed": failed}
-        return {
-            "eventTime": step.at.isoformat(), "eventType": step.state.value,
-            "inputs": inputs, "outputs": outputs,
-            "job": self._doc("j", step.pipeline, step.asset),
-            "producer": PRODUCER, "schemaURL": _EVENT_SCHEMA,
-            "run": {"facets": facets, "runId": self._run_id(step)},
-        }
+            facets.append(("flowstone_scatter", _dumps({
+                **self._templates["scatter"], "total": total, "succeeded": succeeded,
+                "failed": failed})))
+        facets.sort()
+        run_facets = ", ".join([f"{_dumps(name)}: {text}" for name, text in facets])
+        return (
+            f'{{"eventTime": {_dumps(step.at.isoformat())}, '
+            f'"eventType": {_dumps(step.state.value)}, "inputs": [{inputs}], '
+            f'"job": {self._json("j", step.pipeline, step.asset)}, "outputs": [{outputs}], '
+            f'"producer": {_PRODUCER_JSON}, '
+            f'"run": {{"facets": {{{run_facets}}}, "runId": {_dumps(self._run_id(step))}}}, '
+            f'"schemaURL": {_EVENT_SCHEMA_JSON}}}'
+        )
 
-    def _doc(self, what: str, pipeline: str, asset: str) -> dict[str, Any]:
+    def _json(self, what: str, pipeline: str, asset: str) -> str:
         """The serialized job ("j"), input ("i") or output ("o") dataset of an asset."""
         key = (what, pipeline, asset)
-        doc = self._docs.get(key)
-        if doc is None:
-            built: Any
+        text = self._texts.get(key)
+        if text is None:
             built = {"j": self._job, "i": self._input, "o": self._output}[what](pipeline, asset)
-            doc = self._docs[key] = Serde.to_dict(built)
-        return doc
+            text = self._texts[key] = Serde.to_json(built)
+        return text
 
-    def _parent_doc(self, pipeline: str, run_id: str) -> dict[str, Any]:
+    def _parent_json(self, pipeline: str, run_id: str) -> str:
         key = (pipeline, run_id)
-        doc = self._parents.get(key)
-        if doc is None:
-            doc = Serde.to_dict(self._parent(pipeline, run_id))
+        text = self._parents.get(key)
+        if text is None:
+            text = Serde.to_json(self._parent(pipeline, run_id))
             with self._lock:
-                self._parents[key] = doc
+                self._parents[key] = text
                 while len(self._parents) > _RUNS:
                     del self._parents[next(iter(self._parents))]
-        return doc
+        return text
 
 
-_EVENT_SCHEMA: Final = RunEvent._get_schema()
+def _dumps(value: Any) -> str:
+    """``value`` as ``Serde.to_json`` writes it (``json.dumps`` defaults, keys sorted)."""
+    return json.dumps(value, sort_keys=True)
+
+
+_PRODUCER_JSON: Final = _dumps(PRODUCER)
+_EVENT_SCHEMA_JSON: Final = _dumps(RunEvent._get_schema())
 
 
 def _error(message: str) -> error_message_run.ErrorMessageRunFacet:
