@@ -32,6 +32,8 @@ for _path in (CELERY_IT, HERE / "pipelines"):
 
 from celery_it import Cluster, wait_for  # noqa: E402
 
+from flowstone.engine.runner import hash_token  # noqa: E402
+
 DAG_SPEC = f"{HERE / 'pipelines' / 'fault_dag.py'}:pipeline"
 CLOCK_DIR = HERE / "clock"  # sitecustomize.py that skews a process's clock
 
@@ -224,8 +226,13 @@ class Driver:
                 self.approve = False
         token = self.state_dir / f"token.{self.run_id}"
         if self.signal and token.exists():
-            self.pipeline.signal(token.read_text(), {"x": SIGNAL_X})
-            self.signal = False
+            text = token.read_text()
+            # ``gated`` writes its token before it returns the gate, which its finish_step
+            # records: a signal in between is refused as an unknown token (a terminated
+            # connection that delays that finish makes it likely), so wait for the record
+            if self.pipeline.store.get_gate(hash_token(text)) is not None:
+                self.pipeline.signal(text, {"x": SIGNAL_X})
+                self.signal = False
         return str(run.status)
 
     def until(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
