@@ -1,7 +1,7 @@
 """One sweep reaches every run it should on Postgres, however many pages they span
 (:mod:`flowstone.testing.sweep_contract`): the sweeps page through runs with
-``list_runs(after=)``, on the ``runs_ui_status_idx`` index. Values are staged into the
-steps' own ``finish_step`` (PostgresIOManager on the same database)."""
+``list_runs(after=)``, in the order of the ``runs_ui_status_idx`` index. Values are
+staged into the steps' own ``finish_step`` (PostgresIOManager on the same database)."""
 
 from __future__ import annotations
 

@@ -295,7 +295,7 @@ class PostgresRunStore:
     ) -> list[RunRecord]:
         start = rules.check_run_keyset(after, offset)
         params: dict[str, Any] = {"pl": pipeline, "st": status, "n": limit, "off": offset}
-        # a row comparison of its own (not "IS NULL OR"): the runs_ui_* indexes answer it
+        # a row comparison in its own statement (no "IS NULL OR"), in the runs_ui_* order
         keyset = ""
         if start is not None:
             keyset = "AND (created_at, run_id) < (:at, :rid) "
