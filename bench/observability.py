@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         "control_cpu_overhead_pct": paired("off2", "cpu"),
         "prometheus_vs_noop_cpu_pct": pct(cpu, "prometheus", "noop"),
         "lineage_overhead_pct": paired("lineage"),
+        "lineage_cpu_overhead_pct": paired("lineage", "cpu"),
+        "lineage_vs_prometheus_cpu_pct": pct(cpu, "lineage", "prometheus"),
         "lineage_events": lines,
         "median_run_s": {n: round(statistics.median(s.wall), 3) for n, s in samples.items()},
     }))
