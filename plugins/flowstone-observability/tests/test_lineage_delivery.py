@@ -209,3 +209,20 @@ def test_a_torn_line_is_ended_before_the_next_write(tmp_path: Path,
     transport.write_lines(lines[1:])
     transport.close()
     assert path.read_text().splitlines() == [lines[0], lines[1][:10], lines[1], lines[2]]
+
+
+def test_a_rotated_or_deleted_file_is_opened_again(tmp_path: Path) -> None:
+    """The file is kept open between batches, yet what is written after log rotation
+    moved it away (or after it was deleted) lands in a new file at the path."""
+    path = tmp_path / "lineage.jsonl"
+    transport = JsonLinesFileTransport(path)
+    transport.write_lines(['{"n": 1}'])
+    path.rename(tmp_path / "lineage.jsonl.1")
+    transport.write_lines(['{"n": 2}', '{"n": 3}'])
+    assert (tmp_path / "lineage.jsonl.1").read_text() == '{"n": 1}\n'
+    assert path.read_text() == '{"n": 2}\n{"n": 3}\n'
+    path.unlink()
+    transport.write_lines(['{"n": 4}'])
+    transport.write_lines(['{"n": 5}'])
+    transport.close()
+    assert path.read_text() == '{"n": 4}\n{"n": 5}\n'

@@ -263,7 +263,9 @@ class OpenLineageObserver:
                 break
             except Exception as exc:
                 if isinstance(exc, LinesNotWritten):
-                    done += exc.written
+                    done = min(len(lines), done + exc.written)
+                if done == len(lines):
+                    break
                 if attempt < self.retries:
                     time.sleep(delay)
                     delay *= 2

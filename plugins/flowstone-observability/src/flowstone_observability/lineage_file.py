@@ -3,9 +3,12 @@ append mode, which also takes events already serialized, a batch per write.
 
 The client's ``FileTransport`` opens the file for every event. This one keeps one file
 descriptor open (``O_APPEND``) and writes each batch of JSON lines with one ``write``, so
-lines of other processes appending to the same file never interleave inside a line. Nothing
-is buffered in the process: what ``write_lines`` returned from is in the file (as far as
-the operating system is concerned), and ``close`` only closes the descriptor.
+lines of other processes appending to the same file never interleave inside a line. Like
+``logging.handlers.WatchedFileHandler`` it reopens the path when the file there is no
+longer the one it has open (moved away by log rotation, or deleted), as the client's
+opening per event would. Nothing is buffered in the process: what ``write_lines``
+returned from is in the file (as far as the operating system is concerned), and ``close``
+only closes the descriptor.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class JsonLinesFileTransport(FileTransport):
         super().__init__(FileConfig(log_file_path=os.fspath(path), append=True))
         self.path = os.fspath(path)
         self._fd: int | None = None
+        self._opened: tuple[int, int] = (0, 0)  # st_dev, st_ino of the open file
         self._torn = False  # a failed write left part of a line at the file's end
         self._lock = threading.Lock()
 
@@ -62,23 +66,39 @@ class JsonLinesFileTransport(FileTransport):
             return
         text = "\n".join(lines) + "\n"
         with self._lock:
-            if self._torn:
-                text = "\n" + text  # end the torn line: the next event starts a line
-            data = memoryview(text.encode("utf-8"))
-            done = 0
+            data, done, ended = memoryview(b""), 0, False
             try:
+                self._reopen_if_moved()
                 if self._fd is None:
                     self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
                                        | os.O_CLOEXEC, 0o666)
+                    opened = os.fstat(self._fd)
+                    self._opened = (opened.st_dev, opened.st_ino)
+                # a torn line is ended first: the next event starts a line of its own
+                ended = self._torn
+                data = memoryview((("\n" if ended else "") + text).encode("utf-8"))
                 while done < len(data):
                     done += os.write(self._fd, data[done:])
                 self._torn = False
             except OSError as exc:
                 head = bytes(data[:done])
-                self._torn = bool(head) and not head.endswith(b"\n")
-                written = head.count(b"\n") - (1 if text.startswith("\n") and head else 0)
+                self._torn = self._torn if not head else not head.endswith(b"\n")
+                written = head.count(b"\n") - (1 if ended and head else 0)
                 raise LinesNotWritten(f"Failed to write to log file `{self.path}`: {exc}",
-                                      max(0, written)) from exc
+                                      written) from exc
+
+    def _reopen_if_moved(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            there = os.stat(self.path)
+            moved = (there.st_dev, there.st_ino) != self._opened
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            fd, self._fd = self._fd, None
+            self._torn = False  # a torn line stays in the old file
+            os.close(fd)
 
     def close(self, timeout: float = -1) -> bool:
         with self._lock:
