@@ -47,6 +47,40 @@ from _cluster import (
 import flowstone as fs
 
 COUNTER_ENV = "FLOWSTONE_BENCH_COUNTER"
+PROFILE_ENV = "FLOWSTONE_BENCH_PROFILE"
+PROFILE_EVERY = 2.0
+
+
+def profile_children(directory: str) -> None:
+    """cProfile every pool child of the worker that imports this module; each writes
+    ``DIRECTORY/<pid>.prof`` (cumulative) at most every ``PROFILE_EVERY`` seconds after a
+    task, so a worker stopped at any time leaves its stats of all but the last seconds."""
+    import cProfile
+
+    from celery import signals
+
+    state: dict[str, Any] = {}
+
+    def start(**_: Any) -> None:
+        state["prof"] = cProfile.Profile()
+        state["at"] = time.monotonic()
+        state["prof"].enable()
+
+    def dump(**_: Any) -> None:
+        prof = state.get("prof")
+        if prof is None or time.monotonic() - state["at"] < PROFILE_EVERY:
+            return
+        prof.disable()
+        prof.dump_stats(os.path.join(directory, f"{os.getpid()}.prof"))
+        state["at"] = time.monotonic()
+        prof.enable()
+
+    signals.worker_process_init.connect(start, weak=False)
+    signals.task_postrun.connect(dump, weak=False)
+
+
+if os.environ.get(PROFILE_ENV):  # the bench worker of `--profile DIR`
+    profile_children(os.environ[PROFILE_ENV])
 
 
 # --- the FlowStone pipeline the bench worker serves ----------------------------------------
@@ -169,6 +203,10 @@ def bench_raw(env: dict[str, str], n: int, chord_n: int, concurrency: int,
 
 def _fs_worker(env: dict[str, str], concurrency: int, tmp: Path, name: str) -> Any:
     node = f"fs-{name}-{env[COUNTER_ENV]}@bench"
+    if env.get(PROFILE_ENV):
+        phase = Path(env[PROFILE_ENV]) / name
+        phase.mkdir(parents=True, exist_ok=True)
+        env = {**env, PROFILE_ENV: str(phase)}
     return start_worker([sys.executable, "-m", "flowstone", "worker", "--pipeline",
                    f"{Path(__file__).resolve()}:pipeline", "--concurrency", str(concurrency),
                    "--loglevel", "WARNING", "--hostname", node, "--", "--without-mingle",
@@ -186,10 +224,33 @@ def _run(p: Any, asset: str, n: int) -> float:
     return elapsed
 
 
+def _only(which: str, p: Any, env: dict[str, str], concurrency: int, tmp: Path,
+          large: int, reader_large: int) -> int:
+    """``--only``: one worker, one warm-up, one timed scatter; prints its JSON line."""
+    asset, n = ("unbatched", large) if which == "unbatched" else ("streamed", reader_large)
+    proc = _fs_worker(env, concurrency, tmp, which)
+    try:
+        _run(p, asset, 500)
+        elapsed = _run(p, asset, n)
+        total, largest = _tree_peak_rss_mb(proc.pid)
+    finally:
+        stop_worker(proc)
+        p.close()
+    print(json.dumps({"bench": "scatter", "only": which, "concurrency": concurrency,
+                      "items": n, "items_per_s": round(n / elapsed, 1),
+                      "peak_rss_mb": round(total, 1), "process_peak_rss_mb": round(largest, 1)}))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="smaller sizes for a smoke run")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="cProfile the FlowStone workers' pool children into "
+                        "DIR/<phase>/<pid>.prof (the figures then include the profiler)")
+    parser.add_argument("--only", choices=("unbatched", "reader"),
+                        help="run only this scatter (no raw Celery, no chord): for profiles")
     parser.add_argument("--raw-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.raw_worker:
@@ -209,6 +270,8 @@ def main() -> int:
     env = {**os.environ, "FLOWSTONE_DATABASE_URL": url, "FLOWSTONE_BROKER_URL": REDIS,
            "FLOWSTONE_QUEUE": queue, "FLOWSTONE_SWEEPER": "false",
            COUNTER_ENV: f"fs-bench-count-{tag}"}
+    if args.profile:
+        env[PROFILE_ENV] = str(Path(args.profile).resolve())
     os.environ.update({k: env[k] for k in ("FLOWSTONE_DATABASE_URL", "FLOWSTONE_BROKER_URL",
                                            "FLOWSTONE_QUEUE")})
     os.environ["FLOWSTONE_EXECUTOR"] = "celery"
@@ -217,10 +280,12 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp_name:
             tmp = Path(tmp_name)
-            raw, chord_s = bench_raw(env, small, 10_000, args.concurrency, tmp)
             from flowstone.loading import load_pipeline
 
             p = load_pipeline(f"{Path(__file__).resolve()}:pipeline")
+            if args.only is not None:
+                return _only(args.only, p, env, args.concurrency, tmp, large, reader_large)
+            raw, chord_s = bench_raw(env, small, 10_000, args.concurrency, tmp)
             proc = _fs_worker(env, args.concurrency, tmp, "items")
             try:
                 _run(p, "unbatched", 500)  # warm-up: schema, pools, imports

@@ -56,6 +56,31 @@ def test_ten_thousand_items_gather_once(cluster: ScatterCluster) -> None:
         "succeeded", 10_000, 0, 0, 0)
 
 
+def test_trivial_items_travel_in_grown_chunks_each_recorded_once(
+    cluster: ScatterCluster,
+) -> None:
+    """Default chunks adapt to the items' pace: trivial items end up many to a message
+    (the barrier's chunk size grew past its first 100 units, within max_concurrent // 4),
+    and every item still ran once and was recorded once."""
+    cluster.start("w1", concurrency=2)
+    pipeline = load_pipeline(cluster.queue)
+    result = pipeline.run("wide_squares", partition="30000", timeout=180)
+    assert result.status == "succeeded", result.error
+    assert result.value == [i * i for i in range(30_000)]
+    rows = item_rows(pipeline, result.run_id, "wide_squares", "30000")
+    assert len(rows) == 30_000
+    assert {(r["state"], r["attempts"]) for r in rows} == {("succeeded", 1)}
+
+    async def chunk(conn: Any) -> Any:
+        return await conn.fetchval(
+            "SELECT chunk_units FROM flowstone.scatter_barriers WHERE run_id = $1",
+            result.run_id)
+
+    grown = pipeline.scatter_coordinator.database(pipeline.runner).run(chunk)
+    assert 100 < grown <= 1000, grown
+    pipeline.close()
+
+
 def test_threshold_stops_the_scatter_and_fails_the_asset(cluster: ScatterCluster) -> None:
     cluster.start("w1")
     pipeline = load_pipeline(cluster.queue)

@@ -107,7 +107,7 @@ def test_barrier_tables_follow_the_run_store_schema(
             "ON b.id = i.barrier_id WHERE b.run_id = $1", result.run_id)
         assert len(rows) == 40 and {r["state"] for r in rows} == {"succeeded"}
         assert _fetch(database_url, f"SELECT version_num FROM {schema}.flowstone_scatter_version"
-                      )[0]["version_num"] == "scatter_0004"
+                      )[0]["version_num"] == "scatter_0005"
         elsewhere = _fetch(
             database_url,
             "SELECT table_schema FROM information_schema.tables WHERE table_name = "

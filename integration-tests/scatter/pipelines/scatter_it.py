@@ -48,6 +48,13 @@ def squares(context: fs.Context, numbers: list[int]) -> int:
     return item * item
 
 
+@fs.asset(scatter=fs.Scatter(items=lambda numbers: numbers, max_concurrent=4000))
+def wide_squares(context: fs.Context, numbers: list[int]) -> int:
+    """``squares`` with a wide window: room for chunks to grow past the first size."""
+    item: int = context.scatter_item
+    return item * item
+
+
 @fs.asset
 def total(squares: list[int]) -> int:
     return sum(squares)
@@ -200,7 +207,8 @@ def gathered(context: fs.Context, numbers: list[int]) -> int:
     return int(context.scatter_item) + 1
 
 
-pipeline = fs.Pipeline("scatter_it", [numbers, squares, total, flaky, counted, read_items,
+pipeline = fs.Pipeline("scatter_it", [numbers, squares, wide_squares, total, flaky, counted,
+                                      read_items,
                                       by_bytes, limited, once_flaky, all_fail, guessed_name,
                                       unpartitioned, slow_items, gathered, one_per_second,
                                       one_slow_item, slow_read_items])

@@ -15,7 +15,7 @@ def test_head_matches_the_shipped_revisions() -> None:
     assert script.get_current_head() == MIGRATIONS.head
     # a history of its own: never mixed with flowstone-io-postgres's revisions
     assert {r.revision for r in script.walk_revisions()} == {
-        "scatter_0001", "scatter_0002", "scatter_0003", "scatter_0004"}
+        "scatter_0001", "scatter_0002", "scatter_0003", "scatter_0004", "scatter_0005"}
     assert MIGRATIONS.version_table != migrate.VERSION_TABLE
 
 

@@ -10,7 +10,8 @@ from flowstone.registry import PluginRegistry
 from flowstone.scatter import MAX_ITEM_KEY_LENGTH
 from flowstone_scatter import CeleryScatterCoordinator
 from flowstone_scatter.barrier import unit_ranges
-from flowstone_scatter.coordinator import build_rows
+from flowstone_scatter.coordinator import CHUNK_SECONDS, MAX_CHUNK_UNITS, build_rows
+from flowstone_scatter.items import paced_chunk_units
 from flowstone_scatter.messages import ScatterMessageError, parse_chunk, parse_read
 
 
@@ -34,6 +35,32 @@ def test_oversized_key_is_rejected_naming_item_and_limit() -> None:
     limit = MAX_ITEM_KEY_LENGTH
     with pytest.raises(UsageError, match=rf"item 1 of asset 'pages'.*limit is {limit}"):
         build_rows(sc, "pages", ["ok", "x" * 2000], 0, 0, set())
+
+
+def test_batches_by_count_alone_cut_every_max_items() -> None:
+    sc = fs.Scatter(items=lambda: [], batching=fs.Batching(max_items=2))
+    rows, units = build_rows(sc, "a", ["x" * 500, "y" * 500, "z"], 0, 0, set())
+    assert [r[1] for r in rows] == [0, 0, 1]
+    assert units == 2
+
+
+def test_default_chunks_adapt_within_bounds_and_fixed_ones_do_not() -> None:
+    wide = fs.Scatter(items=lambda: [], max_concurrent=2000)
+    coord = CeleryScatterCoordinator()
+    assert coord.chunk_units(wide) == 100
+    assert coord.chunk_bounds(wide) == (100, 500)  # a window still spans four messages
+    assert coord.chunk_bounds(fs.Scatter(items=lambda: [], max_concurrent=40)) == (10, 10)
+    huge = fs.Scatter(items=lambda: [], max_concurrent=100_000)
+    assert coord.chunk_bounds(huge) == (100, MAX_CHUNK_UNITS)
+    assert CeleryScatterCoordinator(chunk_size=7).chunk_bounds(wide) is None
+    limited = fs.Scatter(items=lambda: [], max_concurrent=2000, rate_limit="100/s")
+    assert coord.chunk_bounds(limited) is None
+    # the next chunks take CHUNK_SECONDS at the measured pace, clamped to the bounds
+    assert paced_chunk_units((100, 500), 100, 100 * CHUNK_SECONDS / 300) == 300
+    assert paced_chunk_units((100, 500), 100, 0.0) == 500  # trivial items: the most
+    assert paced_chunk_units((100, 500), 3, 30.0) == 100  # slow items: the least
+    assert paced_chunk_units((100, 500), 0, 1.0) is None  # nothing ran: keep the size
+    assert paced_chunk_units(None, 100, 1.0) is None
 
 
 def test_unit_ranges_are_contiguous_and_bounded() -> None:

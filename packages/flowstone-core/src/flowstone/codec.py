@@ -162,6 +162,10 @@ def encode_value(value: object, *, asset: str) -> bytes:
             container refers to itself. The message names the asset, the type, the path
             inside the value and how to fix it.
     """
+    if value is None:  # the common trivial results (a scatter item's), without the walk
+        return b"null"
+    if type(value) is bool:
+        return b"true" if value else b"false"
     tree = to_jsonable(value, asset=asset)
     try:
         return _dumps(tree, ascii_only=False).encode("utf-8")

@@ -171,7 +171,7 @@ async def reopen(conn: asyncpg.Connection, t: Tables, barrier_id: int, token: st
         )
         await conn.execute(
             f"UPDATE {t.barriers} SET state = 'running', outcome = NULL, error = NULL, token = $2, "
-            "failed = $3, inflight = 0, next_unit = coalesce($4, units_total), "
+            "failed = $3, inflight = 0, next_unit = coalesce($4, units_total), sweep_from = 0, "
             "reader_owner = NULL, reader_beat = NULL, finisher = NULL, finish_expires = NULL, "
             "read_sent_at = NULL, updated_at = now() WHERE id = $1",
             barrier_id, token, failed, low,
@@ -216,7 +216,11 @@ async def decide(conn: asyncpg.Connection, t: Tables, b: Any, sc: Scatter, lease
     free = int(b["max_concurrent"]) - int(b["inflight"])
     start, end = int(b["next_unit"]), min(int(b["next_unit"]) + max(free, 0),
                                           int(b["units_total"]))
-    if free <= 0 or end <= start:
+    # a window with work in flight is topped up by whole chunks: a chunk that grew
+    # (adaptive size) is not cut back to the size of the one that just finished
+    whole = min(int(b["chunk_units"]), max(1, int(b["max_concurrent"]) // 2))
+    if free <= 0 or end <= start or (int(b["inflight"]) > 0 and end - start < whole
+                                     and end < int(b["units_total"])):
         return Claim()
     units = await conn.fetch(
         f"UPDATE {t.items} SET state = 'queued', queued_at = now(), claimed_at = NULL, "
@@ -268,8 +272,13 @@ async def load_chunk(
 async def record(
     conn: asyncpg.Connection, t: Tables, barrier_id: int, sc: Scatter,
     results: Sequence[tuple[int, str, str | None, str | None]], lease: float,
+    resize: int | None = None,
 ) -> Claim:
-    """Record ``(idx, state, result_json, error)`` of one chunk; count only real changes."""
+    """Record ``(idx, state, result_json, error)`` of one chunk; count only real changes.
+
+    ``resize``: the chunk size this chunk's pace asks for; the barrier's ``chunk_units``
+    (the size of the chunks the window is topped up with from now on) moves to it, growing
+    at most twofold per chunk."""
     async with conn.transaction():
         changed = await conn.fetch(
             f"UPDATE {t.items} AS i SET state = v.state, result = v.result, error = v.error "
@@ -284,8 +293,9 @@ async def record(
         units = len({r["unit"] for r in changed})
         b = await conn.fetchrow(
             f"UPDATE {t.barriers} SET succeeded = succeeded + $2, failed = failed + $3, "
-            "inflight = greatest(inflight - $4, 0), updated_at = now() WHERE id = $1 "
-            "RETURNING *", barrier_id, ok, len(changed) - ok, units,
+            "inflight = greatest(inflight - $4, 0), updated_at = now(), chunk_units = "
+            "CASE WHEN $5::integer IS NULL THEN chunk_units ELSE least($5, 2 * chunk_units) END "
+            "WHERE id = $1 RETURNING *", barrier_id, ok, len(changed) - ok, units, resize,
         )
         return await decide(conn, t, b, sc, lease)
 

@@ -44,7 +44,8 @@ from flowstone_scatter.messages import CHUNK_TASK, READ_TASK, ChunkMessage
 if TYPE_CHECKING:
     from flowstone.asset import AssetDef
 
-__all__ = ["MAX_ITEM_BYTES", "CeleryScatterCoordinator", "build_rows", "item_size"]
+__all__ = ["CHUNK_SECONDS", "MAX_CHUNK_UNITS", "MAX_ITEM_BYTES", "CeleryScatterCoordinator",
+           "build_rows", "item_size"]
 
 log = logging.getLogger("flowstone.scatter")
 _DEPS_CACHE = 16
@@ -54,6 +55,15 @@ MAX_ITEM_BYTES: Final = 1 << 20
 items table and read back for every attempt, so bigger payloads belong in the asset (scatter
 over ids or object-store keys and load them there), like keys over
 :data:`~flowstone.scatter.MAX_ITEM_KEY_LENGTH`."""
+
+
+CHUNK_SECONDS: Final = 0.2
+"""The run time a chunk message aims at, when its size is the default: each chunk's pace
+(seconds per unit, measured by the worker that ran it) sizes the next ones, so trivial
+items travel many to a message and slow ones few (see :meth:`CeleryScatterCoordinator.
+chunk_bounds`)."""
+MAX_CHUNK_UNITS: Final = 1000
+"""The most units (items, or batches) a default-sized chunk message grows to."""
 
 
 def item_size(item: Any) -> int:
@@ -96,7 +106,7 @@ def build_rows(
             rows.append((index, unit, key, _payload(item, index, asset)))
             unit += 1
             continue
-        n = item_size(item)
+        n = item_size(item) if b.max_bytes is not None else 0  # a third JSON dump otherwise
         full = (b.max_items is not None and in_unit >= b.max_items) or (
             b.max_bytes is not None and in_unit > 0 and size + n > b.max_bytes)
         if full:
@@ -116,8 +126,10 @@ class CeleryScatterCoordinator:
             :class:`~flowstone_io_postgres.PostgresRunStore` (its connections and its
             ``schema``); with another store, ``FLOWSTONE_DATABASE_URL`` (read on first use).
         schema: the schema of the tables with ``database_url`` (default ``flowstone``).
-        chunk_size: items (or batches) per message; default ``min(100, max(1,
-            max_concurrent // 4))`` so a window spans at least four messages.
+        chunk_size: items (or batches) per message. Default: adaptive, starting at
+            ``min(100, max(1, max_concurrent // 4))`` and moving with the items' pace
+            towards :data:`CHUNK_SECONDS` of work per message, up to ``max_concurrent //
+            4`` (a window spans at least four messages) and :data:`MAX_CHUNK_UNITS`.
         pool_size: Postgres connections per process with ``database_url`` (with the
             pipeline's store, the scatter shares the store's connections).
 
@@ -188,6 +200,18 @@ class CeleryScatterCoordinator:
         if given is not None:
             return max(1, int(given))
         return min(100, max(1, sc.max_concurrent // 4))
+
+    def chunk_bounds(self, sc: Scatter) -> tuple[int, int] | None:
+        """The sizes a default-sized chunk moves between, from :meth:`chunk_units` (the
+        first window's size, and the least) up to a quarter of ``max_concurrent`` (so a
+        window still spans four messages) and :data:`MAX_CHUNK_UNITS`; None when the size
+        is fixed (``chunk_size`` given here or in ``Scatter.options``) or a ``rate_limit``
+        spaces the items (a chunk's pace is then the limit's, not the items')."""
+        if (self._chunk_size is not None or sc.options.get("chunk_size") is not None
+                or sc.rate_per_second is not None):
+            return None
+        low = self.chunk_units(sc)
+        return low, max(low, min(MAX_CHUNK_UNITS, sc.max_concurrent // 4))
 
     def send(self, runner: StepRunner, task: str, bodies: Sequence[dict[str, Any]]) -> None:
         """Publish scatter messages with the pipeline's Celery executor."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,9 +22,10 @@ from flowstone.codec import decode_value, encode_value
 from flowstone.defaults.scatter_units import ItemOutcome, item_error, run_unit
 from flowstone.engine import StepRunner, describe_error
 from flowstone.errors import UsageError
+from flowstone.partitions import decode_partition
 from flowstone.scatter import Batch, Scatter
 from flowstone_scatter import barrier, finish
-from flowstone_scatter.coordinator import CeleryScatterCoordinator, build_rows
+from flowstone_scatter.coordinator import CHUNK_SECONDS, CeleryScatterCoordinator, build_rows
 from flowstone_scatter.db import Database
 from flowstone_scatter.messages import ChunkMessage
 
@@ -84,6 +86,8 @@ def run_chunk(runner: StepRunner, msg: ChunkMessage, owner: str | None = None) -
     # the claim on the chunk's items is renewed while it runs (even inside one long item),
     # so the sweeper never takes a live runner's items for a dead one's
     claimed = [r.idx for r in rows]
+    key = decode_partition(b["partition"])
+    ran, started = 0, time.monotonic()
     with finish.Heartbeat(lambda: _touch(db, msg.barrier, claimed, me), lease,
                           f"the claim on {len(rows)} items of scatter barrier "
                           f"{msg.barrier}") as beat:
@@ -93,8 +97,11 @@ def run_chunk(runner: StepRunner, msg: ChunkMessage, owner: str | None = None) -
             if first is not None and (wait := first + i / (sc.rate_per_second or 1.0)
                                       - time.monotonic()) > 0:
                 time.sleep(wait)
-            results.extend(_run_unit(runner, a, sc, b, deps, shared, unit, count))
-    claim = db.run(lambda c: barrier.record(c, db.t, msg.barrier, sc, results, lease))
+            results.extend(_run_unit(runner, a, sc, b, (key, beat.lost), deps, shared, unit,
+                                     count))
+            ran += 1
+    resize = paced_chunk_units(coord.chunk_bounds(sc), ran, time.monotonic() - started)
+    claim = db.run(lambda c: barrier.record(c, db.t, msg.barrier, sc, results, lease, resize))
     ok = sum(1 for r in results if r[1] == "succeeded")
     runtime.events.emit("scatter.progress", b["run_id"], a.name, b["partition"],
                         {"succeeded": ok, "failed": len(results) - ok, "chunk": True})
@@ -132,12 +139,28 @@ def _rate_slots(db: Database, b: Any, sc: Scatter, n: int) -> float | None:
     return db.run(reserve)
 
 
-def _run_unit(runner: StepRunner, a: AssetDef, sc: Scatter, b: Any, deps: dict[str, Any],
-              shared: Any, unit: Sequence[barrier.ItemRow], count: int | None) -> list[Result]:
+def paced_chunk_units(bounds: tuple[int, int] | None, units: int, seconds: float) -> int | None:
+    """The chunk size (units per message) that would have taken :data:`~flowstone_scatter.
+    coordinator.CHUNK_SECONDS` at this chunk's pace, within ``bounds``; None to keep the
+    barrier's size (a fixed size, or nothing ran)."""
+    if bounds is None or units == 0:
+        return None
+    low, high = bounds
+    per_unit = max(seconds / units, 1e-6)
+    return max(low, min(high, round(CHUNK_SECONDS / per_unit)))
+
+
+def _run_unit(runner: StepRunner, a: AssetDef, sc: Scatter, b: Any,
+              under: tuple[Any, threading.Event], deps: dict[str, Any], shared: Any,
+              unit: Sequence[barrier.ItemRow], count: int | None) -> list[Result]:
+    """Run one unit; ``under``: the decoded partition and the chunk's claim-lost event
+    (``context.lease_lost`` of every item in the chunk)."""
     items = [decode_value(r.item.encode()) for r in unit]
+    key, lost = under
 
     def context_for(attempt: int) -> Context:
-        context = runner.context_for(a, b["run_id"], b["partition"], attempt)
+        context = runner.context_for(a, b["run_id"], b["partition"], attempt, key=key,
+                                     lease_lost=lost)
         if sc.batching is None:
             context.scatter_item = items[0]
         else:

@@ -23,7 +23,7 @@ MIGRATIONS: Final = MigrationSet(
     name="flowstone-scatter",
     versions=Path(__file__).with_name("migrations"),
     version_table="flowstone_scatter_version",
-    head="scatter_0004",
+    head="scatter_0005",
 )
 
 

@@ -113,6 +113,9 @@ def sweep(pipeline: Pipeline, now: datetime, *,
 
     * a ``finishing`` barrier whose finishing claim expired or was released (its worker
       died, or its finish failed): finished again;
+    * (items are looked for from the barrier's ``sweep_from``, below which every unit is
+      finished, up to its ``next_unit``; each sweep moves ``sweep_from`` up to the first
+      unfinished unit, so it reads about a window of items, whatever the barrier's size)
     * items ``queued`` but never claimed by a runner for ``recover_after`` seconds: their
       message was lost (a broker flush or restart); their chunks are sent again, and
       stamped, each re-send waiting twice as long as the one before (a claim resets it);
@@ -151,6 +154,7 @@ def sweep(pipeline: Pipeline, now: datetime, *,
             "FROM (SELECT s.barrier_id, s.idx, s.claimed_by IS NOT NULL AS "
             f"died, b.chunk_units FROM {db.t.items} AS s JOIN {db.t.barriers} AS b ON "
             "s.barrier_id = b.id WHERE b.pipeline = $1 AND b.state = 'running' AND "
+            "s.unit >= b.sweep_from AND s.unit < b.next_unit AND "
             "s.state = 'queued' AND ((s.claimed_by IS NULL AND s.queued_at < now() - "
             "make_interval(secs => $2 * power(2, least(s.resends, $5)))) OR "
             "s.claimed_at < now() - make_interval(secs => $3)) "
@@ -158,6 +162,11 @@ def sweep(pipeline: Pipeline, now: datetime, *,
             "WHERE i.barrier_id = v.barrier_id AND i.idx = v.idx "
             "RETURNING i.barrier_id, i.unit, v.died, v.chunk_units",
             name, recover_after, lease, SWEEP_LIMIT, RESEND_BACKOFF_DOUBLINGS)
+        await conn.execute(
+            f"UPDATE {db.t.barriers} AS b SET sweep_from = coalesce((SELECT min(i.unit) FROM "
+            f"{db.t.items} AS i WHERE i.barrier_id = b.id AND i.unit >= b.sweep_from AND "
+            "i.unit < b.next_unit AND i.state IN ('pending', 'queued')), b.next_unit) "
+            "WHERE b.pipeline = $1 AND b.state = 'running'", name)
         idle = await conn.fetch(
             f"SELECT id, asset FROM {db.t.barriers} WHERE pipeline = $1 AND state = 'running' AND "
             "updated_at < now() - make_interval(secs => $2)", name, lease)

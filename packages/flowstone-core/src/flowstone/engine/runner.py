@@ -91,6 +91,9 @@ def materialization_id(run_id: str, asset: str, partition: str) -> str:
     return uuid.uuid5(_MATERIALIZATIONS, f"{run_id}\x00{asset}\x00{partition}").hex
 
 
+_DECODE: Any = object()  # context_for's default: decode the partition
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class StepResult:
     """What running (or finishing) one step left to do.
@@ -754,9 +757,28 @@ class StepRunner:
             lease_lost=lease_lost,
         )
 
-    def context_for(self, a: AssetDef, run_id: str, enc: str, attempt: int = 1) -> Context:
-        """A context for hooks that run outside a claimed step (on_signal, on_timeout)."""
-        return self._context(a, run_id, enc, decode_partition(enc), attempt)
+    def context_for(
+        self,
+        a: AssetDef,
+        run_id: str,
+        enc: str,
+        attempt: int = 1,
+        *,
+        key: Any = _DECODE,
+        lease_lost: threading.Event | None = None,
+    ) -> Context:
+        """A context for hooks that run outside a claimed step (on_signal, on_timeout) and
+        for scatter items. ``key``: ``enc`` decoded, when the caller has it already (a
+        scatter chunk decodes its partition once for all its items); ``lease_lost``: the
+        event of the claim the caller runs under (a scatter chunk's claim on its items)."""
+        return self._context(
+            a,
+            run_id,
+            enc,
+            decode_partition(enc) if key is _DECODE else key,
+            attempt,
+            lease_lost=lease_lost,
+        )
 
     def build_record(
         self, a: AssetDef, step: StepRecord, state: Any, **kwargs: Any
