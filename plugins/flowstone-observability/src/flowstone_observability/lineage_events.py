@@ -198,6 +198,7 @@ class LineageNames:
         every piece that does not change (a job, a dataset, a pipeline run's parent facet)
         is what the client's serde made of it once, keys sorted as ``Serde.to_json`` sorts
         them; only the time, state, runId, error and counts are written per event."""
+        # (facet name, JSON text); the names, the time, state and runId need no escaping
         facets: list[tuple[str, str]] = []
         inputs = outputs = ""
         if step.asset:
@@ -216,13 +217,12 @@ class LineageNames:
                 **self._templates["scatter"], "total": total, "succeeded": succeeded,
                 "failed": failed})))
         facets.sort()
-        run_facets = ", ".join([f"{_dumps(name)}: {text}" for name, text in facets])
+        run_facets = ", ".join([f'"{name}": {text}' for name, text in facets])
         return (
-            f'{{"eventTime": {_dumps(step.at.isoformat())}, '
-            f'"eventType": {_dumps(step.state.value)}, "inputs": [{inputs}], '
-            f'"job": {self._json("j", step.pipeline, step.asset)}, "outputs": [{outputs}], '
-            f'"producer": {_PRODUCER_JSON}, '
-            f'"run": {{"facets": {{{run_facets}}}, "runId": {_dumps(self._run_id(step))}}}, '
+            f'{{"eventTime": "{step.at.isoformat()}", "eventType": "{step.state.value}", '
+            f'"inputs": [{inputs}], "job": {self._json("j", step.pipeline, step.asset)}, '
+            f'"outputs": [{outputs}], "producer": {_PRODUCER_JSON}, '
+            f'"run": {{"facets": {{{run_facets}}}, "runId": "{self._run_id(step)}"}}, '
             f'"schemaURL": {_EVENT_SCHEMA_JSON}}}'
         )
 
