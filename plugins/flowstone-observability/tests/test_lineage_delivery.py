@@ -26,7 +26,8 @@ def scenario() -> list[Event]:
     """Every kind of event the observer turns into lineage: pipeline runs that succeed,
     fail, are cancelled or end oddly; steps that start (one redelivered, one retried),
     record lineage, succeed (one a scatter), fail (with and without a scatter, with an
-    error text that needs escaping) and are skipped; partitions; no inputs."""
+    error text that needs escaping) and are skipped; partitions; no inputs; names that
+    need escaping."""
     up = {"upstream_assets": ["a", "b"]}
     return [
         Event("run.started", "etl", "r1"),
@@ -53,6 +54,10 @@ def scenario() -> list[Event]:
         Event("run.started", "other", "r3"),
         Event("run.finished", "other", "r3", data={"status": "cancelled"}),
         Event("run.finished", "other", "r4", data={"status": "odd"}),
+        Event("run.started", 'caf\u00e9 "q"', "r5"),
+        Event("asset.started", 'caf\u00e9 "q"', "r5", "\u00e0", "k\\1", {"attempt": 1}),
+        Event("asset.succeeded", 'caf\u00e9 "q"', "r5", "\u00e0", "k\\1",
+              {"upstream_assets": ["b\u00e9"]}),
     ]
 
 
@@ -72,7 +77,7 @@ def test_our_json_is_exactly_what_the_clients_serde_makes_of_its_run_event() -> 
         doc = json.loads(ours)
         states.add((bool(step.asset), doc["eventType"]))
         facets.update(doc["run"]["facets"])
-    assert compared == 20
+    assert compared == 23
     assert states == {
         (False, "START"), (False, "COMPLETE"), (False, "FAIL"), (False, "ABORT"),
         (False, "OTHER"),
