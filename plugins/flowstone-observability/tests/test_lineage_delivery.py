@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from helpers import etl
 from openlineage.client.event_v2 import RunState
 from openlineage.client.serde import Serde
 from openlineage.client.transport.file import FileConfig, FileTransport
@@ -231,3 +232,26 @@ def test_a_rotated_or_deleted_file_is_opened_again(tmp_path: Path) -> None:
     transport.write_lines(['{"n": 5}'])
     transport.close()
     assert path.read_text() == '{"n": 4}\n{"n": 5}\n'
+
+
+def test_a_file_that_cannot_be_written_is_counted_or_fails_the_asset(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-directory" / "lineage.jsonl"
+    registry = CollectorRegistry()
+    observer = OpenLineageObserver(file_transport(missing), retries=2, registry=registry)
+    events = scenario()
+    for event in events:
+        observer.on_event(event)
+    assert observer.flush(30)
+    observer.close()
+    sent = [s for s in map(observer.step, events)
+            if s is not None and s.state is not RunState.RUNNING]
+    assert registry.get_sample_value("flowstone_lineage_errors_total",
+                                     {"transport": "file"}) == len(sent)
+
+    strict = etl([OpenLineageObserver(file_transport(missing), delivery="sync", retries=1,
+                                      registry=CollectorRegistry())],
+                 on_lineage_error="fail")
+    result = strict.run("source")
+    assert result.status == "failed"
+    failed = [m for m in result.materializations if m.asset == "source"]
+    assert failed and "lineage" in (failed[0].error or "")

@@ -45,8 +45,8 @@ FILE_ENV: Final = "FLOWSTONE_OPENLINEAGE_FILE"
 _MEMORY: Final = 4096  # open steps whose attempt / scatter counts are remembered
 _BATCH: Final = 1000  # events the sender thread takes per wake-up, at most
 # after waking, the sender waits this long (unless someone flushes) for more events: waking
-# a thread and writing costs more than building an event (bench/lineage.py --pace: events
-# 0.5 ms apart cost ~230 µs of CPU per step when the sender wakes for each, ~40 with this)
+# a thread and writing costs more than building an event (bench/lineage.py, events 0.5 ms
+# apart: ~290 µs of CPU per step when the sender wakes for each, ~80 with this wait)
 _LINGER: Final = 0.02
 _FINAL = {"asset.succeeded": RunState.COMPLETE, "asset.failed": RunState.FAIL,
           "asset.skipped": RunState.ABORT}
@@ -226,7 +226,7 @@ class OpenLineageObserver:
             for step in steps:
                 self._send(self.names.event(step), raise_errors=raise_errors)
         elif steps:
-            self._write([self.names.to_json(step) for step in steps], steps,
+            self._write(self._lines, [self.names.to_json(step) for step in steps], steps,
                         raise_errors=raise_errors)
 
     def _send(self, event: RunEvent, *, raise_errors: bool) -> bool:
@@ -250,15 +250,14 @@ class OpenLineageObserver:
             return True
         return False
 
-    def _write(self, lines: list[str], steps: Sequence[LineageStep], *,
+    def _write(self, writer: LineWriter, lines: list[str], steps: Sequence[LineageStep], *,
                raise_errors: bool) -> None:
         """Write ``lines`` (of ``steps``) with retries; a retry writes only what the failed
         attempt did not (no event is written twice)."""
-        assert self._lines is not None
         delay, done = 0.1, 0
         for attempt in range(1, self.retries + 1):
             try:
-                self._lines.write_lines(lines[done:])
+                writer.write_lines(lines[done:])
                 done = len(lines)
                 break
             except Exception as exc:
@@ -270,11 +269,12 @@ class OpenLineageObserver:
                     time.sleep(delay)
                     delay *= 2
                     continue
-                failed = len(lines) - done
+                failed, first = len(lines) - done, steps[done]
                 self._errors.inc(failed)
                 log.error("%d OpenLineage events (the first: %s of job %s) not delivered "
-                          "after %d attempts: %s: %s", failed, _state(steps[done].state),
-                          steps[done].pipeline, self.retries, type(exc).__name__, exc)
+                          "after %d attempts: %s: %s", failed, _state(first.state),
+                          f"{first.pipeline}.{first.asset}" if first.asset else first.pipeline,
+                          self.retries, type(exc).__name__, exc)
                 if raise_errors:
                     raise
                 break
