@@ -255,3 +255,22 @@ def test_a_file_that_cannot_be_written_is_counted_or_fails_the_asset(tmp_path: P
     assert result.status == "failed"
     failed = [m for m in result.materializations if m.asset == "source"]
     assert failed and "lineage" in (failed[0].error or "")
+
+
+def test_a_child_forked_while_a_write_holds_the_lock_can_still_write(tmp_path: Path) -> None:
+    """A prefork pool forks from a process whose sender thread may be mid-write: the child
+    must not inherit a lock nobody will release."""
+    transport = JsonLinesFileTransport(tmp_path / "lineage.jsonl")
+    transport.write_lines(['{"from": "parent"}'])
+    with transport._lock:  # as if another thread were writing at the moment of the fork
+        pid = os.fork()
+        if pid == 0:
+            try:
+                transport.write_lines(['{"from": "child"}'])
+            finally:
+                os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    lines = (tmp_path / "lineage.jsonl").read_text().splitlines()
+    assert [json.loads(line)["from"] for line in lines] == ["parent", "child"]
+    transport.close()

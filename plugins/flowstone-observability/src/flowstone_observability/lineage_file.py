@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -56,6 +57,12 @@ class JsonLinesFileTransport(FileTransport):
         self._fd: int | None = None
         self._opened: tuple[int, int] = (0, 0)  # st_dev, st_ino of the open file
         self._torn = False  # a failed write left part of a line at the file's end
+        self._lock = threading.Lock()
+        _OPEN.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a thread of the parent may have held the lock mid-write;
+        the child starts with a fresh lock (the appending descriptor is safe to share)."""
         self._lock = threading.Lock()
 
     def emit(self, event: Event) -> None:
@@ -106,3 +113,15 @@ class JsonLinesFileTransport(FileTransport):
         if fd is not None:
             os.close(fd)
         return True
+
+
+# every open transport of this process, so a forked child can reset their locks
+_OPEN: weakref.WeakSet[JsonLinesFileTransport] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for transport in list(_OPEN):
+        transport._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
