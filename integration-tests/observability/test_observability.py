@@ -81,10 +81,13 @@ def test_worker_metrics_after_a_dag_a_scatter_and_a_failure(
     ok = {"pipeline": "obs_it", "status": "succeeded"}
 
     def settled() -> Samples | None:
+        # the pool processes record their events as their tasks end: wait for all
         got = scrape(url)
         done = sample(got, "flowstone_materializations_total", asset="explode",
                       pipeline="obs_it", status="failed")
-        return got if done == 1 else None
+        counted = all(sample(got, "flowstone_materializations_total", asset=asset, **ok)
+                      for asset in ("raw", "cleaned", "report", "squares"))
+        return got if done == 1 and counted else None
 
     samples = wait_for(settled, what="the failure to be counted")
     for asset in ("raw", "cleaned", "report", "squares"):

@@ -4,9 +4,10 @@
 prefork pool forks: it turns on multiprocess mode (a fresh, emptied directory), attaches the
 Prometheus observer (and, with ``FLOWSTONE_LOG_FORMAT=json``, the step log context) to every
 served pipeline so pool processes inherit them, and removes a dead pool process's live
-gauges (after recording the events it still buffers). :meth:`WorkerMetrics.start` then
-serves ``/metrics`` (the sum over all processes) and ``/healthz`` from the main process;
-:meth:`WorkerMetrics.stop` stops it.
+gauges (after recording the events it still buffers); a pool process records its buffered
+events when each task ends. :meth:`WorkerMetrics.start` then serves ``/metrics`` (the sum
+over all processes) and ``/healthz`` from the main process; :meth:`WorkerMetrics.stop`
+stops it.
 """
 
 from __future__ import annotations
@@ -75,9 +76,17 @@ def use_json_logs(app: Any) -> bool:
 
 
 def _connect_process_cleanup() -> None:
-    from celery.signals import worker_process_shutdown
+    from celery.signals import task_postrun, worker_process_shutdown
 
     worker_process_shutdown.connect(_mark_dead, weak=False, dispatch_uid="flowstone-metrics")
+    # a message's steps are in the scrape as soon as its task ends (not a timer tick later)
+    task_postrun.connect(_flush, weak=False, dispatch_uid="flowstone-metrics-flush")
+
+
+def _flush(**_: Any) -> None:
+    from flowstone_observability.observer import flush_all
+
+    flush_all()
 
 
 def _mark_dead(pid: int | None = None, **_: Any) -> None:
