@@ -14,7 +14,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ from flowstone_scatter.messages import ChunkMessage
 if TYPE_CHECKING:
     from flowstone.asset import AssetDef
     from flowstone.context import Context
+    from flowstone.protocols import ItemReader
 
 __all__ = ["run_chunk", "run_reader"]
 
@@ -223,34 +225,70 @@ def _read(runner: StepRunner, coord: CeleryScatterCoordinator, db: Database, msg
             _fail_reader(coord, runner, b, f"reader of scatter asset {a.name!r} failed to "
                          f"start: {describe_error(exc)}")
             return pages
-        seen: set[str] = set()  # duplicates across pages are dropped by the unique key index
-        while True:
-            try:
-                page = reader.read(sc.page_size)
-                rows, units = build_rows(sc, a.name, page, next_index, units, seen)
-                checkpoint = json.dumps({"reader": reader.checkpoint(),
-                                         "next_index": next_index + len(page), "units": units})
-            except Exception as exc:
-                _fail_reader(coord, runner, b, f"reader of scatter asset {a.name!r} failed "
-                             f"at item {next_index}: {describe_error(exc)}")
-                return pages
-            seen.clear()
-            next_index += len(page)
-            done = not page
-            claim = db.run(_page(db, msg.barrier, owner, sc, rows, units, checkpoint,
-                                 next_index, done, expected,
-                                 float(runner.runtime.policies.lease_seconds)))
-            if claim is None:
-                log.warning("scatter reader of barrier %s lost its lease; stopping", msg.barrier)
-                return pages
-            pages += 1
-            if on_page is not None:
-                on_page(pages)
-            coord.after(runner, msg.barrier, claim)
-            if done:
-                return pages
+        # the next page is read (and encoded) in a thread while this one is written: the
+        # checkpoint written with a page is taken right after that page was read, so a
+        # reader that dies re-reads from the last page written, prefetched or not
+        with ThreadPoolExecutor(1, thread_name_prefix="flowstone-scatter-reader") as pool:
+            pending = _pages(reader, sc, a.name, next_index, units)
+            ahead = pool.submit(next, pending)
+            while True:
+                try:
+                    rows, units, checkpoint, next_index, done = ahead.result()
+                except _ReadFailed as exc:
+                    _fail_reader(coord, runner, b, f"reader of scatter asset {a.name!r} "
+                                 f"failed at item {exc.index}: {describe_error(exc.cause)}")
+                    return pages
+                if not done:
+                    ahead = pool.submit(next, pending)
+                claim = db.run(_page(db, msg.barrier, owner, sc, rows, units, checkpoint,
+                                     next_index, done, expected,
+                                     float(runner.runtime.policies.lease_seconds)))
+                if claim is None:
+                    log.warning("scatter reader of barrier %s lost its lease; stopping",
+                                msg.barrier)
+                    return pages
+                pages += 1
+                if on_page is not None:
+                    on_page(pages)
+                coord.after(runner, msg.barrier, claim)
+                if done:
+                    return pages
     finally:
         reader.close()
+
+
+class _ReadFailed(Exception):
+    """Reading or encoding the page from item ``index`` on raised ``cause``."""
+
+    def __init__(self, index: int, cause: Exception) -> None:
+        super().__init__(index, cause)
+        self.index = index
+        self.cause = cause
+
+
+Page = tuple[list[tuple[int, int, str, str]], int, str, int, bool]
+"""A page to write: its rows, the units after it, its checkpoint, the next item index,
+and whether it is the (empty) last one."""
+
+
+def _pages(reader: ItemReader, sc: Scatter, asset: str, next_index: int,
+           units: int) -> Iterator[Page]:
+    """The reader's pages, from ``next_index``, each with the checkpoint taken right after
+    it was read; the last one is empty."""
+    seen: set[str] = set()  # duplicates across pages are dropped by the unique key index
+    while True:
+        try:
+            page = reader.read(sc.page_size)
+            rows, units = build_rows(sc, asset, page, next_index, units, seen)
+            checkpoint = json.dumps({"reader": reader.checkpoint(),
+                                     "next_index": next_index + len(page), "units": units})
+        except Exception as exc:
+            raise _ReadFailed(next_index, exc) from exc
+        seen.clear()
+        next_index += len(page)
+        yield rows, units, checkpoint, next_index, not page
+        if not page:
+            return
 
 
 def _touch(db: Database, barrier_id: int, idx: list[int], owner: str) -> bool:
