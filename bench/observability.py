@@ -16,9 +16,11 @@ alternating rounds in the same process (so a burst of load from elsewhere hits a
 
 Medians of the wall time per run, less the plain function calls, per asset; the overhead
 percentages are medians of the per-round ratios to ``off`` (each compares runs measured
-side by side), of the whole run's wall time and of the process's CPU time. And the
-observers' own CPU per asset measured alone (the events one asset produces, fed directly
-and recorded), which this shared machine's noise does not blur. The last line printed is
+side by side), of the whole run's wall time and of the process's CPU time. Two figures
+this shared machine's noise does not blur: the CPU spent inside ``Emitter.emit`` (building
+the events and running the observers) and inside the observers, timed within real runs
+of the ``prometheus`` configuration (``in_run_*``); and the observers' own CPU per asset
+measured alone (the events one asset produces, fed directly and recorded). The last line printed is
 one JSON object::
 
     {"bench": "observability", "assets": 500, "off_us_per_asset": 3100.0,
@@ -40,6 +42,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from inprocess import (
     build_shape,
@@ -94,6 +97,74 @@ def observer_us_per_asset(rounds: int = 20_000) -> float:
     return round((time.process_time() - started) / rounds * 1e6, 2)
 
 
+class Timed:
+    """Forwards events to ``inner`` and adds up the time spent in it (this thread's
+    clock: the engine's step threads each time their own calls)."""
+
+    def __init__(self, inner: Any, clock: list[float]) -> None:
+        self.inner, self.clock = inner, clock
+        self.event_kinds = getattr(inner, "event_kinds", None)
+
+    def on_event(self, event: object) -> None:
+        started = time.thread_time()
+        self.inner.on_event(event)
+        self.clock[0] += time.thread_time() - started
+
+
+def in_run_us_per_asset(nodes: list, home: Path, runs: int) -> tuple[float, float]:
+    """Inside real runs of the ``prometheus`` configuration, the CPU per asset spent (a) in
+    the observers and (b) in ``Emitter.emit`` as a whole (building the events and calling
+    the observers): what the end-to-end difference measures, without the run-to-run noise
+    of a shared machine. CPU time of the calling thread, summed over the step threads, in
+    two passes (so neither timer runs inside the other); the last flush of the buffer
+    (observer work done after the runs) is added to both."""
+    from flowstone.events import Emitter
+
+    def flushed(prometheus: PrometheusObserver) -> float:
+        started = time.thread_time()
+        prometheus.flush()
+        return time.thread_time() - started
+
+    # pass (a): the observers, each call timed
+    in_observers = [0.0]
+    prometheus = PrometheusObserver(CollectorRegistry())
+    p = pipeline(nodes, home / "observers", [Timed(prometheus, in_observers),
+                                             Timed(StepLogContext(), in_observers)])
+    run_flowstone(p)  # warm-up
+    prometheus.flush()
+    in_observers[0] = 0.0
+    for _ in range(runs):
+        run_flowstone(p)
+    observers = in_observers[0] + flushed(prometheus)
+    p.close()
+
+    # pass (b): Emitter.emit, each call timed
+    in_emit = [0.0]
+    prometheus = PrometheusObserver(CollectorRegistry())
+    p = pipeline(nodes, home / "emit", [prometheus, StepLogContext()])
+    original = Emitter.emit
+
+    def timed_emit(self: Emitter, *args: Any, **kwargs: Any) -> str | None:
+        started = time.thread_time()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            in_emit[0] += time.thread_time() - started
+
+    run_flowstone(p)  # warm-up
+    prometheus.flush()
+    Emitter.emit = timed_emit  # type: ignore[method-assign]
+    try:
+        for _ in range(runs):
+            run_flowstone(p)
+    finally:
+        Emitter.emit = original  # type: ignore[method-assign]
+    emitting = in_emit[0] + flushed(prometheus)
+    p.close()
+    per = len(nodes) * runs
+    return round(observers / per * 1e6, 2), round(emitting / per * 1e6, 2)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=50)
@@ -140,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         for p in pipelines.values():
             p.close()
         lineage.close()
+        (root / "timed" / "observers").mkdir(parents=True)
+        (root / "timed" / "emit").mkdir()
+        observers_in_run, emit_in_run = in_run_us_per_asset(
+            nodes, root / "timed", 1 if args.quick else 5)
     assets = len(nodes)
     direct = observer_us_per_asset(2_000 if args.quick else 20_000)
     per = {name: us_per_asset(s.wall, baseline, assets) for name, s in samples.items()}
@@ -162,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         **{f"{n}_cpu_us_per_asset": v for n, v in cpu.items()},
         "observer_cpu_us_per_asset": direct,
         "observer_cpu_pct_of_off": round(direct / cpu["off"] * 100, 2) if cpu["off"] else 0.0,
+        "in_run_observers_cpu_us_per_asset": observers_in_run,
+        "in_run_emit_cpu_us_per_asset": emit_in_run,
+        "in_run_emit_pct_of_off_cpu": round(emit_in_run / cpu["off"] * 100, 2)
+        if cpu["off"] else 0.0,
         "prometheus_overhead_pct": paired("prometheus"),
         "prometheus_cpu_overhead_pct": paired("prometheus", "cpu"),
         "noop_overhead_pct": paired("noop"),
