@@ -101,7 +101,7 @@ class Timed:
     """Forwards events to ``inner`` and adds up the time spent in it (this thread's
     clock: the engine's step threads each time their own calls)."""
 
-    def __init__(self, inner: Any, clock: list[float]) -> None:
+    def __init__(self, inner: Any, clock: list[Any]) -> None:
         self.inner, self.clock = inner, clock
         self.event_kinds = getattr(inner, "event_kinds", None)
 
@@ -109,6 +109,17 @@ class Timed:
         started = time.thread_time()
         self.inner.on_event(event)
         self.clock[0] += time.thread_time() - started
+        self.clock[1] += 1
+
+
+def timer_cost(pairs: int = 100_000) -> float:
+    """Seconds one pair of ``time.thread_time()`` calls costs (a system call here, about as
+    much as the work timed): subtracted per timed call."""
+    started = time.thread_time()
+    for _ in range(pairs):
+        time.thread_time()
+        time.thread_time()
+    return (time.thread_time() - started) / pairs
 
 
 def in_run_us_per_asset(nodes: list, home: Path, runs: int) -> tuple[float, float]:
@@ -116,8 +127,8 @@ def in_run_us_per_asset(nodes: list, home: Path, runs: int) -> tuple[float, floa
     the observers and (b) in ``Emitter.emit`` as a whole (building the events and calling
     the observers): what the end-to-end difference measures, without the run-to-run noise
     of a shared machine. CPU time of the calling thread, summed over the step threads, in
-    two passes (so neither timer runs inside the other); the last flush of the buffer
-    (observer work done after the runs) is added to both."""
+    two passes (so neither timer runs inside the other), less the timers' own cost; the
+    last flush of the buffer (observer work done after the runs) is added to both."""
     from flowstone.events import Emitter
 
     def flushed(prometheus: PrometheusObserver) -> float:
@@ -125,21 +136,22 @@ def in_run_us_per_asset(nodes: list, home: Path, runs: int) -> tuple[float, floa
         prometheus.flush()
         return time.thread_time() - started
 
+    per_pair = timer_cost()
     # pass (a): the observers, each call timed
-    in_observers = [0.0]
+    in_observers = [0.0, 0]
     prometheus = PrometheusObserver(CollectorRegistry())
     p = pipeline(nodes, home / "observers", [Timed(prometheus, in_observers),
                                              Timed(StepLogContext(), in_observers)])
     run_flowstone(p)  # warm-up
     prometheus.flush()
-    in_observers[0] = 0.0
+    in_observers[:] = [0.0, 0]
     for _ in range(runs):
         run_flowstone(p)
-    observers = in_observers[0] + flushed(prometheus)
+    observers = in_observers[0] - in_observers[1] * per_pair + flushed(prometheus)
     p.close()
 
     # pass (b): Emitter.emit, each call timed
-    in_emit = [0.0]
+    in_emit = [0.0, 0]
     prometheus = PrometheusObserver(CollectorRegistry())
     p = pipeline(nodes, home / "emit", [prometheus, StepLogContext()])
     original = Emitter.emit
@@ -150,6 +162,7 @@ def in_run_us_per_asset(nodes: list, home: Path, runs: int) -> tuple[float, floa
             return original(self, *args, **kwargs)
         finally:
             in_emit[0] += time.thread_time() - started
+            in_emit[1] += 1
 
     run_flowstone(p)  # warm-up
     prometheus.flush()
@@ -159,7 +172,7 @@ def in_run_us_per_asset(nodes: list, home: Path, runs: int) -> tuple[float, floa
             run_flowstone(p)
     finally:
         Emitter.emit = original  # type: ignore[method-assign]
-    emitting = in_emit[0] + flushed(prometheus)
+    emitting = in_emit[0] - in_emit[1] * per_pair + flushed(prometheus)
     p.close()
     per = len(nodes) * runs
     return round(observers / per * 1e6, 2), round(emitting / per * 1e6, 2)
