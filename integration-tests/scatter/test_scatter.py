@@ -162,9 +162,12 @@ def test_rate_limit_is_shared_by_two_worker_processes(cluster: ScatterCluster) -
     assert result.status == "succeeded", result.error
     starts = sorted(t for t, _ in result.value)
     assert len({pid for _, pid in result.value}) >= 2  # more than one process ran items
-    # 20/s across all workers: any second holds at most 20 starts (+1 for the boundary)
+    # 20/s across all workers (a limit per process would allow 40/s here): any second of
+    # the items' own clocks holds at most 20 starts, +1 for the boundary and +3 for the
+    # scheduling delay between the database granting a start and the item reading its
+    # clock (a loaded machine delays some items more than others)
     for i, t in enumerate(starts):
-        assert sum(1 for s in starts[i:] if s < t + 1.0) <= 21
+        assert sum(1 for s in starts[i:] if s < t + 1.0) <= 24
 
 
 def test_cli_status_reports_counts(cluster: ScatterCluster) -> None:
