@@ -5,10 +5,11 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
+import queue
 import time
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from flowstone.engine.chain import run_chain
@@ -48,6 +49,9 @@ class InProcessExecutor:
         delayed: list[tuple[float, int, StepRecord]] = []
         seq = itertools.count()
         running: dict[Future[tuple[StepRecord, ...]], StepRecord] = {}
+        # finished futures arrive here (one cheap queue, instead of concurrent.futures.wait
+        # installing a waiter on every running future each time round)
+        finished: queue.SimpleQueue[Future[tuple[StepRecord, ...]]] = queue.SimpleQueue()
         pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="flowstone")
         abandoned = False
         try:
@@ -63,16 +67,17 @@ class InProcessExecutor:
                         continue
                     fut = pool.submit(run_chain, runner, step)
                     running[fut] = step
+                    fut.add_done_callback(finished.put)
                 timeout = max(0.0, delayed[0][0] - time.monotonic()) if delayed else None
                 if not running:
                     if timeout:
                         time.sleep(timeout)
                     continue
                 poll = _CANCEL_POLL_S if timeout is None else min(timeout, _CANCEL_POLL_S)
-                done, _ = wait(running, timeout=poll, return_when=FIRST_COMPLETED)
+                done = _finished(finished, poll)
                 for fut in done:
-                    running.pop(fut)
-                    ready.extend(fut.result())
+                    if running.pop(fut, None) is not None:  # else: abandoned, timed out
+                        ready.extend(fut.result())
                 if not done and runner.runtime.branch_index:
                     more, timed_out = enforce_parallel_timeouts(runner, run_id)
                     ready.extend(more)
@@ -93,6 +98,22 @@ class InProcessExecutor:
 
     def health(self) -> str:
         return "ok"
+
+
+def _finished(
+    finished: queue.SimpleQueue[Future[tuple[StepRecord, ...]]], timeout: float
+) -> list[Future[tuple[StepRecord, ...]]]:
+    """The futures that finished: waits up to ``timeout`` for the first, takes the rest
+    that are there already."""
+    try:
+        done = [finished.get(timeout=timeout)]
+    except queue.Empty:
+        return []
+    while True:
+        try:
+            done.append(finished.get_nowait())
+        except queue.Empty:
+            return done
 
 
 def _cancelled(runner: StepRunner, run_id: str) -> bool:
