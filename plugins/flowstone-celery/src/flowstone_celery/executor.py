@@ -162,11 +162,8 @@ class CeleryExecutor:
                 if i == len(lanes):
                     lanes.append([])
                 lanes[i].append(body)
-        size = self.settings.batch_steps
         for lane in lanes:
-            for start in range(0, len(lane), size):
-                chunk = lane[start : start + size]
-                batch.append((chunk if len(chunk) > 1 else chunk[0], None))
+            batch.extend((body, None) for body in pack(lane, self.settings.batch_steps))
         self._publish(batch, what=f"of {len(batches)} runs")
 
     def _publish(self, batch: Sequence[tuple[object, float | None]], *, what: str) -> None:
