@@ -152,6 +152,16 @@ def rabbit_cluster(client_env: str, database_url: str, rabbit_url: str,
 
 
 @pytest.fixture
+def seed_dir(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh directory where a test's pipeline module writes its side effects (what ran,
+    how often), announced to the client and the workers as ``FLOWSTONE_IT_SEED_DIR``."""
+    path = state_dir / f"seed-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    monkeypatch.setenv("FLOWSTONE_IT_SEED_DIR", str(path))
+    return path
+
+
+@pytest.fixture
 def own_cluster(client_env: str, database_url: str, redis_url: str,
                 state_dir: Path) -> Iterator[Cluster]:
     """Workers on a queue of their own, for tests that kill or stop them."""

@@ -20,14 +20,6 @@ N = 24
 
 
 @pytest.fixture
-def seed_dir(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = state_dir / f"pack-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
-    monkeypatch.setenv("FLOWSTONE_IT_SEED_DIR", str(path))
-    return path
-
-
-@pytest.fixture
 def pack_cluster(
     client_env: str, database_url: str, redis_url: str, state_dir: Path, seed_dir: Path
 ) -> Iterator[Cluster]:

@@ -23,14 +23,6 @@ SPEC = f"{PIPELINES / 'seed_shutdown.py'}:pipeline"
 
 
 @pytest.fixture
-def seed_dir(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = state_dir / f"seed-shutdown-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
-    monkeypatch.setenv("FLOWSTONE_IT_SEED_DIR", str(path))
-    return path
-
-
-@pytest.fixture
 def shutdown_cluster(client_env: str, database_url: str, redis_url: str, state_dir: Path,
                      seed_dir: Path) -> Iterator[Cluster]:
     cluster = Cluster(redis_url, f"fs-it-seed-stop-{uuid.uuid4().hex[:8]}", database_url,
