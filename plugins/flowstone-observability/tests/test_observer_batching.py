@@ -105,3 +105,25 @@ def test_multiprocess_mode_records_within_a_second_without_a_scrape(
     while observer.buffered and time.monotonic() < deadline:
         time.sleep(FLUSH_SECONDS / 10)
     assert observer.buffered == 0
+
+
+def test_a_celery_task_end_and_a_pool_process_exit_record_the_buffer(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """In a worker, the scrape reads files: a pool process records what it buffered when
+    each task ends and before it exits (``flowstone worker --metrics-port``'s hooks)."""
+    from celery.signals import task_postrun, worker_process_shutdown
+
+    from flowstone_observability import worker
+
+    monkeypatch.setattr("prometheus_client.multiprocess.mark_process_dead",
+                        lambda pid, path=None: None)
+    worker._connect_process_cleanup()
+    observer = PrometheusObserver(CollectorRegistry(), batch=10_000)
+    observer.on_event(started(1)[0])
+    task_postrun.send(sender=None)
+    assert observer.buffered == 0
+    observer.on_event(started(1)[0])
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
+    assert observer.buffered == 0
