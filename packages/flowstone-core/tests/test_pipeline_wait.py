@@ -238,3 +238,58 @@ def test_run_timeout_cancels_on_a_queue_executor(
     assert "timed out after 0.2s" in (result.error or "")
     worker.started.set()  # a worker that shows up late runs nothing of it
     assert p.wait(result, timeout=5)[0].status == "cancelled"
+
+
+class _Clock:
+    """A fake ``time`` for ``flowstone.runs``: sleeping moves it forward."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class _SettlesAt:
+    """A store whose one run settles when the fake clock reaches ``at``."""
+
+    name = "settles-at"
+
+    def __init__(self, clock: _Clock, at: float) -> None:
+        from datetime import UTC, datetime
+
+        from flowstone.records import RunRecord
+
+        self.clock, self.at, self.reads = clock, at, 0
+        now = datetime.now(UTC)
+        self.record = RunRecord("r1", "p", ("a",), "", "running", now, now)
+
+    def get_run(self, run_id: str) -> Any:
+        import dataclasses
+
+        self.reads += 1
+        status = "succeeded" if self.clock.now >= self.at else "running"
+        return dataclasses.replace(self.record, status=status)
+
+
+@pytest.mark.parametrize("settles_at", [0.05, 0.3, 1.3, 4.0, 30.0])
+def test_a_settled_run_is_seen_at_most_five_percent_late(
+    settles_at: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flowstone.runs as runs
+
+    clock = _Clock()
+    monkeypatch.setattr(runs, "time", clock)
+    store = _SettlesAt(clock, settles_at)
+    (record,) = wait_for_runs(store, ["r1"], timeout=None)  # type: ignore[arg-type]
+    assert record.status == "succeeded"
+    # seen within 5% of the time waited (10 ms at first, 250 ms at most)
+    assert clock.now <= settles_at + max(0.01, min(0.25, 0.05 * clock.now)) + 1e-9
+    assert max(clock.sleeps) <= 0.25
+    # and not by reading in a tight loop: about 90 reads in the first five seconds
+    assert store.reads <= 20 + 70 * (settles_at > 0.2) + 4 * max(0.0, settles_at - 5) + 2
