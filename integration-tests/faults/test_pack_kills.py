@@ -2,8 +2,13 @@
 steps of one run in one message, ``FLOWSTONE_PACK_STEPS``): the step it was running is
 taken over when its lease expires, the pack's steps it had not started (and the pack it
 had prefetched) are re-sent by the sweeper, and the run completes with every step
-recorded once, holding the value of the attempt it names; user code re-ran only for the
-step that was killed inside it (its crash window)."""
+recorded once, holding the value of the attempt it names.
+
+User code re-runs only inside the crash window: with ``FLOWSTONE_FINISH_BATCH=1`` that is
+the step killed inside its code; with batched finishes it also holds the steps that ran
+before it and whose finishes waited for the batch (not recorded, so still ``running``
+under their claims): they are taken over and run again on attempt 2, and each is still
+recorded once."""
 
 from __future__ import annotations
 
@@ -39,13 +44,27 @@ def packs(queue: str, workers: Workers, monkeypatch: pytest.MonkeyPatch) -> Iter
         pipeline.close()
 
 
+@pytest.mark.parametrize(
+    ("finish_batch", "rerun"),
+    [("1", ("k03",)), ("8", ("k00", "k01", "k02", "k03"))],
+    ids=["finish-each", "finish-batched"],
+)
 def test_worker_sigkilled_mid_pack(
-    packs: Any, workers: Workers, database_url: str, state_dir: Path
+    packs: Any,
+    workers: Workers,
+    database_url: str,
+    state_dir: Path,
+    finish_batch: str,
+    rerun: tuple[str, ...],
 ) -> None:
     from fault_pack import ASSETS
 
-    # one pool process, and no hand-back by time: the pack runs in order until the kill
-    (first,) = workers.start_many("w1", concurrency=1, FLOWSTONE_PACK_SECONDS="600")
+    # one pool process, and no hand-back by time: the pack runs in order until the kill;
+    # batched, no finish is recorded before the batch is full (8) or the message ends
+    (first,) = workers.start_many(
+        "w1", concurrency=1, FLOWSTONE_PACK_SECONDS="600", FLOWSTONE_FINISH_BATCH=finish_batch,
+        FLOWSTONE_FINISH_BATCH_SECONDS="60",
+    )
     key = f"pack_{uuid.uuid4().hex[:6]}"
     pid_file = arm(state_dir, key, "k03")  # the fourth step of the first pack holds
     run_id = packs.run(partition=key, wait=False, force=True).run_id
@@ -72,16 +91,17 @@ def test_worker_sigkilled_mid_pack(
     assert {r["state"] for r in rows} == {"succeeded"}
     audit = {r["eid"]: r for r in audit_rows(database_url, run_id)}
     ran = Counter(r["asset"] for r in audit.values())
-    # k03 was killed inside its user code (the crash window): it ran again, attempt 2;
-    # every other step ran once, the ones the pack had not started on attempt 1
-    assert ran == Counter({**dict.fromkeys(ASSETS, 1), "k03": 2}), ran
+    # k03 was killed inside its user code; batched, k00-k02 had run but their finishes
+    # were waiting for the batch: those ran again, attempt 2; every other step ran once,
+    # the ones the pack had not started on attempt 1
+    assert ran == Counter({**dict.fromkeys(ASSETS, 1), **dict.fromkeys(rerun, 2)}), ran
     mats = packs.store.list_materializations(packs.name, run_id=run_id, limit=100)
     for mat in mats:
         value = packs.load_materialization(mat)
         row = audit[value["eid"]]  # the value under the record is one an execution wrote
         assert row["asset"] == mat.asset
         assert (
-            row["attempt"] == mat.attempt == value["attempt"] == (2 if mat.asset == "k03" else 1)
+            row["attempt"] == mat.attempt == value["attempt"] == (2 if mat.asset in rerun else 1)
         ), (mat.asset, dict(row), mat.attempt)
     assert {s.asset: s.state for s in packs.store.list_steps(run_id)} == dict.fromkeys(
         ASSETS, "succeeded"

@@ -57,7 +57,10 @@ def empty_db(postgres_url: str) -> Iterator[str]:
 
 def test_functions_at_head_are_the_shipped_sql_files(migrated_url: str) -> None:
     assert _body(migrated_url, "flowstone", "finish_step") == _file_body(
-        "0008_finish_step.sql", "flowstone"
+        "0010_finish_step.sql", "flowstone"
+    )
+    assert _body(migrated_url, "flowstone", "settle_run") == _file_body(
+        "0010_settle_run.sql", "flowstone"
     )
     assert _body(migrated_url, "flowstone", "read_values") == _file_body(
         "0004_read_values.sql", "flowstone"
@@ -76,9 +79,15 @@ def test_each_revision_creates_its_own_file_in_a_custom_schema(empty_db: str) ->
     asyncio.run(migrate.upgrade(url, "tenant_sql", "0007"))
     at_0007 = _body(empty_db, "tenant_sql", "finish_step")
     assert at_0007 == _file_body("0007_finish_step.sql", "tenant_sql")
+    asyncio.run(migrate.upgrade(url, "tenant_sql", "0009"))
+    at_0009 = _body(empty_db, "tenant_sql", "finish_step")
+    assert at_0009 == _file_body("0008_finish_step.sql", "tenant_sql")
     asyncio.run(migrate.upgrade(url, "tenant_sql"))
     assert _body(empty_db, "tenant_sql", "finish_step") == _file_body(
-        "0008_finish_step.sql", "tenant_sql"
+        "0010_finish_step.sql", "tenant_sql"
+    )
+    assert _body(empty_db, "tenant_sql", "settle_run") == _file_body(
+        "0010_settle_run.sql", "tenant_sql"
     )
     # the files differ only by the continuation claim: 0003 is not 0002 patched at run time;
     # and only by the fence: 0007 is not 0003 patched at run time
@@ -86,6 +95,8 @@ def test_each_revision_creates_its_own_file_in_a_custom_schema(empty_db: str) ->
     assert "p_fence_owner" not in at_0003
     # and 0008 anchors time at the database's clock: 0007 wrote the caller's timestamps
     assert "v_now" not in at_0007
+    # and 0010 leaves settling the run to the caller that asks: 0008 always settled
+    assert "p_settle" not in at_0009
 
 
 def test_downgrade_restores_the_earlier_file(empty_db: str) -> None:
@@ -114,3 +125,6 @@ def test_downgrade_restores_the_earlier_file(empty_db: str) -> None:
     assert _body(empty_db, "flowstone", "finish_step") == _file_body(
         "0002_finish_step.sql", "flowstone"
     )
+    assert _fetch(  # 0010's settle_run went with its revision
+        empty_db, "SELECT 1 FROM pg_proc WHERE proname = 'settle_run'"
+    ) == []

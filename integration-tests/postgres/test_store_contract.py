@@ -17,6 +17,7 @@ pytestmark = pytest.mark.integration
 class TestPostgresRunStore(RunStoreContract):
     supports_get_runs = True
     supports_continuation_reads = True
+    supports_batch_finish = True
 
     @pytest.fixture
     def store(self, shared_store: PostgresRunStore) -> Iterator[PostgresRunStore]:

@@ -30,6 +30,7 @@ CORE = ROOT / "packages" / "flowstone-core" / "src" / "flowstone"
 ENGINE_API = [
     "Capabilities",
     "DepOutcome",
+    "FinishBatch",
     "Inputs",
     "ParallelRequest",
     "Policies",
@@ -44,6 +45,7 @@ ENGINE_API = [
     "complete_deferred",
     "describe_error",
     "item_key",
+    "release_step",
     "resolve_inputs",
     "run_chain",
 ]

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AuditLog",
     "BatchDispatch",
+    "BatchFinish",
     "BatchLoading",
     "BulkRunReads",
     "ClaimedReads",
@@ -64,6 +65,7 @@ __all__ = [
     "DefaultIOManager",
     "DescribedStorage",
     "Executor",
+    "Finish",
     "HealthCheck",
     "IOManager",
     "ItemReader",
@@ -363,6 +365,38 @@ class ContinuationReads(Protocol):
         sources: Mapping[str, str],
         fence: Fence | None = None,
     ) -> tuple[StepTransition, ClaimedReads | None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """One finish of a :class:`BatchFinish` batch: the arguments of ``finish_step`` (and,
+    with ``then``, of ``finish_step_reading``)."""
+
+    run_id: str
+    asset: str
+    partition: str
+    outcome: StepOutcome
+    then: Continuation | None = None
+    fence: Fence | None = None
+
+
+@runtime_checkable
+class BatchFinish(Protocol):
+    """Run store: several steps' ``finish_step`` in one transaction.
+
+    Buys: a worker that ran several steps one after the other (a Celery pack) commits their
+    finishes together, one commit and one status update per run instead of one each.
+    Each finish is exactly ``finish_step`` (``finish_step_reading`` with ``sources`` when
+    it has ``then``): fenced, applied at most once, its staged values written with it;
+    the results come back in the order of ``finishes``. They commit together or not at
+    all (an infrastructure error raises and records none of them). A finish the store
+    refuses with an error (no such step, a step still pending) comes back as that error,
+    and the others are recorded.
+    """
+
+    def finish_steps(
+        self, finishes: Sequence[Finish], *, sources: Mapping[str, str]
+    ) -> list[tuple[StepTransition, ClaimedReads | None] | Exception]: ...
 
 
 @runtime_checkable

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 from flowstone.protocols import (
     BatchDispatch,
+    BatchFinish,
     BatchLoading,
     BulkRunReads,
     ContinuationReads,
@@ -67,6 +68,7 @@ class Capabilities:
     staging: Mapping[str, ValueStaging] = field(default_factory=dict)
     prefetch: Mapping[str, PrefetchDecoding] = field(default_factory=dict)
     continuation_reads: ContinuationReads | None = None
+    batch_finish: BatchFinish | None = None
     bulk_run_reads: BulkRunReads | None = None
     batch_dispatch: BatchDispatch | None = None
     executor_health: HealthCheck | None = None
@@ -97,6 +99,7 @@ class Capabilities:
             staging=staging,
             prefetch={n: m for n, m in staging.items() if isinstance(m, PrefetchDecoding)},
             continuation_reads=store if isinstance(store, ContinuationReads) else None,
+            batch_finish=store if isinstance(store, BatchFinish) else None,
             bulk_run_reads=store if isinstance(store, BulkRunReads) else None,
             batch_dispatch=executor if isinstance(executor, BatchDispatch) else None,
             executor_health=executor if isinstance(executor, HealthCheck) else None,

@@ -72,6 +72,13 @@ class CelerySettings(BaseSettings):
         pack_seconds: ``FLOWSTONE_PACK_SECONDS``: once a worker has spent this long on one
             message's steps, it publishes the steps it has not started (one message each)
             instead of running them itself, so slow steps still spread over the workers.
+        finish_batch: ``FLOWSTONE_FINISH_BATCH``: how many finishes of a message's steps
+            a worker may commit in one transaction (one commit and one lock of each run's
+            row per batch, when the run store supports it, as PostgreSQL does); each step
+            is still fenced and recorded on its own. ``1`` commits every finish alone.
+        finish_batch_seconds: ``FLOWSTONE_FINISH_BATCH_SECONDS``: a finish waits for the
+            batch at most until the worker starts a step this long after it; then the
+            batch is committed first (a finish waits at most for one step more).
         worker_slots: ``FLOWSTONE_WORKER_SLOTS``: how many steps all workers run at once
             (the sum of their ``--concurrency``). Unset: a worker uses its own
             concurrency, any other process its CPU count. Packing starts only above it.
@@ -96,6 +103,8 @@ class CelerySettings(BaseSettings):
     batch_steps: int = Field(8, ge=1, le=MAX_BATCH)
     pack_steps: int = Field(8, ge=1, le=MAX_BATCH)
     pack_seconds: float = Field(0.5, gt=0)
+    finish_batch: int = Field(8, ge=1, le=MAX_BATCH)
+    finish_batch_seconds: float = Field(0.02, ge=0, le=60)
     worker_slots: int | None = Field(None, ge=1, le=1_000_000)
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from flowstone.engine import StepRunner, run_chain
+from flowstone.engine import FinishBatch, StepRunner, release_step, run_chain
 from flowstone.errors import StorageError
 from flowstone.records import StepRecord
 from flowstone_celery import draining
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from flowstone.pipeline import Pipeline
     from flowstone_celery.app import FlowstoneCelery
 
-__all__ = ["hand_back", "handle_step", "register", "run_steps"]
+__all__ = ["flush", "hand_back", "handle_step", "register", "run_steps"]
 
 log = logging.getLogger("flowstone.celery")
 MAX_BACKOFF_SECONDS = 60.0
@@ -74,6 +75,10 @@ def handle_step(app: FlowstoneCelery, body: object) -> int:
     started, one message each, and stops: they are still ``ready`` and unclaimed, so any
     worker can take them (and the sweeper re-sends them if that publish fails).
 
+    The finishes of a batch's steps are recorded together, up to
+    ``FLOWSTONE_FINISH_BATCH`` per transaction (see :class:`~flowstone.engine.FinishBatch`);
+    what they made ready is dispatched once they are recorded.
+
     Returns how many steps were dispatched (follow-ups and handed-back ones; 0 for a
     dropped or duplicate message). Infrastructure errors propagate so the caller can
     retry; a retried batch skips the steps it already ran (their claims fail like any
@@ -84,21 +89,92 @@ def handle_step(app: FlowstoneCelery, body: object) -> int:
     except MessageError as exc:
         log.error("dropping malformed FlowStone step message: %s", exc)
         return 0
+    settings = app.flowstone_settings
     published = 0
-    budget = app.flowstone_settings.pack_seconds
     started = time.monotonic()
+    batch: FinishBatch | None = None
     for index, item in enumerate(bodies):
-        if index and (draining.requested() or time.monotonic() - started >= budget):
+        if index and (draining.requested() or time.monotonic() - started >= settings.pack_seconds):
+            if batch is not None:
+                published += flush(batch, inline=settings.inline_steps)
             return published + hand_back(app, bodies[index:])
         found = resolve(app, item)
         if found is None:
             continue
         pipeline, message = found
+        runner = pipeline.runner
+        if batch is not None and (batch.runner is not runner or batch.due()):
+            published += flush(batch, inline=settings.inline_steps)
+        if batch is None or batch.runner is not runner:
+            batch = FinishBatch(
+                runner, size=settings.finish_batch, seconds=settings.finish_batch_seconds
+            )
+        if len(bodies) > 1 and batch.batching:
+            runner.run_step(
+                message.run_id, message.asset, message.partition,
+                claim_next=settings.inline_steps > 0, batch=batch,
+            )  # fmt: skip
+            continue
         published += run_steps(
-            pipeline.runner, message.run_id, message.asset, message.partition,
-            inline=app.flowstone_settings.inline_steps,
-        )
+            runner, message.run_id, message.asset, message.partition,
+            inline=settings.inline_steps,
+        )  # fmt: skip
+    if batch is not None:
+        published += flush(batch, inline=settings.inline_steps)
     return published
+
+
+def flush(batch: FinishBatch, *, inline: int) -> int:
+    """Record ``batch``'s finishes, dispatch what they made ready and run the
+    continuations they claimed (each a chain of up to ``inline - 1`` more, see
+    :func:`run_steps`); returns how many steps were published. If one of those chains
+    fails, the continuations not started yet are put back to ``ready`` and published
+    before the error propagates."""
+    runner = batch.runner
+    published = 0
+
+    def publish(steps: tuple[StepRecord, ...]) -> None:
+        nonlocal published
+        if steps:
+            runner.dispatch(steps[0].run_id, steps)
+            published += len(steps)
+
+    results = batch.flush()
+    for result in results:
+        publish(result.ready)
+    claimed = [result.next for result in results if result.next is not None]
+    for index, step in enumerate(claimed):
+        if draining.requested():
+            _release_all(runner, claimed[index:], publish, why="the worker is shutting down")
+            break
+        try:
+            run_chain(
+                runner, step, budget=max(0, inline - 1), hand_off=publish, hand_back=True,
+                stop=draining.requested,
+            )  # fmt: skip
+        except Exception:
+            _release_all(
+                runner, claimed[index + 1 :], publish, why="an earlier step of its message failed"
+            )
+            raise
+    return published
+
+
+def _release_all(
+    runner: StepRunner,
+    steps: list[StepRecord],
+    publish: Callable[[tuple[StepRecord, ...]], None],
+    *,
+    why: str,
+) -> None:
+    """Put claimed continuations back to ``ready`` and publish them (best effort: where the
+    store or broker is down, the sweeper re-sends them once their leases expire)."""
+    for step in steps:
+        try:
+            release_step(runner, step, publish, why=why)
+        except Exception as exc:
+            log.warning("could not hand back step %s[%s] of run %s (%s); the sweeper re-sends "
+                        "it once its lease expires", step.asset, step.partition, step.run_id, exc)
 
 
 def hand_back(app: FlowstoneCelery, bodies: list[object]) -> int:

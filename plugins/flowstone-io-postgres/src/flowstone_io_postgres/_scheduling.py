@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from flowstone import store_rules as rules
-from flowstone.errors import StorageError
+from flowstone.errors import StorageError, UsageError
 from flowstone.protocols import ClaimedReads
 from flowstone.records import (
     Continuation,
@@ -358,8 +358,10 @@ _FINISH = (
     ":m_error, :m_up, :m_meta, "
     ":ap_pipeline, :ap_message, :ap_status, :ap_created, :ap_expires, :ap_io, :ap_loc, :ap_meta, "
     ":g_token, :g_pipeline, :g_status, :g_created, :g_expires, :g_payload, :g_meta, "
-    ":claim_owner, :claim_lease, :fence_owner, :fence_attempt)"
+    ":claim_owner, :claim_lease, :fence_owner, :fence_attempt, :settle)"
 )
+# A run's status recomputed once for a batch of finishes (migration 0010).
+_SETTLE = "SELECT {s}.settle_run(:r) AS run_status"
 # The claimed step's inputs stored in one value table: (location, format, value_json, data),
 # read by the VOLATILE function of migration 0004 (a snapshot taken after the claim).
 _PREFETCH = (
@@ -404,6 +406,7 @@ def finish_params(
         "claim_lease": None if then is None else now + timedelta(seconds=then.lease_seconds),
         "fence_owner": None if fence is None else fence.owner,
         "fence_attempt": None if fence is None else fence.attempt,
+        "settle": True,
     }  # fmt: skip
     if (mat := bound.materialization) is not None:
         params.update(
@@ -488,6 +491,54 @@ async def finish_step(
         applied=True, ready=ready, run_status=status, claimed=to_step(row["claimed"])
     )
     return transition, ClaimedReads(inputs=inputs, values=values)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One finish of :func:`finish_steps`: the arguments :func:`finish_step` takes."""
+
+    key: dict[str, str]
+    params: dict[str, object]
+    staged: Sequence[StagedValue]
+    prefetch: Mapping[str, Sequence[str]] | None
+
+
+async def finish_steps(
+    conn: Db, sql: Sql, items: Sequence[BatchItem]
+) -> list[tuple[StepTransition, ClaimedReads | None] | Exception]:
+    """Several :func:`finish_step` calls in the caller's transaction, then each of their
+    runs settled once (``settle_run``): the finishes pass ``p_settle`` false, and a run is
+    settled when one of its applied finishes left nothing runnable, which is when the
+    function would have settled it. The run's new status, if it changed, goes to the last
+    applied finish of that run in the batch (so ``run.finished`` is announced once).
+
+    A finish refused with an error (no such step, one still pending) comes back as that
+    error; the others are unaffected. Runs are settled in ``run_id`` order (a fixed lock
+    order across concurrent batches).
+    """
+    out: list[tuple[StepTransition, ClaimedReads | None] | Exception] = []
+    unsettled: dict[str, int] = {}  # run -> index of its last applied finish
+    for item in items:
+        try:
+            transition, reads = await finish_step(
+                conn, sql, item.key, {**item.params, "settle": False}, item.staged, item.prefetch
+            )
+        except (StorageError, UsageError) as exc:
+            out.append(exc)
+            continue
+        out.append((transition, reads))
+        run = item.key["r"]
+        left_nothing = not transition.ready and transition.claimed is None
+        if transition.applied and (left_nothing or run in unsettled):
+            unsettled[run] = len(out) - 1
+    for run in sorted(unsettled):
+        status: RunStatus | None = await sql(_SETTLE).fetchval(conn, {"r": run})
+        index = unsettled[run]
+        if status is not None:
+            done = out[index]
+            assert not isinstance(done, Exception)
+            out[index] = (dataclasses.replace(done[0], run_status=status), done[1])
+    return out
 
 
 @functools.lru_cache(maxsize=64)

@@ -23,7 +23,7 @@ from sqlalchemy.engine import URL
 
 from flowstone import store_rules as rules
 from flowstone.errors import StorageError, UsageError
-from flowstone.protocols import ClaimedReads
+from flowstone.protocols import ClaimedReads, Finish
 from flowstone.records import (
     Approval,
     AuditEntry,
@@ -472,6 +472,33 @@ class PostgresRunStore:
         return self._auto(
             f"finishing step {asset!r} of run {run_id!r}",
             lambda c: scheduling.finish_step(c, self._sql, key, params, outcome.staged, prefetch),
+        )
+
+    def finish_steps(
+        self, finishes: Sequence[Finish], *, sources: Mapping[str, str]
+    ) -> list[tuple[StepTransition, ClaimedReads | None] | Exception]:
+        """Several ``finish_step`` (``finish_step_reading`` for those with ``then``) in
+        one transaction, each run's status settled once before the commit (see
+        :class:`~flowstone.protocols.BatchFinish`); retried whole if PostgreSQL picks it as
+        a deadlock victim."""
+        now = _now()
+        prefetch = self._prefetch(sources)
+        items = []
+        for f in finishes:
+            key = self._key(f.run_id, f.asset, f.partition)
+            for staged in f.outcome.staged:
+                if not self.accepts_staging(staged.target):
+                    raise StorageError(
+                        f"a value staged for {staged.target} cannot be written by the run "
+                        f"store at {self._where}; store it with its IO manager instead"
+                    )
+            items.append(scheduling.BatchItem(
+                key, scheduling.finish_params(key, f.outcome, now, f.then, f.fence),
+                f.outcome.staged, prefetch if f.then is not None else {},
+            ))  # fmt: skip
+        return self._tx(
+            f"finishing {len(items)} steps",
+            lambda c: scheduling.finish_steps(c, self._sql, items),
         )
 
     def _prefetch(self, sources: Mapping[str, str]) -> dict[str, list[str]]:

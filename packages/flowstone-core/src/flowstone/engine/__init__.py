@@ -7,7 +7,8 @@ This module's ``__all__`` is the engine API plugins may use (pinned by a test, l
 root ``flowstone.__all__``); everything in the submodules is internal and may change.
 """
 
-from flowstone.engine.chain import run_chain
+from flowstone.engine.batch import FinishBatch
+from flowstone.engine.chain import release_step, run_chain
 from flowstone.engine.inputs import DepOutcome, Inputs, resolve_inputs
 from flowstone.engine.invoke import bind_arguments, call_with_timeout
 from flowstone.engine.requests import ParallelRequest, ScatterRequest
@@ -20,6 +21,7 @@ from flowstone.scatter import item_key
 __all__ = [
     "Capabilities",
     "DepOutcome",
+    "FinishBatch",
     "Inputs",
     "ParallelRequest",
     "Policies",
@@ -34,6 +36,7 @@ __all__ = [
     "complete_deferred",
     "describe_error",
     "item_key",
+    "release_step",
     "resolve_inputs",
     "run_chain",
 ]

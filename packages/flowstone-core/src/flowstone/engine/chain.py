@@ -22,7 +22,7 @@ from collections.abc import Callable
 from flowstone.engine.runner import StepRunner
 from flowstone.records import Fence, StepRecord
 
-__all__ = ["run_chain"]
+__all__ = ["release_step", "run_chain"]
 
 log = logging.getLogger("flowstone.engine")
 
@@ -66,7 +66,7 @@ def run_chain(
         if following is None:
             return ()
         if stop is not None and stop():
-            return _release(runner, following, hand_off)
+            return release_step(runner, following, hand_off)
         if left is not None:
             left -= 1
         try:
@@ -77,15 +77,18 @@ def run_chain(
             raise
 
 
-def _release(
+def release_step(
     runner: StepRunner,
     step: StepRecord,
     hand_off: Callable[[tuple[StepRecord, ...]], None] | None,
+    *,
+    why: str = "the worker is shutting down",
 ) -> tuple[StepRecord, ...]:
-    """Give a claimed continuation back (ready, fenced by its claim) instead of running it."""
+    """Give a claimed continuation back (ready, fenced by its claim) instead of running it:
+    handed off, or returned without ``hand_off``."""
     released = runner.runtime.store.retry_step(
         step.run_id, step.asset, step.partition, delay_seconds=0.0,
-        error="handed back: the worker is shutting down", fence=_fence(step),
+        error=f"handed back: {why}", fence=_fence(step),
     )  # fmt: skip
     if not released:
         return ()

@@ -19,9 +19,9 @@ import time
 import traceback
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flowstone.asset import AssetDef
 from flowstone.context import Context
@@ -43,7 +43,7 @@ from flowstone.errors import (
 from flowstone.events import EventKind
 from flowstone.outcomes import Retry, SignalGate, Skip, WaitForApproval, to_seconds
 from flowstone.partitions import decode_partition
-from flowstone.protocols import ClaimedReads, StorageKey
+from flowstone.protocols import ClaimedReads, Finish, StorageKey
 from flowstone.records import (
     Approval,
     Continuation,
@@ -57,7 +57,11 @@ from flowstone.records import (
 from flowstone.runtime import Runtime
 from flowstone.scatter import Batch, Deferred
 
+if TYPE_CHECKING:
+    from flowstone.engine.batch import FinishBatch
+
 __all__ = [
+    "PendingFinish",
     "StepResult",
     "StepRunner",
     "describe_error",
@@ -135,6 +139,17 @@ class _Deferring:
     start: Callable[[], None] | None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class PendingFinish:
+    """A step that ran and whose outcome is not recorded yet: its finish waits in a
+    :class:`~flowstone.engine.batch.FinishBatch` to be committed with others."""
+
+    step: StepRecord
+    outcome: StepOutcome
+    started_at: datetime
+    then: Continuation | None
+
+
 class StepRunner:
     """Runs steps of one pipeline's :class:`~flowstone.runtime.Runtime`. Thread-safe; one
     per pipeline per process."""
@@ -177,12 +192,16 @@ class StepRunner:
             self.runtime.executor.dispatch(self, run_id, steps)
 
     # ------------------------------------------------------------------------------
-    def run(self, step: StepRecord, *, claim_next: bool = False) -> StepResult:
+    def run(
+        self, step: StepRecord, *, claim_next: bool = False, batch: FinishBatch | None = None
+    ) -> StepResult:
         """Run a ready ``step`` (claiming it first) or one already claimed for this
         caller (state ``running``, a continuation); see :meth:`run_claimed`."""
         if step.state == "running":
-            return self.run_claimed(step, claim_next=claim_next)
-        return self.run_step(step.run_id, step.asset, step.partition, claim_next=claim_next)
+            return self.run_claimed(step, claim_next=claim_next, batch=batch)
+        return self.run_step(
+            step.run_id, step.asset, step.partition, claim_next=claim_next, batch=batch
+        )
 
     def run_step(
         self,
@@ -193,6 +212,7 @@ class StepRunner:
         owner: str | None = None,
         lease_seconds: float | None = None,
         claim_next: bool = False,
+        batch: FinishBatch | None = None,
     ) -> StepResult:
         """Claim and execute one step; return what it left to do.
 
@@ -210,7 +230,7 @@ class StepRunner:
         if step is None:
             self._refused_claim(run_id, asset, partition)
             return _NOTHING
-        return self.run_claimed(step, lease_seconds=lease, claim_next=claim_next)
+        return self.run_claimed(step, lease_seconds=lease, claim_next=claim_next, batch=batch)
 
     def _refused_claim(self, run_id: str, asset: str, partition: str) -> None:
         """A claim came back None: usually a duplicate delivery (nothing to say); if the
@@ -224,7 +244,12 @@ class StepRunner:
             )  # fmt: skip
 
     def run_claimed(
-        self, step: StepRecord, *, lease_seconds: float | None = None, claim_next: bool = False
+        self,
+        step: StepRecord,
+        *,
+        lease_seconds: float | None = None,
+        claim_next: bool = False,
+        batch: FinishBatch | None = None,
     ) -> StepResult:
         """Execute ``step``, already claimed for ``step.owner``; return what it left to do.
 
@@ -232,6 +257,12 @@ class StepRunner:
         that became ready for the same owner (a :class:`~flowstone.records.Continuation`):
         it comes back as :attr:`StepResult.next`, for the caller to run next with this
         method, without a claim round trip.
+
+        With ``batch``, the finish of an asset that ran to an outcome waits in the batch
+        (recorded, with the others, by :meth:`FinishBatch.flush
+        <flowstone.engine.batch.FinishBatch.flush>`, which returns what it left to do) and
+        this returns nothing; retries, deferrals and bookkeeping errors are recorded at
+        once as without it.
         """
         rt = self.runtime
         run_id, asset, partition = step.run_id, step.asset, step.partition
@@ -255,6 +286,9 @@ class StepRunner:
                 )
             if isinstance(result, _RetryLater):
                 return self._retry_later(step, result)
+            if batch is not None and batch.batching:
+                batch.add(PendingFinish(step, result, started_at, then))
+                return _NOTHING
             return self._finish_holding(step, result, started_at, then)
         except (_Bookkeeping, StorageError) as failed:
             # the engine's own read or write failed (store, value write), not the asset:
@@ -351,9 +385,56 @@ class StepRunner:
 
         ``on_applied`` runs only if this call changed the step (not for a duplicate).
         With ``then``, a dependent claimed for it comes back as :attr:`StepResult.next`."""
-        rt = self.runtime
         fence = _fence_of(step)
         transition, reads = self._finish(step, outcome, then, fence)
+        return self._applied(step, outcome, transition, reads, started_at, on_applied)
+
+    def complete_many(self, pending: Sequence[PendingFinish]) -> list[StepResult]:
+        """Record the outcomes of ``pending`` (steps that ran, in that order) in one store
+        transaction when the store offers :class:`~flowstone.protocols.BatchFinish`, else
+        one by one; return what each left to do, in the same order. An infrastructure
+        error is retried in place (the assets do not run again), then raised with none of
+        them recorded. A finish the store refused (its step no longer exists: the run was
+        deleted meanwhile) is logged as an error and left out; the others are recorded."""
+        store = self.runtime.capabilities.batch_finish
+        if store is None or len(pending) < 2:
+            return [
+                self._finish_holding(p.step, p.outcome, p.started_at, p.then) for p in pending
+            ]
+        finishes = [
+            Finish(p.step.run_id, p.step.asset, p.step.partition, p.outcome, p.then,
+                   _fence_of(p.step))
+            for p in pending
+        ]  # fmt: skip
+        sources = self.runtime.values.prefetch_sources()
+        done = retry_in_place(
+            f"recording the outcomes of {len(pending)} steps",
+            lambda: store.finish_steps(finishes, sources=sources),
+        )
+        results: list[StepResult] = []
+        for p, got in zip(pending, done, strict=True):
+            if isinstance(got, Exception):
+                log.error("the outcome of asset %s [%s] of run %s was not recorded: %s",
+                          p.step.asset, p.step.partition, p.step.run_id, describe_error(got))
+                results.append(_NOTHING)
+                continue
+            transition, reads = got
+            results.append(self._applied(p.step, p.outcome, transition, reads, p.started_at))
+        return results
+
+    def _applied(
+        self,
+        step: StepRecord,
+        outcome: StepOutcome,
+        transition: StepTransition,
+        reads: ClaimedReads | None,
+        started_at: datetime | None,
+        on_applied: Callable[[], None] | None = None,
+    ) -> StepResult:
+        """What a recorded finish leaves to do: events, the cache of succeeded records,
+        the continuation's prefetched inputs; nothing for a refused (duplicate) finish."""
+        rt = self.runtime
+        fence = _fence_of(step)
         if not transition.applied:
             if fence is not None:
                 log.warning(

@@ -23,6 +23,7 @@ Optional capabilities are declared, not guessed: set the class flags your store 
 
     class TestPostgresRunStore(RunStoreContract):
         supports_get_runs = True           # flowstone.protocols.BulkRunReads
+        supports_batch_finish = True       # flowstone.protocols.BatchFinish
 
 The rules pinned here are the ones in :mod:`flowstone.store_rules`; a store that uses
 that module gets most of them for free.
@@ -66,13 +67,16 @@ from flowstone.testing._store_helpers import (
     _succeed,
     _uid,
 )
+from flowstone.testing.batch_finish_contract import BatchFinishContract
 from flowstone.testing.store_paging_contract import StorePagingContract
 from flowstone.testing.store_records_contract import StoreRecordsContract
 from flowstone.testing.store_rules_contract import StoreRulesContract
 
 __all__ = ["RunStoreContract"]
 
-class RunStoreContract(StoreRecordsContract, StoreRulesContract, StorePagingContract):
+class RunStoreContract(
+    StoreRecordsContract, StoreRulesContract, StorePagingContract, BatchFinishContract
+):
     """Behaviour every run store must have. Subclass and implement :meth:`make_store`.
 
     Attributes:
@@ -80,6 +84,8 @@ class RunStoreContract(StoreRecordsContract, StoreRulesContract, StorePagingCont
             (:class:`~flowstone.protocols.BulkRunReads`).
         supports_continuation_reads: the store offers ``finish_step_reading``
             (:class:`~flowstone.protocols.ContinuationReads`).
+        supports_batch_finish: the store offers ``finish_steps``
+            (:class:`~flowstone.protocols.BatchFinish`).
     """
 
     supports_get_runs: bool = False

@@ -1,0 +1,105 @@
+"""``FinishBatch``: the finishes of steps one caller ran one after the other, recorded in one
+store transaction.
+
+A Celery worker runs a pack's steps one after the other (see ``flowstone_celery.packing``);
+each step's finish used to be a transaction of its own, committed synchronously, and the
+last of a run's finishes to leave nothing runnable locked the run's row to recompute its
+status. With a batch, the worker claims and runs each step as before, and its finish waits
+here; :meth:`FinishBatch.flush` records them together (one commit, one status update per
+run) through the store's :class:`~flowstone.protocols.BatchFinish`, then hands each result
+back like :meth:`StepRunner.run <flowstone.engine.runner.StepRunner.run>` would have.
+
+Nothing else changes for a step: it is claimed on its own, fenced by its attempt, and its
+finish applies at most once. A step whose finish is waiting is still ``running`` under its
+claim: a worker that dies before the flush leaves it to the sweeper, which runs it again,
+exactly as for a worker that dies before a single finish. Waiting costs the step at most
+``seconds`` and one more step (the batch is flushed before a step starts once its oldest
+finish is that old), which is why only a caller that runs several steps in a row uses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flowstone.engine.runner import PendingFinish, StepResult, StepRunner, describe_error
+from flowstone.records import Fence
+
+__all__ = ["FinishBatch"]
+
+log = logging.getLogger("flowstone.engine")
+
+
+class FinishBatch:
+    """Finishes waiting to be recorded together: at most ``size`` of them, flushed before
+    a step starts once the oldest is ``seconds`` old (:meth:`due`).
+
+    Args:
+        runner: the runner of the steps whose finishes it holds (one pipeline).
+        size: the most finishes per transaction; ``1`` (or a store without
+            :class:`~flowstone.protocols.BatchFinish`) records each finish at once.
+        seconds: how long a finish may wait for the next steps of the batch.
+    """
+
+    __slots__ = ("_first", "_pending", "runner", "seconds", "size")
+
+    def __init__(self, runner: StepRunner, *, size: int, seconds: float) -> None:
+        self.runner = runner
+        self.size = size if runner.runtime.capabilities.batch_finish is not None else 1
+        self.seconds = seconds
+        self._pending: list[PendingFinish] = []
+        self._first = 0.0
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    @property
+    def batching(self) -> bool:
+        """Whether finishes wait here at all (else each is recorded when its step ends)."""
+        return self.size > 1
+
+    def add(self, pending: PendingFinish) -> None:
+        """Hold ``pending`` (a step's outcome, not recorded yet) until :meth:`flush`."""
+        if not self._pending:
+            self._first = time.monotonic()
+        self._pending.append(pending)
+
+    def due(self) -> bool:
+        """Whether to flush before the next step: the batch is full, or its oldest finish
+        has waited ``seconds``."""
+        if not self._pending:
+            return False
+        return len(self._pending) >= self.size or time.monotonic() - self._first >= self.seconds
+
+    def flush(self) -> list[StepResult]:
+        """Record every waiting finish (see :meth:`StepRunner.complete_many
+        <flowstone.engine.runner.StepRunner.complete_many>`) and return what each left to
+        do, in the order they were added. If they cannot be recorded, their steps are put
+        back to ``ready`` (best effort: the sweeper takes over where the store is down)
+        and the error is raised (a Celery task then retries its message, which runs
+        them again)."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return []
+        try:
+            return self.runner.complete_many(pending)
+        except Exception as exc:
+            self._release(pending, exc)
+            raise
+
+    def _release(self, pending: list[PendingFinish], exc: Exception) -> None:
+        store = self.runner.runtime.store
+        for p in pending:
+            step = p.step
+            fence = None if step.owner is None else Fence(step.owner, step.attempt)
+            try:
+                store.retry_step(
+                    step.run_id, step.asset, step.partition, delay_seconds=0.0,
+                    error=f"its outcome could not be recorded: {describe_error(exc)}",
+                    fence=fence,
+                )  # fmt: skip
+            except Exception:
+                log.warning(
+                    "could not put step %s[%s] of run %s back to ready; the sweeper runs it "
+                    "again once its lease expires", step.asset, step.partition, step.run_id,
+                )  # fmt: skip
