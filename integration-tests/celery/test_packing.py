@@ -152,3 +152,56 @@ def test_a_warm_shutdown_mid_pack_hands_the_rest_back_and_nothing_runs_twice(
         assert {(s.state, s.attempt) for s in steps} == {("succeeded", 1)}  # none re-claimed
     finally:
         pipeline.close()
+
+
+@pytest.mark.parametrize(("finish_batch", "commits"), [("16", 3), ("1", N)])
+def test_a_packs_finishes_commit_together(
+    pack_cluster: Cluster, seed_dir: Path, redis_url: str, database_url: str,
+    finish_batch: str, commits: int,
+) -> None:
+    """Batched finishes on a real worker: the 24 steps come in 3 packs of 8 and each pack's
+    finishes are one transaction (the function stamps every row it writes with the
+    transaction's ``now()``, so a batch shows as one ``updated_at``); with
+    ``FLOWSTONE_FINISH_BATCH=1`` every finish is a transaction of its own. Either way each
+    step ran once and is recorded once."""
+    import asyncio
+
+    import asyncpg
+
+    from flowstone.loading import load_pipeline
+    from flowstone_celery import CeleryExecutor, load_settings
+
+    pack_cluster.start(
+        "w1", concurrency=2, FLOWSTONE_FINISH_BATCH=finish_batch,
+        FLOWSTONE_FINISH_BATCH_SECONDS="60",
+    )  # fmt: skip
+    pipeline = load_pipeline(SPEC)
+    pipeline.use_executor(
+        CeleryExecutor(
+            load_settings(
+                broker_url=redis_url, queue=pack_cluster.queue, worker_slots=2, pack_steps=8
+            )
+        )
+    )
+    try:
+        result = pipeline.run(force=True, timeout=120)
+        assert result.status == "succeeded", result.error
+        names = [f"p{i:02d}" for i in range(N)]
+        ran = (seed_dir / "ran").read_text().split("\n")[:-1]
+        assert Counter(line.split()[0] for line in ran) == dict.fromkeys(names, 1)
+        mats = pipeline.store.list_materializations("it_pack", run_id=result.run_id, limit=100)
+        assert sorted(m.asset for m in mats) == names
+
+        async def stamps() -> int:
+            conn = await asyncpg.connect(database_url.replace("+asyncpg", ""), timeout=10)
+            try:
+                return int(await conn.fetchval(
+                    "SELECT count(DISTINCT updated_at) FROM flowstone.steps WHERE run_id = $1",
+                    result.run_id,
+                ))  # fmt: skip
+            finally:
+                await conn.close()
+
+        assert asyncio.run(stamps()) == commits
+    finally:
+        pipeline.close()

@@ -35,6 +35,28 @@ def test_invalid_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> No
         load_settings()
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("FLOWSTONE_FINISH_BATCH", "0"), ("FLOWSTONE_FINISH_BATCH", "65"),
+     ("FLOWSTONE_FINISH_BATCH", "many"), ("FLOWSTONE_FINISH_BATCH_SECONDS", "-0.5"),
+     ("FLOWSTONE_FINISH_BATCH_SECONDS", "61")],
+)  # fmt: skip
+def test_finish_batch_settings_are_checked(
+    variable: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(UsageError, match=variable):
+        load_settings()
+
+
+def test_finish_batch_settings_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (load_settings().finish_batch, load_settings().finish_batch_seconds) == (16, 0.02)
+    monkeypatch.setenv("FLOWSTONE_FINISH_BATCH", "1")
+    monkeypatch.setenv("FLOWSTONE_FINISH_BATCH_SECONDS", "0.5")
+    s = load_settings()
+    assert (s.finish_batch, s.finish_batch_seconds) == (1, 0.5)
+
+
 def test_bad_queue_name_is_rejected() -> None:
     with pytest.raises(UsageError, match="FLOWSTONE_QUEUE"):
         load_settings(queue="no spaces please")
