@@ -12,6 +12,10 @@ One run, same worker settings for everything (one worker process, prefork pool,
   steps run from the queue, on worker processes of their own and a database of their
   own on the same Postgres server (see ``_dbos_peer.py`` and its ``--dbos-*`` tuning).
 
+Every side starts its workers fresh each round and gets an untimed warm-up first, so no
+side's first connections and first-use costs are timed (raw Celery: ``WARMUP`` no-op
+tasks; FlowStone: a run of the first ``WARMUP`` independent assets and of the chain's
+first two; DBOS: ``WARMUP`` workflows and a two-step chain, see ``_dbos_peer.py``).
 Rounds rotate which side goes first; the figures are medians over the rounds and each
 ratio is the median of the per-round ratios.
 
@@ -51,6 +55,7 @@ from _cluster import (
 import flowstone as fs
 
 COUNTER_ENV = "FLOWSTONE_BENCH_COUNTER"
+WARMUP = 64  # untimed work each side does first: every pool process's connections, once
 
 
 def _independent_assets(n: int) -> list[Any]:
@@ -123,12 +128,19 @@ def bench_raw(env: dict[str, str], n: int, concurrency: int, tmp: Path) -> float
     try:
         app = make_app(load_settings(broker_url=env["FLOWSTONE_BROKER_URL"],
                                      queue=env["FLOWSTONE_QUEUE"]))
+
+        def send(count: int) -> None:
+            with app.producer_or_acquire() as producer:
+                for _ in range(count):
+                    app.send_task("bench.noop", queue=env["FLOWSTONE_QUEUE"],
+                                  producer=producer, ignore_result=True, add_to_parent=False)
+
+        send(WARMUP)  # untimed, as for the other sides
+        while int(r.get(counter) or 0) < WARMUP:
+            time.sleep(0.005)
         start = time.perf_counter()
-        with app.producer_or_acquire() as producer:
-            for _ in range(n):
-                app.send_task("bench.noop", queue=env["FLOWSTONE_QUEUE"], producer=producer,
-                              ignore_result=True, add_to_parent=False)
-        while int(r.get(counter) or 0) < n:
+        send(n)
+        while int(r.get(counter) or 0) < WARMUP + n:
             time.sleep(0.005)
         elapsed = time.perf_counter() - start
         app.close()
@@ -154,6 +166,9 @@ def bench_flowstone(env: dict[str, str], concurrency: int, tmp: Path) -> tuple[f
         for name, attr in (("independent", "independent"), ("chain", "chain")):
             pipeline = load_pipeline(f"{spec}:{attr}")
             n = len(pipeline.dag.order)
+            warm = pipeline.dag.order[: WARMUP if name == "independent" else 2]
+            if pipeline.run(warm, force=True, timeout=600).status != "succeeded":  # untimed
+                raise RuntimeError(f"{name}: the warm-up run did not succeed")
             start = time.perf_counter()
             result = pipeline.run(force=True, timeout=600)
             elapsed = time.perf_counter() - start
