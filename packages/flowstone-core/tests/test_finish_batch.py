@@ -8,6 +8,7 @@ on real workers in ``integration-tests``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -178,3 +179,45 @@ def test_a_batch_that_cannot_be_recorded_puts_its_steps_back_to_ready() -> None:
     assert pipeline.result(run_id).status == "succeeded"
     mats = store.list_materializations("batched", run_id=run_id, limit=10)
     assert sorted(m.asset for m in mats) == ["s0", "s1", "s2", "s3", "total"]  # each once
+
+
+def test_finishes_are_recorded_meanwhile_when_the_next_step_runs_long() -> None:
+    """A finish waits at most ``seconds``: while the caller runs a long step, a timer
+    records what waits and publishes what it made ready (no continuation is claimed)."""
+    store = BatchingStore()
+    pipeline, executor = _pipeline(store, Recorder(), n=2)
+    run_id = pipeline.run(wait=False).run_id
+    runner = pipeline.runner
+    batch = FinishBatch(runner, size=8, seconds=0.05)
+    runner.run_step(run_id, "s0", "", batch=batch, claim_next=True)
+    executor.steps.clear()
+    with batch.running():  # s1 is a long step: s0's finish does not wait for it
+        deadline = time.monotonic() + 10
+        while len(batch) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        recorded = store.get_step(run_id, "s0", "")
+        assert recorded is not None and recorded.state == "succeeded"
+        runner.run_step(run_id, "s1", "", batch=batch, claim_next=True)
+    waiting = store.get_step(run_id, "s1", "")
+    assert len(batch) == 1 and waiting is not None and waiting.state == "running"
+    results = batch.flush()
+    assert [s.asset for r in results for s in r.steps] == ["total"]  # s1's finish made it ready
+    runner.run(results[0].steps[0])
+    assert pipeline.result(run_id).status == "succeeded"
+
+
+def test_a_timer_flush_that_fails_leaves_the_finishes_for_the_caller() -> None:
+    store = BatchingStore()
+    pipeline, _ = _pipeline(store, Recorder(), n=2)
+    run_id = pipeline.run(wait=False).run_id
+    runner = pipeline.runner
+    batch = FinishBatch(runner, size=8, seconds=0.0)
+    runner.run_step(run_id, "s0", "", batch=batch)
+    runner.run_step(run_id, "s1", "", batch=batch)
+    store.fail = True
+    with batch.running():
+        time.sleep(0.2)  # the timer fires at once and fails
+    assert len(batch) == 2  # nothing lost: both still wait
+    store.fail = False
+    assert [s.asset for r in batch.flush() for s in r.steps] == ["total"]
+    assert store.batches == [["s0", "s1"]]

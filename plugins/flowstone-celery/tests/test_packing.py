@@ -6,6 +6,7 @@ out of ``FLOWSTONE_PACK_SECONDS``) hands the steps it did not start back to the 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +18,7 @@ import flowstone as fs
 from flowstone.records import StepRecord
 from flowstone_celery import CelerySettings, FlowstoneCelery, draining, make_app
 from flowstone_celery.messages import parse_batch, parse_message
-from flowstone_celery.packing import pack, pack_size
+from flowstone_celery.packing import BACKLOG_SECONDS, pack, pack_size
 from flowstone_celery.tasks import handle_step
 
 N = 12
@@ -76,6 +77,41 @@ def bodies(published: list[tuple[Any, Any, Any]]) -> list[list[dict[str, Any]]]:
 )
 def test_pack_size_keeps_a_message_per_slot(ready: int, slots: int, most: int, size: int) -> None:
     assert pack_size(ready, slots=slots, most=most) == size
+
+
+@pytest.mark.parametrize(
+    ("ready", "backlog", "most", "size"),
+    [
+        (3, 4, 8, 3),  # every slot has a message waiting: the run's steps share one
+        (3, 3, 8, 1),  # a slot is free: one step per message, they run side by side
+        (3, 100, 2, 2),  # at most FLOWSTONE_PACK_STEPS
+        (3, 100, 1, 1),  # packing turned off
+        (1, 100, 8, 1),  # a lone step stays alone
+        (12, 100, 8, 8),  # more ready steps than slots, all busy: as few messages as can be
+        (12, 0, 8, 3),  # ... with free slots: the usual rule, a message per slot
+    ],
+)
+def test_a_backlog_that_fills_the_slots_packs_even_a_few_steps(
+    ready: int, backlog: int, most: int, size: int
+) -> None:
+    assert pack_size(ready, slots=4, most=most, backlog=backlog) == size
+
+
+def test_the_executor_packs_a_small_run_behind_a_full_queue(packing: FlowstoneCelery) -> None:
+    pipeline = independent(16)
+    packing.add_pipeline(pipeline)
+    small = ["p00", "p01", "p02"]
+    assert packing.executor.backlog() == 0  # no queue yet: nothing waits
+    first = pipeline.run(small, wait=False, force=True)  # idle: one step per message
+    assert [len(b) for b in bodies(drain(packing))] == [1, 1, 1]
+    pipeline.run(wait=False, force=True)  # 16 ready steps on 4 slots: 4 messages wait
+    time.sleep(BACKLOG_SECONDS)  # the length read before is stale now
+    assert packing.executor.backlog() == 4
+    second = pipeline.run(small, wait=False, force=True)
+    published = bodies(drain(packing))
+    assert [len(b) for b in published] == [4, 4, 4, 4, 3]  # the big run's, then one pack
+    assert {item["run_id"] for item in published[-1]} == {second.run_id}
+    assert first.run_id != second.run_id
 
 
 def test_pack_cuts_in_order_and_a_lone_step_stays_a_plain_message() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from flowstone.errors import StorageError
 from flowstone.records import StepRecord
 from flowstone_celery.messages import StepMessage
-from flowstone_celery.packing import default_slots, pack, pack_size
+from flowstone_celery.packing import BACKLOG_SECONDS, default_slots, pack, pack_size
 from flowstone_celery.settings import CelerySettings, load_settings, safe_url
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ class CeleryExecutor:
         self._app = app
         self._owns_app = app is None
         self._declared = False  # the queue was declared by a message this executor sent
+        self._backlog = (-BACKLOG_SECONDS, 0)  # (when read, messages waiting)
 
     def __repr__(self) -> str:
         return f"CeleryExecutor(broker={safe_url(self.settings.broker_url)!r}, " \
@@ -119,12 +121,35 @@ class CeleryExecutor:
     ) -> list[tuple[object, float | None]]:
         """The messages for one run's ``(message, countdown)`` pairs: the steps due now in
         packs of :func:`~flowstone_celery.packing.pack_size` (one step each while there
-        are no more than :attr:`slots`), delayed steps alone with their countdown."""
+        are no more than :attr:`slots` and the queue does not already fill them, see
+        :meth:`backlog`), delayed steps alone with their countdown."""
         due = [body for body, countdown in sends if countdown is None]
-        size = pack_size(len(due), slots=self.slots, most=self.settings.pack_steps)
+        slots, most = self.slots, self.settings.pack_steps
+        size = pack_size(len(due), slots=slots, most=most)
+        if size < min(most, len(due)):  # a full queue would pack them further: ask it
+            size = pack_size(len(due), slots=slots, most=most, backlog=self.backlog())
         out: list[tuple[object, float | None]] = [(body, None) for body in pack(due, size)]
         out.extend((body, countdown) for body, countdown in sends if countdown is not None)
         return out
+
+    def backlog(self) -> int:
+        """How many messages wait in this executor's queue, as the broker said at most
+        :data:`~flowstone_celery.packing.BACKLOG_SECONDS` ago (one passive queue
+        declaration on a pooled connection); 0 when the queue does not exist or the
+        broker cannot say (packing then only follows the run's own ready steps)."""
+        now = time.monotonic()
+        if now - self._backlog[0] < BACKLOG_SECONDS:
+            return self._backlog[1]
+        count = 0
+        try:
+            with self.app.producer_or_acquire() as producer:
+                count = int(producer.channel.queue_declare(
+                    queue=self.settings.queue, passive=True
+                ).message_count)  # fmt: skip
+        except Exception as exc:  # no such queue yet (empty), or no answer: assume none
+            log.debug("queue length of %r unknown: %s", self.settings.queue, exc)
+        self._backlog = (now, count)
+        return count
 
     def dispatch(self, runner: StepRunner, run_id: str, steps: Sequence[StepRecord]) -> None:
         """Publish ``steps`` of ``run_id`` (packed when they outnumber the workers' slots,

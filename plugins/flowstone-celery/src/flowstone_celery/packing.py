@@ -8,7 +8,10 @@ steps than the workers have slots, one message per step buys no parallelism: the
 messages only wait in the queue. So :meth:`CeleryExecutor.dispatch
 <flowstone_celery.CeleryExecutor.dispatch>` then puts up to ``FLOWSTONE_PACK_STEPS`` of
 them in one message (the list body :func:`~flowstone_celery.messages.parse_batch` reads),
-keeping at least one message per slot.
+keeping at least one message per slot. A run with fewer ready steps than slots is packed
+too when the queue already holds a message for every slot (the executor asks the broker
+how many wait, at most every ``BACKLOG_SECONDS``): its steps would wait behind those
+anyway, and one message costs the workers a third of what three do.
 
 Nothing about a step changes inside a pack: the worker claims, runs, fences, retries and
 records each step on its own (a redelivered pack finds the steps it already ran finished
@@ -27,22 +30,33 @@ from typing import Any, TypeVar
 
 from flowstone_celery.messages import MessageError, parse_message
 
-__all__ = ["default_slots", "pack", "pack_size", "unstarted"]
+__all__ = ["BACKLOG_SECONDS", "default_slots", "pack", "pack_size", "unstarted"]
 
 log = logging.getLogger("flowstone.celery")
 _T = TypeVar("_T")
+BACKLOG_SECONDS = 0.05  # how long the executor trusts the queue length it last read
 
 
-def pack_size(ready: int, *, slots: int, most: int) -> int:
+def pack_size(ready: int, *, slots: int, most: int, backlog: int = 0) -> int:
     """How many steps of one run each message carries when ``ready`` of them are
     dispatched at once: 1 while each can have a slot of its own (``ready <= slots``),
     otherwise as many as still leaves every slot a message, at most ``most``.
 
+    ``backlog`` is how many messages already wait in the queue: once they fill every
+    slot, no worker is free for this run's steps anyway, so they share as few messages
+    as ``most`` allows.
+
     Example:
         >>> pack_size(2000, slots=4, most=8), pack_size(12, slots=4, most=8)
         (8, 3)
+        >>> pack_size(3, slots=4, most=8), pack_size(3, slots=4, most=8, backlog=40)
+        (1, 3)
     """
-    if most <= 1 or ready <= slots:
+    if most <= 1 or ready <= 1:
+        return 1
+    if backlog >= slots:
+        return min(most, ready)
+    if ready <= slots:
         return 1
     return max(1, min(most, ready // max(1, slots)))
 

@@ -76,9 +76,9 @@ class CelerySettings(BaseSettings):
             a worker may commit in one transaction (one commit and one lock of each run's
             row per batch, when the run store supports it, as PostgreSQL does); each step
             is still fenced and recorded on its own. ``1`` commits every finish alone.
-        finish_batch_seconds: ``FLOWSTONE_FINISH_BATCH_SECONDS``: a finish waits for the
-            batch at most until the worker starts a step this long after it; then the
-            batch is committed first (a finish waits at most for one step more).
+        finish_batch_seconds: ``FLOWSTONE_FINISH_BATCH_SECONDS``: how long a finish waits
+            for the rest of its batch at most; then the batch is committed, before the
+            next step starts or by a timer while it runs.
         worker_slots: ``FLOWSTONE_WORKER_SLOTS``: how many steps all workers run at once
             (the sum of their ``--concurrency``). Unset: a worker uses its own
             concurrency, any other process its CPU count. Packing starts only above it.

@@ -110,10 +110,11 @@ def handle_step(app: FlowstoneCelery, body: object) -> int:
                 runner, size=settings.finish_batch, seconds=settings.finish_batch_seconds
             )
         if len(bodies) > 1 and batch.batching:
-            runner.run_step(
-                message.run_id, message.asset, message.partition,
-                claim_next=settings.inline_steps > 0, batch=batch,
-            )  # fmt: skip
+            with batch.running():  # finishes waiting too long are recorded meanwhile
+                runner.run_step(
+                    message.run_id, message.asset, message.partition,
+                    claim_next=settings.inline_steps > 0, batch=batch,
+                )  # fmt: skip
             continue
         published += run_steps(
             runner, message.run_id, message.asset, message.partition,

@@ -12,15 +12,21 @@ back like :meth:`StepRunner.run <flowstone.engine.runner.StepRunner.run>` would 
 Nothing else changes for a step: it is claimed on its own, fenced by its attempt, and its
 finish applies at most once. A step whose finish is waiting is still ``running`` under its
 claim: a worker that dies before the flush leaves it to the sweeper, which runs it again,
-exactly as for a worker that dies before a single finish. Waiting costs the step at most
-``seconds`` and one more step (the batch is flushed before a step starts once its oldest
-finish is that old), which is why only a caller that runs several steps in a row uses it.
+exactly as for a worker that dies before a single finish. A finish waits at most
+``seconds``: the caller flushes before the next step once the oldest finish is that old
+(:meth:`FinishBatch.due`), and while a step runs (:meth:`FinishBatch.running`) a timer
+thread records the waiting finishes when they reach that age and publishes what they made
+ready, so a long step does not hold back the steps that ran before it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import threading
 import time
+from collections.abc import Iterator
 
 from flowstone.engine.runner import PendingFinish, StepResult, StepRunner, describe_error
 from flowstone.records import Fence
@@ -31,17 +37,20 @@ log = logging.getLogger("flowstone.engine")
 
 
 class FinishBatch:
-    """Finishes waiting to be recorded together: at most ``size`` of them, flushed before
-    a step starts once the oldest is ``seconds`` old (:meth:`due`).
+    """Finishes waiting to be recorded together: at most ``size`` of them, none for longer
+    than ``seconds``.
 
     Args:
         runner: the runner of the steps whose finishes it holds (one pipeline).
         size: the most finishes per transaction; ``1`` (or a store without
             :class:`~flowstone.protocols.BatchFinish`) records each finish at once.
         seconds: how long a finish may wait for the next steps of the batch.
+
+    Thread-safe: a timer thread may record the waiting finishes while the caller runs a
+    step (see :meth:`running`).
     """
 
-    __slots__ = ("_first", "_pending", "runner", "seconds", "size")
+    __slots__ = ("_first", "_lock", "_pending", "runner", "seconds", "size")
 
     def __init__(self, runner: StepRunner, *, size: int, seconds: float) -> None:
         self.runner = runner
@@ -49,9 +58,11 @@ class FinishBatch:
         self.seconds = seconds
         self._pending: list[PendingFinish] = []
         self._first = 0.0
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._pending)
+        with self._lock:
+            return len(self._pending)
 
     @property
     def batching(self) -> bool:
@@ -60,25 +71,49 @@ class FinishBatch:
 
     def add(self, pending: PendingFinish) -> None:
         """Hold ``pending`` (a step's outcome, not recorded yet) until :meth:`flush`."""
-        if not self._pending:
-            self._first = time.monotonic()
-        self._pending.append(pending)
+        with self._lock:
+            if not self._pending:
+                self._first = time.monotonic()
+            self._pending.append(pending)
 
     def due(self) -> bool:
         """Whether to flush before the next step: the batch is full, or its oldest finish
         has waited ``seconds``."""
-        if not self._pending:
-            return False
-        return len(self._pending) >= self.size or time.monotonic() - self._first >= self.seconds
+        with self._lock:
+            if not self._pending:
+                return False
+            full = len(self._pending) >= self.size
+            return full or time.monotonic() - self._first >= self.seconds
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Around a step the caller runs while finishes wait here: once the oldest of them
+        is ``seconds`` old, a timer thread records them (without claiming continuations:
+        what they made ready is published) so they do not wait for the step to end."""
+        with self._lock:
+            left = self.seconds - (time.monotonic() - self._first) if self._pending else None
+        if left is None:
+            yield
+            return
+        timer = threading.Timer(max(0.0, left), self._flush_meanwhile)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+            timer.join()  # a flush under way completes before the caller goes on
 
     def flush(self) -> list[StepResult]:
         """Record every waiting finish (see :meth:`StepRunner.complete_many
         <flowstone.engine.runner.StepRunner.complete_many>`) and return what each left to
-        do, in the order they were added. If they cannot be recorded, their steps are put
-        back to ``ready`` (best effort: the sweeper takes over where the store is down)
-        and the error is raised (a Celery task then retries its message, which runs
-        them again)."""
-        pending, self._pending = self._pending, []
+        do, in the order they were added (those a timer recorded meanwhile are not among
+        them: it published what they made ready, see :meth:`running`). If they cannot be
+        recorded, their steps are put back to ``ready`` (best effort: the sweeper takes
+        over where the store is down) and the error is raised (a Celery task then retries
+        its message, which runs them again)."""
+        with self._lock:
+            pending, self._pending = self._pending, []
         if not pending:
             return []
         try:
@@ -86,6 +121,34 @@ class FinishBatch:
         except Exception as exc:
             self._release(pending, exc)
             raise
+
+    def _flush_meanwhile(self) -> None:
+        """The timer's flush: record the waiting finishes and publish what they made
+        ready; if they cannot be recorded they wait again, for the caller's
+        :meth:`flush`."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return
+        try:
+            results = self.runner.complete_many(
+                [dataclasses.replace(p, then=None) for p in pending]
+            )
+        except Exception as exc:
+            log.warning("recording %d finishes while a step runs failed (%s); they are "
+                        "recorded after it", len(pending), describe_error(exc))  # fmt: skip
+            with self._lock:
+                self._pending[:0] = pending
+                self._first = time.monotonic()
+            return
+        for result in results:
+            if not result.ready:
+                continue
+            try:
+                self.runner.dispatch(result.ready[0].run_id, result.ready)
+            except Exception as exc:  # they are ready in the store: the sweeper re-sends them
+                log.warning("could not dispatch %d ready step(s) of run %s: %s",
+                            len(result.ready), result.ready[0].run_id, describe_error(exc))
 
     def _release(self, pending: list[PendingFinish], exc: Exception) -> None:
         store = self.runner.runtime.store
