@@ -18,6 +18,7 @@ class TestPostgresRunStore(RunStoreContract):
     supports_get_runs = True
     supports_continuation_reads = True
     supports_batch_finish = True
+    supports_bulk_run_creation = True
 
     @pytest.fixture
     def store(self, shared_store: PostgresRunStore) -> Iterator[PostgresRunStore]:

@@ -213,6 +213,40 @@ def test_run_many_hands_all_runs_to_dispatch_many(make_pipeline: PipelineFactory
     assert call == [(r.run_id, ["orders"]) for r in started]
 
 
+def test_run_many_creates_and_hands_over_runs_in_chunks(make_pipeline: PipelineFactory) -> None:
+    """200 runs: created 128 at a time, in one ``create_runs`` call per chunk where the
+    store offers it, and each chunk handed over before the next is created."""
+    from flowstone.defaults.memory_store import MemoryRunStore
+
+    log: list[str] = []
+
+    class BulkStore(MemoryRunStore):
+        def create_runs(self, runs: Any) -> list[Any]:
+            log.append(f"create {len(runs)}")
+            return [self.create_run(run, steps) for run, steps in runs]
+
+    class Bulk:
+        name, blocking = "bulk", False
+
+        def dispatch(self, runner: Any, run_id: str, steps: Any) -> None:
+            raise AssertionError("run_many must use dispatch_many")
+
+        def dispatch_many(self, runner: Any, runs: Any) -> None:
+            log.append(f"dispatch {len(runs)}")
+
+        def close(self) -> None:
+            return None
+
+    p = make_pipeline([orders, revenue], executor=Bulk(), store=BulkStore())
+    started = p.run_many("revenue", [str(i) for i in range(200)], wait=False)
+    assert log == ["create 128", "dispatch 128", "create 72", "dispatch 72"]
+    assert [r.partition for r in started] == [str(i) for i in range(200)]
+    assert len({r.run_id for r in started}) == 200
+    assert {s.asset for r in started for s in p.store.list_steps(r.run_id)} == {
+        "orders", "revenue"
+    }
+
+
 def test_run_many_refuses_what_is_not_a_list_of_partitions(
     make_pipeline: PipelineFactory,
 ) -> None:

@@ -58,6 +58,7 @@ __all__ = ["Pipeline", "flowstone_home"]
 
 log = logging.getLogger("flowstone")
 _PIPELINE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+_START_CHUNK = 128  # runs run_many creates (one transaction) and hands over at a time
 
 
 class Pipeline(RuntimeView, ValueReads, Waits):
@@ -288,13 +289,15 @@ class Pipeline(RuntimeView, ValueReads, Waits):
     ) -> list[RunResult]:
         """Start one run of ``target`` per partition, all at once; their results in order.
 
-        With a queue-based executor every run is created first and their ready steps are
-        then handed over together: the Celery executor puts up to ``FLOWSTONE_BATCH_STEPS``
-        steps of *different* runs in one message, so a thousand runs cost a fraction of the
-        messages (a run's own steps still go to different workers). ``wait`` then waits for
-        all of them (``timeout`` bounds the whole wait, see :meth:`wait`); without it the
-        results come back ``running``. With the in-process executor the runs execute one
-        after the other in this call, as ``run`` would.
+        With a queue-based executor the runs are created 128 at a time (in one transaction
+        where the store offers :class:`~flowstone.protocols.BulkRunCreation`) and each
+        chunk's ready steps are handed over together: the Celery executor puts up to
+        ``FLOWSTONE_BATCH_STEPS`` steps of *different* runs in one message, so a thousand
+        runs cost a fraction of the messages (a run's own steps still go to different
+        workers), and workers start on the first runs while the next are created. ``wait``
+        then waits for all of them (``timeout`` bounds the whole wait, see :meth:`wait`);
+        without it the results come back ``running``. With the in-process executor the
+        runs execute one after the other in this call, as ``run`` would.
 
         Example:
             >>> started = pipeline.run_many("daily_report", days, wait=False)
@@ -309,8 +312,15 @@ class Pipeline(RuntimeView, ValueReads, Waits):
         seconds = to_seconds(timeout, what="timeout")
         for key in keys:  # every key checked before any run starts: all or nothing
             running.run_key(self.runtime, names, key)
-        started = [running.start(self.runtime, names, k, force=force, tags=tags) for k in keys]
-        running.dispatch_many(self.runner, started, seconds)
+        started: list[running.Started] = []
+        # created and handed over in chunks: workers start on the first runs while the
+        # next are created (each chunk in one transaction where the store can)
+        for at in range(0, len(keys), _START_CHUNK):
+            chunk = running.start_many(
+                self.runtime, names, keys[at : at + _START_CHUNK], force=force, tags=tags
+            )
+            running.dispatch_many(self.runner, chunk, seconds)
+            started.extend(chunk)
         if wait or self.executor.blocking:
             return self.wait([record.run_id for record, _ in started], timeout=seconds)
         return [RunResult(self, record) for record, _ in started]

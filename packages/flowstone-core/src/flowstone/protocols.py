@@ -32,6 +32,7 @@ from flowstone.records import (
     StagedValue,
     StepOutcome,
     StepRecord,
+    StepSpec,
     StepTransition,
 )
 from flowstone.run_store import (
@@ -58,6 +59,7 @@ __all__ = [
     "BatchDispatch",
     "BatchFinish",
     "BatchLoading",
+    "BulkRunCreation",
     "BulkRunReads",
     "ClaimedReads",
     "Closeable",
@@ -397,6 +399,21 @@ class BatchFinish(Protocol):
     def finish_steps(
         self, finishes: Sequence[Finish], *, sources: Mapping[str, str]
     ) -> list[tuple[StepTransition, ClaimedReads | None] | Exception]: ...
+
+
+@runtime_checkable
+class BulkRunCreation(Protocol):
+    """Run store: many runs created in one transaction.
+
+    Buys: ``Pipeline.run_many`` creates a chunk of runs with one commit instead of one
+    each. Each ``(run, steps)`` is exactly ``create_run(run, steps)``; the ready steps of
+    each come back in the order given. All of them are created, or (an error raised)
+    none.
+    """
+
+    def create_runs(
+        self, runs: Sequence[tuple[RunRecord, Sequence[StepSpec]]]
+    ) -> list[tuple[StepRecord, ...]]: ...
 
 
 @runtime_checkable

@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING
 from flowstone.engine.plan import Planner, validate_key
 from flowstone.errors import UsageError
 from flowstone.partitions import PartitionKey, encode_partition
-from flowstone.records import RunRecord, StepRecord
+from flowstone.records import RunRecord, StepRecord, StepSpec
 
 if TYPE_CHECKING:
     from flowstone.engine.runner import StepRunner
     from flowstone.runtime import Runtime
 
-__all__ = ["Started", "dispatch", "dispatch_many", "run_key", "start", "targets"]
+__all__ = [
+    "Started", "dispatch", "dispatch_many", "run_key", "start", "start_many", "targets",
+]
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 Started = tuple[RunRecord, tuple[StepRecord, ...]]
@@ -58,6 +60,46 @@ def start(
     tags: Mapping[str, str] | None = None,
 ) -> Started:
     """Plan and create a run; return it with its ready steps (not dispatched yet)."""
+    record, steps = _plan(
+        runtime, names, partition, force=force, with_deps=with_deps, run_id=run_id, tags=tags
+    )
+    ready = runtime.store.create_run(record, steps)
+    _started(runtime, record, len(steps))
+    return record, ready
+
+
+def start_many(
+    runtime: Runtime,
+    names: list[str],
+    partitions: Sequence[PartitionKey | None],
+    *,
+    force: bool = False,
+    tags: Mapping[str, str] | None = None,
+) -> list[Started]:
+    """Plan and create one run per partition; return them with their ready steps (not
+    dispatched yet). A store with :class:`~flowstone.protocols.BulkRunCreation` creates
+    them all in one transaction (all or none); otherwise one after the other."""
+    planned = [_plan(runtime, names, key, force=force, tags=tags) for key in partitions]
+    bulk = runtime.capabilities.bulk_run_creation
+    if bulk is not None and len(planned) > 1:
+        created = bulk.create_runs(planned)
+    else:
+        created = [runtime.store.create_run(record, steps) for record, steps in planned]
+    for (record, steps), _ in zip(planned, created, strict=True):
+        _started(runtime, record, len(steps))
+    return [(record, ready) for (record, _), ready in zip(planned, created, strict=True)]
+
+
+def _plan(
+    runtime: Runtime,
+    names: list[str],
+    partition: PartitionKey | None,
+    *,
+    force: bool,
+    with_deps: bool = True,
+    run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> tuple[RunRecord, list[StepSpec]]:
     planner = Planner(runtime.graph, runtime.store, runtime.name)
     steps = planner.plan(names, partition, force=force, with_deps=with_deps)
     enc = encode_partition(run_key(runtime, names, partition))
@@ -68,11 +110,14 @@ def start(
     record = RunRecord(
         rid, runtime.name, tuple(names), enc, "running", now, now, tags=dict(tags or {})
     )
-    ready = runtime.store.create_run(record, steps)
+    return record, list(steps)
+
+
+def _started(runtime: Runtime, record: RunRecord, steps: int) -> None:
     runtime.events.emit(
-        "run.started", rid, partition=enc, data={"targets": list(names), "steps": len(steps)}
-    )
-    return record, ready
+        "run.started", record.run_id, partition=record.partition,
+        data={"targets": list(record.targets), "steps": steps},
+    )  # fmt: skip
 
 
 def dispatch(

@@ -17,6 +17,7 @@ from flowstone.protocols import (
     BatchDispatch,
     BatchFinish,
     BatchLoading,
+    BulkRunCreation,
     BulkRunReads,
     ContinuationReads,
     DescribedStorage,
@@ -70,6 +71,7 @@ class Capabilities:
     continuation_reads: ContinuationReads | None = None
     batch_finish: BatchFinish | None = None
     bulk_run_reads: BulkRunReads | None = None
+    bulk_run_creation: BulkRunCreation | None = None
     batch_dispatch: BatchDispatch | None = None
     executor_health: HealthCheck | None = None
     worker_presence: WorkerPresence | None = None
@@ -101,6 +103,7 @@ class Capabilities:
             continuation_reads=store if isinstance(store, ContinuationReads) else None,
             batch_finish=store if isinstance(store, BatchFinish) else None,
             bulk_run_reads=store if isinstance(store, BulkRunReads) else None,
+            bulk_run_creation=store if isinstance(store, BulkRunCreation) else None,
             batch_dispatch=executor if isinstance(executor, BatchDispatch) else None,
             executor_health=executor if isinstance(executor, HealthCheck) else None,
             worker_presence=executor if isinstance(executor, WorkerPresence) else None,

@@ -266,6 +266,17 @@ class PostgresRunStore:
             lambda c: scheduling.create_run(c, self._sql, run, steps),
         )
 
+    def create_runs(
+        self, runs: Sequence[tuple[RunRecord, Sequence[StepSpec]]]
+    ) -> list[tuple[StepRecord, ...]]:
+        """Each ``create_run`` in one transaction (one commit for all of them; all or
+        none), see :class:`~flowstone.protocols.BulkRunCreation`."""
+
+        async def work(conn: asyncpg.Connection) -> list[tuple[StepRecord, ...]]:
+            return [await scheduling.create_run(conn, self._sql, run, steps) for run, steps in runs]
+
+        return self._tx(f"creating {len(runs)} runs", work)
+
     def get_run(self, run_id: str) -> RunRecord | None:
         rows = self._rows(
             "reading a run", "SELECT " + RUN_COLS + " FROM {s}.runs WHERE run_id = :r",

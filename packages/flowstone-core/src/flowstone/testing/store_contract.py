@@ -24,6 +24,7 @@ Optional capabilities are declared, not guessed: set the class flags your store 
     class TestPostgresRunStore(RunStoreContract):
         supports_get_runs = True           # flowstone.protocols.BulkRunReads
         supports_batch_finish = True       # flowstone.protocols.BatchFinish
+        supports_bulk_run_creation = True  # flowstone.protocols.BulkRunCreation
 
 The rules pinned here are the ones in :mod:`flowstone.store_rules`; a store that uses
 that module gets most of them for free.
@@ -68,6 +69,7 @@ from flowstone.testing._store_helpers import (
     _uid,
 )
 from flowstone.testing.batch_finish_contract import BatchFinishContract
+from flowstone.testing.bulk_creation_contract import BulkCreationContract
 from flowstone.testing.store_paging_contract import StorePagingContract
 from flowstone.testing.store_records_contract import StoreRecordsContract
 from flowstone.testing.store_rules_contract import StoreRulesContract
@@ -75,7 +77,11 @@ from flowstone.testing.store_rules_contract import StoreRulesContract
 __all__ = ["RunStoreContract"]
 
 class RunStoreContract(
-    StoreRecordsContract, StoreRulesContract, StorePagingContract, BatchFinishContract
+    StoreRecordsContract,
+    StoreRulesContract,
+    StorePagingContract,
+    BatchFinishContract,
+    BulkCreationContract,
 ):
     """Behaviour every run store must have. Subclass and implement :meth:`make_store`.
 
@@ -86,6 +92,8 @@ class RunStoreContract(
             (:class:`~flowstone.protocols.ContinuationReads`).
         supports_batch_finish: the store offers ``finish_steps``
             (:class:`~flowstone.protocols.BatchFinish`).
+        supports_bulk_run_creation: the store offers ``create_runs``
+            (:class:`~flowstone.protocols.BulkRunCreation`).
     """
 
     supports_get_runs: bool = False
