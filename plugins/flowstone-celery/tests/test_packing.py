@@ -15,6 +15,8 @@ import pytest
 from helpers import drain
 
 import flowstone as fs
+from flowstone.defaults.memory_store import MemoryRunStore
+from flowstone.errors import StorageError
 from flowstone.records import StepRecord
 from flowstone_celery import CelerySettings, FlowstoneCelery, draining, make_app
 from flowstone_celery.messages import parse_batch, parse_message
@@ -249,3 +251,50 @@ def test_a_pack_that_ran_out_of_time_hands_back_the_rest(settings: CelerySetting
     assert {s.attempt for s in pipeline.store.list_steps(run.run_id)} == {1}
     app.close_pipelines()
     app.close()
+
+
+class BatchingMemoryStore(MemoryRunStore):
+    """A memory store with ``finish_steps`` (each finish as ``finish_step`` does it), whose
+    claims of ``fail_claims_of`` fail like a lost connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_claims_of: set[str] = set()
+        self.batches: list[list[str]] = []
+
+    def claim_step(self, run_id: str, asset: str, partition: str, **kw: Any) -> Any:
+        if asset in self.fail_claims_of:
+            raise StorageError("connection to the store lost (simulated)")
+        return super().claim_step(run_id, asset, partition, **kw)
+
+    def finish_steps(self, finishes: Any, *, sources: Any) -> list[Any]:
+        self.batches.append([f.asset for f in finishes])
+        return [
+            (self.finish_step(f.run_id, f.asset, f.partition, f.outcome, fence=f.fence), None)
+            for f in finishes
+        ]
+
+
+def test_a_packs_finishes_are_recorded_together_and_before_an_error_propagates(
+    packing: FlowstoneCelery,
+) -> None:
+    store = BatchingMemoryStore()
+    pipeline = fs.Pipeline(
+        "packs", independent().dag.assets.values(), store=store, executor="inprocess"
+    )
+    packing.add_pipeline(pipeline)
+    run = pipeline.run(wait=False, force=True)
+    first, second, *others = [body for body, _, _ in drain(packing)]
+    assert handle_step(packing, first) == 0
+    assert store.batches == [[b["asset"] for b in first]]  # one transaction for the pack
+    store.fail_claims_of = {second[2]["asset"]}  # the store goes away at the third step
+    with pytest.raises(StorageError, match="connection to the store lost"):
+        handle_step(packing, second)
+    states = {s.asset: s.state for s in store.list_steps(run.run_id)}
+    # the two steps that ran before the error are recorded, not left to their leases
+    assert [states[b["asset"]] for b in second] == ["succeeded", "succeeded", "ready"]
+    store.fail_claims_of = set()
+    for body in [second, *others]:
+        handle_step(packing, body)  # Celery retries the message; the rest as usual
+    assert pipeline.result(run.run_id).status == "succeeded"
+    assert len(store.list_materializations("packs", run_id=run.run_id)) == N

@@ -89,6 +89,18 @@ def handle_step(app: FlowstoneCelery, body: object) -> int:
     except MessageError as exc:
         log.error("dropping malformed FlowStone step message: %s", exc)
         return 0
+    batches: list[FinishBatch] = []
+    try:
+        return _run_bodies(app, bodies, batches)
+    except Exception:
+        if batches:  # what ran before the error is recorded, not left to its lease
+            _record_quietly(batches[-1])
+        raise
+
+
+def _run_bodies(app: FlowstoneCelery, bodies: list[object], batches: list[FinishBatch]) -> int:
+    """:func:`handle_step`'s loop over a message's steps; each batch it opens is appended
+    to ``batches``."""
     settings = app.flowstone_settings
     published = 0
     started = time.monotonic()
@@ -109,6 +121,7 @@ def handle_step(app: FlowstoneCelery, body: object) -> int:
             batch = FinishBatch(
                 runner, size=settings.finish_batch, seconds=settings.finish_batch_seconds
             )
+            batches.append(batch)
         if len(bodies) > 1 and batch.batching:
             with batch.running():  # finishes waiting too long are recorded meanwhile
                 runner.run_step(
@@ -123,6 +136,30 @@ def handle_step(app: FlowstoneCelery, body: object) -> int:
     if batch is not None:
         published += flush(batch, inline=settings.inline_steps)
     return published
+
+
+def _record_quietly(batch: FinishBatch) -> None:
+    """After an error: record ``batch``'s waiting finishes, publish what they made ready
+    and give back the continuations they claimed (nothing more runs here); where that
+    fails too, the steps are left to the sweeper (see :meth:`FinishBatch.flush`)."""
+    runner = batch.runner
+    try:
+        results = batch.flush()
+    except Exception as exc:
+        log.warning("could not record %s's waiting finishes after an error: %s",
+                    runner.runtime.name, exc)
+        return
+    for result in results:
+        try:
+            if result.ready:
+                runner.dispatch(result.ready[0].run_id, result.ready)
+            if result.next is not None:
+                release_step(
+                    runner, result.next, lambda s: runner.dispatch(s[0].run_id, s),
+                    why="its message failed",
+                )  # fmt: skip
+        except Exception as exc:  # the sweeper re-sends them once it can
+            log.warning("could not hand over the steps a finish made ready: %s", exc)
 
 
 def flush(batch: FinishBatch, *, inline: int) -> int:
