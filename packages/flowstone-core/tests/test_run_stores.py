@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from flowstone.defaults.sqlite_schema import MIGRATIONS, migrate
 from flowstone.defaults.sqlite_store import SQLiteRunStore
 from flowstone.errors import DefinitionError, StorageError, UsageError
 from flowstone.protocols import RunStore, StorageKey
-from flowstone.records import RunRecord, StepOutcome, StepSpec
+from flowstone.records import Continuation, RunRecord, StepOutcome, StepSpec
 from flowstone.testing.store_contract import RunStoreContract
 
 
@@ -195,3 +196,53 @@ def test_a_store_missing_a_role_is_refused_naming_what_is_missing() -> None:
     with pytest.raises(DefinitionError, match="missing methods add_step_note") as info:
         fs.Pipeline("sales", [], store=WithoutNotes())
     assert "flowstone.protocols.RunStore" in str(info.value)
+
+
+def _chain_run(store: RunStore) -> RunRecord:
+    """extract -> load, one run of it created in ``store``."""
+    now = datetime.now(UTC)
+    run = RunRecord("r-chain", "sales", ("load",), "", "running", now, now)
+    store.create_run(run, [StepSpec("extract", ""), StepSpec("load", "", deps=(("extract", ""),))])
+    return run
+
+
+def _record(run: RunRecord, asset: str, mat_id: str) -> fs.MaterializationRecord:
+    now = datetime.now(UTC)
+    return fs.MaterializationRecord(
+        mat_id, run.pipeline, run.run_id, asset, "", "succeeded", "fs", f"/{asset}", 1, now, now
+    )
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_continuation_reports_its_claim_like_claim_step(kind: str, tmp_path: Path) -> None:
+    """The step a finish claims for its caller became ready in that finish and is taken
+    over from no one: ``queued_s`` (about 0) and ``took_over`` False are reported, as
+    claim_step reports them."""
+    store: RunStore = MemoryRunStore() if kind == "memory" else SQLiteRunStore(tmp_path / "s.db")
+    run = _chain_run(store)
+    assert store.claim_step(run.run_id, "extract", "", owner="w1", lease_seconds=60)
+    done = store.finish_step(
+        run.run_id, "extract", "", StepOutcome("succeeded", _record(run, "extract", "m1")),
+        then=Continuation("w1", 60),
+    )  # fmt: skip
+    claimed = done.claimed
+    assert claimed is not None and (claimed.asset, claimed.state, claimed.attempt) == (
+        "load", "running", 1)  # fmt: skip
+    assert claimed.queued_s is not None and claimed.queued_s >= 0 and not claimed.took_over
+    assert store.get_step(run.run_id, "load", "") == replace(claimed, queued_s=None)
+
+
+def test_sqlite_refuses_a_materialization_id_another_step_recorded(tmp_path: Path) -> None:
+    store = SQLiteRunStore(tmp_path / "s.db")
+    run = _chain_run(store)
+    store.claim_step(run.run_id, "extract", "", owner="w1", lease_seconds=60)
+    store.finish_step(
+        run.run_id, "extract", "", StepOutcome("succeeded", _record(run, "extract", "m1"))
+    )
+    store.claim_step(run.run_id, "load", "", owner="w1", lease_seconds=60)
+    with pytest.raises(StorageError, match="'m1' is already used by run 'r-chain' asset 'extract'"):
+        store.finish_step(
+            run.run_id, "load", "", StepOutcome("succeeded", _record(run, "load", "m1"))
+        )
+    step = store.get_step(run.run_id, "load", "")
+    assert step is not None and step.state == "running"  # nothing of the finish was written

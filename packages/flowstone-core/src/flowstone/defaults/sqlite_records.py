@@ -476,18 +476,20 @@ def upsert_materialization(
     ``metadata_json`` its encoded metadata.
     """
     key = (mat.run_id, mat.asset, mat.partition)
-    old = c.execute(
-        "SELECT id FROM materializations WHERE run_id = ? AND asset = ? AND partition = ?", key
-    ).fetchone()
+    # this step's record, and whichever record has the id already: one statement
+    found = c.execute(
+        "SELECT id, run_id, asset, partition FROM materializations"
+        " WHERE (run_id = ? AND asset = ? AND partition = ?) OR id = ?",
+        (*key, mat.id),
+    ).fetchall()
+    old = next((r for r in found if tuple(r[1:]) == key), None)
     mat_id = mat.id if old is None else str(old[0])
     if old is None:
-        clash = c.execute(
-            "SELECT run_id, asset FROM materializations WHERE id = ?", (mat_id,)
-        ).fetchone()
+        clash = found[0] if found else None  # not this step's: another record's id
         if clash is not None:
             raise StorageError(
-                f"{where}: materialization id {mat_id!r} is already used by run {clash[0]!r} "
-                f"asset {clash[1]!r}; ids must be unique"
+                f"{where}: materialization id {mat_id!r} is already used by run {clash[1]!r} "
+                f"asset {clash[2]!r}; ids must be unique"
             )
     else:
         c.execute("DELETE FROM lineage WHERE downstream_id = ?", (mat_id,))

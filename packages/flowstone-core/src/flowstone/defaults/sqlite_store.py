@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -444,8 +443,11 @@ class SQLiteRunStore(SQLiteRecords):
                 ready = [step_row(r) for r in rows if r[3] == "ready"]
             pick = rules.continuation_key(ready, now_dt) if then else None
             if then is not None and pick is not None:
-                claimed = _claim(c, (run_id, *pick), then.owner, then.lease_seconds, now_dt)
-                ready = [r for r in ready if (r.asset, r.partition) != pick]
+                # the step as it was before the claim is the one the update just returned
+                was = next(r for r in ready if (r.asset, r.partition) == pick)
+                claimed = _claim(c, (run_id, *pick), then.owner, then.lease_seconds, now_dt,
+                                 before=(was.state, was.owner, was.updated_at, was.not_before))
+                ready = [r for r in ready if r is not was]
             previous = _run_status(c, run_id)
             status = rules.next_run_status(
                 previous, "running" if ready or claimed else _compute_status(c, run_id)
@@ -518,12 +520,18 @@ def _claim(
     lease_seconds: float,
     now_dt: datetime,
     pipeline: str | None = None,
+    *,
+    before: tuple[str, str | None, datetime | None, datetime | None] | None = None,
 ) -> StepRecord | None:
+    """Claim the step at ``key``; ``before``: its (state, owner, updated_at, not_before),
+    when the transaction has just read them (else they are read here)."""
     now = to_micros(now_dt)
     expires = to_micros(now_dt + timedelta(seconds=lease_seconds))
-    before = c.execute(
-        f"SELECT state, owner, updated_at, not_before FROM steps WHERE {STEP_KEY}", key
-    ).fetchone()
+    if before is None:
+        was = c.execute(
+            f"SELECT state, owner, updated_at, not_before FROM steps WHERE {STEP_KEY}", key
+        ).fetchone()
+        before = (was[0], was[1], from_micros(was[2]), from_micros(was[3])) if was else None
     row = c.execute(
         "UPDATE steps SET state = 'running', attempt = attempt + 1, owner = ?,"
         " lease_expires_at = ?, not_before = NULL, updated_at = ?, resent_at = NULL,"
@@ -537,13 +545,10 @@ def _claim(
         f" RETURNING {STEP_COLS}",
         (owner, expires, now, *key, now, now, pipeline, pipeline),
     ).fetchone()
-    if row is None:
+    if row is None or before is None:
         return None
-    queued_s, took_over = rules.claim_facts(
-        before[0], before[1], from_micros(before[2]), from_micros(before[3]),
-        claimer=owner, now=now_dt,
-    )  # fmt: skip
-    return replace(step_row(row), queued_s=queued_s, took_over=took_over)
+    queued_s, took_over = rules.claim_facts(*before, claimer=owner, now=now_dt)
+    return step_row(row, queued_s, took_over)
 
 
 def _run_not_found(run_id: str) -> RunNotFoundError:
