@@ -246,3 +246,8 @@ def test_sqlite_refuses_a_materialization_id_another_step_recorded(tmp_path: Pat
         )
     step = store.get_step(run.run_id, "load", "")
     assert step is not None and step.state == "running"  # nothing of the finish was written
+    # the failed transaction let go of the store: the next write goes through
+    done = store.finish_step(
+        run.run_id, "load", "", StepOutcome("succeeded", _record(run, "load", "m2"))
+    )
+    assert done.applied and done.run_status == "succeeded"

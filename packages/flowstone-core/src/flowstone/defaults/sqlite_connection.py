@@ -14,11 +14,10 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from flowstone.defaults.sqlite_schema import migrate
 from flowstone.errors import StorageError
@@ -94,21 +93,10 @@ class SQLiteConnection:
         self._conn, self._pid = conn, os.getpid()
         return conn
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, serialised with other threads and processes."""
-        with self._lock:
-            conn = self._db()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise self._error(exc) from exc
-                raise
+    def _write(self) -> _Transaction:
+        """One write transaction, serialised with other threads and processes
+        (``with self._write() as conn:``)."""
+        return _Transaction(self)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
@@ -129,6 +117,51 @@ class SQLiteConnection:
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             self._conn = None
+
+
+class _Transaction:
+    """``SQLiteConnection._write()``: holds the store's lock, ``BEGIN IMMEDIATE`` on entry,
+    ``COMMIT`` on a clean exit, ``ROLLBACK`` otherwise; SQLite errors become
+    :class:`~flowstone.errors.StorageError`. (A class, not a generator context manager:
+    it is entered twice per step.)"""
+
+    __slots__ = ("_conn", "_store")
+
+    def __init__(self, store: SQLiteConnection) -> None:
+        self._store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        store = self._store
+        store._lock.acquire()
+        conn = None
+        try:
+            conn = self._conn = store._db()
+            conn.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
+            self._end(exc, conn)
+        assert conn is not None  # (_end raised otherwise)
+        return conn
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            try:
+                self._conn.execute("COMMIT")
+            except BaseException as failed:
+                self._end(failed, self._conn)
+            self._store._lock.release()
+        else:
+            self._end(exc, self._conn)
+
+    def _end(self, exc: BaseException, conn: sqlite3.Connection | None) -> NoReturn:
+        """Roll back, let the lock go and raise ``exc`` (a SQLite error as StorageError)."""
+        try:
+            if conn is not None and conn.in_transaction:
+                conn.execute("ROLLBACK")
+        finally:
+            self._store._lock.release()
+        if isinstance(exc, sqlite3.Error):
+            raise self._store._error(exc) from exc
+        raise exc
 
 
 # --- SQL builders ---------------------------------------------------------------------------
