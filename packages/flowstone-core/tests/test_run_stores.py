@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -251,3 +252,27 @@ def test_sqlite_refuses_a_materialization_id_another_step_recorded(tmp_path: Pat
         run.run_id, "load", "", StepOutcome("succeeded", _record(run, "load", "m2"))
     )
     assert done.applied and done.run_status == "succeeded"
+
+
+def _checkpoint_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "flowstone-checkpoint"]
+
+
+def test_the_background_checkpoints_end_with_the_store(tmp_path: Path) -> None:
+    """Busy stores copy their write-ahead log into the file from a thread of their own;
+    closing the store ends it, and nothing written is lost."""
+    before = len(_checkpoint_threads())  # (other tests' stores may still be open)
+    store = SQLiteRunStore(tmp_path / "s.db")
+    for i in range(200):
+        assert store.set_cursor("offset", str(i), expected=None if i == 0 else str(i - 1))
+    assert len(_checkpoint_threads()) == before + 1
+    store.close()
+    assert len(_checkpoint_threads()) == before
+    reopened = SQLiteRunStore(tmp_path / "s.db")
+    assert reopened.get_cursor("offset") == "199"
+    reopened.close()
+    memory = SQLiteRunStore(":memory:")  # no file, no log: nothing to copy
+    for i in range(200):
+        memory.set_cursor("offset", str(i))
+    assert len(_checkpoint_threads()) == before
+    memory.close()

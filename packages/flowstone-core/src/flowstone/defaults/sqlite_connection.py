@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
+from flowstone.defaults.sqlite_checkpoints import WalCheckpointer
 from flowstone.defaults.sqlite_schema import migrate
 from flowstone.errors import StorageError
 from flowstone.store_rules import utc_now
@@ -50,8 +51,10 @@ class SQLiteConnection:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
-        # connections inherited through fork: closing them would disturb the parent's locks
-        self._inherited: list[sqlite3.Connection] = []
+        # connections (and checkpointers holding one) inherited through fork: closing them
+        # would disturb the parent's locks
+        self._inherited: list[sqlite3.Connection | WalCheckpointer] = []
+        self._checkpoints: WalCheckpointer | None = None  # the WAL copied in the background
 
     @property
     def path(self) -> str:
@@ -66,6 +69,9 @@ class SQLiteConnection:
         if conn is not None:
             self._inherited.append(conn)
             self._conn = None
+        if self._checkpoints is not None:
+            self._inherited.append(self._checkpoints)
+            self._checkpoints = None
         try:
             if self._path != ":memory:":
                 Path(self._path).parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +97,8 @@ class SQLiteConnection:
                 "directory is writable and the file is a FlowStone database"
             ) from exc
         self._conn, self._pid = conn, os.getpid()
+        if self._path != ":memory:":
+            self._checkpoints = WalCheckpointer(self._path)
         return conn
 
     def _write(self) -> _Transaction:
@@ -114,9 +122,12 @@ class SQLiteConnection:
     def close(self) -> None:
         """Close the connection; a later call reopens it."""
         with self._lock:
-            if self._conn is not None and self._pid == os.getpid():
-                self._conn.close()
-            self._conn = None
+            if self._pid == os.getpid():
+                if self._checkpoints is not None:
+                    self._checkpoints.close()
+                if self._conn is not None:
+                    self._conn.close()
+            self._conn = self._checkpoints = None
 
 
 class _Transaction:
@@ -148,7 +159,12 @@ class _Transaction:
                 self._conn.execute("COMMIT")
             except BaseException as failed:
                 self._end(failed, self._conn)
-            self._store._lock.release()
+            store = self._store
+            try:
+                if store._checkpoints is not None:
+                    store._checkpoints.committed()
+            finally:
+                store._lock.release()
         else:
             self._end(exc, self._conn)
 
