@@ -125,3 +125,18 @@ def test_locations_quote_exactly_the_parts_that_need_it(tmp_path: Path) -> None:
         "sqlite:shop/orders/2024-01-05/r_1.x~y-z"
     )
     assert SQLiteIOManager(tmp_path / "v.db").load(location) == 1
+
+
+def test_the_background_checkpoints_end_with_the_manager(tmp_path: Path) -> None:
+    import threading
+
+    def checkpointers() -> int:
+        return sum(t.name == "flowstone-checkpoint" for t in threading.enumerate())
+
+    before = checkpointers()  # (other tests' stores may still be open)
+    io = SQLiteIOManager(tmp_path / "v.db")
+    locations = [io.store(StorageKey("shop", "orders", "", f"run-{i}"), i) for i in range(100)]
+    assert checkpointers() == before + 1
+    io.close()
+    assert checkpointers() == before
+    assert SQLiteIOManager(tmp_path / "v.db").load_many(locations) == list(range(100))

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 from flowstone.codec import EncodedValue, decode_from_storage, encode_for_storage
+from flowstone.defaults.sqlite_checkpoints import WalCheckpointer
 from flowstone.defaults.sqlite_connection import BATCH
 from flowstone.errors import StorageError, UnsafeKeyError, ValueNotFoundError
 from flowstone.protocols import StorageKey
@@ -61,7 +62,10 @@ class SQLiteIOManager:
     own copy), without a query.
     """
 
-    __slots__ = ("_allow_pickle", "_conn", "_lock", "_path", "_pid", "_recent", "name")
+    __slots__ = (
+        "_allow_pickle", "_checkpoints", "_conn", "_inherited", "_lock", "_path", "_pid",
+        "_recent", "name",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -76,6 +80,8 @@ class SQLiteIOManager:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
+        self._checkpoints: WalCheckpointer | None = None  # the WAL copied in the background
+        self._inherited: list[WalCheckpointer] = []  # through fork: never closed here
         self._recent: OrderedDict[str, tuple[Any, bytes]] = OrderedDict()
 
     def __repr__(self) -> str:
@@ -94,6 +100,11 @@ class SQLiteIOManager:
             columns = {r[1] for r in conn.execute("PRAGMA table_info(flowstone_values)")}
             if "written_at" not in columns:
                 conn.execute(_WRITTEN_AT)  # rows written before have none: never pruned
+            if self._checkpoints is not None:
+                self._inherited.append(self._checkpoints)
+            self._checkpoints = None if str(self._path) == ":memory:" else WalCheckpointer(
+                str(self._path)
+            )
             self._conn, self._pid = conn, os.getpid()
         return self._conn
 
@@ -127,6 +138,8 @@ class SQLiteIOManager:
                     " written_at = excluded.written_at",
                     (location, encoded.format, encoded.data, time.time_ns() // 1000),
                 )
+                if self._checkpoints is not None:
+                    self._checkpoints.committed()
                 self._recent.pop(location, None)
                 if len(encoded.data) <= _RECENT_MAX_BYTES:
                     self._recent[location] = (encoded.format, encoded.data)
@@ -232,6 +245,9 @@ class SQLiteIOManager:
     def close(self) -> None:
         with self._lock:
             self._recent.clear()
+            if self._checkpoints is not None and self._pid == os.getpid():
+                self._checkpoints.close()
+            self._checkpoints = None
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
