@@ -276,3 +276,39 @@ def test_the_background_checkpoints_end_with_the_store(tmp_path: Path) -> None:
         memory.set_cursor("offset", str(i))
     assert len(_checkpoint_threads()) == before
     memory.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_fenced_out_finish_writes_nothing_even_with_a_clashing_record(
+    kind: str, tmp_path: Path
+) -> None:
+    """A runner whose claim was taken over cannot commit, whatever it carries: its finish
+    is refused (not an error), and no record, lineage or audit entry of it is written."""
+    from flowstone.records import Fence
+
+    store: RunStore = MemoryRunStore() if kind == "memory" else SQLiteRunStore(tmp_path / "s.db")
+    run = _chain_run(store)
+    store.claim_step(run.run_id, "extract", "", owner="w1", lease_seconds=60)
+    store.finish_step(
+        run.run_id, "extract", "", StepOutcome("succeeded", _record(run, "extract", "m1"))
+    )
+    first = store.claim_step(run.run_id, "load", "", owner="w1", lease_seconds=60)
+    assert first is not None
+    store.retry_step(run.run_id, "load", "", delay_seconds=0, error="lost", fence=None)
+    second = store.claim_step(run.run_id, "load", "", owner="w2", lease_seconds=60)
+    assert second is not None and second.attempt == first.attempt + 1
+    audit = len(store.list_audit(run.run_id))
+    for mat_id in ("m1", "m-stale"):  # an id another record has, and a fresh one
+        stale = store.finish_step(
+            run.run_id, "load", "", StepOutcome("succeeded", _record(run, "load", mat_id)),
+            fence=Fence("w1", first.attempt),
+        )  # fmt: skip
+        assert not stale.applied
+    assert store.get_materialization("m-stale") is None
+    assert len(store.list_audit(run.run_id)) == audit
+    done = store.finish_step(
+        run.run_id, "load", "", StepOutcome("succeeded", _record(run, "load", "m2")),
+        fence=Fence("w2", second.attempt),
+    )  # fmt: skip
+    assert done.applied and done.run_status == "succeeded"
+    assert store.list_audit(run.run_id)[-2].detail["attempt"] == second.attempt

@@ -381,49 +381,74 @@ class SQLiteRunStore(SQLiteRecords):
         where = f"finish_step(run {run_id!r}, asset {asset!r}, partition {partition!r})"
         # bound and JSON-encoded before the transaction: a bad value must not half write
         bound = rules.bind_outcome(run_id, asset, partition, outcome, where)
-        mat = bound.materialization
+        key = (run_id, asset, partition)
+        if fence is not None:
+            # the usual case, a runner finishing what it holds: the fence is checked by the
+            # step's update itself, no read first; anything else is rolled back and goes
+            # the full way below, which applies the rules in their order
+            try:
+                return self._finish(key, outcome, bound, where, then, fence)
+            except _NotHeld:
+                pass
+        return self._finish(key, outcome, bound, where, then, None, fence)
+
+    def _finish(
+        self,
+        key: tuple[str, str, str],
+        outcome: StepOutcome,
+        bound: rules.BoundOutcome,
+        where: str,
+        then: Continuation | None,
+        held: Fence | None,
+        fence: Fence | None = None,
+    ) -> StepTransition:
+        """``finish_step``; with ``held``, only if the step is held under that fence (else
+        :class:`_NotHeld`, nothing written), without reading it first."""
+        run_id, asset, partition = key
         now_dt = self.clock()
         now = to_micros(now_dt)
-        key = (run_id, asset, partition)
         claimed = None
         with self._write() as c:
-            row = c.execute(
-                f"SELECT state, attempt, owner FROM steps WHERE {STEP_KEY}", key
-            ).fetchone()
-            if not rules.finish_applies(
-                row and row[0], outcome, run_id, asset, partition,
-                fence=fence, owner=row and row[2], attempt=row[1] if row else 0,
-            ):  # fmt: skip
-                return StepTransition(applied=False)
-            detail = rules.finish_detail(row[1], outcome)
-            mat_id = None
-            if mat is not None:
-                mat_id = upsert_materialization(c, mat, bound.materialization_metadata_json, where)
-            if (a := bound.approval) is not None:
-                detail["approval_id"] = c.execute(
-                    "INSERT INTO approvals (pipeline, run_id, asset, partition, message, status,"
-                    " created_at, expires_at, io_manager, location, metadata)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (a.pipeline, run_id, asset, partition, a.message, a.status,
-                     to_micros(a.created_at), to_micros(a.expires_at), a.io_manager, a.location,
-                     bound.approval_metadata_json),
-                ).lastrowid  # fmt: skip
-            if (g := bound.gate) is not None:
-                taken = c.execute("SELECT 1 FROM gates WHERE token_hash = ?", (g.token_hash,))
-                if taken.fetchone():
-                    raise StorageError(f"{where}: a gate with this token hash already exists")
-                c.execute(
-                    f"INSERT INTO gates ({GATE_COLS}) VALUES ({marks(11)})",
-                    (g.token_hash, g.pipeline, run_id, asset, partition, g.status,
-                     to_micros(g.created_at), to_micros(g.expires_at), bound.gate_payload_json,
-                     None, bound.gate_metadata_json),
-                )  # fmt: skip
-            c.execute(
+            attempt = 0
+            if held is None:
+                row = c.execute(
+                    f"SELECT state, attempt, owner FROM steps WHERE {STEP_KEY}", key
+                ).fetchone()
+                if not rules.finish_applies(
+                    row and row[0], outcome, run_id, asset, partition,
+                    fence=fence, owner=row and row[2], attempt=row[1] if row else 0,
+                ):  # fmt: skip
+                    return StepTransition(applied=False)
+                attempt = row[1]
+            try:
+                mat_id, approval_id = self._write_records(c, bound, key, where)
+            except StorageError as exc:
+                if held is not None:  # the full way says whether it applies at all first
+                    raise _NotHeld from exc
+                raise
+            update = (
                 "UPDATE steps SET state = ?, materialization_id = COALESCE(?, materialization_id),"
                 " error = ?, owner = NULL, lease_expires_at = NULL, updated_at = ?"
-                f" WHERE {STEP_KEY}",
-                (outcome.state, mat_id, outcome.error, now, *key),
+                f" WHERE {STEP_KEY}"
             )
+            if held is None:
+                c.execute(update, (outcome.state, mat_id, outcome.error, now, *key))
+            else:
+                # store_rules.finish_applies for a fenced finish: held (fence_holds) and
+                # not unchanged (accepted_states) -- in the write itself
+                states = sorted(rules.accepted_states(outcome) & {"running", "waiting"})
+                got = c.execute(
+                    f"{update} AND state IN ({marks(len(states))}) AND owner = ? AND attempt = ?"
+                    " RETURNING attempt",
+                    (outcome.state, mat_id, outcome.error, now, *key, *states, held.owner,
+                     held.attempt),
+                ).fetchone()  # fmt: skip
+                if got is None:
+                    raise _NotHeld
+                attempt = got[0]
+            detail = rules.finish_detail(attempt, outcome)
+            if approval_id is not None:
+                detail["approval_id"] = approval_id
             ready: list[StepRecord] = []
             if outcome.state != "waiting":
                 # dependents of a non-terminal step are all pending; the guard keeps a
@@ -466,6 +491,40 @@ class SQLiteRunStore(SQLiteRecords):
             run_status=rules.reported_status(previous, status),
             claimed=claimed,
         )
+
+    def _write_records(
+        self,
+        c: sqlite3.Connection,
+        bound: rules.BoundOutcome,
+        key: tuple[str, str, str],
+        where: str,
+    ) -> tuple[str | None, int | None]:
+        """A finish's materialization, approval or gate; returns (materialization id,
+        approval id)."""
+        run_id, asset, partition = key
+        mat_id = approval_id = None
+        if (mat := bound.materialization) is not None:
+            mat_id = upsert_materialization(c, mat, bound.materialization_metadata_json, where)
+        if (a := bound.approval) is not None:
+            approval_id = c.execute(
+                "INSERT INTO approvals (pipeline, run_id, asset, partition, message, status,"
+                " created_at, expires_at, io_manager, location, metadata)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (a.pipeline, run_id, asset, partition, a.message, a.status,
+                 to_micros(a.created_at), to_micros(a.expires_at), a.io_manager, a.location,
+                 bound.approval_metadata_json),
+            ).lastrowid  # fmt: skip
+        if (g := bound.gate) is not None:
+            taken = c.execute("SELECT 1 FROM gates WHERE token_hash = ?", (g.token_hash,))
+            if taken.fetchone():
+                raise StorageError(f"{where}: a gate with this token hash already exists")
+            c.execute(
+                f"INSERT INTO gates ({GATE_COLS}) VALUES ({marks(11)})",
+                (g.token_hash, g.pipeline, run_id, asset, partition, g.status,
+                 to_micros(g.created_at), to_micros(g.expires_at), bound.gate_payload_json,
+                 None, bound.gate_metadata_json),
+            )  # fmt: skip
+        return mat_id, approval_id
 
     def resend_steps(
         self,
@@ -549,6 +608,10 @@ def _claim(
         return None
     queued_s, took_over = rules.claim_facts(*before, claimer=owner, now=now_dt)
     return step_row(row, queued_s, took_over)
+
+
+class _NotHeld(Exception):
+    """A fenced finish found its step not held under the fence (rolled back)."""
 
 
 def _run_not_found(run_id: str) -> RunNotFoundError:
