@@ -407,7 +407,7 @@ class SQLiteRecords(SQLiteConnection):
         c.execute(
             "INSERT INTO audit (run_id, at, kind, asset, partition, detail)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (run_id, at, kind, asset, partition, json.dumps(detail, separators=(",", ":"))),
+            (run_id, at, kind, asset, partition, _COMPACT.encode(detail)),
         )
 
     # --- scatter item results ------------------------------------------------------------
@@ -505,6 +505,9 @@ def upsert_materialization(
         [(mat_id, i, up) for i, up in enumerate(mat.upstream)],
     )
     return mat_id
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps(..., separators) makes one per call
 
 
 def _mat_values(

@@ -409,7 +409,7 @@ class SQLiteRunStore(SQLiteRecords):
         now = to_micros(now_dt)
         claimed = None
         with self._write() as c:
-            attempt = 0
+            attempt, previous = 0, None
             if held is None:
                 row = c.execute(
                     f"SELECT state, attempt, owner FROM steps WHERE {STEP_KEY}", key
@@ -439,13 +439,14 @@ class SQLiteRunStore(SQLiteRecords):
                 states = sorted(rules.accepted_states(outcome) & {"running", "waiting"})
                 got = c.execute(
                     f"{update} AND state IN ({marks(len(states))}) AND owner = ? AND attempt = ?"
-                    " RETURNING attempt",
+                    # and the run's status, read here instead of by a statement of its own
+                    " RETURNING attempt, (SELECT status FROM runs WHERE run_id = steps.run_id)",
                     (outcome.state, mat_id, outcome.error, now, *key, *states, held.owner,
                      held.attempt),
                 ).fetchone()  # fmt: skip
                 if got is None:
                     raise _NotHeld
-                attempt = got[0]
+                attempt, previous = got
             detail = rules.finish_detail(attempt, outcome)
             if approval_id is not None:
                 detail["approval_id"] = approval_id
@@ -473,7 +474,8 @@ class SQLiteRunStore(SQLiteRecords):
                 claimed = _claim(c, (run_id, *pick), then.owner, then.lease_seconds, now_dt,
                                  before=(was.state, was.owner, was.updated_at, was.not_before))
                 ready = [r for r in ready if r is not was]
-            previous = _run_status(c, run_id)
+            if previous is None:  # (nothing in this transaction writes the run before here)
+                previous = _run_status(c, run_id)
             status = rules.next_run_status(
                 previous, "running" if ready or claimed else _compute_status(c, run_id)
             )
