@@ -426,21 +426,12 @@ class SQLiteRunStore(SQLiteRecords):
                 if held is not None:  # the full way says whether it applies at all first
                     raise _NotHeld from exc
                 raise
-            update = (
-                "UPDATE steps SET state = ?, materialization_id = COALESCE(?, materialization_id),"
-                " error = ?, owner = NULL, lease_expires_at = NULL, updated_at = ?"
-                f" WHERE {STEP_KEY}"
-            )
             if held is None:
-                c.execute(update, (outcome.state, mat_id, outcome.error, now, *key))
+                c.execute(_FINISH, (outcome.state, mat_id, outcome.error, now, *key))
             else:
-                # store_rules.finish_applies for a fenced finish: held (fence_holds) and
-                # not unchanged (accepted_states) -- in the write itself
-                states = sorted(rules.accepted_states(outcome) & {"running", "waiting"})
+                states = _HELD_STATES[outcome.state == "waiting"]
                 got = c.execute(
-                    f"{update} AND state IN ({marks(len(states))}) AND owner = ? AND attempt = ?"
-                    # and the run's status, read here instead of by a statement of its own
-                    " RETURNING attempt, (SELECT status FROM runs WHERE run_id = steps.run_id)",
+                    _FINISH_HELD[len(states)],
                     (outcome.state, mat_id, outcome.error, now, *key, *states, held.owner,
                      held.attempt),
                 ).fetchone()  # fmt: skip
@@ -454,18 +445,7 @@ class SQLiteRunStore(SQLiteRecords):
             if outcome.state != "waiting":
                 # dependents of a non-terminal step are all pending; the guard keeps a
                 # count from ever going below zero
-                rows = c.execute(
-                    "UPDATE steps SET remaining_deps = remaining_deps - 1,"
-                    " state = CASE WHEN remaining_deps = 1 THEN 'ready' ELSE state END,"
-                    " updated_at = ?"
-                    # driven by the primary key: one lookup per dependent, not a scan of
-                    # the run's pending steps
-                    " WHERE (run_id, asset, partition) IN (SELECT run_id, asset, partition"
-                    "  FROM step_deps WHERE run_id = ? AND dep_asset = ? AND dep_partition = ?)"
-                    " AND state = 'pending' AND remaining_deps > 0"
-                    f" RETURNING {STEP_COLS}",
-                    (now, *key),
-                ).fetchall()
+                rows = c.execute(_RELEASE_DEPENDENTS, (now, *key)).fetchall()
                 ready = [step_row(r) for r in rows if r[3] == "ready"]
             pick = rules.continuation_key(ready, now_dt) if then else None
             if then is not None and pick is not None:
@@ -610,6 +590,35 @@ def _claim(
         return None
     queued_s, took_over = rules.claim_facts(*before, claimer=owner, now=now_dt)
     return step_row(row, queued_s, took_over)
+
+
+_RELEASE_DEPENDENTS = (
+    "UPDATE steps SET remaining_deps = remaining_deps - 1,"
+    " state = CASE WHEN remaining_deps = 1 THEN 'ready' ELSE state END, updated_at = ?"
+    # driven by the primary key: one lookup per dependent, not a scan of the run's
+    # pending steps
+    " WHERE (run_id, asset, partition) IN (SELECT run_id, asset, partition"
+    "  FROM step_deps WHERE run_id = ? AND dep_asset = ? AND dep_partition = ?)"
+    f" AND state = 'pending' AND remaining_deps > 0 RETURNING {STEP_COLS}"
+)
+_FINISH = (
+    "UPDATE steps SET state = ?, materialization_id = COALESCE(?, materialization_id),"
+    f" error = ?, owner = NULL, lease_expires_at = NULL, updated_at = ? WHERE {STEP_KEY}"
+)
+# store_rules.finish_applies for a fenced finish, in the write itself: the step is held
+# under the fence (fence_holds) in a state the outcome is accepted from (accepted_states:
+# a 'waiting' outcome applies to a running step only, not to one waiting already)
+_HELD_STATES = {
+    waiting: tuple(sorted(rules.accepted_states(StepOutcome("waiting" if waiting else "failed"))
+                          & {"running", "waiting"}))
+    for waiting in (False, True)
+}  # fmt: skip
+_FINISH_HELD = {
+    n: f"{_FINISH} AND state IN ({marks(n)}) AND owner = ? AND attempt = ?"
+    # and the run's status, read here instead of by a statement of its own
+    " RETURNING attempt, (SELECT status FROM runs WHERE run_id = steps.run_id)"
+    for n in {len(states) for states in _HELD_STATES.values()}
+}
 
 
 class _NotHeld(Exception):
