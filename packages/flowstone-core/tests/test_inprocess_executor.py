@@ -102,6 +102,31 @@ def test_a_blocked_step_does_not_hold_up_quick_ones(make_pipeline: PipelineFacto
     assert all(clock.spans[f"q{i}"][2] < crawl_end for i in range(15))
 
 
+def test_a_retry_waits_out_its_backoff_without_holding_the_worker(
+    make_pipeline: PipelineFactory,
+) -> None:
+    """On one worker thread: ``flaky`` (claimed first by its upstream's finish: the first
+    ready dependent by name) fails, and ``other`` runs while ``flaky`` waits to retry."""
+    clock = Clock()
+    tries: list[float] = []
+
+    @fs.asset(retry=fs.RetryPolicy(max_attempts=2, backoff="fixed", base_delay=0.3, jitter=0))
+    def flaky(root: int) -> int:
+        tries.append(time.perf_counter())
+        if len(tries) == 1:
+            raise ConnectionError("try again")
+        return root + 1
+
+    p = make_pipeline(
+        [clock.asset("root"), flaky, clock.asset("other", ("root",))],
+        executor=fs.InProcessExecutor(max_workers=1),
+    )
+    assert p.run(["flaky", "other"]).status == "succeeded"
+    assert len(tries) == 2 and p.get("flaky") == 2
+    assert tries[0] < clock.spans["other"][2] < tries[1]
+    assert len(clock.threads()) == 1
+
+
 def test_max_workers_bounds_the_threads_that_run_steps(
     make_pipeline: PipelineFactory, counter: Counter
 ) -> None:
@@ -156,6 +181,53 @@ def test_a_store_error_in_a_worker_is_raised_from_run(
     with pytest.raises(RuntimeError, match="disk on fire"):
         p.run("b", force=True)
     assert threading.active_count() == before, threading.enumerate()
+
+
+def test_cancelling_returns_while_blocked_workers_still_wait(
+    make_pipeline: PipelineFactory, counter: Counter
+) -> None:
+    """Two assets block on different threads; the run is cancelled: run() returns at once
+    (they finish in the background, unrecorded) and nothing after them starts."""
+    release = threading.Event()
+    both = threading.Barrier(3, timeout=10)
+
+    def blocked(name: str) -> fs.AssetDef:
+        def fn() -> int:
+            counter.enter()
+            try:
+                both.wait()
+                release.wait(10)
+                return 1
+            finally:
+                counter.leave()
+
+        return fs.asset(name=name)(fn)
+
+    @fs.asset
+    def report(left: int, right: int) -> int:
+        counter.hit("report")
+        return left + right
+
+    p = make_pipeline([blocked("left"), blocked("right"), report])
+
+    def operator() -> None:
+        both.wait()  # both assets are running, each on its own thread
+        p.cancel("night-1")
+
+    t = threading.Thread(target=operator)
+    t.start()
+    try:
+        result = p.run("report", run_id="night-1")
+        still_blocked = counter.active
+    finally:
+        release.set()
+        t.join()
+    assert result.status == "cancelled" and still_blocked == 2
+    for _ in range(500):  # let the abandoned assets end before the store closes
+        if counter.active == 0:
+            break
+        threading.Event().wait(0.01)
+    assert "report" not in counter.calls and not p.exists("left")
 
 
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), True, "2ms"])
