@@ -73,7 +73,7 @@ class StepWorkers:
         self._seq = itertools.count()
         self._workers: list[_Worker] = []
         self._idle = 0
-        self._watching = False  # the watcher's sleep is bounded by blocked_after
+        self._watching = False  # the watcher has seen ready steps: add() need not wake it
         self.closed = False
         self.abandoned = False  # a worker was left running: close() does not wait for it
         self.error: BaseException | None = None
@@ -115,7 +115,9 @@ class StepWorkers:
                 timeout = until - now
                 if self._delayed:
                     timeout = min(timeout, self._delayed[0][0] - now)
-                self._watching = False
+                # told of no new ready steps while it knows of some: it can add a worker
+                # only when one is idle or fewer than max_workers exist (_take tells it)
+                self._watching = bool(self.ready)
                 if self.ready and (self._idle or len(self._workers) < self._max):
                     # a running worker counts as fresh when this call began: the caller's
                     # own store reads just held it up (they take the GIL and the store)
@@ -123,7 +125,6 @@ class StepWorkers:
                         self._add_worker()
                         latest = now
                     timeout = min(timeout, max(latest, entered) + self._blocked_after - now)
-                    self._watching = True
                 self._wake.wait(timeout)
 
     def _latest_start(self) -> float | None:
@@ -198,8 +199,10 @@ class StepWorkers:
                     step = self.ready.popleft()
                     me.started(step)  # busy before the lock is let go: the watcher sees it
                     return step
-                if not any(w.running() for w in self._workers):
-                    self._wake.notify()  # nothing runs: the watcher decides what next
+                if self.ready or not any(w.running() for w in self._workers):
+                    # steps wait for an idle worker (the watcher times when it takes one),
+                    # or nothing runs: the watcher decides what next
+                    self._wake.notify()
                 self._idle += 1
                 self._work.wait()
                 self._idle -= 1
