@@ -290,16 +290,18 @@ def us_per_asset(samples: list[float], baseline: float, assets: int) -> float:
 class InlineExecutor:
     """Runs every step on the calling thread, so cProfile (which sees one thread) sees
     all the per-step work. Used only by ``--profile``; the timings use the default
-    thread-pool executor."""
+    executor. Like it, each step runs with ``run_chain``: the continuation a finish
+    claims runs next, the other ready steps are queued."""
 
     name = "bench-inline"
     blocking = True
 
     def dispatch(self, runner: Any, run_id: str, steps: Any) -> None:
+        from flowstone.engine import run_chain
+
         ready = list(steps)
         while ready:
-            step = ready.pop()
-            ready.extend(runner.run_step(step.run_id or run_id, step.asset, step.partition).steps)
+            run_chain(runner, ready.pop(), hand_off=ready.extend)
 
     def close(self) -> None:
         return None

@@ -287,3 +287,27 @@ def test_a_chain_goes_on_in_one_thread_and_fan_outs_go_back_to_the_pool(
     assert claims == ["a", "left"] or claims == ["a", "right"]
     attempts = {s.asset: s.attempt for s in p.store.list_steps(result.run_id)}
     assert set(attempts.values()) == {1}
+
+
+def test_the_log_lines_an_asset_writes_are_recorded_and_none_when_it_writes_none(
+    make_pipeline: PipelineFactory,
+) -> None:
+    @fs.asset
+    def quiet(context: fs.Context) -> int:
+        assert context.log_lines == ()
+        return 1
+
+    @fs.asset
+    def chatty(context: fs.Context, quiet: int) -> int:
+        context.log.debug("not kept")
+        context.log.info("read %d", quiet)
+        context.log.warning("late")
+        assert context.log_lines == ("INFO read 1", "WARNING late")
+        return quiet + 1
+
+    p = make_pipeline([quiet, chatty])
+    result = p.run("chatty")
+    assert result.status == "succeeded"
+    by_asset = {m.asset: m for m in result.materializations}
+    assert "logs" not in by_asset["quiet"].metadata
+    assert by_asset["chatty"].metadata["logs"] == ["INFO read 1", "WARNING late"]

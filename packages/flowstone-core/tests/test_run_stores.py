@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from flowstone.defaults.sqlite_schema import MIGRATIONS, migrate
 from flowstone.defaults.sqlite_store import SQLiteRunStore
 from flowstone.errors import DefinitionError, StorageError, UsageError
 from flowstone.protocols import RunStore, StorageKey
-from flowstone.records import RunRecord, StepOutcome, StepSpec
+from flowstone.records import Continuation, RunRecord, StepOutcome, StepSpec
 from flowstone.testing.store_contract import RunStoreContract
 
 
@@ -195,3 +197,118 @@ def test_a_store_missing_a_role_is_refused_naming_what_is_missing() -> None:
     with pytest.raises(DefinitionError, match="missing methods add_step_note") as info:
         fs.Pipeline("sales", [], store=WithoutNotes())
     assert "flowstone.protocols.RunStore" in str(info.value)
+
+
+def _chain_run(store: RunStore) -> RunRecord:
+    """extract -> load, one run of it created in ``store``."""
+    now = datetime.now(UTC)
+    run = RunRecord("r-chain", "sales", ("load",), "", "running", now, now)
+    store.create_run(run, [StepSpec("extract", ""), StepSpec("load", "", deps=(("extract", ""),))])
+    return run
+
+
+def _record(run: RunRecord, asset: str, mat_id: str) -> fs.MaterializationRecord:
+    now = datetime.now(UTC)
+    return fs.MaterializationRecord(
+        mat_id, run.pipeline, run.run_id, asset, "", "succeeded", "fs", f"/{asset}", 1, now, now
+    )
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_continuation_reports_its_claim_like_claim_step(kind: str, tmp_path: Path) -> None:
+    """The step a finish claims for its caller became ready in that finish and is taken
+    over from no one: ``queued_s`` (about 0) and ``took_over`` False are reported, as
+    claim_step reports them."""
+    store: RunStore = MemoryRunStore() if kind == "memory" else SQLiteRunStore(tmp_path / "s.db")
+    run = _chain_run(store)
+    assert store.claim_step(run.run_id, "extract", "", owner="w1", lease_seconds=60)
+    done = store.finish_step(
+        run.run_id, "extract", "", StepOutcome("succeeded", _record(run, "extract", "m1")),
+        then=Continuation("w1", 60),
+    )  # fmt: skip
+    claimed = done.claimed
+    assert claimed is not None and (claimed.asset, claimed.state, claimed.attempt) == (
+        "load", "running", 1)  # fmt: skip
+    assert claimed.queued_s is not None and claimed.queued_s >= 0 and not claimed.took_over
+    assert store.get_step(run.run_id, "load", "") == replace(claimed, queued_s=None)
+
+
+def test_sqlite_refuses_a_materialization_id_another_step_recorded(tmp_path: Path) -> None:
+    store = SQLiteRunStore(tmp_path / "s.db")
+    run = _chain_run(store)
+    store.claim_step(run.run_id, "extract", "", owner="w1", lease_seconds=60)
+    store.finish_step(
+        run.run_id, "extract", "", StepOutcome("succeeded", _record(run, "extract", "m1"))
+    )
+    store.claim_step(run.run_id, "load", "", owner="w1", lease_seconds=60)
+    with pytest.raises(StorageError, match="'m1' is already used by run 'r-chain' asset 'extract'"):
+        store.finish_step(
+            run.run_id, "load", "", StepOutcome("succeeded", _record(run, "load", "m1"))
+        )
+    step = store.get_step(run.run_id, "load", "")
+    assert step is not None and step.state == "running"  # nothing of the finish was written
+    # the failed transaction let go of the store: the next write goes through
+    done = store.finish_step(
+        run.run_id, "load", "", StepOutcome("succeeded", _record(run, "load", "m2"))
+    )
+    assert done.applied and done.run_status == "succeeded"
+
+
+def _checkpoint_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "flowstone-checkpoint"]
+
+
+def test_the_background_checkpoints_end_with_the_store(tmp_path: Path) -> None:
+    """Busy stores copy their write-ahead log into the file from a thread of their own;
+    closing the store ends it, and nothing written is lost."""
+    before = len(_checkpoint_threads())  # (other tests' stores may still be open)
+    store = SQLiteRunStore(tmp_path / "s.db")
+    for i in range(200):
+        assert store.set_cursor("offset", str(i), expected=None if i == 0 else str(i - 1))
+    assert len(_checkpoint_threads()) == before + 1
+    store.close()
+    assert len(_checkpoint_threads()) == before
+    reopened = SQLiteRunStore(tmp_path / "s.db")
+    assert reopened.get_cursor("offset") == "199"
+    reopened.close()
+    memory = SQLiteRunStore(":memory:")  # no file, no log: nothing to copy
+    for i in range(200):
+        memory.set_cursor("offset", str(i))
+    assert len(_checkpoint_threads()) == before
+    memory.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_fenced_out_finish_writes_nothing_even_with_a_clashing_record(
+    kind: str, tmp_path: Path
+) -> None:
+    """A runner whose claim was taken over cannot commit, whatever it carries: its finish
+    is refused (not an error), and no record, lineage or audit entry of it is written."""
+    from flowstone.records import Fence
+
+    store: RunStore = MemoryRunStore() if kind == "memory" else SQLiteRunStore(tmp_path / "s.db")
+    run = _chain_run(store)
+    store.claim_step(run.run_id, "extract", "", owner="w1", lease_seconds=60)
+    store.finish_step(
+        run.run_id, "extract", "", StepOutcome("succeeded", _record(run, "extract", "m1"))
+    )
+    first = store.claim_step(run.run_id, "load", "", owner="w1", lease_seconds=60)
+    assert first is not None
+    store.retry_step(run.run_id, "load", "", delay_seconds=0, error="lost", fence=None)
+    second = store.claim_step(run.run_id, "load", "", owner="w2", lease_seconds=60)
+    assert second is not None and second.attempt == first.attempt + 1
+    audit = len(store.list_audit(run.run_id))
+    for mat_id in ("m1", "m-stale"):  # an id another record has, and a fresh one
+        stale = store.finish_step(
+            run.run_id, "load", "", StepOutcome("succeeded", _record(run, "load", mat_id)),
+            fence=Fence("w1", first.attempt),
+        )  # fmt: skip
+        assert not stale.applied
+    assert store.get_materialization("m-stale") is None
+    assert len(store.list_audit(run.run_id)) == audit
+    done = store.finish_step(
+        run.run_id, "load", "", StepOutcome("succeeded", _record(run, "load", "m2")),
+        fence=Fence("w2", second.attempt),
+    )  # fmt: skip
+    assert done.applied and done.run_status == "succeeded"
+    assert store.list_audit(run.run_id)[-2].detail["attempt"] == second.attempt

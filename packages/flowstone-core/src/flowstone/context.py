@@ -85,11 +85,12 @@ class Context:
 
     __slots__ = (
         "_gate",
+        "_log",
+        "_logger",
         "asset",
         "attempt",
         "batch",
         "lease_lost",
-        "log",
         "metadata",
         "partition",
         "partition_key",
@@ -127,18 +128,31 @@ class Context:
         self.batch = batch
         self.metadata: dict[str, Any] = {}
         self.lease_lost = lease_lost if lease_lost is not None else threading.Event()
-        base = logger or logging.getLogger(f"flowstone.asset.{asset}")
-        self.log = StepLog(
-            base,
-            {
-                "run_id": run_id,
-                "pipeline": pipeline,
-                "asset": asset,
-                "partition": partition_key,
-                "attempt": attempt,
-            },
-        )
+        self._logger = logger
+        self._log: StepLog | None = None  # made on first use: most assets never log
         self._gate: SignalGate | None = None
+
+    @property
+    def log(self) -> StepLog:
+        """A logger that tags records with ``run_id``, ``pipeline``, ``asset``,
+        ``partition`` (encoded) and ``attempt``, and keeps the step's lines."""
+        if self._log is None:
+            self._log = StepLog(
+                self._logger or logging.getLogger(f"flowstone.asset.{self.asset}"),
+                {
+                    "run_id": self.run_id,
+                    "pipeline": self.pipeline,
+                    "asset": self.asset,
+                    "partition": self.partition_key,
+                    "attempt": self.attempt,
+                },
+            )
+        return self._log
+
+    @property
+    def log_lines(self) -> tuple[str, ...]:
+        """The lines :attr:`log` kept so far (INFO and above; none if it was not used)."""
+        return () if self._log is None else tuple(self._log.lines)
 
     def signal_gate(
         self,

@@ -200,4 +200,6 @@ class Emitter:
         self, run_id: str, asset: str, partition: str, upstream: Sequence[str]
     ) -> str | None:
         """Send ``lineage.recorded``; return an error description if an observer failed."""
+        if not self._listening[0]:
+            return None
         return self.emit("lineage.recorded", run_id, asset, partition, {"upstream": list(upstream)})

@@ -14,12 +14,12 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from flowstone.defaults.sqlite_checkpoints import WalCheckpointer
 from flowstone.defaults.sqlite_schema import migrate
 from flowstone.errors import StorageError
 from flowstone.store_rules import utc_now
@@ -51,8 +51,10 @@ class SQLiteConnection:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
-        # connections inherited through fork: closing them would disturb the parent's locks
-        self._inherited: list[sqlite3.Connection] = []
+        # connections (and checkpointers holding one) inherited through fork: closing them
+        # would disturb the parent's locks
+        self._inherited: list[sqlite3.Connection | WalCheckpointer] = []
+        self._checkpoints: WalCheckpointer | None = None  # the WAL copied in the background
 
     @property
     def path(self) -> str:
@@ -67,6 +69,9 @@ class SQLiteConnection:
         if conn is not None:
             self._inherited.append(conn)
             self._conn = None
+        if self._checkpoints is not None:
+            self._inherited.append(self._checkpoints)
+            self._checkpoints = None
         try:
             if self._path != ":memory:":
                 Path(self._path).parent.mkdir(parents=True, exist_ok=True)
@@ -84,6 +89,11 @@ class SQLiteConnection:
             # checkpoint (and fsync) every ~40 MB of WAL instead of every 4 MB: on slow
             # disks the default checkpoints cost more than all the commits between them
             conn.execute("PRAGMA wal_autocheckpoint = 10000")
+            # up to 32 MiB of pages kept in memory (SQLite's default is 2 MiB): a run's
+            # steps, their indexes and the records they read stay cached as the file grows
+            # (the statements of a 500-asset run took 85-94 ms instead of 99-108 ms after
+            # a dozen runs)
+            conn.execute("PRAGMA cache_size = -32768")
             conn.execute("PRAGMA foreign_keys = ON")
             _retry_locked(lambda: migrate(conn), self._busy_timeout)
         except (OSError, sqlite3.Error) as exc:
@@ -92,23 +102,14 @@ class SQLiteConnection:
                 "directory is writable and the file is a FlowStone database"
             ) from exc
         self._conn, self._pid = conn, os.getpid()
+        if self._path != ":memory:":
+            self._checkpoints = WalCheckpointer(self._path)
         return conn
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, serialised with other threads and processes."""
-        with self._lock:
-            conn = self._db()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise self._error(exc) from exc
-                raise
+    def _write(self) -> _Transaction:
+        """One write transaction, serialised with other threads and processes
+        (``with self._write() as conn:``)."""
+        return _Transaction(self)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
@@ -126,9 +127,62 @@ class SQLiteConnection:
     def close(self) -> None:
         """Close the connection; a later call reopens it."""
         with self._lock:
-            if self._conn is not None and self._pid == os.getpid():
-                self._conn.close()
-            self._conn = None
+            if self._pid == os.getpid():
+                if self._checkpoints is not None:
+                    self._checkpoints.close()
+                if self._conn is not None:
+                    self._conn.close()
+            self._conn = self._checkpoints = None
+
+
+class _Transaction:
+    """``SQLiteConnection._write()``: holds the store's lock, ``BEGIN IMMEDIATE`` on entry,
+    ``COMMIT`` on a clean exit, ``ROLLBACK`` otherwise; SQLite errors become
+    :class:`~flowstone.errors.StorageError`. (A class, not a generator context manager:
+    it is entered twice per step.)"""
+
+    __slots__ = ("_conn", "_store")
+
+    def __init__(self, store: SQLiteConnection) -> None:
+        self._store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        store = self._store
+        store._lock.acquire()
+        conn = None
+        try:
+            conn = self._conn = store._db()
+            conn.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
+            self._end(exc, conn)
+        assert conn is not None  # (_end raised otherwise)
+        return conn
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            try:
+                self._conn.execute("COMMIT")
+            except BaseException as failed:
+                self._end(failed, self._conn)
+            store = self._store
+            try:
+                if store._checkpoints is not None:
+                    store._checkpoints.committed()
+            finally:
+                store._lock.release()
+        else:
+            self._end(exc, self._conn)
+
+    def _end(self, exc: BaseException, conn: sqlite3.Connection | None) -> NoReturn:
+        """Roll back, let the lock go and raise ``exc`` (a SQLite error as StorageError)."""
+        try:
+            if conn is not None and conn.in_transaction:
+                conn.execute("ROLLBACK")
+        finally:
+            self._store._lock.release()
+        if isinstance(exc, sqlite3.Error):
+            raise self._store._error(exc) from exc
+        raise exc
 
 
 # --- SQL builders ---------------------------------------------------------------------------

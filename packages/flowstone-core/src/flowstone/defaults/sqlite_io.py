@@ -10,9 +10,11 @@ or values other tools should read as files.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 from flowstone.codec import EncodedValue, decode_from_storage, encode_for_storage
+from flowstone.defaults.sqlite_checkpoints import WalCheckpointer
 from flowstone.defaults.sqlite_connection import BATCH
 from flowstone.errors import StorageError, UnsafeKeyError, ValueNotFoundError
 from flowstone.protocols import StorageKey
@@ -36,6 +39,9 @@ CREATE TABLE IF NOT EXISTS flowstone_values (
 )
 """
 _WRITTEN_AT = "ALTER TABLE flowstone_values ADD COLUMN written_at INTEGER"  # files before it
+_UNQUOTED = re.compile(r"[A-Za-z0-9_.~-]*")  # what quote(safe="") leaves as it is
+_RECENT_VALUES = 256  # values this manager wrote that it reads from memory...
+_RECENT_MAX_BYTES = 64 * 1024  # ...when they are at most this big, encoded
 
 
 class SQLiteIOManager:
@@ -49,9 +55,17 @@ class SQLiteIOManager:
 
     Locations look like ``sqlite:<pipeline>/<asset>/<partition>/<run_id>[/aN][/item-N]``. They
     are table keys, never paths, so no name or partition can reach outside the table.
+
+    A value is never changed once written (every attempt writes its own location), so the
+    last few small values this manager wrote are also kept encoded in memory: a
+    dependent that runs next reads them from there, decoded afresh (each reader gets its
+    own copy), without a query.
     """
 
-    __slots__ = ("_allow_pickle", "_conn", "_lock", "_path", "_pid", "name")
+    __slots__ = (
+        "_allow_pickle", "_checkpoints", "_conn", "_inherited", "_lock", "_path", "_pid",
+        "_recent", "name",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -66,6 +80,9 @@ class SQLiteIOManager:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
+        self._checkpoints: WalCheckpointer | None = None  # the WAL copied in the background
+        self._inherited: list[WalCheckpointer] = []  # through fork: never closed here
+        self._recent: OrderedDict[str, tuple[Any, bytes]] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"SQLiteIOManager(path={str(self._path)!r})"
@@ -83,6 +100,11 @@ class SQLiteIOManager:
             columns = {r[1] for r in conn.execute("PRAGMA table_info(flowstone_values)")}
             if "written_at" not in columns:
                 conn.execute(_WRITTEN_AT)  # rows written before have none: never pruned
+            if self._checkpoints is not None:
+                self._inherited.append(self._checkpoints)
+            self._checkpoints = None if str(self._path) == ":memory:" else WalCheckpointer(
+                str(self._path)
+            )
             self._conn, self._pid = conn, os.getpid()
         return self._conn
 
@@ -93,7 +115,10 @@ class SQLiteIOManager:
             parts.append(f"a{int(key.attempt)}")
         if key.item is not None:
             parts.append(f"item-{key.item}")
-        return _PREFIX + "/".join(quote(p, safe="", errors="surrogatepass") for p in parts)
+        return _PREFIX + "/".join(
+            p if _UNQUOTED.fullmatch(p) else quote(p, safe="", errors="surrogatepass")
+            for p in parts
+        )
 
     @staticmethod
     def _check(location: str) -> str:
@@ -113,6 +138,13 @@ class SQLiteIOManager:
                     " written_at = excluded.written_at",
                     (location, encoded.format, encoded.data, time.time_ns() // 1000),
                 )
+                if self._checkpoints is not None:
+                    self._checkpoints.committed()
+                self._recent.pop(location, None)
+                if len(encoded.data) <= _RECENT_MAX_BYTES:
+                    self._recent[location] = (encoded.format, encoded.data)
+                    if len(self._recent) > _RECENT_VALUES:
+                        self._recent.popitem(last=False)
         except sqlite3.Error as exc:
             raise StorageError(f"storing {location} in {self._path} failed: {exc}") from exc
         return location
@@ -120,13 +152,16 @@ class SQLiteIOManager:
     def load(self, location: str) -> object:
         self._check(location)
         with self._lock:
-            row = (
-                self._db()
-                .execute(
-                    "SELECT format, data FROM flowstone_values WHERE location = ?", (location,)
+            row = self._recent.get(location)
+            if row is None:
+                row = (
+                    self._db()
+                    .execute(
+                        "SELECT format, data FROM flowstone_values WHERE location = ?",
+                        (location,),
+                    )
+                    .fetchone()
                 )
-                .fetchone()
-            )
         if row is None:
             raise ValueNotFoundError(f"no value stored at {location} in {self._path}")
         return decode_from_storage(
@@ -139,13 +174,18 @@ class SQLiteIOManager:
         """The values at ``locations``, in order, in one query per 400 locations."""
         for location in locations:
             self._check(location)
-        unique = list(dict.fromkeys(locations))
         found: dict[str, tuple[Any, bytes]] = {}
         with self._lock:
-            db = self._db()
+            recent = self._recent
+            unique: list[str] = []  # not among the recent values: read from the table
+            for location in dict.fromkeys(locations):
+                if (hit := recent.get(location)) is not None:
+                    found[location] = hit
+                else:
+                    unique.append(location)
             for i in range(0, len(unique), BATCH):
                 chunk = unique[i : i + BATCH]
-                rows = db.execute(
+                rows = self._db().execute(
                     "SELECT location, format, data FROM flowstone_values WHERE location IN "
                     f"({', '.join('?' * len(chunk))})",
                     chunk,
@@ -178,6 +218,7 @@ class SQLiteIOManager:
     def delete(self, location: str) -> None:
         self._check(location)
         with self._lock:
+            self._recent.pop(location, None)
             self._db().execute("DELETE FROM flowstone_values WHERE location = ?", (location,))
 
     def stored_before(
@@ -203,6 +244,10 @@ class SQLiteIOManager:
 
     def close(self) -> None:
         with self._lock:
+            self._recent.clear()
+            if self._checkpoints is not None and self._pid == os.getpid():
+                self._checkpoints.close()
+            self._checkpoints = None
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None

@@ -407,7 +407,7 @@ class SQLiteRecords(SQLiteConnection):
         c.execute(
             "INSERT INTO audit (run_id, at, kind, asset, partition, detail)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (run_id, at, kind, asset, partition, json.dumps(detail, separators=(",", ":"))),
+            (run_id, at, kind, asset, partition, _COMPACT.encode(detail)),
         )
 
     # --- scatter item results ------------------------------------------------------------
@@ -475,34 +475,49 @@ def upsert_materialization(
     ``mat`` is bound to its step (:func:`flowstone.store_rules.bind_outcome`) and
     ``metadata_json`` its encoded metadata.
     """
-    key = (mat.run_id, mat.asset, mat.partition)
-    old = c.execute(
-        "SELECT id FROM materializations WHERE run_id = ? AND asset = ? AND partition = ?", key
-    ).fetchone()
-    mat_id = mat.id if old is None else str(old[0])
-    if old is None:
-        clash = c.execute(
-            "SELECT run_id, asset FROM materializations WHERE id = ?", (mat_id,)
-        ).fetchone()
-        if clash is not None:
-            raise StorageError(
-                f"{where}: materialization id {mat_id!r} is already used by run {clash[0]!r} "
-                f"asset {clash[1]!r}; ids must be unique"
-            )
-    else:
+    insert = f"INSERT INTO materializations ({MAT_COLS}) VALUES ({marks(14)})"
+    mat_id = mat.id
+    try:  # the usual case: the step's first record, a new id (one statement)
+        c.execute(insert, _mat_values(mat, mat_id, metadata_json))
+    except sqlite3.IntegrityError:  # (the failed statement wrote nothing)
+        key = (mat.run_id, mat.asset, mat.partition)
+        # this step's record, and whichever record has the id already: one statement
+        found = c.execute(
+            "SELECT id, run_id, asset, partition FROM materializations"
+            " WHERE (run_id = ? AND asset = ? AND partition = ?) OR id = ?",
+            (*key, mat.id),
+        ).fetchall()
+        old = next((r for r in found if tuple(r[1:]) == key), None)
+        if old is None:
+            clash = found[0] if found else None  # not this step's: another record's id
+            if clash is not None:
+                raise StorageError(
+                    f"{where}: materialization id {mat_id!r} is already used by run "
+                    f"{clash[1]!r} asset {clash[2]!r}; ids must be unique"
+                ) from None
+            raise  # another constraint: the error says which
+        mat_id = str(old[0])
         c.execute("DELETE FROM lineage WHERE downstream_id = ?", (mat_id,))
         c.execute("DELETE FROM materializations WHERE id = ?", (mat_id,))
-    values = (
-        mat_id, mat.pipeline, mat.run_id, mat.asset, mat.partition, mat.state, mat.io_manager,
-        mat.location, mat.attempt, to_micros(mat.started_at), to_micros(mat.finished_at), mat.error,
-        metadata_json or "{}", int(mat.invalidated),
-    )  # fmt: skip
-    c.execute(f"INSERT INTO materializations ({MAT_COLS}) VALUES ({marks(14)})", values)
+        c.execute(insert, _mat_values(mat, mat_id, metadata_json))
     c.executemany(
         "INSERT INTO lineage VALUES (?, ?, ?)",
         [(mat_id, i, up) for i, up in enumerate(mat.upstream)],
     )
     return mat_id
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps(..., separators) makes one per call
+
+
+def _mat_values(
+    mat: MaterializationRecord, mat_id: str, metadata_json: str | None
+) -> tuple[Any, ...]:
+    return (
+        mat_id, mat.pipeline, mat.run_id, mat.asset, mat.partition, mat.state, mat.io_manager,
+        mat.location, mat.attempt, to_micros(mat.started_at), to_micros(mat.finished_at), mat.error,
+        metadata_json or "{}", int(mat.invalidated),
+    )  # fmt: skip
 
 
 def _past(expires_at: datetime | None, now: datetime) -> bool:

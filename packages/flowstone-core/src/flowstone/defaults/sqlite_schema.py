@@ -305,10 +305,14 @@ def run_row(r: Sequence[Any]) -> RunRecord:
     )
 
 
-def step_row(r: Sequence[Any]) -> StepRecord:
+def step_row(
+    r: Sequence[Any], queued_s: float | None = None, took_over: bool = False
+) -> StepRecord:
+    """A step read back; a claim passes what it reports beside it (``queued_s``,
+    ``took_over``)."""
     return StepRecord(
         r[0], r[1], r[2], r[3], r[4], r[5], r[6], from_micros(r[7]), from_micros(r[8]), r[9],
-        r[10], from_micros(r[11]),
+        r[10], from_micros(r[11]), queued_s, took_over,
     )
 
 

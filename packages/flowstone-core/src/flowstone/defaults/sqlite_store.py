@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -382,71 +381,81 @@ class SQLiteRunStore(SQLiteRecords):
         where = f"finish_step(run {run_id!r}, asset {asset!r}, partition {partition!r})"
         # bound and JSON-encoded before the transaction: a bad value must not half write
         bound = rules.bind_outcome(run_id, asset, partition, outcome, where)
-        mat = bound.materialization
+        key = (run_id, asset, partition)
+        if fence is not None:
+            # the usual case, a runner finishing what it holds: the fence is checked by the
+            # step's update itself, no read first; anything else is rolled back and goes
+            # the full way below, which applies the rules in their order
+            try:
+                return self._finish(key, outcome, bound, where, then, fence)
+            except _NotHeld:
+                pass
+        return self._finish(key, outcome, bound, where, then, None, fence)
+
+    def _finish(
+        self,
+        key: tuple[str, str, str],
+        outcome: StepOutcome,
+        bound: rules.BoundOutcome,
+        where: str,
+        then: Continuation | None,
+        held: Fence | None,
+        fence: Fence | None = None,
+    ) -> StepTransition:
+        """``finish_step``; with ``held``, only if the step is held under that fence (else
+        :class:`_NotHeld`, nothing written), without reading it first."""
+        run_id, asset, partition = key
         now_dt = self.clock()
         now = to_micros(now_dt)
-        key = (run_id, asset, partition)
         claimed = None
         with self._write() as c:
-            row = c.execute(
-                f"SELECT state, attempt, owner FROM steps WHERE {STEP_KEY}", key
-            ).fetchone()
-            if not rules.finish_applies(
-                row and row[0], outcome, run_id, asset, partition,
-                fence=fence, owner=row and row[2], attempt=row[1] if row else 0,
-            ):  # fmt: skip
-                return StepTransition(applied=False)
-            detail = rules.finish_detail(row[1], outcome)
-            mat_id = None
-            if mat is not None:
-                mat_id = upsert_materialization(c, mat, bound.materialization_metadata_json, where)
-            if (a := bound.approval) is not None:
-                detail["approval_id"] = c.execute(
-                    "INSERT INTO approvals (pipeline, run_id, asset, partition, message, status,"
-                    " created_at, expires_at, io_manager, location, metadata)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (a.pipeline, run_id, asset, partition, a.message, a.status,
-                     to_micros(a.created_at), to_micros(a.expires_at), a.io_manager, a.location,
-                     bound.approval_metadata_json),
-                ).lastrowid  # fmt: skip
-            if (g := bound.gate) is not None:
-                taken = c.execute("SELECT 1 FROM gates WHERE token_hash = ?", (g.token_hash,))
-                if taken.fetchone():
-                    raise StorageError(f"{where}: a gate with this token hash already exists")
-                c.execute(
-                    f"INSERT INTO gates ({GATE_COLS}) VALUES ({marks(11)})",
-                    (g.token_hash, g.pipeline, run_id, asset, partition, g.status,
-                     to_micros(g.created_at), to_micros(g.expires_at), bound.gate_payload_json,
-                     None, bound.gate_metadata_json),
-                )  # fmt: skip
-            c.execute(
-                "UPDATE steps SET state = ?, materialization_id = COALESCE(?, materialization_id),"
-                " error = ?, owner = NULL, lease_expires_at = NULL, updated_at = ?"
-                f" WHERE {STEP_KEY}",
-                (outcome.state, mat_id, outcome.error, now, *key),
-            )
+            attempt, previous = 0, None
+            if held is None:
+                row = c.execute(
+                    f"SELECT state, attempt, owner FROM steps WHERE {STEP_KEY}", key
+                ).fetchone()
+                if not rules.finish_applies(
+                    row and row[0], outcome, run_id, asset, partition,
+                    fence=fence, owner=row and row[2], attempt=row[1] if row else 0,
+                ):  # fmt: skip
+                    return StepTransition(applied=False)
+                attempt = row[1]
+            try:
+                mat_id, approval_id = self._write_records(c, bound, key, where)
+            except StorageError as exc:
+                if held is not None:  # the full way says whether it applies at all first
+                    raise _NotHeld from exc
+                raise
+            if held is None:
+                c.execute(_FINISH, (outcome.state, mat_id, outcome.error, now, *key))
+            else:
+                states = _HELD_STATES[outcome.state == "waiting"]
+                got = c.execute(
+                    _FINISH_HELD[len(states)],
+                    (outcome.state, mat_id, outcome.error, now, *key, *states, held.owner,
+                     held.attempt),
+                ).fetchone()  # fmt: skip
+                if got is None:
+                    raise _NotHeld
+                attempt, previous = got
+            detail = rules.finish_detail(attempt, outcome)
+            if approval_id is not None:
+                detail["approval_id"] = approval_id
             ready: list[StepRecord] = []
             if outcome.state != "waiting":
                 # dependents of a non-terminal step are all pending; the guard keeps a
                 # count from ever going below zero
-                rows = c.execute(
-                    "UPDATE steps SET remaining_deps = remaining_deps - 1,"
-                    " state = CASE WHEN remaining_deps = 1 THEN 'ready' ELSE state END,"
-                    " updated_at = ?"
-                    # driven by the primary key: one lookup per dependent, not a scan of
-                    # the run's pending steps
-                    " WHERE (run_id, asset, partition) IN (SELECT run_id, asset, partition"
-                    "  FROM step_deps WHERE run_id = ? AND dep_asset = ? AND dep_partition = ?)"
-                    " AND state = 'pending' AND remaining_deps > 0"
-                    f" RETURNING {STEP_COLS}",
-                    (now, *key),
-                ).fetchall()
+                rows = c.execute(_RELEASE_DEPENDENTS, (now, *key)).fetchall()
                 ready = [step_row(r) for r in rows if r[3] == "ready"]
             pick = rules.continuation_key(ready, now_dt) if then else None
             if then is not None and pick is not None:
-                claimed = _claim(c, (run_id, *pick), then.owner, then.lease_seconds, now_dt)
-                ready = [r for r in ready if (r.asset, r.partition) != pick]
-            previous = _run_status(c, run_id)
+                # the step as it was before the claim is the one the update just returned
+                was = next(r for r in ready if (r.asset, r.partition) == pick)
+                claimed = _claim(c, (run_id, *pick), then.owner, then.lease_seconds, now_dt,
+                                 before=(was.state, was.owner, was.updated_at, was.not_before))
+                ready = [r for r in ready if r is not was]
+            if previous is None:  # (nothing in this transaction writes the run before here)
+                previous = _run_status(c, run_id)
             status = rules.next_run_status(
                 previous, "running" if ready or claimed else _compute_status(c, run_id)
             )
@@ -464,6 +473,40 @@ class SQLiteRunStore(SQLiteRecords):
             run_status=rules.reported_status(previous, status),
             claimed=claimed,
         )
+
+    def _write_records(
+        self,
+        c: sqlite3.Connection,
+        bound: rules.BoundOutcome,
+        key: tuple[str, str, str],
+        where: str,
+    ) -> tuple[str | None, int | None]:
+        """A finish's materialization, approval or gate; returns (materialization id,
+        approval id)."""
+        run_id, asset, partition = key
+        mat_id = approval_id = None
+        if (mat := bound.materialization) is not None:
+            mat_id = upsert_materialization(c, mat, bound.materialization_metadata_json, where)
+        if (a := bound.approval) is not None:
+            approval_id = c.execute(
+                "INSERT INTO approvals (pipeline, run_id, asset, partition, message, status,"
+                " created_at, expires_at, io_manager, location, metadata)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (a.pipeline, run_id, asset, partition, a.message, a.status,
+                 to_micros(a.created_at), to_micros(a.expires_at), a.io_manager, a.location,
+                 bound.approval_metadata_json),
+            ).lastrowid  # fmt: skip
+        if (g := bound.gate) is not None:
+            taken = c.execute("SELECT 1 FROM gates WHERE token_hash = ?", (g.token_hash,))
+            if taken.fetchone():
+                raise StorageError(f"{where}: a gate with this token hash already exists")
+            c.execute(
+                f"INSERT INTO gates ({GATE_COLS}) VALUES ({marks(11)})",
+                (g.token_hash, g.pipeline, run_id, asset, partition, g.status,
+                 to_micros(g.created_at), to_micros(g.expires_at), bound.gate_payload_json,
+                 None, bound.gate_metadata_json),
+            )  # fmt: skip
+        return mat_id, approval_id
 
     def resend_steps(
         self,
@@ -518,12 +561,18 @@ def _claim(
     lease_seconds: float,
     now_dt: datetime,
     pipeline: str | None = None,
+    *,
+    before: tuple[str, str | None, datetime | None, datetime | None] | None = None,
 ) -> StepRecord | None:
+    """Claim the step at ``key``; ``before``: its (state, owner, updated_at, not_before),
+    when the transaction has just read them (else they are read here)."""
     now = to_micros(now_dt)
     expires = to_micros(now_dt + timedelta(seconds=lease_seconds))
-    before = c.execute(
-        f"SELECT state, owner, updated_at, not_before FROM steps WHERE {STEP_KEY}", key
-    ).fetchone()
+    if before is None:
+        was = c.execute(
+            f"SELECT state, owner, updated_at, not_before FROM steps WHERE {STEP_KEY}", key
+        ).fetchone()
+        before = (was[0], was[1], from_micros(was[2]), from_micros(was[3])) if was else None
     row = c.execute(
         "UPDATE steps SET state = 'running', attempt = attempt + 1, owner = ?,"
         " lease_expires_at = ?, not_before = NULL, updated_at = ?, resent_at = NULL,"
@@ -537,13 +586,43 @@ def _claim(
         f" RETURNING {STEP_COLS}",
         (owner, expires, now, *key, now, now, pipeline, pipeline),
     ).fetchone()
-    if row is None:
+    if row is None or before is None:
         return None
-    queued_s, took_over = rules.claim_facts(
-        before[0], before[1], from_micros(before[2]), from_micros(before[3]),
-        claimer=owner, now=now_dt,
-    )  # fmt: skip
-    return replace(step_row(row), queued_s=queued_s, took_over=took_over)
+    queued_s, took_over = rules.claim_facts(*before, claimer=owner, now=now_dt)
+    return step_row(row, queued_s, took_over)
+
+
+_RELEASE_DEPENDENTS = (
+    "UPDATE steps SET remaining_deps = remaining_deps - 1,"
+    " state = CASE WHEN remaining_deps = 1 THEN 'ready' ELSE state END, updated_at = ?"
+    # driven by the primary key: one lookup per dependent, not a scan of the run's
+    # pending steps
+    " WHERE (run_id, asset, partition) IN (SELECT run_id, asset, partition"
+    "  FROM step_deps WHERE run_id = ? AND dep_asset = ? AND dep_partition = ?)"
+    f" AND state = 'pending' AND remaining_deps > 0 RETURNING {STEP_COLS}"
+)
+_FINISH = (
+    "UPDATE steps SET state = ?, materialization_id = COALESCE(?, materialization_id),"
+    f" error = ?, owner = NULL, lease_expires_at = NULL, updated_at = ? WHERE {STEP_KEY}"
+)
+# store_rules.finish_applies for a fenced finish, in the write itself: the step is held
+# under the fence (fence_holds) in a state the outcome is accepted from (accepted_states:
+# a 'waiting' outcome applies to a running step only, not to one waiting already)
+_HELD_STATES = {
+    waiting: tuple(sorted(rules.accepted_states(StepOutcome("waiting" if waiting else "failed"))
+                          & {"running", "waiting"}))
+    for waiting in (False, True)
+}  # fmt: skip
+_FINISH_HELD = {
+    n: f"{_FINISH} AND state IN ({marks(n)}) AND owner = ? AND attempt = ?"
+    # and the run's status, read here instead of by a statement of its own
+    " RETURNING attempt, (SELECT status FROM runs WHERE run_id = steps.run_id)"
+    for n in {len(states) for states in _HELD_STATES.values()}
+}
+
+
+class _NotHeld(Exception):
+    """A fenced finish found its step not held under the fence (rolled back)."""
 
 
 def _run_not_found(run_id: str) -> RunNotFoundError:

@@ -5,13 +5,17 @@ step (``finish_step`` claims the next step in its own transaction, see
 :class:`~flowstone.records.Continuation`). They differ only in what they do with the
 other ready steps and how far they go, which are this function's parameters:
 
-* in-process: ``hand_off=None``: the chain stops as soon as a step makes more than one
-  step ready and returns them all (the claimed one ``running``), so siblings run in
-  parallel on the dispatcher's pool; no budget.
+* in-process: ``hand_off`` puts the other ready steps on the dispatch's queue, where
+  idle worker threads take them; no budget; ``started`` tells the dispatcher which step a
+  worker is in and since when (it adds a thread when every worker is blocked in one),
+  ``stop`` ends the chain once the dispatch has returned (a cancelled run).
 * Celery: ``hand_off`` publishes the other ready steps at once, ``budget`` is
   ``FLOWSTONE_INLINE_STEPS`` (then the chain goes back to the broker), and a continuation
   that cannot run here is handed back (made ready and published) before the error
   propagates, so it never waits for its lease to expire.
+
+Without ``hand_off`` the chain stops as soon as a step makes more than one step ready
+and returns them all (the claimed one ``running``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ def run_chain(
     hand_off: Callable[[tuple[StepRecord, ...]], None] | None = None,
     hand_back: bool = False,
     stop: Callable[[], bool] | None = None,
+    started: Callable[[StepRecord], object] | None = None,
 ) -> tuple[StepRecord, ...]:
     """Run ``step`` (ready, or already claimed for this caller) and follow its chain.
 
@@ -48,6 +53,7 @@ def run_chain(
         stop: asked before each continuation; once it says True (the worker is shutting
             down) the claimed continuation is put back to ``ready`` and handed off (or
             returned, without ``hand_off``) instead of run here.
+        started: called with ``step`` and with each continuation just before it runs.
 
     Returns:
         The steps left for the caller to dispatch (empty with ``hand_off``). A claimed
@@ -55,6 +61,8 @@ def run_chain(
         :meth:`StepRunner.run` (or :func:`run_chain`), never dispatch it elsewhere.
     """
     left = budget
+    if started is not None:
+        started(step)
     result = runner.run(step, claim_next=left is None or left > 0)
     while True:
         if hand_off is None:
@@ -69,6 +77,8 @@ def run_chain(
             return release_step(runner, following, hand_off)
         if left is not None:
             left -= 1
+        if started is not None:
+            started(following)
         try:
             result = runner.run_claimed(following, claim_next=left is None or left > 0)
         except Exception as exc:

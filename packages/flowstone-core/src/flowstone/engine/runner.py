@@ -273,10 +273,11 @@ class StepRunner:
         if asset in rt.branch_index:
             mark_branch_started(self, run_id, asset)
         started_at = _now()
-        rt.events.emit(
-            "asset.started", run_id, asset, partition,
-            {"attempt": step.attempt, "queued_s": step.queued_s, "takeover": step.took_over},
-        )  # fmt: skip
+        if rt.events:  # (the payload is built only for someone listening)
+            rt.events.emit(
+                "asset.started", run_id, asset, partition,
+                {"attempt": step.attempt, "queued_s": step.queued_s, "takeover": step.took_over},
+            )  # fmt: skip
         try:
             with self._leases.keep(run_id, asset, partition, owner, lease, step.attempt) as lost:
                 result = self._execute(step, a, owner, started_at, lost)
@@ -875,9 +876,8 @@ class _UpstreamFailed(Exception):
 
 def _logs(context: Context | None) -> dict[str, Any]:
     """The step's own ``context.log`` lines, for its materialization's metadata."""
-    if context is None or not context.log.lines:
-        return {}
-    return {"logs": list(context.log.lines)}
+    lines = () if context is None else context.log_lines
+    return {"logs": list(lines)} if lines else {}
 
 
 class _Bookkeeping(Exception):

@@ -1,0 +1,242 @@
+"""The in-process executor: few threads for quick steps, more while steps block.
+
+Overlap is asserted from the start and end times the assets record themselves (never
+from how long a run took): assets that overlap in time ran on different threads.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+from typing import Any
+
+import pytest
+from conftest import Counter, PipelineFactory
+
+import flowstone as fs
+
+_GENEROUS = 60.0  # a blocked_after no quick step reaches: they all count as running afresh
+
+
+class Clock:
+    """Where and when each asset ran (thread, start, end), thread-safe."""
+
+    def __init__(self) -> None:
+        self.spans: dict[str, tuple[int, float, float]] = {}
+        self._lock = threading.Lock()
+
+    def asset(self, name: str, deps: tuple[str, ...] = (), *, sleep: float = 0.0) -> fs.AssetDef:
+        def fn(**inputs: int) -> int:
+            started = time.perf_counter()
+            if sleep:
+                time.sleep(sleep)  # waits like I/O: releases the GIL
+            with self._lock:
+                self.spans[name] = (threading.get_ident(), started, time.perf_counter())
+            return 1 + sum(inputs.values())
+
+        fn.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter(d, inspect.Parameter.KEYWORD_ONLY) for d in deps]
+        )
+        return fs.asset(name=name)(fn)
+
+    def threads(self, names: list[str] | None = None) -> set[int]:
+        return {t for n, (t, _, _) in self.spans.items() if names is None or n in names}
+
+    def all_overlap(self, names: list[str]) -> bool:
+        """Every one of ``names`` started before any of them ended."""
+        spans = [self.spans[n] for n in names]
+        return max(s for _, s, _ in spans) < min(e for _, _, e in spans)
+
+
+def test_quick_steps_run_one_after_another_on_one_worker_thread(
+    make_pipeline: PipelineFactory,
+) -> None:
+    """Quick steps never look blocked, so no second thread is started for them: a fan-out
+    of 20 independent assets and a chain after them all run on one thread (not the
+    caller's)."""
+    clock = Clock()
+    roots = [clock.asset(f"r{i}") for i in range(20)]
+    chain = [clock.asset("c0", ("r0", "r1")), clock.asset("c1", ("c0",)),
+             clock.asset("c2", ("c1", "r19"))]  # fmt: skip
+    p = make_pipeline(
+        [*roots, *chain], executor=fs.InProcessExecutor(max_workers=4, blocked_after=_GENEROUS)
+    )
+    result = p.run(["c2", *(a.name for a in roots)])
+    assert result.status == "succeeded" and p.get("c2") == 6  # c0 = 3, c1 = 4, c2 = 4 + 1 + 1
+    assert len(clock.spans) == 23
+    assert len(clock.threads()) == 1
+    assert threading.get_ident() not in clock.threads()
+
+
+def test_independent_slow_assets_still_run_side_by_side(make_pipeline: PipelineFactory) -> None:
+    """Assets that wait (here: sleep, as on I/O) each get a thread of their own."""
+    clock = Clock()
+    slow = [f"fetch_{i}" for i in range(4)]
+    assets = [clock.asset(n, sleep=0.3) for n in slow]
+    p = make_pipeline([*assets, clock.asset("report", tuple(slow))])
+    result = p.run("report")
+    assert result.status == "succeeded" and result.value == 5
+    assert clock.all_overlap(slow)
+    assert len(clock.threads(slow)) == 4
+
+
+def test_slow_siblings_of_a_fan_out_overlap_too(make_pipeline: PipelineFactory) -> None:
+    """The steps one finish makes ready go to the queue; while the worker that made them
+    ready is blocked in one, the others are taken by threads started for them."""
+    clock = Clock()
+    slow = [f"shard_{i}" for i in range(3)]
+    assets = [clock.asset("plan"), *(clock.asset(n, ("plan",), sleep=0.3) for n in slow)]
+    p = make_pipeline(assets)
+    assert p.run(slow).status == "succeeded"
+    assert clock.all_overlap(slow)
+
+
+def test_a_blocked_step_does_not_hold_up_quick_ones(make_pipeline: PipelineFactory) -> None:
+    """While one asset waits, a chain of quick independent assets runs to its end."""
+    clock = Clock()
+    quick = [clock.asset("q0"), *(clock.asset(f"q{i}", (f"q{i - 1}",)) for i in range(1, 15))]
+    p = make_pipeline([clock.asset("crawl", sleep=0.5), *quick])
+    assert p.run(["crawl", "q14"]).status == "succeeded"
+    crawl_end = clock.spans["crawl"][2]
+    assert all(clock.spans[f"q{i}"][2] < crawl_end for i in range(15))
+
+
+def test_a_retry_waits_out_its_backoff_without_holding_the_worker(
+    make_pipeline: PipelineFactory,
+) -> None:
+    """On one worker thread: ``flaky`` (claimed first by its upstream's finish: the first
+    ready dependent by name) fails, and ``other`` runs while ``flaky`` waits to retry."""
+    clock = Clock()
+    tries: list[float] = []
+
+    @fs.asset(retry=fs.RetryPolicy(max_attempts=2, backoff="fixed", base_delay=0.3, jitter=0))
+    def flaky(root: int) -> int:
+        tries.append(time.perf_counter())
+        if len(tries) == 1:
+            raise ConnectionError("try again")
+        return root + 1
+
+    p = make_pipeline(
+        [clock.asset("root"), flaky, clock.asset("other", ("root",))],
+        executor=fs.InProcessExecutor(max_workers=1),
+    )
+    assert p.run(["flaky", "other"]).status == "succeeded"
+    assert len(tries) == 2 and p.get("flaky") == 2
+    assert tries[0] < clock.spans["other"][2] < tries[1]
+    assert len(clock.threads()) == 1
+
+
+def test_max_workers_bounds_the_threads_that_run_steps(
+    make_pipeline: PipelineFactory, counter: Counter
+) -> None:
+    names = [f"call_{i}" for i in range(6)]
+    threads: set[int] = set()
+    lock = threading.Lock()
+
+    def slow(name: str) -> fs.AssetDef:
+        def fn() -> str:
+            counter.enter()
+            try:
+                with lock:
+                    threads.add(threading.get_ident())
+                time.sleep(0.1)
+                return name
+            finally:
+                counter.leave()
+
+        return fs.asset(name=name)(fn)
+
+    p = make_pipeline([slow(n) for n in names], executor=fs.InProcessExecutor(max_workers=2))
+    assert p.run(names).status == "succeeded"
+    assert counter.peak == 2  # side by side, but never more than two
+    assert len(threads) == 2
+
+
+def test_every_worker_thread_is_gone_when_run_returns(make_pipeline: PipelineFactory) -> None:
+    clock = Clock()
+    slow = [f"load_{i}" for i in range(3)]
+    p = make_pipeline([clock.asset(n, sleep=0.05) for n in slow])
+    p.run(slow[0])  # first use starts process-wide helpers (the lease keeper)
+    before = threading.active_count()
+    assert p.run(slow, force=True).status == "succeeded"
+    assert len(clock.threads(slow)) > 1
+    assert threading.active_count() == before, threading.enumerate()
+
+
+def test_a_store_error_in_a_worker_is_raised_from_run(
+    make_pipeline: PipelineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error the engine cannot record (the store fails) ends the dispatch and reaches
+    the caller; the worker threads are gone."""
+    clock = Clock()
+    p = make_pipeline([clock.asset("a"), clock.asset("b", ("a",))])
+    p.run("a")  # the lease keeper's thread exists from here on
+    before = threading.active_count()
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(p.store, "claim_step", broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        p.run("b", force=True)
+    assert threading.active_count() == before, threading.enumerate()
+
+
+def test_cancelling_returns_while_blocked_workers_still_wait(
+    make_pipeline: PipelineFactory, counter: Counter
+) -> None:
+    """Two assets block on different threads; the run is cancelled: run() returns at once
+    (they finish in the background, unrecorded) and nothing after them starts."""
+    release = threading.Event()
+    both = threading.Barrier(3, timeout=10)
+
+    def blocked(name: str) -> fs.AssetDef:
+        def fn() -> int:
+            counter.enter()
+            try:
+                both.wait()
+                release.wait(10)
+                return 1
+            finally:
+                counter.leave()
+
+        return fs.asset(name=name)(fn)
+
+    @fs.asset
+    def report(left: int, right: int) -> int:
+        counter.hit("report")
+        return left + right
+
+    p = make_pipeline([blocked("left"), blocked("right"), report])
+
+    def operator() -> None:
+        both.wait()  # both assets are running, each on its own thread
+        p.cancel("night-1")
+
+    t = threading.Thread(target=operator)
+    t.start()
+    try:
+        result = p.run("report", run_id="night-1")
+        still_blocked = counter.active
+    finally:
+        release.set()
+        t.join()
+    assert result.status == "cancelled" and still_blocked == 2
+    for _ in range(500):  # let the abandoned assets end before the store closes
+        if counter.active == 0:
+            break
+        threading.Event().wait(0.01)
+    assert "report" not in counter.calls and not p.exists("left")
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), True, "2ms"])
+def test_blocked_after_must_be_a_positive_number_of_seconds(bad: Any) -> None:
+    with pytest.raises(fs.UsageError, match="blocked_after"):
+        fs.InProcessExecutor(blocked_after=bad)
+
+
+def test_the_settings_are_kept() -> None:
+    executor = fs.InProcessExecutor(3, blocked_after=0.01)
+    assert (executor.max_workers, executor.blocked_after) == (3, 0.01)
+    assert fs.InProcessExecutor().max_workers >= 5  # min(32, CPUs + 4)
