@@ -113,7 +113,13 @@ def test_client_sigkilled_mid_signal(dag: Any, workers: Workers, database_url: s
     pid_file = arm(state_dir, key, "signal")
     client = spawn_cli(state_dir, "signal", "signal", DAG_SPEC, token.read_text(),
                        "--payload", f'{{"x": {SIGNAL_X}}}')
-    wait_pid(pid_file)
+    try:
+        wait_pid(pid_file)
+    except AssertionError:
+        client.kill()
+        client.wait()
+        logs = "".join(p.read_text() for p in state_dir.glob("cli-signal-*.log"))
+        raise AssertionError(f"flowstone signal never reached on_signal:\n{logs[-3000:]}") from None
     os.killpg(client.pid, signal.SIGKILL)
     client.wait()
     driver.fault()

@@ -75,7 +75,7 @@ def handle_step(app: FlowstoneCelery, body: object) -> int:
     started, one message each, and stops: they are still ``ready`` and unclaimed, so any
     worker can take them (and the sweeper re-sends them if that publish fails).
 
-    The finishes of a batch's steps are recorded together, up to
+    The finishes of a batch's steps of one run are recorded together, up to
     ``FLOWSTONE_FINISH_BATCH`` per transaction (see :class:`~flowstone.engine.FinishBatch`);
     what they made ready is dispatched once they are recorded.
 
@@ -115,7 +115,7 @@ def _run_bodies(app: FlowstoneCelery, bodies: list[object], batches: list[Finish
             continue
         pipeline, message = found
         runner = pipeline.runner
-        if batch is not None and (batch.runner is not runner or batch.due()):
+        if batch is not None and (batch.runner is not runner or batch.due(message.run_id)):
             published += flush(batch, inline=settings.inline_steps)
         if batch is None or batch.runner is not runner:
             batch = FinishBatch(

@@ -362,6 +362,14 @@ _FINISH = (
 )
 # A run's status recomputed once for a batch of finishes (migration 0010).
 _SETTLE = "SELECT {s}.settle_run(:r) AS run_status"
+# A batch first locks the pending dependents of all its finishes, in one global order.
+_LOCK_DEPENDENTS = (
+    "SELECT 1 FROM {s}.edges e JOIN {s}.steps s ON s.run_id = e.run_id "
+    "AND s.asset = e.asset AND s.partition = e.partition "
+    "WHERE (e.run_id, e.dep_asset, e.dep_partition) IN (SELECT * FROM unnest("
+    "CAST(:runs AS text[]), CAST(:assets AS text[]), CAST(:parts AS text[]))) "
+    "AND s.state = 'pending' ORDER BY s.run_id, s.asset, s.partition FOR UPDATE OF s"
+)
 # The claimed step's inputs stored in one value table: (location, format, value_json, data),
 # read by the VOLATILE function of migration 0004 (a snapshot taken after the claim).
 _PREFETCH = (
@@ -507,17 +515,23 @@ async def finish_steps(
     conn: Db, sql: Sql, items: Sequence[BatchItem]
 ) -> list[tuple[StepTransition, ClaimedReads | None] | Exception]:
     """Several :func:`finish_step` calls in the caller's transaction, then each of their
-    runs settled once (``settle_run``): the finishes pass ``p_settle`` false, and a run is
-    settled when one of its applied finishes left nothing runnable, which is when the
-    function would have settled it. The run's new status, if it changed, goes to the last
-    applied finish of that run in the batch (so ``run.finished`` is announced once).
+    runs settled once (``settle_run``). Locks are taken in one global order, so concurrent
+    batches (and single finishes) cannot deadlock: first the pending dependents of every
+    finish, by (run, asset, partition); then each finish with ``p_settle`` false, which
+    leaves the run's row alone; last each run with an applied finish, by ``run_id``. A
+    run's new status, if it changed, goes to its last applied finish in the batch (so
+    ``run.finished`` is announced once).
 
     A finish refused with an error (no such step, one still pending) comes back as that
-    error; the others are unaffected. Runs are settled in ``run_id`` order (a fixed lock
-    order across concurrent batches).
+    error; the others are unaffected.
     """
+    keys = [item.key for item in items]
+    await sql(_LOCK_DEPENDENTS).fetch(conn, {
+        "runs": [k["r"] for k in keys], "assets": [k["a"] for k in keys],
+        "parts": [k["p"] for k in keys],
+    })  # fmt: skip
     out: list[tuple[StepTransition, ClaimedReads | None] | Exception] = []
-    unsettled: dict[str, int] = {}  # run -> index of its last applied finish
+    last: dict[str, int] = {}  # run -> index of its last applied finish
     for item in items:
         try:
             transition, reads = await finish_step(
@@ -527,17 +541,14 @@ async def finish_steps(
             out.append(exc)
             continue
         out.append((transition, reads))
-        run = item.key["r"]
-        left_nothing = not transition.ready and transition.claimed is None
-        if transition.applied and (left_nothing or run in unsettled):
-            unsettled[run] = len(out) - 1
-    for run in sorted(unsettled):
+        if transition.applied:
+            last[item.key["r"]] = len(out) - 1
+    for run in sorted(last):
         status: RunStatus | None = await sql(_SETTLE).fetchval(conn, {"r": run})
-        index = unsettled[run]
         if status is not None:
-            done = out[index]
+            done = out[last[run]]
             assert not isinstance(done, Exception)
-            out[index] = (dataclasses.replace(done[0], run_status=status), done[1])
+            out[last[run]] = (dataclasses.replace(done[0], run_status=status), done[1])
     return out
 
 

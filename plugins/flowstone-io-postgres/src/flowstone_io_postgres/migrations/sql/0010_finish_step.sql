@@ -1,10 +1,11 @@
 -- finish_step as revision 0010 creates it: revision 0008's function with one more argument,
--- p_settle (default true). With p_settle false, a finish that leaves nothing runnable does not
--- lock and recompute the run's status: the caller finishes several steps in one transaction
--- and settles each of their runs once, with settle_run, before it commits (a batch of a
--- pack's finishes: one commit and one run-row lock instead of one per step). Otherwise the
--- function is unchanged; with p_settle true it settles through settle_run, whose statements
--- are revision 0008's.
+-- p_settle (default true). With p_settle false the function does not touch the run's row at
+-- all (neither marking it running nor recomputing its status): the caller finishes several
+-- steps in one transaction and settles each of their runs once, with settle_run, in run_id
+-- order, last (a batch of a pack's finishes: one commit and one run-row lock per run instead
+-- of one per step; and no run row is locked before another in an order a concurrent batch
+-- could reverse). Otherwise the function is unchanged; with p_settle true it settles through
+-- settle_run, whose statements are revision 0008's.
 -- {schema} stands for the FlowStone schema (a validated, quoted identifier); the migration
 -- substitutes it and runs this file as one statement. Released files never change: a new
 -- version of the function is a new file, created by a new revision.
@@ -134,6 +135,9 @@ BEGIN
         END IF;
     END IF;
 
+    IF NOT p_settle THEN  -- a batch: its caller settles each run once, last
+        RETURN;
+    END IF;
     IF cardinality(ready_steps) > 0 OR v_claimed THEN
         -- Something is runnable, so the run is running; touch the row only if it says not.
         UPDATE {schema}.runs SET status = 'running', updated_at = v_now
@@ -141,8 +145,6 @@ BEGIN
         RETURNING status INTO run_status;
         RETURN;
     END IF;
-    IF p_settle THEN
-        run_status := {schema}.settle_run(p_run);
-    END IF;
+    run_status := {schema}.settle_run(p_run);
 END
 $fn$

@@ -4,7 +4,11 @@
 -- each of its runs once before committing. Returns the new status when it changed, else NULL.
 -- The run row is locked first, then the status is recomputed in a new statement (a fresh
 -- snapshot that sees every finish committed before the lock was granted): of two runners
--- finishing a run's last steps concurrently, the second to lock sees both.
+-- finishing a run's last steps concurrently, the second to lock sees both. The lock is FOR
+-- NO KEY UPDATE (what the UPDATE takes anyway): it excludes other settlers but not the
+-- key-share lock a transaction takes on the run when it updates one of the run's steps a
+-- second time (a batch releasing a join twice checks the steps' foreign key then); FOR
+-- UPDATE made two such batches of one run wait for each other's key-share lock: deadlock.
 -- {schema} stands for the FlowStone schema (a validated, quoted identifier); the migration
 -- substitutes it and runs this file as one statement. Released files never change: a new
 -- version of the function is a new file, created by a new revision.
@@ -16,7 +20,7 @@ DECLARE
     v_after text;
     v_now timestamptz := now();
 BEGIN
-    SELECT r.status INTO v_before FROM {schema}.runs r WHERE r.run_id = p_run FOR UPDATE;
+    SELECT r.status INTO v_before FROM {schema}.runs r WHERE r.run_id = p_run FOR NO KEY UPDATE;
     UPDATE {schema}.runs SET updated_at = v_now, status = CASE
         WHEN EXISTS (SELECT 1 FROM {schema}.steps WHERE run_id = p_run
                      AND state IN ('ready', 'queued', 'running')) THEN 'running'
