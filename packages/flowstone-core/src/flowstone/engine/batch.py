@@ -14,9 +14,10 @@ finish applies at most once. A step whose finish is waiting is still ``running``
 claim: a worker that dies before the flush leaves it to the sweeper, which runs it again,
 exactly as for a worker that dies before a single finish. A finish waits at most
 ``seconds``: the caller flushes before the next step once the oldest finish is that old
-(:meth:`FinishBatch.due`), and while a step runs (:meth:`FinishBatch.running`) a timer
-thread records the waiting finishes when they reach that age and publishes what they made
-ready, so a long step does not hold back the steps that ran before it.
+(:meth:`FinishBatch.due`), and while a step runs (:meth:`FinishBatch.running`) the
+process's watcher thread records the waiting finishes when they reach that age and
+publishes what they made ready, so a long step does not hold back the steps that ran
+before it.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from flowstone.engine.runner import PendingFinish, StepResult, StepRunner, describe_error
 from flowstone.records import Fence
@@ -92,21 +94,19 @@ class FinishBatch:
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
         """Around a step the caller runs while finishes wait here: once the oldest of them
-        is ``seconds`` old, a timer thread records them (without claiming continuations:
-        what they made ready is published) so they do not wait for the step to end."""
+        is ``seconds`` old, the process's watcher thread records them (without claiming
+        continuations: what they made ready is published) so they do not wait for the
+        step to end."""
         with self._lock:
-            left = self.seconds - (time.monotonic() - self._first) if self._pending else None
-        if left is None:
+            due = self._first + self.seconds if self._pending else None
+        if due is None:
             yield
             return
-        timer = threading.Timer(max(0.0, left), self._flush_meanwhile)
-        timer.daemon = True
-        timer.start()
+        watch = _watcher().watch(due, self._flush_meanwhile)
         try:
             yield
         finally:
-            timer.cancel()
-            timer.join()  # a flush under way completes before the caller goes on
+            watch.stop()  # a flush under way completes before the caller goes on
 
     def flush(self) -> list[StepResult]:
         """Record every waiting finish (see :meth:`StepRunner.complete_many
@@ -170,3 +170,73 @@ class FinishBatch:
                     "could not put step %s[%s] of run %s back to ready; the sweeper runs it "
                     "again once its lease expires", step.asset, step.partition, step.run_id,
                 )  # fmt: skip
+
+
+class _Watch:
+    """One :meth:`FinishBatch.running` registration: ``action`` runs on the watcher thread
+    at ``due`` unless :meth:`stop` came first; :meth:`stop` waits for it if it started."""
+
+    __slots__ = ("_state", "action", "due", "watcher")
+
+    def __init__(self, watcher: _Watcher, due: float, action: Callable[[], None]) -> None:
+        self.watcher, self.due, self.action = watcher, due, action
+        self._state = "waiting"  # -> "running" -> "done", or "stopped"
+
+    def stop(self) -> None:
+        with self.watcher.cond:
+            if self._state == "waiting":
+                self._state = "stopped"
+                return
+            while self._state == "running":
+                self.watcher.cond.wait()
+
+
+class _Watcher:
+    """A daemon thread per process that runs :class:`_Watch` actions when they are due
+    (one thread however many steps run, instead of a timer thread per step)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self._watches: list[_Watch] = []
+        self.pid = os.getpid()
+        threading.Thread(target=self._loop, name="flowstone-finish-batch", daemon=True).start()
+
+    def watch(self, due: float, action: Callable[[], None]) -> _Watch:
+        watch = _Watch(self, due, action)
+        with self.cond:
+            self._watches.append(watch)
+            self.cond.notify_all()
+        return watch
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                self._watches = [w for w in self._watches if w._state == "waiting"]
+                now = time.monotonic()
+                ready = next((w for w in self._watches if w.due <= now), None)
+                if ready is None:
+                    wait = min((w.due for w in self._watches), default=now + 3600) - now
+                    self.cond.wait(timeout=max(0.001, wait))
+                    continue
+                ready._state = "running"
+            try:
+                ready.action()
+            except Exception:  # the action logs its own failures; never kill the thread
+                log.exception("a finish batch's watcher action failed")
+            finally:
+                with self.cond:
+                    ready._state = "done"
+                    self.cond.notify_all()
+
+
+_WATCHER: _Watcher | None = None
+_WATCHER_LOCK = threading.Lock()
+
+
+def _watcher() -> _Watcher:
+    """This process's watcher (a forked child starts its own)."""
+    global _WATCHER
+    with _WATCHER_LOCK:
+        if _WATCHER is None or _WATCHER.pid != os.getpid():
+            _WATCHER = _Watcher()
+        return _WATCHER
