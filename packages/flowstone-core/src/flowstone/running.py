@@ -85,9 +85,11 @@ def start_many(
         created = bulk.create_runs(planned)
     else:
         created = [runtime.store.create_run(record, steps) for record, steps in planned]
-    for (record, steps), _ in zip(planned, created, strict=True):
+    started: list[Started] = []
+    for (record, steps), ready in zip(planned, created, strict=True):
         _started(runtime, record, len(steps))
-    return [(record, ready) for (record, _), ready in zip(planned, created, strict=True)]
+        started.append((record, ready))
+    return started
 
 
 def _plan(

@@ -89,53 +89,59 @@ def handle_step(app: FlowstoneCelery, body: object) -> int:
     except MessageError as exc:
         log.error("dropping malformed FlowStone step message: %s", exc)
         return 0
-    batches: list[FinishBatch] = []
-    try:
-        return _run_bodies(app, bodies, batches)
-    except Exception:
-        if batches:  # what ran before the error is recorded, not left to its lease
-            _record_quietly(batches[-1])
-        raise
-
-
-def _run_bodies(app: FlowstoneCelery, bodies: list[object], batches: list[FinishBatch]) -> int:
-    """:func:`handle_step`'s loop over a message's steps; each batch it opens is appended
-    to ``batches``."""
     settings = app.flowstone_settings
     published = 0
     started = time.monotonic()
     batch: FinishBatch | None = None
-    for index, item in enumerate(bodies):
-        if index and (draining.requested() or time.monotonic() - started >= settings.pack_seconds):
-            if batch is not None:
+    try:
+        for index, item in enumerate(bodies):
+            late = time.monotonic() - started >= settings.pack_seconds
+            if index and (draining.requested() or late):
+                if batch is not None:
+                    published += flush(batch, inline=settings.inline_steps)
+                return published + hand_back(app, bodies[index:])
+            found = resolve(app, item)
+            if found is None:
+                continue
+            pipeline, message = found
+            runner = pipeline.runner
+            if batch is not None and (batch.runner is not runner or batch.due(message.run_id)):
                 published += flush(batch, inline=settings.inline_steps)
-            return published + hand_back(app, bodies[index:])
-        found = resolve(app, item)
-        if found is None:
-            continue
-        pipeline, message = found
-        runner = pipeline.runner
-        if batch is not None and (batch.runner is not runner or batch.due(message.run_id)):
+            if batch is None or batch.runner is not runner:
+                batch = FinishBatch(
+                    runner, size=settings.finish_batch, seconds=settings.finish_batch_seconds
+                )
+            if len(bodies) > 1 and batch.batching:
+                with batch.running():  # finishes waiting too long are recorded meanwhile
+                    runner.run_step(
+                        message.run_id, message.asset, message.partition,
+                        claim_next=settings.inline_steps > 0, batch=batch,
+                    )  # fmt: skip
+                continue
+            published += run_steps(
+                runner, message.run_id, message.asset, message.partition,
+                inline=settings.inline_steps,
+            )  # fmt: skip
+        if batch is not None:
             published += flush(batch, inline=settings.inline_steps)
-        if batch is None or batch.runner is not runner:
-            batch = FinishBatch(
-                runner, size=settings.finish_batch, seconds=settings.finish_batch_seconds
-            )
-            batches.append(batch)
-        if len(bodies) > 1 and batch.batching:
-            with batch.running():  # finishes waiting too long are recorded meanwhile
-                runner.run_step(
-                    message.run_id, message.asset, message.partition,
-                    claim_next=settings.inline_steps > 0, batch=batch,
-                )  # fmt: skip
-            continue
-        published += run_steps(
-            runner, message.run_id, message.asset, message.partition,
-            inline=settings.inline_steps,
-        )  # fmt: skip
-    if batch is not None:
-        published += flush(batch, inline=settings.inline_steps)
+    except Exception:
+        if batch is not None:  # what ran before the error is recorded, not left to its lease
+            _record_quietly(batch)
+        raise
     return published
+
+
+class _Published:
+    """Publishes ready steps through the runner's executor (a ``hand_off``), counting
+    them."""
+
+    def __init__(self, runner: StepRunner) -> None:
+        self.runner, self.count = runner, 0
+
+    def __call__(self, steps: tuple[StepRecord, ...]) -> None:
+        if steps:
+            self.runner.dispatch(steps[0].run_id, steps)
+            self.count += len(steps)
 
 
 def _record_quietly(batch: FinishBatch) -> None:
@@ -149,17 +155,14 @@ def _record_quietly(batch: FinishBatch) -> None:
         log.warning("could not record %s's waiting finishes after an error: %s",
                     runner.runtime.name, exc)
         return
+    publish = _Published(runner)
     for result in results:
         try:
-            if result.ready:
-                runner.dispatch(result.ready[0].run_id, result.ready)
-            if result.next is not None:
-                release_step(
-                    runner, result.next, lambda s: runner.dispatch(s[0].run_id, s),
-                    why="its message failed",
-                )  # fmt: skip
+            publish(result.ready)
         except Exception as exc:  # the sweeper re-sends them once it can
-            log.warning("could not hand over the steps a finish made ready: %s", exc)
+            log.warning("could not publish the steps a finish made ready: %s", exc)
+    claimed = [result.next for result in results if result.next is not None]
+    _release_all(runner, claimed, publish, why="its message failed")
 
 
 def flush(batch: FinishBatch, *, inline: int) -> int:
@@ -169,14 +172,7 @@ def flush(batch: FinishBatch, *, inline: int) -> int:
     fails, the continuations not started yet are put back to ``ready`` and published
     before the error propagates."""
     runner = batch.runner
-    published = 0
-
-    def publish(steps: tuple[StepRecord, ...]) -> None:
-        nonlocal published
-        if steps:
-            runner.dispatch(steps[0].run_id, steps)
-            published += len(steps)
-
+    publish = _Published(runner)
     results = batch.flush()
     for result in results:
         publish(result.ready)
@@ -195,7 +191,7 @@ def flush(batch: FinishBatch, *, inline: int) -> int:
                 runner, claimed[index + 1 :], publish, why="an earlier step of its message failed"
             )
             raise
-    return published
+    return publish.count
 
 
 def _release_all(
@@ -241,18 +237,12 @@ def run_steps(runner: StepRunner, run_id: str, asset: str, partition: str, *, in
     run here (the store failed) is put back to ``ready`` and published before the error
     propagates, so it does not wait for its lease to expire.
     """
-    published = 0
-
-    def publish(steps: tuple[StepRecord, ...]) -> None:
-        nonlocal published
-        runner.dispatch(run_id, steps)
-        published += len(steps)
-
+    publish = _Published(runner)
     step = StepRecord(run_id, asset, partition, "ready", 0)
     run_chain(
         runner, step, budget=inline, hand_off=publish, hand_back=True, stop=draining.requested
     )
-    return published
+    return publish.count
 
 
 def register(app: FlowstoneCelery) -> None:

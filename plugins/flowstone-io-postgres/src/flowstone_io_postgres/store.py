@@ -471,19 +471,32 @@ class PostgresRunStore:
         sources: Mapping[str, str],
         fence: Fence | None = None,
     ) -> tuple[StepTransition, ClaimedReads | None]:
-        key = self._key(run_id, asset, partition)
-        params = scheduling.finish_params(key, outcome, _now(), then, fence)
-        for staged in outcome.staged:
+        prefetch = self._prefetch(sources) if then is not None else {}
+        item = self._finish_item(Finish(run_id, asset, partition, outcome, then, fence), _now(),
+                                 prefetch)  # fmt: skip
+        return self._auto(
+            f"finishing step {asset!r} of run {run_id!r}",
+            lambda c: scheduling.finish_step(
+                c, self._sql, item.key, item.params, item.staged, item.prefetch
+            ),
+        )
+
+    def _finish_item(
+        self, f: Finish, now: datetime, prefetch: Mapping[str, Sequence[str]]
+    ) -> scheduling.BatchItem:
+        """The arguments of one ``finish_step`` statement for ``f`` (its staged values
+        checked: only this store's database can write them)."""
+        for staged in f.outcome.staged:
             if not self.accepts_staging(staged.target):
                 raise StorageError(
                     f"a value staged for {staged.target} cannot be written by the run store "
                     f"at {self._where}; store it with its IO manager instead"
                 )
-        prefetch = self._prefetch(sources) if then is not None else {}
-        return self._auto(
-            f"finishing step {asset!r} of run {run_id!r}",
-            lambda c: scheduling.finish_step(c, self._sql, key, params, outcome.staged, prefetch),
-        )
+        key = self._key(f.run_id, f.asset, f.partition)
+        return scheduling.BatchItem(
+            key, scheduling.finish_params(key, f.outcome, now, f.then, f.fence), f.outcome.staged,
+            prefetch if f.then is not None else {},
+        )  # fmt: skip
 
     def finish_steps(
         self, finishes: Sequence[Finish], *, sources: Mapping[str, str]
@@ -492,21 +505,8 @@ class PostgresRunStore:
         one transaction, each run's status settled once before the commit (see
         :class:`~flowstone.protocols.BatchFinish`); retried whole if PostgreSQL picks it as
         a deadlock victim."""
-        now = _now()
-        prefetch = self._prefetch(sources)
-        items = []
-        for f in finishes:
-            key = self._key(f.run_id, f.asset, f.partition)
-            for staged in f.outcome.staged:
-                if not self.accepts_staging(staged.target):
-                    raise StorageError(
-                        f"a value staged for {staged.target} cannot be written by the run "
-                        f"store at {self._where}; store it with its IO manager instead"
-                    )
-            items.append(scheduling.BatchItem(
-                key, scheduling.finish_params(key, f.outcome, now, f.then, f.fence),
-                f.outcome.staged, prefetch if f.then is not None else {},
-            ))  # fmt: skip
+        now, prefetch = _now(), self._prefetch(sources)
+        items = [self._finish_item(f, now, prefetch) for f in finishes]
         return self._tx(
             f"finishing {len(items)} steps",
             lambda c: scheduling.finish_steps(c, self._sql, items),

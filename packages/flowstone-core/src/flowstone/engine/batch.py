@@ -30,8 +30,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+from flowstone.engine.chain import release_step
 from flowstone.engine.runner import PendingFinish, StepResult, StepRunner, describe_error
-from flowstone.records import Fence
 
 __all__ = ["FinishBatch"]
 
@@ -48,8 +48,8 @@ class FinishBatch:
             :class:`~flowstone.protocols.BatchFinish`) records each finish at once.
         seconds: how long a finish may wait for the next steps of the batch.
 
-    Thread-safe: a timer thread may record the waiting finishes while the caller runs a
-    step (see :meth:`running`). The caller keeps one run's finishes per batch (see
+    Thread-safe: the watcher thread may record the waiting finishes while the caller runs
+    a step (see :meth:`running`). The caller keeps one run's finishes per batch (see
     :meth:`due`).
     """
 
@@ -111,7 +111,7 @@ class FinishBatch:
     def flush(self) -> list[StepResult]:
         """Record every waiting finish (see :meth:`StepRunner.complete_many
         <flowstone.engine.runner.StepRunner.complete_many>`) and return what each left to
-        do, in the order they were added (those a timer recorded meanwhile are not among
+        do, in the order they were added (those the watcher recorded meanwhile are not among
         them: it published what they made ready, see :meth:`running`). If they cannot be
         recorded, their steps are put back to ``ready`` (best effort: the sweeper takes
         over where the store is down) and the error is raised (a Celery task then retries
@@ -127,7 +127,7 @@ class FinishBatch:
             raise
 
     def _flush_meanwhile(self) -> None:
-        """The timer's flush: record the waiting finishes and publish what they made
+        """The watcher's flush: record the waiting finishes and publish what they made
         ready; if they cannot be recorded they wait again, for the caller's
         :meth:`flush`."""
         with self._lock:
@@ -155,20 +155,14 @@ class FinishBatch:
                             len(result.ready), result.ready[0].run_id, describe_error(exc))
 
     def _release(self, pending: list[PendingFinish], exc: Exception) -> None:
-        store = self.runner.runtime.store
         for p in pending:
-            step = p.step
-            fence = None if step.owner is None else Fence(step.owner, step.attempt)
             try:
-                store.retry_step(
-                    step.run_id, step.asset, step.partition, delay_seconds=0.0,
-                    error=f"its outcome could not be recorded: {describe_error(exc)}",
-                    fence=fence,
-                )  # fmt: skip
+                release_step(self.runner, p.step, None,
+                             why=f"its outcome could not be recorded: {describe_error(exc)}")
             except Exception:
                 log.warning(
                     "could not put step %s[%s] of run %s back to ready; the sweeper runs it "
-                    "again once its lease expires", step.asset, step.partition, step.run_id,
+                    "again once its lease expires", p.step.asset, p.step.partition, p.step.run_id,
                 )  # fmt: skip
 
 

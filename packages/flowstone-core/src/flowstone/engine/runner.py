@@ -192,16 +192,12 @@ class StepRunner:
             self.runtime.executor.dispatch(self, run_id, steps)
 
     # ------------------------------------------------------------------------------
-    def run(
-        self, step: StepRecord, *, claim_next: bool = False, batch: FinishBatch | None = None
-    ) -> StepResult:
+    def run(self, step: StepRecord, *, claim_next: bool = False) -> StepResult:
         """Run a ready ``step`` (claiming it first) or one already claimed for this
         caller (state ``running``, a continuation); see :meth:`run_claimed`."""
         if step.state == "running":
-            return self.run_claimed(step, claim_next=claim_next, batch=batch)
-        return self.run_step(
-            step.run_id, step.asset, step.partition, claim_next=claim_next, batch=batch
-        )
+            return self.run_claimed(step, claim_next=claim_next)
+        return self.run_step(step.run_id, step.asset, step.partition, claim_next=claim_next)
 
     def run_step(
         self,
