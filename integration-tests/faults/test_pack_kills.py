@@ -106,3 +106,33 @@ def test_worker_sigkilled_mid_pack(
     assert {s.asset: s.state for s in packs.store.list_steps(run_id)} == dict.fromkeys(
         ASSETS, "succeeded"
     )
+
+
+def test_postgres_connections_terminated_before_a_batch_is_recorded(
+    packs: Any, workers: Workers, database_url: str, state_dir: Path
+) -> None:
+    """Every connection to the database is terminated inside the last step of a pack,
+    while the finishes of the seven before it wait for the batch (in the worker's memory
+    only): the batch is still recorded, on fresh connections, every step once, and no
+    asset's code runs twice."""
+    from fault_pack import ASSETS
+
+    # batches close only with the message (no watcher flush), one pool process
+    workers.start_many(
+        "w1", concurrency=1, FLOWSTONE_PACK_SECONDS="600", FLOWSTONE_FINISH_BATCH_SECONDS="60"
+    )
+    key = f"pgpack_{uuid.uuid4().hex[:6]}"
+    pid_file = arm(state_dir, key, "k07", "pgkill")  # the first pack's last step
+    run_id = packs.run(partition=key, wait=False, force=True).run_id
+    driver = Driver(packs, run_id, key, state_dir, approve=False, signal=False)
+    assert driver.finish() == "succeeded", workers.logs()
+    assert pid_file.exists()  # the trap fired
+    rows = sql(
+        database_url,
+        "SELECT asset, state, attempt FROM flowstone.materializations WHERE run_id = $1",
+        run_id,
+    )
+    assert Counter(r["asset"] for r in rows) == Counter(ASSETS)  # each recorded once
+    assert {(r["state"], r["attempt"]) for r in rows} == {("succeeded", 1)}
+    ran = Counter(r["asset"] for r in audit_rows(database_url, run_id))
+    assert ran == Counter(dict.fromkeys(ASSETS, 1)), ran  # nothing ran twice
