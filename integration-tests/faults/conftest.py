@@ -27,7 +27,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from faults_it import DAG_SPEC, Workers, cancel_leftovers, sql
+from faults_it import DAG_SPEC, Workers, client, sql
 
 PG_ADMIN = os.environ.get("FLOWSTONE_IT_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("FLOWSTONE_IT_REDIS_FAULTS", "redis://127.0.0.1:6379/14")
@@ -115,9 +115,5 @@ def dag(queue: str, workers: Workers) -> Iterator[Any]:
     going are cancelled at its end."""
     from fault_dag import make_pipeline
 
-    pipeline = make_pipeline()
-    try:
+    with client(make_pipeline()) as pipeline:
         yield pipeline
-    finally:
-        cancel_leftovers(pipeline)
-        pipeline.close()

@@ -346,6 +346,17 @@ def check_run(pipeline: Any, url: str, run_id: str, n: int, *, gathers: int = 1,
     return Checked(runs, attempts)
 
 
+@contextlib.contextmanager
+def client(pipeline: Any) -> Iterator[Any]:
+    """``pipeline`` as a test's client; the runs the test leaves going are cancelled at its
+    end, and the pipeline is closed."""
+    try:
+        yield pipeline
+    finally:
+        cancel_leftovers(pipeline)
+        pipeline.close()
+
+
 def cancel_leftovers(pipeline: Any) -> None:
     """Cancel the runs a failed test left going, so later tests' sweepers leave them be."""
     for status in ("running", "waiting"):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faults_it import Driver, Workers, arm, audit_rows, cancel_leftovers, sql
+from faults_it import Driver, Workers, arm, audit_rows, client, sql
 
 pytestmark = pytest.mark.integration
 
@@ -36,12 +36,8 @@ def packs(queue: str, workers: Workers, monkeypatch: pytest.MonkeyPatch) -> Iter
     workers.specs = [PACK_SPEC]
     monkeypatch.setenv("FLOWSTONE_WORKER_SLOTS", "2")
     monkeypatch.setenv("FLOWSTONE_PACK_STEPS", "8")
-    pipeline = make_pipeline()
-    try:
+    with client(make_pipeline()) as pipeline:
         yield pipeline
-    finally:
-        cancel_leftovers(pipeline)
-        pipeline.close()
 
 
 @pytest.mark.parametrize(

@@ -270,9 +270,10 @@ class BatchingMemoryStore(MemoryRunStore):
     def finish_steps(self, finishes: Any, *, sources: Any) -> list[Any]:
         self.batches.append([f.asset for f in finishes])
         return [
-            (self.finish_step(f.run_id, f.asset, f.partition, f.outcome, fence=f.fence), None)
+            (self.finish_step(f.run_id, f.asset, f.partition, f.outcome, then=f.then,
+                              fence=f.fence), None)
             for f in finishes
-        ]
+        ]  # fmt: skip
 
 
 def test_a_packs_finishes_are_recorded_together_and_before_an_error_propagates(
@@ -298,3 +299,50 @@ def test_a_packs_finishes_are_recorded_together_and_before_an_error_propagates(
         handle_step(packing, body)  # Celery retries the message; the rest as usual
     assert pipeline.result(run.run_id).status == "succeeded"
     assert len(store.list_materializations("packs", run_id=run.run_id)) == N
+
+
+@pytest.mark.parametrize(("inline", "levels"), [(16, 3), (1, 2)])
+def test_the_continuations_a_batch_claimed_share_the_next_batch(
+    settings: CelerySettings, inline: int, levels: int
+) -> None:
+    """``run_many``'s message carries the first step of four runs: their finishes are
+    one batch, each claims its run's next step, and those four run here and are the
+    next batch (not a transaction each); a chain goes on level by level, as far as
+    ``FLOWSTONE_INLINE_STEPS`` allows (then the rest is published)."""
+    app = make_app(settings.model_copy(update={"batch_steps": 4, "inline_steps": inline}))
+    store = BatchingMemoryStore()
+
+    @fs.asset
+    def first(context: fs.Context) -> int:
+        return int(str(context.partition))
+
+    @fs.asset
+    def second(first: int) -> int:
+        return first * 10
+
+    @fs.asset
+    def third(second: int) -> int:
+        return second + 1
+
+    pipeline = fs.Pipeline("levels", [first, second, third], store=store, executor="inprocess")
+    app.add_pipeline(pipeline)
+    try:
+        runs = pipeline.run_many("third", ["1", "2", "3", "4"], wait=False, force=True)
+        (message,) = [body for body, _, _ in drain(app)]
+        assert [m["asset"] for m in message] == ["first"] * 4
+        published = handle_step(app, message)
+        assert store.batches == [[a] * 4 for a in ("first", "second", "third")[:levels]]
+        if levels < 3:  # the budget ran out: the thirds went to the broker, ready
+            assert published == 4
+            rest = [body for body, _, _ in drain(app)]
+            assert sorted(m["asset"] for b in rest for m in parse_batch(b)) == ["third"] * 4
+            for body in rest:
+                handle_step(app, body)
+        else:
+            assert published == 0  # nothing left for the broker
+        assert [pipeline.result(r.run_id).status for r in runs] == ["succeeded"] * 4
+        assert [pipeline.get("third", k) for k in "1234"] == [11, 21, 31, 41]
+        assert {s.attempt for r in runs for s in store.list_steps(r.run_id)} == {1}
+    finally:
+        app.close_pipelines()
+        app.close()

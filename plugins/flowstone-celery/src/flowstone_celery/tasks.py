@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from flowstone.engine import FinishBatch, StepRunner, release_step, run_chain
+from flowstone.engine import FinishBatch, StepResult, StepRunner, release_step, run_chain
 from flowstone.errors import StorageError
 from flowstone.records import StepRecord
 from flowstone_celery import draining
@@ -105,7 +105,7 @@ def handle_step(app: FlowstoneCelery, body: object) -> int:
                 continue
             pipeline, message = found
             runner = pipeline.runner
-            if batch is not None and (batch.runner is not runner or batch.due(message.run_id)):
+            if batch is not None and (batch.runner is not runner or batch.due()):
                 published += flush(batch, inline=settings.inline_steps)
             if batch is None or batch.runner is not runner:
                 batch = FinishBatch(
@@ -155,43 +155,70 @@ def _record_quietly(batch: FinishBatch) -> None:
         log.warning("could not record %s's waiting finishes after an error: %s",
                     runner.runtime.name, exc)
         return
-    publish = _Published(runner)
+    _give_back(runner, results, [], _Published(runner), why="its message failed")
+
+
+def _give_back(
+    runner: StepRunner,
+    results: list[StepResult],
+    steps: list[StepRecord],
+    publish: _Published,
+    *,
+    why: str,
+) -> None:
+    """After an error, nothing runs here any more: publish what ``results`` made ready and
+    give back ``steps`` and the continuations ``results`` claimed (best effort: where the
+    store or broker is down too, the sweeper re-sends them)."""
     for result in results:
         try:
             publish(result.ready)
-        except Exception as exc:  # the sweeper re-sends them once it can
+        except Exception as exc:  # they are ready in the store: the sweeper re-sends them
             log.warning("could not publish the steps a finish made ready: %s", exc)
     claimed = [result.next for result in results if result.next is not None]
-    _release_all(runner, claimed, publish, why="its message failed")
+    _release_all(runner, steps + claimed, publish, why=why)
 
 
 def flush(batch: FinishBatch, *, inline: int) -> int:
     """Record ``batch``'s finishes, dispatch what they made ready and run the
-    continuations they claimed (each a chain of up to ``inline - 1`` more, see
-    :func:`run_steps`); returns how many steps were published. If one of those chains
-    fails, the continuations not started yet are put back to ``ready`` and published
-    before the error propagates."""
+    continuations they claimed; returns how many steps were published.
+
+    The continuations run here one after the other, their finishes waiting in ``batch``
+    in turn (the joins that a pack of many runs' branches completes are recorded in one
+    transaction, not one each), level after level: a continuation of level ``n`` claims
+    its own only while ``n < inline`` (``FLOWSTONE_INLINE_STEPS``, as for a chain of one
+    step, see :func:`run_steps`). A draining worker gives the claimed continuations back
+    instead (ready, published). If one of them fails, it and those not started yet are
+    given back before the error propagates (the caller records the finishes waiting, see
+    :func:`_record_quietly`)."""
     runner = batch.runner
     publish = _Published(runner)
     results = batch.flush()
-    for result in results:
-        publish(result.ready)
-    claimed = [result.next for result in results if result.next is not None]
-    for index, step in enumerate(claimed):
-        if draining.requested():
-            _release_all(runner, claimed[index:], publish, why="the worker is shutting down")
-            break
-        try:
-            run_chain(
-                runner, step, budget=max(0, inline - 1), hand_off=publish, hand_back=True,
-                stop=draining.requested,
-            )  # fmt: skip
-        except Exception:
-            _release_all(
-                runner, claimed[index + 1 :], publish, why="an earlier step of its message failed"
-            )
-            raise
-    return publish.count
+    level = 1
+    while True:
+        for result in results:
+            publish(result.ready)
+        claimed = [result.next for result in results if result.next is not None]
+        if not claimed:
+            return publish.count
+        results = []
+        for index, step in enumerate(claimed):
+            try:
+                if draining.requested():
+                    _release_all(runner, claimed[index:], publish,
+                                 why="the worker is shutting down")  # fmt: skip
+                    break
+                if batch.due():
+                    results += batch.flush()
+                with batch.running():  # finishes waiting too long are recorded meanwhile
+                    runner.run_claimed(step, claim_next=level < inline, batch=batch)
+            except Exception:
+                # nothing claimed waits for its lease: the rest of this level and what
+                # the finishes recorded meanwhile claimed go back to the broker
+                _give_back(runner, results, claimed[index:], publish,
+                           why="it or an earlier step of its message failed")  # fmt: skip
+                raise
+        results += batch.flush()
+        level += 1
 
 
 def _release_all(

@@ -18,6 +18,9 @@ import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
 
 from flowstone import store_rules as rules
 from flowstone.errors import StorageError, UsageError
@@ -361,7 +364,12 @@ _FINISH = (
     ":claim_owner, :claim_lease, :fence_owner, :fence_attempt, :settle)"
 )
 # A run's status recomputed once for a batch of finishes (migration 0010).
-_SETTLE = "SELECT {s}.settle_run(:r) AS run_status"
+# Each run settled in turn, in the order given (a function scan of the array emits its
+# elements in order, and each row's settle_run runs before the next row's).
+_SETTLE_MANY = (
+    "SELECT {s}.settle_run(r.run_id) AS run_status "
+    "FROM unnest(CAST(:runs AS text[])) AS r(run_id)"
+)
 # A batch first locks the pending dependents of all its finishes, in one global order.
 _LOCK_DEPENDENTS = (
     "SELECT 1 FROM {s}.edges e JOIN {s}.steps s ON s.run_id = e.run_id "
@@ -457,6 +465,20 @@ async def finish_step(
     committed by a racing finisher that the claim waited for is among them).
     The caller retries a deadlock victim.
     """
+    template, params = _finish_statement(params, staged, prefetch)
+    row = await sql(template).fetchrow(conn, params)
+    return _transition(key, row, bool(prefetch))
+
+
+def _finish_statement(
+    params: dict[str, object],
+    staged: Sequence[StagedValue],
+    prefetch: Mapping[str, Sequence[str]] | None,
+) -> tuple[str, dict[str, object]]:
+    """The statement of one :func:`finish_step` and its parameters: ``finish_step`` itself,
+    each staged value's write as a data-modifying ``WITH`` and, with ``prefetch``, the
+    claimed step's inputs read after the claim. Finishes of the same shape (as many staged
+    values, the same value tables) share the statement's text."""
     params = dict(params)
     parts = []
     for i, value in enumerate(staged):
@@ -479,7 +501,14 @@ async def finish_step(
         template = "SELECT f.*, ARRAY(" + " UNION ALL ".join(reads) + ") AS claimed_values FROM f"
     if parts:
         template = "WITH " + ", ".join(parts) + " " + template
-    row = await sql(template).fetchrow(conn, params)
+    return template, params
+
+
+def _transition(
+    key: dict[str, str], row: Any, prefetched: bool
+) -> tuple[StepTransition, ClaimedReads | None]:
+    """What one finish's row says (see :func:`finish_step`); raises for a finish the store
+    refuses (no such step, one still pending)."""
     if row is None or not row["applied"]:
         _explain_not_applied(key, None if row is None else row["step_state"])
         return StepTransition(applied=False), None
@@ -494,7 +523,7 @@ async def finish_step(
         (dep, mats.get(dep.materialization_id) if dep.materialization_id else None)
         for dep in (to_step(d) for d in row["claimed_inputs"] or ())
     )
-    values = {v[0]: tuple(v[1:]) for v in row["claimed_values"]} if prefetch else {}
+    values = {v[0]: tuple(v[1:]) for v in row["claimed_values"]} if prefetched else {}
     transition = StepTransition(
         applied=True, ready=ready, run_status=status, claimed=to_step(row["claimed"])
     )
@@ -512,7 +541,7 @@ class BatchItem:
 
 
 async def finish_steps(
-    conn: Db, sql: Sql, items: Sequence[BatchItem]
+    conn: asyncpg.Connection, sql: Sql, items: Sequence[BatchItem]
 ) -> list[tuple[StepTransition, ClaimedReads | None] | Exception]:
     """Several :func:`finish_step` calls in the caller's transaction, then each of their
     runs settled once (``settle_run``). Locks are taken in one global order, so concurrent
@@ -520,7 +549,9 @@ async def finish_steps(
     finish, by (run, asset, partition); then each finish with ``p_settle`` false, which
     leaves the run's row alone; last each run with an applied finish, by ``run_id``. A
     run's new status, if it changed, goes to its last applied finish in the batch (so
-    ``run.finished`` is announced once).
+    ``run.finished`` is announced once). The finishes of one shape travel together (one
+    round trip for a pack's finishes, see :func:`_finish_statement`), and the runs are
+    settled by one statement.
 
     A finish refused with an error (no such step, one still pending) comes back as that
     error; the others are unaffected.
@@ -530,21 +561,35 @@ async def finish_steps(
         "runs": [k["r"] for k in keys], "assets": [k["a"] for k in keys],
         "parts": [k["p"] for k in keys],
     })  # fmt: skip
+    # finishes of the same shape go to the server together (one round trip, asyncpg's
+    # fetchmany), in the order given within each shape; each still applies on its own
+    shapes: dict[str, list[tuple[int, dict[str, object]]]] = {}
+    for index, item in enumerate(items):
+        template, params = _finish_statement(
+            {**item.params, "settle": False}, item.staged, item.prefetch
+        )
+        shapes.setdefault(template, []).append((index, params))
+    rows: list[Any] = [None] * len(items)
+    for template, group in shapes.items():
+        stmt = sql(template)
+        got = await conn.fetchmany(stmt.sql, [stmt.args(params) for _, params in group])
+        for (index, _), row in zip(group, got, strict=True):
+            rows[index] = row
     out: list[tuple[StepTransition, ClaimedReads | None] | Exception] = []
     last: dict[str, int] = {}  # run -> index of its last applied finish
-    for item in items:
+    for item, row in zip(items, rows, strict=True):
         try:
-            transition, reads = await finish_step(
-                conn, sql, item.key, {**item.params, "settle": False}, item.staged, item.prefetch
-            )
+            transition, reads = _transition(item.key, row, bool(item.prefetch))
         except (StorageError, UsageError) as exc:
             out.append(exc)
             continue
         out.append((transition, reads))
         if transition.applied:
             last[item.key["r"]] = len(out) - 1
-    for run in sorted(last):
-        status: RunStatus | None = await sql(_SETTLE).fetchval(conn, {"r": run})
+    runs = sorted(last)
+    settled = await sql(_SETTLE_MANY).fetch(conn, {"runs": runs}) if runs else []
+    for run, row in zip(runs, settled, strict=True):
+        status: RunStatus | None = row["run_status"]
         if status is not None:
             done = out[last[run]]
             assert not isinstance(done, Exception)

@@ -49,8 +49,7 @@ class FinishBatch:
         seconds: how long a finish may wait for the next steps of the batch.
 
     Thread-safe: the watcher thread may record the waiting finishes while the caller runs
-    a step (see :meth:`running`). The caller keeps one run's finishes per batch (see
-    :meth:`due`).
+    a step (see :meth:`running`).
     """
 
     __slots__ = ("_first", "_lock", "_pending", "runner", "seconds", "size")
@@ -79,17 +78,17 @@ class FinishBatch:
                 self._first = time.monotonic()
             self._pending.append(pending)
 
-    def due(self, run_id: str | None = None) -> bool:
-        """Whether to flush before the next step (of ``run_id``): the batch is full, its
-        oldest finish has waited ``seconds``, or it holds finishes of another run (a batch
-        is one run's: its transaction locks that one run's row, last, so concurrent
-        batches never wait for each other's run rows in opposite orders)."""
+    def due(self) -> bool:
+        """Whether to flush before the next step: the batch is full, or its oldest finish
+        has waited ``seconds``. A batch may hold the finishes of many runs (a pack of
+        ``run_many``'s steps, the joins they complete): the store takes its locks in one
+        global order and settles each run once, last (see
+        :class:`~flowstone.protocols.BatchFinish`)."""
         with self._lock:
             if not self._pending:
                 return False
             full = len(self._pending) >= self.size
-            other = run_id is not None and self._pending[0].step.run_id != run_id
-            return full or other or time.monotonic() - self._first >= self.seconds
+            return full or time.monotonic() - self._first >= self.seconds
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:

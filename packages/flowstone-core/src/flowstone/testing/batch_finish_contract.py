@@ -141,3 +141,47 @@ class BatchFinishContract:
         ready = [s.asset for r in results if not isinstance(r, Exception) for s in r[0].ready]
         assert ready == ["report"]  # released once, by the finish that made it ready
         assert {s.asset: s.state for s in store.list_steps(run.run_id)}["report"] == "ready"
+
+    def test_batch_finish_holds_many_runs_each_settled_once(self, store: RunStore) -> None:
+        # a pack of run_many's steps: finishes of three runs interleaved, of two shapes
+        # (with and without a continuation), in one batch; the results keep the order
+        batching = self._batching(store)
+        done, busy = _create(store, _independent(2))[0], _create(store, _independent(2))[0]
+        diamond, _ = _create(store, _diamond())
+        (orders,) = _claim_all(store, diamond, ["orders"]).values()
+        fences = {
+            run.run_id: _claim_all(store, run, ["shard00", "shard01"]) for run in (done, busy)
+        }
+        results = batching.finish_steps(
+            [_done(done, "shard00", fences[done.run_id]["shard00"]),
+             _done(diamond, "orders", orders, then=Continuation("w1", 60)),
+             _done(busy, "shard01", fences[busy.run_id]["shard01"]),
+             _done(done, "shard01", fences[done.run_id]["shard01"])],
+            sources={},
+        )  # fmt: skip
+        assert not any(isinstance(r, Exception) for r in results)
+        transitions = [r[0] for r in results if not isinstance(r, Exception)]
+        assert [t.applied for t in transitions] == [True] * 4
+        # only the finished run changed status, reported by its last finish in the batch
+        assert [t.run_status for t in transitions] == [None, None, None, "succeeded"]
+        claimed = transitions[1].claimed
+        assert claimed is not None and (claimed.run_id, claimed.asset) == (
+            diamond.run_id, "clean"
+        )
+        assert [s.asset for s in transitions[1].ready] == ["enrich"]
+        assert [t.claimed for t in (transitions[0], transitions[2], transitions[3])] == [None] * 3
+        statuses = {}
+        for run in (done, busy, diamond):
+            got = store.get_run(run.run_id)
+            assert got is not None
+            statuses[run.run_id] = got.status
+        assert statuses == {
+            done.run_id: "succeeded", busy.run_id: "running", diamond.run_id: "running"
+        }
+        assert {s.asset: s.state for s in store.list_steps(busy.run_id)} == {
+            "shard00": "running", "shard01": "succeeded"
+        }
+        for run, assets in ((done, ["shard00", "shard01"]), (busy, ["shard01"]),
+                            (diamond, ["orders"])):  # fmt: skip
+            mats = store.list_materializations(run.pipeline, run_id=run.run_id, limit=10)
+            assert sorted(m.asset for m in mats) == assets
