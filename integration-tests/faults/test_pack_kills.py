@@ -1,8 +1,10 @@
 """A worker SIGKILLed with its whole process group in the middle of a pack (several ready
 steps of one run in one message, ``FLOWSTONE_PACK_STEPS``): the step it was running is
-taken over when its lease expires, the pack's steps it had not started (and the pack it
-had prefetched) are re-sent by the sweeper, and the run completes with every step
-recorded once, holding the value of the attempt it names.
+taken over when its lease expires, the pack's steps it had not started are taken over
+too where they were claimed with the pack (batched finishes: the pack is claimed when its
+message starts) and re-sent by the sweeper where not, as is the pack it had prefetched;
+the run completes with every step recorded once, holding the value of the attempt it
+names.
 
 User code re-runs only inside the crash window: with ``FLOWSTONE_FINISH_BATCH=1`` that is
 the step killed inside its code; with batched finishes it also holds the steps that ran
@@ -41,8 +43,8 @@ def packs(queue: str, workers: Workers, monkeypatch: pytest.MonkeyPatch) -> Iter
 
 
 @pytest.mark.parametrize(
-    ("finish_batch", "rerun"),
-    [("1", ("k03",)), ("8", ("k00", "k01", "k02", "k03"))],
+    ("finish_batch", "rerun", "held"),
+    [("1", ("k03",), ()), ("8", ("k00", "k01", "k02", "k03"), ("k04", "k05", "k06", "k07"))],
     ids=["finish-each", "finish-batched"],
 )
 def test_worker_sigkilled_mid_pack(
@@ -52,6 +54,7 @@ def test_worker_sigkilled_mid_pack(
     state_dir: Path,
     finish_batch: str,
     rerun: tuple[str, ...],
+    held: tuple[str, ...],
 ) -> None:
     from fault_pack import ASSETS
 
@@ -88,16 +91,18 @@ def test_worker_sigkilled_mid_pack(
     audit = {r["eid"]: r for r in audit_rows(database_url, run_id)}
     ran = Counter(r["asset"] for r in audit.values())
     # k03 was killed inside its user code; batched, k00-k02 had run but their finishes
-    # were waiting for the batch: those ran again, attempt 2; every other step ran once,
-    # the ones the pack had not started on attempt 1
+    # were waiting for the batch: those ran again, attempt 2; every other step ran once:
+    # batched, the rest of the pack (claimed with it, not started) on attempt 2, taken
+    # over; the steps of the prefetched pack (and, one by one, the rest of the first) on 1
     assert ran == Counter({**dict.fromkeys(ASSETS, 1), **dict.fromkeys(rerun, 2)}), ran
+    second = set(rerun) | set(held)  # recorded from attempt 2
     mats = packs.store.list_materializations(packs.name, run_id=run_id, limit=100)
     for mat in mats:
         value = packs.load_materialization(mat)
         row = audit[value["eid"]]  # the value under the record is one an execution wrote
         assert row["asset"] == mat.asset
         assert (
-            row["attempt"] == mat.attempt == value["attempt"] == (2 if mat.asset in rerun else 1)
+            row["attempt"] == mat.attempt == value["attempt"] == (2 if mat.asset in second else 1)
         ), (mat.asset, dict(row), mat.attempt)
     assert {s.asset: s.state for s in packs.store.list_steps(run_id)} == dict.fromkeys(
         ASSETS, "succeeded"

@@ -19,6 +19,7 @@ class TestPostgresRunStore(RunStoreContract):
     supports_continuation_reads = True
     supports_batch_finish = True
     supports_bulk_run_creation = True
+    supports_bulk_claim = True
 
     @pytest.fixture
     def store(self, shared_store: PostgresRunStore) -> Iterator[PostgresRunStore]:

@@ -29,6 +29,7 @@ CORE = ROOT / "packages" / "flowstone-core" / "src" / "flowstone"
 
 ENGINE_API = [
     "Capabilities",
+    "ClaimedAhead",
     "DepOutcome",
     "FinishBatch",
     "Inputs",

@@ -16,6 +16,7 @@ from helpers import drain
 
 import flowstone as fs
 from flowstone.defaults.memory_store import MemoryRunStore
+from flowstone.engine import StepRunner
 from flowstone.errors import StorageError
 from flowstone.records import StepRecord
 from flowstone_celery import CelerySettings, FlowstoneCelery, draining, make_app
@@ -277,7 +278,7 @@ class BatchingMemoryStore(MemoryRunStore):
 
 
 def test_a_packs_finishes_are_recorded_together_and_before_an_error_propagates(
-    packing: FlowstoneCelery,
+    packing: FlowstoneCelery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = BatchingMemoryStore()
     pipeline = fs.Pipeline(
@@ -288,12 +289,29 @@ def test_a_packs_finishes_are_recorded_together_and_before_an_error_propagates(
     first, second, *others = [body for body, _, _ in drain(packing)]
     assert handle_step(packing, first) == 0
     assert store.batches == [[b["asset"] for b in first]]  # one transaction for the pack
-    store.fail_claims_of = {second[2]["asset"]}  # the store goes away at the third step
+    run_claimed = StepRunner.run_claimed
+    third = second[2]["asset"]
+
+    def store_lost_at_the_third(self: StepRunner, step: StepRecord, **kw: Any) -> Any:
+        if step.asset == third:  # the engine's own store call fails inside the step
+            raise StorageError("connection to the store lost (simulated)")
+        return run_claimed(self, step, **kw)
+
+    monkeypatch.setattr(StepRunner, "run_claimed", store_lost_at_the_third)
     with pytest.raises(StorageError, match="connection to the store lost"):
         handle_step(packing, second)
     states = {s.asset: s.state for s in store.list_steps(run.run_id)}
-    # the two steps that ran before the error are recorded, not left to their leases
-    assert [states[b["asset"]] for b in second] == ["succeeded", "succeeded", "ready"]
+    # the two steps that ran before the error are recorded, the rest (claimed with them)
+    # given back: nothing is left to a lease
+    assert [states[b["asset"]] for b in second] == ["succeeded", "succeeded"] + ["ready"] * (
+        len(second) - 2
+    )
+    monkeypatch.undo()
+    store.fail_claims_of = {third}  # now claiming the pack fails: none of it stays claimed
+    with pytest.raises(StorageError, match="connection to the store lost"):
+        handle_step(packing, second)
+    states = {s.asset: s.state for s in store.list_steps(run.run_id)}
+    assert [states[b["asset"]] for b in second][2:] == ["ready"] * (len(second) - 2)
     store.fail_claims_of = set()
     for body in [second, *others]:
         handle_step(packing, body)  # Celery retries the message; the rest as usual

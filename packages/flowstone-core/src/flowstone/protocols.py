@@ -59,6 +59,7 @@ __all__ = [
     "BatchDispatch",
     "BatchFinish",
     "BatchLoading",
+    "BulkClaim",
     "BulkRunCreation",
     "BulkRunReads",
     "ClaimedReads",
@@ -399,6 +400,29 @@ class BatchFinish(Protocol):
     def finish_steps(
         self, finishes: Sequence[Finish], *, sources: Mapping[str, str]
     ) -> list[tuple[StepTransition, ClaimedReads | None] | Exception]: ...
+
+
+@runtime_checkable
+class BulkClaim(Protocol):
+    """Run store: several steps claimed in one round trip.
+
+    Buys: a worker that takes a message of several steps (a pack, or ``run_many``'s steps
+    of many runs) claims them together instead of one round trip each. Each claim is
+    exactly ``claim_step(run_id, asset, partition, owner=owner,
+    lease_seconds=lease_seconds, pipeline=pipeline)``: the same conditions, a new attempt
+    and lease each, the same facts (``queued_s``, ``took_over``); the results come back in
+    the order of ``keys``, ``None`` where ``claim_step`` would have returned ``None``.
+    The claims need not commit together (a lost claim is harmless: see ``claim_step``).
+    """
+
+    def claim_steps(
+        self,
+        keys: Sequence[tuple[str, str, str]],
+        *,
+        owner: str,
+        lease_seconds: float,
+        pipeline: str | None = None,
+    ) -> list[StepRecord | None]: ...
 
 
 @runtime_checkable

@@ -17,6 +17,7 @@ from flowstone.protocols import (
     BatchDispatch,
     BatchFinish,
     BatchLoading,
+    BulkClaim,
     BulkRunCreation,
     BulkRunReads,
     ContinuationReads,
@@ -70,6 +71,7 @@ class Capabilities:
     prefetch: Mapping[str, PrefetchDecoding] = field(default_factory=dict)
     continuation_reads: ContinuationReads | None = None
     batch_finish: BatchFinish | None = None
+    bulk_claim: BulkClaim | None = None
     bulk_run_reads: BulkRunReads | None = None
     bulk_run_creation: BulkRunCreation | None = None
     batch_dispatch: BatchDispatch | None = None
@@ -102,6 +104,7 @@ class Capabilities:
             prefetch={n: m for n, m in staging.items() if isinstance(m, PrefetchDecoding)},
             continuation_reads=store if isinstance(store, ContinuationReads) else None,
             batch_finish=store if isinstance(store, BatchFinish) else None,
+            bulk_claim=store if isinstance(store, BulkClaim) else None,
             bulk_run_reads=store if isinstance(store, BulkRunReads) else None,
             bulk_run_creation=store if isinstance(store, BulkRunCreation) else None,
             batch_dispatch=executor if isinstance(executor, BatchDispatch) else None,

@@ -26,7 +26,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from flowstone.engine import FinishBatch, StepResult, StepRunner, release_step, run_chain
+from flowstone.engine import (
+    ClaimedAhead,
+    FinishBatch,
+    StepResult,
+    StepRunner,
+    release_step,
+    run_chain,
+)
 from flowstone.errors import StorageError
 from flowstone.records import StepRecord
 from flowstone_celery import draining
@@ -39,7 +46,7 @@ if TYPE_CHECKING:
     from flowstone.pipeline import Pipeline
     from flowstone_celery.app import FlowstoneCelery
 
-__all__ = ["flush", "hand_back", "handle_step", "register", "run_steps"]
+__all__ = ["flush", "hand_back", "handle_step", "register", "run_pack", "run_steps"]
 
 log = logging.getLogger("flowstone.celery")
 MAX_BACKOFF_SECONDS = 60.0
@@ -70,14 +77,13 @@ def handle_step(app: FlowstoneCelery, body: object) -> int:
     """Run the step ``body`` names (or each step of a batch, one after the other) and
     dispatch the steps that became ready.
 
+    A batch of one pipeline's steps, on a store that records finishes together, is a pack
+    (see :func:`run_pack`): its steps are claimed together and their finishes recorded
+    together. Otherwise each step is claimed and recorded on its own (:func:`run_steps`).
     Before each step of a batch after the first, a draining worker (or one that has
     spent ``FLOWSTONE_PACK_SECONDS`` on this message) publishes the steps it has not
-    started, one message each, and stops: they are still ``ready`` and unclaimed, so any
-    worker can take them (and the sweeper re-sends them if that publish fails).
-
-    The finishes of a batch's steps of one run are recorded together, up to
-    ``FLOWSTONE_FINISH_BATCH`` per transaction (see :class:`~flowstone.engine.FinishBatch`);
-    what they made ready is dispatched once they are recorded.
+    started, one message each, and stops: they are ``ready`` and unclaimed, so any worker
+    can take them (and the sweeper re-sends them if that publish fails).
 
     Returns how many steps were dispatched (follow-ups and handed-back ones; 0 for a
     dropped or duplicate message). Infrastructure errors propagate so the caller can
@@ -90,43 +96,75 @@ def handle_step(app: FlowstoneCelery, body: object) -> int:
         log.error("dropping malformed FlowStone step message: %s", exc)
         return 0
     settings = app.flowstone_settings
+    found = [resolve(app, item) for item in bodies]
+    runners = {f[0].runner for f in found if f is not None}
+    if len(bodies) > 1 and len(runners) == 1:
+        batch = FinishBatch(
+            runners.pop(), size=settings.finish_batch, seconds=settings.finish_batch_seconds
+        )
+        if batch.batching:
+            return run_pack(app, batch, bodies, [f and f[1] for f in found])
     published = 0
     started = time.monotonic()
-    batch: FinishBatch | None = None
-    try:
-        for index, item in enumerate(bodies):
-            late = time.monotonic() - started >= settings.pack_seconds
-            if index and (draining.requested() or late):
-                if batch is not None:
-                    published += flush(batch, inline=settings.inline_steps)
-                return published + hand_back(app, bodies[index:])
-            found = resolve(app, item)
-            if found is None:
-                continue
-            pipeline, message = found
-            runner = pipeline.runner
-            if batch is not None and (batch.runner is not runner or batch.due()):
-                published += flush(batch, inline=settings.inline_steps)
-            if batch is None or batch.runner is not runner:
-                batch = FinishBatch(
-                    runner, size=settings.finish_batch, seconds=settings.finish_batch_seconds
-                )
-            if len(bodies) > 1 and batch.batching:
-                with batch.running():  # finishes waiting too long are recorded meanwhile
-                    runner.run_step(
-                        message.run_id, message.asset, message.partition,
-                        claim_next=settings.inline_steps > 0, batch=batch,
-                    )  # fmt: skip
-                continue
+    for index, step in enumerate(found):
+        if index and (draining.requested() or time.monotonic() - started >= settings.pack_seconds):
+            return published + hand_back(app, bodies[index:])
+        if step is not None:
+            pipeline, message = step
             published += run_steps(
-                runner, message.run_id, message.asset, message.partition,
+                pipeline.runner, message.run_id, message.asset, message.partition,
                 inline=settings.inline_steps,
             )  # fmt: skip
-        if batch is not None:
-            published += flush(batch, inline=settings.inline_steps)
+    return published
+
+
+def run_pack(
+    app: FlowstoneCelery,
+    batch: FinishBatch,
+    bodies: list[object],
+    messages: list[StepMessage | None],
+) -> int:
+    """Run the steps of a pack (``messages``, ``None`` for a dropped one) one after the
+    other: claimed together first (:class:`~flowstone.engine.ClaimedAhead`, their leases
+    kept until each starts), their finishes recorded together, up to
+    ``FLOWSTONE_FINISH_BATCH`` per transaction (see :class:`~flowstone.engine.FinishBatch`)
+    and what those made ready dispatched, the continuations they claimed run here (see
+    :func:`flush`). A draining worker, or one that has spent ``FLOWSTONE_PACK_SECONDS``
+    on the pack, gives back the steps it has not started (``ready`` again) and publishes
+    them, one message each. On an error, the finishes waiting are recorded and the steps
+    not started given back before it propagates."""
+    settings = app.flowstone_settings
+    runner = batch.runner
+    taken = [index for index, message in enumerate(messages) if message is not None]
+    ahead = ClaimedAhead.claim(
+        runner, [(m.run_id, m.asset, m.partition) for m in messages if m is not None]
+    )
+    published = 0
+    started = time.monotonic()
+    try:
+        for n, index in enumerate(taken):
+            late = time.monotonic() - started >= settings.pack_seconds
+            if n and (draining.requested() or late):
+                why = "the worker is draining" if draining.requested() else "the pack took too long"
+                ahead.release(why=why)
+                published += flush(batch, inline=settings.inline_steps)
+                return published + hand_back(app, bodies[index:])
+            step = ahead.take(n)
+            if step is None:  # a duplicate delivery, a cancelled run
+                continue
+            if batch.due():
+                published += flush(batch, inline=settings.inline_steps)
+            try:
+                with batch.running():  # finishes waiting too long are recorded meanwhile
+                    runner.run_claimed(step, claim_next=settings.inline_steps > 0, batch=batch)
+            except Exception:
+                _release_all(runner, [step], lambda _: None, why="it failed to run here")
+                raise
+        published += flush(batch, inline=settings.inline_steps)
     except Exception:
-        if batch is not None:  # what ran before the error is recorded, not left to its lease
-            _record_quietly(batch)
+        # what ran is recorded and what did not is given back, not left to the leases
+        ahead.release(why="an earlier step of its message failed")
+        _record_quietly(batch)
         raise
     return published
 

@@ -399,6 +399,22 @@ class PostgresRunStore:
             lambda c: scheduling.claim_step(c, self._sql, key, owner, lease_seconds, pipeline),
         )
 
+    def claim_steps(
+        self,
+        keys: Sequence[tuple[str, str, str]],
+        *,
+        owner: str,
+        lease_seconds: float,
+        pipeline: str | None = None,
+    ) -> list[StepRecord | None]:
+        """Several ``claim_step`` in one statement (see :class:`~flowstone.protocols.
+        BulkClaim`)."""
+        keyed = [self._key(*key) for key in keys]
+        return self._auto(
+            "claiming steps",
+            lambda c: scheduling.claim_steps(c, self._sql, keyed, owner, lease_seconds, pipeline),
+        )
+
     def renew_lease(
         self,
         run_id: str,

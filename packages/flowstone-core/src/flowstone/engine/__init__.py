@@ -7,6 +7,7 @@ This module's ``__all__`` is the engine API plugins may use (pinned by a test, l
 root ``flowstone.__all__``); everything in the submodules is internal and may change.
 """
 
+from flowstone.engine.ahead import ClaimedAhead
 from flowstone.engine.batch import FinishBatch
 from flowstone.engine.chain import release_step, run_chain
 from flowstone.engine.inputs import DepOutcome, Inputs, resolve_inputs
@@ -20,6 +21,7 @@ from flowstone.scatter import item_key
 
 __all__ = [
     "Capabilities",
+    "ClaimedAhead",
     "DepOutcome",
     "FinishBatch",
     "Inputs",

@@ -9,6 +9,7 @@ leaves an orphan value, never a record without a value).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -227,6 +228,50 @@ class StepRunner:
             self._refused_claim(run_id, asset, partition)
             return _NOTHING
         return self.run_claimed(step, lease_seconds=lease, claim_next=claim_next, batch=batch)
+
+    def claim_many(
+        self, keys: Sequence[tuple[str, str, str]], *, owner: str | None = None
+    ) -> list[StepRecord | None]:
+        """Claim the steps at ``keys`` (run, asset, partition) for ``owner`` (this thread by
+        default), each exactly as :meth:`run_step` claims one, in one round trip when the
+        store offers :class:`~flowstone.protocols.BulkClaim`; ``None`` for a step that is
+        not claimable (a duplicate delivery, a cancelled run). Run each with
+        :meth:`run_claimed`, keeping its lease meanwhile with :meth:`holding`."""
+        rt = self.runtime
+        owner = owner or self.owner()
+        lease = rt.policies.lease_seconds
+        bulk = rt.capabilities.bulk_claim
+        if bulk is not None and len(keys) > 1:
+            steps = bulk.claim_steps(keys, owner=owner, lease_seconds=lease, pipeline=rt.name)
+        else:
+            steps = []
+            try:
+                for r, a, p in keys:
+                    steps.append(rt.store.claim_step(
+                        r, a, p, owner=owner, lease_seconds=lease, pipeline=rt.name
+                    ))  # fmt: skip
+            except Exception:  # none claimed so far waits for its lease: give them back
+                for step in steps:
+                    if step is not None:
+                        with contextlib.suppress(Exception):
+                            rt.store.retry_step(
+                                step.run_id, step.asset, step.partition, delay_seconds=0.0,
+                                error="handed back: claiming the steps with it failed",
+                                fence=_fence_of(step),
+                            )  # fmt: skip
+                raise
+        for key, step in zip(keys, steps, strict=True):
+            if step is None:
+                self._refused_claim(*key)
+        return steps
+
+    def holding(self, step: StepRecord) -> contextlib.AbstractContextManager[threading.Event]:
+        """Keep the lease of ``step`` (claimed, not started yet) alive while the block runs;
+        yields the event set if the claim is lost (see :class:`LeaseKeeper`)."""
+        return self._leases.keep(
+            step.run_id, step.asset, step.partition, step.owner or self.owner(),
+            self.runtime.policies.lease_seconds, step.attempt,
+        )  # fmt: skip
 
     def _refused_claim(self, run_id: str, asset: str, partition: str) -> None:
         """A claim came back None: usually a duplicate delivery (nothing to say); if the

@@ -25,6 +25,7 @@ Optional capabilities are declared, not guessed: set the class flags your store 
         supports_get_runs = True           # flowstone.protocols.BulkRunReads
         supports_batch_finish = True       # flowstone.protocols.BatchFinish
         supports_bulk_run_creation = True  # flowstone.protocols.BulkRunCreation
+        supports_bulk_claim = True         # flowstone.protocols.BulkClaim
 
 The rules pinned here are the ones in :mod:`flowstone.store_rules`; a store that uses
 that module gets most of them for free.
@@ -69,6 +70,7 @@ from flowstone.testing._store_helpers import (
     _uid,
 )
 from flowstone.testing.batch_finish_contract import BatchFinishContract
+from flowstone.testing.bulk_claim_contract import BulkClaimContract
 from flowstone.testing.bulk_creation_contract import BulkCreationContract
 from flowstone.testing.store_paging_contract import StorePagingContract
 from flowstone.testing.store_records_contract import StoreRecordsContract
@@ -81,6 +83,7 @@ class RunStoreContract(
     StoreRulesContract,
     StorePagingContract,
     BatchFinishContract,
+    BulkClaimContract,
     BulkCreationContract,
 ):
     """Behaviour every run store must have. Subclass and implement :meth:`make_store`.
@@ -94,6 +97,8 @@ class RunStoreContract(
             (:class:`~flowstone.protocols.BatchFinish`).
         supports_bulk_run_creation: the store offers ``create_runs``
             (:class:`~flowstone.protocols.BulkRunCreation`).
+        supports_bulk_claim: the store offers ``claim_steps``
+            (:class:`~flowstone.protocols.BulkClaim`).
     """
 
     supports_get_runs: bool = False
