@@ -149,6 +149,21 @@ class Connections:
         finally:
             self._release(conn, healthy)
 
+    async def fetchmany(self, query: str, args: list[list[Any]]) -> list[Any]:
+        """One statement for each of ``args``, sent together (one round trip, one implicit
+        transaction: all of them apply or none); the rows of all of them."""
+        conn = await self._acquire()
+        healthy = False
+        try:
+            rows = await conn.fetchmany(query, args)
+            healthy = True
+            return list(rows)
+        except asyncpg.PostgresError:
+            healthy = True
+            raise
+        finally:
+            self._release(conn, healthy)
+
     async def fetchrow(self, query: str, *args: Any) -> Any:
         """The first row of one statement, or None."""
         rows = await self.fetch(query, *args)

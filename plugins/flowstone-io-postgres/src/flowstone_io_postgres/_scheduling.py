@@ -250,31 +250,6 @@ async def claim_step(
     return dataclasses.replace(step, queued_s=row["queued_s"], took_over=bool(row["took_over"]))
 
 
-# Several claims in one statement (``BulkClaim``): each is _CLAIM's, for every key; the
-# steps are locked in key order (so two bulk claims cannot deadlock), the facts come from
-# each one's row as it was.
-_CLAIM_MANY = (
-    "UPDATE {s}.steps s SET state = 'running', attempt = s.attempt + 1, owner = :owner, "
-    "lease_expires_at = now() + make_interval(secs => :lease_s), not_before = NULL, "
-    "updated_at = now(), resent_at = NULL, resends = 0 "
-    "FROM (SELECT st.run_id, st.asset, st.partition, st.state, st.owner, st.updated_at, "
-    "st.not_before FROM {s}.steps st JOIN unnest(CAST(:runs AS text[]), "
-    "CAST(:assets AS text[]), CAST(:parts AS text[])) AS k(r, a, p) "
-    "ON st.run_id = k.r AND st.asset = k.a AND st.partition = k.p "
-    "ORDER BY st.run_id, st.asset, st.partition FOR UPDATE OF st) AS o, "
-    "(SELECT set_config('synchronous_commit', 'off', true)) AS relaxed "
-    "WHERE s.run_id = o.run_id AND s.asset = o.asset AND s.partition = o.partition AND ("
-    "(s.state = 'ready' AND (s.not_before IS NULL OR s.not_before <= now())) "
-    "OR (s.state = 'running' AND s.lease_expires_at <= now())) "
-    "AND EXISTS (SELECT 1 FROM {s}.runs WHERE run_id = s.run_id AND status <> 'cancelled' "
-    "AND (CAST(:pipeline AS text) IS NULL OR pipeline = :pipeline)) "
-    "RETURNING " + ", ".join("s." + c.strip() for c in STEP_COLS.split(",")) + ", "
-    "CASE WHEN o.state = 'ready' THEN GREATEST(0, extract(epoch FROM now() - "
-    "GREATEST(o.updated_at, COALESCE(o.not_before, o.updated_at))))::float8 END AS queued_s, "
-    "(o.state = 'running' AND o.owner IS NOT NULL AND o.owner <> :owner) AS took_over"
-)
-
-
 async def claim_steps(
     conn: Db,
     sql: Sql,
@@ -283,13 +258,21 @@ async def claim_steps(
     lease: float,
     pipeline: str | None = None,
 ) -> list[StepRecord | None]:
-    """:func:`claim_step` for each of ``keys`` in one statement, in the order given
-    (``None`` where the step was not claimable; a key given twice is claimed once)."""
-    rows = await sql(_CLAIM_MANY).fetch(conn, {
-        "runs": [k["r"] for k in keys], "assets": [k["a"] for k in keys],
-        "parts": [k["p"] for k in keys], "owner": owner, "lease_s": float(lease),
-        "pipeline": pipeline,
-    })  # fmt: skip
+    """:func:`claim_step` for each of ``keys``, the statements sent together (one round
+    trip, asyncpg's pipelined ``fetchmany``), in key order (each locks its one step: two
+    callers claiming overlapping steps wait for each other in one order, never in a
+    cycle). Returns the claims in the order of ``keys``, ``None`` where the step was not
+    claimable (a key given twice is claimed once). One statement per key, not one for
+    all: each is planned on the step's primary key whatever the table's statistics say
+    (a join of the keys with ``steps`` is planned as a scan of the table while it is
+    young and unanalyzed)."""
+    stmt = sql(_CLAIM)
+    ordered = sorted({(k["r"], k["a"], k["p"]) for k in keys})
+    rows = await conn.fetchmany(stmt.sql, [
+        stmt.args({"r": r, "a": a, "p": p, "owner": owner, "lease_s": float(lease),
+                   "pipeline": pipeline})
+        for r, a, p in ordered
+    ])  # fmt: skip
     claimed: dict[tuple[str, str, str], StepRecord] = {}
     for row in rows:
         step = to_step(row, limit=STEP_COL_COUNT)

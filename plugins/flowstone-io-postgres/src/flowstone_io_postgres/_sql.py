@@ -47,6 +47,8 @@ class Db(Protocol):
 
     async def fetchval(self, query: str, *args: Any) -> Any: ...
 
+    async def fetchmany(self, query: str, args: list[list[Any]]) -> list[Any]: ...
+
 # deadlock_detected, serialization_failure: safe to retry the whole transaction.
 RETRYABLE = frozenset({"40P01", "40001"})
 TX_ATTEMPTS = 5
