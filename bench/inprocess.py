@@ -45,10 +45,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import json
 import logging
+import multiprocessing
 import os
 import platform
 import pstats
@@ -262,9 +264,12 @@ class Samples:
                 f"cpu {us_per_asset(self.cpu, baseline, assets)} us/asset")
 
 
-def measure(runners: dict[str, Callable[[], None]], repeat: int) -> dict[str, Samples]:
+def measure(
+    runners: dict[str, Callable[[], tuple[float, float]]], repeat: int
+) -> dict[str, Samples]:
     """One warm-up each, then ``repeat`` rounds running every tool once per round, each
-    round starting with the next tool.
+    round starting with the next tool; each runner returns the wall and CPU seconds of its
+    run, timed in the tool's own process (see :class:`ToolProcess`).
 
     Interleaving keeps the comparison fair on a shared machine: a burst of load from
     elsewhere hits every tool instead of whichever happened to be running.
@@ -276,11 +281,85 @@ def measure(runners: dict[str, Callable[[], None]], repeat: int) -> dict[str, Sa
     for round_no in range(repeat):
         shift = round_no % len(order)
         for name, run in order[shift:] + order[:shift]:
-            wall, cpu = time.perf_counter(), time.process_time()
-            run()
-            samples[name].wall.append(time.perf_counter() - wall)
-            samples[name].cpu.append(time.process_time() - cpu)
+            wall, cpu = run()
+            samples[name].wall.append(wall)
+            samples[name].cpu.append(cpu)
     return samples
+
+
+def serve_tool(tool: str, nodes: list[Node], home: Path, prefect_mode: str, conn: Any) -> None:
+    """A tool's own process (see :class:`ToolProcess`): build its runner, then answer
+    ``run`` (with the run's wall and CPU seconds), ``last`` (the last asset's value),
+    ``calls`` (Prefect's flow-call times) and ``stop``."""
+    logging.disable(logging.WARNING)
+    try:
+        if tool == "flowstone":
+            pipeline = flowstone_pipeline(nodes, home)
+            run: Callable[[], None] = lambda: run_flowstone(pipeline)  # noqa: E731
+            last: Callable[[], Any] = lambda: pipeline.get(nodes[-1].name)  # noqa: E731
+            stop: Callable[[], None] = pipeline.close
+            calls: Callable[[], list[float]] = list
+        elif tool == "dagster":
+            run, last = dagster_runner(nodes, home)
+            stop, calls = (lambda: None), list
+        else:
+            run, last, stop, calls = prefect_runner(nodes, home, prefect_mode)
+    except ImportError as exc:
+        conn.send(("missing", str(exc)))
+        return
+    conn.send(("ready", None))
+    try:
+        while True:
+            command = conn.recv()
+            if command == "run":
+                wall, cpu = time.perf_counter(), time.process_time()
+                run()
+                conn.send((time.perf_counter() - wall, time.process_time() - cpu))
+            elif command == "last":
+                conn.send(last())
+            elif command == "calls":
+                conn.send(calls())
+            else:
+                return
+    finally:
+        stop()  # Prefect's temporary server: no process outlives the benchmark
+        conn.close()
+
+
+class ToolProcess:
+    """One tool, run in a process of its own (as a user runs it): its imports, objects and
+    garbage collections never weigh on another tool's runs (Dagster's ~300,000 objects made
+    every full collection during a FlowStone run in the same process take tens of ms).
+    Raises ImportError if the tool is not installed."""
+
+    def __init__(self, tool: str, nodes: list[Node], home: Path, prefect_mode: str) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._proc = context.Process(
+            target=serve_tool, args=(tool, nodes, home, prefect_mode, child), daemon=True
+        )
+        self._proc.start()
+        child.close()
+        state, detail = self._conn.recv()
+        if state != "ready":
+            self.stop()
+            raise ImportError(detail)
+
+    def ask(self, command: str) -> Any:
+        self._conn.send(command)
+        return self._conn.recv()
+
+    def run(self) -> tuple[float, float]:
+        wall, cpu = self.ask("run")
+        return float(wall), float(cpu)
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):  # the process is gone already
+            self._conn.send("stop")
+        self._proc.join(timeout=120)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
 
 
 def us_per_asset(samples: list[float], baseline: float, assets: int) -> float:
@@ -371,41 +450,31 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="flowstone-bench-") as tmp:
         root = Path(tmp)
-        pipeline = flowstone_pipeline(nodes, root / "flowstone")
-        runners: dict[str, Callable[[], None]] = {"flowstone": lambda: run_flowstone(pipeline)}
-        dagster_last: Callable[[], Any] | None = None
-        if args.no_dagster:
-            print("dagster: skipped (--no-dagster)")
-        else:
+        mode = args.prefect_mode
+        tools = {"flowstone": ToolProcess("flowstone", nodes, root / "flowstone", mode)}
+        for tool, skipped, home in (("dagster", args.no_dagster, "dagster"),
+                                    ("prefect", args.no_prefect, "prefect-home")):  # fmt: skip
+            if skipped:
+                print(f"{tool}: skipped (--no-{tool})")
+                continue
             try:
-                runners["dagster"], dagster_last = dagster_runner(nodes, root / "dagster")
+                tools[tool] = ToolProcess(tool, nodes, root / home, mode)
             except ImportError:
-                print("dagster: not installed; skipping it (pip install dagster to compare)")
-        prefect_last: Callable[[], Any] | None = None
-        prefect_stop: Callable[[], None] = lambda: None  # noqa: E731
-        prefect_calls: Callable[[], list[float]] = list
-        if args.no_prefect:
-            print("prefect: skipped (--no-prefect)")
-        else:
-            try:
-                runners["prefect"], prefect_last, prefect_stop, prefect_calls = prefect_runner(
-                    nodes, root / "prefect-home", args.prefect_mode)
-            except ImportError:
-                print("prefect: not installed; skipping it (pip install prefect to compare)")
+                print(f"{tool}: not installed; skipping it (pip install {tool} to compare)")
         try:
-            samples = measure(runners, repeat)
-            check_flowstone(pipeline, expected)
+            samples = measure({name: tool.run for name, tool in tools.items()}, repeat)
+            last = nodes[-1].name
+            for name, tool in tools.items():
+                if tool.ask("last") != expected[last]:
+                    raise SystemExit(f"{name} computed {last}={tool.ask('last')}, "
+                                     f"expected {expected[last]}")  # fmt: skip
+            calls = tools["prefect"].ask("calls")[1:] if "prefect" in tools else []
         finally:
-            pipeline.close()
-            prefect_stop()  # its temporary server: no process outlives the benchmark
-        last = nodes[-1].name
-        if dagster_last is not None and dagster_last() != expected[last]:
-            raise SystemExit(f"Dagster computed {last}={dagster_last()}, expected {expected[last]}")
-        if prefect_last is not None and prefect_last() != expected[last]:
-            raise SystemExit(f"Prefect computed {last}={prefect_last()}, expected {expected[last]}")
+            for tool in tools.values():
+                tool.stop()
         for name, got in samples.items():
             print(got.line(name + ":", baseline, n))
-        calls = prefect_calls()[1:]  # the measured runs (the first was the warm-up)
+        # (calls: the measured runs' flow calls, the first was the warm-up)
         if calls:
             print(f"prefect:   the flow call alone took {statistics.median(calls):.3f}s "
                   f"({', '.join(f'{c:.2f}' for c in calls)}); the rest of each run is its "
