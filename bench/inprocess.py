@@ -21,11 +21,12 @@ Every tool records every run on local disk (Dagster: every value):
   events after the flow call returned); the flow call alone is reported too
   (``prefect_call_only_us_per_asset``); see :func:`prefect_runner`.
 
-Each side gets one warm-up run, then ``--repeat`` measured rounds running every tool once,
-each round starting with another tool, so load from elsewhere hits all; medians of the
-wall time, less the time the plain function calls take, divided by the asset count are
-reported (CPU time of this process is printed alongside; Prefect's temporary server is
-another process, so its CPU is not in Prefect's figure).
+Each tool runs in a process of its own (:class:`ToolProcess`, as a user runs it), which
+times its runs. Each side gets one warm-up run, then ``--repeat`` measured rounds running
+every tool once, each round starting with another tool, so load from elsewhere hits all;
+medians of the wall time, less the time the plain function calls take, divided by the
+asset count are reported (the CPU time of the tool's process is printed alongside;
+Prefect's temporary server is yet another process, so its CPU is not in Prefect's figure).
 The last line printed is one JSON object, e.g.::
 
     {"bench": "inprocess", "assets": 500, "flowstone_us_per_asset": 3239.2,
