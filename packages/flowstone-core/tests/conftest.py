@@ -8,13 +8,14 @@ test's ``tmp_path`` so nothing is ever written into the repository.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import flowstone as fs
+from flowstone.records import StepRecord
 from flowstone.registry import PluginRegistry
 
 
@@ -91,6 +92,22 @@ class Counter:
 @pytest.fixture
 def counter() -> Counter:
     return Counter()
+
+
+class Collect:
+    """A non-blocking executor that keeps the steps dispatched to it."""
+
+    name = "collect"
+    blocking = False
+
+    def __init__(self) -> None:
+        self.steps: list[StepRecord] = []
+
+    def dispatch(self, runner: Any, run_id: str, steps: Sequence[StepRecord]) -> None:
+        self.steps.extend(steps)
+
+    def close(self) -> None:
+        return None
 
 
 class Recorder:

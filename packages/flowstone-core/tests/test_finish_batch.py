@@ -13,14 +13,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
-from conftest import Recorder
+from conftest import Collect, Recorder
 
 import flowstone as fs
 from flowstone.defaults.memory_store import MemoryRunStore
 from flowstone.engine import FinishBatch
 from flowstone.errors import StorageError, UsageError
 from flowstone.protocols import ClaimedReads, Finish
-from flowstone.records import StepRecord, StepTransition
+from flowstone.records import StepTransition
 
 
 class BatchingStore(MemoryRunStore):
@@ -54,22 +54,6 @@ class BatchingStore(MemoryRunStore):
             except (StorageError, UsageError) as exc:
                 out.append(exc)
         return out
-
-
-class Collect:
-    """A non-blocking executor that keeps the steps dispatched to it."""
-
-    name = "collect"
-    blocking = False
-
-    def __init__(self) -> None:
-        self.steps: list[StepRecord] = []
-
-    def dispatch(self, runner: Any, run_id: str, steps: Sequence[StepRecord]) -> None:
-        self.steps.extend(steps)
-
-    def close(self) -> None:
-        return None
 
 
 def _pipeline(store: MemoryRunStore, recorder: Recorder, n: int = 4) -> tuple[fs.Pipeline, Collect]:

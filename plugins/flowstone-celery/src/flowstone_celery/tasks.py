@@ -149,17 +149,12 @@ def run_pack(
                 ahead.release(why=why)
                 published += flush(batch, inline=settings.inline_steps)
                 return published + hand_back(app, bodies[index:])
-            step = ahead.take(n)
-            if step is None:  # a duplicate delivery, a cancelled run
-                continue
             if batch.due():
                 published += flush(batch, inline=settings.inline_steps)
-            try:
-                with batch.running():  # finishes waiting too long are recorded meanwhile
-                    runner.run_claimed(step, claim_next=settings.inline_steps > 0, batch=batch)
-            except Exception:
-                _release_all(runner, [step], lambda _: None, why="it failed to run here")
-                raise
+            # (a step of the message: the message's retry runs it again, no need to publish)
+            _run_batched(
+                batch, ahead.take(n), claim_next=settings.inline_steps > 0, publish=lambda _: None
+            )
         published += flush(batch, inline=settings.inline_steps)
     except Exception:
         # what ran is recorded and what did not is given back, not left to the leases
@@ -238,25 +233,52 @@ def flush(batch: FinishBatch, *, inline: int) -> int:
         claimed = [result.next for result in results if result.next is not None]
         if not claimed:
             return publish.count
+        ahead = ClaimedAhead.hold(runner, claimed)  # their leases kept until their turn
         results = []
-        for index, step in enumerate(claimed):
+        for index in range(len(claimed)):
             try:
                 if draining.requested():
-                    _release_all(runner, claimed[index:], publish,
-                                 why="the worker is shutting down")  # fmt: skip
+                    _publish_each(publish, ahead.release(why="the worker is shutting down"))
                     break
                 if batch.due():
                     results += batch.flush()
-                with batch.running():  # finishes waiting too long are recorded meanwhile
-                    runner.run_claimed(step, claim_next=level < inline, batch=batch)
+                _run_batched(batch, ahead.take(index), claim_next=level < inline, publish=publish)
             except Exception:
                 # nothing claimed waits for its lease: the rest of this level and what
                 # the finishes recorded meanwhile claimed go back to the broker
-                _give_back(runner, results, claimed[index:], publish,
-                           why="it or an earlier step of its message failed")  # fmt: skip
+                why = "it or an earlier step of its message failed"
+                _publish_each(publish, ahead.release(why=why))
+                _give_back(runner, results, [], publish, why=why)
                 raise
         results += batch.flush()
         level += 1
+
+
+def _run_batched(
+    batch: FinishBatch,
+    step: StepRecord | None,
+    *,
+    claim_next: bool,
+    publish: Callable[[tuple[StepRecord, ...]], None],
+) -> None:
+    """Run ``step`` (claimed for this caller; ``None``: nothing to run, it could not be
+    claimed or lost its lease while it waited), its finish waiting in ``batch``. If it
+    fails to run here (the store failed), it is given back (and handed to ``publish``)
+    before the error propagates."""
+    if step is None:
+        return
+    try:
+        with batch.running():  # finishes waiting too long are recorded meanwhile
+            batch.runner.run_claimed(step, claim_next=claim_next, batch=batch)
+    except Exception:
+        _release_all(batch.runner, [step], publish, why="it failed to run here")
+        raise
+
+
+def _publish_each(publish: _Published, steps: list[StepRecord]) -> None:
+    """Publish steps given back (one message each: they may be of different runs)."""
+    for step in steps:
+        publish((step,))
 
 
 def _release_all(

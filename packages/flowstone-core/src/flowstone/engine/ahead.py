@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Sequence
 
 from flowstone.engine.chain import release_step
@@ -36,8 +37,10 @@ log = logging.getLogger("flowstone.engine")
 class ClaimedAhead:
     """Steps claimed for one caller, waiting for their turn with their leases kept.
 
-    Use :meth:`claim`, then :meth:`take` each step in turn, and :meth:`release` what is
-    left when the caller stops early (nothing once every step was taken).
+    Use :meth:`claim` (or :meth:`hold` for steps claimed already, such as the
+    continuations a batch of finishes claimed), then :meth:`take` each step in turn, and
+    :meth:`release` what is left when the caller stops early (nothing once every step was
+    taken).
     """
 
     __slots__ = ("_holds", "_steps", "runner")
@@ -45,28 +48,45 @@ class ClaimedAhead:
     def __init__(self, runner: StepRunner, steps: Sequence[StepRecord | None]) -> None:
         self.runner = runner
         self._steps: list[StepRecord | None] = list(steps)
-        self._holds: dict[int, contextlib.ExitStack] = {}  # index -> its lease, kept
+        # index -> (its lease kept, the event set if the lease was lost meanwhile)
+        self._holds: dict[int, tuple[contextlib.ExitStack, threading.Event]] = {}
 
     @classmethod
     def claim(cls, runner: StepRunner, keys: Sequence[tuple[str, str, str]]) -> ClaimedAhead:
         """Claim the steps at ``keys`` (run, asset, partition) for this thread; a step that
         cannot be claimed (a duplicate delivery, a cancelled run) is ``None`` in
         :meth:`take`."""
-        ahead = cls(runner, runner.claim_many(keys))
+        return cls.hold(runner, runner.claim_many(keys))
+
+    @classmethod
+    def hold(cls, runner: StepRunner, steps: Sequence[StepRecord | None]) -> ClaimedAhead:
+        """Keep the leases of ``steps``, claimed for this caller already, until each is
+        taken."""
+        ahead = cls(runner, steps)
         for index, step in enumerate(ahead._steps):
             if step is not None:
                 hold = contextlib.ExitStack()
-                hold.enter_context(runner.holding(step))
-                ahead._holds[index] = hold
+                lost = hold.enter_context(runner.holding(step))
+                ahead._holds[index] = (hold, lost)
         return ahead
 
     def take(self, index: int) -> StepRecord | None:
         """The ``index``-th step, claimed for this caller (its lease no longer kept here:
-        running it keeps it), or ``None`` if it could not be claimed."""
+        running it keeps it); ``None`` if it could not be claimed, or if its lease was lost
+        while it waited (another runner has it now: running it here too would run it
+        twice)."""
         hold = self._holds.pop(index, None)
-        if hold is not None:
-            hold.close()
         step, self._steps[index] = self._steps[index], None
+        if hold is None:
+            return step
+        kept, lost = hold
+        kept.close()
+        if lost.is_set():
+            assert step is not None
+            log.warning("step %s[%s] of run %s lost its lease while it waited for its turn; "
+                        "it runs where it was taken over", step.asset, step.partition,
+                        step.run_id)  # fmt: skip
+            return None
         return step
 
     def release(self, *, why: str) -> list[StepRecord]:
@@ -75,9 +95,8 @@ class ClaimedAhead:
         left to its lease (the sweeper takes it over)."""
         released: list[StepRecord] = []
         for index, step in enumerate(self._steps):
-            if step is None:
+            if step is None or self.take(index) is None:
                 continue
-            self.take(index)
             try:
                 released += release_step(self.runner, step, None, why=why)
             except Exception as exc:
