@@ -57,15 +57,16 @@ def test_daemon_serves_metrics_and_writes_its_heartbeat(tmp_path: Path) -> None:
     proc, url = _start(log, db, "daemon", SIMPLE, "--interval", "0.2", "--metrics-port", "0")
     deadline = time.monotonic() + 60
     try:
-        text = ""
-        while "flowstone_sweeps_total" not in text:
+        sweeps = ("flowstone_sweeps_total", (("pipeline", "simple"), ("role", "daemon")))
+        text, samples = "", {}
+        # the family is declared (its HELP line) before the daemon's first sweep counts
+        while sweeps not in samples:
             assert time.monotonic() < deadline, text
+            time.sleep(0.2)
             with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
                 text = response.read().decode()
-            time.sleep(0.2)
-        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-                   for f in text_string_to_metric_families(text) for s in f.samples}
-        sweeps = ("flowstone_sweeps_total", (("pipeline", "simple"), ("role", "daemon")))
+            samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                       for f in text_string_to_metric_families(text) for s in f.samples}
         assert samples[sweeps] >= 1
         stamp = samples[("flowstone_asset_last_materialized_timestamp_seconds",
                          (("asset", "total"), ("pipeline", "simple")))]
