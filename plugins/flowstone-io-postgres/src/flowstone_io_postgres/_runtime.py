@@ -137,25 +137,20 @@ class Connections:
     # as ``connection()``, without an async generator per call).
     async def fetch(self, query: str, *args: Any) -> list[Any]:
         """One statement on an idle connection (autocommit: one round trip)."""
-        conn = await self._acquire()
-        healthy = False
-        try:
-            rows = await conn.fetch(query, *args)
-            healthy = True
-            return list(rows)
-        except asyncpg.PostgresError:
-            healthy = True
-            raise
-        finally:
-            self._release(conn, healthy)
+        return await self._on_idle(lambda conn: conn.fetch(query, *args))
 
     async def fetchmany(self, query: str, args: list[list[Any]]) -> list[Any]:
         """One statement for each of ``args``, sent together (one round trip, one implicit
         transaction: all of them apply or none); the rows of all of them."""
+        return await self._on_idle(lambda conn: conn.fetchmany(query, args))
+
+    async def _on_idle(
+        self, call: Callable[[asyncpg.Connection], Awaitable[Any]]
+    ) -> list[Any]:
         conn = await self._acquire()
         healthy = False
         try:
-            rows = await conn.fetchmany(query, args)
+            rows = await call(conn)
             healthy = True
             return list(rows)
         except asyncpg.PostgresError:

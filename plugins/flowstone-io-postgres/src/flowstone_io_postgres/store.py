@@ -407,7 +407,7 @@ class PostgresRunStore:
         lease_seconds: float,
         pipeline: str | None = None,
     ) -> list[StepRecord | None]:
-        """Several ``claim_step`` in one statement (see :class:`~flowstone.protocols.
+        """Several ``claim_step`` in one round trip (see :class:`~flowstone.protocols.
         BulkClaim`)."""
         keyed = [self._key(*key) for key in keys]
         return self._auto(
