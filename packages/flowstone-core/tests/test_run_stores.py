@@ -33,6 +33,8 @@ class TestMemoryRunStore(RunStoreContract):
 class TestSQLiteRunStore(RunStoreContract):
     supports_get_runs = True
     supports_continuation_reads = False  # the engine reads a continuation's inputs itself
+    supports_batch_finish = True
+    supports_bulk_claim = True
 
     def make_store(self, tmp_path: Path) -> RunStore:
         return SQLiteRunStore(tmp_path / "state" / "flowstone.db")

@@ -46,6 +46,8 @@ __all__ = ["InProcessExecutor"]
 _CANCEL_POLL_S = 0.1  # how often a dispatch checks for cancellation and branch timeouts
 BLOCKED_AFTER_S = 0.002
 """Default ``blocked_after``: a step running longer counts as blocked (see the module)."""
+FINISH_BATCH = 32
+"""Default ``finish_batch``: the most step finishes a worker records in one transaction."""
 
 
 class InProcessExecutor:
@@ -68,7 +70,11 @@ class InProcessExecutor:
     blocking = True
 
     def __init__(
-        self, max_workers: int | None = None, *, blocked_after: float = BLOCKED_AFTER_S
+        self,
+        max_workers: int | None = None,
+        *,
+        blocked_after: float = BLOCKED_AFTER_S,
+        finish_batch: int = FINISH_BATCH,
     ) -> None:
         if max_workers is not None and (
             isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
@@ -84,13 +90,21 @@ class InProcessExecutor:
                 f"InProcessExecutor(blocked_after={blocked_after!r}) must be a number of "
                 "seconds > 0"
             )
+        if isinstance(finish_batch, bool) or not isinstance(finish_batch, int) or finish_batch < 1:
+            raise UsageError(
+                f"InProcessExecutor(finish_batch={finish_batch!r}) must be an int >= 1 "
+                "(1 records each step's finish on its own)"
+            )
         self.max_workers = max_workers or min(32, (os.cpu_count() or 1) + 4)
         self.blocked_after = float(blocked_after)
+        self.finish_batch = finish_batch
 
     def dispatch(self, runner: StepRunner, run_id: str, steps: Sequence[StepRecord]) -> None:
         """Run ``steps`` and everything they make ready; return when nothing more of the run
         can progress here (see the module for the contract)."""
-        workers = StepWorkers(runner, self.max_workers, self.blocked_after)
+        workers = StepWorkers(
+            runner, self.max_workers, self.blocked_after, finish_batch=self.finish_batch
+        )
         workers.add(steps)
         try:
             while workers.watch(_CANCEL_POLL_S):

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,9 @@ from flowstone.defaults.sqlite_checkpoints import WalCheckpointer
 from flowstone.defaults.sqlite_connection import BATCH
 from flowstone.errors import StorageError, UnsafeKeyError, ValueNotFoundError
 from flowstone.protocols import StorageKey
+from flowstone.records import StagedValue
 
-__all__ = ["SQLiteIOManager"]
+__all__ = ["STAGING_TARGET", "SQLiteIOManager", "write_staged"]
 
 _PREFIX = "sqlite:"
 _SCHEMA = """
@@ -38,6 +39,13 @@ CREATE TABLE IF NOT EXISTS flowstone_values (
     written_at INTEGER
 )
 """
+_UPSERT = (
+    "INSERT INTO flowstone_values(location, format, data, written_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT(location) DO UPDATE SET format = excluded.format, data = excluded.data,"
+    " written_at = excluded.written_at"
+)
+STAGING_TARGET = "flowstone.sqlite-values"
+"""The :attr:`SQLiteIOManager.staging_target`: values the SQLite run store writes."""
 _WRITTEN_AT = "ALTER TABLE flowstone_values ADD COLUMN written_at INTEGER"  # files before it
 _UNQUOTED = re.compile(r"[A-Za-z0-9_.~-]*")  # what quote(safe="") leaves as it is
 _RECENT_VALUES = 256  # values this manager wrote that it reads from memory...
@@ -129,25 +137,74 @@ class SQLiteIOManager:
     def store(self, key: StorageKey, value: object) -> str:
         encoded = encode_for_storage(value, asset=key.asset, allow_pickle=self._allow_pickle)
         location = self._location(key)
+        self.write_staged([_Staged(self, location, encoded.format, encoded.data)])
+        return location
+
+    # --- staging (ValueStaging, PrefetchDecoding) ------------------------------------------
+    @property
+    def staging_target(self) -> str:
+        """What a run store must accept to write this manager's staged values: the SQLite
+        run store does (see :meth:`write_staged`)."""
+        return STAGING_TARGET
+
+    def stage(self, key: StorageKey, value: object) -> StagedValue:
+        """Encode ``value`` for ``key`` without writing it: the SQLite run store writes it
+        (:meth:`write_staged`) just before the transaction that records its step, together
+        with the other values of a batch of finishes."""
+        encoded = encode_for_storage(value, asset=key.asset, allow_pickle=self._allow_pickle)
+        location = self._location(key)
+        return StagedValue(
+            location, STAGING_TARGET, _Staged(self, location, encoded.format, encoded.data),
+            encoded=(encoded.format, encoded.data),
+        )  # fmt: skip
+
+    @property
+    def prefetch_source(self) -> str | None:
+        return None  # the store sends no values along; a staged value's own encoding is used
+
+    def decode_prefetched(self, location: str, encoded: object) -> object:
+        if not isinstance(encoded, tuple) or len(encoded) != 2:
+            raise StorageError(f"{location}: not a value this manager staged")
+        fmt, data = encoded  # (format, data), as stage() encoded it
+        return decode_from_storage(
+            EncodedValue(fmt, bytes(data)), allow_pickle=self._allow_pickle,
+            location=location,
+        )  # fmt: skip
+
+    def write_staged(self, values: Sequence[_Staged]) -> None:
+        """Write staged values (of this manager) in one transaction.
+
+        Raises:
+            StorageError: the file cannot be written (none of them is).
+        """
+        now = time.time_ns() // 1000
+        rows = [(v.location, v.format, v.data, now) for v in values]
         try:
             with self._lock:
-                self._db().execute(
-                    "INSERT INTO flowstone_values(location, format, data, written_at)"
-                    " VALUES (?, ?, ?, ?) ON CONFLICT(location) DO UPDATE"
-                    " SET format = excluded.format, data = excluded.data,"
-                    " written_at = excluded.written_at",
-                    (location, encoded.format, encoded.data, time.time_ns() // 1000),
-                )
+                conn = self._db()
+                if len(rows) == 1:
+                    conn.execute(_UPSERT, rows[0])
+                else:
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        conn.executemany(_UPSERT, rows)
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        raise
                 if self._checkpoints is not None:
                     self._checkpoints.committed()
-                self._recent.pop(location, None)
-                if len(encoded.data) <= _RECENT_MAX_BYTES:
-                    self._recent[location] = (encoded.format, encoded.data)
-                    if len(self._recent) > _RECENT_VALUES:
-                        self._recent.popitem(last=False)
+                recent = self._recent
+                for v in values:
+                    recent.pop(v.location, None)
+                    if len(v.data) <= _RECENT_MAX_BYTES:
+                        recent[v.location] = (v.format, v.data)
+                while len(recent) > _RECENT_VALUES:
+                    recent.popitem(last=False)
         except sqlite3.Error as exc:
-            raise StorageError(f"storing {location} in {self._path} failed: {exc}") from exc
-        return location
+            where = values[0].location if len(values) == 1 else f"{len(values)} values"
+            raise StorageError(f"storing {where} in {self._path} failed: {exc}") from exc
 
     def load(self, location: str) -> object:
         self._check(location)
@@ -251,3 +308,33 @@ class SQLiteIOManager:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+class _Staged:
+    """A staged value's write (:attr:`StagedValue.payload`): the manager and the row."""
+
+    __slots__ = ("data", "format", "location", "manager")
+
+    def __init__(self, manager: SQLiteIOManager, location: str, fmt: str, data: bytes) -> None:
+        self.manager, self.location, self.format, self.data = manager, location, fmt, data
+
+
+def write_staged(values: Iterable[StagedValue]) -> None:
+    """Write the staged values of :class:`SQLiteIOManager` s, one transaction per manager,
+    before the run store records their steps (value first, record second: a crash in
+    between leaves an orphan value, never a record without its value).
+
+    Raises:
+        StorageError: a value was staged by something else, or cannot be written.
+    """
+    by_manager: dict[int, list[_Staged]] = {}
+    for value in values:
+        payload = value.payload
+        if value.target != STAGING_TARGET or not isinstance(payload, _Staged):
+            raise StorageError(
+                f"the value staged at {value.location} was not staged by a SQLiteIOManager "
+                f"(target {value.target!r}); the SQLite run store writes only those"
+            )
+        by_manager.setdefault(id(payload.manager), []).append(payload)
+    for staged in by_manager.values():
+        staged[0].manager.write_staged(staged)

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from flowstone import store_rules as rules
 from flowstone.defaults.sqlite_connection import BATCH, STEP_KEY, filters, marks
-from flowstone.defaults.sqlite_io import SQLiteIOManager
+from flowstone.defaults.sqlite_io import STAGING_TARGET, SQLiteIOManager, write_staged
 from flowstone.defaults.sqlite_records import SQLiteRecords, upsert_materialization
 from flowstone.defaults.sqlite_schema import (
     GATE_COLS,
@@ -33,6 +33,7 @@ from flowstone.defaults.sqlite_schema import (
     to_micros,
 )
 from flowstone.errors import RunNotFoundError, StorageError, UsageError
+from flowstone.protocols import ClaimedReads, Finish
 from flowstone.records import (
     TERMINAL_STEP_STATES,
     Continuation,
@@ -87,6 +88,11 @@ class SQLiteRunStore(SQLiteRecords):
 
     def __repr__(self) -> str:
         return f"SQLiteRunStore({self._path!r})"
+
+    def accepts_staging(self, target: str) -> bool:
+        """Values a :class:`SQLiteIOManager` staged: written (one transaction per manager
+        and batch of finishes) just before the transaction that records their steps."""
+        return target == STAGING_TARGET
 
     def default_io_manager(self) -> SQLiteIOManager:
         """Values beside the store's file: ``<dir>/<stem>.values.db`` (a private
@@ -382,18 +388,102 @@ class SQLiteRunStore(SQLiteRecords):
         # bound and JSON-encoded before the transaction: a bad value must not half write
         bound = rules.bind_outcome(run_id, asset, partition, outcome, where)
         key = (run_id, asset, partition)
+        if outcome.staged:  # the values first, then their record (see write_staged)
+            write_staged(outcome.staged)
         if fence is not None:
             # the usual case, a runner finishing what it holds: the fence is checked by the
             # step's update itself, no read first; anything else is rolled back and goes
             # the full way below, which applies the rules in their order
             try:
-                return self._finish(key, outcome, bound, where, then, fence)
+                with self._write() as c:
+                    return self._finish(c, key, outcome, bound, where, then, fence)
             except _NotHeld:
                 pass
-        return self._finish(key, outcome, bound, where, then, None, fence)
+        with self._write() as c:
+            return self._finish(c, key, outcome, bound, where, then, None, fence)
+
+    def finish_steps(
+        self, finishes: Sequence[Finish], *, sources: Mapping[str, str]
+    ) -> list[tuple[StepTransition, ClaimedReads | None] | Exception]:
+        """Several :meth:`finish_step` s in one transaction (see
+        :class:`~flowstone.protocols.BatchFinish`): one commit instead of one each, and the
+        pages the finishes share (their run's steps, the indexes they touch) written once.
+        Each finish runs in a savepoint of its own, so one the rules refuse comes back as
+        its error and leaves nothing behind; ``sources`` is not used (this store sends no
+        values along)."""
+        bound: list[rules.BoundOutcome | Exception] = []
+        for f in finishes:
+            where = f"finish_steps(run {f.run_id!r}, asset {f.asset!r}, partition {f.partition!r})"
+            try:  # bound and JSON-encoded before the transaction, as finish_step does
+                bound.append(rules.bind_outcome(f.run_id, f.asset, f.partition, f.outcome, where))
+            except (StorageError, UsageError) as exc:
+                bound.append(exc)
+        # every value first, in one transaction per IO manager, then the records
+        write_staged(v for f, b in zip(finishes, bound, strict=True)
+                     if not isinstance(b, Exception) for v in f.outcome.staged)  # fmt: skip
+        out: list[tuple[StepTransition, ClaimedReads | None] | Exception] = []
+        with self._write() as c:
+            for f, b in zip(finishes, bound, strict=True):
+                if isinstance(b, Exception):
+                    out.append(b)
+                    continue
+                key = (f.run_id, f.asset, f.partition)
+                where = f"finish_steps(run {f.run_id!r}, asset {f.asset!r})"
+                try:
+                    out.append((self._finish_saved(c, key, f, b, where), None))
+                except (StorageError, UsageError) as exc:
+                    out.append(exc)
+        return out
+
+    def _finish_saved(
+        self,
+        c: sqlite3.Connection,
+        key: tuple[str, str, str],
+        f: Finish,
+        bound: rules.BoundOutcome,
+        where: str,
+    ) -> StepTransition:
+        """One finish of :meth:`finish_steps` in a savepoint: rolled back to it when the
+        rules refuse it (or a fenced finish finds its step not held, which then goes the
+        full way, as in :meth:`finish_step`)."""
+        for held in ((f.fence, None) if f.fence is not None else (None,)):
+            c.execute("SAVEPOINT finish")
+            try:
+                transition = self._finish(c, key, f.outcome, bound, where, f.then, held, f.fence)
+            except (_NotHeld, StorageError, UsageError) as exc:
+                c.execute("ROLLBACK TO finish")
+                c.execute("RELEASE finish")
+                if isinstance(exc, _NotHeld):
+                    continue
+                raise
+            c.execute("RELEASE finish")
+            return transition
+        raise AssertionError("unreachable: the full way never raises _NotHeld")
+
+    def claim_steps(
+        self,
+        keys: Sequence[tuple[str, str, str]],
+        *,
+        owner: str,
+        lease_seconds: float,
+        pipeline: str | None = None,
+    ) -> list[StepRecord | None]:
+        """Several :meth:`claim_step` s in one transaction (see
+        :class:`~flowstone.protocols.BulkClaim`), in key order."""
+        now_dt = self.clock()
+        with self._write() as c:
+            claimed = {
+                key: _claim(c, key, owner, lease_seconds, now_dt, pipeline)
+                for key in sorted(set(keys))
+            }
+        out: list[StepRecord | None] = []
+        for key in keys:  # a key given twice is claimed once, as claim_step twice would
+            out.append(claimed.pop(tuple(key), None))  # type: ignore[arg-type]
+        return out
 
     def _finish(
         self,
+        c: sqlite3.Connection,
         key: tuple[str, str, str],
         outcome: StepOutcome,
         bound: rules.BoundOutcome,
@@ -402,71 +492,71 @@ class SQLiteRunStore(SQLiteRecords):
         held: Fence | None,
         fence: Fence | None = None,
     ) -> StepTransition:
-        """``finish_step``; with ``held``, only if the step is held under that fence (else
-        :class:`_NotHeld`, nothing written), without reading it first."""
+        """``finish_step`` in the write transaction ``c``; with ``held``, only if the step is
+        held under that fence (else :class:`_NotHeld`, for the caller to roll back),
+        without reading it first."""
         run_id, asset, partition = key
         now_dt = self.clock()
         now = to_micros(now_dt)
         claimed = None
-        with self._write() as c:
-            attempt, previous = 0, None
-            if held is None:
-                row = c.execute(
-                    f"SELECT state, attempt, owner FROM steps WHERE {STEP_KEY}", key
-                ).fetchone()
-                if not rules.finish_applies(
-                    row and row[0], outcome, run_id, asset, partition,
-                    fence=fence, owner=row and row[2], attempt=row[1] if row else 0,
-                ):  # fmt: skip
-                    return StepTransition(applied=False)
-                attempt = row[1]
-            try:
-                mat_id, approval_id = self._write_records(c, bound, key, where)
-            except StorageError as exc:
-                if held is not None:  # the full way says whether it applies at all first
-                    raise _NotHeld from exc
-                raise
-            if held is None:
-                c.execute(_FINISH, (outcome.state, mat_id, outcome.error, now, *key))
-            else:
-                states = _HELD_STATES[outcome.state == "waiting"]
-                got = c.execute(
-                    _FINISH_HELD[len(states)],
-                    (outcome.state, mat_id, outcome.error, now, *key, *states, held.owner,
-                     held.attempt),
-                ).fetchone()  # fmt: skip
-                if got is None:
-                    raise _NotHeld
-                attempt, previous = got
-            detail = rules.finish_detail(attempt, outcome)
-            if approval_id is not None:
-                detail["approval_id"] = approval_id
-            ready: list[StepRecord] = []
-            if outcome.state != "waiting":
-                # dependents of a non-terminal step are all pending; the guard keeps a
-                # count from ever going below zero
-                rows = c.execute(_RELEASE_DEPENDENTS, (now, *key)).fetchall()
-                ready = [step_row(r) for r in rows if r[3] == "ready"]
-            pick = rules.continuation_key(ready, now_dt) if then else None
-            if then is not None and pick is not None:
-                # the step as it was before the claim is the one the update just returned
-                was = next(r for r in ready if (r.asset, r.partition) == pick)
-                claimed = _claim(c, (run_id, *pick), then.owner, then.lease_seconds, now_dt,
-                                 before=(was.state, was.owner, was.updated_at, was.not_before))
-                ready = [r for r in ready if r is not was]
-            if previous is None:  # (nothing in this transaction writes the run before here)
-                previous = _run_status(c, run_id)
-            status = rules.next_run_status(
-                previous, "running" if ready or claimed else _compute_status(c, run_id)
+        attempt, previous = 0, None
+        if held is None:
+            row = c.execute(
+                f"SELECT state, attempt, owner FROM steps WHERE {STEP_KEY}", key
+            ).fetchone()
+            if not rules.finish_applies(
+                row and row[0], outcome, run_id, asset, partition,
+                fence=fence, owner=row and row[2], attempt=row[1] if row else 0,
+            ):  # fmt: skip
+                return StepTransition(applied=False)
+            attempt = row[1]
+        try:
+            mat_id, approval_id = self._write_records(c, bound, key, where)
+        except StorageError as exc:
+            if held is not None:  # the full way says whether it applies at all first
+                raise _NotHeld from exc
+            raise
+        if held is None:
+            c.execute(_FINISH, (outcome.state, mat_id, outcome.error, now, *key))
+        else:
+            states = _HELD_STATES[outcome.state == "waiting"]
+            got = c.execute(
+                _FINISH_HELD[len(states)],
+                (outcome.state, mat_id, outcome.error, now, *key, *states, held.owner,
+                 held.attempt),
+            ).fetchone()  # fmt: skip
+            if got is None:
+                raise _NotHeld
+            attempt, previous = got
+        detail = rules.finish_detail(attempt, outcome)
+        if approval_id is not None:
+            detail["approval_id"] = approval_id
+        ready: list[StepRecord] = []
+        if outcome.state != "waiting":
+            # dependents of a non-terminal step are all pending; the guard keeps a
+            # count from ever going below zero
+            rows = c.execute(_RELEASE_DEPENDENTS, (now, *key)).fetchall()
+            ready = [step_row(r) for r in rows if r[3] == "ready"]
+        pick = rules.continuation_key(ready, now_dt) if then else None
+        if then is not None and pick is not None:
+            # the step as it was before the claim is the one the update just returned
+            was = next(r for r in ready if (r.asset, r.partition) == pick)
+            claimed = _claim(c, (run_id, *pick), then.owner, then.lease_seconds, now_dt,
+                             before=(was.state, was.owner, was.updated_at, was.not_before))
+            ready = [r for r in ready if r is not was]
+        if previous is None:  # (nothing in this transaction writes the run before here)
+            previous = _run_status(c, run_id)
+        status = rules.next_run_status(
+            previous, "running" if ready or claimed else _compute_status(c, run_id)
+        )
+        if status != previous:
+            c.execute(
+                "UPDATE runs SET status = ?, updated_at = ? WHERE run_id = ?",
+                (status, now, run_id),
             )
-            if status != previous:
-                c.execute(
-                    "UPDATE runs SET status = ?, updated_at = ? WHERE run_id = ?",
-                    (status, now, run_id),
-                )
-            self._audit(c, run_id, f"step_{outcome.state}", asset, partition, detail, now)
-            if status != previous:
-                self._audit(c, run_id, f"run_{status}", None, None, {}, now)
+        self._audit(c, run_id, f"step_{outcome.state}", asset, partition, detail, now)
+        if status != previous:
+            self._audit(c, run_id, f"run_{status}", None, None, {}, now)
         return StepTransition(
             applied=True,
             ready=tuple(ready),

@@ -10,27 +10,52 @@ started a step within ``blocked_after`` seconds: all are blocked inside one. A w
 about to take a step goes idle instead when another worker started its step less than
 ``blocked_after`` ago, so quick steps go back to running on one thread.
 
+With ``finish_batch`` > 1 (the default when the store offers
+:class:`~flowstone.protocols.BatchFinish`, as the SQLite store does) a worker's finishes
+wait in a :class:`~flowstone.engine.FinishBatch` and are recorded together, and what they
+claim is shared: a worker takes the ready steps on the queue (up to a batch) and claims
+them in one transaction (:meth:`StepRunner.claim_many
+<flowstone.engine.runner.StepRunner.claim_many>`), they join the dispatch's *claimed*
+steps (leases kept until a worker starts one), and any worker runs claimed steps, its
+finishes waiting in its batch. A worker records its batch when it is full or its oldest
+finish is ``batch_seconds`` old (then also while it runs a step, from the batch's watcher
+thread) and always before it goes idle; what the finishes made ready joins the queue, and
+the dependent each finish claimed joins the claimed steps. A layer of independent steps
+thus costs one claim transaction and one finish transaction instead of one of each per
+step; a step's own semantics (its claim, attempt, fence, retries) do not change. A step
+whose finish waits is still ``running`` under its claim: a process that dies before the
+batch is recorded leaves it to recovery (a new attempt), like a step it was running.
+When the dispatch ends (finished, cancelled, or an error) the claimed steps no worker
+started are given back, ``ready`` again.
+
 Everything shared is guarded by one lock; a worker updates only its own ``since`` and
 ``step`` without it (the watcher reads them as hints).
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
+import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
 
-from flowstone.engine.chain import run_chain
-from flowstone.engine.runner import StepRunner
+from flowstone.engine.batch import FinishBatch
+from flowstone.engine.chain import release_step, run_chain
+from flowstone.engine.runner import StepResult, StepRunner, describe_error
 from flowstone.records import StepRecord
 
 __all__ = ["StepWorkers"]
 
+log = logging.getLogger("flowstone.engine")
 _monotonic = time.monotonic
+_FLUSH = object()  # _take_work: record the finishes waiting in the worker's batch first
+_Held = tuple[StepRecord, contextlib.ExitStack, threading.Event]
+"""A claimed step no worker has started: its lease kept meanwhile, the event set if lost."""
 
 
 class _Worker:
@@ -57,14 +82,28 @@ class StepWorkers:
     """The worker threads of one dispatch and the steps they share (see the module)."""
 
     __slots__ = (
-        "_blocked_after", "_delayed", "_idle", "_lock", "_max", "_runner", "_seq", "_wake",
-        "_watching", "_work", "_workers", "abandoned", "closed", "error", "ready",
+        "_batch_seconds", "_blocked_after", "_delayed", "_finish_batch", "_idle", "_lock",
+        "_max", "_runner", "_seq", "_wake", "_watching", "_work", "_workers", "abandoned",
+        "claimed", "closed", "error", "ready",
     )  # fmt: skip
 
-    def __init__(self, runner: StepRunner, max_workers: int, blocked_after: float) -> None:
+    def __init__(
+        self,
+        runner: StepRunner,
+        max_workers: int,
+        blocked_after: float,
+        *,
+        finish_batch: int = 1,
+        batch_seconds: float = 0.05,
+    ) -> None:
         self._runner = runner
         self._max = max_workers
         self._blocked_after = blocked_after
+        self._finish_batch = finish_batch
+        self._batch_seconds = batch_seconds
+        # steps claimed for this dispatch that no worker has started: (step, its lease
+        # kept meanwhile, the event set if that lease was lost); any worker takes them
+        self.claimed: deque[_Held] = deque()
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # idle workers wait here
         self._wake = threading.Condition(self._lock)  # the watcher waits here
@@ -108,7 +147,8 @@ class StepWorkers:
                 while self._delayed and self._delayed[0][0] <= now:
                     self.ready.append(heapq.heappop(self._delayed)[2])
                 latest = self._latest_start()
-                if not self.ready and not self._delayed and latest is None:
+                waiting = bool(self.ready or self.claimed)
+                if not waiting and not self._delayed and latest is None:
                     return False
                 if now >= until:
                     return True
@@ -117,8 +157,8 @@ class StepWorkers:
                     timeout = min(timeout, self._delayed[0][0] - now)
                 # told of no new ready steps while it knows of some: it can add a worker
                 # only when one is idle or fewer than max_workers exist (_take tells it)
-                self._watching = bool(self.ready)
-                if self.ready and (self._idle or len(self._workers) < self._max):
+                self._watching = waiting
+                if waiting and (self._idle or len(self._workers) < self._max):
                     # a running worker counts as fresh when this call began: the caller's
                     # own store reads just held it up (they take the GIL and the store)
                     if latest is None or now - max(latest, entered) >= self._blocked_after:
@@ -152,7 +192,9 @@ class StepWorkers:
             self.abandoned = self.abandoned or any(w.running() for w in self._workers)
 
     def close(self) -> None:
-        """No step is taken any more; wait for the workers unless one was abandoned."""
+        """No step is taken any more; wait for the workers unless one was abandoned, and
+        give back the steps claimed for the dispatch that none started (``ready`` again,
+        fenced by their claims: a resumed run takes them at once)."""
         with self._lock:
             self.closed = True
             self._work.notify_all()
@@ -161,6 +203,21 @@ class StepWorkers:
             for w in workers:
                 assert w.thread is not None
                 w.thread.join()
+        with self._lock:
+            left = [(step, kept) for step, kept, _lost in self.claimed]
+            self.claimed.clear()
+        self._give_back(left)
+
+    def _give_back(self, held: list[tuple[StepRecord, contextlib.ExitStack]]) -> None:
+        """Put claimed steps no worker will start back to ``ready`` (best effort)."""
+        for step, kept in held:
+            kept.close()
+            try:
+                release_step(self._runner, step, None, why="the dispatch ended before it ran")
+            except Exception as exc:  # the store is down: the lease expires, a resume runs it
+                log.warning("could not give back step %s[%s] of run %s (%s); it runs again "
+                            "once its lease expires", step.asset, step.partition,
+                            step.run_id, describe_error(exc))  # fmt: skip
 
     def _add_worker(self) -> None:
         if self._idle:
@@ -177,6 +234,12 @@ class StepWorkers:
     def _serve(self, me: _Worker) -> None:
         runner, stop = self._runner, self._closing
         try:
+            if self._finish_batch > 1:
+                batch = FinishBatch(runner, size=self._finish_batch,
+                                    seconds=self._batch_seconds, hand_off=self.add)  # fmt: skip
+                if batch.batching:
+                    self._serve_batched(me, batch)
+                    return
             while (step := self._take(me)) is not None:
                 run_chain(runner, step, hand_off=self.add, stop=stop, started=me.started)
         except BaseException as exc:  # an infrastructure error: the dispatch raises it
@@ -186,6 +249,108 @@ class StepWorkers:
                     self.error = exc
                 self.closed = True
                 self._wake.notify()
+
+    # --- worker threads, finishes batched -------------------------------------------------
+    def _serve_batched(self, me: _Worker, batch: FinishBatch) -> None:
+        """A worker whose finishes wait in ``batch`` and are recorded together: it claims
+        the ready steps it takes in one transaction, runs claimed steps (any worker may
+        take one another claimed), and records its batch when it is full or old (see
+        :class:`~flowstone.engine.FinishBatch`) or before it goes idle. What the finishes
+        made ready goes on the queue, and the dependents they claimed (one per finish, see
+        :class:`~flowstone.records.Continuation`) join the claimed steps: a layer of a DAG
+        costs one claim and one finish transaction, not one of each per step."""
+        runner = self._runner
+        try:
+            while (work := self._take_work(me, bool(len(batch)))) is not None:
+                if work is _FLUSH:
+                    self._settle(batch.flush())
+                elif isinstance(work, list):
+                    keys = [(s.run_id, s.asset, s.partition) for s in work]
+                    self.hold([s for s in runner.claim_many(keys) if s is not None])
+                elif isinstance(work, tuple):
+                    step = self._unheld(work)
+                    if step is None:
+                        continue
+                    if batch.due():
+                        self._settle(batch.flush())
+                    with batch.running():  # finishes waiting too long are recorded meanwhile
+                        self._settle([runner.run_claimed(step, claim_next=True, batch=batch)])
+        finally:
+            with self._lock:
+                me.since = me.step = None
+            self._settle(batch.flush())  # what ran is recorded (an error: the store's, raised)
+
+    def hold(self, steps: Iterable[StepRecord]) -> None:
+        """Add ``steps``, claimed for this dispatch, to the claimed steps any worker takes;
+        their leases are kept until one does."""
+        held = []
+        for step in steps:
+            kept = contextlib.ExitStack()
+            lost = kept.enter_context(self._runner.holding(step))
+            held.append((step, kept, lost))
+        if not held:
+            return
+        with self._lock:
+            closed = self.closed
+            if not closed:
+                self.claimed.extend(held)
+                if not self._watching:
+                    self._watching = True
+                    self._wake.notify()
+                if self._idle:
+                    self._work.notify()
+        if closed:  # (a worker's last flush after close(): no worker takes them any more)
+            self._give_back([(step, kept) for step, kept, _lost in held])
+
+    def _settle(self, results: list[StepResult]) -> None:
+        """Queue what finishes made ready and hold the dependents they claimed."""
+        for result in results:
+            if result.ready:
+                self.add(result.ready)
+        self.hold(r.next for r in results if r.next is not None)
+
+    def _unheld(
+        self, held: _Held
+    ) -> StepRecord | None:
+        """A claimed step ``me`` took, its lease no longer kept by the dispatch (running it
+        keeps it); None if the lease was lost while it waited (another runner has it now:
+        running it here too would run it twice)."""
+        step, kept, lost = held
+        kept.close()
+        if lost.is_set():
+            log.warning("step %s[%s] of run %s lost its lease while it waited for a worker; "
+                        "it runs where it was taken over", step.asset, step.partition,
+                        step.run_id)  # fmt: skip
+            return None
+        return step
+
+    def _take_work(
+        self, me: _Worker, pending: bool
+    ) -> _Held | list[StepRecord] | object | None:
+        """What ``me`` does next: a claimed step to run, ready steps to claim (up to a
+        batch), :data:`_FLUSH` (its batch has finishes waiting and there is nothing it may
+        take: they are recorded before it goes idle), or None once the dispatch is
+        closed."""
+        with self._lock:
+            me.since = me.step = None
+            while not self.closed:
+                if (self.claimed or self.ready) and not self._fresh_other(me):
+                    if self.claimed:
+                        held = self.claimed.popleft()
+                        me.started(held[0])
+                        return held
+                    n = min(len(self.ready), self._finish_batch)
+                    me.started(_BOOKKEEPING)
+                    return [self.ready.popleft() for _ in range(n)]
+                if pending:
+                    me.started(_BOOKKEEPING)
+                    return _FLUSH
+                if self.claimed or self.ready or not any(w.running() for w in self._workers):
+                    self._wake.notify()
+                self._idle += 1
+                self._work.wait()
+                self._idle -= 1
+            return None
 
     def _closing(self) -> bool:
         return self.closed
@@ -221,6 +386,10 @@ class StepWorkers:
             ):
                 return True
         return False
+
+
+_BOOKKEEPING = StepRecord("", "", "", "running", 0)
+"""What a worker is "in" while it claims or records for the dispatch (not a step)."""
 
 
 def _seconds_until(when: datetime | None) -> float:

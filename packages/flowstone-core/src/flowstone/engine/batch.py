@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import threading
 import time
@@ -32,6 +33,7 @@ from collections.abc import Callable, Iterator
 
 from flowstone.engine.chain import release_step
 from flowstone.engine.runner import PendingFinish, StepResult, StepRunner, describe_error
+from flowstone.records import StepRecord
 
 __all__ = ["FinishBatch"]
 
@@ -47,15 +49,25 @@ class FinishBatch:
         size: the most finishes per transaction; ``1`` (or a store without
             :class:`~flowstone.protocols.BatchFinish`) records each finish at once.
         seconds: how long a finish may wait for the next steps of the batch.
+        hand_off: where the steps that finishes recorded while a step runs made ready
+            go (see :meth:`running`); by default the runner's executor dispatches them.
 
     Thread-safe: the watcher thread may record the waiting finishes while the caller runs
     a step (see :meth:`running`).
     """
 
-    __slots__ = ("_first", "_lock", "_pending", "runner", "seconds", "size")
+    __slots__ = ("_first", "_hand_off", "_lock", "_pending", "runner", "seconds", "size")
 
-    def __init__(self, runner: StepRunner, *, size: int, seconds: float) -> None:
+    def __init__(
+        self,
+        runner: StepRunner,
+        *,
+        size: int,
+        seconds: float,
+        hand_off: Callable[[tuple[StepRecord, ...]], None] | None = None,
+    ) -> None:
         self.runner = runner
+        self._hand_off = hand_off
         self.size = size if runner.runtime.capabilities.batch_finish is not None else 1
         self.seconds = seconds
         self._pending: list[PendingFinish] = []
@@ -148,7 +160,10 @@ class FinishBatch:
             if not result.ready:
                 continue
             try:
-                self.runner.dispatch(result.ready[0].run_id, result.ready)
+                if self._hand_off is not None:
+                    self._hand_off(result.ready)
+                else:
+                    self.runner.dispatch(result.ready[0].run_id, result.ready)
             except Exception as exc:  # they are ready in the store: the sweeper re-sends them
                 log.warning("could not dispatch %d ready step(s) of run %s: %s",
                             len(result.ready), result.ready[0].run_id, describe_error(exc))
@@ -191,6 +206,10 @@ class _Watcher:
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self._watches: list[_Watch] = []
+        # when the thread wakes up next on its own (-inf while it is awake: it looks at
+        # every watch before it sleeps again); a watch due later needs no wake-up call,
+        # so a step that starts while others' finishes wait costs no thread switch
+        self._until = -math.inf
         self.pid = os.getpid()
         threading.Thread(target=self._loop, name="flowstone-finish-batch", daemon=True).start()
 
@@ -198,7 +217,8 @@ class _Watcher:
         watch = _Watch(self, due, action)
         with self.cond:
             self._watches.append(watch)
-            self.cond.notify_all()
+            if due < self._until:
+                self.cond.notify_all()
         return watch
 
     def _loop(self) -> None:
@@ -208,8 +228,10 @@ class _Watcher:
                 now = time.monotonic()
                 ready = next((w for w in self._watches if w.due <= now), None)
                 if ready is None:
-                    wait = min((w.due for w in self._watches), default=now + 3600) - now
-                    self.cond.wait(timeout=max(0.001, wait))
+                    wait = max(0.001, min((w.due for w in self._watches), default=now + 3600) - now)
+                    self._until = now + wait
+                    self.cond.wait(timeout=wait)
+                    self._until = -math.inf
                     continue
                 ready._state = "running"
             try:
