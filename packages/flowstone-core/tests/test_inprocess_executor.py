@@ -15,6 +15,7 @@ import pytest
 from conftest import Counter, PipelineFactory
 
 import flowstone as fs
+from flowstone.defaults.sqlite_store import SQLiteRunStore
 
 _GENEROUS = 60.0  # a blocked_after no quick step reaches: they all count as running afresh
 
@@ -237,6 +238,142 @@ def test_blocked_after_must_be_a_positive_number_of_seconds(bad: Any) -> None:
 
 
 def test_the_settings_are_kept() -> None:
-    executor = fs.InProcessExecutor(3, blocked_after=0.01)
-    assert (executor.max_workers, executor.blocked_after) == (3, 0.01)
+    executor = fs.InProcessExecutor(3, blocked_after=0.01, finish_batch=8)
+    assert (executor.max_workers, executor.blocked_after, executor.finish_batch) == (3, 0.01, 8)
+    assert fs.InProcessExecutor().finish_batch == 32
     assert fs.InProcessExecutor().max_workers >= 5  # min(32, CPUs + 4)
+
+
+# --- finishes recorded together (a store with finish_steps: SQLite) ------------------------
+class CountingStore(SQLiteRunStore):
+    """The SQLite store, counting its write transactions of finishes and claims."""
+
+    def __init__(self, path: Any) -> None:
+        super().__init__(path)
+        self.batches: list[int] = []  # finishes per finish_steps call
+        self.single = 0  # finish_step calls
+        self.claims: list[int] = []  # steps per claim_steps call
+
+    def finish_steps(self, finishes: Any, *, sources: Any) -> Any:
+        self.batches.append(len(finishes))
+        return super().finish_steps(finishes, sources=sources)
+
+    def finish_step(self, *args: Any, **kwargs: Any) -> Any:
+        self.single += 1
+        return super().finish_step(*args, **kwargs)
+
+    def claim_steps(self, keys: Any, **kwargs: Any) -> Any:
+        self.claims.append(len(keys))
+        return super().claim_steps(keys, **kwargs)
+
+
+def _layers(clock: Clock, layers: int, width: int) -> list[fs.AssetDef]:
+    """``layers`` x ``width`` quick assets, each reading every asset of the layer before."""
+    assets: list[fs.AssetDef] = []
+    previous: tuple[str, ...] = ()
+    for layer in range(layers):
+        names = tuple(f"l{layer}_{i}" for i in range(width))
+        assets += [clock.asset(n, previous) for n in names]
+        previous = names
+    return assets
+
+
+def test_a_layer_of_quick_steps_is_claimed_and_recorded_in_one_transaction_each(
+    tmp_path: Any, registry: Any
+) -> None:
+    """Four layers of eight: each layer is claimed together (less the step its last
+    finish claimed for the worker), its finishes are recorded together, every value is
+    right and each step was recorded once."""
+    clock = Clock()
+    store = CountingStore(tmp_path / "fs.db")
+    p = fs.Pipeline("layers", _layers(clock, 4, 8), store=store, registry=registry,
+                    executor=fs.InProcessExecutor(blocked_after=_GENEROUS))  # fmt: skip
+    try:
+        result = p.run()
+        assert result.status == "succeeded"
+        assert [p.get(f"l3_{i}") for i in range(8)] == [1 + 8 * (1 + 8 * (1 + 8 * 1))] * 8
+        assert store.claims == [8, 7, 7, 7]
+        assert store.single == 0 and sum(store.batches) == 32
+        assert len(store.batches) <= 5, store.batches  # one per layer (+ a tail at most)
+        audit = [e for e in store.list_audit(result.run_id) if e.kind == "step_succeeded"]
+        assert sorted(e.asset for e in audit) == sorted(f"l{i}_{j}" for i in range(4)
+                                                        for j in range(8))  # fmt: skip
+    finally:
+        p.close()
+
+
+def test_finish_batch_1_records_each_finish_on_its_own(tmp_path: Any, registry: Any) -> None:
+    clock = Clock()
+    store = CountingStore(tmp_path / "fs.db")
+    p = fs.Pipeline("layers", _layers(clock, 3, 4), store=store, registry=registry,
+                    executor=fs.InProcessExecutor(finish_batch=1))  # fmt: skip
+    try:
+        assert p.run().status == "succeeded"
+        assert (store.batches, store.claims, store.single) == ([], [], 12)
+    finally:
+        p.close()
+
+
+def test_a_long_step_does_not_hold_back_the_finishes_recorded_before_it(
+    make_pipeline: PipelineFactory,
+) -> None:
+    """``quick`` and ``slow`` start together on one worker; while ``slow`` blocks, the
+    finish of ``quick`` waiting in the worker's batch is recorded (after the batch's
+    ``batch_seconds``) and ``after_quick`` runs on another thread, long before ``slow``
+    ends."""
+    clock = Clock()
+    p = make_pipeline([clock.asset("quick"), clock.asset("slow", sleep=1.5),
+                       clock.asset("after_quick", ("quick",))])  # fmt: skip
+    assert p.run().status == "succeeded"
+    after_ended, slow_ended = clock.spans["after_quick"][2], clock.spans["slow"][2]
+    assert after_ended < slow_ended - 0.5, clock.spans
+
+
+def test_claimed_steps_no_worker_started_are_given_back_when_the_run_is_cancelled(
+    tmp_path: Any, registry: Any
+) -> None:
+    """A blocked step's run is cancelled while the steps claimed with it wait: run()
+    returns, and none of them is left ``running`` under a lease (each is ``ready`` again,
+    for a resume to take at once)."""
+    release, started = threading.Event(), threading.Event()
+
+    @fs.asset
+    def gate() -> int:
+        started.set()
+        release.wait(10)
+        return 1
+
+    siblings = [fs.asset(name=f"s{i}")(lambda: 1) for i in range(6)]
+    store = SQLiteRunStore(tmp_path / "fs.db")
+    # max_workers=1: nobody takes the siblings while gate blocks
+    p = fs.Pipeline("cancel", [gate, *siblings], store=store, registry=registry,
+                    executor=fs.InProcessExecutor(max_workers=1))  # fmt: skip
+
+    def operator() -> None:
+        started.wait(10)
+        p.cancel("night-2")
+
+    t = threading.Thread(target=operator)
+    t.start()
+    try:
+        result = p.run(run_id="night-2")
+    finally:
+        release.set()
+        t.join()
+    try:
+        assert result.status == "cancelled"
+        steps = {s.asset: s for s in store.list_steps("night-2")}
+        waiting = [s for s in steps.values() if s.asset != "gate"]
+        assert waiting and all(s.state != "running" and s.owner is None for s in waiting), steps
+    finally:
+        for _ in range(500):  # the abandoned gate ends before the store closes
+            if not any(t.name.startswith("flowstone-0") for t in threading.enumerate()):
+                break
+            threading.Event().wait(0.01)
+        p.close()
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "32"])
+def test_finish_batch_must_be_a_positive_int(bad: Any) -> None:
+    with pytest.raises(fs.UsageError, match="finish_batch"):
+        fs.InProcessExecutor(finish_batch=bad)

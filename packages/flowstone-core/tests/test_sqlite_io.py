@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from flowstone.defaults.sqlite_io import SQLiteIOManager
+from flowstone.defaults.sqlite_store import SQLiteRunStore
 from flowstone.errors import StorageError, UnsafeKeyError
-from flowstone.protocols import StorageKey
+from flowstone.protocols import Finish, StorageKey
+from flowstone.records import Fence, StagedValue, StepOutcome, StepSpec
+from flowstone.testing._store_helpers import DAY, _create, _mat
 from flowstone.testing.io_contract import IOManagerContract
 
 
@@ -140,3 +145,81 @@ def test_the_background_checkpoints_end_with_the_manager(tmp_path: Path) -> None
     io.close()
     assert checkpointers() == before
     assert SQLiteIOManager(tmp_path / "v.db").load_many(locations) == list(range(100))
+
+
+# --- staged values: written by the SQLite run store, just before their records ------------
+def _staged_finish(tmp_path: Path) -> tuple[Any, Any, Any, SQLiteIOManager, StagedValue]:
+    """A SQLite store with one claimed step and a value staged for it."""
+    store = SQLiteRunStore(tmp_path / "fs.db")
+    io = store.default_io_manager()
+    run, _ = _create(store, [StepSpec("orders", DAY)])
+    step = store.claim_step(run.run_id, "orders", DAY, owner="w1", lease_seconds=60)
+    assert step is not None
+    key = StorageKey(run.pipeline, "orders", DAY, run.run_id, attempt=step.attempt)
+    staged = io.stage(key, {"rows": [1, 2, 3]})
+    return store, run, step, io, staged
+
+
+def test_a_staged_value_is_written_by_the_store_with_its_step(tmp_path: Path) -> None:
+    store, run, step, io, staged = _staged_finish(tmp_path)
+    assert store.accepts_staging(io.staging_target)
+    assert not io.exists(staged.location)  # staging writes nothing
+    mat = replace(_mat(run, "orders"), io_manager="sqlite", location=staged.location)
+    done = store.finish_step(run.run_id, "orders", DAY,
+                             StepOutcome("succeeded", mat, staged=(staged,)),
+                             fence=Fence("w1", step.attempt))  # fmt: skip
+    assert done.applied
+    assert SQLiteIOManager(io._path).load(staged.location) == {"rows": [1, 2, 3]}
+    assert io.decode_prefetched(staged.location, staged.encoded) == {"rows": [1, 2, 3]}
+
+
+def test_a_staged_value_that_cannot_be_written_leaves_its_step_unrecorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Value first, record second: a values file that fails the write means no record."""
+    store, run, step, io, staged = _staged_finish(tmp_path)
+
+    def full(self: SQLiteIOManager, values: Any) -> None:
+        raise StorageError("database or disk is full")
+
+    monkeypatch.setattr(SQLiteIOManager, "write_staged", full)
+    mat = replace(_mat(run, "orders"), io_manager="sqlite", location=staged.location)
+    with pytest.raises(StorageError, match="disk is full"):
+        store.finish_steps([Finish(run.run_id, "orders", DAY,
+                                   StepOutcome("succeeded", mat, staged=(staged,)),
+                                   fence=Fence("w1", step.attempt))], sources={})  # fmt: skip
+    got = store.get_step(run.run_id, "orders", DAY)
+    assert got is not None and got.state == "running" and got.materialization_id is None
+    assert store.list_materializations(run.pipeline, run_id=run.run_id, limit=5) == []
+
+
+def test_the_store_refuses_values_another_manager_staged(tmp_path: Path) -> None:
+    store, run, step, _io, staged = _staged_finish(tmp_path)
+    foreign = replace(staged, target="postgres:db1", payload=b"INSERT ...")
+    mat = replace(_mat(run, "orders"), io_manager="sqlite", location=staged.location)
+    assert not store.accepts_staging("postgres:db1")
+    with pytest.raises(StorageError, match="not staged by a SQLiteIOManager"):
+        store.finish_step(run.run_id, "orders", DAY,
+                          StepOutcome("succeeded", mat, staged=(foreign,)),
+                          fence=Fence("w1", step.attempt))  # fmt: skip
+
+
+def test_a_pipeline_on_the_sqlite_defaults_stages_its_values(tmp_path: Path) -> None:
+    """The embedded default: values staged, written with their steps, read back."""
+    import flowstone as fs
+
+    @fs.asset
+    def orders() -> list[int]:
+        return [3, 4]
+
+    @fs.asset
+    def total(orders: list[int]) -> int:
+        return sum(orders)
+
+    p = fs.Pipeline("shop", [orders, total], store=f"sqlite:///{tmp_path}/fs.db")
+    try:
+        assert "default" in p.runtime.capabilities.staging
+        result = p.run()
+        assert result.status == "succeeded" and p.get("total") == 7 and p.get("orders") == [3, 4]
+    finally:
+        p.close()
