@@ -177,7 +177,7 @@ def test_a_staged_value_that_cannot_be_written_leaves_its_step_unrecorded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Value first, record second: a values file that fails the write means no record."""
-    store, run, step, io, staged = _staged_finish(tmp_path)
+    store, run, step, _io, staged = _staged_finish(tmp_path)
 
     def full(self: SQLiteIOManager, values: Any) -> None:
         raise StorageError("database or disk is full")
