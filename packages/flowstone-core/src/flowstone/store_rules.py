@@ -168,6 +168,8 @@ def to_json(value: Any, field: str) -> str:
     Raises:
         StorageError: naming ``field`` when the value is not JSON-able (NaN included).
     """
+    if type(value) is dict and not value:
+        return "{}"  # (most metadata: no encoder needed)
     try:
         return json.dumps(value, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:

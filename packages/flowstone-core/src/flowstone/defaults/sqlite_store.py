@@ -408,29 +408,40 @@ class SQLiteRunStore(SQLiteRecords):
         """Several :meth:`finish_step` s in one transaction (see
         :class:`~flowstone.protocols.BatchFinish`): one commit instead of one each, and the
         pages the finishes share (their run's steps, the indexes they touch) written once.
-        Each finish runs in a savepoint of its own, so one the rules refuse comes back as
-        its error and leaves nothing behind; ``sources`` is not used (this store sends no
-        values along)."""
+        If the rules refuse a finish (or a fenced finish finds its step not held), the
+        transaction starts over with each finish in a savepoint of its own, so the refused
+        one comes back as its error (or goes the full way, as in :meth:`finish_step`) and
+        leaves nothing behind. ``sources`` is not used (this store sends no values
+        along)."""
         bound: list[rules.BoundOutcome | Exception] = []
         for f in finishes:
-            where = f"finish_steps(run {f.run_id!r}, asset {f.asset!r}, partition {f.partition!r})"
             try:  # bound and JSON-encoded before the transaction, as finish_step does
-                bound.append(rules.bind_outcome(f.run_id, f.asset, f.partition, f.outcome, where))
+                bound.append(
+                    rules.bind_outcome(f.run_id, f.asset, f.partition, f.outcome, _where(f))
+                )
             except (StorageError, UsageError) as exc:
                 bound.append(exc)
         # every value first, in one transaction per IO manager, then the records
         write_staged(v for f, b in zip(finishes, bound, strict=True)
                      if not isinstance(b, Exception) for v in f.outcome.staged)  # fmt: skip
-        out: list[tuple[StepTransition, ClaimedReads | None] | Exception] = []
         with self._write() as c:
+            try:  # usually every finish applies as it is: no savepoint needed
+                return [b if isinstance(b, Exception) else
+                        (self._finish(c, (f.run_id, f.asset, f.partition), f.outcome, b,
+                                      _where(f), f.then, f.fence, f.fence), None)
+                        for f, b in zip(finishes, bound, strict=True)]  # fmt: skip
+            except (_NotHeld, StorageError, UsageError):
+                # one did not: start over, each finish in a savepoint of its own
+                c.execute("ROLLBACK")
+                c.execute("BEGIN IMMEDIATE")
+            out: list[tuple[StepTransition, ClaimedReads | None] | Exception] = []
             for f, b in zip(finishes, bound, strict=True):
                 if isinstance(b, Exception):
                     out.append(b)
                     continue
-                key = (f.run_id, f.asset, f.partition)
-                where = f"finish_steps(run {f.run_id!r}, asset {f.asset!r})"
                 try:
-                    out.append((self._finish_saved(c, key, f, b, where), None))
+                    key = (f.run_id, f.asset, f.partition)
+                    out.append((self._finish_saved(c, key, f, b, _where(f)), None))
                 except (StorageError, UsageError) as exc:
                     out.append(exc)
         return out
@@ -471,14 +482,29 @@ class SQLiteRunStore(SQLiteRecords):
         """Several :meth:`claim_step` s in one transaction (see
         :class:`~flowstone.protocols.BulkClaim`), in key order."""
         now_dt = self.clock()
+        wanted = sorted({(str(r), str(a), str(p)) for r, a, p in keys})
         with self._write() as c:
+            # the steps as they are before the claims (for the claims' facts), in one read
+            was: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+            for i in range(0, len(wanted), BATCH // 3):
+                chunk = wanted[i : i + BATCH // 3]
+                rows = c.execute(  # (a join: "(...) IN (VALUES ...)" would scan the table)
+                    f"WITH k(r, a, p) AS (VALUES {', '.join(['(?, ?, ?)'] * len(chunk))})"
+                    " SELECT s.run_id, s.asset, s.partition, s.state, s.owner, s.updated_at,"
+                    " s.not_before FROM k JOIN steps s"
+                    " ON s.run_id = k.r AND s.asset = k.a AND s.partition = k.p",
+                    [part for key in chunk for part in key],
+                ).fetchall()
+                was.update(((r[0], r[1], r[2]), (r[3], r[4], from_micros(r[5]),
+                                                  from_micros(r[6]))) for r in rows)  # fmt: skip
             claimed = {
-                key: _claim(c, key, owner, lease_seconds, now_dt, pipeline)
-                for key in sorted(set(keys))
+                key: _claim(c, key, owner, lease_seconds, now_dt, pipeline, before=was[key])
+                for key in wanted
+                if key in was  # (no such step: nothing to claim)
             }
         out: list[StepRecord | None] = []
-        for key in keys:  # a key given twice is claimed once, as claim_step twice would
-            out.append(claimed.pop(tuple(key), None))  # type: ignore[arg-type]
+        for r, a, p in keys:  # a key given twice is claimed once, as claim_step twice would
+            out.append(claimed.pop((str(r), str(a), str(p)), None))
         return out
 
     def _finish(
@@ -709,6 +735,10 @@ _FINISH_HELD = {
     " RETURNING attempt, (SELECT status FROM runs WHERE run_id = steps.run_id)"
     for n in {len(states) for states in _HELD_STATES.values()}
 }
+
+
+def _where(f: Finish) -> str:
+    return f"finish_steps(run {f.run_id!r}, asset {f.asset!r}, partition {f.partition!r})"
 
 
 class _NotHeld(Exception):
