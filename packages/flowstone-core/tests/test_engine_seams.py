@@ -333,3 +333,14 @@ def test_an_infrastructure_error_is_retried_not_the_assets_failure(
     audit = [e.kind for e in p.store.list_audit(result.run_id)]
     assert "step_failed" not in audit
     p.close()
+
+
+@pytest.mark.parametrize("key", [("run-1", "orders", ""), ("r", "a/b", "2024-01-05|eu"),
+                                 ("ünï", "çödé", "𝄞\x01"), ("", "", "")])  # fmt: skip
+def test_materialization_ids_are_the_uuid5_of_the_step(key: tuple[str, str, str]) -> None:
+    """Stores keep these ids: the fast derivation must stay exactly uuid5's."""
+    import uuid
+
+    from flowstone.engine.runner import _MATERIALIZATIONS, materialization_id
+
+    assert materialization_id(*key) == uuid.uuid5(_MATERIALIZATIONS, "\x00".join(key)).hex

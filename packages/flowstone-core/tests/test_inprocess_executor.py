@@ -377,3 +377,60 @@ def test_claimed_steps_no_worker_started_are_given_back_when_the_run_is_cancelle
 def test_finish_batch_must_be_a_positive_int(bad: Any) -> None:
     with pytest.raises(fs.UsageError, match="finish_batch"):
         fs.InProcessExecutor(finish_batch=bad)
+
+
+def test_a_claimed_step_taken_over_while_it_waited_is_not_run_here(
+    tmp_path: Any, registry: Any
+) -> None:
+    """``gate`` blocks the only worker longer than the lease of ``sibling``, claimed with
+    it; another runner takes ``sibling`` over meanwhile. When the worker gets to it, its
+    lease cannot be renewed: it is not run here (it would run twice), and the run waits
+    for the runner that holds it."""
+    ran: list[str] = []
+    started, taken = threading.Event(), threading.Event()
+
+    @fs.asset
+    def gate() -> int:
+        started.set()  # (sibling was claimed with gate, before gate started)
+        taken.wait(10)
+        ran.append("gate")
+        return 1
+
+    @fs.asset
+    def sibling() -> int:
+        ran.append("sibling")
+        return 2
+
+    store = SQLiteRunStore(tmp_path / "fs.db")
+    p = fs.Pipeline("takeover", [gate, sibling], store=store, registry=registry,
+                    executor=fs.InProcessExecutor(max_workers=1), lease_seconds=0.5)  # fmt: skip
+
+    seen: list[str] = []  # the sibling's state when gate started, who took it over
+
+    def thief() -> None:
+        started.wait(10)
+        before = store.get_step("night-3", "sibling", "")
+        seen.append(before.state if before else "missing")  # claimed with gate
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # once the sibling's lease has run out
+            got = store.claim_step("night-3", "sibling", "", owner="thief", lease_seconds=60)
+            if got is not None:
+                seen.append("thief")
+                taken.set()
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=thief)
+    t.start()
+    try:
+        result = p.run(run_id="night-3")
+    finally:
+        taken.set()
+        t.join()
+    try:
+        assert seen == ["running", "thief"]
+        assert ran == ["gate"] and result.status == "running"
+        step = store.get_step("night-3", "sibling", "")
+        assert step is not None and (step.state, step.owner) == ("running", "thief")
+    finally:
+        p.close()

@@ -485,10 +485,13 @@ def bind_outcome(
     check_outcome(outcome, where)
     bound: dict[str, Any] = {}
     if (mat := outcome.materialization) is not None:
-        bound["materialization"] = replace(
-            mat, run_id=run_id, asset=asset, partition=partition,
-            upstream=tuple(dict.fromkeys(mat.upstream)), invalidated=False,
-        )  # fmt: skip
+        upstream = tuple(dict.fromkeys(mat.upstream))
+        if (mat.run_id, mat.asset, mat.partition, mat.upstream, mat.invalidated) != (
+            run_id, asset, partition, upstream, False
+        ):  # (the engine's own records are bound already: no copy)
+            mat = replace(mat, run_id=run_id, asset=asset, partition=partition,
+                          upstream=upstream, invalidated=False)  # fmt: skip
+        bound["materialization"] = mat
         bound["materialization_metadata_json"] = to_json(
             dict(mat.metadata), f"metadata of materialization {mat.id!r}"
         )

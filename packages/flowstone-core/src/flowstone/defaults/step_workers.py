@@ -16,8 +16,9 @@ wait in a :class:`~flowstone.engine.FinishBatch` and are recorded together, and 
 claim is shared: a worker takes the ready steps on the queue (up to a batch) and claims
 them in one transaction (:meth:`StepRunner.claim_many
 <flowstone.engine.runner.StepRunner.claim_many>`), they join the dispatch's *claimed*
-steps (leases kept until a worker starts one), and any worker runs claimed steps, its
-finishes waiting in its batch. A worker records its batch when it is full or its oldest
+steps, and any worker runs claimed steps, its finishes waiting in its batch (a step that
+waited there for a third of its lease has it renewed first; if another runner took it over
+meanwhile, it is not run here). A worker records its batch when it is full or its oldest
 finish is ``batch_seconds`` old (then also while it runs a step, from the batch's watcher
 thread) and always before it goes idle; what the finishes made ready joins the queue, and
 the dependent each finish claimed joins the claimed steps. A layer of independent steps
@@ -34,7 +35,6 @@ Everything shared is guarded by one lock; a worker updates only its own ``since`
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import itertools
 import logging
@@ -54,8 +54,8 @@ __all__ = ["StepWorkers"]
 log = logging.getLogger("flowstone.engine")
 _monotonic = time.monotonic
 _FLUSH = object()  # _take_work: record the finishes waiting in the worker's batch first
-_Held = tuple[StepRecord, contextlib.ExitStack, threading.Event]
-"""A claimed step no worker has started: its lease kept meanwhile, the event set if lost."""
+_Held = tuple[StepRecord, float]
+"""A claimed step no worker has started, and when it was claimed (monotonic seconds)."""
 
 
 class _Worker:
@@ -102,7 +102,7 @@ class StepWorkers:
         self._finish_batch = finish_batch
         self._batch_seconds = batch_seconds
         # steps claimed for this dispatch that no worker has started: (step, its lease
-        # kept meanwhile, the event set if that lease was lost); any worker takes them
+        # claimed); any worker takes them
         self.claimed: deque[_Held] = deque()
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # idle workers wait here
@@ -204,14 +204,13 @@ class StepWorkers:
                 assert w.thread is not None
                 w.thread.join()
         with self._lock:
-            left = [(step, kept) for step, kept, _lost in self.claimed]
+            left = [step for step, _at in self.claimed]
             self.claimed.clear()
         self._give_back(left)
 
-    def _give_back(self, held: list[tuple[StepRecord, contextlib.ExitStack]]) -> None:
+    def _give_back(self, held: list[StepRecord]) -> None:
         """Put claimed steps no worker will start back to ``ready`` (best effort)."""
-        for step, kept in held:
-            kept.close()
+        for step in held:
             try:
                 release_step(self._runner, step, None, why="the dispatch ended before it ran")
             except Exception as exc:  # the store is down: the lease expires, a resume runs it
@@ -282,12 +281,9 @@ class StepWorkers:
 
     def hold(self, steps: Iterable[StepRecord]) -> None:
         """Add ``steps``, claimed for this dispatch, to the claimed steps any worker takes;
-        their leases are kept until one does."""
-        held = []
-        for step in steps:
-            kept = contextlib.ExitStack()
-            lost = kept.enter_context(self._runner.holding(step))
-            held.append((step, kept, lost))
+        one whose lease may have run low by then is renewed first (see :meth:`_unheld`)."""
+        at = _monotonic()
+        held = [(step, at) for step in steps]
         if not held:
             return
         with self._lock:
@@ -300,7 +296,7 @@ class StepWorkers:
                 if self._idle:
                     self._work.notify()
         if closed:  # (a worker's last flush after close(): no worker takes them any more)
-            self._give_back([(step, kept) for step, kept, _lost in held])
+            self._give_back([step for step, _at in held])
 
     def _settle(self, results: list[StepResult]) -> None:
         """Queue what finishes made ready and hold the dependents they claimed."""
@@ -309,20 +305,24 @@ class StepWorkers:
                 self.add(result.ready)
         self.hold(r.next for r in results if r.next is not None)
 
-    def _unheld(
-        self, held: _Held
-    ) -> StepRecord | None:
-        """A claimed step ``me`` took, its lease no longer kept by the dispatch (running it
-        keeps it); None if the lease was lost while it waited (another runner has it now:
-        running it here too would run it twice)."""
-        step, kept, lost = held
-        kept.close()
-        if lost.is_set():
-            log.warning("step %s[%s] of run %s lost its lease while it waited for a worker; "
-                        "it runs where it was taken over", step.asset, step.partition,
-                        step.run_id)  # fmt: skip
-            return None
-        return step
+    def _unheld(self, held: _Held) -> StepRecord | None:
+        """A claimed step a worker took, to run (running it keeps its lease); if it waited
+        longer than a third of its lease, the lease is renewed first, and if that is refused
+        (another runner took the step over meanwhile: running it here too would run it
+        twice) None. Steps wait here for milliseconds unless every worker is blocked."""
+        step, at = held
+        lease = self._runner.runtime.policies.lease_seconds
+        if _monotonic() - at < lease / 3 or step.owner is None:
+            return step
+        if self._runner.runtime.store.renew_lease(
+            step.run_id, step.asset, step.partition, owner=step.owner, lease_seconds=lease,
+            attempt=step.attempt,
+        ):  # fmt: skip
+            return step
+        log.warning("step %s[%s] of run %s lost its lease while it waited for a worker; it "
+                    "runs where it was taken over", step.asset, step.partition,
+                    step.run_id)  # fmt: skip
+        return None
 
     def _take_work(
         self, me: _Worker, pending: bool
