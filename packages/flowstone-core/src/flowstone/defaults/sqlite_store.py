@@ -22,7 +22,7 @@ from typing import Any
 from flowstone import store_rules as rules
 from flowstone.defaults.sqlite_connection import BATCH, STEP_KEY, filters, marks
 from flowstone.defaults.sqlite_io import STAGING_TARGET, SQLiteIOManager, write_staged
-from flowstone.defaults.sqlite_records import SQLiteRecords, upsert_materialization
+from flowstone.defaults.sqlite_records import Appends, SQLiteRecords, upsert_materialization
 from flowstone.defaults.sqlite_schema import (
     GATE_COLS,
     RUN_COLS,
@@ -426,10 +426,15 @@ class SQLiteRunStore(SQLiteRecords):
                      if not isinstance(b, Exception) for v in f.outcome.staged)  # fmt: skip
         with self._write() as c:
             try:  # usually every finish applies as it is: no savepoint needed
-                return [b if isinstance(b, Exception) else
-                        (self._finish(c, (f.run_id, f.asset, f.partition), f.outcome, b,
-                                      _where(f), f.then, f.fence, f.fence), None)
-                        for f, b in zip(finishes, bound, strict=True)]  # fmt: skip
+                later = Appends()
+                done: list[tuple[StepTransition, ClaimedReads | None] | Exception] = [
+                    b if isinstance(b, Exception) else
+                    (self._finish(c, (f.run_id, f.asset, f.partition), f.outcome, b, _where(f),
+                                  f.then, f.fence, f.fence, later), None)
+                    for f, b in zip(finishes, bound, strict=True)
+                ]  # fmt: skip
+                later.write(c)
+                return done
             except (_NotHeld, StorageError, UsageError):
                 # one did not: start over, each finish in a savepoint of its own
                 c.execute("ROLLBACK")
@@ -517,10 +522,11 @@ class SQLiteRunStore(SQLiteRecords):
         then: Continuation | None,
         held: Fence | None,
         fence: Fence | None = None,
+        later: Appends | None = None,
     ) -> StepTransition:
         """``finish_step`` in the write transaction ``c``; with ``held``, only if the step is
         held under that fence (else :class:`_NotHeld`, for the caller to roll back),
-        without reading it first."""
+        without reading it first; the rows it only appends go to ``later`` if given."""
         run_id, asset, partition = key
         now_dt = self.clock()
         now = to_micros(now_dt)
@@ -537,7 +543,7 @@ class SQLiteRunStore(SQLiteRecords):
                 return StepTransition(applied=False)
             attempt = row[1]
         try:
-            mat_id, approval_id = self._write_records(c, bound, key, where)
+            mat_id, approval_id = self._write_records(c, bound, key, where, later)
         except StorageError as exc:
             if held is not None:  # the full way says whether it applies at all first
                 raise _NotHeld from exc
@@ -580,9 +586,9 @@ class SQLiteRunStore(SQLiteRecords):
                 "UPDATE runs SET status = ?, updated_at = ? WHERE run_id = ?",
                 (status, now, run_id),
             )
-        self._audit(c, run_id, f"step_{outcome.state}", asset, partition, detail, now)
+        self._audit(c, run_id, f"step_{outcome.state}", asset, partition, detail, now, later)
         if status != previous:
-            self._audit(c, run_id, f"run_{status}", None, None, {}, now)
+            self._audit(c, run_id, f"run_{status}", None, None, {}, now, later)
         return StepTransition(
             applied=True,
             ready=tuple(ready),
@@ -596,13 +602,16 @@ class SQLiteRunStore(SQLiteRecords):
         bound: rules.BoundOutcome,
         key: tuple[str, str, str],
         where: str,
+        later: Appends | None = None,
     ) -> tuple[str | None, int | None]:
         """A finish's materialization, approval or gate; returns (materialization id,
         approval id)."""
         run_id, asset, partition = key
         mat_id = approval_id = None
         if (mat := bound.materialization) is not None:
-            mat_id = upsert_materialization(c, mat, bound.materialization_metadata_json, where)
+            mat_id = upsert_materialization(
+                c, mat, bound.materialization_metadata_json, where, later
+            )
         if (a := bound.approval) is not None:
             approval_id = c.execute(
                 "INSERT INTO approvals (pipeline, run_id, asset, partition, message, status,"
