@@ -434,3 +434,35 @@ def test_a_claimed_step_taken_over_while_it_waited_is_not_run_here(
         assert step is not None and (step.state, step.owner) == ("running", "thief")
     finally:
         p.close()
+
+
+def test_a_batch_that_cannot_be_recorded_is_raised_and_its_steps_are_given_back(
+    tmp_path: Any, registry: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store fails every batch of finishes: run() raises the error, no worker thread
+    is left, and the steps that ran are ``ready`` again (not held until their leases run
+    out), so the run resumes at once when the store works again."""
+    clock = Clock()
+    store = SQLiteRunStore(tmp_path / "fs.db")
+    p = fs.Pipeline("broken", _layers(clock, 2, 3), store=store, registry=registry,
+                    executor=fs.InProcessExecutor(blocked_after=_GENEROUS))  # fmt: skip
+    try:
+        p.run()  # the process's lease keeper and batch watcher threads exist from here on
+        before = threading.active_count()
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise fs.StorageError("disk I/O error")
+
+        monkeypatch.setattr(store, "finish_steps", broken)
+        with pytest.raises(fs.StorageError, match="disk I/O error"):
+            p.run(run_id="broken-1", force=True)
+        assert threading.active_count() == before, threading.enumerate()
+        states = {s.asset: (s.state, s.owner) for s in store.list_steps("broken-1")}
+        assert {a: s for a, s in states.items() if a.startswith("l0")} == dict.fromkeys(
+            ["l0_0", "l0_1", "l0_2"], ("ready", None)), states
+        monkeypatch.undo()
+        p.dispatch("broken-1", [s for s in store.list_steps("broken-1") if s.state == "ready"])
+        assert p.result("broken-1").status == "succeeded"
+        assert p.get("l1_0") == 4
+    finally:
+        p.close()
