@@ -95,7 +95,6 @@ class SQLiteConnection:
             # a dozen runs)
             conn.execute("PRAGMA cache_size = -32768")
             conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA temp_store = MEMORY")
             _retry_locked(lambda: migrate(conn), self._busy_timeout)
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(

@@ -384,23 +384,11 @@ class SQLiteRunStore(SQLiteRecords):
         then: Continuation | None = None,
         fence: Fence | None = None,
     ) -> StepTransition:
-        where = f"finish_step(run {run_id!r}, asset {asset!r}, partition {partition!r})"
-        # bound and JSON-encoded before the transaction: a bad value must not half write
-        bound = rules.bind_outcome(run_id, asset, partition, outcome, where)
-        key = (run_id, asset, partition)
-        if outcome.staged:  # the values first, then their record (see write_staged)
-            write_staged(outcome.staged)
-        if fence is not None:
-            # the usual case, a runner finishing what it holds: the fence is checked by the
-            # step's update itself, no read first; anything else is rolled back and goes
-            # the full way below, which applies the rules in their order
-            try:
-                with self._write() as c:
-                    return self._finish(c, key, outcome, bound, where, then, fence)
-            except _NotHeld:
-                pass
-        with self._write() as c:
-            return self._finish(c, key, outcome, bound, where, then, None, fence)
+        got = self._finish_all([Finish(run_id, asset, partition, outcome, then, fence)],
+                               "finish_step")[0]  # fmt: skip
+        if isinstance(got, Exception):
+            raise got
+        return got
 
     def finish_steps(
         self, finishes: Sequence[Finish], *, sources: Mapping[str, str]
@@ -413,12 +401,20 @@ class SQLiteRunStore(SQLiteRecords):
         one comes back as its error (or goes the full way, as in :meth:`finish_step`) and
         leaves nothing behind. ``sources`` is not used (this store sends no values
         along)."""
+        return [got if isinstance(got, Exception) else (got, None)
+                for got in self._finish_all(finishes, "finish_steps")]  # fmt: skip
+
+    def _finish_all(
+        self, finishes: Sequence[Finish], call: str
+    ) -> list[StepTransition | Exception]:
+        """:meth:`finish_steps` (and :meth:`finish_step`, a batch of one); ``call`` names
+        the method in error messages. A fenced finish (a runner finishing what it holds)
+        has its fence checked by the step's update itself, no read first."""
         bound: list[rules.BoundOutcome | Exception] = []
         for f in finishes:
-            try:  # bound and JSON-encoded before the transaction, as finish_step does
-                bound.append(
-                    rules.bind_outcome(f.run_id, f.asset, f.partition, f.outcome, _where(f))
-                )
+            try:  # bound and JSON-encoded before the transaction: a bad value must not half write
+                bound.append(rules.bind_outcome(f.run_id, f.asset, f.partition, f.outcome,
+                                                _where(call, f)))  # fmt: skip
             except (StorageError, UsageError) as exc:
                 bound.append(exc)
         # every value first, in one transaction per IO manager, then the records
@@ -427,10 +423,10 @@ class SQLiteRunStore(SQLiteRecords):
         with self._write() as c:
             try:  # usually every finish applies as it is: no savepoint needed
                 later = Appends()
-                done: list[tuple[StepTransition, ClaimedReads | None] | Exception] = [
+                done: list[StepTransition | Exception] = [
                     b if isinstance(b, Exception) else
-                    (self._finish(c, (f.run_id, f.asset, f.partition), f.outcome, b, _where(f),
-                                  f.then, f.fence, f.fence, later), None)
+                    self._finish(c, (f.run_id, f.asset, f.partition), f.outcome, b,
+                                 _where(call, f), f.then, f.fence, f.fence, later)
                     for f, b in zip(finishes, bound, strict=True)
                 ]  # fmt: skip
                 later.write(c)
@@ -439,14 +435,14 @@ class SQLiteRunStore(SQLiteRecords):
                 # one did not: start over, each finish in a savepoint of its own
                 c.execute("ROLLBACK")
                 c.execute("BEGIN IMMEDIATE")
-            out: list[tuple[StepTransition, ClaimedReads | None] | Exception] = []
+            out: list[StepTransition | Exception] = []
             for f, b in zip(finishes, bound, strict=True):
                 if isinstance(b, Exception):
                     out.append(b)
                     continue
                 try:
                     key = (f.run_id, f.asset, f.partition)
-                    out.append((self._finish_saved(c, key, f, b, _where(f)), None))
+                    out.append(self._finish_saved(c, key, f, b, _where(call, f)))
                 except (StorageError, UsageError) as exc:
                     out.append(exc)
         return out
@@ -487,7 +483,7 @@ class SQLiteRunStore(SQLiteRecords):
         """Several :meth:`claim_step` s in one transaction (see
         :class:`~flowstone.protocols.BulkClaim`), in key order."""
         now_dt = self.clock()
-        wanted = sorted({(str(r), str(a), str(p)) for r, a, p in keys})
+        wanted = sorted({(r, a, p) for r, a, p in keys})
         with self._write() as c:
             # the steps as they are before the claims (for the claims' facts), in one read
             was: dict[tuple[str, str, str], tuple[Any, ...]] = {}
@@ -509,7 +505,7 @@ class SQLiteRunStore(SQLiteRecords):
             }
         out: list[StepRecord | None] = []
         for r, a, p in keys:  # a key given twice is claimed once, as claim_step twice would
-            out.append(claimed.pop((str(r), str(a), str(p)), None))
+            out.append(claimed.pop((r, a, p), None))
         return out
 
     def _finish(
@@ -746,8 +742,8 @@ _FINISH_HELD = {
 }
 
 
-def _where(f: Finish) -> str:
-    return f"finish_steps(run {f.run_id!r}, asset {f.asset!r}, partition {f.partition!r})"
+def _where(call: str, f: Finish) -> str:
+    return f"{call}(run {f.run_id!r}, asset {f.asset!r}, partition {f.partition!r})"
 
 
 class _NotHeld(Exception):
