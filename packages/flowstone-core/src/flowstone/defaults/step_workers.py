@@ -45,8 +45,8 @@ from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
 
 from flowstone.engine.batch import FinishBatch
-from flowstone.engine.chain import release_step, run_chain
-from flowstone.engine.runner import StepResult, StepRunner, describe_error
+from flowstone.engine.chain import give_back, run_chain
+from flowstone.engine.runner import StepResult, StepRunner
 from flowstone.records import StepRecord
 
 __all__ = ["StepWorkers"]
@@ -206,17 +206,7 @@ class StepWorkers:
         with self._lock:
             left = [step for step, _at in self.claimed]
             self.claimed.clear()
-        self._give_back(left)
-
-    def _give_back(self, held: list[StepRecord]) -> None:
-        """Put claimed steps no worker will start back to ``ready`` (best effort)."""
-        for step in held:
-            try:
-                release_step(self._runner, step, None, why="the dispatch ended before it ran")
-            except Exception as exc:  # the store is down: the lease expires, a resume runs it
-                log.warning("could not give back step %s[%s] of run %s (%s); it runs again "
-                            "once its lease expires", step.asset, step.partition,
-                            step.run_id, describe_error(exc))  # fmt: skip
+        give_back(self._runner, left, why="the dispatch ended before it ran")
 
     def _add_worker(self) -> None:
         if self._idle:
@@ -296,7 +286,8 @@ class StepWorkers:
                 if self._idle:
                     self._work.notify()
         if closed:  # (a worker's last flush after close(): no worker takes them any more)
-            self._give_back([step for step, _at in held])
+            give_back(self._runner, [step for step, _at in held],
+                      why="the dispatch ended before it ran")  # fmt: skip
 
     def _settle(self, results: list[StepResult]) -> None:
         """Queue what finishes made ready and hold the dependents they claimed."""

@@ -25,8 +25,8 @@ import logging
 import threading
 from collections.abc import Sequence
 
-from flowstone.engine.chain import release_step
-from flowstone.engine.runner import StepRunner, describe_error
+from flowstone.engine.chain import give_back
+from flowstone.engine.runner import StepRunner
 from flowstone.records import StepRecord
 
 __all__ = ["ClaimedAhead"]
@@ -93,14 +93,6 @@ class ClaimedAhead:
         """Give back every step not taken: ``ready`` again (fenced by its claim), returned
         for the caller to publish. Best effort: a step the store cannot release now is
         left to its lease (the sweeper takes it over)."""
-        released: list[StepRecord] = []
-        for index, step in enumerate(self._steps):
-            if step is None or self.take(index) is None:
-                continue
-            try:
-                released += release_step(self.runner, step, None, why=why)
-            except Exception as exc:
-                log.warning("could not give back step %s[%s] of run %s (%s); the sweeper "
-                            "takes it over once its lease expires", step.asset,
-                            step.partition, step.run_id, describe_error(exc))  # fmt: skip
-        return released
+        waiting = [step for index, step in enumerate(self._steps)
+                   if step is not None and self.take(index) is not None]  # fmt: skip
+        return give_back(self.runner, waiting, why=why)

@@ -67,7 +67,7 @@ class FinishBatch:
         hand_off: Callable[[tuple[StepRecord, ...]], None] | None = None,
     ) -> None:
         self.runner = runner
-        self._hand_off = hand_off
+        self._hand_off = hand_off or (lambda ready: runner.dispatch(ready[0].run_id, ready))
         self.size = size if runner.runtime.capabilities.batch_finish is not None else 1
         self.seconds = seconds
         self._pending: list[PendingFinish] = []
@@ -160,10 +160,7 @@ class FinishBatch:
             if not result.ready:
                 continue
             try:
-                if self._hand_off is not None:
-                    self._hand_off(result.ready)
-                else:
-                    self.runner.dispatch(result.ready[0].run_id, result.ready)
+                self._hand_off(result.ready)
             except Exception as exc:  # they are ready in the store: the sweeper re-sends them
                 log.warning("could not dispatch %d ready step(s) of run %s: %s",
                             len(result.ready), result.ready[0].run_id, describe_error(exc))

@@ -23,10 +23,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from flowstone.engine.runner import StepRunner
+from flowstone.engine.runner import StepRunner, describe_error
 from flowstone.records import Fence, StepRecord
 
-__all__ = ["release_step", "run_chain"]
+__all__ = ["give_back", "release_step", "run_chain"]
 
 log = logging.getLogger("flowstone.engine")
 
@@ -106,6 +106,21 @@ def release_step(
         return (released,)
     hand_off((released,))
     return ()
+
+
+def give_back(runner: StepRunner, steps: list[StepRecord], *, why: str) -> list[StepRecord]:
+    """:func:`release_step` each of ``steps`` (claimed, not started), best effort: one the
+    store cannot release now is left to its lease (recovery takes it over); returns those
+    released, ``ready`` again."""
+    released: list[StepRecord] = []
+    for step in steps:
+        try:
+            released += release_step(runner, step, None, why=why)
+        except Exception as exc:
+            log.warning("could not give back step %s[%s] of run %s (%s); it is taken over "
+                        "once its lease expires", step.asset, step.partition, step.run_id,
+                        describe_error(exc))  # fmt: skip
+    return released
 
 
 def _fence(step: StepRecord) -> Fence | None:
