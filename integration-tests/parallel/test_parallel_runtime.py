@@ -159,6 +159,17 @@ def test_worker_killed_during_a_branch_the_join_still_happens_once(
         run = pipeline.run("briefing", city, wait=False)
         marker = own_cluster.state_dir / f"{run.run_id}.1.maps"
         wait_for(marker.exists, what="the maps branch to start on the victim")
+        # the news branch ran just before maps, in the same message; its finish waits up
+        # to FLOWSTONE_FINISH_BATCH_SECONDS for a batch, then is recorded while maps runs.
+        # Killed before that, news would run again only once its 4 s lease expired, past
+        # its 1 s branch timeout: this test is about the maps branch, so kill after it
+        recorded = {"front_pages", "forecast"}
+        wait_for(lambda: recorded <= {s.asset for s in pipeline.store.list_steps(run.run_id)
+                                      if s.state == "succeeded"},
+                 what="the news and weather branches to be recorded")
+        (maps_step,) = [s for s in pipeline.store.list_steps(run.run_id)
+                        if s.asset == "generate_maps"]
+        assert maps_step.state == "running"  # still in its 3 s sleep
         os.killpg(victim.pid, signal.SIGKILL)  # main process and pool, mid-branch
         victim.wait()
         own_cluster.start("survivor", concurrency=2)
