@@ -403,12 +403,21 @@ _SETTLE_MANY = (
     "FROM unnest(CAST(:runs AS text[])) AS r(run_id)"
 )
 # A batch first locks the pending dependents of all its finishes, in one global order.
+# Each key's edges and each dependent's step are looked up on their own (LATERAL with
+# OFFSET 0: parameterized by the outer row, never flattened into a join): a join of the
+# keys with the tables is planned as a scan of them while they are young and unanalyzed,
+# and asyncpg's prepared statement keeps that generic plan as the tables grow (a scan of
+# every edge per batch). The dependents come sorted (the ordered subquery drives the
+# nested loop), so each is locked in (run, asset, partition) order.
 _LOCK_DEPENDENTS = (
-    "SELECT 1 FROM {s}.edges e JOIN {s}.steps s ON s.run_id = e.run_id "
-    "AND s.asset = e.asset AND s.partition = e.partition "
-    "WHERE (e.run_id, e.dep_asset, e.dep_partition) IN (SELECT * FROM unnest("
-    "CAST(:runs AS text[]), CAST(:assets AS text[]), CAST(:parts AS text[]))) "
-    "AND s.state = 'pending' ORDER BY s.run_id, s.asset, s.partition FOR UPDATE OF s"
+    "SELECT 1 FROM (SELECT DISTINCT k.r, d.asset, d.partition FROM unnest("
+    "CAST(:runs AS text[]), CAST(:assets AS text[]), CAST(:parts AS text[])) AS k(r, a, p) "
+    "CROSS JOIN LATERAL (SELECT e.asset, e.partition FROM {s}.edges e "
+    "WHERE e.run_id = k.r AND e.dep_asset = k.a AND e.dep_partition = k.p OFFSET 0) AS d "
+    "ORDER BY 1, 2, 3) AS t "
+    "CROSS JOIN LATERAL (SELECT 1 FROM {s}.steps s WHERE s.run_id = t.r "
+    "AND s.asset = t.asset AND s.partition = t.partition AND s.state = 'pending' "
+    "FOR UPDATE) AS l"
 )
 # The claimed step's inputs stored in one value table: (location, format, value_json, data),
 # read by the VOLATILE function of migration 0004 (a snapshot taken after the claim).
