@@ -138,9 +138,17 @@ def shoot(state_dir: Path) -> Any:
     """``shoot(page, name)`` saves a screenshot as a test artifact (and for the docs)."""
 
     def take(tab: Any, name: str) -> Path:
+        from playwright.sync_api import TimeoutError as CaptureTimedOut
+
         out = state_dir / "screenshots" / f"{name}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
-        tab.screenshot(path=str(out), full_page=True)
+        try:
+            tab.screenshot(path=str(out), full_page=True, timeout=15_000)
+        except CaptureTimedOut:
+            # headless Chromium now and then never delivers the frame a capture waits for
+            # (a full-page capture hung 30 s after "fonts loaded" once, in a CI run on a
+            # busy machine); a second capture, of the viewport, gets a fresh one
+            tab.screenshot(path=str(out), timeout=30_000)
         assert out.stat().st_size > 10_000, f"screenshot {name} looks empty"
         if os.environ.get("FLOWSTONE_UI_DOCS_IMAGES") == "1":
             DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
