@@ -24,7 +24,7 @@ import pytest
 from flowstone_io_postgres import PostgresRunStore
 from flowstone_io_postgres._scheduling import _LOCK_DEPENDENTS
 from flowstone_io_postgres._sql import Sql
-from flowstone_io_postgres.store import GET_RUNS
+from flowstone_io_postgres.store import _GET_RUNS
 
 pytestmark = pytest.mark.integration
 
@@ -65,25 +65,18 @@ def _literal(value: Any) -> str:
 
 async def _generic_plan(url: str, statement: str, types: str, args: list[Any]) -> str:
     conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+    tx = conn.transaction()  # FOR UPDATE needs one; rolled back
+    await tx.start()
     try:
-        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         await conn.execute(f"PREPARE probe({types}) AS {statement}")
-        async with conn.transaction():  # FOR UPDATE needs one; rolled back
-            rows = await conn.fetch(
-                "EXPLAIN (COSTS OFF) EXECUTE probe("
-                + ", ".join(_literal(a) for a in args) + ")"
-            )
-            plan = "\n".join(r[0] for r in rows)
-            raise _Rollback(plan)
-    except _Rollback as done:
-        return done.plan
+        rows = await conn.fetch(
+            "EXPLAIN (COSTS OFF) EXECUTE probe(" + ", ".join(_literal(a) for a in args) + ")"
+        )
+        return "\n".join(r[0] for r in rows)
     finally:
+        await tx.rollback()
         await conn.close()
-
-
-class _Rollback(Exception):
-    def __init__(self, plan: str) -> None:
-        self.plan = plan
 
 
 @pytest.fixture
@@ -123,6 +116,6 @@ def test_reading_runs_for_wait_probes_the_primary_key(young: tuple[str, str]) ->
         assert sorted(r.run_id for r in found) == sorted(f"r{i}" for i in range(1, 17))
     finally:
         store.close()
-    statement = Sql(schema)(GET_RUNS).sql
+    statement = Sql(schema)(_GET_RUNS).sql
     plan = asyncio.run(_generic_plan(url, statement, "text[]", [["r1", "r2", "r3"]]))
     assert "Seq Scan" not in plan and "runs_pkey" in plan, plan

@@ -87,10 +87,11 @@ _STEP_COLS_S = ", ".join(f"s.{c.strip()}" for c in STEP_COLS.split(","))
 # The runs of an array of ids (``wait`` reads 16 at a time): one primary-key probe per id,
 # whatever plan the prepared statement caches (a generic plan made while the table was
 # young scans it, ~1 ms a read at 10,000 runs).
-GET_RUNS = (
+_GET_RUNS = (
     "SELECT r.* FROM unnest(CAST(:r AS text[])) AS k(id), LATERAL "
     "(SELECT " + RUN_COLS + " FROM {s}.runs WHERE run_id = k.id OFFSET 0) AS r"
 )
+
 
 class PostgresRunStore:
     """The FlowStone run store on PostgreSQL.
@@ -297,7 +298,7 @@ class PostgresRunStore:
         ids = list(dict.fromkeys(run_ids))
         if not ids:
             return []
-        rows = self._rows("reading runs", GET_RUNS, {"r": ids})
+        rows = self._rows("reading runs", _GET_RUNS, {"r": ids})
         return [to_run(r) for r in rows]
 
     def list_runs(
