@@ -305,6 +305,62 @@ def test_many_threads_run_every_step_exactly_once(shared_store: PostgresRunStore
     assert statuses == ["succeeded"]
 
 
+CROSSED = [  # two batches whose finishes release the same two joins in opposite orders
+    *(StepSpec(a, DAY) for a in ("a1", "a2", "b1", "b2")),
+    StepSpec("j1", DAY, deps=(("a2", DAY), ("b1", DAY))),
+    StepSpec("j2", DAY, deps=(("a1", DAY), ("b2", DAY))),
+]
+
+
+def _deadlocks(url: str) -> int:
+    async def read() -> int:
+        conn = await asyncpg.connect(url)
+        try:
+            return int(await conn.fetchval(
+                "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
+
+
+def test_concurrent_batches_lock_shared_dependents_in_one_order(
+    shared_store: PostgresRunStore, migrated_url: str,
+) -> None:
+    """finish_steps locks every pending dependent of its batch first, in (run, asset,
+    partition) order: batch A finishing a1 (releases j2) then a2 (j1) and batch B finishing
+    b1 (j1) then b2 (j2), at the same moment, would otherwise each hold one join and wait
+    for the other's. No deadlock (PostgreSQL's own counter), each join released once."""
+    import threading
+
+    from flowstone.protocols import Finish
+
+    before = _deadlocks(migrated_url)
+    for _ in range(20):
+        run = _run(shared_store, CROSSED)
+        for a in ("a1", "a2", "b1", "b2"):
+            shared_store.claim_step(run.run_id, a, DAY, owner="w", lease_seconds=60)
+        barrier = threading.Barrier(2)
+        ready: list[str] = []
+
+        def finish(assets: tuple[str, str], run: RunRecord = run,
+                   barrier: threading.Barrier = barrier) -> None:  # fmt: skip
+            batch = [Finish(run.run_id, a, DAY, _outcome(run, a)) for a in assets]
+            barrier.wait()
+            for got in shared_store.finish_steps(batch, sources={}):
+                assert not isinstance(got, Exception), got
+                ready.extend(s.asset for s in got[0].ready)
+
+        threads = [threading.Thread(target=finish, args=(pair,))
+                   for pair in (("a1", "a2"), ("b1", "b2"))]  # fmt: skip
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert sorted(ready) == ["j1", "j2"]
+    assert _deadlocks(migrated_url) == before
+
+
 def test_core_selects_this_store_by_url(migrated_url: str) -> None:
     from flowstone.registry import store_from_url
 
