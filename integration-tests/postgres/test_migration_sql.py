@@ -57,7 +57,7 @@ def empty_db(postgres_url: str) -> Iterator[str]:
 
 def test_functions_at_head_are_the_shipped_sql_files(migrated_url: str) -> None:
     assert _body(migrated_url, "flowstone", "finish_step") == _file_body(
-        "0010_finish_step.sql", "flowstone"
+        "0011_finish_step.sql", "flowstone"
     )
     assert _body(migrated_url, "flowstone", "settle_run") == _file_body(
         "0010_settle_run.sql", "flowstone"
@@ -82,9 +82,12 @@ def test_each_revision_creates_its_own_file_in_a_custom_schema(empty_db: str) ->
     asyncio.run(migrate.upgrade(url, "tenant_sql", "0009"))
     at_0009 = _body(empty_db, "tenant_sql", "finish_step")
     assert at_0009 == _file_body("0008_finish_step.sql", "tenant_sql")
+    asyncio.run(migrate.upgrade(url, "tenant_sql", "0010"))
+    at_0010 = _body(empty_db, "tenant_sql", "finish_step")
+    assert at_0010 == _file_body("0010_finish_step.sql", "tenant_sql")
     asyncio.run(migrate.upgrade(url, "tenant_sql"))
     assert _body(empty_db, "tenant_sql", "finish_step") == _file_body(
-        "0010_finish_step.sql", "tenant_sql"
+        "0011_finish_step.sql", "tenant_sql"
     )
     assert _body(empty_db, "tenant_sql", "settle_run") == _file_body(
         "0010_settle_run.sql", "tenant_sql"
@@ -97,6 +100,8 @@ def test_each_revision_creates_its_own_file_in_a_custom_schema(empty_db: str) ->
     assert "v_now" not in at_0007
     # and 0010 leaves settling the run to the caller that asks: 0008 always settled
     assert "p_settle" not in at_0009
+    # and 0011 lets a batch's calls lock and settle: 0010 left both to separate statements
+    assert "p_settle_run" not in at_0010 and "p_lock_runs" not in at_0010
 
 
 def test_downgrade_restores_the_earlier_file(empty_db: str) -> None:

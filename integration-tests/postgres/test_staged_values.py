@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 
 import flowstone as fs
 from flowstone.errors import StorageError
-from flowstone.protocols import StorageKey
+from flowstone.protocols import Finish, StorageKey
 from flowstone.records import MaterializationRecord, RunRecord, StepOutcome, StepSpec
 from flowstone.testing import ParkedExecutor
 from flowstone_io_postgres import PostgresIOManager, PostgresRunStore
@@ -127,6 +127,104 @@ def test_value_and_record_commit_together_or_not_at_all(
     recorded = store.get_materialization(mat.id)
     assert recorded is not None and recorded.location == staged.location
 
+
+
+def _claimed_run(store: PostgresRunStore, assets: Sequence[str]) -> RunRecord:
+    now = datetime.now(UTC)
+    run = RunRecord(f"run-{uuid.uuid4().hex[:8]}", "sales", tuple(assets), "", "running",
+                    now, now)  # fmt: skip
+    store.create_run(run, [StepSpec(a, "") for a in assets])
+    for a in assets:
+        assert store.claim_step(run.run_id, a, "", owner="w", lease_seconds=60) is not None
+    return run
+
+
+def _staged_finish(
+    io: PostgresIOManager, run: RunRecord, asset: str, value: object, *, stage: bool = True,
+    attempt: int = 1,
+) -> Finish:
+    now = datetime.now(UTC)  # each attempt stages its own place, as the engine does
+    staged = io.stage(StorageKey("sales", asset, "", run.run_id, attempt=attempt), value)
+    mat = MaterializationRecord(
+        id=uuid.uuid4().hex, pipeline="sales", run_id=run.run_id, asset=asset, partition="",
+        state="succeeded", io_manager="postgres", location=staged.location, finished_at=now,
+    )
+    return Finish(run.run_id, asset, "", StepOutcome(
+        "succeeded", mat, staged=(staged,) if stage else ()))
+
+
+def test_a_batch_of_one_shape_settles_each_run_even_when_its_last_finish_is_a_duplicate(
+    same_db: tuple[PostgresRunStore, PostgresIOManager],
+) -> None:
+    """A batch whose finishes share one statement (each with one staged value) is one
+    pipelined round trip, the calls ordered by run and each run settled by its last call.
+    Here run A's last call is a duplicate (refused): A is still settled, its new status
+    going to A's last applied finish; run B's to B's; every value lands with its record."""
+    store, io = same_db
+    run_a, run_b = _claimed_run(store, ("x", "y")), _claimed_run(store, ("z",))
+    first_y = _staged_finish(io, run_a, "y", "y-1")
+    assert store.finish_step(run_a.run_id, "y", "", first_y.outcome).run_status is None
+    batch = [_staged_finish(io, run_b, "z", "z-1"), _staged_finish(io, run_a, "x", "x-1"),
+             _staged_finish(io, run_a, "y", "y-again", attempt=2)]  # fmt: skip
+    got = store.finish_steps(batch, sources={})
+    assert not any(isinstance(g, Exception) for g in got), got
+    (z, _), (x, _), (y, _) = got  # type: ignore[misc]
+    assert z.applied and z.run_status == "succeeded"
+    assert x.applied and x.run_status == "succeeded"
+    assert not y.applied and y.run_status is None
+    for run in (run_a, run_b):
+        recorded = store.get_run(run.run_id)
+        assert recorded is not None and recorded.status == "succeeded"
+    assert [io.load(f.outcome.staged[0].location) for f in batch[:2]] == ["z-1", "x-1"]
+    step = store.get_step(run_a.run_id, "y", "")  # still the first finish's record and value
+    assert first_y.outcome.materialization is not None
+    assert step is not None and step.materialization_id == first_y.outcome.materialization.id
+    assert io.load(first_y.outcome.staged[0].location) == "y-1"
+
+
+def test_a_pipelined_batch_applies_all_or_nothing(
+    same_db: tuple[PostgresRunStore, PostgresIOManager],
+) -> None:
+    """One refused write (it breaks the value table's CHECK) in a one-shape batch: the
+    batch's other finishes, the dependents' locks and the settle roll back with it."""
+    store, io = same_db
+    run = _claimed_run(store, ("x", "y"))
+    good, bad = _staged_finish(io, run, "x", 1), _staged_finish(io, run, "y", 2)
+    staged = bad.outcome.staged[0]
+    write = staged.payload
+    assert isinstance(write, StagedWrite)
+    broken = replace(staged, payload=replace(
+        write, params={**write.params, "value_json": None, "data": None}))
+    bad_broken = replace(bad, outcome=replace(bad.outcome, staged=(broken,)))
+    with pytest.raises(StorageError, match="finishing 2 steps"):
+        store.finish_steps([good, bad_broken], sources={})
+    for asset in ("x", "y"):
+        step = store.get_step(run.run_id, asset, "")
+        assert step is not None and step.state == "running"
+    assert not io.exists(good.outcome.staged[0].location)
+    recorded = store.get_run(run.run_id)
+    assert recorded is not None and recorded.status == "running"
+    got = store.finish_steps([good, bad], sources={})  # the same batch, repaired
+    assert [g[0].applied for g in got if not isinstance(g, Exception)] == [True, True]
+    assert got[1][0].run_status == "succeeded"  # type: ignore[index]
+
+
+def test_a_batch_of_several_shapes_is_one_transaction_too(
+    same_db: tuple[PostgresRunStore, PostgresIOManager],
+) -> None:
+    """Finishes of different shapes (with and without a staged value) in one batch: each
+    recorded, the run settled once, its status on the batch's last applied finish."""
+    store, io = same_db
+    run = _claimed_run(store, ("x", "y", "z"))
+    batch = [_staged_finish(io, run, "x", "x-1"), _staged_finish(io, run, "y", "y", stage=False),
+             _staged_finish(io, run, "z", "z-1")]  # fmt: skip
+    got = store.finish_steps(batch, sources={})
+    transitions = [g[0] for g in got if not isinstance(g, Exception)]
+    assert [t.applied for t in transitions] == [True, True, True]
+    assert [t.run_status for t in transitions] == [None, None, "succeeded"]
+    assert [io.load(batch[i].outcome.staged[0].location) for i in (0, 2)] == ["x-1", "z-1"]
+    step, mat = store.get_step(run.run_id, "y", ""), batch[1].outcome.materialization
+    assert step is not None and mat is not None and step.materialization_id == mat.id
 
 def test_a_value_for_another_database_is_refused(
     same_db: tuple[PostgresRunStore, PostgresIOManager], postgres_url: str

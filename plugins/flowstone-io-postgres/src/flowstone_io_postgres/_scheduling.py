@@ -38,6 +38,7 @@ from flowstone.records import (
 )
 from flowstone_io_postgres._records import append_audit, cancel_waits
 from flowstone_io_postgres._rows import STEP_COL_COUNT, STEP_COLS, to_materialization, to_step
+from flowstone_io_postgres._runtime import Connections
 from flowstone_io_postgres._sql import PARAM, Db, Sql
 from flowstone_io_postgres._values_table import StagedWrite
 
@@ -393,16 +394,18 @@ _FINISH = (
     ":m_error, :m_up, :m_meta, "
     ":ap_pipeline, :ap_message, :ap_status, :ap_created, :ap_expires, :ap_io, :ap_loc, :ap_meta, "
     ":g_token, :g_pipeline, :g_status, :g_created, :g_expires, :g_payload, :g_meta, "
-    ":claim_owner, :claim_lease, :fence_owner, :fence_attempt, :settle)"
+    ":claim_owner, :claim_lease, :fence_owner, :fence_attempt, :settle, "
+    ":lock_runs, :lock_assets, :lock_parts, :settle_run)"
 )
-# A run's status recomputed once for a batch of finishes (migration 0010).
+# A run's status recomputed once for a batch of finishes of several shapes (migration 0010).
 # Each run settled in turn, in the order given (a function scan of the array emits its
 # elements in order, and each row's settle_run runs before the next row's).
 _SETTLE_MANY = (
     "SELECT {s}.settle_run(r.run_id) AS run_status "
     "FROM unnest(CAST(:runs AS text[])) AS r(run_id)"
 )
-# A batch first locks the pending dependents of all its finishes, in one global order.
+# A batch of several shapes first locks the pending dependents of all its finishes, in one
+# global order (a batch of one shape: its first finish_step call, the same statement).
 # Each key's edges and each dependent's step are looked up on their own (LATERAL with
 # OFFSET 0: parameterized by the outer row, never flattened into a join): a join of the
 # keys with the tables is planned as a scan of them while they are young and unanalyzed,
@@ -464,6 +467,7 @@ def finish_params(
         "fence_owner": None if fence is None else fence.owner,
         "fence_attempt": None if fence is None else fence.attempt,
         "settle": True,
+        "lock_runs": None, "lock_assets": None, "lock_parts": None, "settle_run": False,
     }  # fmt: skip
     if (mat := bound.materialization) is not None:
         params.update(
@@ -582,40 +586,35 @@ class BatchItem:
 
 
 async def finish_steps(
-    conn: asyncpg.Connection, sql: Sql, items: Sequence[BatchItem]
+    db: Connections, sql: Sql, items: Sequence[BatchItem]
 ) -> list[tuple[StepTransition, ClaimedReads | None] | Exception]:
-    """Several :func:`finish_step` calls in the caller's transaction, then each of their
-    runs settled once (``settle_run``). Locks are taken in one global order, so concurrent
+    """Several :func:`finish_step` calls in one transaction, then each of their runs
+    settled once (``settle_run``). Locks are taken in one global order, so concurrent
     batches (and single finishes) cannot deadlock: first the pending dependents of every
     finish, by (run, asset, partition); then each finish with ``p_settle`` false, which
-    leaves the run's row alone; last each run with an applied finish, by ``run_id``. A
-    run's new status, if it changed, goes to its last applied finish in the batch (so
-    ``run.finished`` is announced once). The finishes of one shape travel together (one
-    round trip for a pack's finishes, see :func:`_finish_statement`), and the runs are
-    settled by one statement.
+    leaves the run's row alone; each run with an applied finish settled after its own
+    finishes, by ``run_id``. A run's new status, if it changed, goes to its last applied
+    finish in the batch (so ``run.finished`` is announced once).
+
+    Finishes of one statement shape (see :func:`_finish_statement`; a pack's finishes,
+    each with its staged value) are one round trip: the calls pipelined (asyncpg's
+    ``fetchmany``: one implicit transaction), ordered by run, the first taking the
+    dependents' lock and each run's last settling it (migration 0011). A batch of several
+    shapes runs them in an explicit transaction: lock, each shape's calls, settle.
+    The caller retries a deadlock victim (nothing of the batch was applied).
 
     A finish refused with an error (no such step, one still pending) comes back as that
     error; the others are unaffected.
     """
-    keys = [item.key for item in items]
-    await sql(_LOCK_DEPENDENTS).fetch(conn, {
-        "runs": [k["r"] for k in keys], "assets": [k["a"] for k in keys],
-        "parts": [k["p"] for k in keys],
-    })  # fmt: skip
-    # finishes of the same shape go to the server together (one round trip, asyncpg's
-    # fetchmany), in the order given within each shape; each still applies on its own
-    shapes: dict[str, list[tuple[int, dict[str, object]]]] = {}
-    for index, item in enumerate(items):
-        template, params = _finish_statement(
-            {**item.params, "settle": False}, item.staged, item.prefetch
-        )
-        shapes.setdefault(template, []).append((index, params))
-    rows: list[Any] = [None] * len(items)
-    for template, group in shapes.items():
-        stmt = sql(template)
-        got = await conn.fetchmany(stmt.sql, [stmt.args(params) for _, params in group])
-        for (index, _), row in zip(group, got, strict=True):
-            rows[index] = row
+    prepared = [
+        _finish_statement({**item.params, "settle": False}, item.staged, item.prefetch)
+        for item in items
+    ]
+    if len({template for template, _ in prepared}) == 1:
+        rows, settled = await _finish_pipelined(db, sql, items, prepared)
+    else:
+        async with db.connection() as conn, conn.transaction():
+            rows, settled = await _finish_in_transaction(conn, sql, items, prepared)
     out: list[tuple[StepTransition, ClaimedReads | None] | Exception] = []
     last: dict[str, int] = {}  # run -> index of its last applied finish
     for item, row in zip(items, rows, strict=True):
@@ -624,18 +623,74 @@ async def finish_steps(
         except (StorageError, UsageError) as exc:
             out.append(exc)
             continue
-        out.append((transition, reads))
+        out.append((dataclasses.replace(transition, run_status=None), reads))
         if transition.applied:
             last[item.key["r"]] = len(out) - 1
-    runs = sorted(last)
-    settled = await sql(_SETTLE_MANY).fetch(conn, {"runs": runs}) if runs else []
-    for run, row in zip(runs, settled, strict=True):
-        status: RunStatus | None = row["run_status"]
-        if status is not None:
+    for run, status in settled.items():
+        if status is not None and run in last:
             done = out[last[run]]
             assert not isinstance(done, Exception)
             out[last[run]] = (dataclasses.replace(done[0], run_status=status), done[1])
     return out
+
+
+async def _finish_pipelined(
+    db: Connections,
+    sql: Sql,
+    items: Sequence[BatchItem],
+    prepared: Sequence[tuple[str, dict[str, object]]],
+) -> tuple[list[Any], dict[str, RunStatus | None]]:
+    """A batch of one shape in one round trip: each finish's row (in ``items``' order)
+    and each run's status as settled by its last call."""
+    order = sorted(range(len(items)), key=lambda i: items[i].key["r"])  # stable: by run
+    keys = [item.key for item in items]
+    calls: list[dict[str, object]] = []
+    for position, index in enumerate(order):
+        params = dict(prepared[index][1])
+        if position == 0:
+            params.update(lock_runs=[k["r"] for k in keys], lock_assets=[k["a"] for k in keys],
+                          lock_parts=[k["p"] for k in keys])  # fmt: skip
+        following = order[position + 1] if position + 1 < len(order) else None
+        params["settle_run"] = following is None or keys[following]["r"] != keys[index]["r"]
+        calls.append(params)
+    stmt = sql(prepared[0][0])
+    got = await db.fetchmany(stmt.sql, [stmt.args(params) for params in calls])
+    rows: list[Any] = [None] * len(items)
+    settled: dict[str, RunStatus | None] = {}
+    for index, params, row in zip(order, calls, got, strict=True):
+        rows[index] = row
+        if params["settle_run"]:
+            settled[keys[index]["r"]] = row["run_status"]
+    return rows, settled
+
+
+async def _finish_in_transaction(
+    conn: asyncpg.Connection,
+    sql: Sql,
+    items: Sequence[BatchItem],
+    prepared: Sequence[tuple[str, dict[str, object]]],
+) -> tuple[list[Any], dict[str, RunStatus | None]]:
+    """A batch of several shapes, in the caller's transaction: the dependents' lock, the
+    finishes of each shape together (in the order given within each shape), then every
+    run with an applied finish settled, by ``run_id``."""
+    keys = [item.key for item in items]
+    await sql(_LOCK_DEPENDENTS).fetch(conn, {
+        "runs": [k["r"] for k in keys], "assets": [k["a"] for k in keys],
+        "parts": [k["p"] for k in keys],
+    })  # fmt: skip
+    shapes: dict[str, list[tuple[int, dict[str, object]]]] = {}
+    for index, (template, params) in enumerate(prepared):
+        shapes.setdefault(template, []).append((index, params))
+    rows: list[Any] = [None] * len(items)
+    for template, group in shapes.items():
+        stmt = sql(template)
+        got = await conn.fetchmany(stmt.sql, [stmt.args(params) for _, params in group])
+        for (index, _), row in zip(group, got, strict=True):
+            rows[index] = row
+    runs = sorted({keys[i]["r"] for i, row in enumerate(rows) if row is not None
+                   and row["applied"]})  # fmt: skip
+    settled = await sql(_SETTLE_MANY).fetch(conn, {"runs": runs}) if runs else []
+    return rows, {run: row["run_status"] for run, row in zip(runs, settled, strict=True)}
 
 
 @functools.lru_cache(maxsize=64)

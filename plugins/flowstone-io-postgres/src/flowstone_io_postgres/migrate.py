@@ -53,7 +53,7 @@ __all__ = [
     "upgrade",
 ]
 
-HEAD_REVISION = "0010"
+HEAD_REVISION = "0011"
 """The newest revision this package ships; the store refuses older (or unknown) schemas."""
 
 VERSION_TABLE = "flowstone_postgres_version"
@@ -63,7 +63,8 @@ share the schema keep separate histories)."""
 ENTRY_POINT_GROUP = "flowstone.postgres_migrations"
 """Where plugins declare their :class:`MigrationSet` (``name = "package.module:ATTRIBUTE"``)."""
 
-_KNOWN = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010")
+_KNOWN = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010",
+          "0011")
 _MIGRATIONS = Path(__file__).with_name("migrations")
 
 

@@ -167,7 +167,7 @@ class PostgresRunStore:
     def _bridge(self, work: Callable[[Connections], Awaitable[T]], *, action: str) -> T:
         return call(self._runtime, work, action=action, where=self._where)
 
-    def _auto(self, action: str, work: Work[T]) -> T:
+    def _auto(self, action: str, work: Callable[[Connections], Awaitable[T]]) -> T:
         """Statements in autocommit mode (one round trip each), retried if a deadlock victim."""
         self._ensure_schema()
 
@@ -525,13 +525,14 @@ class PostgresRunStore:
     ) -> list[tuple[StepTransition, ClaimedReads | None] | Exception]:
         """Several ``finish_step`` (``finish_step_reading`` for those with ``then``) in
         one transaction, each run's status settled once before the commit (see
-        :class:`~flowstone.protocols.BatchFinish`); retried whole if PostgreSQL picks it as
-        a deadlock victim."""
+        :class:`~flowstone.protocols.BatchFinish`); one round trip when the finishes share
+        a statement shape (a pack's); retried whole if PostgreSQL picks it as a deadlock
+        victim."""
         now, prefetch = _now(), self._prefetch(sources)
         items = [self._finish_item(f, now, prefetch) for f in finishes]
-        return self._tx(
+        return self._auto(
             f"finishing {len(items)} steps",
-            lambda c: scheduling.finish_steps(c, self._sql, items),
+            lambda db: scheduling.finish_steps(db, self._sql, items),
         )
 
     def _prefetch(self, sources: Mapping[str, str]) -> dict[str, list[str]]:
