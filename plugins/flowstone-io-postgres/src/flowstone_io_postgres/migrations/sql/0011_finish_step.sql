@@ -11,6 +11,7 @@
 --   refused duplicate must not leave the run of an earlier applied finish unsettled), and
 --   returns what settle_run said as run_status. Run rows are so locked in run_id order, after
 --   every dependent, as before.
+-- And a finish without upstream records no longer runs the (empty) lineage insert.
 -- Otherwise the function is unchanged; called without the new arguments it is 0010's.
 -- {schema} stands for the FlowStone schema (a validated, quoted identifier); the migration
 -- substitutes it and runs this file as one statement. Released files never change: a new
@@ -93,8 +94,10 @@ BEGIN
             UPDATE {schema}.steps SET materialization_id = v_mat
              WHERE run_id = p_run AND asset = p_asset AND partition = p_part;
         END IF;
-        INSERT INTO {schema}.lineage (upstream_id, downstream_id)
-        SELECT u.id, v_mat FROM unnest(p_m_up) AS u(id) ON CONFLICT DO NOTHING;
+        IF cardinality(p_m_up) > 0 THEN  -- (a root asset's finish skips the statement)
+            INSERT INTO {schema}.lineage (upstream_id, downstream_id)
+            SELECT u.id, v_mat FROM unnest(p_m_up) AS u(id) ON CONFLICT DO NOTHING;
+        END IF;
     END IF;
 
     IF p_state = 'waiting' THEN
