@@ -119,3 +119,44 @@ def test_reading_runs_for_wait_probes_the_primary_key(young: tuple[str, str]) ->
     statement = Sql(schema)(_GET_RUNS).sql
     plan = asyncio.run(_generic_plan(url, statement, "text[]", [["r1", "r2", "r3"]]))
     assert "Seq Scan" not in plan and "runs_pkey" in plan, plan
+
+
+async def _nested_plans(url: str, schema: str, call: str) -> list[str]:
+    """The plans of the statements ``call`` runs inside server-side functions, planned
+    generic (auto_explain, loaded for this session only, sends each as a notice)."""
+    conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+    plans: list[str] = []
+    conn.add_log_listener(lambda _c, message: plans.append(str(message)))
+    tx = conn.transaction()  # rolled back: nothing the call does stays
+    await tx.start()
+    try:
+        await conn.execute("LOAD 'auto_explain'")
+        for setting in ("auto_explain.log_min_duration = 0",
+                        "auto_explain.log_nested_statements = on",
+                        "auto_explain.log_level = notice",
+                        "plan_cache_mode = force_generic_plan"):  # fmt: skip
+            await conn.execute(f"SET LOCAL {setting}")
+        await conn.execute(call.format(s=schema))
+        return plans
+    finally:
+        await tx.rollback()
+        await conn.close()
+
+
+def test_a_batchs_first_finish_locks_the_dependents_through_the_indexes(
+    young: tuple[str, str],
+) -> None:
+    """The lock a one-shape batch takes in its first ``finish_step`` call (migration
+    0011) is PL/pgSQL's cached statement, generic after five calls: the same per-key
+    probes as the batch statement above."""
+    url, schema = young
+    call = (
+        "SELECT {s}.finish_step('r7', 'b1', '7', 'succeeded', NULL, ARRAY['succeeded'], "
+        "'{{}}', now(), " + ", ".join(["NULL"] * 26) + ", NULL, NULL, NULL, NULL, false, "
+        "ARRAY['r7', 'r7', 'r9'], ARRAY['b1', 'b2', 'b1'], ARRAY['7', '7', '9'], true)"
+    )
+    plans = asyncio.run(_nested_plans(url, schema, call))
+    lock = [p for p in plans if "FOR UPDATE" in p and "unnest" in p]
+    assert lock, plans  # the lock ran, and its plan was reported
+    assert all("Seq Scan" not in p for p in lock), lock
+    assert "edges_pkey" in lock[0] and "on steps" in lock[0], lock[0]
