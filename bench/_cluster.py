@@ -81,3 +81,71 @@ def drop_queue_and_database(queue: str, db: str) -> None:
             r.delete(*keys)
     with contextlib.suppress(Exception):
         pg_admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
+def _proc_stat(pid: int) -> tuple[int, str, float] | None:
+    """(parent pid, command name, CPU seconds so far) of process ``pid``, from /proc."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    name = raw[raw.index("(") + 1 : raw.rindex(")")]
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return int(fields[1]), name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuWindow:
+    """The CPU each kind of process spends between :meth:`start` and :meth:`stop`
+    (``--cpu``; Linux only, from ``/proc``): this process (the client), the worker's
+    main process and its pool children, the PostgreSQL and Redis servers, and the
+    machine's busy and idle time (``/proc/stat``). A process that ends inside the window
+    is not counted; the benchmarks stop their workers after it."""
+
+    def __init__(self, worker_pid: int) -> None:
+        self.worker_pid = worker_pid
+        self._before: dict[int, tuple[str, float]] = {}
+        self._machine: list[int] = []
+
+    def _groups(self) -> dict[int, tuple[str, float]]:
+        found: dict[int, tuple[str, float]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            got = _proc_stat(int(entry))
+            if got is None:
+                continue
+            ppid, name, cpu = got
+            pid = int(entry)
+            if pid == os.getpid():
+                found[pid] = ("client", cpu)
+            elif pid == self.worker_pid:
+                found[pid] = ("worker main", cpu)
+            elif ppid == self.worker_pid:
+                found[pid] = ("worker children", cpu)
+            elif name == "postgres":
+                found[pid] = ("postgres", cpu)
+            elif name == "redis-server":
+                found[pid] = ("redis", cpu)
+        return found
+
+    @staticmethod
+    def _machine_ticks() -> list[int]:
+        return [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+    def start(self) -> None:
+        self._before, self._machine = self._groups(), self._machine_ticks()
+
+    def stop(self, units: int) -> dict[str, float]:
+        """ms of CPU per unit (a parent, a step) by kind of process, and the machine's
+        idle share of the window (``idle %``)."""
+        after, machine = self._groups(), self._machine_ticks()
+        spent: dict[str, float] = {}
+        for pid, (group, cpu) in after.items():
+            if pid in self._before:  # (a process started inside the window: not counted)
+                spent[group] = spent.get(group, 0.0) + cpu - self._before[pid][1]
+        out = {group: round(1000 * cpu / units, 3) for group, cpu in sorted(spent.items())}
+        out["total"] = round(sum(out.values()), 3)
+        delta = [b - a for a, b in zip(self._machine, machine, strict=True)]
+        idle = delta[3] + delta[4]  # idle + iowait
+        out["idle %"] = round(100 * idle / max(1, sum(delta)), 1)
+        return out

@@ -45,6 +45,7 @@ import _dbos_peer
 from _cluster import (
     PG_ADMIN,
     REDIS,
+    CpuWindow,
     drop_queue_and_database,
     log,
     pg_admin,
@@ -127,7 +128,7 @@ def chord_worker(concurrency: int) -> None:
 
 
 def bench_chords(env: dict[str, str], parents: int, concurrency: int, tmp: Path,
-                 warmup: int) -> float:
+                 warmup: int, cpu: dict[str, Any] | None = None) -> float:
     import redis
     from celery import chord
 
@@ -148,11 +149,16 @@ def bench_chords(env: dict[str, str], parents: int, concurrency: int, tmp: Path,
             chord([branch.s(i, k) for k in FACTORS])(join.s(i))
         joined(warmup)
         r.set(counter, 0)
+        window = CpuWindow(proc.pid)
+        if cpu is not None:
+            window.start()
         start = time.perf_counter()
         for i in range(parents):
             chord([branch.s(i, k) for k in FACTORS])(join.s(i))
         joined(parents)
         elapsed = time.perf_counter() - start
+        if cpu is not None:
+            cpu["chords"] = window.stop(parents)
     finally:
         app.close()
         stop_worker(proc)
@@ -162,7 +168,8 @@ def bench_chords(env: dict[str, str], parents: int, concurrency: int, tmp: Path,
 
 
 def bench_flowstone(env: dict[str, str], parents: int, concurrency: int, tmp: Path,
-                    offset: int, warmup: int, submit: str) -> tuple[float, str]:
+                    offset: int, warmup: int, submit: str,
+                    cpu: dict[str, Any] | None = None) -> tuple[float, str]:
     from flowstone.loading import load_pipeline
 
     spec = f"{Path(__file__).resolve()}:pipeline"
@@ -182,12 +189,18 @@ def bench_flowstone(env: dict[str, str], parents: int, concurrency: int, tmp: Pa
 
         warm = [str(WARMUP_KEYS + offset + i) for i in range(warmup)]  # untimed, as for chords
         pipeline.wait(start_runs(warm))
+        window = CpuWindow(proc.pid)
+        if cpu is not None:
+            window.start()
         start = time.perf_counter()
         runs = start_runs(keys)
+        submitted = time.perf_counter() - start
         for run in pipeline.wait(runs, timeout=900):
             if run.status != "succeeded":
                 raise RuntimeError(f"run {run.run_id} ended {run.status}: {run.error}")
         elapsed = time.perf_counter() - start
+        if cpu is not None:
+            cpu["flowstone"] = {**window.stop(parents), "submitted_s": round(submitted, 3)}
         for k in (keys[0], keys[-1]):  # the same work: spot-check the joined values
             if pipeline.get("parent", k) != expected(int(k)):
                 raise RuntimeError(f"parent {k} joined to a wrong value")
@@ -211,6 +224,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=20,
                         help="untimed parents each side runs first (connections, imports)")
     parser.add_argument("--quick", action="store_true", help="CI smoke: 100 parents, 1 round")
+    parser.add_argument("--cpu", action="store_true",
+                        help="also print, per side and round, the CPU a parent cost by kind of "
+                             "process and the machine's idle share (Linux /proc)")
     parser.add_argument("--chord-worker", action="store_true", help=argparse.SUPPRESS)
     _dbos_peer.add_arguments(parser)
     args = parser.parse_args()
@@ -241,21 +257,24 @@ def main() -> int:
         log("dbos: " + ("skipped (--no-dbos)" if args.no_dbos else
                         "not installed; skipping it (pip install dbos to compare)"))
     rounds: list[dict[str, float]] = []
+    cpus: list[dict[str, Any]] = []
     coordinator = ""
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for round_no in range(max(1, args.repeat)):
                 got: dict[str, float] = {}
 
+                cpu: dict[str, Any] | None = {} if args.cpu else None
+
                 def chords_side() -> None:
                     got["chords"] = bench_chords(env, args.parents, args.concurrency,
-                                                 Path(tmp), args.warmup)
+                                                 Path(tmp), args.warmup, cpu)
 
                 def flowstone_side(n: int = round_no) -> None:
                     nonlocal coordinator
                     got["flowstone"], coordinator = bench_flowstone(
                         env, args.parents, args.concurrency, Path(tmp), n * args.parents,
-                        args.warmup, args.submit)
+                        args.warmup, args.submit, cpu)
 
                 def dbos_side() -> None:
                     got["dbos"] = _dbos_peer.bench_fan_in(tuning, args.parents, Path(tmp),
@@ -270,6 +289,9 @@ def main() -> int:
                 for side in sides[shift:] + sides[:shift]:
                     side()
                 rounds.append(got)
+                if cpu is not None:
+                    cpus.append(cpu)
+                    log(f"round {round_no + 1} CPU ms a parent: {json.dumps(cpu)}")
                 log(f"round {round_no + 1}: flowstone/chords = "
                     f"{got['flowstone'] / got['chords']:.3f}"
                     + (f", flowstone/dbos = {got['flowstone'] / got['dbos']:.3f}"
@@ -303,6 +325,7 @@ def main() -> int:
         "dbos_parents_per_s": median("dbos"),
         "ratio_flowstone_vs_dbos": ratio("dbos"),
         "dbos": _dbos_peer.describe(tuning) if dbos_version is not None else None,
+        **({"cpu_ms_per_parent": cpus} if args.cpu else {}),
     }))
     return 0
 
