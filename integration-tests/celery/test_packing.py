@@ -167,8 +167,9 @@ def test_a_packs_finishes_commit_together(
     finish_batch: str, commits: int,
 ) -> None:
     """Batched finishes on a real worker: the 24 steps come in 3 packs of 8 and each pack's
-    finishes are one transaction (the function stamps every row it writes with the
-    transaction's ``now()``, so a batch shows as one ``updated_at``); with
+    finishes are one transaction (each step row's ``xmin`` names the transaction that
+    wrote it last: its finish; the transactions' ``now()`` would not do, two packs' batches
+    starting in the same microsecond on two pool processes share it); with
     ``FLOWSTONE_FINISH_BATCH=1`` every finish is a transaction of its own. Either way each
     step ran once and is recorded once."""
     import asyncio
@@ -203,7 +204,7 @@ def test_a_packs_finishes_commit_together(
             conn = await asyncpg.connect(database_url.replace("+asyncpg", ""), timeout=10)
             try:
                 return int(await conn.fetchval(
-                    "SELECT count(DISTINCT updated_at) FROM flowstone.steps WHERE run_id = $1",
+                    "SELECT count(DISTINCT xmin::text) FROM flowstone.steps WHERE run_id = $1",
                     result.run_id,
                 ))  # fmt: skip
             finally:
