@@ -623,7 +623,9 @@ async def finish_steps(
         except (StorageError, UsageError) as exc:
             out.append(exc)
             continue
-        out.append((dataclasses.replace(transition, run_status=None), reads))
+        if transition.run_status is not None:  # a settling call's: placed below
+            transition = dataclasses.replace(transition, run_status=None)
+        out.append((transition, reads))
         if transition.applied:
             last[item.key["r"]] = len(out) - 1
     for run, status in settled.items():
@@ -646,7 +648,7 @@ async def _finish_pipelined(
     keys = [item.key for item in items]
     calls: list[dict[str, object]] = []
     for position, index in enumerate(order):
-        params = dict(prepared[index][1])
+        params = prepared[index][1]  # (a fresh dict per finish: set in place)
         if position == 0:
             params.update(lock_runs=[k["r"] for k in keys], lock_assets=[k["a"] for k in keys],
                           lock_parts=[k["p"] for k in keys])  # fmt: skip
@@ -687,8 +689,7 @@ async def _finish_in_transaction(
         got = await conn.fetchmany(stmt.sql, [stmt.args(params) for _, params in group])
         for (index, _), row in zip(group, got, strict=True):
             rows[index] = row
-    runs = sorted({keys[i]["r"] for i, row in enumerate(rows) if row is not None
-                   and row["applied"]})  # fmt: skip
+    runs = sorted({key["r"] for key, row in zip(keys, rows, strict=True) if row["applied"]})
     settled = await sql(_SETTLE_MANY).fetch(conn, {"runs": runs}) if runs else []
     return rows, {run: row["run_status"] for run, row in zip(runs, settled, strict=True)}
 

@@ -5,8 +5,9 @@ value) used five round trips: ``BEGIN``, the lock of every pending dependent, th
 finishes, the settle of each run, ``COMMIT``. With the new arguments the batch's first call
 takes the dependents' lock and each run's last call settles it, so the pipelined finishes
 are the whole transaction (asyncpg sends them with one Sync: one implicit transaction).
-Called without the new arguments the function is 0010's, so a store of the previous
-release keeps working against this schema.
+Called without the new arguments the function is 0010's (a single finish passes the
+defaults). Like every revision it needs the release that ships it: an older
+flowstone-io-postgres refuses a schema at a revision it does not know.
 
 The function is ``migrations/sql/0011_finish_step.sql``; the downgrade restores
 ``0010_finish_step.sql``.
