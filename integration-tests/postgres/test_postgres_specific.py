@@ -361,6 +361,48 @@ def test_concurrent_batches_lock_shared_dependents_in_one_order(
     assert _deadlocks(migrated_url) == before
 
 
+
+def test_concurrent_batches_of_two_runs_settle_them_in_one_order(
+    shared_store: PostgresRunStore, migrated_url: str,
+) -> None:
+    """A one-shape batch settles each run in its last call, the calls ordered by run:
+    batch A given (run 2, run 1) and batch B given (run 1, run 2), at the same moment,
+    would otherwise each hold one run's row and wait for the other's. No deadlock
+    (PostgreSQL's own counter); each run finished once, announced by one batch."""
+    import threading
+
+    from flowstone.protocols import Finish
+
+    before = _deadlocks(migrated_url)
+    for _ in range(20):
+        runs = [_run(shared_store, [StepSpec("x", DAY), StepSpec("y", DAY)]) for _ in range(2)]
+        for run in runs:
+            for a in ("x", "y"):
+                shared_store.claim_step(run.run_id, a, DAY, owner="w", lease_seconds=60)
+        barrier = threading.Barrier(2)
+        finished: list[str] = []
+
+        def finish(pairs: list[tuple[RunRecord, str]],
+                   barrier: threading.Barrier = barrier) -> None:  # fmt: skip
+            batch = [Finish(r.run_id, a, DAY, _outcome(r, a)) for r, a in pairs]
+            barrier.wait()
+            for got in shared_store.finish_steps(batch, sources={}):
+                assert not isinstance(got, Exception), got
+                if got[0].run_status is not None:
+                    finished.append(got[0].run_status)
+
+        orders = ([(runs[1], "x"), (runs[0], "x")], [(runs[0], "y"), (runs[1], "y")])
+        threads = [threading.Thread(target=finish, args=(pairs,)) for pairs in orders]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert finished == ["succeeded", "succeeded"]
+        for run in runs:
+            recorded = shared_store.get_run(run.run_id)
+            assert recorded is not None and recorded.status == "succeeded"
+    assert _deadlocks(migrated_url) == before
+
 def test_core_selects_this_store_by_url(migrated_url: str) -> None:
     from flowstone.registry import store_from_url
 
