@@ -1,10 +1,13 @@
-"""Test helpers: a tiny in-memory pipeline and a reader for published step messages."""
+"""Test helpers: a tiny in-memory pipeline, a reader for published step messages and a
+memory store that records finishes in batches."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import flowstone as fs
+from flowstone.defaults.memory_store import MemoryRunStore
+from flowstone.errors import StorageError
 from flowstone_celery import FlowstoneCelery
 
 
@@ -52,3 +55,26 @@ def quickstart(name: str = "quickstart", like: fs.Pipeline | None = None) -> fs.
                            executor="inprocess")
     return fs.Pipeline(name, [numbers, doubled, tripled, total], store="memory://",
                        executor="inprocess")
+
+
+class BatchingMemoryStore(MemoryRunStore):
+    """A memory store with ``finish_steps`` (each finish as ``finish_step`` does it), whose
+    claims of ``fail_claims_of`` fail like a lost connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_claims_of: set[str] = set()
+        self.batches: list[list[str]] = []
+
+    def claim_step(self, run_id: str, asset: str, partition: str, **kw: Any) -> Any:
+        if asset in self.fail_claims_of:
+            raise StorageError("connection to the store lost (simulated)")
+        return super().claim_step(run_id, asset, partition, **kw)
+
+    def finish_steps(self, finishes: Any, *, sources: Any) -> list[Any]:
+        self.batches.append([f.asset for f in finishes])
+        return [
+            (self.finish_step(f.run_id, f.asset, f.partition, f.outcome, then=f.then,
+                              fence=f.fence), None)
+            for f in finishes
+        ]  # fmt: skip

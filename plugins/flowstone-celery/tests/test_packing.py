@@ -12,10 +12,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from helpers import drain
+from helpers import BatchingMemoryStore, drain
 
 import flowstone as fs
-from flowstone.defaults.memory_store import MemoryRunStore
 from flowstone.engine import StepRunner
 from flowstone.errors import StorageError
 from flowstone.records import StepRecord
@@ -252,29 +251,6 @@ def test_a_pack_that_ran_out_of_time_hands_back_the_rest(settings: CelerySetting
     assert {s.attempt for s in pipeline.store.list_steps(run.run_id)} == {1}
     app.close_pipelines()
     app.close()
-
-
-class BatchingMemoryStore(MemoryRunStore):
-    """A memory store with ``finish_steps`` (each finish as ``finish_step`` does it), whose
-    claims of ``fail_claims_of`` fail like a lost connection."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fail_claims_of: set[str] = set()
-        self.batches: list[list[str]] = []
-
-    def claim_step(self, run_id: str, asset: str, partition: str, **kw: Any) -> Any:
-        if asset in self.fail_claims_of:
-            raise StorageError("connection to the store lost (simulated)")
-        return super().claim_step(run_id, asset, partition, **kw)
-
-    def finish_steps(self, finishes: Any, *, sources: Any) -> list[Any]:
-        self.batches.append([f.asset for f in finishes])
-        return [
-            (self.finish_step(f.run_id, f.asset, f.partition, f.outcome, then=f.then,
-                              fence=f.fence), None)
-            for f in finishes
-        ]  # fmt: skip
 
 
 def test_a_packs_finishes_are_recorded_together_and_before_an_error_propagates(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery
 
 from flowstone.errors import UsageError
+from flowstone_celery.carried import Carried
 from flowstone_celery.presence import register_control_command
 from flowstone_celery.settings import CelerySettings, load_settings, safe_url
 
@@ -62,6 +63,8 @@ class FlowstoneCelery(Celery):  # type: ignore[misc]
         # the concurrency of the worker this app runs (set by the worker bootstep before
         # the pool forks): the slot count packing assumes without FLOWSTONE_WORKER_SLOTS
         self.worker_slots: int | None = None
+        # the finishes this process's last packs left waiting (see flowstone_celery.carried)
+        self.carried = Carried()
 
     @property
     def executor(self) -> CeleryExecutor:
@@ -119,8 +122,12 @@ class FlowstoneCelery(Celery):  # type: ignore[misc]
             self.add_pipeline(load_pipeline(spec))
 
     def close_pipelines(self) -> None:
-        """Close every served pipeline (resources, lease renewal, ...), then the stores
+        """Record the finishes this process carries (see :mod:`flowstone_celery.carried`),
+        then close every served pipeline (resources, lease renewal, ...), then the stores
         they share."""
+        from flowstone_celery.tasks import record_carried
+
+        record_carried(self)
         for pipeline in list(self.pipelines.values()):
             try:
                 pipeline.close()

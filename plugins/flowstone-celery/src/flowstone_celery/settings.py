@@ -78,7 +78,8 @@ class CelerySettings(BaseSettings):
             is still fenced and recorded on its own. ``1`` commits every finish alone.
         finish_batch_seconds: ``FLOWSTONE_FINISH_BATCH_SECONDS``: how long a finish waits
             for the rest of its batch at most; then the batch is committed, before the
-            next step starts or by a timer while it runs.
+            next step starts or by a timer while it runs. A join's finish carried past
+            its message (:mod:`flowstone_celery.carried`) waits no longer either.
         worker_slots: ``FLOWSTONE_WORKER_SLOTS``: how many steps all workers run at once
             (the sum of their ``--concurrency``). Unset: a worker uses its own
             concurrency, any other process its CPU count. Packing starts only above it.

@@ -16,7 +16,9 @@ transaction that made it runnable, and the sweeper re-dispatches it if the worke
 A message may carry several steps (a pack of one run's steps, or steps of many runs,
 see :mod:`flowstone_celery.packing`); they run one after the other, each claimed and
 recorded on its own. A draining worker, or one that has spent ``FLOWSTONE_PACK_SECONDS``
-on the message, publishes the steps it has not started instead (one message each).
+on the message, publishes the steps it has not started instead (one message each). The
+finishes of the continuations a pack ran last (its joins) may wait for the next pack's
+finish transaction (see :mod:`flowstone_celery.carried`).
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ if TYPE_CHECKING:
     from flowstone.pipeline import Pipeline
     from flowstone_celery.app import FlowstoneCelery
 
-__all__ = ["flush", "hand_back", "handle_step", "register", "run_pack", "run_steps"]
+__all__ = [
+    "flush", "hand_back", "handle_step", "record_carried", "register", "run_pack", "run_steps",
+]
 
 log = logging.getLogger("flowstone.celery")
 MAX_BACKOFF_SECONDS = 60.0
@@ -73,13 +77,17 @@ def resolve(app: FlowstoneCelery, body: object) -> tuple[Pipeline, StepMessage] 
     return pipeline, message
 
 
-def handle_step(app: FlowstoneCelery, body: object) -> int:
+def handle_step(app: FlowstoneCelery, body: object, *, carry: bool = False) -> int:
     """Run the step ``body`` names (or each step of a batch, one after the other) and
     dispatch the steps that became ready.
 
     A batch of one pipeline's steps, on a store that records finishes together, is a pack
     (see :func:`run_pack`): its steps are claimed together and their finishes recorded
     together. Otherwise each step is claimed and recorded on its own (:func:`run_steps`).
+    With ``carry`` (the worker's task), a pack's last finishes may be left waiting for the
+    next pack of the pipeline in this process, at most ``FLOWSTONE_FINISH_BATCH_SECONDS``
+    (see :mod:`flowstone_celery.carried`), and a pack records the finishes carried from
+    the one before with its own; without it, everything is recorded before this returns.
     Before each step of a batch after the first, a draining worker (or one that has
     spent ``FLOWSTONE_PACK_SECONDS`` on this message) publishes the steps it has not
     started, one message each, and stops: they are ``ready`` and unclaimed, so any worker
@@ -99,11 +107,12 @@ def handle_step(app: FlowstoneCelery, body: object) -> int:
     found = [resolve(app, item) for item in bodies]
     runners = {f[0].runner for f in found if f is not None}
     if len(bodies) > 1 and len(runners) == 1:
-        batch = FinishBatch(
-            runners.pop(), size=settings.finish_batch, seconds=settings.finish_batch_seconds
+        runner = runners.pop()
+        batch = (app.carried.take(runner) if carry else None) or FinishBatch(
+            runner, size=settings.finish_batch, seconds=settings.finish_batch_seconds
         )
         if batch.batching:
-            return run_pack(app, batch, bodies, [f and f[1] for f in found])
+            return run_pack(app, batch, bodies, [f and f[1] for f in found], carry=carry)
     published = 0
     started = time.monotonic()
     for index, step in enumerate(found):
@@ -123,6 +132,8 @@ def run_pack(
     batch: FinishBatch,
     bodies: list[object],
     messages: list[StepMessage | None],
+    *,
+    carry: bool = False,
 ) -> int:
     """Run the steps of a pack (``messages``, ``None`` for a dropped one) one after the
     other: claimed together first (:class:`~flowstone.engine.ClaimedAhead`, their leases
@@ -132,13 +143,20 @@ def run_pack(
     :func:`flush`). A draining worker, or one that has spent ``FLOWSTONE_PACK_SECONDS``
     on the pack, gives back the steps it has not started (``ready`` again) and publishes
     them, one message each. On an error, the finishes waiting are recorded and the steps
-    not started given back before it propagates."""
+    not started given back before it propagates. ``batch`` may hold finishes carried
+    from an earlier pack (recorded with this one's); with ``carry``, the finishes of the
+    continuations run last may be left in it for the next (see
+    :mod:`flowstone_celery.carried`)."""
     settings = app.flowstone_settings
     runner = batch.runner
     taken = [index for index, message in enumerate(messages) if message is not None]
-    ahead = ClaimedAhead.claim(
-        runner, [(m.run_id, m.asset, m.partition) for m in messages if m is not None]
-    )
+    try:
+        ahead = ClaimedAhead.claim(
+            runner, [(m.run_id, m.asset, m.partition) for m in messages if m is not None]
+        )
+    except Exception:
+        _record_quietly(batch)  # what an earlier pack left waiting is not lost with it
+        raise
     published = 0
     started = time.monotonic()
     try:
@@ -155,7 +173,9 @@ def run_pack(
             _run_batched(
                 batch, ahead.take(n), claim_next=settings.inline_steps > 0, publish=lambda _: None
             )
-        published += flush(batch, inline=settings.inline_steps)
+        published += flush(
+            batch, inline=settings.inline_steps, carry=app.carried.hold if carry else None
+        )
     except Exception:
         # what ran is recorded and what did not is given back, not left to the leases
         ahead.release(why="an earlier step of its message failed")
@@ -211,7 +231,9 @@ def _give_back(
     _release_all(runner, steps + claimed, publish, why=why)
 
 
-def flush(batch: FinishBatch, *, inline: int) -> int:
+def flush(
+    batch: FinishBatch, *, inline: int, carry: Callable[[FinishBatch], bool] | None = None
+) -> int:
     """Record ``batch``'s finishes, dispatch what they made ready and run the
     continuations they claimed; returns how many steps were published.
 
@@ -222,7 +244,13 @@ def flush(batch: FinishBatch, *, inline: int) -> int:
     step, see :func:`run_steps`). A draining worker gives the claimed continuations back
     instead (ready, published). If one of them fails, it and those not started yet are
     given back before the error propagates (the caller records the finishes waiting, see
-    :func:`_record_quietly`)."""
+    :func:`_record_quietly`).
+
+    ``carry`` (:meth:`Carried.hold <flowstone_celery.carried.Carried.hold>`) may take
+    the finishes of the last level's continuations instead of recording them here: they
+    then wait for the next pack (or the watcher thread), and what they make ready is
+    dispatched by whoever records them. Not while draining, nor when finishes recorded
+    during the level still have work to hand out."""
     runner = batch.runner
     publish = _Published(runner)
     results = batch.flush()
@@ -250,6 +278,8 @@ def flush(batch: FinishBatch, *, inline: int) -> int:
                 _publish_each(publish, ahead.release(why=why))
                 _give_back(runner, results, [], publish, why=why)
                 raise
+        if carry is not None and not results and not draining.requested() and carry(batch):
+            return publish.count
         results += batch.flush()
         level += 1
 
@@ -298,6 +328,14 @@ def _release_all(
                         "it once its lease expires", step.asset, step.partition, step.run_id, exc)
 
 
+def record_carried(app: FlowstoneCelery) -> None:
+    """Record the finishes this process carries (see :mod:`flowstone_celery.carried`),
+    publish what they made ready and give back the continuations they claimed: a pool
+    process about to exit. Where the store is down, the steps are left to the sweeper."""
+    for batch in app.carried.take_all():
+        _record_quietly(batch)
+
+
 def hand_back(app: FlowstoneCelery, bodies: list[object]) -> int:
     """Publish the not-started steps of a batch, one message each; returns how many.
     If the broker refuses, they stay ``ready`` and the sweeper re-sends them after
@@ -344,7 +382,7 @@ def register(app: FlowstoneCelery) -> None:
     )
     def run_step(self: Task, message: object) -> int:
         try:
-            return handle_step(app, message)
+            return handle_step(app, message, carry=True)
         except Exception as exc:
             limit = app.flowstone_settings.infra_retries
             if self.request.retries >= limit:

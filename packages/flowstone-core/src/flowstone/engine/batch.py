@@ -35,7 +35,7 @@ from flowstone.engine.chain import release_step
 from flowstone.engine.runner import PendingFinish, StepResult, StepRunner, describe_error
 from flowstone.records import StepRecord
 
-__all__ = ["FinishBatch"]
+__all__ = ["FinishBatch", "Watch"]
 
 log = logging.getLogger("flowstone.engine")
 
@@ -108,16 +108,24 @@ class FinishBatch:
         is ``seconds`` old, the process's watcher thread records them (without claiming
         continuations: what they made ready is published) so they do not wait for the
         step to end."""
-        with self._lock:
-            due = self._first + self.seconds if self._pending else None
-        if due is None:
+        watch = self.record_when_due()
+        if watch is None:
             yield
             return
-        watch = _watcher().watch(due, self._flush_meanwhile)
         try:
             yield
         finally:
             watch.stop()  # a flush under way completes before the caller goes on
+
+    def record_when_due(self) -> Watch | None:
+        """Have the process's watcher thread record the waiting finishes once the oldest of
+        them is ``seconds`` old, as while a step runs (see :meth:`running`); None when
+        none waits. The registration's :meth:`~Watch.stop` cancels it, or waits for a
+        recording under way, after which the batch is the caller's again. A recording that
+        fails leaves the finishes waiting here, for the next :meth:`flush`."""
+        with self._lock:
+            due = self._first + self.seconds if self._pending else None
+        return None if due is None else _watcher().watch(due, self._flush_meanwhile)
 
     def flush(self) -> list[StepResult]:
         """Record every waiting finish (see :meth:`StepRunner.complete_many
@@ -177,8 +185,8 @@ class FinishBatch:
                 )  # fmt: skip
 
 
-class _Watch:
-    """One :meth:`FinishBatch.running` registration: ``action`` runs on the watcher thread
+class Watch:
+    """One :meth:`FinishBatch.record_when_due` registration: ``action`` runs on the watcher thread
     at ``due`` unless :meth:`stop` came first; :meth:`stop` waits for it if it started."""
 
     __slots__ = ("_state", "action", "due", "watcher")
@@ -197,12 +205,12 @@ class _Watch:
 
 
 class _Watcher:
-    """A daemon thread per process that runs :class:`_Watch` actions when they are due
+    """A daemon thread per process that runs :class:`Watch` actions when they are due
     (one thread however many steps run, instead of a timer thread per step)."""
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
-        self._watches: list[_Watch] = []
+        self._watches: list[Watch] = []
         # when the thread wakes up next on its own (-inf while it is awake: it looks at
         # every watch before it sleeps again); a watch due later needs no wake-up call,
         # so a step that starts while others' finishes wait costs no thread switch
@@ -210,8 +218,8 @@ class _Watcher:
         self.pid = os.getpid()
         threading.Thread(target=self._loop, name="flowstone-finish-batch", daemon=True).start()
 
-    def watch(self, due: float, action: Callable[[], None]) -> _Watch:
-        watch = _Watch(self, due, action)
+    def watch(self, due: float, action: Callable[[], None]) -> Watch:
+        watch = Watch(self, due, action)
         with self.cond:
             self._watches.append(watch)
             if due < self._until:
