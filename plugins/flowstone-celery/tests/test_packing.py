@@ -48,12 +48,14 @@ def independent(n: int = N, *, fail_once: set[str] | None = None) -> fs.Pipeline
 
 @pytest.fixture
 def packing(settings: CelerySettings) -> Iterator[FlowstoneCelery]:
-    """An app that packs: 4 slots, at most 8 steps per message, inline continuations off."""
+    """An app that packs: 4 slots, at most 8 steps per message, inline continuations off,
+    no dispatch linger (``test_lingering.py``: every message is published at once)."""
     app = make_app(
         settings.model_copy(
-            update={"worker_slots": 4, "pack_steps": 8, "inline_steps": 0, "pack_seconds": 3600.0}
+            update={"worker_slots": 4, "pack_steps": 8, "inline_steps": 0, "pack_seconds": 3600.0,
+                    "dispatch_linger_seconds": 0.0}
         )
-    )
+    )  # fmt: skip
     yield app
     app.close_pipelines()
     app.close()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowstone.errors import StorageError
 from flowstone.records import StepRecord
+from flowstone_celery.lingering import Linger
 from flowstone_celery.messages import StepMessage
 from flowstone_celery.packing import BACKLOG_SECONDS, default_slots, pack, pack_size
 from flowstone_celery.settings import CelerySettings, load_settings, safe_url
@@ -74,6 +75,7 @@ class CeleryExecutor:
         self._owns_app = app is None
         self._declared = False  # the queue was declared by a message this executor sent
         self._backlog = (-BACKLOG_SECONDS, 0)  # (when read, messages waiting)
+        self._linger: Linger | None = None  # built with the first lingering dispatch
 
     def __repr__(self) -> str:
         return f"CeleryExecutor(broker={safe_url(self.settings.broker_url)!r}, " \
@@ -155,13 +157,37 @@ class CeleryExecutor:
         """Publish ``steps`` of ``run_id`` (packed when they outnumber the workers' slots,
         see :meth:`packed`); raise ``StorageError`` if the broker refuses.
 
+        Outside a worker, while the queue holds a message for every slot, the steps due
+        now linger instead, up to ``FLOWSTONE_DISPATCH_LINGER_SECONDS``, and go out with
+        the next runs' in one message (see :mod:`flowstone_celery.lingering`).
+
         A step lost here (broker down) stays ``ready`` in the store and the sweeper sends it
         again, so a failed dispatch never loses work.
         """
-        self._publish(
-            self.packed(self.messages(runner.runtime.name, run_id, steps)),
-            what=f"of run {run_id}",
+        sends = self.messages(runner.runtime.name, run_id, steps)
+        if self._lingers():
+            due = [body for body, countdown in sends if countdown is None]
+            if due:
+                self._lingering().add(due)
+            sends = [(body, countdown) for body, countdown in sends if countdown is not None]
+        self._publish(self.packed(sends), what=f"of run {run_id}")
+
+    def _lingers(self) -> bool:
+        """Whether a dispatch lingers now: lingering is on, this is not a worker running a
+        task, and the queue already holds a message for every slot."""
+        return (
+            self.settings.dispatch_linger_seconds > 0
+            and self.app.current_worker_task is None
+            and self.backlog() >= self.slots
         )
+
+    def _lingering(self) -> Linger:
+        if self._linger is None:
+            self._linger = Linger(
+                lambda bodies: self._publish([(bodies, None)], what="of runs started together"),
+                seconds=self.settings.dispatch_linger_seconds, most=self.settings.pack_steps,
+            )  # fmt: skip
+        return self._linger
 
     def send_back(self, bodies: Sequence[dict[str, Any]]) -> None:
         """Publish step messages one per message: the steps of a pack a worker did not
@@ -263,7 +289,10 @@ class CeleryExecutor:
         return workers_serving(self.app, pipeline, self.settings.queue, timeout=PING_TIMEOUT)
 
     def close(self) -> None:
-        """Release broker connections (only those of an app this executor built)."""
+        """Publish the steps lingering for their message, then release broker connections
+        (only those of an app this executor built)."""
+        if self._linger is not None:
+            self._linger.flush()
         if self._owns_app and self._app is not None:
             self._app.close()
             self._app = None

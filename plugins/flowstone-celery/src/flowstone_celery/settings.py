@@ -80,6 +80,10 @@ class CelerySettings(BaseSettings):
             for the rest of its batch at most; then the batch is committed, before the
             next step starts or by a timer while it runs. A join's finish carried past
             its message (:mod:`flowstone_celery.carried`) waits no longer either.
+        dispatch_linger_seconds: ``FLOWSTONE_DISPATCH_LINGER_SECONDS``: outside a worker,
+            while the queue holds a message for every slot, how long the steps of a run
+            just started may wait for the next runs' steps, to share one message
+            (:mod:`flowstone_celery.lingering`); ``0`` publishes every dispatch at once.
         worker_slots: ``FLOWSTONE_WORKER_SLOTS``: how many steps all workers run at once
             (the sum of their ``--concurrency``). Unset: a worker uses its own
             concurrency, any other process its CPU count. Packing starts only above it.
@@ -106,6 +110,7 @@ class CelerySettings(BaseSettings):
     pack_seconds: float = Field(0.5, gt=0)
     finish_batch: int = Field(16, ge=1, le=MAX_BATCH)
     finish_batch_seconds: float = Field(0.02, ge=0, le=60)
+    dispatch_linger_seconds: float = Field(0.005, ge=0, le=60)
     worker_slots: int | None = Field(None, ge=1, le=1_000_000)
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
