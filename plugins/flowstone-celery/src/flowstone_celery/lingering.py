@@ -119,6 +119,9 @@ class Linger:
             self._publish(held)
         except StorageError as exc:
             log.warning("%s; the sweeper re-sends those steps", exc)
+        except Exception:  # never let the publishing thread die: the steps are ready
+            log.exception("publishing %d lingering step(s) failed; the sweeper re-sends "
+                          "them", len(held))
 
     def _loop(self) -> None:
         while True:
