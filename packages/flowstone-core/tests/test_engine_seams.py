@@ -41,6 +41,7 @@ ENGINE_API = [
     "StepRunner",
     "StoredValue",
     "ValueLayer",
+    "Watch",
     "bind_arguments",
     "call_with_timeout",
     "complete_deferred",

@@ -30,8 +30,7 @@ import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from flowstone.engine import FinishBatch, StepRunner
-    from flowstone.engine.batch import Watch
+    from flowstone.engine import FinishBatch, StepRunner, Watch
 
 __all__ = ["Carried"]
 

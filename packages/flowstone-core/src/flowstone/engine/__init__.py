@@ -8,7 +8,7 @@ root ``flowstone.__all__``); everything in the submodules is internal and may ch
 """
 
 from flowstone.engine.ahead import ClaimedAhead
-from flowstone.engine.batch import FinishBatch
+from flowstone.engine.batch import FinishBatch, Watch
 from flowstone.engine.chain import release_step, run_chain
 from flowstone.engine.inputs import DepOutcome, Inputs, resolve_inputs
 from flowstone.engine.invoke import bind_arguments, call_with_timeout
@@ -33,6 +33,7 @@ __all__ = [
     "StepRunner",
     "StoredValue",
     "ValueLayer",
+    "Watch",
     "bind_arguments",
     "call_with_timeout",
     "complete_deferred",
