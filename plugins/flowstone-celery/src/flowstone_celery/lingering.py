@@ -18,8 +18,9 @@ Nothing about durability changes. The run and its ``ready`` steps are committed 
 ``dispatch`` is called; a lingering message is only not published yet. If the process
 dies before it is (SIGKILL; a normal exit publishes it, see :meth:`Linger.flush`), the
 steps are still ``ready`` and the sweeper re-sends them after ``FLOWSTONE_RECOVER_AFTER``,
-as it does for a message the broker lost. A worker never lingers (it is running a task;
-what its finishes make ready is published at once), nor does anything with a countdown.
+as it does for a message the broker lost. A worker's task never lingers (what its
+finishes make ready is published at once; only what the watcher thread records while a
+step runs may linger, behind a full queue), nor does anything with a countdown.
 """
 
 from __future__ import annotations
