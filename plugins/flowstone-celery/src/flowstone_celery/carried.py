@@ -9,11 +9,12 @@ join), the last carrying one row.
 
 A worker busy with packs instead *carries* those last finishes: the message ends with them
 waiting, and the next pack of the same pipeline on this process records them in its own
-finish transaction (one round trip and one commit fewer per message). They never wait
-longer than ``FLOWSTONE_FINISH_BATCH_SECONDS``: the process's watcher thread records
-them then if no pack came (:meth:`FinishBatch.record_when_due
-<flowstone.engine.FinishBatch.record_when_due>`), and a pool process records them before
-it exits (:meth:`~flowstone_celery.app.FlowstoneCelery.close_pipelines`).
+finish transaction (one round trip and one commit fewer per message). If no pack came,
+the process's watcher thread records them once they have waited
+``FLOWSTONE_FINISH_BATCH_SECONDS`` (:meth:`FinishBatch.record_when_due
+<flowstone.engine.FinishBatch.record_when_due>`); if that recording fails (the store is
+down), they wait for the next pack, under their claims' leases. A pool process records
+them before it exits (:meth:`~flowstone_celery.app.FlowstoneCelery.close_pipelines`).
 
 Nothing about exactly-once changes. A carried finish belongs to a step that is still
 ``running`` under its claim and lease, exactly like a step whose code has not returned

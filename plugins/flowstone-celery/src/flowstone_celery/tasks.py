@@ -108,7 +108,8 @@ def handle_step(app: FlowstoneCelery, body: object, *, carry: bool = False) -> i
     runners = {f[0].runner for f in found if f is not None}
     if len(bodies) > 1 and len(runners) == 1:
         runner = runners.pop()
-        batch = (app.carried.take(runner) if carry else None) or FinishBatch(
+        carried = app.carried.take(runner) if carry else None
+        batch = carried if carried is not None else FinishBatch(
             runner, size=settings.finish_batch, seconds=settings.finish_batch_seconds
         )
         if batch.batching:
